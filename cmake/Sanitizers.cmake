@@ -1,0 +1,12 @@
+# PDSERVE_SANITIZE="address;undefined" instruments everything we compile.
+if(PDSERVE_SANITIZE)
+  string(REPLACE ";" "," _pds_san "${PDSERVE_SANITIZE}")
+  add_compile_options(-fsanitize=${_pds_san} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=${_pds_san})
+endif()
+if(PDSERVE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "PDSERVE_FUZZ needs clang (-DCMAKE_CXX_COMPILER=clang++)")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()

@@ -1,0 +1,86 @@
+// Tokenizer built from a GGUF file's `tokenizer.*` keys: byte-level BPE
+// (`gpt2`, with the pre-tokenizer named by `tokenizer.ggml.pre`) and
+// SentencePiece BPE (`llama`). Internals hidden behind a pimpl.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/gguf.h"
+
+namespace pdserve {
+
+using TokenId = int32_t;
+
+struct EncodeOptions {
+  bool add_special = false;    // add BOS/EOS where the vocab asks for it
+  bool parse_special = false;  // recognise special/control tokens written in the text
+};
+
+class Tokenizer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromGguf(const gguf::GgufFile& file);
+  ~Tokenizer();
+
+  // Text must be valid UTF-8 (InvalidArgument otherwise).
+  absl::StatusOr<std::vector<TokenId>> Encode(std::string_view text,
+                                              const EncodeOptions& options = {}) const;
+
+  // The raw bytes a token stands for (special tokens: their text when
+  // `render_special`, else empty). Out-of-range ids give an empty string.
+  std::string TokenToBytes(TokenId id, bool render_special = false) const;
+  // Concatenated bytes; the caller decides what to do with invalid UTF-8.
+  std::string Decode(const std::vector<TokenId>& ids, bool render_special = false) const;
+
+  int32_t n_vocab() const;
+  std::string_view model() const;          // "gpt2" or "llama"
+  std::string_view pre() const;            // pre-tokenizer name
+  TokenId bos_id() const;                  // -1 when none
+  TokenId eos_id() const;
+  TokenId eot_id() const;
+  bool add_bos() const;
+  bool add_eos() const;
+  // End-of-generation ids: EOS, EOT and other end markers the vocab names.
+  const std::vector<TokenId>& eog_ids() const;
+  bool IsEog(TokenId id) const;
+  bool IsSpecial(TokenId id) const;  // control / user-defined / unknown tokens
+  // Id of an exact token text, -1 when absent.
+  TokenId FindToken(std::string_view text) const;
+  std::string_view TokenText(TokenId id) const;  // as stored in the vocab
+
+ private:
+  struct Impl;
+  explicit Tokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Turns a token stream into text without ever emitting a broken UTF-8
+// sequence: bytes of an incomplete character are held back until the token
+// that completes it arrives.
+class StreamingDetokenizer {
+ public:
+  explicit StreamingDetokenizer(const Tokenizer* tokenizer, bool render_special = false)
+      : tokenizer_(tokenizer), render_special_(render_special) {}
+  // Returns the text that became complete with this token (may be empty).
+  std::string Push(TokenId id);
+  // Returns what is left at end of stream; incomplete bytes become U+FFFD.
+  std::string Flush();
+  // Bytes held back now.
+  size_t pending_bytes() const { return pending_.size(); }
+
+ private:
+  const Tokenizer* tokenizer_;
+  bool render_special_;
+  std::string pending_;
+};
+
+// Length of the longest prefix of `s` that is complete, valid UTF-8 when the
+// rest may still be continued (for streaming).
+size_t CompleteUtf8Prefix(std::string_view s);
+bool IsValidUtf8(std::string_view s);
+
+}  // namespace pdserve

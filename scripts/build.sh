@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Configures and builds pdserve into build/ (Release, Ninja, ccache).
+# Extra arguments go to cmake's configure step.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+JOBS=${JOBS:-$(nproc)}
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-10G}
+if [ ! -f "$BUILD_DIR/build.ninja" ] || [ $# -gt 0 ]; then
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja "$@"
+fi
+cmake --build "$BUILD_DIR" -j "$JOBS"
