@@ -48,10 +48,10 @@ enum class DType : uint32_t {
 
 struct DTypeInfo {
   DType type;
-  const char* name;     // as ggml prints it: "q4_1"
-  int64_t block_size;   // elements per block
-  int64_t type_size;    // bytes per block
-  bool matmul;          // pdserve has matmul kernels for it
+  const char* name;    // as ggml prints it: "q4_1"
+  int64_t block_size;  // elements per block
+  int64_t type_size;   // bytes per block
+  bool matmul;         // pdserve has matmul kernels for it
 };
 
 // nullptr when `id` is not a GGUF tensor type known to pdserve.
@@ -105,7 +105,7 @@ inline uint16_t F32ToF16(float f) {
     return static_cast<uint16_t>(sign | 0x7c00 | (abs > 0x7f800000u ? 0x200 : 0));
   }
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00);  // overflow -> inf
-  if (abs < 0x38800000u) {  // subnormal or zero in half
+  if (abs < 0x38800000u) {                                              // subnormal or zero in half
     if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
     const uint32_t e = abs >> 23;
     uint32_t mant = (abs & 0x7fffff) | 0x800000;

@@ -15,16 +15,14 @@
 namespace pdserve::kernels {
 
 struct KvLayerView {
-  void* base = nullptr;  // (n_blocks, 2, n_kv_heads, block_size, head_dim)
+  void* base = nullptr;         // (n_blocks, 2, n_kv_heads, block_size, head_dim)
   DType kv_type = DType::kF16;  // kF16 or kF32
   int32_t block_size = 16;
   int32_t n_kv_heads = 0;
   int32_t head_dim = 0;
 
   int64_t ElemBytes() const { return kv_type == DType::kF16 ? 2 : 4; }
-  int64_t BlockBytes() const {
-    return 2LL * n_kv_heads * block_size * head_dim * ElemBytes();
-  }
+  int64_t BlockBytes() const { return 2LL * n_kv_heads * block_size * head_dim * ElemBytes(); }
   uint8_t* Block(int32_t block_id) const {
     return static_cast<uint8_t*>(base) + block_id * BlockBytes();
   }
@@ -33,16 +31,15 @@ struct KvLayerView {
 // One sequence's share of a batch.
 struct AttnSeq {
   const int32_t* block_table = nullptr;  // block ids in position order
-  int32_t n_past = 0;  // tokens already cached before this batch
-  int32_t n_new = 0;   // tokens of this sequence in the batch, >= 1
-  int32_t row0 = 0;    // row of its first new token in q / k / v / out
+  int32_t n_past = 0;                    // tokens already cached before this batch
+  int32_t n_new = 0;                     // tokens of this sequence in the batch, >= 1
+  int32_t row0 = 0;                      // row of its first new token in q / k / v / out
 };
 
 // Writes the new tokens' K and V rows (n_new, n_kv_heads * head_dim), at
 // positions n_past .. n_past + n_new - 1, into the sequence's blocks.
 // ld is the row stride of k and v in floats.
-void StoreKv(const KvLayerView& kv, const AttnSeq& seq, const float* k, const float* v,
-             int64_t ld);
+void StoreKv(const KvLayerView& kv, const AttnSeq& seq, const float* k, const float* v, int64_t ld);
 
 // Floats of scratch each thread needs for contexts up to max_ctx tokens.
 int64_t AttentionScratchFloats(int32_t max_ctx);

@@ -37,11 +37,17 @@ void QuantizeActivations(void* xq, ActFormat f, const float* x, int64_t n_in, in
 // y[t * ldy + r] = Σ_k W[r][k] · x[t][k] for t < n_tokens and the output rows
 // r that belong to thread ith of nth. xq holds the activations encoded in
 // ActFormatFor(w.type).
-void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens,
-            int ith, int nth);
+void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens, int ith,
+            int nth);
 
 // Naive reference: dequantizes each weight row to float and accumulates in
 // double against the float activations. For tests.
 void MatMulRef(float* y, int64_t ldy, const WeightMatrix& w, const float* x, int64_t n_tokens);
+
+// Reference on the encoded activations xq (n_tokens, ActRowBytes): dequantizes
+// weights and activations and accumulates in double, using the stored block
+// sum s of BlockQ8_1 for the Q4_0/Q4_1 offset terms exactly as MatMul does.
+// MatMul differs from it only by float rounding. For tests.
+void MatMulQuantRef(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens);
 
 }  // namespace pdserve::kernels

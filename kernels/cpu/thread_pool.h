@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace pdserve::kernels {
@@ -42,12 +43,18 @@ class ThreadPool {
   void WorkerLoop(int ith);
 
   const int n_threads_;
+  const std::vector<int> pin_cpus_;
+  bool pinned_caller_ = false;
   std::vector<std::thread> workers_;
-  // Work hand-off: generation_ bumps when a new job is published.
-  alignas(64) std::atomic<uint64_t> generation_{0};
-  alignas(64) std::atomic<int> pending_{0};
+  // Work hand-off: generation_ bumps when a new job is published. 32-bit
+  // words so that sleepers can futex-wait on them directly.
+  alignas(64) std::atomic<uint32_t> generation_{0};
+  std::atomic<int> sleepers_{0};             // workers blocked (or about to block) on generation_
+  alignas(64) std::atomic<int> pending_{0};  // workers still running the current job
+  std::atomic<int> pending_sleepers_{0};
   alignas(64) std::atomic<int> barrier_count_{0};
   alignas(64) std::atomic<uint32_t> barrier_phase_{0};
+  std::atomic<int> barrier_sleepers_{0};
   Thunk thunk_ = nullptr;
   void* ctx_ = nullptr;
   std::atomic<bool> stop_{false};

@@ -1,0 +1,128 @@
+#include "kernels/cpu/attention.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace pdserve::kernels {
+namespace {
+
+// Element `d` of K (kv = 0) or V (kv = 1) row of KV head `h` at position `pos`.
+inline const uint8_t* KvRow(const KvLayerView& kv, const AttnSeq& seq, int kv_idx, int h,
+                            int32_t pos) {
+  const uint8_t* block = kv.Block(seq.block_table[pos / kv.block_size]);
+  const int64_t row =
+      (static_cast<int64_t>(kv_idx) * kv.n_kv_heads + h) * kv.block_size + pos % kv.block_size;
+  return block + row * kv.head_dim * kv.ElemBytes();
+}
+
+inline float LoadKv(const KvLayerView& kv, const uint8_t* row, int d) {
+  if (kv.kv_type == DType::kF16) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * d, 2);
+    return F16ToF32(h);
+  }
+  float f;
+  std::memcpy(&f, row + 4 * d, 4);
+  return f;
+}
+
+}  // namespace
+
+void StoreKv(const KvLayerView& kv, const AttnSeq& seq, const float* k, const float* v,
+             int64_t ld) {
+  for (int32_t i = 0; i < seq.n_new; ++i) {
+    const int32_t pos = seq.n_past + i;
+    for (int h = 0; h < kv.n_kv_heads; ++h) {
+      for (int kv_idx = 0; kv_idx < 2; ++kv_idx) {
+        const float* src = (kv_idx == 0 ? k : v) + i * ld + h * kv.head_dim;  // (head_dim)
+        uint8_t* dst = const_cast<uint8_t*>(KvRow(kv, seq, kv_idx, h, pos));
+        if (kv.kv_type == DType::kF16) {
+          for (int d = 0; d < kv.head_dim; ++d) {
+            const uint16_t hv = F32ToF16(src[d]);
+            std::memcpy(dst + 2 * d, &hv, 2);
+          }
+        } else {
+          std::memcpy(dst, src, kv.head_dim * sizeof(float));
+        }
+      }
+    }
+  }
+}
+
+int64_t AttentionScratchFloats(int32_t max_ctx) { return 4 * int64_t{max_ctx} + 65536; }
+
+void PagedAttention(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
+                    const AttnSeq* seqs, int n_seqs, int n_heads, float scale, int32_t max_ctx,
+                    float* scratch, int ith, int nth) {
+  float* scores = scratch + ith * AttentionScratchFloats(max_ctx);  // (max_ctx)
+  float* acc = scores + max_ctx;                                    // (head_dim)
+  const int group = n_heads / kv.n_kv_heads;
+  int64_t item = 0;
+  for (int s = 0; s < n_seqs; ++s) {
+    const AttnSeq& seq = seqs[s];
+    for (int32_t i = 0; i < seq.n_new; ++i) {
+      for (int h = 0; h < n_heads; ++h, ++item) {
+        // Interleaved items balance the causal triangle across threads.
+        if (item % nth != ith) continue;
+        const int kvh = h / group;
+        const float* qr = q + (seq.row0 + i) * ldq + h * kv.head_dim;  // (head_dim)
+        const int32_t n_ctx = seq.n_past + i + 1;
+        float max = -INFINITY;
+        for (int32_t p = 0; p < n_ctx; ++p) {
+          const uint8_t* kr = KvRow(kv, seq, 0, kvh, p);
+          float dot = 0;
+          for (int d = 0; d < kv.head_dim; ++d) dot += qr[d] * LoadKv(kv, kr, d);
+          scores[p] = dot * scale;
+          max = scores[p] > max ? scores[p] : max;
+        }
+        float sum = 0;
+        for (int32_t p = 0; p < n_ctx; ++p) {
+          scores[p] = std::exp(scores[p] - max);
+          sum += scores[p];
+        }
+        for (int d = 0; d < kv.head_dim; ++d) acc[d] = 0;
+        for (int32_t p = 0; p < n_ctx; ++p) {
+          const uint8_t* vr = KvRow(kv, seq, 1, kvh, p);
+          for (int d = 0; d < kv.head_dim; ++d) acc[d] += scores[p] * LoadKv(kv, vr, d);
+        }
+        float* o = out + (seq.row0 + i) * ldo + h * kv.head_dim;  // (head_dim)
+        for (int d = 0; d < kv.head_dim; ++d) o[d] = acc[d] / sum;
+      }
+    }
+  }
+}
+
+void PagedAttentionRef(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
+                       const AttnSeq* seqs, int n_seqs, int n_heads, float scale) {
+  const int group = n_heads / kv.n_kv_heads;
+  for (int s = 0; s < n_seqs; ++s) {
+    const AttnSeq& seq = seqs[s];
+    for (int32_t i = 0; i < seq.n_new; ++i) {
+      const int32_t n_ctx = seq.n_past + i + 1;
+      std::vector<double> p(n_ctx);
+      for (int h = 0; h < n_heads; ++h) {
+        const int kvh = h / group;
+        const float* qr = q + (seq.row0 + i) * ldq + h * kv.head_dim;
+        double max = -INFINITY;
+        for (int32_t t = 0; t < n_ctx; ++t) {
+          const uint8_t* kr = KvRow(kv, seq, 0, kvh, t);
+          double dot = 0;
+          for (int d = 0; d < kv.head_dim; ++d)
+            dot += static_cast<double>(qr[d]) * LoadKv(kv, kr, d);
+          p[t] = dot * scale;
+          max = p[t] > max ? p[t] : max;
+        }
+        double sum = 0;
+        for (int32_t t = 0; t < n_ctx; ++t) sum += (p[t] = std::exp(p[t] - max));
+        for (int d = 0; d < kv.head_dim; ++d) {
+          double o = 0;
+          for (int32_t t = 0; t < n_ctx; ++t) o += p[t] * LoadKv(kv, KvRow(kv, seq, 1, kvh, t), d);
+          out[(seq.row0 + i) * ldo + h * kv.head_dim + d] = static_cast<float>(o / sum);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace pdserve::kernels

@@ -1,0 +1,177 @@
+// Portable matmul: one dot product per (output row, token), integer sums per
+// block, any CPU. Also the fallback for weight types without a SIMD path.
+#include <cstring>
+
+#include "kernels/cpu/matmul_internal.h"
+#include "kernels/quant.h"
+
+namespace pdserve::kernels::internal {
+namespace {
+
+float DotF32(const void* w, const void* x, int64_t n) {
+  const float* wf = static_cast<const float*>(w);  // (n)
+  const float* xf = static_cast<const float*>(x);  // (n)
+  float acc[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += wf[k + j] * xf[k + j];
+  }
+  for (; k < n; ++k) acc[0] += wf[k] * xf[k];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+float DotF16(const void* w, const void* x, int64_t n) {
+  const uint8_t* wh = static_cast<const uint8_t*>(w);  // (n) f16
+  const float* xf = static_cast<const float*>(x);      // (n)
+  float acc[4] = {};
+  for (int64_t k = 0; k < n; ++k) {
+    uint16_t h;
+    std::memcpy(&h, wh + 2 * k, 2);
+    acc[k & 3] += F16ToF32(h) * xf[k];
+  }
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+float DotQ4_0(const void* w, const void* x, int64_t n) {
+  const BlockQ4_0* wb = static_cast<const BlockQ4_0*>(w);
+  const BlockQ8_1* xb = static_cast<const BlockQ8_1*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int isum = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      isum += (wb[i].qs[j] & 0xF) * xb[i].qs[j] + (wb[i].qs[j] >> 4) * xb[i].qs[j + kQK / 2];
+    }
+    const float dw = F16ToF32(wb[i].d);
+    sum += dw * (F16ToF32(xb[i].d) * isum - 8 * F16ToF32(xb[i].s));
+  }
+  return sum;
+}
+
+float DotQ4_1(const void* w, const void* x, int64_t n) {
+  const BlockQ4_1* wb = static_cast<const BlockQ4_1*>(w);
+  const BlockQ8_1* xb = static_cast<const BlockQ8_1*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int isum = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      isum += (wb[i].qs[j] & 0xF) * xb[i].qs[j] + (wb[i].qs[j] >> 4) * xb[i].qs[j + kQK / 2];
+    }
+    sum += F16ToF32(wb[i].d) * F16ToF32(xb[i].d) * isum + F16ToF32(wb[i].m) * F16ToF32(xb[i].s);
+  }
+  return sum;
+}
+
+float DotQ8_0(const void* w, const void* x, int64_t n) {
+  const BlockQ8_0* wb = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_1* xb = static_cast<const BlockQ8_1*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    int isum = 0;
+    for (int j = 0; j < kQK; ++j) isum += wb[i].qs[j] * xb[i].qs[j];
+    sum += F16ToF32(wb[i].d) * F16ToF32(xb[i].d) * isum;
+  }
+  return sum;
+}
+
+float DotQ4_K(const void* w, const void* x, int64_t n) {
+  const BlockQ4_K* wb = static_cast<const BlockQ4_K*>(w);
+  const BlockQ8_K* xb = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const uint8_t* q = wb[i].qs;
+    const int8_t* a = xb[i].qs;
+    int sc_sum = 0, min_sum = 0;
+    for (int j = 0; j < kQKK / 64; ++j) {
+      uint8_t sc0, m0, sc1, m1;
+      GetScaleMinK4(2 * j, wb[i].scales, &sc0, &m0);
+      GetScaleMinK4(2 * j + 1, wb[i].scales, &sc1, &m1);
+      int s0 = 0, s1 = 0;
+      for (int l = 0; l < 32; ++l) {
+        s0 += (q[l] & 0xF) * a[l];
+        s1 += (q[l] >> 4) * a[l + 32];
+      }
+      sc_sum += sc0 * s0 + sc1 * s1;
+      min_sum += m0 * (xb[i].bsums[4 * j] + xb[i].bsums[4 * j + 1]) +
+                 m1 * (xb[i].bsums[4 * j + 2] + xb[i].bsums[4 * j + 3]);
+      q += 32;
+      a += 64;
+    }
+    sum += xb[i].d * (F16ToF32(wb[i].d) * sc_sum - F16ToF32(wb[i].dmin) * min_sum);
+  }
+  return sum;
+}
+
+float DotQ6_K(const void* w, const void* x, int64_t n) {
+  const BlockQ6_K* wb = static_cast<const BlockQ6_K*>(w);
+  const BlockQ8_K* xb = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const uint8_t* ql = wb[i].ql;
+    const uint8_t* qh = wb[i].qh;
+    const int8_t* sc = wb[i].scales;
+    const int8_t* a = xb[i].qs;
+    int isum = 0;
+    for (int half = 0; half < 2; ++half) {
+      int s[8] = {};  // per 16-group sums: group g = l/16 + 2 * quarter
+      for (int l = 0; l < 32; ++l) {
+        const int g = l / 16;
+        const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        s[g + 0] += q1 * a[l];
+        s[g + 2] += q2 * a[l + 32];
+        s[g + 4] += q3 * a[l + 64];
+        s[g + 6] += q4 * a[l + 96];
+      }
+      for (int g = 0; g < 8; ++g) isum += sc[g] * s[g];
+      ql += 64;
+      qh += 32;
+      sc += 8;
+      a += 128;
+    }
+    sum += xb[i].d * F16ToF32(wb[i].d) * isum;
+  }
+  return sum;
+}
+
+using DotFn = float (*)(const void* w, const void* x, int64_t n);
+
+DotFn DotFor(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return DotF32;
+    case DType::kF16:
+      return DotF16;
+    case DType::kQ4_0:
+      return DotQ4_0;
+    case DType::kQ4_1:
+      return DotQ4_1;
+    case DType::kQ8_0:
+      return DotQ8_0;
+    case DType::kQ4_K:
+      return DotQ4_K;
+    case DType::kQ6_K:
+      return DotQ6_K;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+void MatMulScalar(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                  int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  const DotFn dot = DotFor(w.type);
+  if (dot == nullptr) return;
+  const int64_t row_bytes = RowBytes(w.type, w.n_in);
+  const uint8_t* wp = static_cast<const uint8_t*>(w.data);  // (n_out, row_bytes)
+  const uint8_t* xp = static_cast<const uint8_t*>(xq);      // (n_tokens, act_row_bytes)
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      y[t * ldy + r] = dot(wp + r * row_bytes, xp + t * act_row_bytes, w.n_in);
+    }
+  }
+}
+
+}  // namespace pdserve::kernels::internal
