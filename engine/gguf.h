@@ -2,6 +2,23 @@
 // tensor infos. Every count, length, size and offset is checked against the
 // file before use; a malformed or hostile file yields an error that names
 // what is wrong, never a crash or an out-of-bounds read.
+//
+// Format decisions (beyond the spec's letter):
+//  - v2 and v3 share one little-endian layout (v3 only added big-endian
+//    files); big-endian files and v1 (32-bit counts) are rejected.
+//  - Nested arrays (an array whose element type is array) are rejected: no
+//    model uses them and the spec leaves their layout ambiguous.
+//  - Keys and tensor names must be non-empty, valid UTF-8 and unique. String
+//    values are not validated (tokenizer vocabularies may hold raw bytes).
+//  - Bool values must be 0 or 1.
+//  - `general.alignment` may have any integer type; its value must be a
+//    non-zero power of two that fits uint32.
+//  - Tensors have 1..max_dims dimensions, each in [1, INT64_MAX]; their data
+//    lies inside the file, at offsets that are multiples of the alignment,
+//    and no two tensors overlap.
+//  - Every parse error is InvalidArgument ("gguf: ..." naming the item and,
+//    where it helps, the byte offset); Open's OS errors keep their errno code
+//    (NotFound, PermissionDenied, ...).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/dtype.h"
@@ -38,8 +56,8 @@ const char* ValueTypeName(ValueType t);
 // Limits that keep a hostile file from making us allocate or loop without
 // bound. Defaults fit every real model we know of with a wide margin.
 struct ReadLimits {
-  uint64_t max_string_bytes = 64ull << 20;     // one string
-  uint64_t max_array_elements = 1ull << 24;    // one array (vocab ~ 256k)
+  uint64_t max_string_bytes = 64ull << 20;   // one string
+  uint64_t max_array_elements = 1ull << 24;  // one array (vocab ~ 256k)
   uint64_t max_kv_count = 1ull << 16;
   uint64_t max_tensor_count = 1ull << 20;
   uint32_t max_dims = 4;
@@ -56,6 +74,21 @@ class Value {
   ValueType array_type() const { return array_type_; }
   uint64_t array_size() const { return array_size_; }
 
+  // Scalar accessors; nullopt when the type or the value does not fit.
+  std::optional<uint64_t> AsUint() const;  // integer >= 0
+  std::optional<int64_t> AsInt() const;    // integer within int64
+  std::optional<double> AsDouble() const;  // float or integer
+  std::optional<bool> AsBool() const;
+  std::optional<std::string_view> AsString() const;
+
+  // Array element accessors; nullopt when not an array of a fitting type or
+  // when i >= array_size().
+  const std::vector<std::string_view>& array_strings() const { return strings_; }
+  std::optional<uint64_t> ArrayUintAt(uint64_t i) const;
+  std::optional<int64_t> ArrayIntAt(uint64_t i) const;
+  std::optional<double> ArrayDoubleAt(uint64_t i) const;  // float or integer elements
+  std::optional<bool> ArrayBoolAt(uint64_t i) const;
+
  private:
   friend class GgufFile;
   friend class ValueAccess;
@@ -69,7 +102,7 @@ class Value {
   // Array payload.
   ValueType array_type_ = ValueType::kUint8;
   uint64_t array_size_ = 0;
-  const uint8_t* array_data_ = nullptr;  // first element (not for string arrays)
+  const uint8_t* array_data_ = nullptr;    // first element (not for string arrays)
   std::vector<std::string_view> strings_;  // string arrays, parsed once
 };
 
@@ -82,7 +115,7 @@ struct TensorInfo {
   std::string_view name;
   std::vector<int64_t> dims;  // dims[0] is the fastest-varying (row length)
   kernels::DType type = kernels::DType::kF32;
-  uint64_t offset = 0;        // from the start of the data section
+  uint64_t offset = 0;  // from the start of the data section
   int64_t n_elements = 0;
   int64_t n_bytes = 0;
   const uint8_t* data = nullptr;  // inside the mapping, n_bytes long
@@ -139,13 +172,15 @@ class GgufFile {
   std::string path_;
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
-  void* mapping_ = nullptr;     // mmap'd region, or nullptr
-  std::string owned_bytes_;     // FromBytes copy
+  void* mapping_ = nullptr;         // mmap'd region, or nullptr
+  uint8_t* owned_bytes_ = nullptr;  // FromBytes copy, 64-byte aligned like a mapping
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;
   std::vector<Metadatum> metadata_;
   std::vector<TensorInfo> tensors_;
+  absl::flat_hash_map<std::string_view, size_t> metadata_index_;  // key -> metadata_ index
+  absl::flat_hash_map<std::string_view, size_t> tensor_index_;    // name -> tensors_ index
 };
 
 }  // namespace pdserve::gguf
