@@ -1,0 +1,95 @@
+#include "cli/engine_flags.h"
+
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace pdserve::cli {
+
+void AddEngineFlags(po::options_description* desc) {
+  desc->add_options()
+      ("model,m", po::value<std::string>()->default_value(DefaultModelPath()), "GGUF model file")
+      ("threads,t", po::value<int>()->default_value(0), "compute threads (0: all CPUs allowed)")
+      ("pin-cpus", po::value<std::string>()->default_value(""),
+       "comma-separated CPU ids to pin compute threads to")
+      ("ctx-size", po::value<int>()->default_value(0), "context length (0: the model's)")
+      ("kv-cache-mib", po::value<int>()->default_value(256), "KV cache capacity in MiB")
+      ("kv-blocks", po::value<int>()->default_value(0), "KV cache capacity in blocks (overrides MiB)")
+      ("block-size", po::value<int>()->default_value(16), "tokens per KV block")
+      ("kv-dtype", po::value<std::string>()->default_value("f16"), "KV element type: f16 or f32")
+      ("max-batch-tokens", po::value<int>()->default_value(512), "token budget per engine step")
+      ("max-batch-seqs", po::value<int>()->default_value(64), "sequences per engine step")
+      ("no-prefix-cache", po::bool_switch(), "disable prefix caching");
+}
+
+absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
+  out->model_path = vm["model"].as<std::string>();
+  EngineOptions& o = out->options;
+  o.n_threads = vm["threads"].as<int>();
+  if (o.n_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  const std::string pins = vm["pin-cpus"].as<std::string>();
+  if (!pins.empty()) {
+    for (absl::string_view part : absl::StrSplit(pins, ',')) {
+      int cpu;
+      if (!absl::SimpleAtoi(part, &cpu) || cpu < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--pin-cpus: bad CPU id '", part, "'"));
+      }
+      o.pin_cpus.push_back(cpu);
+    }
+  }
+  out->n_ctx = vm["ctx-size"].as<int>();
+  if (out->n_ctx < 0) return absl::InvalidArgumentError("--ctx-size must be >= 0");
+  const int mib = vm["kv-cache-mib"].as<int>();
+  if (mib <= 0) return absl::InvalidArgumentError("--kv-cache-mib must be > 0");
+  o.kv_cache_bytes = static_cast<int64_t>(mib) << 20;
+  o.kv_blocks = vm["kv-blocks"].as<int>();
+  if (o.kv_blocks < 0) return absl::InvalidArgumentError("--kv-blocks must be >= 0");
+  o.block_size = vm["block-size"].as<int>();
+  const std::string dtype = vm["kv-dtype"].as<std::string>();
+  if (dtype == "f16") {
+    o.kv_dtype = kernels::DType::kF16;
+  } else if (dtype == "f32") {
+    o.kv_dtype = kernels::DType::kF32;
+  } else {
+    return absl::InvalidArgumentError("--kv-dtype must be f16 or f32");
+  }
+  o.max_batch_tokens = vm["max-batch-tokens"].as<int>();
+  o.max_batch_seqs = vm["max-batch-seqs"].as<int>();
+  o.prefix_cache = !vm["no-prefix-cache"].as<bool>();
+  return absl::OkStatus();
+}
+
+void AddSamplingFlags(po::options_description* desc, int default_max_tokens) {
+  desc->add_options()
+      ("max-tokens,n", po::value<int>()->default_value(default_max_tokens), "tokens to generate")
+      ("temperature", po::value<float>()->default_value(0.8f), "0 = greedy")
+      ("top-p", po::value<float>()->default_value(0.95f), "nucleus sampling mass, (0, 1]")
+      ("top-k", po::value<int>()->default_value(40), "0 = off")
+      ("min-p", po::value<float>()->default_value(0.05f), "0 = off")
+      ("seed", po::value<uint64_t>(), "sampling seed (reproducible output)")
+      ("repeat-penalty", po::value<float>()->default_value(1.0f), "1 = off")
+      ("presence-penalty", po::value<float>()->default_value(0.0f), "[-2, 2]")
+      ("frequency-penalty", po::value<float>()->default_value(0.0f), "[-2, 2]")
+      ("stop", po::value<std::vector<std::string>>()->composing(), "stop string (repeatable)")
+      ("ignore-eos", po::bool_switch(), "keep generating past end-of-sequence tokens")
+      ("top-logprobs", po::value<int>()->default_value(0), "alternatives per token, 0..20");
+}
+
+void ReadSamplingFlags(const po::variables_map& vm, SamplingParams* s, StopParams* stop) {
+  stop->max_tokens = vm["max-tokens"].as<int>();
+  s->temperature = vm["temperature"].as<float>();
+  s->top_p = vm["top-p"].as<float>();
+  s->top_k = vm["top-k"].as<int>();
+  s->min_p = vm["min-p"].as<float>();
+  if (vm.count("seed")) s->seed = vm["seed"].as<uint64_t>();
+  s->repetition_penalty = vm["repeat-penalty"].as<float>();
+  s->presence_penalty = vm["presence-penalty"].as<float>();
+  s->frequency_penalty = vm["frequency-penalty"].as<float>();
+  if (vm.count("stop")) stop->stop_strings = vm["stop"].as<std::vector<std::string>>();
+  stop->ignore_eos = vm["ignore-eos"].as<bool>();
+  s->top_logprobs = vm["top-logprobs"].as<int>();
+}
+
+}  // namespace pdserve::cli

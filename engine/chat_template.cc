@@ -1,0 +1,91 @@
+#include "engine/chat_template.h"
+
+#include "absl/strings/str_cat.h"
+#include "engine/tokenizer.h"
+
+namespace pdserve {
+namespace {
+
+// Extracts a literal default system message written as
+//   '<|im_start|>system\n...<|im_end|>'   (ChatML templates such as SmolLM2's)
+// where \n may be a real newline or an escaped one.
+std::string ChatMLDefaultSystem(std::string_view t) {
+  for (std::string_view open : {"'<|im_start|>system\n", "'<|im_start|>system\\n"}) {
+    size_t p = t.find(open);
+    if (p == std::string_view::npos) continue;
+    p += open.size();
+    const size_t end = t.find("<|im_end|>", p);
+    if (end == std::string_view::npos) continue;
+    std::string_view body = t.substr(p, end - p);
+    // Only a plain literal, not an expression such as messages[0]['content'].
+    if (body.find('\'') != std::string_view::npos || body.find('{') != std::string_view::npos) {
+      continue;
+    }
+    return std::string(body);
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<ChatTemplate> ChatTemplate::Detect(std::string_view t) {
+  if (t.empty()) {
+    return absl::FailedPreconditionError(
+        "the model has no chat template (tokenizer.chat_template); send a plain prompt");
+  }
+  if (t.find("<|start_header_id|>") != std::string_view::npos &&
+      t.find("<|eot_id|>") != std::string_view::npos) {
+    return ChatTemplate(ChatFormat::kLlama3, "");
+  }
+  if (t.find("<|im_start|>") != std::string_view::npos) {
+    return ChatTemplate(ChatFormat::kChatML, ChatMLDefaultSystem(t));
+  }
+  return absl::FailedPreconditionError(
+      "unsupported chat template (supported: chatml, llama3); send a plain prompt");
+}
+
+ChatTemplate ChatTemplate::Of(ChatFormat format, std::string default_system) {
+  return ChatTemplate(format, std::move(default_system));
+}
+
+const char* ChatTemplate::name() const {
+  return format_ == ChatFormat::kChatML ? "chatml" : "llama3";
+}
+
+absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,
+                                                 bool add_generation_prompt) const {
+  if (messages.empty()) return absl::InvalidArgumentError("chat has no messages");
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    if (m.role.empty() || m.role.size() > 64 || !IsValidUtf8(m.role)) {
+      return absl::InvalidArgumentError(absl::StrCat("message ", i, ": bad role"));
+    }
+    if (!IsValidUtf8(m.content)) {
+      return absl::InvalidArgumentError(absl::StrCat("message ", i, ": content is not valid UTF-8"));
+    }
+  }
+  std::string out;
+  const bool has_system = messages[0].role == "system";
+  switch (format_) {
+    case ChatFormat::kChatML:
+      if (!has_system && !default_system_.empty()) {
+        absl::StrAppend(&out, "<|im_start|>system\n", default_system_, "<|im_end|>\n");
+      }
+      for (const ChatMessage& m : messages) {
+        absl::StrAppend(&out, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
+      }
+      if (add_generation_prompt) out += "<|im_start|>assistant\n";
+      break;
+    case ChatFormat::kLlama3:
+      out = "<|begin_of_text|>";
+      for (const ChatMessage& m : messages) {
+        absl::StrAppend(&out, "<|start_header_id|>", m.role, "<|end_header_id|>\n\n", m.content,
+                        "<|eot_id|>");
+      }
+      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+  }
+  return out;
+}
+
+}  // namespace pdserve

@@ -1,0 +1,164 @@
+#include "engine/dummy_model.h"
+
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/gguf_writer.h"
+#include "engine/sampler.h"
+#include "kernels/quant.h"
+
+namespace pdserve {
+namespace {
+
+// GPT-2's byte-to-unicode alphabet: printable bytes map to themselves,
+// the rest to code points from U+0100 up.
+std::vector<std::string> ByteTokens() {
+  std::vector<std::string> out(256);
+  int extra = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+    const uint32_t cp = printable ? b : 256 + extra++;
+    std::string s;
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    out[b] = s;
+  }
+  return out;
+}
+
+std::string Quantized(Rng& rng, kernels::DType type, int64_t n_out, int64_t n_in, float scale) {
+  const int64_t row_bytes = kernels::RowBytes(type, n_in);
+  std::string data(static_cast<size_t>(row_bytes * n_out), '\0');
+  std::vector<float> row(n_in);
+  for (int64_t r = 0; r < n_out; ++r) {
+    for (float& v : row) v = static_cast<float>((rng.Uniform() * 2 - 1) * scale);
+    kernels::QuantizeRow(data.data() + r * row_bytes, row.data(), type, n_in);
+  }
+  return data;
+}
+
+std::string Norm(Rng& rng, int64_t n) {
+  std::vector<float> w(n);
+  for (float& v : w) v = static_cast<float>(1.0 + (rng.Uniform() - 0.5) * 0.2);
+  return std::string(reinterpret_cast<const char*>(w.data()), n * sizeof(float));
+}
+
+}  // namespace
+
+const char* DummyConfigNames() { return "tiny, smollm2-135m, llama-3-8b"; }
+
+absl::StatusOr<DummyModelSpec> NamedDummyConfig(std::string_view name) {
+  DummyModelSpec s;
+  s.name = std::string(name);
+  if (name == "tiny") return s;
+  if (name == "smollm2-135m") {
+    s.n_layers = 30, s.n_embd = 576, s.n_heads = 9, s.n_kv_heads = 3, s.n_ff = 1536;
+    s.n_ctx = 8192, s.n_vocab = 49152, s.rope_freq_base = 100000.0f;
+    return s;
+  }
+  if (name == "llama-3-8b") {
+    s.n_layers = 32, s.n_embd = 4096, s.n_heads = 32, s.n_kv_heads = 8, s.n_ff = 14336;
+    s.n_ctx = 8192, s.n_vocab = 128256, s.rope_freq_base = 500000.0f;
+    s.matrix_type = kernels::DType::kQ4_0;
+    s.embd_type = kernels::DType::kQ8_0;
+    s.tied_embeddings = false;
+    return s;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown dummy model config '", std::string(name),
+                                                 "' (known: ", DummyConfigNames(), ")"));
+}
+
+absl::StatusOr<std::string> BuildDummyModelGguf(const DummyModelSpec& s) {
+  if (s.n_layers < 1 || s.n_embd < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.n_ff < 1 ||
+      s.n_embd % s.n_heads != 0 || s.n_heads % s.n_kv_heads != 0) {
+    return absl::InvalidArgumentError("dummy model: inconsistent shape");
+  }
+  for (kernels::DType t : {s.matrix_type, s.embd_type}) {
+    const kernels::DTypeInfo& info = kernels::GetDType(t);
+    if (s.n_embd % info.block_size != 0 || s.n_ff % info.block_size != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("dummy model: widths must be multiples of ",
+                                                     info.block_size, " for ", info.name));
+    }
+  }
+  // Vocabulary: the 256 byte tokens, three merges, three specials.
+  std::vector<std::string> tokens = ByteTokens();
+  std::vector<int32_t> types(256, 1);
+  const std::vector<std::string> merges = {"\xC4\xA0 t", "h e", "\xC4\xA0t he"};
+  for (const char* t : {"\xC4\xA0t", "he", "\xC4\xA0the"}) {
+    tokens.push_back(t);
+    types.push_back(1);
+  }
+  const int32_t eos = static_cast<int32_t>(tokens.size());
+  for (const char* t : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+    tokens.push_back(t);
+    types.push_back(3);
+  }
+  if (s.n_vocab > 0) {
+    if (s.n_vocab < static_cast<int32_t>(tokens.size())) {
+      return absl::InvalidArgumentError("dummy model: n_vocab too small for the byte vocabulary");
+    }
+    while (static_cast<int32_t>(tokens.size()) < s.n_vocab) {
+      tokens.push_back(absl::StrCat("<unused", tokens.size(), ">"));
+      types.push_back(5);
+    }
+  }
+  const int64_t n_vocab = static_cast<int64_t>(tokens.size());
+  const int32_t head_dim = s.n_embd / s.n_heads;
+
+  gguf::GgufWriter w;
+  w.SetString("general.architecture", "llama");
+  w.SetString("general.name", absl::StrCat("dummy-", s.name));
+  w.SetUint32("llama.block_count", s.n_layers);
+  w.SetUint32("llama.context_length", s.n_ctx);
+  w.SetUint32("llama.embedding_length", s.n_embd);
+  w.SetUint32("llama.feed_forward_length", s.n_ff);
+  w.SetUint32("llama.attention.head_count", s.n_heads);
+  w.SetUint32("llama.attention.head_count_kv", s.n_kv_heads);
+  w.SetFloat32("llama.rope.freq_base", s.rope_freq_base);
+  w.SetUint32("llama.rope.dimension_count", head_dim);
+  w.SetFloat32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.SetString("tokenizer.ggml.model", "gpt2");
+  w.SetString("tokenizer.ggml.pre", "gpt2");
+  w.SetStringArray("tokenizer.ggml.tokens", tokens);
+  w.SetInt32Array("tokenizer.ggml.token_type", types);
+  w.SetStringArray("tokenizer.ggml.merges", merges);
+  w.SetUint32("tokenizer.ggml.bos_token_id", eos + 1);
+  w.SetUint32("tokenizer.ggml.eos_token_id", eos + 2);
+  w.SetBool("tokenizer.ggml.add_bos_token", false);
+  w.SetString("tokenizer.chat_template",
+              "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+              "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}");
+
+  Rng rng(s.seed);
+  const float in_scale = 1.0f / std::sqrt(static_cast<float>(s.n_embd));
+  const float ff_scale = 1.0f / std::sqrt(static_cast<float>(s.n_ff));
+  const int64_t E = s.n_embd, QD = s.n_embd, KVD = static_cast<int64_t>(s.n_kv_heads) * head_dim;
+  w.AddTensor("token_embd.weight", s.embd_type, {E, n_vocab},
+              Quantized(rng, s.embd_type, n_vocab, E, 1.0f));
+  w.AddTensor("output_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
+  if (!s.tied_embeddings) {
+    w.AddTensor("output.weight", s.embd_type, {E, n_vocab},
+                Quantized(rng, s.embd_type, n_vocab, E, in_scale));
+  }
+  const kernels::DType mt = s.matrix_type;
+  for (int32_t l = 0; l < s.n_layers; ++l) {
+    const std::string p = absl::StrCat("blk.", l, ".");
+    w.AddTensor(p + "attn_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
+    w.AddTensor(p + "attn_q.weight", mt, {E, QD}, Quantized(rng, mt, QD, E, in_scale));
+    w.AddTensor(p + "attn_k.weight", mt, {E, KVD}, Quantized(rng, mt, KVD, E, in_scale));
+    w.AddTensor(p + "attn_v.weight", mt, {E, KVD}, Quantized(rng, mt, KVD, E, in_scale));
+    w.AddTensor(p + "attn_output.weight", mt, {QD, E}, Quantized(rng, mt, E, QD, in_scale));
+    w.AddTensor(p + "ffn_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
+    w.AddTensor(p + "ffn_gate.weight", mt, {E, s.n_ff}, Quantized(rng, mt, s.n_ff, E, in_scale));
+    w.AddTensor(p + "ffn_up.weight", mt, {E, s.n_ff}, Quantized(rng, mt, s.n_ff, E, in_scale));
+    w.AddTensor(p + "ffn_down.weight", mt, {s.n_ff, E}, Quantized(rng, mt, E, s.n_ff, ff_scale));
+  }
+  return w.Serialize();
+}
+
+}  // namespace pdserve

@@ -1,0 +1,420 @@
+#include "engine/engine.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/check.h"
+#include "common/clock.h"
+#include "common/log.h"
+
+namespace pdserve {
+namespace {
+
+int DefaultThreads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Fans the runner's per-layer notification out to the prefill-only
+// sequences that finish their prefill in this step.
+class SinkFanout : public LayerObserver {
+ public:
+  std::vector<Sequence*> seqs;
+  void OnLayerStored(int32_t layer) override {
+    for (Sequence* s : seqs) s->kv_sink->OnLayerStored(layer, s->blocks);
+  }
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
+                                                       const EngineOptions& options) {
+  if (options.max_batch_tokens < 1 || options.max_batch_seqs < 1) {
+    return absl::InvalidArgumentError("engine: max_batch_tokens and max_batch_seqs must be >= 1");
+  }
+  if (options.block_size < 1 || options.block_size > 1024) {
+    return absl::InvalidArgumentError("engine: block_size must be in [1, 1024]");
+  }
+  std::unique_ptr<Engine> e(new Engine(std::move(model), options));
+  const ModelConfig& c = e->model_->config();
+  KvCacheConfig kc;
+  kc.n_layers = c.n_layers;
+  kc.n_kv_heads = c.n_kv_heads;
+  kc.head_dim = c.head_dim;
+  kc.block_size = options.block_size;
+  kc.dtype = options.kv_dtype;
+  kc.prefix_cache = options.prefix_cache;
+  kc.n_blocks = options.kv_blocks;
+  if (kc.n_blocks <= 0) {
+    kc.n_blocks = static_cast<int32_t>(
+        std::min<int64_t>(options.kv_cache_bytes / std::max<int64_t>(1, kc.BlockBytes()), 1 << 30));
+  }
+  if (kc.n_blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("engine: KV cache of ", options.kv_cache_bytes,
+                                                   " bytes holds no block of ", kc.BlockBytes(),
+                                                   " bytes"));
+  }
+  auto cache = KvCache::Create(kc);
+  if (!cache.ok()) return cache.status();
+  e->cache_ = std::move(*cache);
+  const int32_t n_threads = options.n_threads > 0 ? options.n_threads : DefaultThreads();
+  e->pool_ = std::make_unique<kernels::ThreadPool>(n_threads, options.pin_cpus);
+  e->runner_ = std::make_unique<ModelRunner>(e->model_.get(), e->cache_.get(), e->pool_.get(),
+                                             options.max_batch_tokens, options.max_batch_seqs);
+  SchedulerOptions so;
+  so.max_batch_tokens = options.max_batch_tokens;
+  so.max_batch_seqs = options.max_batch_seqs;
+  e->scheduler_ = std::make_unique<Scheduler>(so, e->cache_.get());
+  e->logits_.resize(static_cast<size_t>(options.max_batch_seqs) * c.n_vocab);
+  e->PublishStats();
+  return e;
+}
+
+Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& options)
+    : model_(std::move(model)), options_(options), seed_rng_(std::random_device{}()) {
+  limits_.n_ctx = model_->n_ctx();
+  limits_.n_vocab = model_->config().n_vocab;
+}
+
+Engine::~Engine() { Stop(); }
+
+absl::Status Engine::CheckFits(const RequestSpec& spec) const {
+  const int64_t bs = cache_->config().block_size;
+  const int64_t need =
+      (static_cast<int64_t>(spec.prompt.size()) + spec.stop.max_tokens + bs - 1) / bs;
+  if (need > cache_->config().n_blocks) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs ", need, " KV blocks (prompt ", spec.prompt.size(), " + max_tokens ",
+        spec.stop.max_tokens, " tokens) but this node's cache holds ", cache_->config().n_blocks));
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode) {
+  auto seq = std::make_unique<Sequence>();
+  seq->mode = mode;
+  seq->tokens = spec.prompt;
+  seq->n_prompt = static_cast<int32_t>(spec.prompt.size());
+  seq->on_output = std::move(cb);
+  uint64_t seed;
+  {
+    absl::MutexLock lock(&mu_);
+    seed = seed_rng_.Next();
+  }
+  seq->sampler = std::make_unique<Sampler>(spec.sampling, seed);
+  seq->sampler->AddPromptTokens(spec.prompt);
+  seq->text = std::make_unique<TextStream>(&model_->tokenizer(), spec.stop.stop_strings);
+  seq->times.arrival_ns = MonoNowNs();
+  seq->spec = std::make_shared<const RequestSpec>(std::move(spec));
+  return seq;
+}
+
+absl::Status Engine::Submit(RequestSpec spec, OutputCallback on_output, SeqMode mode,
+                            KvSink* sink) {
+  if (absl::Status s = ValidateRequest(spec, limits_); !s.ok()) return s;
+  if (absl::Status s = CheckFits(spec); !s.ok()) return s;
+  if (mode == SeqMode::kDecodeImported) {
+    return absl::InvalidArgumentError("imported requests go through Reserve()");
+  }
+  if (mode == SeqMode::kPrefillOnly && sink == nullptr) {
+    return absl::InvalidArgumentError("prefill-only requests need a KV sink");
+  }
+  const std::string id = spec.id;
+  std::unique_ptr<Sequence> seq = NewSequence(std::move(spec), std::move(on_output), mode);
+  seq->kv_sink = sink;
+  absl::MutexLock lock(&mu_);
+  if (!active_ids_.try_emplace(id, 1).second) {
+    return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
+  }
+  inbox_.push_back(Command{Command::kSubmit, std::move(seq), id});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCallback on_output) {
+  if (absl::Status s = ValidateRequest(spec, limits_); !s.ok()) return s;
+  if (absl::Status s = CheckFits(spec); !s.ok()) return s;
+  const std::string id = spec.id;
+  const int32_t bs = cache_->config().block_size;
+  const int32_t n_blocks = (static_cast<int32_t>(spec.prompt.size()) + bs - 1) / bs;
+  std::unique_ptr<Sequence> seq =
+      NewSequence(std::move(spec), std::move(on_output), SeqMode::kDecodeImported);
+  absl::MutexLock lock(&mu_);
+  if (active_ids_.contains(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
+  }
+  std::optional<std::vector<BlockId>> blocks = cache_->Allocate(n_blocks);
+  if (!blocks) {
+    return absl::ResourceExhaustedError(absl::StrCat("no room for ", n_blocks,
+                                                     " KV blocks now (",
+                                                     cache_->Stats().free_blocks, " free)"));
+  }
+  active_ids_.emplace(id, 1);
+  seq->blocks = *blocks;
+  seq->state = SeqState::kAwaitingKv;
+  inbox_.push_back(Command{Command::kSubmit, std::move(seq), id});
+  return *blocks;
+}
+
+void Engine::Activate(const std::string& id, TokenId first_token) {
+  Post(Command{Command::kActivate, nullptr, id, first_token, MonoNowNs()});
+}
+void Engine::Abort(const std::string& id) { Post(Command{Command::kAbort, nullptr, id}); }
+void Engine::Release(const std::string& id) { Post(Command{Command::kRelease, nullptr, id}); }
+
+void Engine::Post(Command cmd) {
+  absl::MutexLock lock(&mu_);
+  inbox_.push_back(std::move(cmd));
+}
+
+void Engine::DrainInbox() {
+  std::vector<Command> cmds;
+  {
+    absl::MutexLock lock(&mu_);
+    cmds.swap(inbox_);
+  }
+  for (Command& cmd : cmds) {
+    if (cmd.kind == Command::kSubmit) {
+      Sequence* s = cmd.seq.get();
+      s->order = next_order_++;
+      seqs_[cmd.id] = std::move(cmd.seq);
+      if (s->state != SeqState::kAwaitingKv) scheduler_->AddWaiting(s);
+      continue;
+    }
+    auto it = seqs_.find(cmd.id);
+    if (it == seqs_.end()) continue;  // finished already, or unknown
+    Sequence* s = it->second.get();
+    switch (cmd.kind) {
+      case Command::kActivate: {
+        if (s->state != SeqState::kAwaitingKv) break;
+        // The prompt's KV is in place; token #1 is the next input.
+        s->n_computed = s->n_prompt;
+        s->tokens.push_back(cmd.token);
+        s->n_generated = 1;
+        s->sampler->AddGenerated(cmd.token);
+        s->text->Push(cmd.token);  // the prefill node already emitted its text
+        s->times.activated_ns = cmd.time_ns;
+        // Token #1 may already end the request (the router normally does
+        // not activate then).
+        const StopParams& stop = s->spec->stop;
+        if ((!stop.ignore_eos && model_->tokenizer().IsEog(cmd.token)) ||
+            std::find(stop.stop_token_ids.begin(), stop.stop_token_ids.end(), cmd.token) !=
+                stop.stop_token_ids.end()) {
+          Finish(s, FinishReason::kStop);
+        } else if (s->n_generated >= stop.max_tokens) {
+          Finish(s, FinishReason::kLength);
+        } else {
+          scheduler_->AddRunning(s);
+        }
+        break;
+      }
+      case Command::kAbort:
+        Finish(s, FinishReason::kAbort);
+        break;
+      case Command::kRelease:
+        if (s->state == SeqState::kHeld) Finish(s, FinishReason::kNone);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+void Engine::Emit(Sequence* seq, SeqOutput& out) {
+  out.request_id = seq->id();
+  out.prompt_tokens = seq->n_prompt;
+  out.completion_tokens = seq->n_generated;
+  out.cached_tokens = seq->n_cached;
+  out.times = seq->times;
+  if (seq->on_output) seq->on_output(out);
+}
+
+// Ends a sequence: frees its blocks and, unless it already reported its
+// end (held prefill-only sequences), tells the client why.
+void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
+  const bool reported = seq->state == SeqState::kHeld;
+  scheduler_->Remove(seq);
+  seq->state = SeqState::kFinished;
+  seq->times.finished_ns = MonoNowNs();
+  if (!reported && reason != FinishReason::kNone) {
+    SeqOutput out;
+    out.finish = reason;
+    out.error = std::move(error);
+    Emit(seq, out);
+  }
+  const std::string id = seq->id();
+  {
+    absl::MutexLock lock(&mu_);
+    active_ids_.erase(id);
+  }
+  seqs_.erase(id);
+}
+
+void Engine::ProcessSample(Sequence* seq, const float* logits_row, SeqOutput* out) {
+  const int32_t n_vocab = model_->config().n_vocab;
+  float* row = const_cast<float*>(logits_row);
+  SampleResult r = seq->sampler->Sample(row, n_vocab);
+  const RequestSpec& spec = *seq->spec;
+  seq->tokens.push_back(r.token);
+  seq->n_generated++;
+  seq->sampler->AddGenerated(r.token);
+  out->tokens.push_back(r.token);
+  if (spec.sampling.logprobs || spec.sampling.top_logprobs > 0) {
+    out->logprobs.push_back(r.logprob);
+    out->top_logprobs.push_back(std::move(r.top));
+  }
+  const Tokenizer& tok = model_->tokenizer();
+  const bool stop_id = std::find(spec.stop.stop_token_ids.begin(), spec.stop.stop_token_ids.end(),
+                                 r.token) != spec.stop.stop_token_ids.end();
+  if ((!spec.stop.ignore_eos && tok.IsEog(r.token)) || stop_id) {
+    out->text += seq->text->Flush();
+    out->finish = FinishReason::kStop;
+    return;
+  }
+  TextStream::Delta d = seq->text->Push(r.token);
+  out->text += d.text;
+  if (d.stopped) {
+    out->finish = FinishReason::kStop;
+  } else if (seq->n_generated >= spec.stop.max_tokens || seq->n_tokens() >= limits_.n_ctx) {
+    out->text += seq->text->Flush();
+    out->finish = FinishReason::kLength;
+  }
+}
+
+bool Engine::Step() {
+  DrainInbox();
+  Schedule sched = scheduler_->Next();
+  counters_.preemptions += static_cast<int64_t>(sched.preempted.size());
+  for (Sequence* s : sched.preempted) {
+    PDS_LOG(DEBUG) << "preempted " << s->id() << " (" << s->n_tokens() << " tokens)";
+  }
+  if (sched.empty()) {
+    PublishStats();
+    return false;
+  }
+  const int64_t step_start = MonoNowNs();
+
+  // Flatten the schedule into one batch.
+  batch_.Clear();
+  SinkFanout fanout;
+  for (const ScheduledSeq& it : sched.items) {
+    Sequence* s = it.seq;
+    if (s->times.scheduled_ns == 0) s->times.scheduled_ns = step_start;
+    kernels::AttnSeq a;
+    a.block_table = s->blocks.data();
+    a.n_past = s->n_computed;
+    a.n_new = it.n_new;
+    a.row0 = batch_.n_tokens();
+    batch_.seqs.push_back(a);
+    batch_.tokens.insert(batch_.tokens.end(), s->tokens.begin() + s->n_computed,
+                         s->tokens.begin() + s->n_computed + it.n_new);
+    if (it.want_logits) {
+      batch_.logit_rows.push_back(batch_.n_tokens() - 1);
+      if (s->mode == SeqMode::kPrefillOnly) fanout.seqs.push_back(s);
+    }
+  }
+  runner_->Forward(batch_, logits_.data(), fanout.seqs.empty() ? nullptr : &fanout);
+  const int64_t step_end = MonoNowNs();
+  counters_.steps++;
+
+  // Sample, stream, and retire.
+  const int32_t n_vocab = model_->config().n_vocab;
+  const int32_t bs = cache_->config().block_size;
+  int32_t logit_index = 0;
+  std::vector<Sequence*> finished;
+  for (const ScheduledSeq& it : sched.items) {
+    Sequence* s = it.seq;
+    const int32_t before = s->n_computed;
+    s->n_computed += it.n_new;
+    if (s->n_computed > s->n_prompt || before < s->n_prompt) {
+      counters_.prompt_tokens_computed += std::max(0, std::min(s->n_computed, s->n_prompt) - before);
+    }
+    // Offer newly completed full blocks to the prefix cache.
+    if (s->n_computed / bs > before / bs) cache_->Publish(s->blocks, s->tokens.data(), s->n_computed);
+    if (!it.want_logits) continue;
+    const float* row = logits_.data() + static_cast<size_t>(logit_index++) * n_vocab;
+    SeqOutput out;
+    ProcessSample(s, row, &out);
+    counters_.generated_tokens++;
+    if (s->times.first_token_ns == 0) {
+      s->times.first_token_ns = step_end;
+      s->times.first_step_ns = step_end - step_start;
+    }
+    if (s->mode == SeqMode::kPrefillOnly) {
+      // Token #1 is out; the blocks stay until the decode side has them.
+      out.prefill_done = true;
+      std::vector<BlockId> held = std::move(s->blocks);
+      s->blocks.clear();
+      scheduler_->Remove(s);
+      s->blocks = std::move(held);
+      s->state = SeqState::kHeld;
+      Emit(s, out);
+      continue;
+    }
+    if (out.finish != FinishReason::kNone) s->times.finished_ns = step_end;
+    Emit(s, out);
+    if (out.finish != FinishReason::kNone) finished.push_back(s);
+  }
+  for (Sequence* s : finished) {
+    s->state = SeqState::kHeld;  // already reported: Finish() must not report again
+    Finish(s, FinishReason::kNone);
+  }
+  PublishStats();
+  return true;
+}
+
+void Engine::PublishStats() {
+  EngineStats s = counters_;
+  s.n_running = scheduler_->n_running();
+  s.n_waiting = scheduler_->n_waiting();
+  s.queued_prefill_tokens = scheduler_->QueuedPrefillTokens();
+  for (const auto& [id, seq] : seqs_) {
+    if (seq->state == SeqState::kAwaitingKv) s.n_awaiting_kv++;
+    if (seq->state == SeqState::kHeld) s.n_held++;
+  }
+  s.kv = cache_->Stats();
+  absl::MutexLock lock(&mu_);
+  published_ = s;
+}
+
+EngineStats Engine::Stats() const {
+  absl::MutexLock lock(&mu_);
+  EngineStats s = published_;
+  s.kv = cache_->Stats();
+  return s;
+}
+
+void Engine::Start() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = false;
+  }
+  loop_ = std::thread([this] { Loop(); });
+}
+
+void Engine::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (loop_.joinable()) loop_.join();
+}
+
+void Engine::Loop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return;
+    }
+    if (Step()) continue;
+    // Idle: sleep until a command arrives (or a short timeout).
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !inbox_.empty(); };
+    mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Milliseconds(50));
+  }
+}
+
+}  // namespace pdserve

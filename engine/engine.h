@@ -1,0 +1,139 @@
+// The model runtime every node uses: continuous batching over a paged KV
+// cache. Requests join and leave between steps. Three kinds of request
+// (SeqMode): full generation, prefill-only (a prefill node: KV goes to a
+// KvSink layer by layer, token #1 comes back, blocks stay held until
+// Release) and imported decode (a decode node: Reserve blocks, the KV lands
+// in them from elsewhere, Activate joins the decode loop).
+//
+// Threads: public methods are thread-safe; they post commands that the
+// engine thread applies between steps. Output callbacks run on the engine
+// thread and must not block.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace pdserve {
+
+struct EngineOptions {
+  int32_t n_threads = 0;        // 0: every CPU this process may run on
+  std::vector<int> pin_cpus;    // pin pool threads to these CPUs (empty: no pinning)
+  int64_t kv_cache_bytes = 256ll << 20;  // KV capacity, unless kv_blocks is set
+  int32_t kv_blocks = 0;
+  int32_t block_size = 16;
+  kernels::DType kv_dtype = kernels::DType::kF16;
+  int32_t max_batch_tokens = 512;  // token budget per step (chunked prefill)
+  int32_t max_batch_seqs = 64;
+  bool prefix_cache = true;
+};
+
+struct EngineStats {
+  int32_t n_running = 0;
+  int32_t n_waiting = 0;
+  int32_t n_awaiting_kv = 0;
+  int32_t n_held = 0;
+  int64_t queued_prefill_tokens = 0;
+  int64_t steps = 0;
+  int64_t prompt_tokens_computed = 0;
+  int64_t generated_tokens = 0;
+  int64_t preemptions = 0;
+  KvCacheStats kv;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
+                                                        const EngineOptions& options);
+  ~Engine();
+
+  const Model& model() const { return *model_; }
+  KvCache& cache() { return *cache_; }
+  const RequestLimits& limits() const { return limits_; }
+  int32_t n_threads() const { return pool_->size(); }
+
+  // Queues a request. InvalidArgument for a bad request, AlreadyExists for
+  // an id in use, ResourceExhausted when it could never fit the cache.
+  absl::Status Submit(RequestSpec spec, OutputCallback on_output, SeqMode mode = SeqMode::kFull,
+                      KvSink* sink = nullptr);
+  // Imported decode: reserves blocks for the prompt's KV now (from the
+  // calling thread) and returns them, or ResourceExhausted when the cache
+  // has no room at the moment.
+  absl::StatusOr<std::vector<BlockId>> Reserve(RequestSpec spec, OutputCallback on_output);
+  // The reserved blocks hold the prompt's KV; `first_token` (sampled by the
+  // prefill node) is the next input. Joins the decode loop.
+  void Activate(const std::string& id, TokenId first_token);
+  // Ends a request in any state; its callback gets finish = kAbort (unless
+  // it already finished) and its blocks are freed before the next step.
+  // For imported requests the caller must stop writes into the blocks first.
+  void Abort(const std::string& id);
+  // Prefill-only: frees (or leaves to the prefix cache) the held blocks.
+  void Release(const std::string& id);
+
+  // One scheduling step on the calling thread; false when idle.
+  bool Step();
+  // Runs steps on a background thread until Stop().
+  void Start();
+  void Stop();
+
+  EngineStats Stats() const;
+
+ private:
+  Engine(std::shared_ptr<const Model> model, const EngineOptions& options);
+  struct Command {
+    enum Kind { kSubmit, kActivate, kAbort, kRelease } kind;
+    std::unique_ptr<Sequence> seq;  // kSubmit
+    std::string id;
+    TokenId token = 0;
+    int64_t time_ns = 0;
+  };
+  void Post(Command cmd);
+  void DrainInbox();
+  void Finish(Sequence* seq, FinishReason reason, absl::Status error = absl::OkStatus());
+  void Emit(Sequence* seq, SeqOutput& out);
+  void ProcessSample(Sequence* seq, const float* logits, SeqOutput* out);
+  std::unique_ptr<Sequence> NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode);
+  absl::Status CheckFits(const RequestSpec& spec) const;
+  void PublishStats();
+  void Loop();
+
+  std::shared_ptr<const Model> model_;
+  EngineOptions options_;
+  RequestLimits limits_;
+  std::unique_ptr<kernels::ThreadPool> pool_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  // Engine-thread state.
+  absl::flat_hash_map<std::string, std::unique_ptr<Sequence>> seqs_;
+  ForwardBatch batch_;
+  std::vector<float> logits_;  // (max_batch_seqs, n_vocab)
+  uint64_t next_order_ = 0;
+  Rng seed_rng_;
+  EngineStats counters_;
+
+  // Commands from other threads.
+  mutable absl::Mutex mu_;
+  std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int> active_ids_ ABSL_GUARDED_BY(mu_);
+  EngineStats published_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread loop_;
+};
+
+}  // namespace pdserve

@@ -1,0 +1,86 @@
+#include "engine/request.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace pdserve {
+
+absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limits) {
+  auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  const int64_t n_prompt = static_cast<int64_t>(spec.prompt.size());
+  if (n_prompt == 0) return bad("prompt is empty");
+  if (n_prompt >= limits.n_ctx) {
+    return bad("prompt has ", n_prompt, " tokens; the context holds ", limits.n_ctx,
+               " (prompt plus at least one generated token)");
+  }
+  for (TokenId t : spec.prompt) {
+    if (t < 0 || t >= limits.n_vocab) {
+      return bad("prompt token id ", t, " is outside the vocabulary [0, ", limits.n_vocab, ")");
+    }
+  }
+  const StopParams& st = spec.stop;
+  if (st.max_tokens < 1) return bad("max_tokens must be at least 1, got ", st.max_tokens);
+  if (n_prompt + st.max_tokens > limits.n_ctx) {
+    return bad("prompt (", n_prompt, " tokens) + max_tokens (", st.max_tokens,
+               ") exceeds the context length ", limits.n_ctx);
+  }
+  if (static_cast<int32_t>(st.stop_strings.size()) > limits.max_stop_strings) {
+    return bad("at most ", limits.max_stop_strings, " stop strings, got ", st.stop_strings.size());
+  }
+  for (const std::string& s : st.stop_strings) {
+    if (s.empty()) return bad("stop strings must not be empty");
+    if (static_cast<int32_t>(s.size()) > limits.max_stop_string_bytes) {
+      return bad("stop string longer than ", limits.max_stop_string_bytes, " bytes");
+    }
+    if (!IsValidUtf8(s)) return bad("stop string is not valid UTF-8");
+  }
+  for (TokenId t : st.stop_token_ids) {
+    if (t < 0 || t >= limits.n_vocab) {
+      return bad("stop token id ", t, " is outside the vocabulary [0, ", limits.n_vocab, ")");
+    }
+  }
+  const SamplingParams& s = spec.sampling;
+  if (!std::isfinite(s.temperature) || s.temperature < 0) {
+    return bad("temperature must be a finite number >= 0, got ", s.temperature);
+  }
+  if (!std::isfinite(s.top_p) || !(s.top_p > 0 && s.top_p <= 1)) {
+    return bad("top_p must be in (0, 1], got ", s.top_p);
+  }
+  if (s.top_k < 0) return bad("top_k must be >= 0 (0 disables it), got ", s.top_k);
+  if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1) {
+    return bad("min_p must be in [0, 1], got ", s.min_p);
+  }
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0) {
+    return bad("repetition_penalty must be > 0, got ", s.repetition_penalty);
+  }
+  if (!std::isfinite(s.presence_penalty) || std::fabs(s.presence_penalty) > 2) {
+    return bad("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
+  }
+  if (!std::isfinite(s.frequency_penalty) || std::fabs(s.frequency_penalty) > 2) {
+    return bad("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
+  }
+  if (s.top_logprobs < 0 || s.top_logprobs > limits.max_top_logprobs) {
+    return bad("top_logprobs must be in [0, ", limits.max_top_logprobs, "], got ",
+               s.top_logprobs);
+  }
+  return absl::OkStatus();
+}
+
+const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone:
+      return "";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kAbort:
+      return "abort";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "";
+}
+
+}  // namespace pdserve

@@ -1,0 +1,59 @@
+// What a client asks for: the immutable request spec, shared by every node
+// a request passes through (the scheduler's state lives in Sequence).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/tokenizer.h"
+
+namespace pdserve {
+
+struct SamplingParams {
+  float temperature = 1.0f;  // 0 = greedy
+  float top_p = 1.0f;        // (0, 1]
+  int32_t top_k = 0;         // 0 = off
+  float min_p = 0.0f;        // [0, 1]
+  float repetition_penalty = 1.0f;  // > 0; 1 = off (prompt + generated tokens)
+  float presence_penalty = 0.0f;    // [-2, 2] (generated tokens)
+  float frequency_penalty = 0.0f;   // [-2, 2] (generated tokens)
+  std::optional<uint64_t> seed;     // reproducible sampling when set
+  int32_t top_logprobs = 0;         // alternatives per position, 0..20
+  bool logprobs = false;            // report the chosen token's logprob
+};
+
+struct StopParams {
+  int32_t max_tokens = 16;  // >= 1
+  std::vector<std::string> stop_strings;  // not emitted themselves
+  std::vector<TokenId> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+struct RequestSpec {
+  std::string id;
+  std::vector<TokenId> prompt;  // already tokenized (BOS included if wanted)
+  SamplingParams sampling;
+  StopParams stop;
+};
+
+// Limits a request is checked against.
+struct RequestLimits {
+  int32_t n_ctx = 0;    // context length served
+  int32_t n_vocab = 0;
+  int32_t max_stop_strings = 16;
+  int32_t max_stop_string_bytes = 256;
+  int32_t max_top_logprobs = 20;
+};
+
+// InvalidArgument with a message a client can act on: prompt empty or over
+// the context, max_tokens < 1 or past the context, NaN or out-of-range
+// sampling values, token ids outside the vocabulary.
+absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limits);
+
+enum class FinishReason { kNone, kStop, kLength, kAbort, kError };
+const char* FinishReasonName(FinishReason r);
+
+}  // namespace pdserve

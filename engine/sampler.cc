@@ -1,0 +1,198 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace pdserve {
+namespace {
+uint64_t SplitMix64(uint64_t* x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+// log(sum(exp(x))) over all logits, stable.
+double LogSumExp(const float* x, int32_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int32_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0;
+  for (int32_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
+  return mx + std::log(sum);
+}
+}  // namespace
+
+Rng::Rng(uint64_t seed) {
+  for (uint64_t& s : s_) s = SplitMix64(&seed);
+}
+
+uint64_t Rng::Next() {
+  const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = Rotl(s_[3], 45);
+  return result;
+}
+
+double Rng::Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
+
+TokenId Argmax(const float* logits, int32_t n_vocab) {
+  TokenId best = 0;
+  for (int32_t i = 1; i < n_vocab; ++i) {
+    if (logits[i] > logits[best]) best = i;
+  }
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& params, uint64_t seed)
+    : params_(params), rng_(params.seed.value_or(seed)) {}
+
+void Sampler::AddPromptTokens(const std::vector<TokenId>& tokens) {
+  if (params_.repetition_penalty == 1.0f) return;
+  seen_.insert(tokens.begin(), tokens.end());
+}
+
+void Sampler::AddGenerated(TokenId token) {
+  if (params_.repetition_penalty != 1.0f) seen_.insert(token);
+  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) ++generated_[token];
+}
+
+void Sampler::ApplyPenalties(float* logits, int32_t n_vocab) const {
+  // Repetition penalty as in CTRL / HF: shrink positive logits, grow negative.
+  const float rp = params_.repetition_penalty;
+  if (rp != 1.0f) {
+    for (TokenId t : seen_) {
+      if (t < 0 || t >= n_vocab) continue;
+      logits[t] = logits[t] > 0 ? logits[t] / rp : logits[t] * rp;
+    }
+  }
+  // Presence and frequency penalties as in the OpenAI API.
+  for (const auto& [t, count] : generated_) {
+    if (t < 0 || t >= n_vocab) continue;
+    logits[t] -= params_.presence_penalty + params_.frequency_penalty * count;
+  }
+}
+
+SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
+  SampleResult r;
+  // Log-probabilities describe the model's raw distribution (before
+  // penalties and temperature), as OpenAI-style APIs report them.
+  const bool want_logprobs = params_.logprobs || params_.top_logprobs > 0;
+  double lse = 0;
+  if (want_logprobs) {
+    lse = LogSumExp(logits, n_vocab);
+    if (params_.top_logprobs > 0) {
+      const int32_t k = std::min(params_.top_logprobs, n_vocab);
+      candidates_.clear();
+      for (int32_t i = 0; i < n_vocab; ++i) candidates_.emplace_back(logits[i], i);
+      std::partial_sort(candidates_.begin(), candidates_.begin() + k, candidates_.end(),
+                        [](const auto& a, const auto& b) {
+                          return a.first > b.first || (a.first == b.first && a.second < b.second);
+                        });
+      for (int32_t i = 0; i < k; ++i) {
+        r.top.push_back({candidates_[i].second, static_cast<float>(candidates_[i].first - lse)});
+      }
+    }
+  }
+  const bool penalized = (params_.repetition_penalty != 1.0f && !seen_.empty()) ||
+                         ((params_.presence_penalty != 0 || params_.frequency_penalty != 0) &&
+                          !generated_.empty());
+  std::vector<float> raw_saved;  // raw logits, kept only when penalties change them
+  if (penalized && want_logprobs) raw_saved.assign(logits, logits + n_vocab);
+  if (penalized) ApplyPenalties(logits, n_vocab);
+
+  auto finish = [&](TokenId t) {
+    r.token = t;
+    if (want_logprobs) {
+      r.logprob = static_cast<float>((raw_saved.empty() ? logits[t] : raw_saved[t]) - lse);
+    }
+    return r;
+  };
+  if (params_.temperature == 0.0f) return finish(Argmax(logits, n_vocab));
+
+  // Candidates sorted by logit, descending; keep only what top-k allows.
+  candidates_.clear();
+  candidates_.reserve(n_vocab);
+  for (int32_t i = 0; i < n_vocab; ++i) candidates_.emplace_back(logits[i], i);
+  auto by_logit = [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  int32_t n = n_vocab;
+  if (params_.top_k > 0 && params_.top_k < n) n = params_.top_k;
+  // Sort lazily: grow the sorted prefix only as far as top-p needs it.
+  int32_t sorted = std::min<int32_t>(n, 64);
+  std::partial_sort(candidates_.begin(), candidates_.begin() + sorted, candidates_.begin() + n_vocab,
+                    by_logit);
+
+  const float inv_t = 1.0f / params_.temperature;
+  const float max_logit = candidates_[0].first;
+  // Unnormalized probabilities over all n candidates (the unsorted tail too).
+  double total = 0;
+  for (int32_t i = 0; i < n; ++i) total += std::exp((candidates_[i].first - max_logit) * inv_t);
+  if (params_.top_k > 0 && params_.top_k < n_vocab) {
+    // candidates_[0, n) must be exactly the top-k set: sort fully up to n.
+    if (sorted < n) {
+      std::partial_sort(candidates_.begin(), candidates_.begin() + n,
+                        candidates_.begin() + n_vocab, by_logit);
+      sorted = n;
+      total = 0;
+      for (int32_t i = 0; i < n; ++i) total += std::exp((candidates_[i].first - max_logit) * inv_t);
+    }
+  }
+
+  // top-p: smallest prefix whose mass reaches top_p.
+  int32_t keep = n;
+  if (params_.top_p < 1.0f) {
+    double cum = 0;
+    int32_t i = 0;
+    for (;; ++i) {
+      if (i == sorted) {
+        const int32_t grow = std::min<int32_t>(n, sorted * 4);
+        std::partial_sort(candidates_.begin() + sorted, candidates_.begin() + grow,
+                          candidates_.begin() + n, by_logit);
+        sorted = grow;
+      }
+      if (i >= n) break;
+      cum += std::exp((candidates_[i].first - max_logit) * inv_t) / total;
+      if (cum >= params_.top_p) {
+        ++i;
+        break;
+      }
+    }
+    keep = std::max<int32_t>(1, std::min(i, n));
+  }
+  // min-p: drop tokens less likely than min_p times the most likely one.
+  if (params_.min_p > 0.0f) {
+    if (sorted < keep) {
+      std::partial_sort(candidates_.begin() + sorted, candidates_.begin() + keep,
+                        candidates_.begin() + n, by_logit);
+      sorted = keep;
+    }
+    const float threshold = max_logit + params_.temperature * std::log(params_.min_p);
+    int32_t i = 1;
+    while (i < keep && candidates_[i].first >= threshold) ++i;
+    keep = i;
+  }
+
+  double mass = 0;
+  for (int32_t i = 0; i < keep; ++i) mass += std::exp((candidates_[i].first - max_logit) * inv_t);
+  const double u = rng_.Uniform() * mass;
+  double cum = 0;
+  TokenId chosen = candidates_[keep - 1].second;
+  for (int32_t i = 0; i < keep; ++i) {
+    cum += std::exp((candidates_[i].first - max_logit) * inv_t);
+    if (u < cum) {
+      chosen = candidates_[i].second;
+      break;
+    }
+  }
+  return finish(chosen);
+}
+
+}  // namespace pdserve
