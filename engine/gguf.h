@@ -121,6 +121,9 @@ struct TensorInfo {
   const uint8_t* data = nullptr;  // inside the mapping, n_bytes long
 };
 
+// Immutable once parsed, so concurrent readers need no locking. Views and
+// pointers it hands out live as long as the GgufFile. An mmap'd file must not
+// be truncated while open (the kernel would raise SIGBUS on access).
 class GgufFile {
  public:
   // mmaps `path` read-only and parses it.
@@ -137,6 +140,8 @@ class GgufFile {
   uint64_t alignment() const { return alignment_; }
   const std::string& path() const { return path_; }
   uint64_t file_size() const { return size_; }
+  // Start of the tensor data section (aligned); in a file without tensors it
+  // may lie past file_size().
   uint64_t data_offset() const { return data_offset_; }
 
   const std::vector<Metadatum>& metadata() const { return metadata_; }
