@@ -1,6 +1,7 @@
 // Malformed and hostile GGUF files: each must fail with an error that names
 // what is wrong and where, never crash or read out of bounds.
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -81,15 +82,40 @@ TEST(GgufMalformed, NotARegularFile) {
 }
 
 TEST(GgufMalformed, UnreadableFile) {
-  if (geteuid() == 0) GTEST_SKIP() << "root can read a mode-000 file";
   const std::string path = TempPath("gguf_unreadable");
   ASSERT_TRUE(testing::SmallModelWriter().WriteFile(path).ok());
-  chmod(path.c_str(), 0);
-  absl::StatusOr<std::unique_ptr<GgufFile>> f = GgufFile::Open(path);
+  ASSERT_EQ(chmod(path.c_str(), 0), 0);
+  auto check = [&path] {
+    absl::StatusOr<std::unique_ptr<GgufFile>> f = GgufFile::Open(path);
+    return !f.ok() && f.status().code() == absl::StatusCode::kPermissionDenied &&
+           f.status().message() == "gguf: cannot open '" + path + "': Permission denied";
+  };
+  if (geteuid() != 0) {
+    EXPECT_TRUE(check());
+  } else {
+    // Root reads mode-000 files; check as an unprivileged user in a child.
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      if (setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
+      _exit(check() ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0) << "2: could not drop privileges, 1: wrong error";
+  }
+  unlink(path.c_str());
+}
+
+TEST(GgufMalformed, PathThroughAFile) {
+  const std::string path = TempPath("gguf_not_a_dir");
+  ASSERT_TRUE(testing::SmallModelWriter().WriteFile(path).ok());
+  absl::StatusOr<std::unique_ptr<GgufFile>> f = GgufFile::Open(path + "/model.gguf");
   unlink(path.c_str());
   ASSERT_FALSE(f.ok());
-  EXPECT_EQ(f.status().code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(std::string(f.status().message()), HasSubstr("Permission denied"));
+  EXPECT_EQ(std::string(f.status().message()),
+            "gguf: cannot open '" + path + "/model.gguf': Not a directory");
 }
 
 TEST(GgufMalformed, EmptyFileOnDisk) {
