@@ -4,17 +4,13 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/attention_internal.h"
+#include "kernels/cpu/isa.h"
+
 namespace pdserve::kernels {
 namespace {
 
-// Element `d` of K (kv = 0) or V (kv = 1) row of KV head `h` at position `pos`.
-inline const uint8_t* KvRow(const KvLayerView& kv, const AttnSeq& seq, int kv_idx, int h,
-                            int32_t pos) {
-  const uint8_t* block = kv.Block(seq.block_table[pos / kv.block_size]);
-  const int64_t row =
-      (static_cast<int64_t>(kv_idx) * kv.n_kv_heads + h) * kv.block_size + pos % kv.block_size;
-  return block + row * kv.head_dim * kv.ElemBytes();
-}
+using internal::KvRow;
 
 inline float LoadKv(const KvLayerView& kv, const uint8_t* row, int d) {
   if (kv.kv_type == DType::kF16) {
@@ -37,7 +33,9 @@ void StoreKv(const KvLayerView& kv, const AttnSeq& seq, const float* k, const fl
       for (int kv_idx = 0; kv_idx < 2; ++kv_idx) {
         const float* src = (kv_idx == 0 ? k : v) + i * ld + h * kv.head_dim;  // (head_dim)
         uint8_t* dst = const_cast<uint8_t*>(KvRow(kv, seq, kv_idx, h, pos));
-        if (kv.kv_type == DType::kF16) {
+        if (kv.kv_type == DType::kF16 && ActiveIsa() != Isa::kScalar) {
+          internal::F32ToF16RowF16c(reinterpret_cast<uint16_t*>(dst), src, kv.head_dim);
+        } else if (kv.kv_type == DType::kF16) {
           for (int d = 0; d < kv.head_dim; ++d) {
             const uint16_t hv = F32ToF16(src[d]);
             std::memcpy(dst + 2 * d, &hv, 2);
@@ -50,11 +48,18 @@ void StoreKv(const KvLayerView& kv, const AttnSeq& seq, const float* k, const fl
   }
 }
 
-int64_t AttentionScratchFloats(int32_t max_ctx) { return 4 * int64_t{max_ctx} + 65536; }
+// Scalar path: scores (max_ctx) + one output row; AVX-512 path: two float
+// K/V tiles, 64 output rows of up to 256 dims and softmax state.
+int64_t AttentionScratchFloats(int32_t max_ctx) { return int64_t{max_ctx} + 32768; }
 
 void PagedAttention(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
                     const AttnSeq* seqs, int n_seqs, int n_heads, float scale, int32_t max_ctx,
                     float* scratch, int ith, int nth) {
+  if (ActiveIsa() == Isa::kAvx512 && internal::Avx512AttentionSupports(kv, n_heads)) {
+    internal::PagedAttentionAvx512(out, ldo, q, ldq, kv, seqs, n_seqs, n_heads, scale,
+                                   scratch + ith * AttentionScratchFloats(max_ctx), ith, nth);
+    return;
+  }
   float* scores = scratch + ith * AttentionScratchFloats(max_ctx);  // (max_ctx)
   float* acc = scores + max_ctx;                                    // (head_dim)
   const int group = n_heads / kv.n_kv_heads;

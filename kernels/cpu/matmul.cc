@@ -1,5 +1,6 @@
 #include "kernels/cpu/matmul.h"
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -29,7 +30,7 @@ int64_t ActRowBytes(ActFormat f, int64_t n_in) {
     case ActFormat::kF32:
       return n_in * static_cast<int64_t>(sizeof(float));
     case ActFormat::kQ8_1:
-      return n_in / kQK * static_cast<int64_t>(sizeof(BlockQ8_1));
+      return n_in + n_in / kQK * 2 * static_cast<int64_t>(sizeof(float));
     case ActFormat::kQ8_K:
       return n_in / kQKK * static_cast<int64_t>(sizeof(BlockQ8_K));
   }
@@ -51,11 +52,11 @@ void QuantizeActivations(void* xq, ActFormat f, const float* x, int64_t n_in, in
         break;
       case ActFormat::kQ8_1:
         if (isa == Isa::kAvx512) {
-          internal::QuantizeRowQ8_1Avx512(out + r * row_bytes, row, n_in);
+          internal::QuantizeRowQ8Avx512(out + r * row_bytes, row, n_in);
         } else if (isa == Isa::kAvx2) {
-          internal::QuantizeRowQ8_1Avx2(out + r * row_bytes, row, n_in);
+          internal::QuantizeRowQ8Avx2(out + r * row_bytes, row, n_in);
         } else {
-          QuantizeRow(out + r * row_bytes, row, DType::kQ8_1, n_in);
+          internal::QuantizeRowQ8Scalar(out + r * row_bytes, row, n_in);
         }
         break;
       case ActFormat::kQ8_K:
@@ -88,9 +89,8 @@ void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_
 
 void MatMulRef(float* y, int64_t ldy, const WeightMatrix& w, const float* x, int64_t n_tokens) {
   std::vector<float> row(w.n_in);
-  const int64_t row_bytes = RowBytes(w.type, w.n_in);
   for (int64_t r = 0; r < w.n_out; ++r) {
-    DequantizeRow(row.data(), static_cast<const uint8_t*>(w.data) + r * row_bytes, w.type, w.n_in);
+    DequantizeWeightRow(row.data(), w, r);
     for (int64_t t = 0; t < n_tokens; ++t) {
       double acc = 0;
       for (int64_t k = 0; k < w.n_in; ++k) acc += static_cast<double>(row[k]) * x[t * w.n_in + k];
@@ -103,52 +103,60 @@ void MatMulQuantRef(float* y, int64_t ldy, const WeightMatrix& w, const void* xq
                     int64_t n_tokens) {
   const ActFormat f = ActFormatFor(w.type);
   const int64_t act_row_bytes = ActRowBytes(f, w.n_in);
-  const int64_t row_bytes = RowBytes(w.type, w.n_in);
-  std::vector<float> wrow(w.n_in), xrow(w.n_in);
+  std::vector<float> wrow(w.n_in);
+  std::vector<double> xrow(w.n_in);
   for (int64_t t = 0; t < n_tokens; ++t) {
     const uint8_t* xt = static_cast<const uint8_t*>(xq) + t * act_row_bytes;
-    switch (f) {
-      case ActFormat::kF32:
-        std::memcpy(xrow.data(), xt, w.n_in * sizeof(float));
-        break;
-      case ActFormat::kQ8_1:
-        DequantizeRow(xrow.data(), xt, DType::kQ8_1, w.n_in);
-        break;
-      case ActFormat::kQ8_K:
-        DequantizeRow(xrow.data(), xt, DType::kQ8_K, w.n_in);
-        break;
+    if (f == ActFormat::kQ8_1) {
+      const internal::ActQ8 a = internal::ActQ8View(xt, w.n_in);
+      for (int64_t k = 0; k < w.n_in; ++k) xrow[k] = static_cast<double>(a.qs[k]) * a.d[k / kQK];
+    } else {
+      std::vector<float> tmp(w.n_in);
+      if (f == ActFormat::kF32) {
+        std::memcpy(tmp.data(), xt, w.n_in * sizeof(float));
+      } else {
+        DequantizeRow(tmp.data(), xt, DType::kQ8_K, w.n_in);
+      }
+      for (int64_t k = 0; k < w.n_in; ++k) xrow[k] = tmp[k];
     }
     for (int64_t r = 0; r < w.n_out; ++r) {
-      const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * row_bytes;
+      DequantizeWeightRow(wrow.data(), w, r);
       double acc = 0;
-      if (w.type == DType::kQ4_0 || w.type == DType::kQ4_1) {
-        // The offset term uses the block sum s as stored, like the kernels do.
-        const BlockQ8_1* xb = reinterpret_cast<const BlockQ8_1*>(xt);
-        for (int64_t b = 0; b < w.n_in / kQK; ++b) {
-          double dot = 0;
-          for (int j = 0; j < kQK / 2; ++j) {
-            const uint8_t q =
-                wr[b * GetDType(w.type).type_size + (w.type == DType::kQ4_0 ? 2 : 4) + j];
-            dot += (q & 0xF) * static_cast<double>(xrow[b * kQK + j]) +
-                   (q >> 4) * static_cast<double>(xrow[b * kQK + j + kQK / 2]);
-          }
-          uint16_t dh, mh;
-          std::memcpy(&dh, wr + b * GetDType(w.type).type_size, 2);
-          const double s = F16ToF32(xb[b].s);
-          if (w.type == DType::kQ4_0) {
-            acc += F16ToF32(dh) * (dot - 8 * s);
-          } else {
-            std::memcpy(&mh, wr + b * GetDType(w.type).type_size + 2, 2);
-            acc += F16ToF32(dh) * dot + F16ToF32(mh) * s;
-          }
-        }
-      } else {
-        DequantizeRow(wrow.data(), wr, w.type, w.n_in);
-        for (int64_t k = 0; k < w.n_in; ++k) acc += static_cast<double>(wrow[k]) * xrow[k];
-      }
+      for (int64_t k = 0; k < w.n_in; ++k) acc += wrow[k] * xrow[k];
       y[t * ldy + r] = static_cast<float>(acc);
     }
   }
 }
+
+namespace internal {
+
+void QuantizeRowQ8Scalar(void* y, const float* x, int64_t n_in) {
+  int8_t* qs = static_cast<int8_t*>(y);  // (n_in)
+  float d[kQKK / kQK];                   // staged: y's floats may be unaligned
+  float sa[kQKK / kQK];
+  const int64_t nb = n_in / kQK;
+  for (int64_t b0 = 0; b0 < nb; b0 += kQKK / kQK) {
+    const int64_t b1 = b0 + kQKK / kQK < nb ? b0 + kQKK / kQK : nb;
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xb = x + b * kQK;
+      float amax = 0;
+      for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+      const float db = amax / 127;
+      const float id = db != 0 ? 1.0f / db : 0.0f;
+      int sum = 0;
+      for (int j = 0; j < kQK; ++j) {
+        const int q = static_cast<int>(std::nearbyint(xb[j] * id));
+        qs[b * kQK + j] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      d[b - b0] = db;
+      sa[b - b0] = db * static_cast<float>(sum);
+    }
+    std::memcpy(qs + n_in + b0 * 4, d, (b1 - b0) * 4);
+    std::memcpy(qs + n_in + nb * 4 + b0 * 4, sa, (b1 - b0) * 4);
+  }
+}
+
+}  // namespace internal
 
 }  // namespace pdserve::kernels

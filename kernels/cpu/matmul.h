@@ -11,8 +11,12 @@ namespace pdserve::kernels {
 
 // How activations are encoded for a weight type's dot product.
 enum class ActFormat {
-  kF32,   // plain float rows (F32, F16 and BF16 weights)
-  kQ8_1,  // BlockQ8_1 per 32 elements (Q4_0, Q4_1, Q8_0 weights)
+  kF32,  // plain float rows (F32, F16 and BF16 weights)
+  // Q4_0, Q4_1, Q8_0 weights: ggml's Q8_1 content (int8 quants per block of
+  // 32, a scale d and the block sum d·Σq), laid out for SIMD: a row is
+  // [n_in int8 quants][n_in/32 float d][n_in/32 float d·Σq], the sum in float
+  // rather than BlockQ8_1's f16.
+  kQ8_1,
   kQ8_K,  // BlockQ8_K per 256 elements (Q4_K, Q6_K weights)
 };
 
@@ -20,14 +24,34 @@ ActFormat ActFormatFor(DType weight_type);
 // Bytes of one encoded activation row of n_in elements.
 int64_t ActRowBytes(ActFormat f, int64_t n_in);
 
-// A weight matrix of n_out rows by n_in columns, row-major, each row
-// RowBytes(type, n_in) bytes. Points into the mmapped model file.
+enum class WeightLayout {
+  kGgml,    // row-major ggml rows, as in the GGUF file
+  kPacked,  // PackWeights' interleaved layout (see PackWeights)
+};
+
+// A weight matrix of n_out rows by n_in columns. kGgml: row-major, each row
+// RowBytes(type, n_in) bytes, typically pointing into the mmapped model file.
 struct WeightMatrix {
-  const void* data = nullptr;  // (n_out, n_in) in `type`
+  const void* data = nullptr;  // (n_out, n_in) in `type`, arranged per `layout`
   DType type = DType::kF32;
   int64_t n_out = 0;
   int64_t n_in = 0;
+  WeightLayout layout = WeightLayout::kGgml;
 };
+
+// Load-time repacking for faster matmuls (Q4_0, Q4_1, Q8_0): groups of 16
+// rows whose blocks sit side by side so one 64-byte load feeds 16 output rows
+// of an integer dot product. Same bytes as the ggml rows plus padding of the
+// last group to 16 rows. Returns 0 when w cannot be packed (other types, or
+// w already packed); then use w as it is.
+int64_t PackedWeightBytes(const WeightMatrix& w);
+// Writes the packed form of w (kGgml) into dst (PackedWeightBytes(w) bytes,
+// 64-byte aligned preferred) and returns the matrix to pass to MatMul. Rows
+// are split across thread ith of nth (call with 0, 1 to do all).
+WeightMatrix PackWeights(void* dst, const WeightMatrix& w, int ith, int nth);
+// Dequantizes row `row` of w (either layout) into y (n_in floats), e.g. for
+// embedding lookups from a packed tied output matrix.
+void DequantizeWeightRow(float* y, const WeightMatrix& w, int64_t row);
 
 // Encodes rows [0, n_rows) of x (n_rows, n_in) into xq (n_rows, ActRowBytes)
 // Thread ith of nth encodes its share of rows. For kF32 this is a copy.
@@ -45,9 +69,8 @@ void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_
 void MatMulRef(float* y, int64_t ldy, const WeightMatrix& w, const float* x, int64_t n_tokens);
 
 // Reference on the encoded activations xq (n_tokens, ActRowBytes): dequantizes
-// weights and activations and accumulates in double, using the stored block
-// sum s of BlockQ8_1 for the Q4_0/Q4_1 offset terms exactly as MatMul does.
-// MatMul differs from it only by float rounding. For tests.
+// weights (either layout) and activations and accumulates in double. MatMul
+// differs from it only by float rounding. For tests.
 void MatMulQuantRef(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens);
 
 }  // namespace pdserve::kernels

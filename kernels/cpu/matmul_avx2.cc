@@ -1,17 +1,357 @@
-// AVX2 + FMA + F16C matmul path. Built with -mavx2 -mfma -mf16c; only called
-// when the CPU has them.
+// AVX2 + FMA + F16C matmul path (no VNNI: vpmaddubsw + vpmaddwd), built with
+// those -m flags and only called when the CPU has them (isa.cc). Also serves
+// the K-quants for the AVX-512 path.
 #include "kernels/cpu/matmul_internal.h"
-#include "kernels/quant.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
 
 namespace pdserve::kernels::internal {
+namespace {
 
+constexpr int kMaxTile = 4;  // tokens per tile: 16 ymm registers
+
+inline __m256i Bcast4(const int8_t* p) { return _mm256_set1_epi32(static_cast<int>(LoadU32(p))); }
+
+inline __m256 HalfToFloat8(const uint8_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+inline float HSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One half (8 rows) of a packed 16-row group times NT tokens; see
+// matmul_avx512.cc for the layout and the math.
+template <DType T, int NT>
+void HalfGroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t pb,
+                   const ActQ8* acts, int64_t b_act0, int half, int rows, bool accumulate) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  constexpr int kQuantBytes = T == DType::kQ8_0 ? 512 : 256;
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    if (accumulate) {
+      float tmp[8] = {};
+      for (int i = 0; i < rows; ++i) tmp[i] = y[t * ldy + i];
+      acc[t] = _mm256_loadu_ps(tmp);
+    } else {
+      acc[t] = _mm256_setzero_ps();
+    }
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = wg + b * pb + 32 * half;
+    const __m256 d = HalfToFloat8(wg + b * pb + kQuantBytes + 16 * half);
+    const __m256 off = T == DType::kQ4_1 ? HalfToFloat8(wg + b * pb + kQuantBytes + 32 + 16 * half)
+                       : T == DType::kQ4_0 ? _mm256_mul_ps(d, _mm256_set1_ps(-8.0f))
+                                           : _mm256_setzero_ps();
+    const int64_t ba = b_act0 + b;
+    if constexpr (T == DType::kQ8_0) {
+      // q + 128 back to signed; |q| x sign-adjusted a keeps vpmaddubsw's u8 x s8
+      // products in range (2 · 128 · 127 < 2^15).
+      const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+      __m256i q[8], qa[8];
+      for (int c = 0; c < 8; ++c) {
+        q[c] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * c)),
+                                flip);
+        qa[c] = _mm256_abs_epi8(q[c]);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* a = acts[t].qs + ba * kQK;
+        __m256i s = _mm256_setzero_si256();
+        for (int c = 0; c < 8; ++c) {
+          const __m256i prod =
+              _mm256_maddubs_epi16(qa[c], _mm256_sign_epi8(Bcast4(a + 4 * c), q[c]));
+          s = _mm256_add_epi32(s, _mm256_madd_epi16(prod, ones));
+        }
+        acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s),
+                                 _mm256_mul_ps(d, _mm256_set1_ps(acts[t].d[ba])), acc[t]);
+      }
+    } else {
+      __m256i q[8];
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * c));
+        q[c] = _mm256_and_si256(raw, m4);
+        q[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* a = acts[t].qs + ba * kQK;
+        // Eight products of 15 · 127 pairs stay below 2^15 in int16.
+        __m256i s16 = _mm256_maddubs_epi16(q[0], Bcast4(a));
+        for (int c = 1; c < 8; ++c) {
+          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[c], Bcast4(a + 4 * c)));
+        }
+        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+        acc[t] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(acts[t].d[ba])), acc[t]);
+        acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(acts[t].sa[ba]), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    if (rows == 8) {
+      _mm256_storeu_ps(y + t * ldy, acc[t]);
+    } else {
+      float tmp[8];
+      _mm256_storeu_ps(tmp, acc[t]);
+      for (int i = 0; i < rows; ++i) y[t * ldy + i] = tmp[i];
+    }
+  }
+}
+
+template <DType T>
+using TileFn = void (*)(float*, int64_t, const uint8_t*, int64_t, int64_t, const ActQ8*, int64_t,
+                        int, int, bool);
+
+template <DType T>
+TileFn<T> TileFor(int nt) {
+  static constexpr TileFn<T> kFns[kMaxTile] = {HalfGroupTile<T, 1>, HalfGroupTile<T, 2>,
+                                               HalfGroupTile<T, 3>, HalfGroupTile<T, 4>};
+  return kFns[nt - 1];
+}
+
+constexpr int64_t kOnTheFlyBlocks = 64;
+
+template <DType T>
+void MatMulQ(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t act_row_bytes,
+             int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_in / kQK;
+  const int64_t pb = PackedBlockBytes(T);
+  const bool packed = w.layout == WeightLayout::kPacked;
+  const int64_t row_bytes = RowBytes(T, w.n_in);
+  alignas(64) uint8_t tmp[kOnTheFlyBlocks * 544];
+  ActQ8 acts[kMaxTile];
+  for (int64_t r = r0; r < r1; r += kPackRows) {
+    const int rows = static_cast<int>(r1 - r < kPackRows ? r1 - r : kPackRows);
+    for (int64_t kb = 0; kb < nb; kb += packed ? nb : kOnTheFlyBlocks) {
+      const int64_t kb1 = packed ? nb : (kb + kOnTheFlyBlocks < nb ? kb + kOnTheFlyBlocks : nb);
+      const uint8_t* wg;
+      if (packed) {
+        wg = static_cast<const uint8_t*>(w.data) + (r / kPackRows) * nb * pb;
+      } else {
+        PackGroup(tmp, static_cast<const uint8_t*>(w.data) + r * row_bytes, row_bytes, rows, T, kb,
+                  kb1);
+        wg = tmp;
+      }
+      for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTile) {
+        const int nt = static_cast<int>(n_tokens - t0 < kMaxTile ? n_tokens - t0 : kMaxTile);
+        for (int t = 0; t < nt; ++t) {
+          acts[t] = ActQ8View(static_cast<const uint8_t*>(xq) + (t0 + t) * act_row_bytes, w.n_in);
+        }
+        for (int half = 0; half < 2 && 8 * half < rows; ++half) {
+          const int hrows = rows - 8 * half < 8 ? rows - 8 * half : 8;
+          TileFor<T>(nt)(y + t0 * ldy + r + 8 * half, ldy, wg, kb1 - kb, pb, acts, kb, half, hrows,
+                         kb > 0);
+        }
+      }
+    }
+  }
+}
+
+// Q4_K against Q8_K: per 32-element sub-block, maddubs then madd by the
+// sub-block scale; mins through the activation's 16-element sums.
+float DotQ4K(const BlockQ4_K* x, const BlockQ8_K* a, int64_t nb) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  float acc_m = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 8; ++j) GetScaleMinK4(j, x[i].scales, &sc[j], &mn[j]);
+    int min_sum = 0;
+    for (int j = 0; j < 8; ++j) min_sum += mn[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs + 32 * j));
+      const __m256i lo = _mm256_and_si256(bits, m4);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+      const __m256i alo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs + 64 * j));
+      const __m256i ahi =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs + 64 * j + 32));
+      sumi = _mm256_add_epi32(
+          sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, alo), _mm256_set1_epi16(sc[2 * j])));
+      sumi = _mm256_add_epi32(
+          sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ahi), _mm256_set1_epi16(sc[2 * j + 1])));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * F16ToF32(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    acc_m += a[i].d * F16ToF32(x[i].dmin) * static_cast<float>(min_sum);
+  }
+  return HSum(acc) - acc_m;
+}
+
+// Q6_K against Q8_K: 6-bit quants as unsigned 0..63, the -32 offset taken
+// off afterwards through the 16-element activation sums.
+float DotQ6K(const BlockQ6_K* x, const BlockQ8_K* a, int64_t nb) {
+  const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const uint8_t* ql = x[i].ql;
+    const uint8_t* qh = x[i].qh;
+    const int8_t* q8 = a[i].qs;
+    int offset = 0;
+    for (int g = 0; g < 16; ++g) offset += x[i].scales[g] * a[i].bsums[g];
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 2; ++j, ql += 64, qh += 32, q8 += 128) {
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql));
+      const __m256i b2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ql + 32));
+      const __m256i bh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh));
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(b1, m15),
+                          _mm256_slli_epi16(_mm256_and_si256(bh, m3), 4)),
+          _mm256_or_si256(_mm256_and_si256(b2, m15),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m3), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m15),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m3), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m15),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m3), 4)),
+      };
+      for (int c = 0; c < 4; ++c) {
+        const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q8 + 32 * c));
+        const int8_t* sc = x[i].scales + 8 * j + 2 * c;
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[c], av), scale));
+      }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_set_epi32(0, 0, 0, 0, 0, 0, 0, 32 * offset));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * F16ToF32(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return HSum(acc);
+}
+
+template <DType T>
+void MatMulK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t act_row_bytes,
+             int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_in / kQKK;
+  const int64_t rb = RowBytes(T, w.n_in);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const BlockQ8_K* a =
+          reinterpret_cast<const BlockQ8_K*>(static_cast<const uint8_t*>(xq) + t * act_row_bytes);
+      if constexpr (T == DType::kQ4_K) {
+        y[t * ldy + r] = DotQ4K(reinterpret_cast<const BlockQ4_K*>(wr), a, nb);
+      } else {
+        y[t * ldy + r] = DotQ6K(reinterpret_cast<const BlockQ6_K*>(wr), a, nb);
+      }
+    }
+  }
+}
+
+template <DType T>
+inline __m256 LoadW(const uint8_t* row, int64_t k) {
+  if constexpr (T == DType::kF16) {
+    return HalfToFloat8(row + 2 * k);
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
+  }
+}
+
+// F32 / F16 weights: 4 rows x 1 token per step, 8 lanes of FMA.
+template <DType T>
+void MatMulFloat(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                 int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t n = w.n_in, rb = RowBytes(T, n), n8 = n / 8 * 8;
+  const uint8_t* wd = static_cast<const uint8_t*>(w.data);  // (n_out, rb)
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* x =
+        reinterpret_cast<const float*>(static_cast<const uint8_t*>(xq) + t * act_row_bytes);  // (n)
+    int64_t r = r0;
+    if (n8 == n) {
+      for (; r + 4 <= r1; r += 4) {
+        const uint8_t* w0 = wd + r * rb;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t k = 0; k < n8; k += 8) {
+          const __m256 xv = _mm256_loadu_ps(x + k);
+          a0 = _mm256_fmadd_ps(LoadW<T>(w0, k), xv, a0);
+          a1 = _mm256_fmadd_ps(LoadW<T>(w0 + rb, k), xv, a1);
+          a2 = _mm256_fmadd_ps(LoadW<T>(w0 + 2 * rb, k), xv, a2);
+          a3 = _mm256_fmadd_ps(LoadW<T>(w0 + 3 * rb, k), xv, a3);
+        }
+        y[t * ldy + r] = HSum(a0);
+        y[t * ldy + r + 1] = HSum(a1);
+        y[t * ldy + r + 2] = HSum(a2);
+        y[t * ldy + r + 3] = HSum(a3);
+      }
+    }
+    if (r < r1) MatMulScalar(y + t * ldy, ldy, w, x, act_row_bytes, 1, r, r1);
+  }
+}
+
+}  // namespace
+
+void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t act_row_bytes,
+                int64_t n_tokens, int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case DType::kQ4_0:
+      return MatMulQ<DType::kQ4_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ4_1:
+      return MatMulQ<DType::kQ4_1>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ8_0:
+      return MatMulQ<DType::kQ8_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ4_K:
+      return MatMulK<DType::kQ4_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ6_K:
+      return MatMulK<DType::kQ6_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kF32:
+      return MatMulFloat<DType::kF32>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kF16:
+      return MatMulFloat<DType::kF16>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    default:
+      return MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+  }
+}
+
+void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in) {
+  int8_t* qs = static_cast<int8_t*>(y);  // (n_in)
+  uint8_t* dp = reinterpret_cast<uint8_t*>(qs + n_in);
+  const int64_t nb = n_in / kQK;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256 v[4];
+    __m256 ax = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(x + b * kQK + 8 * j);
+      ax = _mm256_max_ps(ax, _mm256_andnot_ps(sign, v[j]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(ax), _mm256_extractf128_ps(ax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float amax = _mm_cvtss_f32(m);
+    const float d = amax / 127;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const __m256 idv = _mm256_set1_ps(id);
+    __m256i q[4];
+    __m256i sum = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], idv));  // nearest, ties to even
+      sum = _mm256_add_epi32(sum, q[j]);
+    }
+    // int32 -> int8 with the lane order restored after the in-lane packs.
+    const __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p = _mm256_packs_epi16(p01, p23);
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qs + b * kQK), p);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    const float sa = d * static_cast<float>(_mm_cvtsi128_si32(s));
+    std::memcpy(dp + 4 * b, &d, 4);
+    std::memcpy(dp + 4 * (nb + b), &sa, 4);
+  }
+}
+
+}  // namespace pdserve::kernels::internal
+
+#else  // no AVX2 at compile time: never selected at run time.
+
+namespace pdserve::kernels::internal {
 void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t act_row_bytes,
                 int64_t n_tokens, int64_t r0, int64_t r1) {
   MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
 }
-
-void QuantizeRowQ8_1Avx2(void* y, const float* x, int64_t n_in) {
-  QuantizeRow(y, x, DType::kQ8_1, n_in);
-}
-
+void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in) { QuantizeRowQ8Scalar(y, x, n_in); }
 }  // namespace pdserve::kernels::internal
+
+#endif

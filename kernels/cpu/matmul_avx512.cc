@@ -1,17 +1,235 @@
-// AVX-512 (F BW VL DQ VNNI) matmul path, built with those -m flags; only called
-// when the CPU has them.
+// AVX-512 (F BW VL DQ VNNI) matmul path, built with those -m flags and only
+// called when the CPU has them (isa.cc).
+//
+// Q4_0 / Q4_1 / Q8_0: 16 output rows per register. A packed 32-block of a
+// 16-row group unpacks to 8 vectors whose lane i holds 4 consecutive quants
+// of row i; vpdpbusd against the 4 matching activation bytes broadcast to all
+// lanes accumulates 16 row dot products at once, with no horizontal sums. A
+// tile of up to 8 tokens reuses each unpacked block, so prefill reads every
+// weight once per 8 tokens from L1 and decode streams the weights once.
 #include "kernels/cpu/matmul_internal.h"
-#include "kernels/quant.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
+    defined(__AVX512VL__)
+#include <immintrin.h>
 
 namespace pdserve::kernels::internal {
+namespace {
 
+constexpr int kMaxTile = 8;  // tokens per tile
+
+inline __m512i Bcast4(const int8_t* p) { return _mm512_set1_epi32(static_cast<int>(LoadU32(p))); }
+
+inline __m512 HalfToFloat16(const uint8_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Unpacks one packed block-group: q[c] pairs with activation bytes 4c..4c+3;
+// the row's dot is d·d_a·Σ(q·a) + off·(d_a·Σa).
+template <DType T>
+inline void UnpackBlock(const uint8_t* p, __m512i q[8], __m512* d, __m512* off) {
+  if constexpr (T == DType::kQ8_0) {
+    for (int c = 0; c < 8; ++c) q[c] = _mm512_loadu_si512(p + 64 * c);
+    *d = HalfToFloat16(p + 512);
+    *off = _mm512_mul_ps(*d, _mm512_set1_ps(-128.0f));
+  } else {
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i raw = _mm512_loadu_si512(p + 64 * c);
+      q[c] = _mm512_and_si512(raw, mask);
+      q[4 + c] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+    }
+    *d = HalfToFloat16(p + 256);
+    *off = T == DType::kQ4_1 ? HalfToFloat16(p + 288) : _mm512_mul_ps(*d, _mm512_set1_ps(-8.0f));
+  }
+}
+
+// y[t][16 rows] (+)= one 16-row group times NT tokens over blocks [0, nb) of
+// the packed group wg. Two integer chains per token and, for short tiles,
+// separate accumulators for the offset term keep the latency chains short.
+template <DType T, int NT>
+void GroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t pb, const ActQ8* acts,
+               int64_t b_act0, __mmask16 rows, bool accumulate) {
+  constexpr bool kSplit = NT <= 4;
+  __m512 acc[NT], acc2[kSplit ? NT : 1];
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = accumulate ? _mm512_maskz_loadu_ps(rows, y + t * ldy) : _mm512_setzero_ps();
+    if constexpr (kSplit) acc2[t] = _mm512_setzero_ps();
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i q[8];
+    __m512 d, off;
+    UnpackBlock<T>(wg + b * pb, q, &d, &off);
+    const int64_t ba = b_act0 + b;
+    for (int t = 0; t < NT; ++t) {
+      const int8_t* a = acts[t].qs + ba * kQK;
+      __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], Bcast4(a));
+      __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[4], Bcast4(a + 16));
+      s0 = _mm512_dpbusd_epi32(s0, q[1], Bcast4(a + 4));
+      s1 = _mm512_dpbusd_epi32(s1, q[5], Bcast4(a + 20));
+      s0 = _mm512_dpbusd_epi32(s0, q[2], Bcast4(a + 8));
+      s1 = _mm512_dpbusd_epi32(s1, q[6], Bcast4(a + 24));
+      s0 = _mm512_dpbusd_epi32(s0, q[3], Bcast4(a + 12));
+      s1 = _mm512_dpbusd_epi32(s1, q[7], Bcast4(a + 28));
+      const __m512 s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+      acc[t] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, _mm512_set1_ps(acts[t].d[ba])), acc[t]);
+      if constexpr (kSplit) {
+        acc2[t] = _mm512_fmadd_ps(off, _mm512_set1_ps(acts[t].sa[ba]), acc2[t]);
+      } else {
+        acc[t] = _mm512_fmadd_ps(off, _mm512_set1_ps(acts[t].sa[ba]), acc[t]);
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    if constexpr (kSplit) acc[t] = _mm512_add_ps(acc[t], acc2[t]);
+    _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+  }
+}
+
+template <DType T>
+using TileFn = void (*)(float*, int64_t, const uint8_t*, int64_t, int64_t, const ActQ8*, int64_t,
+                        __mmask16, bool);
+
+template <DType T>
+TileFn<T> TileFor(int nt) {
+  static constexpr TileFn<T> kFns[kMaxTile] = {GroupTile<T, 1>, GroupTile<T, 2>, GroupTile<T, 3>,
+                                               GroupTile<T, 4>, GroupTile<T, 5>, GroupTile<T, 6>,
+                                               GroupTile<T, 7>, GroupTile<T, 8>};
+  return kFns[nt - 1];
+}
+
+// Largest k range (in blocks) packed on the fly at once for ggml-layout
+// weights: 64 blocks of Q8_0 = 34 KiB of stack.
+constexpr int64_t kOnTheFlyBlocks = 64;
+
+template <DType T>
+void MatMulQ(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t act_row_bytes,
+             int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_in / kQK;
+  const int64_t pb = PackedBlockBytes(T);
+  const bool packed = w.layout == WeightLayout::kPacked;
+  const int64_t row_bytes = RowBytes(T, w.n_in);
+  alignas(64) uint8_t tmp[kOnTheFlyBlocks * 544];
+  ActQ8 acts[kMaxTile];
+  for (int64_t r = r0; r < r1; r += kPackRows) {
+    const int rows = static_cast<int>(r1 - r < kPackRows ? r1 - r : kPackRows);
+    const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+    for (int64_t kb = 0; kb < nb; kb += packed ? nb : kOnTheFlyBlocks) {
+      const int64_t kb1 = packed ? nb : (kb + kOnTheFlyBlocks < nb ? kb + kOnTheFlyBlocks : nb);
+      const uint8_t* wg;
+      if (packed) {
+        wg = static_cast<const uint8_t*>(w.data) + (r / kPackRows) * nb * pb;
+      } else {
+        PackGroup(tmp, static_cast<const uint8_t*>(w.data) + r * row_bytes, row_bytes, rows, T, kb,
+                  kb1);
+        wg = tmp;
+      }
+      for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTile) {
+        const int nt = static_cast<int>(n_tokens - t0 < kMaxTile ? n_tokens - t0 : kMaxTile);
+        for (int t = 0; t < nt; ++t) {
+          acts[t] = ActQ8View(static_cast<const uint8_t*>(xq) + (t0 + t) * act_row_bytes, w.n_in);
+        }
+        TileFor<T>(nt)(y + t0 * ldy + r, ldy, wg, kb1 - kb, pb, acts, kb, mask, kb > 0);
+      }
+    }
+  }
+}
+
+// F32 / F16 weights against float activations: 4 rows x 1 token per step.
+template <DType T>
+inline __m512 LoadW(const uint8_t* row, int64_t k) {
+  if constexpr (T == DType::kF16) {
+    return HalfToFloat16(row + 2 * k);
+  } else {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + k);
+  }
+}
+
+template <DType T>
+void MatMulFloat(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                 int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t n = w.n_in, rb = RowBytes(T, n);
+  const uint8_t* wd = static_cast<const uint8_t*>(w.data);  // (n_out, rb)
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* x =
+        reinterpret_cast<const float*>(static_cast<const uint8_t*>(xq) + t * act_row_bytes);  // (n)
+    int64_t r = r0;
+    if (n % 16 == 0) {
+      for (; r + 4 <= r1; r += 4) {
+        const uint8_t* w0 = wd + r * rb;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t k = 0; k < n; k += 16) {
+          const __m512 xv = _mm512_loadu_ps(x + k);
+          a0 = _mm512_fmadd_ps(LoadW<T>(w0, k), xv, a0);
+          a1 = _mm512_fmadd_ps(LoadW<T>(w0 + rb, k), xv, a1);
+          a2 = _mm512_fmadd_ps(LoadW<T>(w0 + 2 * rb, k), xv, a2);
+          a3 = _mm512_fmadd_ps(LoadW<T>(w0 + 3 * rb, k), xv, a3);
+        }
+        y[t * ldy + r] = _mm512_reduce_add_ps(a0);
+        y[t * ldy + r + 1] = _mm512_reduce_add_ps(a1);
+        y[t * ldy + r + 2] = _mm512_reduce_add_ps(a2);
+        y[t * ldy + r + 3] = _mm512_reduce_add_ps(a3);
+      }
+    }
+    if (r < r1) MatMulScalar(y + t * ldy, ldy, w, x, act_row_bytes, 1, r, r1);
+  }
+}
+
+}  // namespace
+
+void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                  int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case DType::kQ4_0:
+      return MatMulQ<DType::kQ4_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ4_1:
+      return MatMulQ<DType::kQ4_1>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ8_0:
+      return MatMulQ<DType::kQ8_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kF32:
+      return MatMulFloat<DType::kF32>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kF16:
+      return MatMulFloat<DType::kF16>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    default:
+      // K-quants share the AVX2 kernels.
+      return MatMulAvx2(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+  }
+}
+
+void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in) {
+  int8_t* qs = static_cast<int8_t*>(y);  // (n_in)
+  uint8_t* dp = reinterpret_cast<uint8_t*>(qs + n_in);
+  const int64_t nb = n_in / kQK;
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 x0 = _mm512_loadu_ps(x + b * kQK), x1 = _mm512_loadu_ps(x + b * kQK + 16);
+    const __m512 ax = _mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1));
+    const float amax = _mm512_reduce_max_ps(ax);
+    const float d = amax / 127;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const __m512 idv = _mm512_set1_ps(id);
+    // Default MXCSR rounding: nearest, ties to even, as nearbyint in the scalar path.
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, idv));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, idv));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * kQK), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(qs + b * kQK + 16), _mm512_cvtepi32_epi8(q1));
+    const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    const float sa = d * static_cast<float>(sum);
+    std::memcpy(dp + 4 * b, &d, 4);
+    std::memcpy(dp + 4 * (nb + b), &sa, 4);
+  }
+}
+
+}  // namespace pdserve::kernels::internal
+
+#else  // no AVX-512 at compile time: never selected at run time.
+
+namespace pdserve::kernels::internal {
 void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                   int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
   MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
 }
-
-void QuantizeRowQ8_1Avx512(void* y, const float* x, int64_t n_in) {
-  QuantizeRow(y, x, DType::kQ8_1, n_in);
-}
-
+void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in) { QuantizeRowQ8Scalar(y, x, n_in); }
 }  // namespace pdserve::kernels::internal
+
+#endif

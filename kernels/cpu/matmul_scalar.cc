@@ -32,43 +32,48 @@ float DotF16(const void* w, const void* x, int64_t n) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+// Q4_0/Q4_1/Q8_0 against an ActQ8 row: per block d_w·d_a·Σ(q·a) plus the
+// offset term (Q4_0: -8·d_w, Q4_1: m) times the activation block sum.
 float DotQ4_0(const void* w, const void* x, int64_t n) {
   const BlockQ4_0* wb = static_cast<const BlockQ4_0*>(w);
-  const BlockQ8_1* xb = static_cast<const BlockQ8_1*>(x);
+  const ActQ8 a = ActQ8View(x, n);
   float sum = 0;
   for (int64_t i = 0; i < n / kQK; ++i) {
+    const int8_t* qa = a.qs + i * kQK;
     int isum = 0;
     for (int j = 0; j < kQK / 2; ++j) {
-      isum += (wb[i].qs[j] & 0xF) * xb[i].qs[j] + (wb[i].qs[j] >> 4) * xb[i].qs[j + kQK / 2];
+      isum += (wb[i].qs[j] & 0xF) * qa[j] + (wb[i].qs[j] >> 4) * qa[j + kQK / 2];
     }
     const float dw = F16ToF32(wb[i].d);
-    sum += dw * (F16ToF32(xb[i].d) * isum - 8 * F16ToF32(xb[i].s));
+    sum += dw * a.d[i] * static_cast<float>(isum) - 8 * dw * a.sa[i];
   }
   return sum;
 }
 
 float DotQ4_1(const void* w, const void* x, int64_t n) {
   const BlockQ4_1* wb = static_cast<const BlockQ4_1*>(w);
-  const BlockQ8_1* xb = static_cast<const BlockQ8_1*>(x);
+  const ActQ8 a = ActQ8View(x, n);
   float sum = 0;
   for (int64_t i = 0; i < n / kQK; ++i) {
+    const int8_t* qa = a.qs + i * kQK;
     int isum = 0;
     for (int j = 0; j < kQK / 2; ++j) {
-      isum += (wb[i].qs[j] & 0xF) * xb[i].qs[j] + (wb[i].qs[j] >> 4) * xb[i].qs[j + kQK / 2];
+      isum += (wb[i].qs[j] & 0xF) * qa[j] + (wb[i].qs[j] >> 4) * qa[j + kQK / 2];
     }
-    sum += F16ToF32(wb[i].d) * F16ToF32(xb[i].d) * isum + F16ToF32(wb[i].m) * F16ToF32(xb[i].s);
+    sum += F16ToF32(wb[i].d) * a.d[i] * static_cast<float>(isum) + F16ToF32(wb[i].m) * a.sa[i];
   }
   return sum;
 }
 
 float DotQ8_0(const void* w, const void* x, int64_t n) {
   const BlockQ8_0* wb = static_cast<const BlockQ8_0*>(w);
-  const BlockQ8_1* xb = static_cast<const BlockQ8_1*>(x);
+  const ActQ8 a = ActQ8View(x, n);
   float sum = 0;
   for (int64_t i = 0; i < n / kQK; ++i) {
+    const int8_t* qa = a.qs + i * kQK;
     int isum = 0;
-    for (int j = 0; j < kQK; ++j) isum += wb[i].qs[j] * xb[i].qs[j];
-    sum += F16ToF32(wb[i].d) * F16ToF32(xb[i].d) * isum;
+    for (int j = 0; j < kQK; ++j) isum += wb[i].qs[j] * qa[j];
+    sum += F16ToF32(wb[i].d) * a.d[i] * static_cast<float>(isum);
   }
   return sum;
 }
@@ -158,10 +163,56 @@ DotFn DotFor(DType t) {
   }
 }
 
+// Packed 16-row groups: the same math as the Dot* functions, reading each
+// row's quants from its lane of the group.
+void MatMulPackedScalar(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                        int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  const int64_t nb = w.n_in / kQK;
+  const int64_t pb = PackedBlockBytes(w.type);
+  const int n_chunks = w.type == DType::kQ8_0 ? 8 : 4;
+  const int quant_bytes = n_chunks * 4 * kPackRows;
+  for (int64_t g = r0 / kPackRows; g * kPackRows < r1; ++g) {
+    const uint8_t* wg = static_cast<const uint8_t*>(w.data) + g * nb * pb;  // (nb, pb)
+    const int rows =
+        static_cast<int>(r1 - g * kPackRows < kPackRows ? r1 - g * kPackRows : kPackRows);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const ActQ8 a = ActQ8View(static_cast<const uint8_t*>(xq) + t * act_row_bytes, w.n_in);
+      for (int i = 0; i < rows; ++i) {
+        float sum = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          const uint8_t* p = wg + b * pb;
+          const int8_t* qa = a.qs + b * kQK;
+          int isum = 0;
+          for (int c = 0; c < n_chunks; ++c) {
+            for (int j = 0; j < 4; ++j) {
+              const uint8_t q = p[c * 64 + i * 4 + j];
+              if (w.type == DType::kQ8_0) {
+                isum += q * qa[4 * c + j];
+              } else {
+                isum += (q & 0xF) * qa[4 * c + j] + (q >> 4) * qa[16 + 4 * c + j];
+              }
+            }
+          }
+          const float dw = F16ToF32(LoadU16(p + quant_bytes + 2 * i));
+          const float off = w.type == DType::kQ4_1 ? F16ToF32(LoadU16(p + quant_bytes + 32 + 2 * i))
+                            : w.type == DType::kQ4_0 ? -8 * dw
+                                                     : -128 * dw;
+          sum += dw * a.d[b] * static_cast<float>(isum) + off * a.sa[b];
+        }
+        y[t * ldy + g * kPackRows + i] = sum;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void MatMulScalar(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                   int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  if (w.layout == WeightLayout::kPacked) {
+    MatMulPackedScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    return;
+  }
   const DotFn dot = DotFor(w.type);
   if (dot == nullptr) return;
   const int64_t row_bytes = RowBytes(w.type, w.n_in);

@@ -2,7 +2,13 @@
 
 #include <cmath>
 
+#include "kernels/cpu/isa.h"
+
 namespace pdserve::kernels {
+namespace internal {
+void SwiGluAvx512(float* y, const float* gate, const float* up, int64_t n);
+void SoftmaxAvx512(float* x, int64_t n);
+}  // namespace internal
 
 void RmsNorm(float* y, const float* x, const float* w, int64_t n, float eps) {
   float acc[8] = {};
@@ -30,6 +36,7 @@ void Rope(float* x, int n_heads, int head_dim, int n_rot, const float* cos_sin) 
 }
 
 void SwiGlu(float* y, const float* gate, const float* up, int64_t n) {
+  if (ActiveIsa() == Isa::kAvx512) return internal::SwiGluAvx512(y, gate, up, n);
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     y[i] = g / (1.0f + std::exp(-g)) * up[i];
@@ -37,6 +44,7 @@ void SwiGlu(float* y, const float* gate, const float* up, int64_t n) {
 }
 
 void Softmax(float* x, int64_t n) {
+  if (ActiveIsa() == Isa::kAvx512) return internal::SoftmaxAvx512(x, n);
   float max = -INFINITY;
   for (int64_t i = 0; i < n; ++i) max = x[i] > max ? x[i] : max;
   float sum = 0;

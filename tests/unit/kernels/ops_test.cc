@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
 #include "tests/unit/kernels/test_util.h"
 
 namespace pdserve::kernels {
@@ -47,34 +48,42 @@ TEST(OpsTest, RopeMatchesReference) {
 }
 
 TEST(OpsTest, SwiGluMatchesReference) {
-  for (int64_t n : {1, 13, 1536}) {
-    const std::vector<float> g = RandomVector(n, 4, 4.0f), u = RandomVector(n, 5);
-    std::vector<float> y(n), ref(n);
-    SwiGlu(y.data(), g.data(), u.data(), n);
-    SwiGluRef(ref.data(), g.data(), u.data(), n);
-    for (int64_t i = 0; i < n; ++i) {
-      EXPECT_NEAR(y[i], ref[i], 1e-5 * (std::fabs(ref[i]) + std::fabs(u[i]))) << i;
+  for (Isa isa : testing::SupportedIsas()) {
+    testing::ScopedIsa scoped(isa);
+    for (int64_t n : {1, 13, 1536}) {
+      const std::vector<float> g = RandomVector(n, 4, 4.0f), u = RandomVector(n, 5);
+      std::vector<float> y(n), ref(n);
+      SwiGlu(y.data(), g.data(), u.data(), n);
+      SwiGluRef(ref.data(), g.data(), u.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        EXPECT_NEAR(y[i], ref[i], 1e-5 * (std::fabs(ref[i]) + std::fabs(u[i]))) << i;
+      }
+      std::vector<float> z = g;  // in place
+      SwiGlu(z.data(), z.data(), u.data(), n);
+      EXPECT_EQ(z, y);
     }
-    std::vector<float> z = g;  // in place
-    SwiGlu(z.data(), z.data(), u.data(), n);
-    EXPECT_EQ(z, y);
   }
 }
 
 TEST(OpsTest, SoftmaxMatchesReference) {
-  for (int64_t n : {1, 5, 100, 4097}) {
-    std::vector<float> x = RandomVector(n, 6, 10.0f), ref = x;
-    Softmax(x.data(), n);
-    SoftmaxRef(ref.data(), n);
-    EXPECT_LT(MaxRelErr(x.data(), ref.data(), n), kOpsMaxRel);
-    double sum = 0;
-    for (float v : x) sum += v;
-    EXPECT_NEAR(sum, 1.0, 1e-5);
+  for (Isa isa : testing::SupportedIsas()) {
+    testing::ScopedIsa scoped(isa);
+    for (int64_t n : {1, 5, 100, 4097}) {
+      std::vector<float> x = RandomVector(n, 6, 10.0f), ref = x;
+      Softmax(x.data(), n);
+      SoftmaxRef(ref.data(), n);
+      EXPECT_LT(MaxRelErr(x.data(), ref.data(), n), kOpsMaxRel);
+      double sum = 0;
+      for (float v : x) sum += v;
+      EXPECT_NEAR(sum, 1.0, 1e-5);
+    }
+    std::vector<float> big(20, -1000.0f);  // no overflow
+    big[0] = big[17] = 1000.0f;
+    Softmax(big.data(), 20);
+    EXPECT_FLOAT_EQ(big[0], 0.5f);
+    EXPECT_FLOAT_EQ(big[17], 0.5f);
+    EXPECT_NEAR(big[2], 0.0f, 1e-30);
   }
-  std::vector<float> big = {1000.0f, 1000.0f, -1000.0f};  // no overflow
-  Softmax(big.data(), 3);
-  EXPECT_FLOAT_EQ(big[0], 0.5f);
-  EXPECT_FLOAT_EQ(big[2], 0.0f);
 }
 
 TEST(OpsTest, AddInplace) {
