@@ -1,0 +1,77 @@
+// Asynchronous HTTP/1.1 server (Boost.Beast underneath, kept out of this
+// header). Serves /metrics and health on every process and, later, the
+// OpenAI-compatible API with SSE streaming on the router.
+//
+//   HttpServer server(options);
+//   server.Handle("GET", "/health", [](const HttpRequest&) {
+//     return HttpResponse::Text(200, "ok\n");
+//   });
+//   PDS_RETURN_IF_ERROR(server.Start());
+//   ... server.port() ...
+//   server.Stop(absl::Seconds(5));
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "http/http_stream.h"
+#include "http/http_types.h"
+
+namespace pdserve::http {
+
+struct HttpServerOptions {
+  std::string bind_address = "0.0.0.0";
+  uint16_t port = 0;  // 0 picks an ephemeral port; see HttpServer::port().
+  int num_threads = 1;
+  uint64_t max_body_bytes = 8 << 20;     // Larger bodies get 413.
+  uint32_t max_header_bytes = 16 << 10;  // Larger headers get 431.
+  // Waiting for the first byte of a request (a kept-alive connection included).
+  absl::Duration idle_timeout = absl::Seconds(60);
+  // Reading one request, from its first byte to the end of its body.
+  absl::Duration read_timeout = absl::Seconds(30);
+  // One socket write (a whole response, or one flush of a stream): a client
+  // that stops reading for this long is disconnected.
+  absl::Duration write_timeout = absl::Seconds(30);
+  // Bound on a stream's unsent bytes; see HttpStream.
+  size_t max_stream_buffer_bytes = 1 << 20;
+  // TLS seam: when both are set the server is meant to speak HTTPS through a
+  // Beast ssl_stream. Not built yet: Start() returns UNIMPLEMENTED.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+};
+
+class HttpServer {
+ public:
+  explicit HttpServer(HttpServerOptions options);
+  ~HttpServer();  // Stop(absl::ZeroDuration()) when still running.
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Routes match method and exact path (the target before '?'). A path with
+  // routes for other methods answers 405; an unknown path goes to the
+  // fallback (404 unless set). Register before Start().
+  void Handle(std::string method, std::string path, HttpHandler handler);
+  void HandleAsync(std::string method, std::string path, HttpAsyncHandler handler);
+  void SetFallback(HttpAsyncHandler handler);
+
+  // Binds, listens and starts the threads.
+  absl::Status Start();
+  // The bound port (the ephemeral one when options.port was 0); 0 before Start.
+  uint16_t port() const;
+
+  // Stops accepting, closes idle connections, lets requests in flight and
+  // open streams finish for up to `grace`, then cancels what is left (their
+  // cancel callbacks fire) and joins the threads. Idempotent.
+  void Stop(absl::Duration grace = absl::Seconds(5));
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pdserve::http
