@@ -9,7 +9,8 @@ namespace pdserve::cli {
 int ParseFlags(int argc, char** argv, const std::string& usage, const po::options_description& desc,
                po::variables_map* vm) {
   try {
-    po::store(po::command_line_parser(argc - 1, argv + 1).options(desc).run(), *vm);
+    // argv[0] is the subcommand name; the parser skips it like a program name.
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), *vm);
     if (vm->count("help")) {
       std::cout << "usage: pdserve " << argv[0] << " " << usage << "\n\n" << desc << "\n";
       return 0;

@@ -138,8 +138,9 @@ absl::StatusOr<std::string> BuildDummyModelGguf(const DummyModelSpec& s) {
   const float in_scale = 1.0f / std::sqrt(static_cast<float>(s.n_embd));
   const float ff_scale = 1.0f / std::sqrt(static_cast<float>(s.n_ff));
   const int64_t E = s.n_embd, QD = s.n_embd, KVD = static_cast<int64_t>(s.n_kv_heads) * head_dim;
+  // Small enough that tied output logits spread over several tokens.
   w.AddTensor("token_embd.weight", s.embd_type, {E, n_vocab},
-              Quantized(rng, s.embd_type, n_vocab, E, 1.0f));
+              Quantized(rng, s.embd_type, n_vocab, E, 2.0f * in_scale));
   w.AddTensor("output_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
   if (!s.tied_embeddings) {
     w.AddTensor("output.weight", s.embd_type, {E, n_vocab},

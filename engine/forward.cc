@@ -74,7 +74,6 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
   const int64_t E = c.n_embd, QD = c.q_dim(), KVD = c.kv_dim(), FF = c.n_ff;
   const float attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   const int32_t n_seqs = static_cast<int32_t>(batch.seqs.size());
-  const int64_t scratch_per_thread = kernels::AttentionScratchFloats(model_->n_ctx());
 
   float* x = x_.data();
   float* xn = xn_.data();

@@ -1,0 +1,218 @@
+// pdserve bench: prefill and decode throughput of the engine on this
+// machine, with the memory bandwidth measured in the same run so decode can
+// be read as a fraction of what the hardware streams.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <numeric>
+#include <thread>
+
+#include "cli/command.h"
+#include "cli/engine_flags.h"
+#include "common/clock.h"
+#include "engine/engine.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/thread_pool.h"
+#include "nlohmann/json.hpp"
+
+namespace pdserve::cli {
+namespace {
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Streaming read bandwidth (GB/s) of a buffer much larger than the caches,
+// read by the same number of threads the engine uses.
+double MeasureReadBandwidth(kernels::ThreadPool* pool, size_t bytes, int reps) {
+  const size_t n = bytes / sizeof(uint64_t);
+  std::vector<uint64_t> buf(n);
+  for (size_t i = 0; i < n; ++i) buf[i] = i;  // commit the pages
+  std::vector<double> gbs;
+  std::vector<uint64_t> sink(pool->size() * 8);
+  for (int r = 0; r < reps; ++r) {
+    const int64_t t0 = MonoNowNs();
+    pool->Run([&](int ith, int nth) {
+      int64_t a, b;
+      kernels::SplitRange(static_cast<int64_t>(n), ith, nth, 4096, &a, &b);
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (int64_t i = a; i + 3 < b; i += 4) {
+        s0 += buf[i];
+        s1 += buf[i + 1];
+        s2 += buf[i + 2];
+        s3 += buf[i + 3];
+      }
+      sink[ith * 8] = s0 + s1 + s2 + s3;
+    });
+    gbs.push_back(static_cast<double>(bytes) / (MonoNowNs() - t0));
+  }
+  return Median(gbs);
+}
+
+struct Run {
+  std::unique_ptr<Engine> engine;
+  std::vector<int> done;
+  std::vector<int> tokens;
+};
+
+// Submits n requests, returns once every one has its first token.
+absl::Status StartRequests(Engine* engine, Run* run, int n, const std::vector<TokenId>& prompt,
+                           int max_tokens, const std::string& tag) {
+  run->done.assign(n, 0);
+  run->tokens.assign(n, 0);
+  for (int i = 0; i < n; ++i) {
+    RequestSpec s;
+    s.id = tag + std::to_string(i);
+    s.prompt = prompt;
+    s.prompt[0] = (prompt[0] + i) % 1000 + 10;  // distinct sequences, no prefix sharing
+    s.sampling.temperature = 0;
+    s.stop.max_tokens = max_tokens;
+    s.stop.ignore_eos = true;
+    absl::Status st = engine->Submit(std::move(s), [run, i](const SeqOutput& out) {
+      run->tokens[i] += static_cast<int>(out.tokens.size());
+      if (out.finish != FinishReason::kNone) run->done[i] = 1;
+    });
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+int RunBench(int argc, char** argv) {
+  po::options_description desc("bench flags");
+  AddCommonFlags(&desc);
+  AddEngineFlags(&desc);
+  desc.add_options()
+      ("prompt-tokens", po::value<int>()->default_value(512), "prefill test: prompt length")
+      ("gen-tokens", po::value<int>()->default_value(128), "decode test: tokens per sequence")
+      ("batch", po::value<std::vector<int>>()->multitoken()->default_value({1, 8, 32}, "1 8 32"),
+       "decode batch sizes")
+      ("reps", po::value<int>()->default_value(3), "repetitions (the median is reported)")
+      ("bandwidth-mib", po::value<int>()->default_value(1024), "buffer for the bandwidth test")
+      ("json", po::bool_switch(), "print one JSON object");
+  po::variables_map vm;
+  if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
+  EngineFlags ef;
+  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok()) return Fail("bench", std::string(s.message()));
+  const int n_prompt = vm["prompt-tokens"].as<int>();
+  const int n_gen = vm["gen-tokens"].as<int>();
+  const int reps = std::max(1, vm["reps"].as<int>());
+  std::vector<int> batches = vm["batch"].as<std::vector<int>>();
+  if (n_prompt < 1 || n_gen < 2) return Fail("bench", "--prompt-tokens >= 1 and --gen-tokens >= 2");
+  for (int b : batches) {
+    if (b < 1 || b > 256) return Fail("bench", "--batch sizes must be in [1, 256]");
+  }
+
+  auto loaded = Model::Load(ef.model_path, ef.n_ctx);
+  if (!loaded.ok()) return Fail("bench", std::string(loaded.status().message()));
+  std::shared_ptr<const Model> model = std::move(*loaded);
+  const ModelConfig& c = model->config();
+  if (n_prompt + 1 >= model->n_ctx() || n_gen + 2 >= model->n_ctx()) {
+    return Fail("bench", "prompt or generation longer than the context");
+  }
+  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  EngineOptions o = ef.options;
+  o.max_batch_tokens = std::max({o.max_batch_tokens, n_prompt, max_batch});
+  o.max_batch_seqs = std::max(o.max_batch_seqs, max_batch);
+  o.prefix_cache = false;  // repetitions must recompute
+  // Room for the largest decode batch.
+  const int64_t need_blocks = static_cast<int64_t>(max_batch) * ((n_gen + 2 + o.block_size) / o.block_size + 1) +
+                              (n_prompt + o.block_size) / o.block_size + 8;
+  o.kv_blocks = static_cast<int32_t>(std::max<int64_t>(o.kv_blocks, need_blocks));
+  auto created = Engine::Create(model, o);
+  if (!created.ok()) return Fail("bench", std::string(created.status().message()));
+  Engine* engine = created->get();
+
+  // Prefill: one prompt of n_prompt tokens, timed over the step that computes it.
+  std::vector<double> prefill;
+  std::vector<TokenId> prompt(n_prompt);
+  for (int i = 0; i < n_prompt; ++i) prompt[i] = 100 + (i * 37) % 20000;
+  for (int r = 0; r < reps + 1; ++r) {
+    Run run;
+    if (absl::Status s = StartRequests(engine, &run, 1, prompt, 1, "p" + std::to_string(r) + "-"); !s.ok()) {
+      return Fail("bench", std::string(s.message()));
+    }
+    const int64_t t0 = MonoNowNs();
+    while (!run.done[0]) engine->Step();
+    if (r > 0) prefill.push_back(n_prompt * 1e9 / (MonoNowNs() - t0));  // first run warms up
+  }
+
+  // Decode at each batch size: sequences start from a one-token prompt (as
+  // llama-bench's tg test does); timed once all are decoding.
+  nlohmann::json decode = nlohmann::json::object();
+  double decode_b1 = 0;
+  for (int b : batches) {
+    std::vector<double> tps;
+    for (int r = 0; r < reps; ++r) {
+      Run run;
+      const std::string tag = "d" + std::to_string(b) + "-" + std::to_string(r) + "-";
+      if (absl::Status s = StartRequests(engine, &run, b, {prompt[0]}, n_gen, tag); !s.ok()) {
+        return Fail("bench", std::string(s.message()));
+      }
+      // First step computes the prompts and the first tokens.
+      while (std::accumulate(run.tokens.begin(), run.tokens.end(), 0) < b) engine->Step();
+      const int before = std::accumulate(run.tokens.begin(), run.tokens.end(), 0);
+      const int64_t t0 = MonoNowNs();
+      while (std::accumulate(run.done.begin(), run.done.end(), 0) < b) engine->Step();
+      const int after = std::accumulate(run.tokens.begin(), run.tokens.end(), 0);
+      tps.push_back((after - before) * 1e9 / (MonoNowNs() - t0));
+    }
+    decode[std::to_string(b)] = Median(tps);
+    if (b == 1) decode_b1 = Median(tps);
+  }
+
+  rusage ru;  // before the bandwidth buffer inflates it
+  getrusage(RUSAGE_SELF, &ru);
+  kernels::ThreadPool bw_pool(engine->n_threads());
+  const double bw_gbs =
+      MeasureReadBandwidth(&bw_pool, static_cast<size_t>(vm["bandwidth-mib"].as<int>()) << 20, reps + 1);
+
+  // Bytes one batch-1 decode step reads: every weight matrix once (the
+  // tied output matrix too), norms, one embedding row, and the KV cache at
+  // the mean context of the run.
+  const ModelWeights& w = model->weights();
+  int64_t weight_bytes = 0;
+  for (const LayerWeights& l : w.layers) {
+    for (const kernels::WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      weight_bytes += kernels::RowBytes(m->type, m->n_in) * m->n_out;
+    }
+    weight_bytes += 2 * c.n_embd * 4;
+  }
+  weight_bytes += kernels::RowBytes(w.output.type, w.output.n_in) * w.output.n_out;
+  const int64_t kv_bytes_per_token = engine->cache().config().BlockBytes() / o.block_size;
+  const double mean_ctx = 1 + n_gen / 2.0;
+  const double bytes_per_token = weight_bytes + kv_bytes_per_token * mean_ctx;
+  const double decode_fraction = decode_b1 * bytes_per_token / (bw_gbs * 1e9);
+
+  nlohmann::json j;
+  j["model"] = ef.model_path;
+  j["model_name"] = c.name;
+  j["threads"] = engine->n_threads();
+  j["isa"] = kernels::IsaName(kernels::ActiveIsa());
+  j["prompt_tokens"] = n_prompt;
+  j["gen_tokens"] = n_gen;
+  j["reps"] = reps;
+  j["prefill_tok_s"] = Median(prefill);
+  j["decode_tok_s"] = decode_b1;
+  j["decode_tok_s_by_batch"] = decode;
+  j["mem_read_bw_gb_s"] = bw_gbs;
+  j["decode_bytes_per_token"] = bytes_per_token;
+  j["decode_bw_fraction"] = decode_fraction;
+  j["weights_mib"] = w.total_bytes / 1048576.0;
+  j["kv_cache_mib"] = static_cast<double>(engine->cache().config().BlockBytes()) *
+                      engine->cache().config().n_blocks / 1048576.0;
+  j["peak_rss_mib"] = ru.ru_maxrss / 1024.0;
+  if (vm["json"].as<bool>()) {
+    std::cout << j.dump() << std::endl;
+  } else {
+    std::cout << j.dump(2) << std::endl;
+  }
+  return 0;
+}
+
+}  // namespace
+PDS_COMMAND(bench, "measure prefill and decode throughput and memory bandwidth", RunBench);
+}  // namespace pdserve::cli

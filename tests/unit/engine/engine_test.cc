@@ -1,0 +1,286 @@
+// Engine behaviour on a random-weight model: validation, stop conditions,
+// sampling reproducibility, cancellation, preemption, and the prefill-only /
+// imported-decode path the cluster uses.
+#include <cstring>
+#include <map>
+
+#include "tests/unit/engine/test_util.h"
+
+namespace pdserve::testing {
+namespace {
+
+std::vector<TokenId> Tokens(int n, int seed) {
+  std::vector<TokenId> t(n);
+  for (int i = 0; i < n; ++i) t[i] = 32 + (i * 31 + seed * 17) % 200;
+  return t;
+}
+
+TEST(Engine, RejectsBadRequestsWithClearErrors) {
+  auto model = LoadDummy(DummyModelSpec{});  // n_ctx 256
+  auto engine = MakeEngine(model);
+  auto submit = [&](RequestSpec s) { return engine->Submit(std::move(s), nullptr); };
+  struct Case {
+    const char* what;
+    std::function<void(RequestSpec&)> edit;
+    const char* message;
+  } cases[] = {
+      {"empty", [](RequestSpec& s) { s.prompt.clear(); }, "prompt is empty"},
+      {"too long", [](RequestSpec& s) { s.prompt.assign(256, 40); }, "context holds 256"},
+      {"max_tokens 0", [](RequestSpec& s) { s.stop.max_tokens = 0; }, "max_tokens must be at least 1"},
+      {"past context", [](RequestSpec& s) { s.stop.max_tokens = 250; }, "exceeds the context length"},
+      {"nan temperature", [](RequestSpec& s) { s.sampling.temperature = NAN; }, "temperature"},
+      {"negative temperature", [](RequestSpec& s) { s.sampling.temperature = -1; }, "temperature"},
+      {"top_p 0", [](RequestSpec& s) { s.sampling.top_p = 0; }, "top_p must be in (0, 1]"},
+      {"top_p 1.5", [](RequestSpec& s) { s.sampling.top_p = 1.5; }, "top_p"},
+      {"top_k -1", [](RequestSpec& s) { s.sampling.top_k = -1; }, "top_k must be >= 0"},
+      {"bad token", [](RequestSpec& s) { s.prompt[0] = 100000; }, "outside the vocabulary"},
+      {"bad stop id", [](RequestSpec& s) { s.stop.stop_token_ids = {-3}; }, "stop token id"},
+      {"empty stop", [](RequestSpec& s) { s.stop.stop_strings = {""}; }, "stop strings must not be empty"},
+  };
+  for (const Case& c : cases) {
+    RequestSpec s = Greedy("r", Tokens(10, 1), 8);
+    c.edit(s);
+    absl::Status st = submit(std::move(s));
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << c.what;
+    EXPECT_NE(std::string(st.message()).find(c.message), std::string::npos)
+        << c.what << ": " << st.message();
+  }
+  ASSERT_TRUE(submit(Greedy("dup", Tokens(10, 1), 4)).ok());
+  EXPECT_EQ(submit(Greedy("dup", Tokens(10, 1), 4)).code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST(Engine, RequestLargerThanTheCacheIsResourceExhausted) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions o;
+  o.kv_blocks = 4;
+  o.block_size = 4;  // 16 tokens in all
+  auto engine = MakeEngine(model, o);
+  absl::Status st = engine->Submit(Greedy("big", Tokens(10, 1), 10), nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+}
+
+TEST(Engine, MaxTokensAndUsage) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  Result r;
+  ASSERT_TRUE(engine->Submit(Greedy("a", Tokens(12, 2), 7), Collect(&r)).ok());
+  RunUntilDone(engine.get(), {&r});
+  EXPECT_EQ(r.finish, FinishReason::kLength);
+  EXPECT_EQ(r.tokens.size(), 7u);
+  EXPECT_EQ(r.completion_tokens, 7);
+  EXPECT_EQ(r.prompt_tokens, 12);
+  EXPECT_EQ(r.updates, 7);
+  // Every block is back once the request is done.
+  EXPECT_EQ(engine->cache().Stats().free_blocks, engine->cache().config().n_blocks);
+}
+
+TEST(Engine, StopTokenIdEndsWithoutText) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  auto run = [&](const std::string& id, int max_tokens, std::vector<TokenId> stop_ids) {
+    RequestSpec s = Greedy(id, Tokens(12, 2), max_tokens);
+    s.stop.stop_token_ids = std::move(stop_ids);
+    Result r;
+    EXPECT_TRUE(engine->Submit(std::move(s), Collect(&r)).ok());
+    RunUntilDone(engine.get(), {&r});
+    return r;
+  };
+  const Result first = run("a", 6, {});
+  // Stop on the third greedy token (or its first occurrence).
+  const TokenId stop = first.tokens[2];
+  const size_t idx = std::find(first.tokens.begin(), first.tokens.end(), stop) - first.tokens.begin();
+  const Result r = run("b", 6, {stop});
+  EXPECT_EQ(r.finish, FinishReason::kStop);
+  EXPECT_EQ(r.tokens, std::vector<TokenId>(first.tokens.begin(), first.tokens.begin() + idx + 1));
+  // The text is that of the tokens before the stop token.
+  if (idx > 0) EXPECT_EQ(r.text, run("c", static_cast<int>(idx), {}).text);
+  else EXPECT_EQ(r.text, "");
+}
+
+TEST(Engine, StopStringIsNotEmitted) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  Result first;
+  ASSERT_TRUE(engine->Submit(Greedy("a", Tokens(12, 3), 12), Collect(&first)).ok());
+  RunUntilDone(engine.get(), {&first});
+  ASSERT_GE(first.text.size(), 6u);
+  // A stop string made of text from the middle of the output.
+  const std::string stop = first.text.substr(3, 3);
+  RequestSpec s = Greedy("b", Tokens(12, 3), 12);
+  s.stop.stop_strings = {stop};
+  Result r;
+  ASSERT_TRUE(engine->Submit(std::move(s), Collect(&r)).ok());
+  RunUntilDone(engine.get(), {&r});
+  EXPECT_EQ(r.finish, FinishReason::kStop);
+  EXPECT_EQ(r.text, first.text.substr(0, first.text.find(stop)));
+}
+
+TEST(Engine, SeededSamplingIsReproducible) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  auto run = [&](const std::string& id, uint64_t seed) {
+    RequestSpec s = Greedy(id, Tokens(10, 4), 16);
+    s.sampling.temperature = 1.5f;
+    s.sampling.seed = seed;
+    Result r;
+    EXPECT_TRUE(engine->Submit(std::move(s), Collect(&r)).ok());
+    RunUntilDone(engine.get(), {&r});
+    return r.tokens;
+  };
+  EXPECT_EQ(run("a", 42), run("b", 42));
+  EXPECT_NE(run("c", 42), run("d", 43));
+}
+
+TEST(Engine, AbortFreesBlocksAtOnce) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  const int total = engine->cache().config().n_blocks;
+  Result r;
+  ASSERT_TRUE(engine->Submit(Greedy("a", Tokens(40, 5), 100), Collect(&r)).ok());
+  for (int i = 0; i < 3; ++i) engine->Step();
+  EXPECT_LT(engine->cache().Stats().free_blocks, total);
+  engine->Abort("a");
+  engine->Step();
+  EXPECT_EQ(r.finish, FinishReason::kAbort);
+  EXPECT_EQ(engine->cache().Stats().free_blocks, total);
+  EXPECT_EQ(engine->Stats().n_running, 0);
+}
+
+TEST(Engine, PreemptsWhenTheCacheRunsOutAndStillFinishesEverything) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions small;
+  small.block_size = 4;
+  small.kv_blocks = 20;  // 80 tokens for three requests that need 3 x 40
+  auto engine = MakeEngine(model, small);
+  std::vector<Result> rs(3);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(engine->Submit(Greedy("r" + std::to_string(i), Tokens(12, i), 28), Collect(&rs[i])).ok());
+  }
+  RunUntilDone(engine.get(), {&rs[0], &rs[1], &rs[2]});
+  EXPECT_GT(engine->Stats().preemptions, 0);
+  for (const Result& r : rs) {
+    EXPECT_EQ(r.finish, FinishReason::kLength);
+    EXPECT_EQ(r.tokens.size(), 28u);
+    EXPECT_EQ(r.completion_tokens, 28);
+  }
+  EXPECT_EQ(engine->cache().Stats().free_blocks, 20);
+}
+
+TEST(Engine, PrefixCacheReusesFullBlocks) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  const std::vector<TokenId> prompt = Tokens(37, 6);  // two full 16-blocks + 5
+  Result a, b;
+  ASSERT_TRUE(engine->Submit(Greedy("a", prompt, 4), Collect(&a)).ok());
+  RunUntilDone(engine.get(), {&a});
+  EXPECT_EQ(a.cached_tokens, 0);
+  ASSERT_TRUE(engine->Submit(Greedy("b", prompt, 4), Collect(&b)).ok());
+  RunUntilDone(engine.get(), {&b});
+  EXPECT_EQ(b.cached_tokens, 32);
+  const KvCacheStats st = engine->cache().Stats();
+  EXPECT_EQ(st.prefix_hit_tokens, 32);
+  EXPECT_GT(st.prefix_query_tokens, 0);
+}
+
+// Copies each layer's blocks from a prefill engine's cache into a decode
+// engine's reserved blocks as soon as the layer is stored.
+class CopySink : public KvSink {
+ public:
+  CopySink(KvCache* from, KvCache* to, std::vector<BlockId> dest) : from_(from), to_(to), dest_(std::move(dest)) {}
+  void OnLayerStored(int32_t layer, const std::vector<BlockId>& blocks) override {
+    layers_seen++;
+    for (size_t i = 0; i < dest_.size(); ++i) {
+      std::memcpy(to_->BlockData(layer, dest_[i]), from_->BlockData(layer, blocks[i]),
+                  from_->config().LayerBlockBytes());
+    }
+  }
+  int layers_seen = 0;
+
+ private:
+  KvCache* from_;
+  KvCache* to_;
+  std::vector<BlockId> dest_;
+};
+
+TEST(Engine, PrefillOnlyThenImportedDecodeMatchesFullGeneration) {
+  auto model = LoadDummy(DummyModelSpec{});
+  auto full = MakeEngine(model);
+  auto prefill = MakeEngine(model);
+  auto decode = MakeEngine(model);
+  const std::vector<TokenId> prompt = Tokens(29, 7);
+
+  Result want;
+  ASSERT_TRUE(full->Submit(Greedy("x", prompt, 10), Collect(&want)).ok());
+  RunUntilDone(full.get(), {&want});
+
+  Result dec;
+  auto reserved = decode->Reserve(Greedy("x", prompt, 10), Collect(&dec));
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  CopySink sink(&prefill->cache(), &decode->cache(), *reserved);
+  Result pre;
+  bool prefill_done = false;
+  ASSERT_TRUE(prefill
+                  ->Submit(Greedy("x", prompt, 10),
+                           [&](const SeqOutput& out) {
+                             Collect(&pre)(out);
+                             prefill_done = prefill_done || out.prefill_done;
+                           },
+                           SeqMode::kPrefillOnly, &sink)
+                  .ok());
+  while (!prefill_done) ASSERT_TRUE(prefill->Step());
+  EXPECT_EQ(sink.layers_seen, model->config().n_layers);
+  ASSERT_EQ(pre.tokens.size(), 1u);
+  // The prefill engine holds its blocks until released.
+  EXPECT_LT(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
+  prefill->Release("x");
+  prefill->Step();
+  EXPECT_EQ(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
+
+  decode->Activate("x", pre.tokens[0]);
+  RunUntilDone(decode.get(), {&dec});
+  std::vector<TokenId> got = pre.tokens;
+  got.insert(got.end(), dec.tokens.begin(), dec.tokens.end());
+  EXPECT_EQ(got, want.tokens);
+  EXPECT_EQ(pre.text + dec.text, want.text);
+  EXPECT_EQ(dec.completion_tokens, 10);
+  EXPECT_EQ(dec.finish, FinishReason::kLength);
+  EXPECT_EQ(decode->cache().Stats().free_blocks, decode->cache().config().n_blocks);
+}
+
+TEST(Engine, ReserveSaysNoRoomAsAValue) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions o;
+  o.block_size = 4;
+  o.kv_blocks = 10;
+  auto engine = MakeEngine(model, o);
+  ASSERT_TRUE(engine->Reserve(Greedy("a", Tokens(24, 1), 4), nullptr).ok());  // 6 blocks
+  auto second = engine->Reserve(Greedy("b", Tokens(24, 2), 4), nullptr);
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kResourceExhausted);
+  engine->Abort("a");
+  engine->Step();
+  EXPECT_TRUE(engine->Reserve(Greedy("b", Tokens(24, 2), 4), nullptr).ok());
+}
+
+TEST(Engine, BackgroundLoopServesConcurrentSubmitters) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  engine->Start();
+  std::mutex mu;
+  std::map<std::string, Result> results;
+  std::atomic<int> done{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&, i] {
+      const std::string id = "c" + std::to_string(i);
+      ASSERT_TRUE(engine
+                      ->Submit(Greedy(id, Tokens(10 + i, i), 6),
+                               [&, id](const SeqOutput& out) {
+                                 std::lock_guard<std::mutex> lock(mu);
+                                 Collect(&results[id])(out);
+                                 if (out.finish != FinishReason::kNone) done++;
+                               })
+                      .ok());
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < 2000 && done < 8; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  engine->Stop();
+  ASSERT_EQ(done.load(), 8);
+  for (auto& [id, r] : results) EXPECT_EQ(r.tokens.size(), 6u) << id;
+}
+
+}  // namespace
+}  // namespace pdserve::testing

@@ -1,0 +1,136 @@
+#include "engine/sampler.h"
+
+#include <cmath>
+#include <map>
+
+#include "gtest/gtest.h"
+
+namespace pdserve {
+namespace {
+
+std::vector<float> Logits() { return {1.0f, 3.0f, 2.0f, 0.5f, 2.9f, -1.0f}; }
+
+SampleResult Draw(SamplingParams p, uint64_t seed, std::vector<float> l = Logits()) {
+  Sampler s(p, seed);
+  return s.Sample(l.data(), static_cast<int32_t>(l.size()));
+}
+
+TEST(Sampler, GreedyPicksTheArgmax) {
+  SamplingParams p;
+  p.temperature = 0;
+  EXPECT_EQ(Draw(p, 1).token, 1);
+}
+
+TEST(Sampler, TopKOneAndTinyTopPAreGreedy) {
+  SamplingParams p;
+  p.top_k = 1;
+  for (uint64_t seed = 0; seed < 20; ++seed) EXPECT_EQ(Draw(p, seed).token, 1);
+  SamplingParams q;
+  q.top_p = 1e-6f;
+  for (uint64_t seed = 0; seed < 20; ++seed) EXPECT_EQ(Draw(q, seed).token, 1);
+}
+
+TEST(Sampler, MinPDropsUnlikelyTokens) {
+  SamplingParams p;
+  p.min_p = 0.5f;  // keeps tokens with p >= 0.5 * p(best): ids 1 and 4 (and not 2: e^-1 < 0.5)
+  std::map<TokenId, int> seen;
+  for (uint64_t seed = 0; seed < 200; ++seed) seen[Draw(p, seed).token]++;
+  for (const auto& [t, n] : seen) EXPECT_TRUE(t == 1 || t == 4) << t;
+  EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST(Sampler, FollowsTheSoftmaxDistribution) {
+  SamplingParams p;  // temperature 1, no truncation
+  p.top_p = 1;
+  std::vector<int> counts(6, 0);
+  Sampler s(p, 123);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> l = Logits();
+    counts[s.Sample(l.data(), 6).token]++;
+  }
+  std::vector<float> l = Logits();
+  double z = 0;
+  for (float v : l) z += std::exp(v);
+  for (int i = 0; i < 6; ++i) {
+    const double want = std::exp(l[i]) / z;
+    EXPECT_NEAR(counts[i] / static_cast<double>(n), want, 0.015) << i;
+  }
+}
+
+TEST(Sampler, TemperatureSharpens) {
+  SamplingParams cold;
+  cold.temperature = 0.01f;  // 0.1 logit gap -> e^-10
+  for (uint64_t seed = 0; seed < 50; ++seed) EXPECT_EQ(Draw(cold, seed).token, 1);
+}
+
+TEST(Sampler, SameSeedSameTokens) {
+  SamplingParams p;
+  p.seed = 99;
+  std::vector<TokenId> a, b;
+  Sampler s1(p, 1), s2(p, 2);  // the request seed wins over the fallback
+  for (int i = 0; i < 32; ++i) {
+    std::vector<float> l1 = Logits(), l2 = Logits();
+    a.push_back(s1.Sample(l1.data(), 6).token);
+    b.push_back(s2.Sample(l2.data(), 6).token);
+  }
+  EXPECT_EQ(a, b);
+}
+
+TEST(Sampler, PenaltiesDiscourageRepeats) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.presence_penalty = 2.0f;
+  Sampler s(p, 1);
+  std::vector<float> l = Logits();
+  EXPECT_EQ(s.Sample(l.data(), 6).token, 1);
+  s.AddGenerated(1);
+  l = Logits();
+  EXPECT_EQ(s.Sample(l.data(), 6).token, 4);  // 3 - 2 < 2.9
+
+  SamplingParams r;
+  r.temperature = 0;
+  r.repetition_penalty = 2.0f;
+  Sampler rs(r, 1);
+  rs.AddPromptTokens({1});
+  l = Logits();
+  EXPECT_EQ(rs.Sample(l.data(), 6).token, 4);  // 3 / 2 < 2.9
+
+  SamplingParams f;
+  f.temperature = 0;
+  f.frequency_penalty = 0.1f;
+  Sampler fs(f, 1);
+  for (int i = 0; i < 3; ++i) fs.AddGenerated(1);  // 3 - 0.3 < 2.9
+  l = Logits();
+  EXPECT_EQ(fs.Sample(l.data(), 6).token, 4);
+}
+
+TEST(Sampler, LogprobsAreOfTheRawDistribution) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.logprobs = true;
+  p.top_logprobs = 3;
+  const SampleResult r = Draw(p, 1);
+  std::vector<float> l = Logits();
+  double z = 0;
+  for (float v : l) z += std::exp(v);
+  EXPECT_NEAR(r.logprob, l[1] - std::log(z), 1e-5);
+  ASSERT_EQ(r.top.size(), 3u);
+  EXPECT_EQ(r.top[0].token, 1);
+  EXPECT_EQ(r.top[1].token, 4);
+  EXPECT_EQ(r.top[2].token, 2);
+  EXPECT_NEAR(r.top[1].logprob, l[4] - std::log(z), 1e-5);
+}
+
+TEST(Rng, UniformInRangeAndDeterministic) {
+  Rng a(5), b(5);
+  for (int i = 0; i < 1000; ++i) {
+    const double u = a.Uniform();
+    EXPECT_GE(u, 0.0);
+    EXPECT_LT(u, 1.0);
+    EXPECT_EQ(u, b.Uniform());
+  }
+}
+
+}  // namespace
+}  // namespace pdserve
