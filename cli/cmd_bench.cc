@@ -106,7 +106,7 @@ int RunBench(int argc, char** argv) {
     if (b < 1 || b > 256) return Fail("bench", "--batch sizes must be in [1, 256]");
   }
 
-  auto loaded = Model::Load(ef.model_path, ef.n_ctx);
+  auto loaded = LoadModel(ef);
   if (!loaded.ok()) return Fail("bench", std::string(loaded.status().message()));
   std::shared_ptr<const Model> model = std::move(*loaded);
   const ModelConfig& c = model->config();
@@ -192,6 +192,7 @@ int RunBench(int argc, char** argv) {
   j["model_name"] = c.name;
   j["threads"] = engine->n_threads();
   j["isa"] = kernels::IsaName(kernels::ActiveIsa());
+  j["device"] = engine->backend_name();
   j["prompt_tokens"] = n_prompt;
   j["gen_tokens"] = n_gen;
   j["reps"] = reps;

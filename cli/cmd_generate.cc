@@ -28,7 +28,7 @@ int RunGenerate(int argc, char** argv) {
   EngineFlags ef;
   if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok()) return Fail("generate", std::string(s.message()));
 
-  auto model = Model::Load(ef.model_path, ef.n_ctx);
+  auto model = LoadModel(ef);
   if (!model.ok()) return Fail("generate", std::string(model.status().message()));
   std::shared_ptr<const Model> shared_model = std::move(*model);
   const Tokenizer& tok = shared_model->tokenizer();

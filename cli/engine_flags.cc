@@ -5,12 +5,19 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/dummy_model.h"
 
 namespace pdserve::cli {
 
 void AddEngineFlags(po::options_description* desc) {
   desc->add_options()
       ("model,m", po::value<std::string>()->default_value(DefaultModelPath()), "GGUF model file")
+      ("load-format", po::value<std::string>()->default_value("gguf"),
+       "gguf, or dummy: random weights of the shape --dummy-config names")
+      ("dummy-config", po::value<std::string>()->default_value("tiny"),
+       "shape for --load-format dummy: tiny, smollm2-135m, llama-3-8b")
+      ("dummy-seed", po::value<uint64_t>()->default_value(1), "seed for dummy weights")
+      ("device", po::value<std::string>()->default_value("cpu"), "cpu, cuda or cuda:N")
       ("threads,t", po::value<int>()->default_value(0), "compute threads (0: all CPUs allowed)")
       ("pin-cpus", po::value<std::string>()->default_value(""),
        "comma-separated CPU ids to pin compute threads to")
@@ -26,7 +33,14 @@ void AddEngineFlags(po::options_description* desc) {
 
 absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
   out->model_path = vm["model"].as<std::string>();
+  out->load_format = vm["load-format"].as<std::string>();
+  if (out->load_format != "gguf" && out->load_format != "dummy") {
+    return absl::InvalidArgumentError("--load-format must be gguf or dummy");
+  }
+  out->dummy_config = vm["dummy-config"].as<std::string>();
+  out->dummy_seed = vm["dummy-seed"].as<uint64_t>();
   EngineOptions& o = out->options;
+  o.device = vm["device"].as<std::string>();
   o.n_threads = vm["threads"].as<int>();
   if (o.n_threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   const std::string pins = vm["pin-cpus"].as<std::string>();
@@ -59,6 +73,24 @@ absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
   o.max_batch_seqs = vm["max-batch-seqs"].as<int>();
   o.prefix_cache = !vm["no-prefix-cache"].as<bool>();
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const EngineFlags& flags) {
+  if (flags.load_format == "dummy") {
+    absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(flags.dummy_config);
+    if (!spec.ok()) return spec.status();
+    spec->seed = flags.dummy_seed;
+    absl::StatusOr<std::string> bytes = BuildDummyModelGguf(*spec);
+    if (!bytes.ok()) return bytes.status();
+    absl::StatusOr<std::unique_ptr<gguf::GgufFile>> file = gguf::GgufFile::FromBytes(*bytes);
+    if (!file.ok()) return file.status();
+    absl::StatusOr<std::unique_ptr<Model>> model = Model::FromGguf(std::move(*file), flags.n_ctx);
+    if (!model.ok()) return model.status();
+    return std::shared_ptr<const Model>(std::move(*model));
+  }
+  absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(flags.model_path, flags.n_ctx);
+  if (!model.ok()) return model.status();
+  return std::shared_ptr<const Model>(std::move(*model));
 }
 
 void AddSamplingFlags(po::options_description* desc, int default_max_tokens) {

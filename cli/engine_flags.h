@@ -16,10 +16,15 @@ namespace pdserve::cli {
 void AddEngineFlags(po::options_description* desc);
 struct EngineFlags {
   std::string model_path;
+  std::string load_format = "gguf";  // gguf, or dummy (random weights of a named shape)
+  std::string dummy_config;
+  uint64_t dummy_seed = 1;
   int32_t n_ctx = 0;
   EngineOptions options;
 };
 absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out);
+// Loads the model the flags name: a GGUF file, or a dummy model.
+absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const EngineFlags& flags);
 
 // --max-tokens, --temperature, --top-p, --top-k, --min-p, --seed,
 // --repeat-penalty, --presence-penalty, --frequency-penalty, --stop,

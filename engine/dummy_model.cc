@@ -1,6 +1,8 @@
 #include "engine/dummy_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -31,9 +33,45 @@ std::vector<std::string> ByteTokens() {
   return out;
 }
 
+// Uniform weights in [-scale, scale]. The 32-blocks are written as random
+// codes with a fixed scale (fast enough for 8B-parameter shapes); the other
+// types go through the reference quantizer.
 std::string Quantized(Rng& rng, kernels::DType type, int64_t n_out, int64_t n_in, float scale) {
   const int64_t row_bytes = kernels::RowBytes(type, n_in);
   std::string data(static_cast<size_t>(row_bytes * n_out), '\0');
+  const int64_t n_blocks = n_out * n_in / kernels::kQK;
+  auto random_bytes = [&](uint8_t* p, int n) {
+    for (int i = 0; i < n; i += 8) {
+      uint64_t r = rng.Next();
+      std::memcpy(p + i, &r, std::min(8, n - i));
+    }
+  };
+  if (type == kernels::DType::kQ4_0) {
+    auto* b = reinterpret_cast<kernels::BlockQ4_0*>(data.data());
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      b[i].d = kernels::F32ToF16(scale / 8);
+      random_bytes(b[i].qs, sizeof(b[i].qs));
+    }
+    return data;
+  }
+  if (type == kernels::DType::kQ4_1) {
+    auto* b = reinterpret_cast<kernels::BlockQ4_1*>(data.data());
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      b[i].d = kernels::F32ToF16(scale * 2 / 15);
+      b[i].m = kernels::F32ToF16(-scale);
+      random_bytes(b[i].qs, sizeof(b[i].qs));
+    }
+    return data;
+  }
+  if (type == kernels::DType::kQ8_0) {
+    auto* b = reinterpret_cast<kernels::BlockQ8_0*>(data.data());
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      b[i].d = kernels::F32ToF16(scale / 127);
+      random_bytes(reinterpret_cast<uint8_t*>(b[i].qs), sizeof(b[i].qs));
+      for (int8_t& q : b[i].qs) q = q == -128 ? -127 : q;
+    }
+    return data;
+  }
   std::vector<float> row(n_in);
   for (int64_t r = 0; r < n_out; ++r) {
     for (float& v : row) v = static_cast<float>((rng.Uniform() * 2 - 1) * scale);

@@ -58,13 +58,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                                                    " bytes holds no block of ", kc.BlockBytes(),
                                                    " bytes"));
   }
-  auto cache = KvCache::Create(kc);
+  auto backend = CreateBackend(options.device);
+  if (!backend.ok()) return backend.status();
+  e->backend_ = std::move(*backend);
+  auto cache = KvCache::Create(kc, e->backend_->kv_allocator());
   if (!cache.ok()) return cache.status();
   e->cache_ = std::move(*cache);
   const int32_t n_threads = options.n_threads > 0 ? options.n_threads : DefaultThreads();
   e->pool_ = std::make_unique<kernels::ThreadPool>(n_threads, options.pin_cpus);
-  e->runner_ = std::make_unique<ModelRunner>(e->model_.get(), e->cache_.get(), e->pool_.get(),
-                                             options.max_batch_tokens, options.max_batch_seqs);
+  auto runner = e->backend_->CreateRunner(e->model_.get(), e->cache_.get(), e->pool_.get(),
+                                          options.max_batch_tokens, options.max_batch_seqs);
+  if (!runner.ok()) return runner.status();
+  e->runner_ = std::move(*runner);
   SchedulerOptions so;
   so.max_batch_tokens = options.max_batch_tokens;
   so.max_batch_seqs = options.max_batch_seqs;

@@ -21,6 +21,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/backend.h"
 #include "engine/forward.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
@@ -31,6 +32,7 @@
 namespace pdserve {
 
 struct EngineOptions {
+  std::string device = "cpu";   // cpu, cuda, cuda:N
   int32_t n_threads = 0;        // 0: every CPU this process may run on
   std::vector<int> pin_cpus;    // pin pool threads to these CPUs (empty: no pinning)
   int64_t kv_cache_bytes = 256ll << 20;  // KV capacity, unless kv_blocks is set
@@ -65,6 +67,7 @@ class Engine {
   KvCache& cache() { return *cache_; }
   const RequestLimits& limits() const { return limits_; }
   int32_t n_threads() const { return pool_->size(); }
+  const std::string backend_name() const { return backend_->name(); }
 
   // Queues a request. InvalidArgument for a bad request, AlreadyExists for
   // an id in use, ResourceExhausted when it could never fit the cache.
@@ -115,8 +118,9 @@ class Engine {
   EngineOptions options_;
   RequestLimits limits_;
   std::unique_ptr<kernels::ThreadPool> pool_;
+  std::unique_ptr<Backend> backend_;   // outlives the cache it allocates
   std::unique_ptr<KvCache> cache_;
-  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Runner> runner_;
   std::unique_ptr<Scheduler> scheduler_;
 
   // Engine-thread state.

@@ -15,7 +15,8 @@ int64_t KvCacheConfig::LayerBlockBytes() const {
   return 2LL * n_kv_heads * block_size * head_dim * elem;
 }
 
-absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& c) {
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& c,
+                                                         KvAllocator* allocator) {
   if (c.n_layers <= 0 || c.n_kv_heads <= 0 || c.head_dim <= 0 || c.block_size <= 0 ||
       c.n_blocks <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -28,12 +29,20 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& c)
   std::unique_ptr<KvCache> cache(new KvCache(c));
   const size_t per_layer = static_cast<size_t>(c.LayerBlockBytes()) * c.n_blocks;
   cache->mapping_bytes_ = per_layer * c.n_layers;
-  void* p = mmap(nullptr, cache->mapping_bytes_, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) {
-    return absl::ResourceExhaustedError(absl::StrCat("kv cache: cannot map ",
-                                                     cache->mapping_bytes_ >> 20, " MiB: ",
-                                                     std::strerror(errno)));
+  void* p;
+  if (allocator != nullptr) {
+    absl::StatusOr<void*> got = allocator->Allocate(cache->mapping_bytes_);
+    if (!got.ok()) return got.status();
+    p = *got;
+    cache->allocator_ = allocator;
+  } else {
+    p = mmap(nullptr, cache->mapping_bytes_, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("kv cache: cannot map ",
+                                                       cache->mapping_bytes_ >> 20, " MiB: ",
+                                                       std::strerror(errno)));
+    }
   }
   cache->mapping_ = p;
   for (int32_t l = 0; l < c.n_layers; ++l) {
@@ -51,7 +60,12 @@ KvCache::KvCache(const KvCacheConfig& config) : config_(config) {
 }
 
 KvCache::~KvCache() {
-  if (mapping_ != nullptr) munmap(mapping_, mapping_bytes_);
+  if (mapping_ == nullptr) return;
+  if (allocator_ != nullptr) {
+    allocator_->Free(mapping_, mapping_bytes_);
+  } else {
+    munmap(mapping_, mapping_bytes_);
+  }
 }
 
 kernels::KvLayerView KvCache::Layer(int32_t layer) const {

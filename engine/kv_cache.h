@@ -41,6 +41,16 @@ struct KvCacheConfig {
   int64_t BlockBytes() const { return LayerBlockBytes() * n_layers; }
 };
 
+// Provides KV storage (host memory when none is given; device memory for a
+// GPU backend). Pointers it returns are only dereferenced by the backend's
+// kernels and the transport.
+class KvAllocator {
+ public:
+  virtual ~KvAllocator() = default;
+  virtual absl::StatusOr<void*> Allocate(size_t bytes) = 0;
+  virtual void Free(void* ptr, size_t bytes) = 0;
+};
+
 struct KvCacheStats {
   int32_t total_blocks = 0;
   int32_t free_blocks = 0;     // allocatable now (includes evictable cached blocks)
@@ -54,9 +64,11 @@ struct KvCacheStats {
 
 class KvCache {
  public:
-  // Allocates the storage (anonymous mmap; pages are committed on first
-  // write). Errors when the configuration is invalid or memory is short.
-  static absl::StatusOr<std::unique_ptr<KvCache>> Create(const KvCacheConfig& config);
+  // Allocates the storage (by default an anonymous mmap whose pages are
+  // committed on first write). Errors when the configuration is invalid or
+  // memory is short.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(const KvCacheConfig& config,
+                                                         KvAllocator* allocator = nullptr);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -106,6 +118,7 @@ class KvCache {
   std::vector<uint8_t*> layer_base_;  // (n_layers) -> (n_blocks, LayerBlockBytes)
   void* mapping_ = nullptr;
   size_t mapping_bytes_ = 0;
+  KvAllocator* allocator_ = nullptr;  // null: mapping_ is an anonymous mmap
 
   mutable absl::Mutex mu_;
   std::vector<BlockMeta> meta_ ABSL_GUARDED_BY(mu_);
