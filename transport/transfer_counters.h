@@ -1,0 +1,31 @@
+// Lock-free counters behind KvTransportStats, shared by every backend.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "transport/kv_transport.h"
+
+namespace pdserve::transport::internal {
+
+class TransferCounters {
+ public:
+  void Started() { started_.fetch_add(1, std::memory_order_relaxed); }
+  void AddBytes(int64_t bytes) { bytes_.fetch_add(bytes, std::memory_order_relaxed); }
+  // Records a finished transfer: status OK or the failure's code.
+  void Finished(const absl::Status& status, int64_t elapsed_ns);
+
+  KvTransportStats Snapshot() const;
+
+ private:
+  std::atomic<int64_t> started_{0};
+  std::atomic<int64_t> ok_{0};
+  std::atomic<int64_t> failed_{0};
+  std::atomic<int64_t> bytes_{0};
+  std::atomic<int64_t> busy_ns_{0};
+  std::array<std::atomic<int64_t>, KvTransportStats::kNumCodes> failures_{};
+};
+
+}  // namespace pdserve::transport::internal
