@@ -3,13 +3,15 @@
 // measured in the same run. Prints a table; asserts nothing.
 //
 //   kernels_bench [--quick] [--isa=scalar|avx2|avx512]
+//                 [--only=bw|pool|quant|model|matmul|attention]
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -17,30 +19,38 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quant.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace pdserve::kernels {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
+// Wall time, or this thread's CPU time: single-threaded figures use CPU time
+// so that time spent descheduled on a shared, oversubscribed machine does not
+// count (cache and memory contention from neighbours still does).
+double Now(bool cpu_time) {
+  timespec ts;
+  clock_gettime(cpu_time ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// Median seconds per call of fn over batches lasting about min_s in total.
-double TimePerCall(const std::function<void()>& fn, double min_s) {
+// Median seconds per call of fn over 7 batches lasting about min_s in total.
+double TimePerCall(const std::function<void()>& fn, double min_s, bool cpu_time = false) {
   fn();  // warm up
-  const auto t0 = Clock::now();
+  const double t0 = Now(cpu_time);
   fn();
-  const double once = std::max(Seconds(t0, Clock::now()), 1e-7);
+  const double once = std::max(Now(cpu_time) - t0, 1e-7);
   const int per_batch = std::max(1, static_cast<int>(min_s / 7 / once));
   std::vector<double> batches;
   for (int b = 0; b < 7; ++b) {
-    const auto s = Clock::now();
+    const double s = Now(cpu_time);
     for (int i = 0; i < per_batch; ++i) fn();
-    batches.push_back(Seconds(s, Clock::now()) / per_batch);
+    batches.push_back((Now(cpu_time) - s) / per_batch);
   }
   std::sort(batches.begin(), batches.end());
   return batches[batches.size() / 2];
@@ -57,30 +67,53 @@ struct AlignedBuffer {
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
 };
 
+// Sums bytes [b, e) of p with the widest loads this CPU has; returns a value
+// the caller keeps so the loads are not optimized away.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f"))) float SumAvx512(const uint8_t* p, int64_t b, int64_t e) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = b; i < e; i += 256) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(reinterpret_cast<const float*>(p + i)));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(reinterpret_cast<const float*>(p + i + 64)));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(reinterpret_cast<const float*>(p + i + 128)));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(reinterpret_cast<const float*>(p + i + 192)));
+  }
+  float lanes[16];
+  _mm512_storeu_ps(lanes, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  return lanes[0] + lanes[15];
+}
+#endif
+
+float SumPortable(const uint8_t* p, int64_t b, int64_t e) {
+  const uint64_t* q = reinterpret_cast<const uint64_t*>(p);
+  uint64_t a[8] = {};
+  for (int64_t i = b / 8; i < e / 8; i += 8) {
+    for (int j = 0; j < 8; ++j) a[j] += q[i + j];
+  }
+  return static_cast<float>(a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7]);
+}
+
 // Streaming read of buf split across the pool's threads; returns GB/s.
 double ReadBandwidth(ThreadPool& pool, const AlignedBuffer& buf, double min_s) {
-  std::vector<uint64_t> sinks(pool.size() * 8);
+  std::vector<float> sinks(pool.size() * 16);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+#else
+  const bool avx512 = false;
+#endif
   const double s = TimePerCall(
       [&] {
         pool.Run([&](int ith, int nth) {
           int64_t b, e;
-          SplitRange(static_cast<int64_t>(buf.n / 8), ith, nth, 64, &b, &e);
-          const uint64_t* p = reinterpret_cast<const uint64_t*>(buf.p);
-          uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
-          for (int64_t i = b; i < e; i += 8) {
-            a0 += p[i];
-            a1 += p[i + 1];
-            a2 += p[i + 2];
-            a3 += p[i + 3];
-            a4 += p[i + 4];
-            a5 += p[i + 5];
-            a6 += p[i + 6];
-            a7 += p[i + 7];
-          }
-          sinks[ith * 8] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+          SplitRange(static_cast<int64_t>(buf.n), ith, nth, 4096, &b, &e);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+          sinks[ith * 16] = avx512 ? SumAvx512(buf.p, b, e) : SumPortable(buf.p, b, e);
+#else
+          sinks[ith * 16] = SumPortable(buf.p, b, e);
+#endif
         });
       },
-      min_s);
+      min_s, pool.size() == 1);
   return static_cast<double>(buf.n) / s / 1e9;
 }
 
@@ -98,10 +131,22 @@ constexpr Shape kShapes[] = {{"attn_q/o", 576, 576},
 
 struct Options {
   bool quick = false;
+  std::string only;  // run one section: bw, pool, quant, model, matmul, attention
   double min_s = 0.4;
 };
 
-double g_dram_gbs[3] = {};  // by thread count
+// Measured read bandwidth by thread count: DRAM (1 GiB) and model-sized
+// (96 MiB: where decode's weights live when the last-level cache holds them).
+double g_dram_gbs[3] = {};
+double g_model_gbs[3] = {};
+
+// Where a benchmark's weights come from: rotating through 1 GiB of copies
+// (DRAM), through 96 MiB of copies (like a decode step over the whole model),
+// or one copy (cache-hot).
+enum class Residency { kDram, kModel, kHot };
+const char* ResidencyName(Residency r) {
+  return r == Residency::kDram ? "dram" : r == Residency::kModel ? "model" : "hot";
+}
 
 void BenchMatMul(const Options& opt, DType type, const Shape& shape, bool packed) {
   const int64_t row_bytes = RowBytes(type, shape.n_in);
@@ -117,9 +162,8 @@ void BenchMatMul(const Options& opt, DType type, const Shape& shape, bool packed
   }
   WeightMatrix w{ggml.data(), type, shape.n_out, shape.n_in};
   const int64_t weight_bytes = packed ? PackedWeightBytes(w) : shape.n_out * row_bytes;
-  // Cold copies: enough replicas to cover 1 GiB so that each decode call
-  // streams its weights from DRAM, not from cache.
   const int64_t copies = std::max<int64_t>(2, (int64_t{1} << 30) / weight_bytes);
+  const int64_t model_copies = std::max<int64_t>(2, (int64_t{96} << 20) / weight_bytes);
   AlignedBuffer rot(copies * weight_bytes);
   std::vector<WeightMatrix> ws(copies);
   if (packed) {
@@ -151,29 +195,36 @@ void BenchMatMul(const Options& opt, DType type, const Shape& shape, bool packed
     std::vector<int64_t> token_counts = {1, 8, 512};
     if (shape.n_out > 10000) token_counts = {1, 8, 64};
     for (int64_t n_tokens : token_counts) {
-      for (bool cold : {true, false}) {
-        if (cold && n_tokens > 8) continue;  // compute-bound: cache state does not matter
+      for (Residency res : {Residency::kDram, Residency::kModel, Residency::kHot}) {
+        // Batches of 8+ tokens are compute-bound: only the hot case matters.
+        if (res != Residency::kHot && n_tokens > 8) continue;
+        if (res == Residency::kDram && opt.quick) continue;
+        const int64_t n_rot = res == Residency::kDram    ? copies
+                              : res == Residency::kModel ? model_copies
+                                                         : 1;
         int64_t next = 0;
         const double s = TimePerCall(
             [&] {
-              const WeightMatrix& wm = ws[cold ? (next++ % copies) : 0];
+              const WeightMatrix& wm = ws[next++ % n_rot];
               pool.Run([&](int ith, int n) {
                 MatMul(y.data(), shape.n_out, wm, xq.p, n_tokens, ith, n);
               });
             },
-            opt.min_s);
+            opt.min_s, nth == 1);
         const double gbs = weight_bytes / s / 1e9;
         const double gflops = 2.0 * shape.n_out * shape.n_in * n_tokens / s / 1e9;
-        std::printf("%-5s %-11s %5lldx%-5lld %-6s %4lld tok %-4s %dT %9.1f us %7.1f GB/s",
+        std::printf("%-5s %-11s %5lldx%-5lld %-6s %4lld tok %-5s %dT %9.1f us %6.1f GB/s",
                     GetDType(type).name, shape.name, static_cast<long long>(shape.n_out),
                     static_cast<long long>(shape.n_in), packed ? "packed" : "ggml",
-                    static_cast<long long>(n_tokens), cold ? "cold" : "hot", nth, s * 1e6, gbs);
-        if (cold) {
-          std::printf(" (%3.0f%% DRAM)", 100.0 * gbs / g_dram_gbs[nth]);
+                    static_cast<long long>(n_tokens), ResidencyName(res), nth, s * 1e6, gbs);
+        if (res == Residency::kDram) {
+          std::printf(" (%3.0f%% of DRAM bw) ", 100.0 * gbs / g_dram_gbs[nth]);
+        } else if (res == Residency::kModel) {
+          std::printf(" (%3.0f%% of 96MiB bw)", 100.0 * gbs / g_model_gbs[nth]);
         } else {
-          std::printf("            ");
+          std::printf("                    ");
         }
-        std::printf(" %7.1f GFLOP/s\n", gflops);
+        std::printf(" %6.1f GFLOP/s\n", gflops);
       }
     }
   }
@@ -186,7 +237,7 @@ void BenchQuantize(const Options& opt) {
   for (int64_t n : {int64_t{1}, n_tokens}) {
     const double s =
         TimePerCall([&] { QuantizeActivations(xq.p, ActFormat::kQ8_1, x.data(), n_in, n, 0, 1); },
-                    opt.min_s / 4);
+                    opt.min_s / 4, true);
     std::printf("QuantizeActivations q8_1 576 x %3lld rows, 1T: %8.2f us\n",
                 static_cast<long long>(n), s * 1e6);
   }
@@ -233,7 +284,7 @@ void BenchAttention(const Options& opt) {
                              0.125f, max_ctx, scratch.data(), ith, n);
             });
           },
-          opt.min_s / 2);
+          opt.min_s / 2, nth == 1);
       double flops = 0;
       for (const AttnSeq& seq : seqs) {
         for (int32_t i = 0; i < seq.n_new; ++i)
@@ -241,6 +292,203 @@ void BenchAttention(const Options& opt) {
       }
       std::printf("attention %-24s %dT %9.1f us %7.1f GFLOP/s\n", c.name, nth, s * 1e6,
                   flops / s / 1e9);
+    }
+  }
+}
+
+// A SmolLM2-135M-shaped forward pass from synthetic weights, calling the
+// kernels in the order and with the barriers an engine would: decode steps
+// (one sequence) and a 512-token prefill. Predicts what the kernels allow
+// end to end, to compare with llama-bench's tg128 / pp512.
+class SimModel {
+ public:
+  static constexpr int kLayers = 30, kEmbd = 576, kHeads = 9, kKvHeads = 3, kHeadDim = 64,
+                       kFf = 1536, kVocab = 49152, kBlock = 16;
+  static constexpr int32_t kMaxCtx = 1024;
+
+  explicit SimModel(bool packed) {
+    const int64_t q_dim = kHeads * kHeadDim, kv_dim = kKvHeads * kHeadDim;
+    const Shape shapes[7] = {{"wq", q_dim, kEmbd}, {"wk", kv_dim, kEmbd}, {"wv", kv_dim, kEmbd},
+                             {"wo", kEmbd, q_dim}, {"gate", kFf, kEmbd},  {"up", kFf, kEmbd},
+                             {"down", kEmbd, kFf}};
+    int64_t total = 0;
+    for (const Shape& sh : shapes) total += kLayers * Bytes(DType::kQ4_1, sh, packed);
+    total += Bytes(DType::kQ8_0, {"output", kVocab, kEmbd}, packed);
+    weights_ = std::make_unique<AlignedBuffer>(total);
+    weight_bytes_ = total;
+    uint8_t* p = weights_->p;
+    for (int s = 0; s < 7; ++s) {
+      // One random matrix per shape, copied into every layer's own memory.
+      const std::vector<uint8_t> m = Random(DType::kQ4_1, shapes[s]);
+      for (int l = 0; l < kLayers; ++l)
+        layers_[l][s] = Place(&p, DType::kQ4_1, shapes[s], m, packed);
+    }
+    const Shape out_shape{"output", kVocab, kEmbd};
+    output_ = Place(&p, DType::kQ8_0, out_shape, Random(DType::kQ8_0, out_shape), packed);
+    norm_.assign(kEmbd, 1.0f);
+    kv_.kv_type = DType::kF16;
+    kv_.block_size = kBlock;
+    kv_.n_kv_heads = kKvHeads;
+    kv_.head_dim = kHeadDim;
+    const int blocks = kMaxCtx / kBlock;
+    cache_.resize(kLayers * blocks * kv_.BlockBytes());
+    table_.resize(blocks);
+    for (int i = 0; i < blocks; ++i) table_[i] = i;
+    rope_.resize(kMaxCtx * kHeadDim);
+    for (int pos = 0; pos < kMaxCtx; ++pos) {
+      for (int i = 0; i < kHeadDim / 2; ++i) {
+        const double theta = pos * std::pow(100000.0, -2.0 * i / kHeadDim);
+        rope_[pos * kHeadDim + 2 * i] = static_cast<float>(std::cos(theta));
+        rope_[pos * kHeadDim + 2 * i + 1] = static_cast<float>(std::sin(theta));
+      }
+    }
+    const int64_t rows = 512;
+    x_.assign(rows * kEmbd, 0.1f);
+    xn_.resize(rows * kEmbd);
+    q_.resize(rows * q_dim);
+    k_.resize(rows * kv_dim);
+    v_.resize(rows * kv_dim);
+    attn_.resize(rows * q_dim);
+    tmp_.resize(rows * kEmbd);
+    gate_.resize(rows * kFf);
+    up_.resize(rows * kFf);
+    logits_.resize(kVocab);
+    xq_ = std::make_unique<AlignedBuffer>(rows * ActRowBytes(ActFormat::kQ8_1, kFf));
+  }
+
+  int64_t weight_bytes() const { return weight_bytes_; }
+
+  // One forward over n_tokens new tokens of one sequence at n_past; logits
+  // for the last token only.
+  void Forward(ThreadPool& pool, int32_t n_past, int32_t n_tokens, std::vector<float>* scratch) {
+    const int64_t q_dim = kHeads * kHeadDim, kv_dim = kKvHeads * kHeadDim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+    const int64_t rb_e = ActRowBytes(ActFormat::kQ8_1, kEmbd);
+    const int64_t rb_f = ActRowBytes(ActFormat::kQ8_1, kFf);
+    scratch->resize(pool.size() * AttentionScratchFloats(kMaxCtx));
+    pool.Run([&](int ith, int nth) {
+      int64_t r0, r1;
+      SplitRange(n_tokens, ith, nth, 1, &r0, &r1);
+      for (int il = 0; il < kLayers; ++il) {
+        const WeightMatrix* w = layers_[il];
+        KvLayerView kv = kv_;
+        kv.base = cache_.data() + il * (kMaxCtx / kBlock) * kv_.BlockBytes();
+        for (int64_t t = r0; t < r1; ++t)
+          RmsNorm(&xn_[t * kEmbd], &x_[t * kEmbd], norm_.data(), kEmbd, 1e-5f);
+        QuantizeActivations(xq_->p + r0 * rb_e, ActFormat::kQ8_1, &xn_[r0 * kEmbd], kEmbd, r1 - r0,
+                            0, 1);
+        pool.Barrier();
+        MatMul(q_.data(), q_dim, w[0], xq_->p, n_tokens, ith, nth);
+        MatMul(k_.data(), kv_dim, w[1], xq_->p, n_tokens, ith, nth);
+        MatMul(v_.data(), kv_dim, w[2], xq_->p, n_tokens, ith, nth);
+        pool.Barrier();
+        for (int64_t t = r0; t < r1; ++t) {
+          const float* cs = &rope_[(n_past + t) * kHeadDim];
+          Rope(&q_[t * q_dim], kHeads, kHeadDim, kHeadDim, cs);
+          Rope(&k_[t * kv_dim], kKvHeads, kHeadDim, kHeadDim, cs);
+        }
+        if (r1 > r0) {
+          const AttnSeq part{table_.data(), static_cast<int32_t>(n_past + r0),
+                             static_cast<int32_t>(r1 - r0), 0};
+          StoreKv(kv, part, &k_[r0 * kv_dim], &v_[r0 * kv_dim], kv_dim);
+        }
+        pool.Barrier();
+        const AttnSeq seq{table_.data(), n_past, n_tokens, 0};
+        PagedAttention(attn_.data(), q_dim, q_.data(), q_dim, kv, &seq, 1, kHeads, scale, kMaxCtx,
+                       scratch->data(), ith, nth);
+        pool.Barrier();
+        QuantizeActivations(xq_->p, ActFormat::kQ8_1, attn_.data(), q_dim, n_tokens, ith, nth);
+        pool.Barrier();
+        MatMul(tmp_.data(), kEmbd, w[3], xq_->p, n_tokens, ith, nth);
+        pool.Barrier();
+        for (int64_t t = r0; t < r1; ++t) {
+          AddInplace(&x_[t * kEmbd], &tmp_[t * kEmbd], kEmbd);
+          RmsNorm(&xn_[t * kEmbd], &x_[t * kEmbd], norm_.data(), kEmbd, 1e-5f);
+        }
+        QuantizeActivations(xq_->p + r0 * rb_e, ActFormat::kQ8_1, &xn_[r0 * kEmbd], kEmbd, r1 - r0,
+                            0, 1);
+        pool.Barrier();
+        MatMul(gate_.data(), kFf, w[4], xq_->p, n_tokens, ith, nth);
+        MatMul(up_.data(), kFf, w[5], xq_->p, n_tokens, ith, nth);
+        pool.Barrier();
+        for (int64_t t = r0; t < r1; ++t)
+          SwiGlu(&gate_[t * kFf], &gate_[t * kFf], &up_[t * kFf], kFf);
+        QuantizeActivations(xq_->p + r0 * rb_f, ActFormat::kQ8_1, &gate_[r0 * kFf], kFf, r1 - r0, 0,
+                            1);
+        pool.Barrier();
+        MatMul(tmp_.data(), kEmbd, w[6], xq_->p, n_tokens, ith, nth);
+        pool.Barrier();
+        for (int64_t t = r0; t < r1; ++t) AddInplace(&x_[t * kEmbd], &tmp_[t * kEmbd], kEmbd);
+      }
+      if (ith == 0) {
+        const int64_t last = n_tokens - 1;
+        RmsNorm(&xn_[0], &x_[last * kEmbd], norm_.data(), kEmbd, 1e-5f);
+        QuantizeActivations(xq_->p, ActFormat::kQ8_1, &xn_[0], kEmbd, 1, 0, 1);
+      }
+      pool.Barrier();
+      MatMul(logits_.data(), kVocab, output_, xq_->p, 1, ith, nth);
+    });
+  }
+
+ private:
+  static int64_t Bytes(DType t, const Shape& s, bool packed) {
+    const WeightMatrix w{nullptr, t, s.n_out, s.n_in};
+    return packed ? PackedWeightBytes(w) : s.n_out * RowBytes(t, s.n_in);
+  }
+  static std::vector<uint8_t> Random(DType t, const Shape& s) {
+    const int64_t rb = RowBytes(t, s.n_in);
+    std::vector<uint8_t> m(s.n_out * rb);
+    std::mt19937 rng(static_cast<uint32_t>(s.n_out * 7 + s.n_in));
+    std::normal_distribution<float> dist(0.0f, 0.02f);
+    std::vector<float> row(s.n_in);
+    for (int64_t r = 0; r < s.n_out; ++r) {
+      for (float& v : row) v = dist(rng);
+      QuantizeRow(m.data() + r * rb, row.data(), t, s.n_in);
+    }
+    return m;
+  }
+  static WeightMatrix Place(uint8_t** p, DType t, const Shape& s, const std::vector<uint8_t>& m,
+                            bool packed) {
+    WeightMatrix w{m.data(), t, s.n_out, s.n_in};
+    if (packed) {
+      w = PackWeights(*p, w, 0, 1);
+    } else {
+      std::memcpy(*p, m.data(), m.size());
+      w.data = *p;
+    }
+    *p += Bytes(t, s, packed);
+    return w;
+  }
+
+  std::unique_ptr<AlignedBuffer> weights_, xq_;
+  int64_t weight_bytes_ = 0;
+  WeightMatrix layers_[kLayers][7];
+  WeightMatrix output_;
+  std::vector<float> norm_, rope_, x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, logits_;
+  KvLayerView kv_;
+  std::vector<uint8_t> cache_;
+  std::vector<int32_t> table_;
+};
+
+void BenchModel(const Options& opt) {
+  for (bool packed : {true, false}) {
+    SimModel model(packed);
+    std::printf(
+        "\nmodel simulation (SmolLM2-135M shapes, Q4_1 layers + Q8_0 output, %s, %.1f MiB):\n",
+        packed ? "packed" : "ggml layout", model.weight_bytes() / 1048576.0);
+    std::vector<float> scratch;
+    for (int nth : {1, 2}) {
+      ThreadPool pool(nth);
+      for (int32_t ctx : {64, 512}) {
+        const double s =
+            TimePerCall([&] { model.Forward(pool, ctx, 1, &scratch); }, 3 * opt.min_s, nth == 1);
+        std::printf("  decode 1 token at ctx %4d, %dT: %7.3f ms  -> %6.1f tok/s\n", ctx, nth,
+                    s * 1e3, 1.0 / s);
+      }
+      const double s =
+          TimePerCall([&] { model.Forward(pool, 0, 512, &scratch); }, 3 * opt.min_s, nth == 1);
+      std::printf("  prefill 512 tokens, %dT:        %7.1f ms  -> %6.1f tok/s\n", nth, s * 1e3,
+                  512 / s);
     }
   }
 }
@@ -272,6 +520,8 @@ int main(int argc, char** argv) {
     if (a == "--quick") {
       opt.quick = true;
       opt.min_s = 0.15;
+    } else if (a.rfind("--only=", 0) == 0) {
+      opt.only = a.substr(7);
     } else if (a.rfind("--isa=", 0) == 0) {
       const std::string name = a.substr(6);
       for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
@@ -281,27 +531,40 @@ int main(int argc, char** argv) {
         }
       }
     } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--isa=scalar|avx2|avx512]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--quick] [--isa=scalar|avx2|avx512] "
+                   "[--only=bw|pool|quant|model|matmul|attention]\n",
+                   argv[0]);
       return 2;
     }
   }
   std::printf("ISA path: %s (best on this CPU: %s)\n", IsaName(ActiveIsa()), IsaName(DetectIsa()));
-  {
-    AlignedBuffer big(size_t{1} << 30), l3(size_t{64} << 20);
+  auto run = [&](const char* section) { return opt.only.empty() || opt.only == section; };
+  if (run("bw") || run("matmul")) {
+    AlignedBuffer big(size_t{1} << 30), model(size_t{96} << 20), l2(size_t{512} << 10);
     std::memset(big.p, 1, big.n);
-    std::memset(l3.p, 1, l3.n);
+    std::memset(model.p, 1, model.n);
+    std::memset(l2.p, 1, l2.n);
     for (int nth : {1, 2}) {
       ThreadPool pool(nth);
       g_dram_gbs[nth] = ReadBandwidth(pool, big, 1.0);
-      std::printf("memory read bandwidth %dT: 1 GiB buffer %6.1f GB/s, 64 MiB buffer %6.1f GB/s\n",
-                  nth, g_dram_gbs[nth], ReadBandwidth(pool, l3, 0.5));
+      g_model_gbs[nth] = ReadBandwidth(pool, model, 0.5);
+      std::printf(
+          "memory read bandwidth %dT: 1 GiB %6.1f GB/s, 96 MiB %6.1f GB/s, 512 KiB %6.1f GB/s\n",
+          nth, g_dram_gbs[nth], g_model_gbs[nth], ReadBandwidth(pool, l2, 0.2));
     }
   }
-  BenchThreadPool(opt);
-  BenchQuantize(opt);
+  if (run("pool")) BenchThreadPool(opt);
+  if (run("quant")) BenchQuantize(opt);
+  if (run("model")) BenchModel(opt);
+  if (!run("matmul")) {
+    if (run("attention")) BenchAttention(opt);
+    return 0;
+  }
   std::printf(
-      "\nmatmul: GB/s counts weight bytes read per call; cold = weights rotate through "
-      "1 GiB of copies (DRAM), hot = one copy (cache)\n");
+      "\nmatmul: GB/s counts weight bytes per call; weights rotate through 1 GiB of copies "
+      "(dram), 96 MiB of copies (model: the whole model's bytes, as in a decode step) or stay "
+      "in cache (hot)\n");
   for (DType type : {DType::kQ4_1, DType::kQ8_0}) {
     for (const Shape& shape : kShapes) {
       if (opt.quick && shape.n_out == 192) continue;

@@ -48,9 +48,10 @@ void StoreKv(const KvLayerView& kv, const AttnSeq& seq, const float* k, const fl
   }
 }
 
-// Scalar path: scores (max_ctx) + one output row; AVX-512 path: two float
-// K/V tiles, 64 output rows of up to 256 dims and softmax state.
-int64_t AttentionScratchFloats(int32_t max_ctx) { return int64_t{max_ctx} + 32768; }
+// Scalar path: scores (max_ctx) + one output row; AVX-512 path: queries and
+// outputs of 64 query heads of up to 256 dims (three copies: transposed and
+// not), two float K/V tiles and softmax state.
+int64_t AttentionScratchFloats(int32_t max_ctx) { return int64_t{max_ctx} + 65536; }
 
 void PagedAttention(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
                     const AttnSeq* seqs, int n_seqs, int n_heads, float scale, int32_t max_ctx,

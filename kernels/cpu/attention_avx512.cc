@@ -1,11 +1,18 @@
 // AVX-512 paged attention with an online softmax over tiles of 16 keys.
 // Work items are (sequence, KV head, chunk of query rows); an item converts
 // each K/V tile to float once and reuses it for all its query heads (the
-// GQA group times the chunk's rows), so F16 conversion is amortized and the
-// KV cache is read once per item.
+// GQA group times the chunk's rows), so the F16 KV is read once per item.
+//
+// Two inner kernels:
+//  - lanes (prefill chunks): 16 query heads per register. With Qᵀ and Oᵀ
+//    kept transposed, scores, softmax and P·V are all lane-wise FMAs with
+//    broadcast K and V elements: no horizontal sums.
+//  - rows (decode: one row, a GQA group of query heads): 16 keys per
+//    register; per-key partial dot products meet in one transposing sum.
 #include "kernels/cpu/attention_internal.h"
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -14,29 +21,40 @@
 namespace pdserve::kernels::internal {
 namespace {
 
-constexpr int kTile = 16;       // keys per tile: one score per lane
+constexpr int kTile = 16;       // keys per tile
 constexpr int kMaxQHeads = 64;  // query heads (rows x group) per item
+constexpr int kMaxHeadDim = 256;
 
 struct Scratch {
-  float* k;  // (kTile, head_dim)
-  float* v;  // (kTile, head_dim)
-  float* o;  // (kMaxQHeads, head_dim) unnormalized outputs
-  float* m;  // (kMaxQHeads) running max
-  float* l;  // (kMaxQHeads) running sum
-  float* p;  // (kTile) this tile's probabilities
+  float* k;   // (kTile, head_dim) K tile as floats
+  float* v;   // (kTile, head_dim) V tile as floats
+  float* qt;  // (kMaxQHeads / 16, head_dim, 16) scaled queries, transposed
+  float* ot;  // (kMaxQHeads / 16, head_dim, 16) unnormalized outputs, transposed
+  float* o;   // (kMaxQHeads, head_dim) unnormalized outputs (rows kernel)
+  float* m;   // (kMaxQHeads) running max
+  float* l;   // (kMaxQHeads) running sum
+  float* p;   // (kMaxQHeads, kTile) probabilities of the tile
 };
 
 // Loads keys/values [p0, p0 + nk) of KV head h as floats; rows past nk are zero.
 void LoadTile(float* dst, const KvLayerView& kv, const AttnSeq& seq, int kv_idx, int h, int32_t p0,
               int nk) {
   const int hd = kv.head_dim;
+  const int64_t row_bytes = hd * kv.ElemBytes();
+  // Walk block and slot incrementally: no division per key.
+  int32_t block = p0 / kv.block_size, slot = p0 % kv.block_size;
+  const int64_t head_off = (static_cast<int64_t>(kv_idx) * kv.n_kv_heads + h) * kv.block_size;
   for (int j = 0; j < kTile; ++j) {
     float* row = dst + j * hd;
     if (j >= nk) {
       std::memset(row, 0, hd * sizeof(float));
       continue;
     }
-    const uint8_t* src = KvRow(kv, seq, kv_idx, h, p0 + j);
+    const uint8_t* src = kv.Block(seq.block_table[block]) + (head_off + slot) * row_bytes;
+    if (++slot == kv.block_size) {
+      slot = 0;
+      ++block;
+    }
     for (int c = 0; c < hd; c += 16) {
       const __m512 x =
           kv.kv_type == DType::kF16
@@ -47,70 +65,162 @@ void LoadTile(float* dst, const KvLayerView& kv, const AttnSeq& seq, int kv_idx,
   }
 }
 
-void ProcessItem(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
-                 const AttnSeq& seq, int h, int group, int32_t i0, int32_t i1, float scale,
-                 const Scratch& s) {
-  const int hd = kv.head_dim, nc = hd / 16;
-  const int rows = i1 - i0, nqh = rows * group;
-  for (int qh = 0; qh < nqh; ++qh) {
-    s.m[qh] = -INFINITY;
-    s.l[qh] = 0.0f;
+// Query heads in lanes: lane l of group lg is query head lg*16 + l, i.e.
+// row (lg*16 + l) / group, head (lg*16 + l) % group of the item.
+void ProcessItemLanes(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
+                      const AttnSeq& seq, int h, int group, int32_t i0, int32_t i1, float scale,
+                      const Scratch& s) {
+  const int hd = kv.head_dim;
+  const int nqh = (i1 - i0) * group, n_lg = (nqh + 15) / 16;
+  __m512i pos[kMaxQHeads / 16];
+  __m512 m[kMaxQHeads / 16], l[kMaxQHeads / 16];
+  for (int lg = 0; lg < n_lg; ++lg) {
+    alignas(64) int32_t lane_pos[16];
+    float* qt = s.qt + lg * hd * 16;
+    for (int lane = 0; lane < 16; ++lane) {
+      const int qh = lg * 16 + lane;
+      if (qh < nqh) {
+        const int r = qh / group, g = qh % group;
+        lane_pos[lane] = seq.n_past + i0 + r;
+        const float* qv = q + (seq.row0 + i0 + r) * ldq + (h * group + g) * hd;  // (hd)
+        for (int d = 0; d < hd; ++d) qt[d * 16 + lane] = qv[d] * scale;
+      } else {
+        lane_pos[lane] = INT_MAX;  // padding lane: zero query, sees everything
+        for (int d = 0; d < hd; ++d) qt[d * 16 + lane] = 0.0f;
+      }
+    }
+    pos[lg] = _mm512_load_si512(lane_pos);
+    m[lg] = _mm512_set1_ps(-INFINITY);
+    l[lg] = _mm512_setzero_ps();
+    std::memset(s.ot + lg * hd * 16, 0, sizeof(float) * hd * 16);
   }
-  std::memset(s.o, 0, sizeof(float) * nqh * hd);
-  const int32_t ctx_end = seq.n_past + i1;  // keys the last row sees
+  const int32_t first_pos = seq.n_past + i0, ctx_end = seq.n_past + i1;
   for (int32_t p0 = 0; p0 < ctx_end; p0 += kTile) {
     const int nk = ctx_end - p0 < kTile ? ctx_end - p0 : kTile;
     LoadTile(s.k, kv, seq, 0, h, p0, nk);
     LoadTile(s.v, kv, seq, 1, h, p0, nk);
-    for (int r = 0; r < rows; ++r) {
-      const int32_t pos = seq.n_past + i0 + r;
-      if (pos < p0) continue;  // causal: this row sees none of the tile
-      const int valid = pos - p0 + 1 < nk ? pos - p0 + 1 : nk;
-      const __mmask16 kmask = static_cast<__mmask16>((1u << valid) - 1);
-      for (int g = 0; g < group; ++g) {
-        const int qh = r * group + g;
-        const float* qv = q + (seq.row0 + i0 + r) * ldq + (h * group + g) * hd;  // (hd)
-        __m512 qc[16];
-        for (int c = 0; c < nc; ++c) {
-          qc[c] = _mm512_mul_ps(_mm512_loadu_ps(qv + 16 * c), _mm512_set1_ps(scale));
+    for (int lg = 0; lg < n_lg; ++lg) {
+      // Skip lane groups whose rows all precede the tile.
+      if (seq.n_past + i0 + (lg * 16 + 15 < nqh ? lg * 16 + 15 : nqh - 1) / group < p0) continue;
+      const float* qt = s.qt + lg * hd * 16;
+      float* ot = s.ot + lg * hd * 16;
+      __m512 sc[kTile];
+      for (int j = 0; j < kTile; ++j) sc[j] = _mm512_setzero_ps();
+      for (int d = 0; d < hd; ++d) {
+        const __m512 qd = _mm512_load_ps(qt + d * 16);
+        for (int j = 0; j < nk; ++j)
+          sc[j] = _mm512_fmadd_ps(qd, _mm512_set1_ps(s.k[j * hd + d]), sc[j]);
+      }
+      // Causal mask: key p0 + j is visible to lanes whose position is >= it.
+      __mmask16 vis[kTile];
+      __m512 tmax = _mm512_set1_ps(-INFINITY);
+      for (int j = 0; j < nk; ++j) {
+        vis[j] = p0 + j < first_pos ? __mmask16{0xFFFF}
+                                    : _mm512_cmpge_epi32_mask(pos[lg], _mm512_set1_epi32(p0 + j));
+        tmax = _mm512_mask_max_ps(tmax, vis[j], tmax, sc[j]);
+      }
+      const __m512 m_new = _mm512_max_ps(m[lg], tmax);
+      // The first tile shows every lane key 0, so m_new is finite; before it
+      // m is -inf and corr underflows to ~1e-38, harmless against l = o = 0.
+      const __m512 corr = Exp512(_mm512_sub_ps(m[lg], m_new));
+      __m512 lsum = _mm512_setzero_ps();
+      for (int j = 0; j < nk; ++j) {
+        sc[j] = _mm512_maskz_mov_ps(vis[j], Exp512(_mm512_sub_ps(sc[j], m_new)));
+        lsum = _mm512_add_ps(lsum, sc[j]);
+      }
+      l[lg] = _mm512_fmadd_ps(l[lg], corr, lsum);
+      m[lg] = m_new;
+      for (int d = 0; d < hd; ++d) {
+        __m512 o0 = _mm512_mul_ps(_mm512_load_ps(ot + d * 16), corr);
+        __m512 o1 = _mm512_setzero_ps();
+        int j = 0;
+        for (; j + 2 <= nk; j += 2) {
+          o0 = _mm512_fmadd_ps(sc[j], _mm512_set1_ps(s.v[j * hd + d]), o0);
+          o1 = _mm512_fmadd_ps(sc[j + 1], _mm512_set1_ps(s.v[(j + 1) * hd + d]), o1);
         }
-        __m512 part[kTile];
-        for (int j = 0; j < kTile; ++j) {
-          const float* kr = s.k + j * hd;
-          __m512 a = _mm512_mul_ps(qc[0], _mm512_loadu_ps(kr));
-          for (int c = 1; c < nc; ++c) a = _mm512_fmadd_ps(qc[c], _mm512_loadu_ps(kr + 16 * c), a);
-          part[j] = a;
-        }
-        const __m512 sc =
-            _mm512_mask_blend_ps(kmask, _mm512_set1_ps(-INFINITY), HorizontalSums16(part));
-        const float m_old = s.m[qh];
-        const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(sc));
-        const float corr = std::exp(m_old - m_new);  // 0 on the first tile
-        const __m512 pv =
-            _mm512_maskz_mov_ps(kmask, Exp512(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
-        s.l[qh] = s.l[qh] * corr + _mm512_reduce_add_ps(pv);
-        s.m[qh] = m_new;
-        _mm512_storeu_ps(s.p, pv);
-        float* o = s.o + qh * hd;
-        for (int c = 0; c < nc; ++c) {
-          __m512 oc = _mm512_mul_ps(_mm512_loadu_ps(o + 16 * c), _mm512_set1_ps(corr));
-          for (int j = 0; j < valid; ++j) {
-            oc =
-                _mm512_fmadd_ps(_mm512_set1_ps(s.p[j]), _mm512_loadu_ps(s.v + j * hd + 16 * c), oc);
-          }
-          _mm512_storeu_ps(o + 16 * c, oc);
-        }
+        if (j < nk) o0 = _mm512_fmadd_ps(sc[j], _mm512_set1_ps(s.v[j * hd + d]), o0);
+        _mm512_store_ps(ot + d * 16, _mm512_add_ps(o0, o1));
       }
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    for (int g = 0; g < group; ++g) {
-      const int qh = r * group + g;
-      const __m512 inv = _mm512_set1_ps(1.0f / s.l[qh]);
+  for (int lg = 0; lg < n_lg; ++lg) {
+    alignas(64) float inv[16];
+    _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), l[lg]));
+    const float* ot = s.ot + lg * hd * 16;
+    for (int lane = 0; lane < 16 && lg * 16 + lane < nqh; ++lane) {
+      const int qh = lg * 16 + lane, r = qh / group, g = qh % group;
       float* dst = out + (seq.row0 + i0 + r) * ldo + (h * group + g) * hd;  // (hd)
+      for (int d = 0; d < hd; ++d) dst[d] = ot[d * 16 + lane] * inv[lane];
+    }
+  }
+}
+
+// One query row, `group` heads: keys in lanes.
+void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
+                const AttnSeq& seq, int h, int group, int32_t i, float scale, const Scratch& s) {
+  const int hd = kv.head_dim, nc = hd / 16;
+  for (int g = 0; g < group; ++g) {
+    s.m[g] = -INFINITY;
+    s.l[g] = 0.0f;
+  }
+  std::memset(s.o, 0, sizeof(float) * group * hd);
+  const int32_t ctx_end = seq.n_past + i + 1;
+  const float* qrow = q + (seq.row0 + i) * ldq + h * group * hd;  // (group, hd)
+  for (int32_t p0 = 0; p0 < ctx_end; p0 += kTile) {
+    const int nk = ctx_end - p0 < kTile ? ctx_end - p0 : kTile;
+    const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
+    LoadTile(s.k, kv, seq, 0, h, p0, nk);
+    LoadTile(s.v, kv, seq, 1, h, p0, nk);
+    // Scores and probabilities of every head first, so the heads' latency
+    // chains overlap.
+    float corr[kMaxQHeads];
+    for (int g = 0; g < group; ++g) {
+      __m512 qc[kMaxHeadDim / 16];
       for (int c = 0; c < nc; ++c) {
-        _mm512_storeu_ps(dst + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(s.o + qh * hd + 16 * c), inv));
+        qc[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow + g * hd + 16 * c), _mm512_set1_ps(scale));
       }
+      __m512 part[kTile];
+      for (int j = 0; j < kTile; ++j) {
+        const float* kr = s.k + j * hd;
+        __m512 a = _mm512_mul_ps(qc[0], _mm512_loadu_ps(kr));
+        for (int c = 1; c < nc; ++c) a = _mm512_fmadd_ps(qc[c], _mm512_loadu_ps(kr + 16 * c), a);
+        part[j] = a;
+      }
+      const __m512 sc =
+          _mm512_mask_blend_ps(kmask, _mm512_set1_ps(-INFINITY), HorizontalSums16(part));
+      const float m_old = s.m[g];
+      const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(sc));
+      corr[g] = m_old == -INFINITY ? 0.0f : std::exp(m_old - m_new);
+      const __m512 pv =
+          _mm512_maskz_mov_ps(kmask, Exp512(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
+      s.l[g] = s.l[g] * corr[g] + _mm512_reduce_add_ps(pv);
+      s.m[g] = m_new;
+      _mm512_storeu_ps(s.p + g * kTile, pv);
+    }
+    // P·V for all heads: each V load feeds every head.
+    for (int c = 0; c < nc; ++c) {
+      for (int g0 = 0; g0 < group; g0 += 8) {
+        const int ng = group - g0 < 8 ? group - g0 : 8;
+        __m512 o[8];
+        for (int g = 0; g < ng; ++g) {
+          o[g] = _mm512_mul_ps(_mm512_loadu_ps(s.o + (g0 + g) * hd + 16 * c),
+                               _mm512_set1_ps(corr[g0 + g]));
+        }
+        for (int j = 0; j < nk; ++j) {
+          const __m512 vv = _mm512_loadu_ps(s.v + j * hd + 16 * c);
+          for (int g = 0; g < ng; ++g) {
+            o[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j]), vv, o[g]);
+          }
+        }
+        for (int g = 0; g < ng; ++g) _mm512_storeu_ps(s.o + (g0 + g) * hd + 16 * c, o[g]);
+      }
+    }
+  }
+  for (int g = 0; g < group; ++g) {
+    const __m512 inv = _mm512_set1_ps(1.0f / s.l[g]);
+    float* dst = out + (seq.row0 + i) * ldo + (h * group + g) * hd;  // (hd)
+    for (int c = 0; c < nc; ++c) {
+      _mm512_storeu_ps(dst + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(s.o + g * hd + 16 * c), inv));
     }
   }
 }
@@ -122,13 +232,19 @@ void PagedAttentionAvx512(float* out, int64_t ldo, const float* q, int64_t ldq,
                           float scale, float* scratch, int ith, int nth) {
   const int hd = kv.head_dim;
   const int group = n_heads / kv.n_kv_heads;
+  // 64-byte aligned sections for the aligned loads of qt / ot.
+  float* base =
+      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
   Scratch s;
-  s.k = scratch;
+  s.qt = base;
+  s.ot = s.qt + kMaxQHeads * hd;
+  s.o = s.ot + kMaxQHeads * hd;
+  s.k = s.o + kMaxQHeads * hd;
   s.v = s.k + kTile * hd;
-  s.o = s.v + kTile * hd;
-  s.m = s.o + kMaxQHeads * hd;
+  s.m = s.v + kTile * hd;
   s.l = s.m + kMaxQHeads;
   s.p = s.l + kMaxQHeads;
+  // Rows per item: as many as fill kMaxQHeads query heads.
   const int32_t chunk = group >= kMaxQHeads ? 1 : kMaxQHeads / group;
   // Items interleave across threads so the causal triangle's cost spreads.
   int64_t item = 0;
@@ -138,7 +254,12 @@ void PagedAttentionAvx512(float* out, int64_t ldo, const float* q, int64_t ldq,
       for (int32_t i0 = 0; i0 < seq.n_new; i0 += chunk, ++item) {
         if (item % nth != ith) continue;
         const int32_t i1 = i0 + chunk < seq.n_new ? i0 + chunk : seq.n_new;
-        ProcessItem(out, ldo, q, ldq, kv, seq, h, group, i0, i1, scale, s);
+        if ((i1 - i0) * group >= 8) {
+          ProcessItemLanes(out, ldo, q, ldq, kv, seq, h, group, i0, i1, scale, s);
+        } else {
+          for (int32_t i = i0; i < i1; ++i)
+            ProcessRow(out, ldo, q, ldq, kv, seq, h, group, i, scale, s);
+        }
       }
     }
   }

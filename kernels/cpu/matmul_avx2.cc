@@ -9,7 +9,8 @@
 namespace pdserve::kernels::internal {
 namespace {
 
-constexpr int kMaxTile = 4;  // tokens per tile: 16 ymm registers
+constexpr int kMaxTile = 4;              // tokens per tile: 16 ymm registers
+constexpr int64_t kPrefetchBlocks = 16;  // decode prefetch distance, as on AVX-512
 
 inline __m256i Bcast4(const int8_t* p) { return _mm256_set1_epi32(static_cast<int>(LoadU32(p))); }
 
@@ -43,6 +44,11 @@ void HalfGroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t
     }
   }
   for (int64_t b = 0; b < nb; ++b) {
+    if (NT <= 2 && half == 0) {
+      const char* ahead = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(wg) +
+                                                        (b + kPrefetchBlocks) * pb);
+      for (int64_t c = 0; c < pb; c += 64) _mm_prefetch(ahead + c, _MM_HINT_T0);
+    }
     const uint8_t* p = wg + b * pb + 32 * half;
     const __m256 d = HalfToFloat8(wg + b * pb + kQuantBytes + 16 * half);
     const __m256 off = T == DType::kQ4_1 ? HalfToFloat8(wg + b * pb + kQuantBytes + 32 + 16 * half)

@@ -46,22 +46,27 @@ void FutexWakeAll(std::atomic<T>* word) {
 #endif
 }
 
-// Returns once *word != old: spins for up to kSpinNs, then sleeps on the
-// futex. `sleepers` counts sleeping threads so the waker skips the syscall
-// when nobody sleeps (both sides use seq_cst, so one of them sees the other).
+// Returns once *word != old: spins briefly, then spins with sched_yield (so
+// on an oversubscribed machine the core goes to whoever needs it, possibly
+// the thread we wait for), then sleeps on the futex after kSpinNs. `sleepers`
+// counts sleeping threads so the waker skips the syscall when nobody sleeps
+// (both sides use seq_cst, so one of them sees the other).
 template <typename T>
 void WaitWhileEqual(std::atomic<T>* word, T old, std::atomic<int>* sleepers) {
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < 32; ++i) {
     if (word->load(std::memory_order_acquire) != old) return;
     CpuRelax();
   }
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
-    for (int i = 0; i < 256; ++i) {
+    for (int i = 0; i < 16; ++i) {
       if (word->load(std::memory_order_acquire) != old) return;
       CpuRelax();
     }
     if (std::chrono::steady_clock::now() - start > std::chrono::nanoseconds(kSpinNs)) break;
+#if defined(__linux__)
+    sched_yield();
+#endif
   }
   sleepers->fetch_add(1, std::memory_order_seq_cst);
   while (word->load(std::memory_order_seq_cst) == old) FutexWait(word, old);
