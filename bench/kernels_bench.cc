@@ -373,10 +373,10 @@ class SimModel {
         const WeightMatrix* w = layers_[il];
         KvLayerView kv = kv_;
         kv.base = cache_.data() + il * (kMaxCtx / kBlock) * kv_.BlockBytes();
-        for (int64_t t = r0; t < r1; ++t)
-          RmsNorm(&xn_[t * kEmbd], &x_[t * kEmbd], norm_.data(), kEmbd, 1e-5f);
-        QuantizeActivations(xq_->p + r0 * rb_e, ActFormat::kQ8_1, &xn_[r0 * kEmbd], kEmbd, r1 - r0,
-                            0, 1);
+        for (int64_t t = r0; t < r1; ++t) {
+          RmsNormQuantize(xq_->p + t * rb_e, ActFormat::kQ8_1, &x_[t * kEmbd], norm_.data(), kEmbd,
+                          1e-5f);
+        }
         pool.Barrier();
         MatMul(q_.data(), q_dim, w[0], xq_->p, n_tokens, ith, nth);
         MatMul(k_.data(), kv_dim, w[1], xq_->p, n_tokens, ith, nth);
@@ -403,18 +403,16 @@ class SimModel {
         pool.Barrier();
         for (int64_t t = r0; t < r1; ++t) {
           AddInplace(&x_[t * kEmbd], &tmp_[t * kEmbd], kEmbd);
-          RmsNorm(&xn_[t * kEmbd], &x_[t * kEmbd], norm_.data(), kEmbd, 1e-5f);
+          RmsNormQuantize(xq_->p + t * rb_e, ActFormat::kQ8_1, &x_[t * kEmbd], norm_.data(), kEmbd,
+                          1e-5f);
         }
-        QuantizeActivations(xq_->p + r0 * rb_e, ActFormat::kQ8_1, &xn_[r0 * kEmbd], kEmbd, r1 - r0,
-                            0, 1);
         pool.Barrier();
         MatMul(gate_.data(), kFf, w[4], xq_->p, n_tokens, ith, nth);
         MatMul(up_.data(), kFf, w[5], xq_->p, n_tokens, ith, nth);
         pool.Barrier();
-        for (int64_t t = r0; t < r1; ++t)
-          SwiGlu(&gate_[t * kFf], &gate_[t * kFf], &up_[t * kFf], kFf);
-        QuantizeActivations(xq_->p + r0 * rb_f, ActFormat::kQ8_1, &gate_[r0 * kFf], kFf, r1 - r0, 0,
-                            1);
+        for (int64_t t = r0; t < r1; ++t) {
+          SwiGluQuantize(xq_->p + t * rb_f, ActFormat::kQ8_1, &gate_[t * kFf], &up_[t * kFf], kFf);
+        }
         pool.Barrier();
         MatMul(tmp_.data(), kEmbd, w[6], xq_->p, n_tokens, ith, nth);
         pool.Barrier();

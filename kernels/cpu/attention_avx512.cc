@@ -104,19 +104,23 @@ void ProcessItemLanes(float* out, int64_t ldo, const float* q, int64_t ldq, cons
       if (seq.n_past + i0 + (lg * 16 + 15 < nqh ? lg * 16 + 15 : nqh - 1) / group < p0) continue;
       const float* qt = s.qt + lg * hd * 16;
       float* ot = s.ot + lg * hd * 16;
+      // Loops run over the whole tile (compile-time 16) so sc[] stays in
+      // registers; keys past nk are zero rows and masked out.
       __m512 sc[kTile];
       for (int j = 0; j < kTile; ++j) sc[j] = _mm512_setzero_ps();
       for (int d = 0; d < hd; ++d) {
         const __m512 qd = _mm512_load_ps(qt + d * 16);
-        for (int j = 0; j < nk; ++j)
+        for (int j = 0; j < kTile; ++j) {
           sc[j] = _mm512_fmadd_ps(qd, _mm512_set1_ps(s.k[j * hd + d]), sc[j]);
+        }
       }
       // Causal mask: key p0 + j is visible to lanes whose position is >= it.
       __mmask16 vis[kTile];
       __m512 tmax = _mm512_set1_ps(-INFINITY);
-      for (int j = 0; j < nk; ++j) {
-        vis[j] = p0 + j < first_pos ? __mmask16{0xFFFF}
-                                    : _mm512_cmpge_epi32_mask(pos[lg], _mm512_set1_epi32(p0 + j));
+      for (int j = 0; j < kTile; ++j) {
+        vis[j] = j >= nk              ? __mmask16{0}
+                 : p0 + j < first_pos ? __mmask16{0xFFFF}
+                                      : _mm512_cmpge_epi32_mask(pos[lg], _mm512_set1_epi32(p0 + j));
         tmax = _mm512_mask_max_ps(tmax, vis[j], tmax, sc[j]);
       }
       const __m512 m_new = _mm512_max_ps(m[lg], tmax);
@@ -124,7 +128,7 @@ void ProcessItemLanes(float* out, int64_t ldo, const float* q, int64_t ldq, cons
       // m is -inf and corr underflows to ~1e-38, harmless against l = o = 0.
       const __m512 corr = Exp512(_mm512_sub_ps(m[lg], m_new));
       __m512 lsum = _mm512_setzero_ps();
-      for (int j = 0; j < nk; ++j) {
+      for (int j = 0; j < kTile; ++j) {
         sc[j] = _mm512_maskz_mov_ps(vis[j], Exp512(_mm512_sub_ps(sc[j], m_new)));
         lsum = _mm512_add_ps(lsum, sc[j]);
       }
@@ -133,12 +137,10 @@ void ProcessItemLanes(float* out, int64_t ldo, const float* q, int64_t ldq, cons
       for (int d = 0; d < hd; ++d) {
         __m512 o0 = _mm512_mul_ps(_mm512_load_ps(ot + d * 16), corr);
         __m512 o1 = _mm512_setzero_ps();
-        int j = 0;
-        for (; j + 2 <= nk; j += 2) {
+        for (int j = 0; j < kTile; j += 2) {
           o0 = _mm512_fmadd_ps(sc[j], _mm512_set1_ps(s.v[j * hd + d]), o0);
           o1 = _mm512_fmadd_ps(sc[j + 1], _mm512_set1_ps(s.v[(j + 1) * hd + d]), o1);
         }
-        if (j < nk) o0 = _mm512_fmadd_ps(sc[j], _mm512_set1_ps(s.v[j * hd + d]), o0);
         _mm512_store_ps(ot + d * 16, _mm512_add_ps(o0, o1));
       }
     }
@@ -206,7 +208,7 @@ void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLa
           o[g] = _mm512_mul_ps(_mm512_loadu_ps(s.o + (g0 + g) * hd + 16 * c),
                                _mm512_set1_ps(corr[g0 + g]));
         }
-        for (int j = 0; j < nk; ++j) {
+        for (int j = 0; j < kTile; ++j) {  // p and V are zero past nk
           const __m512 vv = _mm512_loadu_ps(s.v + j * hd + 16 * c);
           for (int g = 0; g < ng; ++g) {
             o[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j]), vv, o[g]);

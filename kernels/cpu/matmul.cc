@@ -6,10 +6,14 @@
 
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/matmul_internal.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/quant.h"
 
 namespace pdserve::kernels {
+namespace internal {
+float RmsNormScale(const float* x, int64_t n, float eps);  // ops.cc
+}  // namespace internal
 
 ActFormat ActFormatFor(DType weight_type) {
   switch (weight_type) {
@@ -43,7 +47,6 @@ void QuantizeActivations(void* xq, ActFormat f, const float* x, int64_t n_in, in
   SplitRange(n_rows, ith, nth, 1, &begin, &end);
   const int64_t row_bytes = ActRowBytes(f, n_in);
   uint8_t* out = static_cast<uint8_t*>(xq);  // (n_rows, row_bytes)
-  const Isa isa = ActiveIsa();
   for (int64_t r = begin; r < end; ++r) {
     const float* row = x + r * n_in;  // (n_in)
     switch (f) {
@@ -51,19 +54,54 @@ void QuantizeActivations(void* xq, ActFormat f, const float* x, int64_t n_in, in
         std::memcpy(out + r * row_bytes, row, n_in * sizeof(float));
         break;
       case ActFormat::kQ8_1:
-        if (isa == Isa::kAvx512) {
-          internal::QuantizeRowQ8Avx512(out + r * row_bytes, row, n_in);
-        } else if (isa == Isa::kAvx2) {
-          internal::QuantizeRowQ8Avx2(out + r * row_bytes, row, n_in);
-        } else {
-          internal::QuantizeRowQ8Scalar(out + r * row_bytes, row, n_in);
-        }
+        internal::QuantizeRowQ8(out + r * row_bytes, row, n_in, 0, n_in / kQK);
         break;
       case ActFormat::kQ8_K:
         QuantizeRow(out + r * row_bytes, row, DType::kQ8_K, n_in);
         break;
     }
   }
+}
+
+namespace {
+
+// Runs produce(chunk, k0, len) over [0, n) in stack chunks of 256 floats and
+// encodes each chunk into the row xq.
+template <typename Produce>
+void EncodeChunked(void* xq, ActFormat f, int64_t n, Produce produce) {
+  constexpr int64_t kChunk = kQKK;
+  alignas(64) float chunk[kChunk];
+  uint8_t* out = static_cast<uint8_t*>(xq);
+  for (int64_t k0 = 0; k0 < n; k0 += kChunk) {
+    const int64_t len = n - k0 < kChunk ? n - k0 : kChunk;
+    produce(chunk, k0, len);
+    switch (f) {
+      case ActFormat::kF32:
+        std::memcpy(out + k0 * sizeof(float), chunk, len * sizeof(float));
+        break;
+      case ActFormat::kQ8_1:
+        internal::QuantizeRowQ8(xq, chunk, n, k0 / kQK, (k0 + len) / kQK);
+        break;
+      case ActFormat::kQ8_K:
+        QuantizeRow(out + k0 / kQKK * sizeof(BlockQ8_K), chunk, DType::kQ8_K, len);
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+void RmsNormQuantize(void* xq, ActFormat f, const float* x, const float* w, int64_t n, float eps) {
+  const float scale = internal::RmsNormScale(x, n, eps);
+  EncodeChunked(xq, f, n, [&](float* chunk, int64_t k0, int64_t len) {
+    for (int64_t i = 0; i < len; ++i) chunk[i] = x[k0 + i] * scale * w[k0 + i];
+  });
+}
+
+void SwiGluQuantize(void* xq, ActFormat f, const float* gate, const float* up, int64_t n) {
+  EncodeChunked(xq, f, n, [&](float* chunk, int64_t k0, int64_t len) {
+    SwiGlu(chunk, gate + k0, up + k0, len);
+  });
 }
 
 void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens, int ith,
@@ -130,30 +168,36 @@ void MatMulQuantRef(float* y, int64_t ldy, const WeightMatrix& w, const void* xq
 
 namespace internal {
 
-void QuantizeRowQ8Scalar(void* y, const float* x, int64_t n_in) {
+void QuantizeRowQ8Scalar(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
   int8_t* qs = static_cast<int8_t*>(y);  // (n_in)
-  float d[kQKK / kQK];                   // staged: y's floats may be unaligned
-  float sa[kQKK / kQK];
+  uint8_t* dp = reinterpret_cast<uint8_t*>(qs + n_in);
   const int64_t nb = n_in / kQK;
-  for (int64_t b0 = 0; b0 < nb; b0 += kQKK / kQK) {
-    const int64_t b1 = b0 + kQKK / kQK < nb ? b0 + kQKK / kQK : nb;
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* xb = x + b * kQK;
-      float amax = 0;
-      for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
-      const float db = amax / 127;
-      const float id = db != 0 ? 1.0f / db : 0.0f;
-      int sum = 0;
-      for (int j = 0; j < kQK; ++j) {
-        const int q = static_cast<int>(std::nearbyint(xb[j] * id));
-        qs[b * kQK + j] = static_cast<int8_t>(q);
-        sum += q;
-      }
-      d[b - b0] = db;
-      sa[b - b0] = db * static_cast<float>(sum);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xb = x + (b - b0) * kQK;
+    float amax = 0;
+    for (int j = 0; j < kQK; ++j) amax = std::fmax(amax, std::fabs(xb[j]));
+    const float d = amax / 127;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < kQK; ++j) {
+      const int q = static_cast<int>(std::nearbyint(xb[j] * id));
+      qs[b * kQK + j] = static_cast<int8_t>(q);
+      sum += q;
     }
-    std::memcpy(qs + n_in + b0 * 4, d, (b1 - b0) * 4);
-    std::memcpy(qs + n_in + nb * 4 + b0 * 4, sa, (b1 - b0) * 4);
+    const float sa = d * static_cast<float>(sum);
+    std::memcpy(dp + 4 * b, &d, 4);  // y's floats need not be aligned
+    std::memcpy(dp + 4 * (nb + b), &sa, 4);
+  }
+}
+
+void QuantizeRowQ8(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
+  switch (ActiveIsa()) {
+    case Isa::kAvx512:
+      return QuantizeRowQ8Avx512(y, x, n_in, b0, b1);
+    case Isa::kAvx2:
+      return QuantizeRowQ8Avx2(y, x, n_in, b0, b1);
+    case Isa::kScalar:
+      return QuantizeRowQ8Scalar(y, x, n_in, b0, b1);
   }
 }
 

@@ -58,6 +58,14 @@ void DequantizeWeightRow(float* y, const WeightMatrix& w, int64_t row);
 void QuantizeActivations(void* xq, ActFormat f, const float* x, int64_t n_in, int64_t n_rows,
                          int ith, int nth);
 
+// Fused row ops that end in an encoded activation row xq (ActRowBytes(f, n)),
+// saving a pass over the row; same bytes as the op then QuantizeActivations.
+// n is a multiple of the format's block (32, or 256 for kQ8_K).
+//   RmsNormQuantize: encode(RmsNorm(x, w, eps)).
+//   SwiGluQuantize:  encode(silu(gate) * up), e.g. the down projection's input.
+void RmsNormQuantize(void* xq, ActFormat f, const float* x, const float* w, int64_t n, float eps);
+void SwiGluQuantize(void* xq, ActFormat f, const float* gate, const float* up, int64_t n);
+
 // y[t * ldy + r] = Σ_k W[r][k] · x[t][k] for t < n_tokens and the output rows
 // r that belong to thread ith of nth. xq holds the activations encoded in
 // ActFormatFor(w.type).

@@ -308,16 +308,17 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
   }
 }
 
-void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in) {
+void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
   int8_t* qs = static_cast<int8_t*>(y);  // (n_in)
   uint8_t* dp = reinterpret_cast<uint8_t*>(qs + n_in);
   const int64_t nb = n_in / kQK;
   const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (int64_t b = 0; b < nb; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xb = x + (b - b0) * kQK;
     __m256 v[4];
     __m256 ax = _mm256_setzero_ps();
     for (int j = 0; j < 4; ++j) {
-      v[j] = _mm256_loadu_ps(x + b * kQK + 8 * j);
+      v[j] = _mm256_loadu_ps(xb + 8 * j);
       ax = _mm256_max_ps(ax, _mm256_andnot_ps(sign, v[j]));
     }
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(ax), _mm256_extractf128_ps(ax, 1));
@@ -357,7 +358,9 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
                 int64_t n_tokens, int64_t r0, int64_t r1) {
   MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
 }
-void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in) { QuantizeRowQ8Scalar(y, x, n_in); }
+void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
+  QuantizeRowQ8Scalar(y, x, n_in);
+}
 }  // namespace pdserve::kernels::internal
 
 #endif

@@ -208,13 +208,14 @@ void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
   }
 }
 
-void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in) {
+void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
   int8_t* qs = static_cast<int8_t*>(y);  // (n_in)
   uint8_t* dp = reinterpret_cast<uint8_t*>(qs + n_in);
   const int64_t nb = n_in / kQK;
   const __m512 sign = _mm512_set1_ps(-0.0f);
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m512 x0 = _mm512_loadu_ps(x + b * kQK), x1 = _mm512_loadu_ps(x + b * kQK + 16);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xb = x + (b - b0) * kQK;
+    const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
     const __m512 ax = _mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1));
     const float amax = _mm512_reduce_max_ps(ax);
     const float d = amax / 127;
@@ -241,7 +242,9 @@ void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                   int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
   MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
 }
-void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in) { QuantizeRowQ8Scalar(y, x, n_in); }
+void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
+  QuantizeRowQ8Scalar(y, x, n_in);
+}
 }  // namespace pdserve::kernels::internal
 
 #endif

@@ -61,11 +61,14 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
 void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                   int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1);
 
-// Encodes one ActFormat::kQ8_1 row of n_in floats. All paths give the same
-// bytes: quants round x · (127 / amax) half to even.
-void QuantizeRowQ8Scalar(void* y, const float* x, int64_t n_in);
-void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in);
-void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in);
+// Encodes blocks [b0, b1) of one ActFormat::kQ8_1 row y of n_in elements
+// from x, the floats of those blocks. All paths give the same bytes: quants
+// round x · (127 / amax) half to even.
+void QuantizeRowQ8Scalar(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1);
+void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1);
+void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1);
+// Dispatches to the active ISA's QuantizeRowQ8*.
+void QuantizeRowQ8(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1);
 
 inline uint32_t LoadU32(const void* p) {
   uint32_t v;

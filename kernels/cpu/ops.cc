@@ -8,9 +8,11 @@ namespace pdserve::kernels {
 namespace internal {
 void SwiGluAvx512(float* y, const float* gate, const float* up, int64_t n);
 void SoftmaxAvx512(float* x, int64_t n);
+float RmsNormScale(const float* x, int64_t n, float eps);
 }  // namespace internal
 
-void RmsNorm(float* y, const float* x, const float* w, int64_t n, float eps) {
+namespace internal {
+float RmsNormScale(const float* x, int64_t n, float eps) {
   float acc[8] = {};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -19,8 +21,13 @@ void RmsNorm(float* y, const float* x, const float* w, int64_t n, float eps) {
   for (; i < n; ++i) acc[0] += x[i] * x[i];
   const float ss =
       ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  const float scale = 1.0f / std::sqrt(ss / n + eps);
-  for (i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
+  return 1.0f / std::sqrt(ss / n + eps);
+}
+}  // namespace internal
+
+void RmsNorm(float* y, const float* x, const float* w, int64_t n, float eps) {
+  const float scale = internal::RmsNormScale(x, n, eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * w[i];
 }
 
 void Rope(float* x, int n_heads, int head_dim, int n_rot, const float* cos_sin) {

@@ -1,4 +1,5 @@
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
 
 #include <gtest/gtest.h>
 
@@ -180,6 +181,29 @@ TEST(MatMulApiTest, EncodedActivationsAreTheSameOnEveryIsa) {
     std::vector<uint8_t> xq(rb * n_rows);
     QuantizeActivations(xq.data(), ActFormat::kQ8_1, x.data(), n_in, n_rows, 0, 1);
     EXPECT_EQ(xq, ref);
+  }
+}
+
+TEST(MatMulApiTest, FusedRowOpsEqualOpThenQuantize) {
+  const int64_t n = 1536;
+  const std::vector<float> x = RandomVector(n, 11, 2.0f), w = RandomVector(n, 12);
+  const std::vector<float> gate = RandomVector(n, 13, 3.0f), up = RandomVector(n, 14);
+  for (Isa isa : testing::SupportedIsas()) {
+    ScopedIsa scoped(isa);
+    for (ActFormat f : {ActFormat::kF32, ActFormat::kQ8_1, ActFormat::kQ8_K}) {
+      SCOPED_TRACE(std::string(IsaName(isa)) + " format " + std::to_string(static_cast<int>(f)));
+      const int64_t rb = ActRowBytes(f, n);
+      std::vector<float> tmp(n);
+      std::vector<uint8_t> fused(rb), ref(rb);
+      RmsNorm(tmp.data(), x.data(), w.data(), n, 1e-5f);
+      QuantizeActivations(ref.data(), f, tmp.data(), n, 1, 0, 1);
+      RmsNormQuantize(fused.data(), f, x.data(), w.data(), n, 1e-5f);
+      EXPECT_EQ(fused, ref);
+      SwiGlu(tmp.data(), gate.data(), up.data(), n);
+      QuantizeActivations(ref.data(), f, tmp.data(), n, 1, 0, 1);
+      SwiGluQuantize(fused.data(), f, gate.data(), up.data(), n);
+      EXPECT_EQ(fused, ref);
+    }
   }
 }
 
