@@ -114,6 +114,42 @@ TileFn<T> TileFor(int nt) {
 // weights: 64 blocks of Q8_0 = 34 KiB of stack.
 constexpr int64_t kOnTheFlyBlocks = 64;
 
+// PackGroup with gathers: lane i of each 64-byte chunk comes from row i.
+template <DType T>
+void PackGroupGather(uint8_t* dst, const uint8_t* src, int64_t row_bytes, int rows, int64_t b0,
+                     int64_t b1) {
+  if (row_bytes * kPackRows >= (int64_t{1} << 31)) {  // int32 gather offsets
+    PackGroup(dst, src, row_bytes, rows, T, b0, b1);
+    return;
+  }
+  constexpr int64_t kTypeSize = T == DType::kQ4_0 ? 18 : T == DType::kQ4_1 ? 20 : 34;
+  constexpr int kQsOff = T == DType::kQ4_1 ? 4 : 2;
+  constexpr int kChunks = T == DType::kQ8_0 ? 8 : 4;
+  const int64_t pb = PackedBlockBytes(T);
+  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __m512i idx =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int>(row_bytes)));
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t b = b0; b < b1; ++b, dst += pb) {
+    const uint8_t* base = src + b * kTypeSize;
+    for (int c = 0; c < kChunks; ++c) {
+      __m512i g = _mm512_mask_i32gather_epi32(zero, mask, idx, base + kQsOff + 4 * c, 1);
+      if constexpr (T == DType::kQ8_0) {
+        // q + 128 as unsigned; padding rows stay zero (their d is zero).
+        g = _mm512_maskz_xor_epi32(mask, g, _mm512_set1_epi8(static_cast<char>(0x80)));
+      }
+      _mm512_storeu_si512(dst + 64 * c, g);
+    }
+    const __m512i dm = _mm512_mask_i32gather_epi32(zero, mask, idx, base, 1);  // d | m << 16
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kChunks * 64), _mm512_cvtepi32_epi16(dm));
+    if constexpr (T == DType::kQ4_1) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + kChunks * 64 + 32),
+                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16)));
+    }
+  }
+}
+
 template <DType T>
 void MatMulQ(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t act_row_bytes,
              int64_t n_tokens, int64_t r0, int64_t r1) {
@@ -132,8 +168,8 @@ void MatMulQ(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64
       if (packed) {
         wg = static_cast<const uint8_t*>(w.data) + (r / kPackRows) * nb * pb;
       } else {
-        PackGroup(tmp, static_cast<const uint8_t*>(w.data) + r * row_bytes, row_bytes, rows, T, kb,
-                  kb1);
+        PackGroupGather<T>(tmp, static_cast<const uint8_t*>(w.data) + r * row_bytes, row_bytes,
+                           rows, kb, kb1);
         wg = tmp;
       }
       for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTile) {
