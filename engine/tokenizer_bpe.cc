@@ -156,9 +156,25 @@ void BpeMerger::EncodeWord(std::string_view word, MergeScratch* s,
   }
 }
 
+namespace {
+constexpr std::string_view kSpmSpace = "\xE2\x96\x81";  // U+2581
+
+// Start of the UTF-8 character that ends at text[end] (exclusive).
+size_t PrevCharStart(std::string_view text, size_t end) {
+  size_t p = end - 1;
+  while (p > 0 && (static_cast<unsigned char>(text[p]) & 0xC0) == 0x80) --p;
+  return p;
+}
+}  // namespace
+
 SpmMerger::SpmMerger(const Vocab& vocab) : vocab_(&vocab) {
   for (int b = 0; b < 256; ++b) byte_token_[b] = vocab.Find(absl::StrFormat("<0x%02X>", b));
-  for (const std::string& t : vocab.texts) max_token_bytes_ = std::max(max_token_bytes_, t.size());
+  for (const std::string& t : vocab.texts) {
+    max_token_bytes_ = std::max(max_token_bytes_, t.size());
+    for (size_t p = t.find(kSpmSpace, 1); p != std::string::npos; p = t.find(kSpmSpace, p + 1)) {
+      joins_space_.insert(t.substr(PrevCharStart(t, p), p - PrevCharStart(t, p)));
+    }
+  }
 }
 
 void SpmMerger::PushCandidate(std::string_view text, MergeScratch* s, int32_t left,
@@ -180,27 +196,42 @@ void SpmMerger::PushCandidate(std::string_view text, MergeScratch* s, int32_t le
 }
 
 void SpmMerger::EmitBytes(std::string_view bytes, std::vector<TokenId>* out) const {
-  for (unsigned char b : bytes) {
-    if (byte_token_[b] >= 0) {
-      out->push_back(byte_token_[b]);
-    } else if (vocab_->unk >= 0) {
-      out->push_back(vocab_->unk);
-    }
+  const bool spellable = std::all_of(bytes.begin(), bytes.end(), [this](char b) {
+    return byte_token_[static_cast<unsigned char>(b)] >= 0;
+  });
+  if (spellable) {
+    for (unsigned char b : bytes) out->push_back(byte_token_[b]);
+  } else if (vocab_->unk >= 0) {
+    out->push_back(vocab_->unk);  // one per character, as SentencePiece does
   }
 }
 
 void SpmMerger::Encode(std::string_view text, MergeScratch* s, std::vector<TokenId>* out) const {
-  if (text.empty()) return;
+  size_t begin = 0;
+  for (size_t p = text.find(kSpmSpace, 1); p != std::string_view::npos;
+       p = text.find(kSpmSpace, p + 1)) {
+    const size_t prev = PrevCharStart(text, p);
+    if (p > begin && !joins_space_.contains(absl::string_view(text.data() + prev, p - prev))) {
+      EncodeSegment(text, begin, p, s, out);
+      begin = p;
+    }
+  }
+  EncodeSegment(text, begin, text.size(), s, out);
+}
+
+void SpmMerger::EncodeSegment(std::string_view text, size_t seg_begin, size_t seg_end,
+                              MergeScratch* s, std::vector<TokenId>* out) const {
+  if (seg_begin >= seg_end) return;
   auto& symbols = s->symbols;
   symbols.clear();
   // One symbol per code point; its id is looked up only if it stays unmerged.
-  for (size_t i = 0; i < text.size();) {
+  for (size_t i = seg_begin; i < seg_end;) {
     const size_t begin = i;
     if (unicode::NextCodepoint(text, &i) < 0 && i == begin) ++i;  // cannot happen on valid text
     const int32_t index = static_cast<int32_t>(symbols.size());
     symbols.push_back(Symbol{.id = -1,
                              .prev = index - 1,
-                             .next = i < text.size() ? index + 1 : -1,
+                             .next = i < seg_end ? index + 1 : -1,
                              .begin = static_cast<uint32_t>(begin),
                              .end = static_cast<uint32_t>(i)});
   }
@@ -228,7 +259,7 @@ void SpmMerger::Encode(std::string_view text, MergeScratch* s, std::vector<Token
     if (id >= 0) {
       out->push_back(id);
     } else {
-      EmitBytes(piece, out);  // byte fallback: <0xNN> tokens, else the unknown token
+      EmitBytes(piece, out);  // an unmerged character: <0xNN> tokens, else the unknown token
     }
   }
 }

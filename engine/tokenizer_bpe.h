@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "engine/tokenizer_vocab.h"
 
@@ -80,12 +81,20 @@ class SpmMerger {
   void Encode(std::string_view text, MergeScratch* scratch, std::vector<TokenId>* out) const;
 
  private:
+  // Merges text[begin, end) on its own.
+  void EncodeSegment(std::string_view text, size_t begin, size_t end, MergeScratch* s,
+                     std::vector<TokenId>* out) const;
   void PushCandidate(std::string_view text, MergeScratch* s, int32_t left, int32_t right) const;
   void EmitBytes(std::string_view bytes, std::vector<TokenId>* out) const;
 
   const Vocab* vocab_;
   std::array<TokenId, 256> byte_token_{};  // <0xNN> tokens, or -1
   size_t max_token_bytes_ = 0;
+  // Characters that some token has right before a U+2581. Every merge makes
+  // a token, so no merge crosses a U+2581 that follows any other character:
+  // the text is merged word by word there, with the same result as merging
+  // it whole and a much smaller queue.
+  absl::flat_hash_set<std::string> joins_space_;
 };
 
 }  // namespace pdserve::tokenizer_internal

@@ -91,8 +91,10 @@ size_t MatchLlama3Family(const DecodedText& t, size_t pos, size_t end, size_t ma
   }
   // \p{N}{1,max_digits}
   if (f & kN) {
-    const size_t run = RunEnd(t, pos, end, [](uint8_t g) { return (g & kN) != 0; });
-    return std::min(run - pos, max_digits);
+    // Scan at most max_digits: scanning the whole run each time would be
+    // quadratic on a long run of digits.
+    const size_t limit = std::min(end, pos + max_digits);
+    return RunEnd(t, pos, limit, [](uint8_t g) { return (g & kN) != 0; }) - pos;
   }
   // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
   size_t start = pos;
