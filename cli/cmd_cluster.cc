@@ -1,0 +1,244 @@
+// pdserve cluster: a whole cluster on this machine — a router plus N prefill
+// and M decode node processes (or K mixed nodes) on loopback. Waits until
+// every node has registered, prints the addresses, and stops them all on
+// SIGINT/SIGTERM (or when one of them dies).
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "cli/command.h"
+#include "cli/engine_flags.h"
+#include "cli/signals.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "pdserve/v1/node.grpc.pb.h"
+#include "rpc/server_util.h"
+
+extern char** environ;
+
+namespace pdserve::cli {
+namespace {
+
+struct Child {
+  std::string name;
+  pid_t pid = -1;
+};
+
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  // Children start with default signal dispositions and an empty mask, so
+  // they handle SIGTERM themselves (drain) while this process relays it.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGINT);
+  sigaddset(&defaults, SIGTERM);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid;
+  const int rc = posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) return absl::InternalError(absl::StrCat("cannot start ", args[1], ": ", strerror(rc)));
+  return pid;
+}
+
+void StopAll(std::vector<Child>& children, int timeout_s) {
+  for (const Child& c : children) {
+    if (c.pid > 0) kill(c.pid, SIGTERM);
+  }
+  const int64_t deadline = MonoNowNs() + int64_t{timeout_s} * 1000000000;
+  for (Child& c : children) {
+    while (c.pid > 0) {
+      int status;
+      const pid_t r = waitpid(c.pid, &status, WNOHANG);
+      if (r == c.pid || r < 0) {
+        c.pid = -1;
+        break;
+      }
+      if (MonoNowNs() > deadline) {
+        kill(c.pid, SIGKILL);
+        waitpid(c.pid, &status, 0);
+        c.pid = -1;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+// The first child that exited, or nullptr.
+const Child* Reap(std::vector<Child>& children) {
+  for (Child& c : children) {
+    if (c.pid <= 0) continue;
+    int status;
+    if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
+      c.pid = -1;
+      return &c;
+    }
+  }
+  return nullptr;
+}
+
+int RunCluster(int argc, char** argv) {
+  BlockTerminationSignals();
+  po::options_description desc("cluster flags");
+  AddCommonFlags(&desc);
+  desc.add_options()
+      ("model,m", po::value<std::string>()->default_value(DefaultModelPath()), "GGUF model file")
+      ("prefill", po::value<int>()->default_value(1), "prefill nodes")
+      ("decode", po::value<int>()->default_value(1), "decode nodes")
+      ("mixed", po::value<int>()->default_value(0), "mixed (colocated) nodes instead of P/D pools")
+      ("port", po::value<int>()->default_value(50051), "router port; nodes take the next ports")
+      ("metrics-port", po::value<int>()->default_value(-1),
+       "router metrics port; nodes take the next ones (-1: off)")
+      ("threads", po::value<int>()->default_value(0), "compute threads per node (0: CPUs / nodes)")
+      ("pin", po::bool_switch(), "pin each node's threads to its own CPUs")
+      ("node-flags", po::value<std::string>()->default_value(""),
+       "extra flags for every node, e.g. \"--kv-cache-mib 512 --max-batch-tokens 1024\"")
+      ("router-flags", po::value<std::string>()->default_value(""), "extra flags for the router")
+      ("startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes");
+  po::variables_map vm;
+  if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
+  const int n_prefill = vm["prefill"].as<int>();
+  const int n_decode = vm["decode"].as<int>();
+  const int n_mixed = vm["mixed"].as<int>();
+  if (n_mixed < 0 || n_prefill < 0 || n_decode < 0 ||
+      (n_mixed == 0 && (n_prefill < 1 || n_decode < 1))) {
+    return Fail("cluster", "need --prefill >= 1 and --decode >= 1, or --mixed >= 1");
+  }
+  const int port = vm["port"].as<int>();
+  const int metrics = vm["metrics-port"].as<int>();
+  const std::string model = vm["model"].as<std::string>();
+  const std::string log_level = vm["log-level"].as<std::string>();
+  const int n_nodes = n_mixed > 0 ? n_mixed : n_prefill + n_decode;
+  const int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = vm["threads"].as<int>();
+  if (threads <= 0) threads = std::max(1, cpus / n_nodes);
+  const std::string node_flags = vm["node-flags"].as<std::string>();
+  const std::string router_flags = vm["router-flags"].as<std::string>();
+  auto split = [](const std::string& s) {
+    std::vector<std::string> out;
+    for (absl::string_view p : absl::StrSplit(s, ' ', absl::SkipEmpty())) out.emplace_back(p);
+    return out;
+  };
+
+  std::vector<Child> children;
+  std::vector<std::string> router_args = {"pdserve", "router", "--model", model, "--listen",
+                                          absl::StrCat("127.0.0.1:", port), "--log-level", log_level};
+  if (metrics >= 0) {
+    router_args.push_back("--metrics-port");
+    router_args.push_back(std::to_string(metrics));
+  }
+  for (const std::string& f : split(router_flags)) router_args.push_back(f);
+  auto rpid = Spawn(router_args);
+  if (!rpid.ok()) return Fail("cluster", std::string(rpid.status().message()));
+  children.push_back({"router", *rpid});
+
+  int next_cpu = 0;
+  auto start_node = [&](const std::string& role, int index) -> absl::Status {
+    const int node_port = port + 1 + static_cast<int>(children.size()) - 1;
+    std::vector<std::string> args = {"pdserve", role, "--model", model, "--listen",
+                                     absl::StrCat("127.0.0.1:", node_port), "--advertise-host",
+                                     "127.0.0.1", "--router", absl::StrCat("127.0.0.1:", port),
+                                     "--node-id", absl::StrCat(role, "-", index), "--threads",
+                                     std::to_string(threads), "--log-level", log_level};
+    if (role == "decode") {
+      args.push_back("--kv-port");
+      args.push_back(std::to_string(port + 100 + index));
+    }
+    if (metrics >= 0) {
+      args.push_back("--metrics-port");
+      args.push_back(std::to_string(metrics + static_cast<int>(children.size())));
+    }
+    if (vm["pin"].as<bool>()) {
+      std::string pins;
+      for (int t = 0; t < threads; ++t) absl::StrAppend(&pins, t ? "," : "", (next_cpu++) % cpus);
+      args.push_back("--pin-cpus");
+      args.push_back(pins);
+    }
+    for (const std::string& f : split(node_flags)) args.push_back(f);
+    auto pid = Spawn(args);
+    if (!pid.ok()) return pid.status();
+    children.push_back({absl::StrCat(role, "-", index), *pid});
+    return absl::OkStatus();
+  };
+  absl::Status started = absl::OkStatus();
+  if (n_mixed > 0) {
+    for (int i = 0; i < n_mixed && started.ok(); ++i) started = start_node("mixed", i);
+  } else {
+    for (int i = 0; i < n_prefill && started.ok(); ++i) started = start_node("prefill", i);
+    for (int i = 0; i < n_decode && started.ok(); ++i) started = start_node("decode", i);
+  }
+  if (!started.ok()) {
+    StopAll(children, 5);
+    return Fail("cluster", std::string(started.message()));
+  }
+
+  // Healthy: every node registered with the router.
+  auto registry = v1::Registry::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", port)));
+  const int64_t deadline = MonoNowNs() + int64_t{vm["startup-timeout"].as<int>()} * 1000000000;
+  v1::ListNodesResponse nodes;
+  for (;;) {
+    if (const Child* dead = Reap(children)) {
+      StopAll(children, 5);
+      return Fail("cluster", absl::StrCat(dead->name, " exited during startup (see its log above)"));
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    nodes.Clear();
+    if (registry->ListNodes(&ctx, v1::ListNodesRequest(), &nodes).ok() &&
+        nodes.nodes_size() == n_nodes) {
+      break;
+    }
+    if (MonoNowNs() > deadline) {
+      StopAll(children, 5);
+      return Fail("cluster", "nodes did not all register in time");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::cout << "cluster ready: router at 127.0.0.1:" << port;
+  if (metrics >= 0) std::cout << " (metrics http://127.0.0.1:" << metrics << "/metrics)";
+  std::cout << "\n";
+  for (const auto& e : nodes.nodes()) {
+    std::cout << "  " << e.info().node_id() << " " << v1::NodeRole_Name(e.info().role()) << " at "
+              << e.info().address()
+              << (e.info().kv_endpoint().empty() ? "" : " kv " + e.info().kv_endpoint()) << "\n";
+  }
+  std::cout << std::flush;
+
+  // Run until a signal arrives or a child dies.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int rc = 0;
+  for (;;) {
+    timespec poll = {0, 200 * 1000 * 1000};
+    const int sig = sigtimedwait(&set, nullptr, &poll);
+    if (sig == SIGINT || sig == SIGTERM) break;
+    if (const Child* dead = Reap(children)) {
+      PDS_LOG(ERROR) << "cluster: " << dead->name << " exited; stopping the cluster";
+      rc = 1;
+      break;
+    }
+  }
+  StopAll(children, 30);
+  return rc;
+}
+
+}  // namespace
+PDS_COMMAND(cluster, "run a router plus prefill and decode nodes on this machine", RunCluster);
+}  // namespace pdserve::cli

@@ -1,0 +1,74 @@
+// pdserve prefill | decode | node: one node process of the cluster.
+#include "cli/command.h"
+#include "cli/node_flags.h"
+#include "cli/signals.h"
+#include "common/log.h"
+#include "node/node_server.h"
+
+namespace pdserve::cli {
+
+void AddNodeFlags(po::options_description* desc) {
+  desc->add_options()
+      ("listen", po::value<std::string>()->default_value("0.0.0.0:0"), "Node service address")
+      ("advertise-host", po::value<std::string>()->default_value("127.0.0.1"),
+       "host the router and peers use to reach this node")
+      ("router", po::value<std::string>()->default_value(""), "router host:port to register with")
+      ("node-id", po::value<std::string>()->default_value(""), "default: <role>-<port>")
+      ("kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")
+      ("kv-checksum", po::bool_switch(), "prefill: crc32 every KV payload")
+      ("metrics-port", po::value<int>()->default_value(-1), "HTTP /metrics, /health, /ready (-1: off)")
+      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM");
+}
+
+absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, node::NodeRole role,
+                                                EngineFlags* ef) {
+  absl::Status s = ReadEngineFlags(vm, ef);
+  if (!s.ok()) return s;
+  node::NodeOptions o;
+  o.role = role;
+  o.listen = vm["listen"].as<std::string>();
+  o.advertise_host = vm["advertise-host"].as<std::string>();
+  o.router = vm["router"].as<std::string>();
+  o.node_id = vm["node-id"].as<std::string>();
+  o.kv_port = vm["kv-port"].as<int>();
+  o.kv_checksum = vm["kv-checksum"].as<bool>();
+  o.metrics_port = vm["metrics-port"].as<int>();
+  o.engine = ef->options;
+  o.kv_dtype_name = vm["kv-dtype"].as<std::string>();
+  return o;
+}
+
+namespace {
+
+int RunNode(int argc, char** argv, node::NodeRole role) {
+  BlockTerminationSignals();
+  const std::string name = node::RoleName(role);
+  po::options_description desc(name + " node flags");
+  AddCommonFlags(&desc);
+  AddEngineFlags(&desc);
+  AddNodeFlags(&desc);
+  po::variables_map vm;
+  if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
+  EngineFlags ef;
+  auto options = ReadNodeFlags(vm, role, &ef);
+  if (!options.ok()) return Fail(argv[0], std::string(options.status().message()));
+  auto model = LoadModel(ef);
+  if (!model.ok()) return Fail(argv[0], std::string(model.status().message()));
+  auto server = node::NodeServer::Start(*options, *model);
+  if (!server.ok()) return Fail(argv[0], std::string(server.status().message()));
+  const int sig = WaitForTerminationSignal();
+  PDS_LOG(INFO) << name << " node: signal " << sig << ", draining";
+  (*server)->Shutdown(absl::Seconds(vm["drain-timeout"].as<int>()));
+  return 0;
+}
+
+int RunPrefill(int argc, char** argv) { return RunNode(argc, argv, node::NodeRole::kPrefill); }
+int RunDecode(int argc, char** argv) { return RunNode(argc, argv, node::NodeRole::kDecode); }
+int RunMixed(int argc, char** argv) { return RunNode(argc, argv, node::NodeRole::kMixed); }
+
+}  // namespace
+
+PDS_COMMAND(prefill, "run a prefill node (computes prompts, ships KV to decode nodes)", RunPrefill);
+PDS_COMMAND(decode, "run a decode node (receives KV, generates tokens)", RunDecode);
+PDS_COMMAND(mixed, "run a mixed node (prefill and decode in one engine) for a router", RunMixed);
+}  // namespace pdserve::cli

@@ -1,0 +1,17 @@
+// Flag sets shared between subcommands that start routers and nodes.
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "cli/engine_flags.h"
+#include "node/node_server.h"
+#include "router/router_server.h"
+
+namespace pdserve::cli {
+
+void AddNodeFlags(po::options_description* desc);
+absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, node::NodeRole role,
+                                                EngineFlags* ef);
+void AddRouterFlagsTo(po::options_description* desc);
+absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& vm);
+
+}  // namespace pdserve::cli

@@ -1,0 +1,128 @@
+#include "decode_node/decode_handler.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "node/engine_events.h"
+#include "rpc/convert.h"
+#include "rpc/stream_writer.h"
+
+namespace pdserve::decode {
+
+using Writer = rpc::StreamWriter<v1::DecodeEvent>;
+
+struct DecodeHandler::Call {
+  std::string id;
+  int64_t origin_ns = 0;
+  std::shared_ptr<Writer::Handle> out;
+  std::atomic<bool> failed{false};  // KV never arrived: the error is already sent
+};
+
+DecodeHandler::DecodeHandler(Engine* engine, transport::KvReceiver* receiver,
+                             std::string node_name, const tracing::PdserveMetrics* metrics,
+                             size_t max_stream_events)
+    : engine_(engine),
+      receiver_(receiver),
+      node_name_(std::move(node_name)),
+      metrics_(metrics),
+      max_stream_events_(max_stream_events) {}
+
+grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackServerContext* ctx,
+                                                                const v1::AdmitRequest* request) {
+  auto call = std::make_shared<Call>();
+  call->origin_ns = MonoNowNs();
+  RequestSpec spec = rpc::FromProto(request->request());
+  call->id = spec.id;
+  const transport::TransferId xfer{request->transfer_id()};
+  Engine* engine = engine_;
+  transport::KvReceiver* receiver = receiver_;
+  const std::string id = call->id;
+
+  // The router cancelling (client gone, deadline) stops the transfer first,
+  // so nothing writes into the blocks, then frees them.
+  auto* writer = new Writer(max_stream_events_, [engine, receiver, xfer, id] {
+    receiver->Cancel(xfer).IgnoreError();
+    engine->Abort(id);
+  });
+  call->out = writer->handle();
+
+  const std::string node = node_name_;
+  const tracing::PdserveMetrics* metrics = metrics_;
+  std::weak_ptr<Call> weak = call;
+  auto on_output = [call, node, metrics](const SeqOutput& out) {
+    if (call->failed.load()) return;
+    v1::DecodeEvent ev;
+    if (!out.tokens.empty() || !out.text.empty()) {
+      node::FillChunk(out, ev.mutable_chunk());
+      call->out->Write(ev);
+      if (metrics) metrics->generation_tokens_total->Increment(static_cast<double>(out.tokens.size()));
+    }
+    if (out.finish == FinishReason::kNone) return;
+    v1::DecodeEvent done;
+    v1::Complete* c = done.mutable_complete();
+    c->set_finish_reason(rpc::ToProto(out.finish));
+    node::FillUsage(out, c->mutable_usage());
+    const tracing::StageTimeline stages =
+        node::StagesOf(out.times, call->origin_ns, node::NodeRole::kDecode);
+    node::AppendStages(stages, 0, node, c->mutable_timings()->mutable_stages());
+    if (metrics) metrics->ObserveStages(stages);
+    c->set_decode_node(node);
+    call->out->Write(done);
+    call->out->Finish(out.finish == FinishReason::kError ? rpc::ToGrpc(out.error) : grpc::Status::OK);
+  };
+
+  absl::StatusOr<std::vector<BlockId>> blocks = engine_->Reserve(std::move(spec), on_output);
+  if (!blocks.ok()) {
+    if (metrics_ && blocks.status().code() == absl::StatusCode::kResourceExhausted) {
+      metrics_->error(tracing::ErrorKind::kOverloaded).Increment();
+    }
+    call->out->Finish(rpc::ToGrpc(blocks.status()));
+    return writer;
+  }
+
+  // Each layer of each reserved block is one destination view.
+  KvCache& cache = engine_->cache();
+  const size_t bytes = static_cast<size_t>(cache.config().LayerBlockBytes());
+  std::vector<std::vector<transport::BlockView>> layers(cache.config().n_layers);
+  for (int32_t l = 0; l < cache.config().n_layers; ++l) {
+    for (BlockId b : *blocks) layers[l].push_back({cache.BlockData(l, b), bytes});
+  }
+  const int64_t budget_ms = request->kv_deadline_ms() > 0 ? request->kv_deadline_ms() : 30000;
+  absl::Status posted = receiver_->Post(
+      xfer, std::move(layers), MonoClock::now() + std::chrono::milliseconds(budget_ms),
+      [weak, engine, id, metrics](absl::Status s, std::string trailer) {
+        std::shared_ptr<Call> c = weak.lock();
+        v1::PrefillResponse first;
+        if (s.ok() && !first.ParseFromString(trailer)) {
+          s = absl::DataLossError("KV transfer trailer is malformed");
+        }
+        if (s.ok()) {
+          engine->Activate(id, first.token_id());
+          return;
+        }
+        // No more writes into the blocks now: free them and say why.
+        if (metrics) metrics->error(tracing::ErrorKind::kKvTransfer).Increment();
+        if (c) c->failed.store(true);
+        engine->Abort(id);
+        if (!c) return;
+        v1::DecodeEvent ev;
+        v1::Error* e = ev.mutable_error();
+        e->set_code(static_cast<int>(s.code()));
+        e->set_message(absl::StrCat("KV transfer failed: ", s.ToString()));
+        e->set_kind("kv_transfer");
+        c->out->Write(ev);
+        c->out->Finish(grpc::Status(static_cast<grpc::StatusCode>(s.code()), e->message()));
+      });
+  if (!posted.ok()) {
+    call->failed.store(true);
+    engine_->Abort(id);
+    call->out->Finish(rpc::ToGrpc(posted));
+    return writer;
+  }
+  v1::DecodeEvent admitted;
+  admitted.mutable_admitted()->set_blocks(static_cast<int32_t>(blocks->size()));
+  call->out->Write(admitted);
+  return writer;
+}
+
+}  // namespace pdserve::decode

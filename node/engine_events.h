@@ -1,0 +1,32 @@
+// Engine outputs (SeqOutput) as wire events, and a sequence's times as
+// stage timings. Used by every node role.
+#pragma once
+
+#include <string>
+
+#include "engine/sequence.h"
+#include "pdserve/v1/generate.pb.h"
+#include "tracing/stage_timeline.h"
+
+namespace pdserve::node {
+
+// The new tokens, text and logprobs of `out`, with cumulative usage.
+void FillChunk(const SeqOutput& out, v1::Chunk* chunk);
+void FillUsage(const SeqOutput& out, v1::Usage* usage);
+
+// Appends `timeline`'s stages, shifted by `shift_ns`, to `timings`.
+void AppendStages(const tracing::StageTimeline& timeline, int64_t shift_ns, const std::string& node,
+                  google::protobuf::RepeatedPtrField<v1::StageTiming>* out);
+// The inverse, for stages another process measured.
+tracing::StageTimeline StagesFromProto(const google::protobuf::RepeatedPtrField<v1::StageTiming>& in);
+
+// A sequence's stages on this node, as offsets from `origin_ns` (when the
+// node received the request):
+//   prefill role: prefill.queue, prefill.compute
+//   decode role:  decode.wait_kv (origin -> KV landed), decode.queue,
+//                 decode.first_step, decode.generate
+//   mixed role:   prefill.queue, prefill.compute, decode.generate
+enum class NodeRole { kPrefill, kDecode, kMixed };
+tracing::StageTimeline StagesOf(const SeqTimes& t, int64_t origin_ns, NodeRole role);
+
+}  // namespace pdserve::node

@@ -1,0 +1,335 @@
+#include "node/node_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "pdserve/v1/node.grpc.pb.h"
+#include "rpc/convert.h"
+#include "tracing/metrics_handler.h"
+#include "transport/tcp_receiver.h"
+#include "transport/tcp_sender.h"
+
+namespace pdserve::node {
+namespace {
+
+v1::NodeRole ToProtoRole(NodeRole r) {
+  switch (r) {
+    case NodeRole::kPrefill:
+      return v1::NODE_ROLE_PREFILL;
+    case NodeRole::kDecode:
+      return v1::NODE_ROLE_DECODE;
+    case NodeRole::kMixed:
+      return v1::NODE_ROLE_MIXED;
+  }
+  return v1::NODE_ROLE_UNSPECIFIED;
+}
+
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, const std::string& what) {
+  auto* r = ctx->DefaultReactor();
+  r->Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, what));
+  return r;
+}
+
+template <typename T>
+class RefusedStream : public grpc::ServerWriteReactor<T> {
+ public:
+  explicit RefusedStream(grpc::Status s) { this->Finish(std::move(s)); }
+  void OnDone() override { delete this; }
+};
+
+// The Node service: routes each RPC to the handler of this node's role.
+class NodeService final : public v1::Node::CallbackService {
+ public:
+  NodeService(NodeServer* server, prefill::PrefillHandler* prefill, decode::DecodeHandler* decode,
+              GenerateHandler* generate, const std::atomic<bool>* draining)
+      : server_(server), prefill_(prefill), decode_(decode), generate_(generate), draining_(draining) {}
+
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* ctx, const v1::PrefillRequest* req,
+                                    v1::PrefillResponse* resp) override {
+    if (prefill_ == nullptr) return Refuse(ctx, "this node does not prefill");
+    if (draining_->load()) return Unavailable(ctx);
+    return prefill_->Prefill(ctx, req, resp);
+  }
+
+  grpc::ServerWriteReactor<v1::DecodeEvent>* Admit(grpc::CallbackServerContext* ctx,
+                                                   const v1::AdmitRequest* req) override {
+    if (decode_ == nullptr) {
+      return new RefusedStream<v1::DecodeEvent>(
+          grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node does not decode"));
+    }
+    if (draining_->load()) {
+      return new RefusedStream<v1::DecodeEvent>(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE, "node is draining"));
+    }
+    return decode_->Admit(ctx, req);
+  }
+
+  grpc::ServerWriteReactor<v1::DecodeEvent>* Generate(grpc::CallbackServerContext* ctx,
+                                                      const v1::NodeRequest* req) override {
+    if (generate_ == nullptr) {
+      return new RefusedStream<v1::DecodeEvent>(
+          grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node is not a mixed node"));
+    }
+    if (draining_->load()) {
+      return new RefusedStream<v1::DecodeEvent>(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE, "node is draining"));
+    }
+    return generate_->Generate(ctx, req);
+  }
+
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::NodeAbortRequest* req,
+                                  v1::NodeAbortResponse* resp) override {
+    server_->engine().Abort(req->request_id());
+    resp->set_found(true);
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* ctx, const v1::GetLoadRequest*,
+                                    v1::NodeLoad* resp) override {
+    *resp = server_->Load();
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* ctx, const v1::GetLoadRequest*,
+                                    v1::NodeInfo* resp) override {
+    *resp = server_->Info();
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+ private:
+  grpc::ServerUnaryReactor* Unavailable(grpc::CallbackServerContext* ctx) {
+    auto* r = ctx->DefaultReactor();
+    r->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "node is draining"));
+    return r;
+  }
+  NodeServer* server_;
+  prefill::PrefillHandler* prefill_;
+  decode::DecodeHandler* decode_;
+  GenerateHandler* generate_;
+  const std::atomic<bool>* draining_;
+};
+
+}  // namespace
+
+const char* RoleName(NodeRole role) {
+  switch (role) {
+    case NodeRole::kPrefill:
+      return "prefill";
+    case NodeRole::kDecode:
+      return "decode";
+    case NodeRole::kMixed:
+      return "mixed";
+  }
+  return "?";
+}
+
+absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions& options,
+                                                              std::shared_ptr<const Model> model) {
+  std::unique_ptr<NodeServer> n(new NodeServer());
+  n->options_ = options;
+  n->model_ = std::move(model);
+  PDS_ASSIGN_OR_RETURN(n->engine_, Engine::Create(n->model_, options.engine));
+  PDS_ASSIGN_OR_RETURN(n->metrics_, tracing::PdserveMetrics::Register(n->metrics_registry_));
+  Engine* engine = n->engine_.get();
+  n->metrics_.kv_cache_usage_perc->SetCallback([engine] { return engine->Stats().kv.usage(); });
+  n->metrics_.num_requests_running->SetCallback([engine] { return double(engine->Stats().n_running); });
+  n->metrics_.num_requests_waiting->SetCallback([engine] { return double(engine->Stats().n_waiting); });
+  n->metrics_.queued_prefill_tokens->SetCallback(
+      [engine] { return double(engine->Stats().queued_prefill_tokens); });
+
+  // Bind the gRPC port first: it names the node.
+  const tracing::PdserveMetrics* metrics = &n->metrics_;
+  switch (options.role) {
+    case NodeRole::kPrefill: {
+      transport::TcpSenderOptions so;
+      so.checksum = options.kv_checksum;
+      PDS_ASSIGN_OR_RETURN(n->sender_, transport::TcpKvSender::Create(so));
+      break;
+    }
+    case NodeRole::kDecode: {
+      transport::TcpReceiverOptions ro;
+      ro.listen_host = options.kv_listen_host;
+      ro.port = static_cast<uint16_t>(options.kv_port);
+      ro.advertise_host = options.advertise_host;
+      PDS_ASSIGN_OR_RETURN(n->receiver_, transport::TcpKvReceiver::Create(ro));
+      break;
+    }
+    case NodeRole::kMixed:
+      break;
+  }
+  // Handlers name the node in the timings they report: the configured id,
+  // or the role until the id (which needs the bound port) is known.
+  n->id_ = options.node_id;
+  std::string name = n->id_.empty() ? std::string(RoleName(options.role)) : n->id_;
+  if (options.role == NodeRole::kPrefill) {
+    n->prefill_ = std::make_unique<prefill::PrefillHandler>(engine, n->sender_.get(), name, metrics);
+  } else if (options.role == NodeRole::kDecode) {
+    n->decode_ = std::make_unique<decode::DecodeHandler>(engine, n->receiver_.get(), name, metrics);
+  } else {
+    n->generate_ = std::make_unique<GenerateHandler>(engine, name, metrics);
+  }
+  n->service_ = std::make_unique<NodeService>(n.get(), n->prefill_.get(), n->decode_.get(),
+                                              n->generate_.get(), &n->draining_);
+  PDS_ASSIGN_OR_RETURN(n->grpc_, rpc::StartServer(options.listen, {n->service_.get()}));
+  if (n->id_.empty()) n->id_ = absl::StrCat(RoleName(options.role), "-", n->grpc_.port);
+  engine->Start();
+  rpc::SetServing(n->grpc_.server.get(), true);
+
+  if (options.metrics_port >= 0) {
+    http::HttpServerOptions ho;
+    ho.port = static_cast<uint16_t>(options.metrics_port);
+    n->http_ = std::make_unique<http::HttpServer>(ho);
+    tracing::AddMetricsRoute(*n->http_, n->metrics_registry_, "/metrics");
+    n->http_->Handle("GET", "/health", [](const http::HttpRequest&) {
+      return http::HttpResponse::Text(200, "ok\n");
+    });
+    const std::atomic<bool>* draining = &n->draining_;
+    n->http_->Handle("GET", "/ready", [draining](const http::HttpRequest&) {
+      return draining->load() ? http::HttpResponse::Text(503, "draining\n")
+                              : http::HttpResponse::Text(200, "ready\n");
+    });
+    PDS_RETURN_IF_ERROR(n->http_->Start());
+  }
+  n->heartbeats_ = std::thread([raw = n.get()] { raw->Heartbeats(); });
+  PDS_LOG(INFO) << RoleName(options.role) << " node " << n->id_ << " listening on port "
+                << n->grpc_.port
+                << (n->receiver_ ? absl::StrCat(", KV at ", n->receiver_->endpoint()) : "")
+                << (n->http_ ? absl::StrCat(", metrics on port ", n->http_->port()) : "");
+  return n;
+}
+
+std::string NodeServer::address() const {
+  return absl::StrCat(options_.advertise_host, ":", grpc_.port);
+}
+
+std::string NodeServer::kv_endpoint() const { return receiver_ ? receiver_->endpoint() : ""; }
+
+int NodeServer::metrics_port() const { return http_ ? http_->port() : -1; }
+
+v1::NodeLoad NodeServer::Load() const {
+  const EngineStats s = engine_->Stats();
+  v1::NodeLoad l;
+  l.set_running(s.n_running);
+  l.set_waiting(s.n_waiting);
+  l.set_awaiting_kv(s.n_awaiting_kv);
+  l.set_free_kv_blocks(s.kv.free_blocks);
+  l.set_total_kv_blocks(s.kv.total_blocks);
+  l.set_queued_prefill_tokens(s.queued_prefill_tokens);
+  l.set_kv_usage(s.kv.usage());
+  l.set_prefix_hit_tokens(s.kv.prefix_hit_tokens);
+  l.set_prefix_query_tokens(s.kv.prefix_query_tokens);
+  l.set_draining(draining_.load());
+  return l;
+}
+
+v1::NodeInfo NodeServer::Info() const {
+  v1::NodeInfo info;
+  info.set_node_id(id_);
+  info.set_role(ToProtoRole(options_.role));
+  info.set_address(address());
+  info.set_kv_endpoint(kv_endpoint());
+  info.set_model_fingerprint(model_->Fingerprint());
+  info.set_block_size(engine_->cache().config().block_size);
+  info.set_kv_dtype(options_.kv_dtype_name);
+  info.set_context_length(model_->n_ctx());
+  return info;
+}
+
+// Registers with the router, then reports load every interval; registers
+// again whenever the router forgot us. Also feeds the counters.
+void NodeServer::Heartbeats() {
+  std::unique_ptr<v1::Registry::Stub> stub;
+  if (!options_.router.empty()) stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router));
+  bool registered = false;
+  int64_t interval_ms = 1000;
+  int failures = 0;
+  while (!stop_.HasBeenNotified()) {
+    const EngineStats s = engine_->Stats();
+    metrics_.prefix_cache_hits_total->Increment(double(s.kv.prefix_hit_tokens - last_prefix_hits_));
+    metrics_.prefix_cache_queries_total->Increment(double(s.kv.prefix_query_tokens - last_prefix_queries_));
+    metrics_.prompt_tokens_total->Increment(double(s.prompt_tokens_computed - last_prompt_tokens_));
+    last_prefix_hits_ = s.kv.prefix_hit_tokens;
+    last_prefix_queries_ = s.kv.prefix_query_tokens;
+    last_prompt_tokens_ = s.prompt_tokens_computed;
+    if (stub && !draining_.load()) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      grpc::Status st;
+      if (!registered) {
+        v1::RegisterRequest req;
+        *req.mutable_info() = Info();
+        *req.mutable_load() = Load();
+        v1::RegisterResponse resp;
+        st = stub->Register(&ctx, req, &resp);
+        if (st.ok()) {
+          registered = true;
+          interval_ms = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 1000;
+          PDS_LOG(INFO) << "node " << id_ << " registered with router " << options_.router;
+        }
+      } else {
+        v1::HeartbeatRequest req;
+        req.set_node_id(id_);
+        *req.mutable_load() = Load();
+        v1::HeartbeatResponse resp;
+        st = stub->Heartbeat(&ctx, req, &resp);
+        if (st.ok() && !resp.known()) registered = false;
+      }
+      if (!st.ok()) {
+        if (++failures % 10 == 1) {
+          PDS_LOG(WARNING) << "node " << id_ << ": router " << options_.router
+                           << " unreachable: " << st.error_message();
+        }
+        registered = registered && st.error_code() != grpc::StatusCode::NOT_FOUND;
+      } else {
+        failures = 0;
+      }
+    }
+    stop_.WaitForNotificationWithTimeout(absl::Milliseconds(registered ? interval_ms : 200));
+  }
+}
+
+void NodeServer::Shutdown(absl::Duration grace) {
+  if (draining_.exchange(true)) return;
+  rpc::SetServing(grpc_.server.get(), false);
+  if (!options_.router.empty()) {
+    auto stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::DeregisterRequest req;
+    req.set_node_id(id_);
+    v1::DeregisterResponse resp;
+    (void)stub->Deregister(&ctx, req, &resp);
+  }
+  // Let requests in flight finish: the engine keeps running while gRPC
+  // waits for its calls, up to the grace period.
+  const absl::Time deadline = absl::Now() + grace;
+  while (absl::Now() < deadline) {
+    const EngineStats s = engine_->Stats();
+    if (s.n_running + s.n_waiting + s.n_awaiting_kv + s.n_held == 0) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  grpc_.server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+  stop_.Notify();
+  if (heartbeats_.joinable()) heartbeats_.join();
+  if (http_) http_->Stop(absl::Seconds(1));
+  engine_->Stop();
+}
+
+void NodeServer::Wait() { stop_.WaitForNotification(); }
+
+NodeServer::~NodeServer() {
+  Shutdown(absl::ZeroDuration());
+  grpc_.server.reset();
+  // Transport before the engine: no callback may reach a dead engine.
+  sender_.reset();
+  receiver_.reset();
+}
+
+}  // namespace pdserve::node

@@ -1,0 +1,85 @@
+// A pdserve node process: one engine, the Node gRPC service for its role
+// (prefill, decode or mixed), the KV transport for that role, registration
+// and heartbeats to the router, and metrics/health over HTTP.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "decode_node/decode_handler.h"
+#include "engine/engine.h"
+#include "http/http_server.h"
+#include "node/engine_events.h"
+#include "node/generate_handler.h"
+#include "prefill_node/prefill_handler.h"
+#include "rpc/server_util.h"
+#include "tracing/metrics.h"
+#include "transport/kv_transport.h"
+
+namespace pdserve::node {
+
+struct NodeOptions {
+  NodeRole role = NodeRole::kMixed;
+  std::string node_id;                   // default: <role>-<port>
+  std::string listen = "0.0.0.0:0";      // gRPC
+  std::string advertise_host = "127.0.0.1";  // how the router and peers reach us
+  std::string kv_listen_host = "0.0.0.0";    // decode: the KV receiver
+  int kv_port = 0;
+  bool kv_checksum = false;
+  std::string router;                    // host:port to register with; empty: static
+  int metrics_port = -1;                 // -1: none; 0: ephemeral
+  EngineOptions engine;
+  std::string kv_dtype_name = "f16";
+};
+
+class NodeServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<NodeServer>> Start(const NodeOptions& options,
+                                                           std::shared_ptr<const Model> model);
+  ~NodeServer();
+
+  const std::string& id() const { return id_; }
+  std::string address() const;      // advertise_host:port
+  std::string kv_endpoint() const;  // decode nodes; empty otherwise
+  int port() const { return grpc_.port; }
+  int metrics_port() const;
+  Engine& engine() { return *engine_; }
+  v1::NodeLoad Load() const;
+  v1::NodeInfo Info() const;
+
+  // Graceful drain: NOT_SERVING, deregister, let requests in flight finish
+  // for up to `grace`, then stop.
+  void Shutdown(absl::Duration grace);
+  void Wait();
+
+ private:
+  NodeServer() = default;
+  void Heartbeats();
+
+  NodeOptions options_;
+  std::string id_;
+  std::shared_ptr<const Model> model_;
+  std::unique_ptr<Engine> engine_;
+  tracing::MetricsRegistry metrics_registry_;
+  tracing::PdserveMetrics metrics_;
+  std::unique_ptr<transport::KvSender> sender_;
+  std::unique_ptr<transport::KvReceiver> receiver_;
+  std::unique_ptr<prefill::PrefillHandler> prefill_;
+  std::unique_ptr<decode::DecodeHandler> decode_;
+  std::unique_ptr<GenerateHandler> generate_;
+  std::unique_ptr<grpc::Service> service_;
+  rpc::ServerHandle grpc_;
+  std::unique_ptr<http::HttpServer> http_;
+  std::atomic<bool> draining_{false};
+  absl::Notification stop_;
+  std::thread heartbeats_;
+  int64_t last_prefix_hits_ = 0, last_prefix_queries_ = 0, last_prompt_tokens_ = 0;
+};
+
+const char* RoleName(NodeRole role);
+
+}  // namespace pdserve::node

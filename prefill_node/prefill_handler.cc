@@ -1,0 +1,198 @@
+#include "prefill_node/prefill_handler.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "node/engine_events.h"
+#include "rpc/convert.h"
+
+namespace pdserve::prefill {
+
+// One Prefill call, shared by the RPC reactor, the engine (as KvSink and
+// through its output callback) and the transport's completion callback. It
+// lives until both the engine and the transport are done with it.
+struct PrefillHandler::Call : public KvSink {
+  PrefillHandler* handler = nullptr;
+  v1::PrefillResponse* response = nullptr;
+  std::string id;
+  int64_t origin_ns = 0;
+  std::unique_ptr<transport::KvSendHandle> xfer;
+  std::shared_ptr<Call> self;
+  std::atomic<int> holds{2};  // the engine's and the transport's
+
+  absl::Mutex mu;
+  grpc::ServerUnaryReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;  // null once replied
+
+  // Engine thread, during the forward pass: ship this layer now. The views
+  // stay valid: the engine holds the blocks until Release or Abort, which
+  // come only after the transfer completed.
+  void OnLayerStored(int32_t layer, const std::vector<BlockId>& blocks) override {
+    KvCache& cache = handler->engine_->cache();
+    const size_t bytes = static_cast<size_t>(cache.config().LayerBlockBytes());
+    std::vector<transport::ConstBlockView> views;
+    views.reserve(blocks.size());
+    for (BlockId b : blocks) views.push_back({cache.BlockData(layer, b), bytes});
+    if (absl::Status s = xfer->SendLayer(layer, views); !s.ok()) {
+      PDS_LOG(DEBUG) << id << ": layer " << layer << " not sent: " << s;
+    }
+    if (handler->metrics_) {
+      handler->metrics_->kv_transfer_bytes_total->Increment(static_cast<double>(bytes) * blocks.size());
+    }
+  }
+
+  // Answers the RPC once; later calls do nothing.
+  void Reply(const grpc::Status& status) {
+    grpc::ServerUnaryReactor* r;
+    {
+      absl::MutexLock lock(&mu);
+      r = reactor;
+      reactor = nullptr;
+    }
+    if (r != nullptr) r->Finish(status);
+  }
+
+  void Drop() {
+    if (holds.fetch_sub(1) == 1) self.reset();
+  }
+};
+
+namespace {
+// A unary reactor that tells the call when the router cancels.
+class PrefillReactor : public grpc::ServerUnaryReactor {
+ public:
+  explicit PrefillReactor(std::function<void()> on_cancel) : on_cancel_(std::move(on_cancel)) {}
+  void OnCancel() override {
+    if (on_cancel_) on_cancel_();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  std::function<void()> on_cancel_;
+};
+}  // namespace
+
+PrefillHandler::PrefillHandler(Engine* engine, transport::KvSender* sender, std::string node_name,
+                               const tracing::PdserveMetrics* metrics)
+    : engine_(engine), sender_(sender), node_name_(std::move(node_name)), metrics_(metrics) {}
+
+grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* ctx,
+                                                  const v1::PrefillRequest* request,
+                                                  v1::PrefillResponse* response) {
+  auto call = std::make_shared<Call>();
+  call->handler = this;
+  call->response = response;
+  call->origin_ns = MonoNowNs();
+  std::weak_ptr<Call> weak = call;
+  Engine* engine = engine_;
+  auto* reactor = new PrefillReactor([weak, engine] {
+    // The router gave up: stop shipping, then drop the request (the
+    // transport no longer reads the blocks once Abort returns).
+    if (std::shared_ptr<Call> c = weak.lock()) {
+      c->Reply(grpc::Status::CANCELLED);
+      if (c->xfer) c->xfer->Abort();
+      engine->Abort(c->id);
+    }
+  });
+  {
+    absl::MutexLock lock(&call->mu);
+    call->reactor = reactor;
+  }
+
+  RequestSpec spec = rpc::FromProto(request->request());
+  call->id = spec.id;
+  if (absl::Status s = ValidateRequest(spec, engine_->limits()); !s.ok()) {
+    call->Reply(rpc::ToGrpc(s));
+    return reactor;
+  }
+  if (request->kv_endpoint().empty()) {
+    call->Reply(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "kv_endpoint is empty"));
+    return reactor;
+  }
+  const int64_t budget_ms = request->kv_deadline_ms() > 0 ? request->kv_deadline_ms() : 30000;
+  const transport::Deadline deadline = MonoClock::now() + std::chrono::milliseconds(budget_ms);
+  const std::string id = call->id;
+  const tracing::PdserveMetrics* metrics = metrics_;
+  std::atomic<int64_t>* in_flight = &in_flight_;
+  const int64_t start_ns = call->origin_ns;
+
+  // The transfer completes on a transport thread: then the blocks can go
+  // (kept in the prefix cache), or the request is dropped if it failed.
+  auto xfer = sender_->StartTransfer(
+      transport::TransferId{request->transfer_id()}, request->kv_endpoint(),
+      engine_->model().config().n_layers, deadline,
+      [engine, id, metrics, in_flight, weak, start_ns](absl::Status s) {
+        if (s.ok()) {
+          engine->Release(id);
+        } else {
+          PDS_LOG(WARNING) << id << ": KV transfer failed: " << s;
+          if (metrics) metrics->error(tracing::ErrorKind::kKvTransfer).Increment();
+          engine->Abort(id);
+        }
+        if (metrics) metrics->kv_transfer_seconds_total->Increment((MonoNowNs() - start_ns) * 1e-9);
+        in_flight->fetch_sub(1);
+        if (std::shared_ptr<Call> c = weak.lock()) {
+          if (!s.ok()) {
+            c->Reply(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                  absl::StrCat("KV transfer to the decode node failed: ",
+                                               s.ToString())));
+          }
+          c->Drop();
+        }
+      });
+  if (!xfer.ok()) {
+    call->Reply(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                             absl::StrCat("cannot reach decode node KV endpoint ",
+                                          request->kv_endpoint(), ": ", xfer.status().ToString())));
+    return reactor;
+  }
+  in_flight_.fetch_add(1);
+  call->xfer = std::move(*xfer);
+  call->self = call;
+
+  const std::string node = node_name_;
+  absl::Status submitted = engine_->Submit(
+      std::move(spec),
+      [weak, node](const SeqOutput& out) {
+        std::shared_ptr<Call> c = weak.lock();
+        if (!c) return;
+        if (!out.prefill_done) {
+          if (out.finish != FinishReason::kNone) {  // aborted or failed before token #1
+            c->Reply(out.error.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "prefill aborted")
+                                    : rpc::ToGrpc(out.error));
+            c->xfer->Abort();
+            c->Drop();
+          }
+          return;
+        }
+        v1::PrefillResponse* r = c->response;
+        r->set_token_id(out.tokens.at(0));
+        r->set_text(out.text);
+        if (!out.logprobs.empty()) r->set_logprob(out.logprobs[0]);
+        if (!out.top_logprobs.empty()) {
+          for (const TokenLogprob& t : out.top_logprobs[0]) {
+            v1::TopLogprob* e = r->mutable_top_logprobs()->add_top();
+            e->set_token_id(t.token);
+            e->set_logprob(t.logprob);
+          }
+        }
+        r->set_finish_reason(rpc::ToProto(out.finish));
+        r->set_cached_prompt_tokens(out.cached_tokens);
+        node::AppendStages(node::StagesOf(out.times, c->origin_ns, node::NodeRole::kPrefill), 0,
+                           node, r->mutable_stages());
+        // Token #1 rides with the last layer: the decode node starts from it.
+        if (absl::Status fin = c->xfer->Finish(r->SerializeAsString()); !fin.ok()) {
+          PDS_LOG(DEBUG) << c->id << ": trailer not sent: " << fin;
+        }
+        c->Reply(grpc::Status::OK);
+        c->Drop();  // the engine is done with the sink
+      },
+      SeqMode::kPrefillOnly, call.get());
+  if (!submitted.ok()) {
+    call->Reply(rpc::ToGrpc(submitted));
+    call->xfer->Abort();  // its callback drops the transport's hold
+    call->Drop();
+  }
+  return reactor;
+}
+
+}  // namespace pdserve::prefill

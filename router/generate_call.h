@@ -1,0 +1,94 @@
+// One client request on the router, from arrival to its last event:
+// tokenize and validate, wait in the dispatch queue, send Admit to the
+// decode node and Prefill to the prefill node at the same time, stream
+// token #1 from the prefill reply at once and then the decode node's
+// stream, assemble the per-stage timeline, and on client cancel or deadline
+// cancel both node calls (which aborts the request on both nodes).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/request.h"
+#include "pdserve/v1/generate.pb.h"
+#include "pdserve/v1/node.grpc.pb.h"
+#include "router/router_context.h"
+#include "rpc/stream_writer.h"
+#include "tracing/stage_timeline.h"
+#include "tracing/trace_context.h"
+
+namespace pdserve::router {
+
+class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
+ public:
+  using Writer = rpc::StreamWriter<v1::GenerateResponse>;
+
+  // Handles Generation.Generate; returns the reactor gRPC drives.
+  static grpc::ServerWriteReactor<v1::GenerateResponse>* Start(RouterContext* ctx,
+                                                               grpc::CallbackServerContext* server_ctx,
+                                                               const v1::GenerateRequest* request);
+
+  GenerateCall(RouterContext* ctx, int64_t arrival_ns);
+
+  const RequestShape& shape() const { return shape_; }
+  const std::string& id() const { return spec_.id; }
+  int64_t arrival_ns() const { return arrival_ns_; }
+  // The dispatcher found nodes: start the node calls.
+  void Dispatch(const Selection& selection);
+  // The dispatcher gives up on it (queue timeout, nodes gone).
+  void FailQueued(const absl::Status& status, tracing::ErrorKind kind);
+  // Abort by id (Generation.Abort): ends the stream with finish ABORT.
+  void Abort();
+
+  // Node-call events (gRPC threads).
+  void OnPrefillDone(const grpc::Status& status);
+  void OnNodeEvent(const v1::DecodeEvent& event);
+  void OnNodeDone(const grpc::Status& status);
+
+ private:
+  void Cancel();  // the client went away
+  void WriteChunkLocked(v1::Chunk chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CompleteLocked(const v1::Complete& node_complete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailLocked(const absl::Status& status, tracing::ErrorKind kind)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseNodesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  RouterContext* ctx_;
+  const int64_t arrival_ns_;
+  RequestSpec spec_;
+  RequestShape shape_;
+  std::shared_ptr<Writer::Handle> out_;
+  tracing::SpanContext span_;
+  int64_t arrival_unix_ns_ = 0;
+
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;  // complete or error written
+  bool dispatched_ ABSL_GUARDED_BY(mu_) = false;
+  tracing::StageTimeline timeline_ ABSL_GUARDED_BY(mu_);
+  int64_t dispatch_ns_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string prefill_id_ ABSL_GUARDED_BY(mu_), decode_id_ ABSL_GUARDED_BY(mu_);
+  bool mixed_ ABSL_GUARDED_BY(mu_) = false;
+  bool prefill_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool first_sent_ ABSL_GUARDED_BY(mu_) = false;  // token #1 is out
+  std::vector<v1::DecodeEvent> held_ ABSL_GUARDED_BY(mu_);  // decode events before token #1
+  int32_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t first_chunk_ns_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t last_chunk_ns_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Node calls; they live as long as the call.
+  grpc::ClientContext prefill_ctx_;
+  grpc::ClientContext node_ctx_;
+  v1::PrefillRequest prefill_req_;
+  v1::PrefillResponse prefill_resp_;
+  v1::AdmitRequest admit_req_;
+  v1::NodeRequest node_req_;
+};
+
+}  // namespace pdserve::router

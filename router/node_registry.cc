@@ -1,0 +1,208 @@
+#include "router/node_registry.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "rpc/server_util.h"
+
+namespace pdserve::router {
+namespace {
+constexpr size_t kMaxPrefixesPerNode = 65536;
+}
+
+NodeRegistry::NodeRegistry(absl::Duration expiry) : expiry_(expiry) {}
+
+void NodeRegistry::SetOnChange(std::function<void()> fn) { on_change_ = std::move(fn); }
+
+void NodeRegistry::Notify() {
+  if (on_change_) on_change_();
+}
+
+absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad& load) {
+  if (info.node_id().empty() || info.address().empty()) {
+    return absl::InvalidArgumentError("node_id and address are required");
+  }
+  if (info.role() == v1::NODE_ROLE_UNSPECIFIED) return absl::InvalidArgumentError("node role is unset");
+  if (info.role() == v1::NODE_ROLE_DECODE && info.kv_endpoint().empty()) {
+    return absl::InvalidArgumentError("a decode node needs a kv_endpoint");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!fingerprint_.empty() && !nodes_.empty()) {
+      if (info.model_fingerprint() != fingerprint_) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "node ", info.node_id(), " serves model ", info.model_fingerprint(),
+            " but the cluster serves ", fingerprint_));
+      }
+      if (info.block_size() != block_size_) {
+        return absl::FailedPreconditionError(absl::StrCat("node ", info.node_id(), " uses KV block size ",
+                                                          info.block_size(), ", the cluster ",
+                                                          block_size_));
+      }
+    }
+    fingerprint_ = info.model_fingerprint();
+    block_size_ = info.block_size();
+    Node& n = nodes_[info.node_id()];
+    const bool address_changed = n.info.address() != info.address();
+    n.info = info;
+    n.load = load;
+    n.last_seen = absl::Now();
+    if (!n.stub || address_changed) {
+      n.stub = std::make_shared<v1::Node::Stub>(rpc::MakeChannel(info.address()));
+    }
+  }
+  PDS_LOG(INFO) << "node " << info.node_id() << " (" << v1::NodeRole_Name(info.role()) << ") at "
+                << info.address() << (info.kv_endpoint().empty() ? "" : ", KV at ")
+                << info.kv_endpoint() << " registered";
+  Notify();
+  return absl::OkStatus();
+}
+
+bool NodeRegistry::Heartbeat(const std::string& id, const v1::NodeLoad& load) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = nodes_.find(id);
+    if (it == nodes_.end()) return false;
+    it->second.load = load;
+    it->second.last_seen = absl::Now();
+  }
+  Notify();
+  return true;
+}
+
+void NodeRegistry::Remove(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  if (nodes_.erase(id) > 0) PDS_LOG(INFO) << "node " << id << " removed";
+}
+
+std::vector<std::string> NodeRegistry::Expire() {
+  std::vector<std::string> gone;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  for (auto it = nodes_.begin(); it != nodes_.end();) {
+    if (now - it->second.last_seen > expiry_) {
+      gone.push_back(it->first);
+      PDS_LOG(WARNING) << "node " << it->first << " missed its heartbeats for "
+                       << absl::FormatDuration(now - it->second.last_seen) << ": dropped";
+      nodes_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  return gone;
+}
+
+std::vector<NodeView> NodeRegistry::Snapshot() const {
+  std::vector<NodeView> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, n] : nodes_) {
+    NodeView v;
+    v.id = id;
+    v.role = n.info.role();
+    v.address = n.info.address();
+    v.kv_endpoint = n.info.kv_endpoint();
+    v.load = n.load;
+    v.reserved_blocks = n.reserved_blocks;
+    v.inflight_prefill_tokens = n.inflight_prefill_tokens;
+    v.inflight_requests = n.inflight_requests;
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+void NodeRegistry::List(v1::ListNodesResponse* out) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, n] : nodes_) {
+    v1::ListNodesResponse::Entry* e = out->add_nodes();
+    *e->mutable_info() = n.info;
+    *e->mutable_load() = n.load;
+  }
+}
+
+std::shared_ptr<v1::Node::Stub> NodeRegistry::Stub(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(id);
+  return it == nodes_.end() ? nullptr : it->second.stub;
+}
+
+bool NodeRegistry::Has(const std::string& id) const {
+  absl::MutexLock lock(&mu_);
+  return nodes_.contains(id);
+}
+
+size_t NodeRegistry::size() const {
+  absl::MutexLock lock(&mu_);
+  return nodes_.size();
+}
+
+bool NodeRegistry::HasRole(v1::NodeRole role) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, n] : nodes_) {
+    if (n.info.role() == role && !n.load.draining()) return true;
+  }
+  return false;
+}
+
+int32_t NodeRegistry::block_size() const {
+  absl::MutexLock lock(&mu_);
+  return block_size_;
+}
+
+void NodeRegistry::AddWork(const std::string& id, int32_t blocks, int64_t prefill_tokens) {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return;
+  it->second.reserved_blocks += blocks;
+  it->second.inflight_prefill_tokens += prefill_tokens;
+  it->second.inflight_requests += blocks > 0 ? 1 : 0;
+}
+
+void NodeRegistry::DonePrefill(const std::string& id, int64_t prefill_tokens) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = nodes_.find(id);
+    if (it != nodes_.end()) it->second.inflight_prefill_tokens -= prefill_tokens;
+  }
+  Notify();
+}
+
+void NodeRegistry::DoneWork(const std::string& id, int32_t blocks) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = nodes_.find(id);
+    if (it != nodes_.end()) {
+      it->second.reserved_blocks -= blocks;
+      it->second.inflight_requests -= 1;
+    }
+  }
+  Notify();
+}
+
+void NodeRegistry::RememberPrefix(const std::string& id, const std::vector<uint64_t>& hashes) {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return;
+  Node& n = it->second;
+  for (uint64_t h : hashes) {
+    if (!n.prefixes.insert(h).second) continue;
+    n.prefix_order.push_back(h);
+    if (n.prefix_order.size() > kMaxPrefixesPerNode) {
+      n.prefixes.erase(n.prefix_order.front());
+      n.prefix_order.pop_front();
+    }
+  }
+}
+
+int32_t NodeRegistry::CountPrefixHits(const std::string& id,
+                                      const std::vector<uint64_t>& hashes) const {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return 0;
+  int32_t n = 0;
+  for (uint64_t h : hashes) {
+    if (!it->second.prefixes.contains(h)) break;  // a chain: stop at the first miss
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace pdserve::router

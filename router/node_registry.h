@@ -1,0 +1,97 @@
+// The router's view of its nodes: who they are (role, addresses), their
+// load as last reported, and the work the router has sent them since. Nodes
+// register and heartbeat (or come from a static list, polled); a node that
+// misses heartbeats for `expiry` is dropped.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "pdserve/v1/node.grpc.pb.h"
+
+namespace pdserve::router {
+
+// What a selection policy sees of one node.
+struct NodeView {
+  std::string id;
+  v1::NodeRole role = v1::NODE_ROLE_UNSPECIFIED;
+  std::string address;
+  std::string kv_endpoint;
+  v1::NodeLoad load;            // as last reported
+  int32_t reserved_blocks = 0;  // router's estimate of blocks its in-flight requests hold
+  int64_t inflight_prefill_tokens = 0;  // prompt tokens sent for prefill, not answered yet
+  int32_t inflight_requests = 0;
+  int32_t prefix_hits = 0;      // filled per request by the policy's caller: cached blocks
+  int32_t free_blocks() const {
+    return load.total_kv_blocks() - reserved_blocks;
+  }
+};
+
+class NodeRegistry {
+ public:
+  explicit NodeRegistry(absl::Duration expiry);
+
+  // Adds or replaces a node. Errors (InvalidArgument) for incompatible nodes:
+  // no address, a decode node without a KV endpoint, a model fingerprint or
+  // block size that differs from the first node's.
+  absl::Status Register(const v1::NodeInfo& info, const v1::NodeLoad& load);
+  // False when the node is unknown (it must register again).
+  bool Heartbeat(const std::string& id, const v1::NodeLoad& load);
+  void Remove(const std::string& id);
+  // Drops nodes not heard from within `expiry`; returns their ids.
+  std::vector<std::string> Expire();
+
+  std::vector<NodeView> Snapshot() const;
+  void List(v1::ListNodesResponse* out) const;
+  std::shared_ptr<v1::Node::Stub> Stub(const std::string& id) const;
+  bool Has(const std::string& id) const;
+  size_t size() const;
+  bool HasRole(v1::NodeRole role) const;
+  int32_t block_size() const;  // 0 until the first node registered
+
+  // The router's accounting of work it sent (kept across heartbeats).
+  void AddWork(const std::string& id, int32_t blocks, int64_t prefill_tokens);
+  void DonePrefill(const std::string& id, int64_t prefill_tokens);
+  void DoneWork(const std::string& id, int32_t blocks);
+
+  // Prefix affinity: block hashes recently sent to each prefill node
+  // (bounded per node, oldest forgotten first).
+  void RememberPrefix(const std::string& id, const std::vector<uint64_t>& hashes);
+  int32_t CountPrefixHits(const std::string& id, const std::vector<uint64_t>& hashes) const;
+
+  // Called (outside the lock) whenever capacity may have grown.
+  void SetOnChange(std::function<void()> fn);
+
+ private:
+  struct Node {
+    v1::NodeInfo info;
+    v1::NodeLoad load;
+    absl::Time last_seen;
+    std::shared_ptr<v1::Node::Stub> stub;
+    int32_t reserved_blocks = 0;
+    int64_t inflight_prefill_tokens = 0;
+    int32_t inflight_requests = 0;
+    absl::flat_hash_set<uint64_t> prefixes;
+    std::deque<uint64_t> prefix_order;
+  };
+  void Notify();
+
+  const absl::Duration expiry_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Node> nodes_ ABSL_GUARDED_BY(mu_);
+  std::string fingerprint_ ABSL_GUARDED_BY(mu_);
+  int32_t block_size_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void()> on_change_;
+};
+
+}  // namespace pdserve::router

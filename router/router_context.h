@@ -1,0 +1,49 @@
+// What every request on the router shares: the node registry, the dispatch
+// queue, prompt handling, metrics and the exporters.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "rpc/request_builder.h"
+#include "router/node_registry.h"
+#include "router/selection_policy.h"
+#include "tracing/otlp_file_exporter.h"
+#include "tracing/pdserve_metrics.h"
+
+namespace pdserve::router {
+
+class GenerateCall;
+class Dispatcher;
+
+struct RouterConfig {
+  int64_t kv_deadline_ms = 30000;     // budget for one request's KV transfer
+  int32_t max_queue = 256;            // requests waiting for a node
+  int64_t queue_timeout_ms = 60000;   // longest a request waits for a node
+  size_t max_stream_events = 4096;    // per client stream, then it is closed
+  std::string node_name = "router";
+};
+
+struct RouterContext {
+  RouterConfig config;
+  NodeRegistry* registry = nullptr;
+  Dispatcher* dispatcher = nullptr;
+  rpc::PromptContext prompt;
+  tracing::PdserveMetrics metrics;
+  tracing::Histogram* selection_seconds = nullptr;  // cost of each node choice
+  tracing::OtlpFileExporter* spans = nullptr;       // may be null
+  FILE* timing_log = nullptr;                       // one JSON line per request; may be null
+  absl::Mutex timing_log_mu;
+  std::atomic<uint64_t> next_transfer_id{1};
+
+  // Requests in flight by id, for Abort.
+  absl::Mutex calls_mu;
+  absl::flat_hash_map<std::string, std::weak_ptr<GenerateCall>> calls ABSL_GUARDED_BY(calls_mu);
+};
+
+}  // namespace pdserve::router

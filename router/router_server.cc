@@ -1,0 +1,235 @@
+#include "router/router_server.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/status_macros.h"
+#include "pdserve/v1/generate.grpc.pb.h"
+#include "router/generate_call.h"
+#include "rpc/convert.h"
+#include "tracing/metrics_handler.h"
+
+namespace pdserve::router {
+namespace {
+
+class GenerationService final : public v1::Generation::CallbackService {
+ public:
+  GenerationService(RouterContext* ctx, v1::ModelInfo info) : ctx_(ctx), info_(std::move(info)) {}
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override {
+    return GenerateCall::Start(ctx_, context, request);
+  }
+
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
+                                  const v1::AbortRequest* request,
+                                  v1::AbortResponse* response) override {
+    std::shared_ptr<GenerateCall> call;
+    {
+      absl::MutexLock lock(&ctx_->calls_mu);
+      auto it = ctx_->calls.find(request->request_id());
+      if (it != ctx_->calls.end()) call = it->second.lock();
+    }
+    response->set_found(call != nullptr);
+    if (call) call->Abort();
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest*,
+                                         v1::ModelInfo* response) override {
+    *response = info_;
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  RouterContext* ctx_;
+  v1::ModelInfo info_;
+};
+
+class RegistryService final : public v1::Registry::CallbackService {
+ public:
+  RegistryService(NodeRegistry* registry, int64_t heartbeat_ms, Dispatcher* dispatcher)
+      : registry_(registry), heartbeat_ms_(heartbeat_ms), dispatcher_(dispatcher) {}
+
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
+                                     const v1::RegisterRequest* request,
+                                     v1::RegisterResponse* response) override {
+    absl::Status s = registry_->Register(request->info(), request->load());
+    response->set_heartbeat_interval_ms(heartbeat_ms_);
+    dispatcher_->Pump();
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(rpc::ToGrpc(s));
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
+                                      const v1::HeartbeatRequest* request,
+                                      v1::HeartbeatResponse* response) override {
+    response->set_known(registry_->Heartbeat(request->node_id(), request->load()));
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* context,
+                                      const v1::ListNodesRequest*,
+                                      v1::ListNodesResponse* response) override {
+    registry_->List(response);
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerUnaryReactor* Deregister(grpc::CallbackServerContext* context,
+                                       const v1::DeregisterRequest* request,
+                                       v1::DeregisterResponse*) override {
+    registry_->Remove(request->node_id());
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  NodeRegistry* registry_;
+  int64_t heartbeat_ms_;
+  Dispatcher* dispatcher_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions& options) {
+  std::unique_ptr<RouterServer> r(new RouterServer());
+  r->options_ = options;
+  // Only metadata is read: the weights stay unmapped pages nobody touches.
+  PDS_ASSIGN_OR_RETURN(r->vocab_file_, gguf::GgufFile::Open(options.model_path));
+  PDS_ASSIGN_OR_RETURN(r->tokenizer_, Tokenizer::FromGguf(*r->vocab_file_));
+  RouterContext& ctx = r->ctx_;
+  ctx.config = options.config;
+  ctx.prompt.tokenizer = r->tokenizer_.get();
+  std::string_view tmpl = r->vocab_file_->GetStringOr("tokenizer.chat_template", "").value_or("");
+  absl::StatusOr<ChatTemplate> chat = ChatTemplate::Detect(tmpl);
+  if (chat.ok()) ctx.prompt.chat = *chat;
+  absl::StatusOr<uint64_t> n_ctx = r->vocab_file_->GetUintOr(
+      absl::StrCat(std::string(r->vocab_file_->GetStringOr("general.architecture", "llama").value_or("llama")),
+                   ".context_length"),
+      2048);
+  ctx.prompt.limits.n_ctx = static_cast<int32_t>(n_ctx.value_or(2048));
+  ctx.prompt.limits.n_vocab = r->tokenizer_->n_vocab();
+
+  PDS_ASSIGN_OR_RETURN(ctx.metrics, tracing::PdserveMetrics::Register(r->metrics_registry_));
+  auto sel = r->metrics_registry_.AddHistogram(
+      "pdserve:router_selection_seconds", "Time the router spends choosing nodes for a request",
+      {1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2});
+  if (sel.ok()) ctx.selection_seconds = (*sel)->Get();
+
+  r->registry_ = std::make_unique<NodeRegistry>(absl::Milliseconds(options.node_expiry_ms));
+  ctx.registry = r->registry_.get();
+  r->dispatcher_ = std::make_unique<Dispatcher>(&ctx, std::make_unique<LeastLoadedPolicy>());
+  ctx.dispatcher = r->dispatcher_.get();
+  Dispatcher* dispatcher = r->dispatcher_.get();
+  r->registry_->SetOnChange([dispatcher] { dispatcher->Pump(); });
+
+  if (!options.trace_file.empty()) {
+    tracing::OtlpFileExporterOptions eo;
+    eo.path = options.trace_file;
+    eo.resource.service_name = "pdserve-router";
+    PDS_ASSIGN_OR_RETURN(r->spans_, tracing::OtlpFileExporter::Open(eo));
+    ctx.spans = r->spans_.get();
+  }
+  if (!options.timing_log.empty()) {
+    ctx.timing_log = std::fopen(options.timing_log.c_str(), "a");
+    if (ctx.timing_log == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot open --timing-log ", options.timing_log));
+    }
+  }
+
+  v1::ModelInfo info;
+  info.set_model(std::string(r->vocab_file_->GetStringOr("general.name", "").value_or("")));
+  if (info.model().empty()) info.set_model(options.model_path);
+  info.set_context_length(ctx.prompt.limits.n_ctx);
+  info.set_vocab_size(r->tokenizer_->n_vocab());
+  for (TokenId t : r->tokenizer_->eog_ids()) info.add_eos_token_ids(t);
+  info.set_bos_token_id(r->tokenizer_->bos_id());
+  if (ctx.prompt.chat) info.set_chat_format(ctx.prompt.chat->name());
+
+  r->services_.push_back(std::make_unique<GenerationService>(&ctx, info));
+  r->services_.push_back(std::make_unique<RegistryService>(
+      r->registry_.get(), options.heartbeat_interval_ms, r->dispatcher_.get()));
+  std::vector<grpc::Service*> services;
+  for (auto& s : r->services_) services.push_back(s.get());
+  PDS_ASSIGN_OR_RETURN(r->grpc_, rpc::StartServer(options.listen, services));
+  rpc::SetServing(r->grpc_.server.get(), true);
+
+  if (options.metrics_port >= 0) {
+    http::HttpServerOptions ho;
+    ho.port = static_cast<uint16_t>(options.metrics_port);
+    r->http_ = std::make_unique<http::HttpServer>(ho);
+    tracing::AddMetricsRoute(*r->http_, r->metrics_registry_, "/metrics");
+    r->http_->Handle("GET", "/health", [](const http::HttpRequest&) {
+      return http::HttpResponse::Text(200, "ok\n");
+    });
+    NodeRegistry* reg = r->registry_.get();
+    r->http_->Handle("GET", "/ready", [reg](const http::HttpRequest&) {
+      const bool ready = (reg->HasRole(v1::NODE_ROLE_PREFILL) && reg->HasRole(v1::NODE_ROLE_DECODE)) ||
+                         reg->HasRole(v1::NODE_ROLE_MIXED);
+      return ready ? http::HttpResponse::Text(200, "ready\n")
+                   : http::HttpResponse::Text(503, "no prefill+decode pair or mixed node registered\n");
+    });
+    PDS_RETURN_IF_ERROR(r->http_->Start());
+  }
+  r->housekeeping_ = std::thread([raw = r.get()] { raw->Housekeeping(); });
+  PDS_LOG(INFO) << "router listening on port " << r->grpc_.port
+                << (r->http_ ? absl::StrCat(", metrics on port ", r->http_->port()) : "");
+  return r;
+}
+
+int RouterServer::metrics_port() const { return http_ ? http_->port() : -1; }
+
+// Drops silent nodes and polls statically configured ones.
+void RouterServer::Housekeeping() {
+  const absl::Duration period = absl::Milliseconds(std::max<int64_t>(50, options_.heartbeat_interval_ms / 2));
+  while (!stop_.WaitForNotificationWithTimeout(period)) {
+    for (const std::string& addr : options_.static_nodes) {
+      auto stub = v1::Node::NewStub(rpc::MakeChannel(addr));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      v1::GetLoadRequest req;
+      v1::NodeInfo info;
+      if (!stub->GetInfo(&ctx, req, &info).ok()) continue;
+      grpc::ClientContext ctx2;
+      ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      v1::NodeLoad load;
+      if (!stub->GetLoad(&ctx2, req, &load).ok()) continue;
+      if (!registry_->Heartbeat(info.node_id(), load)) {
+        absl::Status s = registry_->Register(info, load);
+        if (!s.ok()) PDS_LOG(WARNING) << "static node " << addr << ": " << s;
+      }
+    }
+    registry_->Expire();
+  }
+}
+
+void RouterServer::Shutdown(absl::Duration grace) {
+  if (stop_.HasBeenNotified()) return;
+  rpc::SetServing(grpc_.server.get(), false);
+  stop_.Notify();
+  grpc_.server->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
+  if (housekeeping_.joinable()) housekeeping_.join();
+  if (http_) http_->Stop(absl::Seconds(1));
+  if (spans_) spans_->Flush();
+}
+
+void RouterServer::Wait() { stop_.WaitForNotification(); }
+
+RouterServer::~RouterServer() {
+  Shutdown(absl::ZeroDuration());
+  dispatcher_.reset();
+  if (ctx_.timing_log != nullptr) std::fclose(ctx_.timing_log);
+}
+
+}  // namespace pdserve::router

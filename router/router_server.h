@@ -1,0 +1,68 @@
+// The router process: the client API (Generation), the node Registry, the
+// dispatch queue, metrics over HTTP, and the exporters. Loads only the
+// tokenizer and chat template from the model file, never the weights.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+#include "http/http_server.h"
+#include "router/dispatcher.h"
+#include "router/node_registry.h"
+#include "router/router_context.h"
+#include "rpc/server_util.h"
+#include "tracing/metrics.h"
+
+namespace pdserve::router {
+
+struct RouterOptions {
+  std::string model_path;               // for the tokenizer and chat template
+  std::string listen = "0.0.0.0:50051";
+  int metrics_port = -1;                // -1: no HTTP endpoint; 0: ephemeral
+  std::vector<std::string> static_nodes;  // host:port of nodes that do not register
+  int64_t heartbeat_interval_ms = 1000;   // told to registering nodes
+  int64_t node_expiry_ms = 3000;        // dropped after this long without a heartbeat
+  RouterConfig config;
+  std::string trace_file;               // OTLP/JSON spans, one request per line
+  std::string timing_log;               // one JSON line of stage timings per request
+};
+
+class RouterServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<RouterServer>> Start(const RouterOptions& options);
+  ~RouterServer();
+
+  int port() const { return grpc_.port; }
+  int metrics_port() const;
+  NodeRegistry& registry() { return *registry_; }
+  // Stops taking requests (health NOT_SERVING), waits up to `grace` for
+  // requests in flight, then stops.
+  void Shutdown(absl::Duration grace);
+  void Wait();
+
+ private:
+  RouterServer() = default;
+  void Housekeeping();
+
+  RouterOptions options_;
+  std::unique_ptr<gguf::GgufFile> vocab_file_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<NodeRegistry> registry_;
+  tracing::MetricsRegistry metrics_registry_;
+  RouterContext ctx_;
+  std::unique_ptr<Dispatcher> dispatcher_;
+  std::unique_ptr<tracing::OtlpFileExporter> spans_;
+  std::vector<std::unique_ptr<grpc::Service>> services_;
+  rpc::ServerHandle grpc_;
+  std::unique_ptr<http::HttpServer> http_;
+  absl::Notification stop_;
+  std::thread housekeeping_;
+};
+
+}  // namespace pdserve::router

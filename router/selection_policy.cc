@@ -1,0 +1,61 @@
+#include "router/selection_policy.h"
+
+namespace pdserve::router {
+namespace {
+
+bool HasRoom(const NodeView& n, const RequestShape& r) {
+  return !n.load.draining() && n.free_blocks() >= r.blocks_needed;
+}
+
+// Prompt tokens a prefill node still has to compute, counting this one.
+int64_t PrefillCost(const NodeView& n, const RequestShape& r, int32_t block_size) {
+  const int64_t saved = static_cast<int64_t>(n.prefix_hits) * block_size;
+  return n.load.queued_prefill_tokens() + n.inflight_prefill_tokens + r.prompt_tokens - saved;
+}
+
+}  // namespace
+
+Selection LeastLoadedPolicy::Select(const RequestShape& r, const std::vector<NodeView>& nodes) {
+  Selection sel;
+  const NodeView* best_decode = nullptr;
+  const NodeView* best_prefill = nullptr;
+  const NodeView* best_mixed = nullptr;
+  const int32_t bs = r.block_size;
+  for (const NodeView& n : nodes) {
+    switch (n.role) {
+      case v1::NODE_ROLE_DECODE:
+        if (!HasRoom(n, r)) break;
+        if (!best_decode || n.free_blocks() > best_decode->free_blocks() ||
+            (n.free_blocks() == best_decode->free_blocks() &&
+             n.inflight_requests < best_decode->inflight_requests)) {
+          best_decode = &n;
+        }
+        break;
+      case v1::NODE_ROLE_PREFILL:
+        if (n.load.draining()) break;
+        if (!best_prefill || PrefillCost(n, r, bs) < PrefillCost(*best_prefill, r, bs)) {
+          best_prefill = &n;
+        }
+        break;
+      case v1::NODE_ROLE_MIXED:
+        if (!HasRoom(n, r)) break;
+        if (!best_mixed || n.inflight_requests < best_mixed->inflight_requests ||
+            (n.inflight_requests == best_mixed->inflight_requests &&
+             n.free_blocks() > best_mixed->free_blocks())) {
+          best_mixed = &n;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  if (best_prefill && best_decode) {
+    sel.prefill = *best_prefill;
+    sel.decode = *best_decode;
+  } else if (best_mixed) {
+    sel.mixed = *best_mixed;
+  }
+  return sel;
+}
+
+}  // namespace pdserve::router

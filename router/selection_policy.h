@@ -1,0 +1,49 @@
+// Chooses the nodes for a request. A small interface so deployments can
+// swap the rule; the router times every decision (pdserve:router_selection
+// in the logs and metrics).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "router/node_registry.h"
+
+namespace pdserve::router {
+
+struct RequestShape {
+  int32_t prompt_tokens = 0;
+  int32_t blocks_needed = 0;  // KV blocks the request may grow to on a decode node
+  int32_t block_size = 16;
+  std::vector<uint64_t> prefix_hashes;  // full-block hash chain of the prompt
+};
+
+struct Selection {
+  // Disaggregated: both set. Colocated: only `mixed`.
+  std::optional<NodeView> prefill;
+  std::optional<NodeView> decode;
+  std::optional<NodeView> mixed;
+  bool ok() const { return (prefill && decode) || mixed; }
+};
+
+class SelectionPolicy {
+ public:
+  virtual ~SelectionPolicy() = default;
+  // `nodes` carries prefix_hits already filled for prefill-capable nodes.
+  // Returns an empty selection when no node can take the request now.
+  virtual Selection Select(const RequestShape& request, const std::vector<NodeView>& nodes) = 0;
+};
+
+// The default rule:
+//   decode: among decode nodes with room for the request's blocks, the one
+//           with the most free blocks (ties: fewer running sequences);
+//   prefill: the one with the least queued prefill work, counting prompt
+//           tokens its prefix cache would save;
+//   prefers a prefill+decode pair when both pools exist, else a mixed node
+//   with room (least loaded).
+class LeastLoadedPolicy : public SelectionPolicy {
+ public:
+  Selection Select(const RequestShape& request, const std::vector<NodeView>& nodes) override;
+};
+
+}  // namespace pdserve::router
