@@ -2,7 +2,7 @@
 // Q8_0, attention, thread-pool overheads, and a memory-bandwidth reference
 // measured in the same run. Prints a table; asserts nothing.
 //
-//   kernels_bench [--quick] [--isa=scalar|avx2|avx512]
+//   kernels_bench [--quick] [--wall] [--hugepages] [--isa=scalar|avx2|avx512]
 //                 [--only=bw|pool|quant|model|matmul|attention]
 #include <algorithm>
 #include <cmath>
@@ -15,6 +15,10 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/isa.h"
@@ -33,7 +37,10 @@ namespace {
 // Wall time, or this thread's CPU time: single-threaded figures use CPU time
 // so that time spent descheduled on a shared, oversubscribed machine does not
 // count (cache and memory contention from neighbours still does).
+bool g_wall = false;  // --wall: wall time everywhere
+
 double Now(bool cpu_time) {
+  cpu_time = cpu_time && !g_wall;
   timespec ts;
   clock_gettime(cpu_time ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -56,11 +63,17 @@ double TimePerCall(const std::function<void()>& fn, double min_s, bool cpu_time 
   return batches[batches.size() / 2];
 }
 
+bool g_hugepages = false;  // --hugepages: back big buffers with transparent huge pages
+
 struct AlignedBuffer {
   uint8_t* p = nullptr;
   size_t n = 0;
   explicit AlignedBuffer(size_t bytes) : n(bytes) {
-    p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    const size_t align = g_hugepages && bytes >= (size_t{2} << 20) ? (size_t{2} << 20) : 64;
+    p = static_cast<uint8_t*>(std::aligned_alloc(align, (bytes + align - 1) / align * align));
+#if defined(__linux__)
+    if (align > 64) madvise(p, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
+#endif
   }
   ~AlignedBuffer() { std::free(p); }
   AlignedBuffer(const AlignedBuffer&) = delete;
@@ -518,6 +531,10 @@ int main(int argc, char** argv) {
     if (a == "--quick") {
       opt.quick = true;
       opt.min_s = 0.15;
+    } else if (a == "--wall") {
+      g_wall = true;
+    } else if (a == "--hugepages") {
+      g_hugepages = true;
     } else if (a.rfind("--only=", 0) == 0) {
       opt.only = a.substr(7);
     } else if (a.rfind("--isa=", 0) == 0) {
@@ -530,7 +547,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--quick] [--isa=scalar|avx2|avx512] "
+                   "usage: %s [--quick] [--wall] [--hugepages] [--isa=scalar|avx2|avx512] "
                    "[--only=bw|pool|quant|model|matmul|attention]\n",
                    argv[0]);
       return 2;

@@ -157,17 +157,20 @@ void ProcessItemLanes(float* out, int64_t ldo, const float* q, int64_t ldq, cons
   }
 }
 
-// One query row, `group` heads: keys in lanes.
+// One query row, query heads h * group + g0 .. + ng: keys in lanes.
 void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
-                const AttnSeq& seq, int h, int group, int32_t i, float scale, const Scratch& s) {
+                const AttnSeq& seq, int h, int group, int g0_head, int ng_heads, int32_t i,
+                float scale, const Scratch& s) {
   const int hd = kv.head_dim, nc = hd / 16;
+  const int group_all = group;
+  group = ng_heads;  // heads this call computes
   for (int g = 0; g < group; ++g) {
     s.m[g] = -INFINITY;
     s.l[g] = 0.0f;
   }
   std::memset(s.o, 0, sizeof(float) * group * hd);
   const int32_t ctx_end = seq.n_past + i + 1;
-  const float* qrow = q + (seq.row0 + i) * ldq + h * group * hd;  // (group, hd)
+  const float* qrow = q + (seq.row0 + i) * ldq + (h * group_all + g0_head) * hd;  // (group, hd)
   for (int32_t p0 = 0; p0 < ctx_end; p0 += kTile) {
     const int nk = ctx_end - p0 < kTile ? ctx_end - p0 : kTile;
     const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
@@ -220,7 +223,7 @@ void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLa
   }
   for (int g = 0; g < group; ++g) {
     const __m512 inv = _mm512_set1_ps(1.0f / s.l[g]);
-    float* dst = out + (seq.row0 + i) * ldo + (h * group + g) * hd;  // (hd)
+    float* dst = out + (seq.row0 + i) * ldo + (h * group_all + g0_head + g) * hd;  // (hd)
     for (int c = 0; c < nc; ++c) {
       _mm512_storeu_ps(dst + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(s.o + g * hd + 16 * c), inv));
     }
@@ -249,18 +252,33 @@ void PagedAttentionAvx512(float* out, int64_t ldo, const float* q, int64_t ldq,
   // Rows per item: as many as fill kMaxQHeads query heads.
   const int32_t chunk = group >= kMaxQHeads ? 1 : kMaxQHeads / group;
   // Items interleave across threads so the causal triangle's cost spreads.
+  // With few decode items (one sequence: n_kv_heads items) each query head
+  // becomes its own item so both threads get work; they then convert the
+  // same K/V tiles twice, which costs less than idling.
+  int64_t n_items = 0;
+  for (int si = 0; si < n_seqs; ++si)
+    n_items += kv.n_kv_heads * ((seqs[si].n_new + chunk - 1) / chunk);
+  const bool split_heads = nth > 1 && n_items < 4 * nth;
   int64_t item = 0;
   for (int si = 0; si < n_seqs; ++si) {
     const AttnSeq& seq = seqs[si];
     for (int h = 0; h < kv.n_kv_heads; ++h) {
-      for (int32_t i0 = 0; i0 < seq.n_new; i0 += chunk, ++item) {
-        if (item % nth != ith) continue;
+      for (int32_t i0 = 0; i0 < seq.n_new; i0 += chunk) {
         const int32_t i1 = i0 + chunk < seq.n_new ? i0 + chunk : seq.n_new;
         if ((i1 - i0) * group >= 8) {
-          ProcessItemLanes(out, ldo, q, ldq, kv, seq, h, group, i0, i1, scale, s);
-        } else {
-          for (int32_t i = i0; i < i1; ++i)
-            ProcessRow(out, ldo, q, ldq, kv, seq, h, group, i, scale, s);
+          if (item++ % nth == ith)
+            ProcessItemLanes(out, ldo, q, ldq, kv, seq, h, group, i0, i1, scale, s);
+          continue;
+        }
+        for (int32_t i = i0; i < i1; ++i) {
+          if (split_heads) {
+            for (int g = 0; g < group; ++g) {
+              if (item++ % nth == ith)
+                ProcessRow(out, ldo, q, ldq, kv, seq, h, group, g, 1, i, scale, s);
+            }
+          } else if (item++ % nth == ith) {
+            ProcessRow(out, ldo, q, ldq, kv, seq, h, group, 0, group, i, scale, s);
+          }
         }
       }
     }

@@ -117,6 +117,13 @@ TEST_P(AttentionTest, DecodeManySequencesOfDifferentLengths) {
   }
 }
 
+TEST_P(AttentionTest, DecodeOneSequenceSplitsHeadsAcrossThreads) {
+  for (int nth : {2, 3}) {
+    EXPECT_LT(RunBatch(GetParam(), {{100, 1}}, 9, 3, 64, 16, nth), kAttnMaxRel) << nth;
+    EXPECT_LT(RunBatch(GetParam(), {{0, 1}, {33, 2}}, 9, 3, 64, 16, nth), kAttnMaxRel) << nth;
+  }
+}
+
 TEST_P(AttentionTest, PrefillIsCausalOverChunkAndCachedPrefix) {
   for (int nth : {1, 2, 3}) {
     EXPECT_LT(RunBatch(GetParam(), {{0, 37}}, 9, 3, 64, 16, nth), kAttnMaxRel);
