@@ -69,24 +69,53 @@ std::optional<std::string_view> Traceparent(const grpc::CallbackServerContext* c
 GenerateCall::GenerateCall(RouterContext* ctx, int64_t arrival_ns)
     : ctx_(ctx), arrival_ns_(arrival_ns) {}
 
+namespace {
+// The gRPC stream as a ResponseSink.
+class GrpcSink : public ResponseSink {
+ public:
+  explicit GrpcSink(std::shared_ptr<GenerateCall::Writer::Handle> h) : h_(std::move(h)) {}
+  bool Write(v1::GenerateResponse r) override { return h_->Write(std::move(r)); }
+  void Finish(const grpc::Status& s) override { h_->Finish(s); }
+
+ private:
+  std::shared_ptr<GenerateCall::Writer::Handle> h_;
+};
+}  // namespace
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerateCall::Start(
     RouterContext* ctx, grpc::CallbackServerContext* server_ctx, const v1::GenerateRequest* request) {
-  auto call = std::make_shared<GenerateCall>(ctx, MonoNowNs());
-  call->arrival_unix_ns_ = tracing::WallNowUnixNs();
-  call->span_ = tracing::StartServerSpan(Traceparent(server_ctx));
-  std::weak_ptr<GenerateCall> weak = call;
+  const int64_t arrival = MonoNowNs();
+  auto weak = std::make_shared<std::weak_ptr<GenerateCall>>();
   auto* writer = new Writer(ctx->config.max_stream_events, [weak] {
-    if (std::shared_ptr<GenerateCall> c = weak.lock()) c->Cancel();
+    if (std::shared_ptr<GenerateCall> c = weak->lock()) c->Cancel();
   });
-  call->out_ = writer->handle();
+  std::shared_ptr<Writer::Handle> handle = writer->handle();
+  std::shared_ptr<GenerateCall> call = Begin(ctx, *request, Traceparent(server_ctx),
+                                             std::make_shared<GrpcSink>(handle), arrival);
+  *weak = call;
+  if (handle->done()) call->Cancel();  // cancelled before the call existed
+  return writer;
+}
+
+std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
+                                                  const v1::GenerateRequest& request,
+                                                  std::optional<std::string_view> traceparent,
+                                                  std::shared_ptr<ResponseSink> sink,
+                                                  int64_t arrival_ns) {
+  auto call = std::make_shared<GenerateCall>(ctx, arrival_ns);
+  call->arrival_unix_ns_ = tracing::WallNowUnixNs() - (MonoNowNs() - arrival_ns);
+  call->span_ = tracing::StartServerSpan(traceparent);
+  call->out_ = std::move(sink);
 
   // Validate and tokenize (router.tokenize).
-  absl::StatusOr<RequestSpec> spec = rpc::BuildRequest(*request, ctx->prompt);
+  absl::StatusOr<RequestSpec> spec = rpc::BuildRequest(request, ctx->prompt);
   const int64_t tokenized = MonoNowNs();
   if (!spec.ok()) {
     ctx->metrics.error(KindFor(spec.status())).Increment();
+    absl::MutexLock lock(&call->mu_);
+    call->done_ = true;
     call->out_->Finish(rpc::ToGrpc(spec.status()));
-    return writer;
+    return call;
   }
   call->spec_ = std::move(*spec);
   {
@@ -105,9 +134,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerateCall::Start(
     absl::MutexLock lock(&ctx->calls_mu);
     auto [it, inserted] = ctx->calls.try_emplace(call->spec_.id, call);
     if (!inserted && !it->second.expired()) {
+      absl::MutexLock call_lock(&call->mu_);
+      call->done_ = true;
       call->out_->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
                                       absl::StrCat("request id '", call->spec_.id, "' is in flight")));
-      return writer;
+      return call;
     }
     it->second = call;
   }
@@ -116,10 +147,10 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerateCall::Start(
     ctx->metrics.num_requests_waiting->Add(-1);
     absl::MutexLock lock(&call->mu_);
     call->FailLocked(s, KindFor(s));
-    return writer;
+    return call;
   }
   ctx->dispatcher->Pump();
-  return writer;
+  return call;
 }
 
 void GenerateCall::Dispatch(const Selection& sel) {

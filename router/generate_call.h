@@ -7,6 +7,8 @@
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,17 @@
 
 namespace pdserve::router {
 
+// Where a request's events go: the gRPC stream, or the OpenAI-compatible
+// HTTP front's SSE stream / JSON body.
+class ResponseSink {
+ public:
+  virtual ~ResponseSink() = default;
+  // False once the client is gone or the stream is over its buffer bound.
+  virtual bool Write(v1::GenerateResponse response) = 0;
+  // Ends the response; a non-OK status before any event is the call's error.
+  virtual void Finish(const grpc::Status& status) = 0;
+};
+
 class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
  public:
   using Writer = rpc::StreamWriter<v1::GenerateResponse>;
@@ -32,8 +45,18 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   static grpc::ServerWriteReactor<v1::GenerateResponse>* Start(RouterContext* ctx,
                                                                grpc::CallbackServerContext* server_ctx,
                                                                const v1::GenerateRequest* request);
+  // Starts a request for any front end: validates, tokenizes and queues it;
+  // every outcome reaches `sink`. The caller calls Cancel() if its client
+  // goes away. `arrival_ns` is when the front end received the request.
+  static std::shared_ptr<GenerateCall> Begin(RouterContext* ctx, const v1::GenerateRequest& request,
+                                             std::optional<std::string_view> traceparent,
+                                             std::shared_ptr<ResponseSink> sink,
+                                             int64_t arrival_ns);
 
   GenerateCall(RouterContext* ctx, int64_t arrival_ns);
+  // The client went away: abort on both nodes, end the response.
+  void Cancel();
+  const RequestSpec& spec() const { return spec_; }
 
   const RequestShape& shape() const { return shape_; }
   const std::string& id() const { return spec_.id; }
@@ -51,7 +74,6 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void OnNodeDone(const grpc::Status& status);
 
  private:
-  void Cancel();  // the client went away
   void WriteChunkLocked(v1::Chunk chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompleteLocked(const v1::Complete& node_complete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailLocked(const absl::Status& status, tracing::ErrorKind kind)
@@ -63,7 +85,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   const int64_t arrival_ns_;
   RequestSpec spec_;
   RequestShape shape_;
-  std::shared_ptr<Writer::Handle> out_;
+  std::shared_ptr<ResponseSink> out_;
   tracing::SpanContext span_;
   int64_t arrival_unix_ns_ = 0;
 
