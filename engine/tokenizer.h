@@ -10,7 +10,10 @@
 //    added-token matching; llama.cpp's longest-token-first pass differs only
 //    when two special texts overlap in the input);
 //  - when several texts could name the EOT token, the first of llama.cpp's
-//    candidate list wins (llama.cpp picks in hash order).
+//    candidate list wins (llama.cpp picks in hash order);
+//  - byte-level BPE drops bytes its alphabet lacks (as llama.cpp and HF do);
+//    SPM spells an unknown character with <0xNN> tokens, else one unknown
+//    token (llama.cpp aborts there).
 // A Tokenizer is immutable after FromGguf: every method is const and safe to
 // call from many threads at once.
 #pragma once

@@ -101,13 +101,12 @@ void BpeMerger::PushCandidate(MergeScratch* s, int32_t left, int32_t right) cons
 }
 
 void BpeMerger::EmitBytes(std::string_view bytes, std::vector<TokenId>* out) const {
+  // A byte the vocabulary cannot spell is dropped, as llama.cpp and HF (with
+  // no byte fallback) do. Not the unknown token: some vocabularies (StarCoder)
+  // name <|endoftext|> as such, and an end marker must not appear mid-prompt.
   for (unsigned char b : bytes) {
     const int32_t id = byte_symbol_[b];
-    if (vocab_->InRange(id)) {
-      out->push_back(id);
-    } else if (vocab_->unk >= 0) {
-      out->push_back(vocab_->unk);
-    }  // else: the vocabulary cannot express this byte; llama.cpp drops it too
+    if (vocab_->InRange(id)) out->push_back(id);
   }
 }
 

@@ -268,18 +268,25 @@ TEST(BpeTest, ConcurrentEncodesAgree) {
   EXPECT_THAT(mismatches, ElementsAre(0, 0, 0, 0));
 }
 
-TEST(BpeTest, BytesTheVocabCannotSpellBecomeUnknownOrVanish) {
+// Like llama.cpp and HF without byte fallback: bytes the vocabulary cannot
+// spell vanish, even when it names an unknown token (StarCoder's is
+// <|endoftext|>, which must not appear in the middle of a prompt).
+TEST(BpeTest, BytesTheVocabCannotSpellVanish) {
   SyntheticVocab v;
   v.Add("a");
   v.Add("b");
+  v.unk = v.Add("<|endoftext|>", /*type=*/3);
   auto tok = Build(v);
   ASSERT_NE(tok, nullptr);
-  EXPECT_THAT(Enc(*tok, "abc"), ElementsAre(0, 1));  // no token for "c", no unknown token
-  const int unk = v.Add("<unk>", /*type=*/2);
-  v.unk = unk;
-  tok = Build(v);
-  ASSERT_NE(tok, nullptr);
-  EXPECT_THAT(Enc(*tok, "abc"), ElementsAre(0, 1, unk));
+  EXPECT_THAT(Enc(*tok, "abca"), ElementsAre(0, 1, 0));
+
+  auto starcoder = testing::LoadTokenizer(testing::TestDataPath("ggml-vocab-starcoder.gguf"));
+  ASSERT_NE(starcoder, nullptr);
+  EXPECT_EQ(starcoder->unk_id(), 0);
+  // U+5F469 starts with byte F1, which StarCoder's alphabet lacks.
+  auto ids = Enc(*starcoder, "x\U0005F469y");
+  EXPECT_THAT(ids, ::testing::Not(::testing::Contains(0)));
+  EXPECT_EQ(starcoder->Decode(ids), "x\x9F\x91\xA9y");
 }
 
 }  // namespace

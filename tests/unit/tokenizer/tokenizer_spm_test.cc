@@ -88,6 +88,8 @@ TEST(SpmTest, SpacesBecomeU2581AndTheLeadingSpaceIsOptional) {
   ASSERT_NE(tok, nullptr);
   EXPECT_THAT(Enc(*tok, "hi hi"), ElementsAre(f.h, f.i, f.sp_h, f.i));
   EXPECT_EQ(tok->Decode(Enc(*tok, "hi hi")), "hi hi");
+  // A U+2581 in the text is a space to SentencePiece: it decodes as one.
+  EXPECT_EQ(Enc(*tok, std::string("hi") + kSp + "hi"), Enc(*tok, "hi hi"));
 }
 
 TEST(SpmTest, ByteFallbackAndUnknown) {
