@@ -10,6 +10,8 @@
 namespace pdserve::kernels {
 namespace {
 
+#include "kernels/cpu/attention_tiled.inc"
+
 using internal::KvRow;
 
 inline float LoadKv(const KvLayerView& kv, const uint8_t* row, int d) {
@@ -56,11 +58,22 @@ int64_t AttentionScratchFloats(int32_t max_ctx) { return int64_t{max_ctx} + 6553
 void PagedAttention(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
                     const AttnSeq* seqs, int n_seqs, int n_heads, float scale, int32_t max_ctx,
                     float* scratch, int ith, int nth) {
-  if (ActiveIsa() == Isa::kAvx512 && internal::Avx512AttentionSupports(kv, n_heads)) {
-    internal::PagedAttentionAvx512(out, ldo, q, ldq, kv, seqs, n_seqs, n_heads, scale,
-                                   scratch + ith * AttentionScratchFloats(max_ctx), ith, nth);
+  float* mine = scratch + ith * AttentionScratchFloats(max_ctx);
+  const Isa isa = ActiveIsa();
+  if (isa == Isa::kAvx512 && internal::Avx512AttentionSupports(kv, n_heads)) {
+    internal::PagedAttentionAvx512(out, ldo, q, ldq, kv, seqs, n_seqs, n_heads, scale, mine, ith,
+                                   nth);
     return;
   }
+  if (isa != Isa::kScalar && internal::PagedAttentionAvx2(out, ldo, q, ldq, kv, seqs, n_seqs,
+                                                          n_heads, scale, mine, ith, nth)) {
+    return;
+  }
+  if (TiledSupports(kv, n_heads)) {
+    PagedAttentionTiled(out, ldo, q, ldq, kv, seqs, n_seqs, n_heads, scale, mine, ith, nth);
+    return;
+  }
+  // Head sizes past 256: one (row, head) at a time over scores in scratch.
   float* scores = scratch + ith * AttentionScratchFloats(max_ctx);  // (max_ctx)
   float* acc = scores + max_ctx;                                    // (head_dim)
   const int group = n_heads / kv.n_kv_heads;

@@ -26,6 +26,12 @@ void PagedAttentionAvx512(float* out, int64_t ldo, const float* q, int64_t ldq,
                           const KvLayerView& kv, const AttnSeq* seqs, int n_seqs, int n_heads,
                           float scale, float* scratch, int ith, int nth);
 
+// The portable tiled path (attention_tiled.inc) built for AVX2; returns
+// false (doing nothing) for head sizes it does not handle.
+bool PagedAttentionAvx2(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
+                        const AttnSeq* seqs, int n_seqs, int n_heads, float scale, float* scratch,
+                        int ith, int nth);
+
 // Converts n floats to IEEE halves (round to nearest even) with F16C.
 void F32ToF16RowF16c(uint16_t* y, const float* x, int64_t n);
 

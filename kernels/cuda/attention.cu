@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kAttnThreads)
   for (int c = 0; c < sr.n_chunks; ++c) l += part(c)[D + 1] * expf(part(c)[D] - m);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float o = 0;
-    for (int c = 0; c < sr.n_chunks; ++c) o += part(c)[d];
+    for (int c = 0; c < sr.n_chunks; ++c) o += part(c)[d] * expf(part(c)[D] - m);
     out[sr.row * ldo + static_cast<int64_t>(h) * D + d] = o / l;
   }
 }

@@ -8,6 +8,10 @@
 
 #ifdef PDS_CUDA_EMU
 #include "kernels/cuda/emu/cuda_emu.h"
+// Emulated builds put pdserve's `cuda` namespaces (kernels::cuda, cuda::)
+// under another name, so that a test binary may link the emulated and the
+// real CUDA code side by side without clashing symbols.
+#define cuda cuda_emulated
 // PDS_LAUNCH(grid, block, smem_bytes, stream, kernel)(args...)
 #define PDS_LAUNCH(grid, block, smem, stream, ...) \
   ::pdserve::cuda_emu::Launcher(grid, block, smem, stream, __VA_ARGS__)

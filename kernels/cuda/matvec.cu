@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kThreads)
       // The CPU's per-block expression (kernels/cpu/matmul_scalar.cc).
       float block = __fmul_rn(__fmul_rn(dw, da), static_cast<float>(isum));
       if constexpr (kType == DType::kQ4_0) {
-        block = __fsub_rn(block, __fmul_rn(__fmul_rn(7.0f, dw), sa));
+        block = __fsub_rn(block, __fmul_rn(__fmul_rn(8.0f, dw), sa));
       } else if constexpr (kType == DType::kQ4_1) {
         block = __fadd_rn(block, __fmul_rn(mw, sa));
       }

@@ -138,6 +138,7 @@ TEST_P(AttentionTest, OtherHeadShapes) {
   EXPECT_LT(RunBatch(GetParam(), {{9, 9}}, 8, 2, 32, 5, 2), kAttnMaxRel);
   EXPECT_LT(RunBatch(GetParam(), {{3, 4}}, 2, 1, 40, 16, 2), kAttnMaxRel);
   EXPECT_LT(RunBatch(GetParam(), {{20, 70}}, 2, 2, 16, 16, 2), kAttnMaxRel);
+  EXPECT_LT(RunBatch(GetParam(), {{6, 2}}, 2, 1, 272, 4, 2), kAttnMaxRel);  // past 256 dims
 }
 
 INSTANTIATE_TEST_SUITE_P(KvTypes, AttentionTest, ::testing::Values(DType::kF16, DType::kF32),
