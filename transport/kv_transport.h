@@ -41,8 +41,9 @@ namespace pdserve::transport {
 // backends send the remaining budget.
 using Deadline = MonoClock::time_point;
 
-// Identifies one request's KV transfer on both nodes. Unique among the
-// transfers in flight to one receiver.
+// Identifies one request's KV transfer on both nodes. The router allocates a
+// fresh one per attempt: a receiver remembers how recent transfers ended
+// (for a few seconds) so that a late sender or a late Post fails at once.
 struct TransferId {
   uint64_t value = 0;
 

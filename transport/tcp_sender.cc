@@ -8,7 +8,6 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <deque>
 #include <limits>
 #include <thread>
 #include <utility>
@@ -21,6 +20,8 @@
 #include "common/check.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "transport/tcp_frame_reader.h"
+#include "transport/tcp_send_queue.h"
 #include "transport/tcp_socket.h"
 #include "transport/transfer_counters.h"
 
@@ -29,6 +30,7 @@ namespace pdserve::transport {
 using internal::FrameHeader;
 using internal::FrameType;
 using internal::kFrameHeaderBytes;
+using internal::OutFrame;
 
 namespace {
 
@@ -36,58 +38,6 @@ constexpr int kMaxIov = IOV_MAX;
 constexpr int kMaxBatchFrames = 64;
 
 std::string XferName(TransferId xfer) { return absl::StrCat("transfer ", xfer.value); }
-
-// One frame waiting in a connection's queue. Layer frames borrow the
-// caller's block views; nothing is copied unless the transfer is aborted in
-// the middle of the frame (see MakeRestOwned).
-struct OutFrame {
-  FrameHeader header;
-  Deadline deadline = Deadline::max();  // Begin: its budget is computed when sent
-  std::array<uint8_t, kFrameHeaderBytes> header_bytes{};
-  bool encoded = false;
-  std::vector<uint8_t> table;          // Layer: little-endian u64 block sizes
-  std::vector<ConstBlockView> blocks;  // Layer: the caller's views
-  std::string payload;                 // Trailer bytes; or the rest of the frame
-  bool rest_owned = false;             // payload holds every unsent byte
-  size_t total = 0;                    // frame bytes, header included
-  size_t sent = 0;
-  int64_t data_bytes = 0;  // Layer: block bytes, for stats
-
-  TransferId xfer() const { return TransferId{header.xfer_id}; }
-
-  template <typename Fn>
-  void ForEachSegment(Fn&& fn) const {
-    if (rest_owned) {
-      fn(payload.data(), payload.size());
-      return;
-    }
-    fn(header_bytes.data(), header_bytes.size());
-    if (!table.empty()) fn(table.data(), table.size());
-    for (const ConstBlockView& b : blocks) fn(b.data, b.bytes);
-    if (!payload.empty()) fn(payload.data(), payload.size());
-  }
-
-  // Copies the unsent bytes so the caller's views can be released while the
-  // frame still has to finish (the stream must stay in sync).
-  void MakeRestOwned() {
-    std::string rest;
-    rest.reserve(total - sent);
-    size_t offset = 0;
-    ForEachSegment([&](const void* data, size_t bytes) {
-      size_t begin = std::max(offset, sent);
-      if (begin < offset + bytes) {
-        rest.append(static_cast<const char*>(data) + (begin - offset), offset + bytes - begin);
-      }
-      offset += bytes;
-    });
-    payload = std::move(rest);
-    table.clear();
-    blocks.clear();
-    rest_owned = true;
-    total = payload.size();
-    sent = 0;
-  }
-};
 
 struct Transfer {
   TransferId xfer;
@@ -115,15 +65,9 @@ struct Conn {
   bool connecting = true;
   bool want_out = false;  // EPOLLOUT is registered
   bool writing = false;   // the loop is sending frames outside the lock
-  std::deque<std::unique_ptr<OutFrame>> queue;
+  internal::SendQueue queue;
   absl::flat_hash_map<TransferId, std::shared_ptr<Transfer>> transfers;
-  // Reader state: touched by the loop thread only.
-  std::array<uint8_t, kFrameHeaderBytes> rd_header{};
-  size_t rd_header_got = 0;
-  FrameHeader rd_frame;
-  bool rd_in_payload = false;
-  std::string rd_payload;
-  size_t rd_payload_got = 0;
+  internal::SmallFrameReader reader;  // the loop thread only
 };
 
 using Deferred = std::vector<std::pair<SendDoneCallback, absl::Status>>;
@@ -297,13 +241,7 @@ absl::StatusOr<std::shared_ptr<Transfer>> TcpKvSender::Core::StartTransfer(
     }
     conn->transfers[xfer] = t;
     counters_.Started();
-    auto begin = std::make_unique<OutFrame>();
-    begin->header.type = FrameType::kBegin;
-    begin->header.xfer_id = xfer.value;
-    begin->header.arg0 = static_cast<uint32_t>(n_layers);
-    begin->deadline = deadline;
-    begin->total = kFrameHeaderBytes;
-    EnqueueLocked(conn.get(), t.get(), std::move(begin));
+    EnqueueLocked(conn.get(), t.get(), internal::BeginFrame(xfer, n_layers, deadline));
   }
   poller_.Wake();
   return t;
@@ -431,7 +369,7 @@ void TcpKvSender::Core::Stop() {
         CompleteLocked(t.get(), absl::CancelledError("sender shut down"), /*notify_peer=*/false,
                        &deferred);
       }
-      conn->queue.clear();
+      conn->queue.Clear();
       poller_.Remove(conn->fd.get());
     }
     by_id_.clear();
@@ -450,35 +388,15 @@ Conn* TcpKvSender::Core::FindConnLocked(uint64_t id) {
 
 void TcpKvSender::Core::EnqueueLocked(Conn* conn, Transfer* t, std::unique_ptr<OutFrame> f) {
   ++t->queued_frames;
-  conn->queue.push_back(std::move(f));
+  conn->queue.Push(std::move(f));
 }
 
 void TcpKvSender::Core::EnqueueLayerLocked(Conn* conn, Transfer* t, int32_t layer) {
-  auto f = std::make_unique<OutFrame>();
-  const std::vector<ConstBlockView>& blocks = t->layers[layer];
-  f->header.type = FrameType::kLayer;
-  f->header.xfer_id = t->xfer.value;
-  f->header.arg0 = static_cast<uint32_t>(layer);
-  f->header.arg1 = static_cast<uint32_t>(blocks.size());
-  f->table.resize(blocks.size() * 8);
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    internal::PutU64Le(blocks[i].bytes, f->table.data() + 8 * i);
-    f->data_bytes += static_cast<int64_t>(blocks[i].bytes);
-  }
-  f->blocks = blocks;
-  f->header.payload_len = f->table.size() + static_cast<uint64_t>(f->data_bytes);
-  f->total = kFrameHeaderBytes + f->header.payload_len;
-  EnqueueLocked(conn, t, std::move(f));
+  EnqueueLocked(conn, t, internal::LayerFrame(t->xfer, layer, t->layers[layer]));
 }
 
 void TcpKvSender::Core::EnqueueTrailerLocked(Conn* conn, Transfer* t) {
-  auto f = std::make_unique<OutFrame>();
-  f->header.type = FrameType::kTrailer;
-  f->header.xfer_id = t->xfer.value;
-  f->payload = t->trailer;
-  f->header.payload_len = f->payload.size();
-  f->total = kFrameHeaderBytes + f->payload.size();
-  EnqueueLocked(conn, t, std::move(f));
+  EnqueueLocked(conn, t, internal::TrailerFrame(t->xfer, t->trailer));
 }
 
 void TcpKvSender::Core::CompleteLocked(Transfer* t, absl::Status status, bool notify_peer,
@@ -490,27 +408,9 @@ void TcpKvSender::Core::CompleteLocked(Transfer* t, absl::Status status, bool no
   if (conn != nullptr) {
     PDS_CHECK(!conn->writing) << XferName(t->xfer);
     if (!status.ok()) {
-      for (auto it = conn->queue.begin(); it != conn->queue.end();) {
-        OutFrame* f = it->get();
-        if (f->xfer() != t->xfer) {
-          ++it;
-        } else if (it == conn->queue.begin() && f->sent > 0) {
-          f->MakeRestOwned();  // must finish, but no longer from the caller's views
-          ++it;
-        } else if (notify_peer && f->header.type == FrameType::kBegin) {
-          ++it;  // still announce it, so that the Abort below means something
-        } else {
-          --t->queued_frames;
-          it = conn->queue.erase(it);
-        }
-      }
-      if (notify_peer) {
-        auto abort = std::make_unique<OutFrame>();
-        abort->header.type = FrameType::kAbort;
-        abort->header.xfer_id = t->xfer.value;
-        abort->total = kFrameHeaderBytes;
-        conn->queue.push_back(std::move(abort));
-      }
+      // The Begin stays when the receiver is told, so the Abort means something.
+      t->queued_frames -= conn->queue.Drop(t->xfer, /*keep_begin=*/notify_peer);
+      if (notify_peer) conn->queue.Push(internal::AbortFrame(t->xfer));
     }
     conn->transfers.erase(t->xfer);
   }
@@ -536,22 +436,13 @@ absl::Status TcpKvSender::Core::Flush(Conn* conn) {
   std::vector<OutFrame*> batch;
   std::vector<iovec> iov;
   while (true) {
-    batch.clear();
     {
       absl::MutexLock lock(&mu_);
       if (conn->queue.empty()) {
         SetWantOutLocked(conn, false);
         return absl::OkStatus();
       }
-      size_t n_iov = 0;
-      for (const auto& f : conn->queue) {
-        size_t segments = f->rest_owned ? 1 : 3 + f->blocks.size();
-        if (!batch.empty() && (n_iov + segments > kMaxIov || batch.size() >= kMaxBatchFrames)) {
-          break;
-        }
-        batch.push_back(f.get());
-        n_iov += segments;
-      }
+      batch = conn->queue.NextBatch(kMaxBatchFrames, kMaxIov);
       conn->writing = true;  // Abort waits: the batch's views are in use
     }
 
@@ -559,43 +450,10 @@ absl::Status TcpKvSender::Core::Flush(Conn* conn) {
     // compute thread keeps appending frames meanwhile.
     Deadline now = MonoClock::now();
     for (OutFrame* f : batch) {
-      if (f->encoded) continue;
-      if (f->header.type == FrameType::kBegin) {
-        auto budget =
-            std::chrono::ceil<std::chrono::milliseconds>(std::max(f->deadline, now) - now);
-        f->header.arg1 = static_cast<uint32_t>(
-            std::min<int64_t>(budget.count(), std::numeric_limits<uint32_t>::max()));
-      }
-      if (options_.checksum && f->header.payload_len > 0) {
-        uint32_t crc = 0;
-        bool first = true;
-        f->ForEachSegment([&](const void* data, size_t bytes) {
-          if (first) {
-            first = false;  // the header itself is covered by header_crc
-            return;
-          }
-          crc = internal::Crc32(crc, data, bytes);
-        });
-        f->header.flags = internal::kFlagPayloadCrc;
-        f->header.payload_crc = crc;
-      }
-      internal::EncodeFrameHeader(f->header, f->header_bytes.data());
-      f->encoded = true;
+      if (!f->encoded) f->Encode(options_.checksum, now);
     }
     iov.clear();
-    size_t want = 0;
-    for (OutFrame* f : batch) {
-      size_t offset = 0;
-      f->ForEachSegment([&](const void* data, size_t bytes) {
-        size_t begin = std::max(offset, f->sent);
-        if (begin < offset + bytes && iov.size() < static_cast<size_t>(kMaxIov)) {
-          iov.push_back({const_cast<char*>(static_cast<const char*>(data)) + (begin - offset),
-                         offset + bytes - begin});
-          want += offset + bytes - begin;
-        }
-        offset += bytes;
-      });
-    }
+    size_t want = internal::SendQueue::Gather(batch, kMaxIov, &iov);
     msghdr msg{};
     msg.msg_iov = iov.data();
     msg.msg_iovlen = iov.size();
@@ -613,20 +471,11 @@ absl::Status TcpKvSender::Core::Flush(Conn* conn) {
       }
       return internal::ErrnoStatus(absl::StrCat("send to ", conn->endpoint), err);
     }
-    size_t left = static_cast<size_t>(n);
-    while (left > 0) {
-      OutFrame* f = conn->queue.front().get();
-      size_t rest = f->total - f->sent;
-      if (left < rest) {
-        f->sent += left;
-        break;
-      }
-      left -= rest;
-      if (f->header.type == FrameType::kLayer && !f->rest_owned) counters_.AddBytes(f->data_bytes);
-      auto t = conn->transfers.find(f->xfer());
+    conn->queue.Advance(static_cast<size_t>(n), [&](const OutFrame& f) {
+      if (f.header.type == FrameType::kLayer && !f.rest_owned) counters_.AddBytes(f.data_bytes);
+      auto t = conn->transfers.find(f.xfer());
       if (t != conn->transfers.end()) --t->second->queued_frames;
-      conn->queue.pop_front();
-    }
+    });
     if (static_cast<size_t>(n) < want) {
       SetWantOutLocked(conn, true);  // the socket buffer is full
       return absl::OkStatus();
@@ -637,55 +486,20 @@ absl::Status TcpKvSender::Core::Flush(Conn* conn) {
 absl::Status TcpKvSender::Core::HandleReadable(Conn* conn) {
   // Bounded so one chatty peer cannot starve the others.
   for (int round = 0; round < 64; ++round) {
-    ssize_t n;
-    if (!conn->rd_in_payload) {
-      n = ::recv(conn->fd.get(), conn->rd_header.data() + conn->rd_header_got,
-                 kFrameHeaderBytes - conn->rd_header_got, 0);
-    } else {
-      n = ::recv(conn->fd.get(), conn->rd_payload.data() + conn->rd_payload_got,
-                 conn->rd_payload.size() - conn->rd_payload_got, 0);
+    absl::StatusOr<std::optional<internal::SmallFrame>> f =
+        conn->reader.Next(conn->fd.get(), options_.limits);
+    if (!f.ok()) {
+      return absl::Status(f.status().code(),
+                          absl::StrCat("receiver ", conn->endpoint, ": ", f.status().message()));
     }
-    if (n == 0)
-      return absl::UnavailableError(
-          absl::StrCat("receiver ", conn->endpoint, " closed the connection"));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return absl::OkStatus();
-      return internal::ErrnoStatus(absl::StrCat("recv from ", conn->endpoint), errno);
-    }
-    if (!conn->rd_in_payload) {
-      conn->rd_header_got += n;
-      if (conn->rd_header_got < kFrameHeaderBytes) continue;
-      conn->rd_header_got = 0;
-      absl::StatusOr<FrameHeader> h =
-          internal::DecodeFrameHeader(conn->rd_header.data(), options_.limits);
-      if (!h.ok())
-        return absl::InternalError(absl::StrCat("malformed frame: ", h.status().message()));
-      if (h->type != FrameType::kReady && h->type != FrameType::kAck &&
-          h->type != FrameType::kNack) {
-        return absl::InternalError(
-            absl::StrCat("unexpected ", internal::FrameTypeName(h->type), " frame from receiver"));
-      }
-      conn->rd_frame = *h;
-      if (h->payload_len > 0) {
-        conn->rd_in_payload = true;
-        conn->rd_payload.assign(h->payload_len, '\0');
-        conn->rd_payload_got = 0;
-        continue;
-      }
-    } else {
-      conn->rd_payload_got += n;
-      if (conn->rd_payload_got < conn->rd_payload.size()) continue;
-      conn->rd_in_payload = false;
-      if ((conn->rd_frame.flags & internal::kFlagPayloadCrc) &&
-          internal::Crc32(0, conn->rd_payload.data(), conn->rd_payload.size()) !=
-              conn->rd_frame.payload_crc) {
-        return absl::DataLossError("checksum mismatch in a frame from the receiver");
-      }
+    if (!f->has_value()) return absl::OkStatus();
+    const FrameHeader& h = (*f)->header;
+    if (h.type != FrameType::kReady && h.type != FrameType::kAck && h.type != FrameType::kNack) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected ", internal::FrameTypeName(h.type),
+                                                     " frame from receiver ", conn->endpoint));
     }
     Deferred deferred;
-    HandleFrame(conn, conn->rd_frame, std::move(conn->rd_payload), &deferred);
-    conn->rd_payload.clear();
+    HandleFrame(conn, h, std::move((*f)->payload), &deferred);
     RunDeferred(deferred);
   }
   return absl::OkStatus();
@@ -745,7 +559,7 @@ void TcpKvSender::Core::FailConn(const std::shared_ptr<Conn>& conn, const absl::
           absl::StrCat(XferName(t->xfer), " to ", conn->endpoint, ": ", why.message()));
       CompleteLocked(t.get(), failed, /*notify_peer=*/false, &deferred);
     }
-    conn->queue.clear();
+    conn->queue.Clear();
     poller_.Remove(conn->fd.get());
     conn->fd.Reset();
     auto it = by_endpoint_.find(conn->endpoint);
