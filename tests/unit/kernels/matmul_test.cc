@@ -48,11 +48,12 @@ struct TestWeights {
 };
 
 // Tolerances. Against MatMulQuantRef (same encoded activations, double
-// accumulation) only float rounding differs: max error ≤ 2e-5 of max |y|.
-// Against MatMulRef (float activations) int8 activation quantization adds
-// error: NMSE ≤ 1e-3 for Q8_1/Q8_K activations, 1e-10 for float ones.
-constexpr double kQuantRefMaxRel = 2e-5;
-double FloatRefNmse(DType t) { return ActFormatFor(t) == ActFormat::kF32 ? 1e-10 : 1e-3; }
+// accumulation) only float rounding differs: max error ≤ 5e-6 of max |y|
+// (measured ~2e-7). Against MatMulRef (float activations) int8 activation
+// quantization adds error: NMSE ≤ 2e-4 for Q8_1/Q8_K activations (measured
+// 3e-5 and 5.5e-5 on Gaussian data), 1e-10 for float ones.
+constexpr double kQuantRefMaxRel = 5e-6;
+double FloatRefNmse(DType t) { return ActFormatFor(t) == ActFormat::kF32 ? 1e-10 : 2e-4; }
 
 void CheckMatMul(DType type, Shape s, Isa isa, int nth, bool packed) {
   SCOPED_TRACE(std::string(GetDType(type).name) + (packed ? " packed " : " ") + IsaName(isa) +
