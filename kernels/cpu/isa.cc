@@ -14,8 +14,8 @@ namespace {
 // CPUID and XGETBV directly: __builtin_cpu_supports lacks "f16c" and
 // "avx512vnni" in some compilers (clang 14), and the OS must also save the
 // wider registers (XCR0).
-bool CpuHasAvx2(uint32_t* ebx7) {
-  uint32_t a, b, c, d;
+bool CpuHasAvx2(uint32_t* ebx7, uint32_t* ecx7) {
+  uint32_t a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
   const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28),
              f16c = c & (1u << 29);
@@ -25,14 +25,13 @@ bool CpuHasAvx2(uint32_t* ebx7) {
   if ((xcr0_lo & 0x6) != 0x6) return false;  // XMM and YMM state
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
   *ebx7 = b;
+  *ecx7 = c;
   return (b & (1u << 5)) != 0;  // AVX2
 }
 
 Isa Detect() {
-  uint32_t ebx7 = 0;
-  if (!CpuHasAvx2(&ebx7)) return Isa::kScalar;
-  uint32_t a, b, c, d;
-  __get_cpuid_count(7, 0, &a, &b, &c, &d);
+  uint32_t b = 0, c = 0;
+  if (!CpuHasAvx2(&b, &c)) return Isa::kScalar;
   uint32_t xcr0_lo, xcr0_hi;
   __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
   const bool os_zmm = (xcr0_lo & 0xE0) == 0xE0;  // opmask and ZMM state
