@@ -84,6 +84,8 @@ class HttpServer::Impl {
   }
 
   void Stop(absl::Duration grace) {
+    PDS_CHECK(!io_.get_executor().running_in_this_thread())
+        << "HttpServer::Stop() called from a server thread would join itself";
     absl::MutexLock lock(&lifecycle_mu_);
     if (!started_ || stopped_) return;
     stopped_ = true;

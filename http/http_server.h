@@ -66,7 +66,8 @@ class HttpServer {
 
   // Stops accepting, closes idle connections, lets requests in flight and
   // open streams finish for up to `grace`, then cancels what is left (their
-  // cancel callbacks fire) and joins the threads. Idempotent.
+  // cancel callbacks fire) and joins the threads. Idempotent. Not from a
+  // server thread (a handler or a cancel callback): it joins them.
   void Stop(absl::Duration grace = absl::Seconds(5));
 
  private:

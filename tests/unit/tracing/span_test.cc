@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/cleanup/cleanup.h"
 #include "tracing/otlp_file_exporter.h"
 
 namespace pdserve::tracing {
@@ -194,12 +196,32 @@ TEST(OtlpFileExporterTest, FullQueueDropsAndCountsWithoutBlocking) {
   auto exporter = OtlpFileExporter::Open(options);
   ASSERT_TRUE(exporter.ok()) << exporter.status();
 
+  // Whatever happens below, drain the pipe before the exporter is destroyed:
+  // its destructor waits for the writer, which waits for a reader.
+  std::string received;
+  std::thread drain;
+  auto start_draining = [&] {
+    if (drain.joinable()) return;
+    drain = std::thread([&] {
+      fcntl(reader, F_SETFL, 0);  // Blocking reads from here on.
+      char buffer[65536];
+      ssize_t n;
+      while ((n = read(reader, buffer, sizeof(buffer))) > 0) received.append(buffer, n);
+    });
+  };
+  absl::Cleanup finish = [&] {
+    start_draining();
+    exporter->reset();  // Closes the pipe: the drain thread sees EOF.
+    drain.join();
+    close(reader);
+  };
+
   // A line far larger than the pipe's buffer: the writer blocks on it.
   Span big = MakeSpan("big");
   big.attributes.emplace_back("blob", std::string(1 << 20, 'x'));
   ASSERT_TRUE((*exporter)->Export(std::move(big)));
   pollfd poll_reader = {reader, POLLIN, 0};
-  ASSERT_EQ(poll(&poll_reader, 1, 30'000), 1);  // The writer took it and is writing.
+  ASSERT_EQ(poll(&poll_reader, 1, 60'000), 1);  // The writer took it and is writing.
 
   int accepted = 0;
   for (int i = 0; i < 10; ++i) accepted += (*exporter)->Export(MakeSpan("small")) ? 1 : 0;
@@ -207,19 +229,10 @@ TEST(OtlpFileExporterTest, FullQueueDropsAndCountsWithoutBlocking) {
   EXPECT_EQ((*exporter)->dropped_spans(), 6u);
   EXPECT_EQ(dropped->value(), 6);
 
-  // Drain the pipe so the writer can finish.
-  std::string received;
-  std::thread drain([&] {
-    fcntl(reader, F_SETFL, 0);  // Blocking reads from here on.
-    char buffer[65536];
-    ssize_t n;
-    while ((n = read(reader, buffer, sizeof(buffer))) > 0) received.append(buffer, n);
-  });
+  start_draining();
   (*exporter)->Flush();
   EXPECT_EQ((*exporter)->written_spans(), 5u);
-  exporter->reset();  // Closes the pipe: the drain thread sees EOF.
-  drain.join();
-  close(reader);
+  std::move(finish).Invoke();
   size_t n_spans = 0;
   std::istringstream lines(received);
   for (std::string line; std::getline(lines, line);) {
