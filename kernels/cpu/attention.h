@@ -6,6 +6,12 @@
 //     [2 (K then V)][n_kv_heads][block_size][head_dim]
 // elements of kv_type (F16 by default, or F32), contiguous, so one layer's
 // share of a block is a single span of BlockBytes() bytes.
+//
+// PagedAttention splits work into items of (sequence, KV head, chunk of up
+// to 64 / group query rows), interleaved across threads; each item converts
+// tiles of 16 keys to float once for all its query heads and runs an online
+// softmax over them. A single decoding sequence is split further by query
+// head so that two threads both get work.
 #pragma once
 
 #include <cstdint>

@@ -17,7 +17,7 @@ namespace {
 // How long a waiting thread spins before it sleeps: long enough to cover the
 // gap between ops of a forward pass and between decode steps, short enough
 // that an idle server does not burn its cores.
-constexpr int64_t kSpinNs = 200'000;
+constexpr int64_t kSpinNs = 500'000;
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -2,6 +2,10 @@
 // The engine runs a whole forward pass inside one Run(): every thread walks
 // the same op sequence, does its slice of each op and meets the others at
 // Barrier() between ops, so a decode step pays no fork/join per kernel.
+// Waiting threads (workers between Runs, Barrier, the caller of Run) spin
+// briefly, then spin with sched_yield (on an oversubscribed machine the core
+// goes to whoever needs it), then sleep on a futex after 0.5 ms, so an idle
+// process burns no core.
 #pragma once
 
 #include <atomic>
