@@ -154,7 +154,8 @@ void Session::OnReadSome(error_code ec, size_t n_bytes) {
     return;
   }
   if (ec) {
-    // EOF or reset: while a reply is in flight this is the client leaving.
+    // EOF or reset: while a reply is in flight this is the client leaving
+    // (a half-close counts too, as in nginx).
     Close(exchange_ ? absl::CancelledError(absl::StrCat("client disconnected: ", ec.message()))
                     : absl::OkStatus());
     return;
