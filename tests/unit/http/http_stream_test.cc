@@ -16,7 +16,6 @@
 namespace pdserve::http {
 namespace {
 
-
 TEST_F(HttpServerTest, StreamsSseIncrementally) {
   MakeServer();
   Client client(Start());
