@@ -157,73 +157,112 @@ void ProcessItemLanes(float* out, int64_t ldo, const float* q, int64_t ldq, cons
   }
 }
 
-// One query row, query heads h * group + g0 .. + ng: keys in lanes.
+// K of keys [p0, p0 + nk) of KV head h, transposed into kt (head_dim, 16):
+// kt[d * 16 + j] = K[p0 + j][d]; keys past nk are zero.
+void LoadKTransposed(float* kt, const KvLayerView& kv, const AttnSeq& seq, int h, int32_t p0,
+                     int nk) {
+  const int hd = kv.head_dim;
+  const int64_t row_bytes = hd * kv.ElemBytes();
+  const uint8_t* src[kTile];
+  int32_t block = p0 / kv.block_size, slot = p0 % kv.block_size;
+  for (int j = 0; j < nk; ++j) {
+    src[j] = kv.Block(seq.block_table[block]) +
+             (static_cast<int64_t>(h) * kv.block_size + slot) * row_bytes;
+    if (++slot == kv.block_size) {
+      slot = 0;
+      ++block;
+    }
+  }
+  for (int c = 0; c < hd; c += 16) {
+    __m512 r[kTile];
+    for (int j = 0; j < kTile; ++j) {
+      if (j >= nk) {
+        r[j] = _mm512_setzero_ps();
+      } else if (kv.kv_type == DType::kF16) {
+        r[j] =
+            _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + 2 * c)));
+      } else {
+        r[j] = _mm512_loadu_ps(reinterpret_cast<const float*>(src[j]) + c);
+      }
+    }
+    Transpose16x16(r);
+    for (int dd = 0; dd < 16; ++dd) _mm512_storeu_ps(kt + (c + dd) * kTile, r[dd]);
+  }
+}
+
+// One query row, query heads h * group + g0 .. + ng, keys in lanes. Every
+// operation mirrors ProcessItemLanes' for one lane in the same order, so a
+// row's result does not depend on which kernel or batch computed it (the
+// engine checks that batched and solo decoding agree token for token).
 void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
                 const AttnSeq& seq, int h, int group, int g0_head, int ng_heads, int32_t i,
                 float scale, const Scratch& s) {
   const int hd = kv.head_dim, nc = hd / 16;
-  const int group_all = group;
-  group = ng_heads;  // heads this call computes
-  for (int g = 0; g < group; ++g) {
+  float* qs = s.qt;  // (ng_heads, hd) scaled queries
+  const float* qrow = q + (seq.row0 + i) * ldq + (h * group + g0_head) * hd;  // (ng_heads, hd)
+  for (int g = 0; g < ng_heads; ++g) {
+    for (int c = 0; c < nc; ++c) {
+      _mm512_storeu_ps(qs + g * hd + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(qrow + g * hd + 16 * c),
+                                                           _mm512_set1_ps(scale)));
+    }
     s.m[g] = -INFINITY;
     s.l[g] = 0.0f;
   }
-  std::memset(s.o, 0, sizeof(float) * group * hd);
+  std::memset(s.o, 0, sizeof(float) * ng_heads * hd);
   const int32_t ctx_end = seq.n_past + i + 1;
-  const float* qrow = q + (seq.row0 + i) * ldq + (h * group_all + g0_head) * hd;  // (group, hd)
   for (int32_t p0 = 0; p0 < ctx_end; p0 += kTile) {
     const int nk = ctx_end - p0 < kTile ? ctx_end - p0 : kTile;
     const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
-    LoadTile(s.k, kv, seq, 0, h, p0, nk);
+    LoadKTransposed(s.k, kv, seq, h, p0, nk);
     LoadTile(s.v, kv, seq, 1, h, p0, nk);
-    // Scores and probabilities of every head first, so the heads' latency
-    // chains overlap.
     float corr[kMaxQHeads];
-    for (int g = 0; g < group; ++g) {
-      __m512 qc[kMaxHeadDim / 16];
-      for (int c = 0; c < nc; ++c) {
-        qc[c] = _mm512_mul_ps(_mm512_loadu_ps(qrow + g * hd + 16 * c), _mm512_set1_ps(scale));
+    for (int g = 0; g < ng_heads; ++g) {
+      const float* qv = qs + g * hd;
+      // One FMA chain per key lane in d order, as in the lanes kernel.
+      __m512 sc0 = _mm512_setzero_ps();
+      for (int d = 0; d < hd; ++d) {
+        sc0 = _mm512_fmadd_ps(_mm512_set1_ps(qv[d]), _mm512_loadu_ps(s.k + d * kTile), sc0);
       }
-      __m512 part[kTile];
-      for (int j = 0; j < kTile; ++j) {
-        const float* kr = s.k + j * hd;
-        __m512 a = _mm512_mul_ps(qc[0], _mm512_loadu_ps(kr));
-        for (int c = 1; c < nc; ++c) a = _mm512_fmadd_ps(qc[c], _mm512_loadu_ps(kr + 16 * c), a);
-        part[j] = a;
-      }
-      const __m512 sc =
-          _mm512_mask_blend_ps(kmask, _mm512_set1_ps(-INFINITY), HorizontalSums16(part));
       const float m_old = s.m[g];
-      const float m_new = std::fmax(m_old, _mm512_reduce_max_ps(sc));
-      corr[g] = m_old == -INFINITY ? 0.0f : std::exp(m_old - m_new);
+      const float tmax = _mm512_mask_reduce_max_ps(kmask, sc0);
+      const float m_new = m_old > tmax ? m_old : tmax;
+      corr[g] = _mm512_cvtss_f32(Exp512(_mm512_set1_ps(m_old - m_new)));
       const __m512 pv =
-          _mm512_maskz_mov_ps(kmask, Exp512(_mm512_sub_ps(sc, _mm512_set1_ps(m_new))));
-      s.l[g] = s.l[g] * corr[g] + _mm512_reduce_add_ps(pv);
-      s.m[g] = m_new;
+          _mm512_maskz_mov_ps(kmask, Exp512(_mm512_sub_ps(sc0, _mm512_set1_ps(m_new))));
       _mm512_storeu_ps(s.p + g * kTile, pv);
+      float lsum = 0.0f;
+      for (int j = 0; j < kTile; ++j) lsum += s.p[g * kTile + j];
+      s.l[g] = std::fma(s.l[g], corr[g], lsum);
+      s.m[g] = m_new;
     }
-    // P·V for all heads: each V load feeds every head.
+    // P·V for all heads: each V load feeds every head; even and odd keys in
+    // two accumulators added at the end, as the lanes kernel does.
     for (int c = 0; c < nc; ++c) {
-      for (int g0 = 0; g0 < group; g0 += 8) {
-        const int ng = group - g0 < 8 ? group - g0 : 8;
-        __m512 o[8];
+      for (int g0 = 0; g0 < ng_heads; g0 += 4) {
+        const int ng = ng_heads - g0 < 4 ? ng_heads - g0 : 4;
+        __m512 o0[4], o1[4];
         for (int g = 0; g < ng; ++g) {
-          o[g] = _mm512_mul_ps(_mm512_loadu_ps(s.o + (g0 + g) * hd + 16 * c),
-                               _mm512_set1_ps(corr[g0 + g]));
+          o0[g] = _mm512_mul_ps(_mm512_loadu_ps(s.o + (g0 + g) * hd + 16 * c),
+                                _mm512_set1_ps(corr[g0 + g]));
+          o1[g] = _mm512_setzero_ps();
         }
-        for (int j = 0; j < kTile; ++j) {  // p and V are zero past nk
-          const __m512 vv = _mm512_loadu_ps(s.v + j * hd + 16 * c);
+        for (int j = 0; j < kTile; j += 2) {  // p and V are zero past nk
+          const __m512 v0 = _mm512_loadu_ps(s.v + j * hd + 16 * c);
+          const __m512 v1 = _mm512_loadu_ps(s.v + (j + 1) * hd + 16 * c);
           for (int g = 0; g < ng; ++g) {
-            o[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j]), vv, o[g]);
+            o0[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j]), v0, o0[g]);
+            o1[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j + 1]), v1, o1[g]);
           }
         }
-        for (int g = 0; g < ng; ++g) _mm512_storeu_ps(s.o + (g0 + g) * hd + 16 * c, o[g]);
+        for (int g = 0; g < ng; ++g) {
+          _mm512_storeu_ps(s.o + (g0 + g) * hd + 16 * c, _mm512_add_ps(o0[g], o1[g]));
+        }
       }
     }
   }
-  for (int g = 0; g < group; ++g) {
+  for (int g = 0; g < ng_heads; ++g) {
     const __m512 inv = _mm512_set1_ps(1.0f / s.l[g]);
-    float* dst = out + (seq.row0 + i) * ldo + (h * group_all + g0_head + g) * hd;  // (hd)
+    float* dst = out + (seq.row0 + i) * ldo + (h * group + g0_head + g) * hd;  // (hd)
     for (int c = 0; c < nc; ++c) {
       _mm512_storeu_ps(dst + 16 * c, _mm512_mul_ps(_mm512_loadu_ps(s.o + g * hd + 16 * c), inv));
     }

@@ -48,16 +48,17 @@ inline void UnpackBlock(const uint8_t* p, __m512i q[8], __m512* d, __m512* off) 
 }
 
 // y[t][16 rows] (+)= one 16-row group times NT tokens over blocks [0, nb) of
-// the packed group wg. Two integer chains per token and, for short tiles,
-// separate accumulators for the offset term keep the latency chains short.
+// the packed group wg. Each block adds its scaled integer dot product and
+// then its offset term to one accumulator: the two nearly cancel (Q4_1's
+// min), so the running sum stays small and accurate. Each token's arithmetic
+// is the same whatever NT, so a token's result does not depend on the batch
+// it came in (batched and solo decoding agree exactly).
 template <DType T, int NT>
 void GroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t pb, const ActQ8* acts,
                int64_t b_act0, __mmask16 rows, bool accumulate) {
-  constexpr bool kSplit = NT <= 4;
-  __m512 acc[NT], acc2[kSplit ? NT : 1];
+  __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
     acc[t] = accumulate ? _mm512_maskz_loadu_ps(rows, y + t * ldy) : _mm512_setzero_ps();
-    if constexpr (kSplit) acc2[t] = _mm512_setzero_ps();
   }
   for (int64_t b = 0; b < nb; ++b) {
     __m512i q[8];
@@ -85,15 +86,10 @@ void GroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t pb,
       s1 = _mm512_dpbusd_epi32(s1, q[7], Bcast4(a + 28));
       const __m512 s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
       acc[t] = _mm512_fmadd_ps(s, _mm512_mul_ps(d, _mm512_set1_ps(acts[t].d[ba])), acc[t]);
-      if constexpr (kSplit) {
-        acc2[t] = _mm512_fmadd_ps(off, _mm512_set1_ps(acts[t].sa[ba]), acc2[t]);
-      } else {
-        acc[t] = _mm512_fmadd_ps(off, _mm512_set1_ps(acts[t].sa[ba]), acc[t]);
-      }
+      acc[t] = _mm512_fmadd_ps(off, _mm512_set1_ps(acts[t].sa[ba]), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) {
-    if constexpr (kSplit) acc[t] = _mm512_add_ps(acc[t], acc2[t]);
     _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
   }
 }

@@ -48,4 +48,32 @@ inline __m512 HorizontalSums16(const __m512 v[16]) {
                        _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// Transposes the 16x16 matrix of floats whose rows are r[0..15], in place.
+inline void Transpose16x16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  // r[4i + e], 128-bit lane L now holds rows 4i..4i+3, columns 4L + e.
+  for (int i = 0; i < 2; ++i) {
+    for (int e = 0; e < 4; ++e) {
+      t[8 * i + e] = _mm512_shuffle_f32x4(r[8 * i + e], r[8 * i + 4 + e], 0x88);
+      t[8 * i + 4 + e] = _mm512_shuffle_f32x4(r[8 * i + e], r[8 * i + 4 + e], 0xdd);
+    }
+  }
+  for (int e = 0; e < 8; ++e) {
+    r[e] = _mm512_shuffle_f32x4(t[e], t[8 + e], 0x88);
+    r[8 + e] = _mm512_shuffle_f32x4(t[e], t[8 + e], 0xdd);
+  }
+}
+
 }  // namespace pdserve::kernels::internal

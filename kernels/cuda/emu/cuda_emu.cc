@@ -1,7 +1,12 @@
 // CPU emulation of the CUDA subset pdserve uses; see cuda_emu.h.
 #include "kernels/cuda/emu/cuda_emu.h"
 
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define PDS_EMU_FAST_SWITCH 1
+#else
+#define PDS_EMU_FAST_SWITCH 0
 #include <ucontext.h>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -49,7 +54,11 @@ cudaError_t Record(cudaError_t e) {
 enum class FiberState { kReady, kBlockBarrier, kWarpBarrier, kDone };
 
 struct Fiber {
+#if PDS_EMU_FAST_SWITCH
+  void* sp = nullptr;  // saved stack pointer while switched out
+#else
   ucontext_t ctx;
+#endif
   ThreadCoords coords;
   int linear = 0;
   FiberState state = FiberState::kReady;
@@ -57,7 +66,11 @@ struct Fiber {
 
 struct BlockRun {
   std::vector<Fiber> fibers;
+#if PDS_EMU_FAST_SWITCH
+  void* scheduler_sp = nullptr;
+#else
   ucontext_t scheduler;
+#endif
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   int block_arrived = 0;
@@ -66,30 +79,80 @@ struct BlockRun {
   std::vector<char> smem;
 };
 
+#if PDS_EMU_FAST_SWITCH
+// Saves the callee-saved registers on the current stack, stores its pointer
+// in *save_sp, and resumes the stack load_sp (System V x86-64): a fiber
+// switch without ucontext's signal-mask system calls.
+extern "C" void pds_emu_swap(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl pds_emu_swap
+  .type pds_emu_swap, @function
+pds_emu_swap:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size pds_emu_swap, .-pds_emu_swap
+)");
+#endif
+
 thread_local BlockRun* g_run = nullptr;
 thread_local Fiber* g_fiber = nullptr;
-thread_local std::vector<std::unique_ptr<char[]>>* g_stacks = nullptr;
+
+void Yield() {
+  Fiber* self = g_fiber;
+#if PDS_EMU_FAST_SWITCH
+  pds_emu_swap(&self->sp, g_run->scheduler_sp);
+#else
+  if (swapcontext(&self->ctx, &g_run->scheduler) != 0) Die("swapcontext failed");
+#endif
+}
 
 void FiberMain() {
   g_run->body(g_run->body_ctx);
   g_fiber->state = FiberState::kDone;
-  // uc_link returns to the scheduler.
-}
-
-void Yield() {
-  Fiber* self = g_fiber;
-  if (swapcontext(&self->ctx, &g_run->scheduler) != 0) Die("swapcontext failed");
+#if PDS_EMU_FAST_SWITCH
+  Yield();  // never resumed
+  Die("finished fiber resumed");
+#endif
+  // ucontext: uc_link returns to the scheduler.
 }
 
 // Out of line so that getcontext's registers never alias the caller's loop
 // variables (it never returns a second time: makecontext replaces the entry).
-__attribute__((noinline)) void InitFiber(Fiber* f, char* stack, ucontext_t* link) {
+#if PDS_EMU_FAST_SWITCH
+void InitFiber(Fiber* f, char* stack, BlockRun*) {
+  // A frame pds_emu_swap can return into: six zeroed registers, then
+  // FiberMain as the return address, then a fake return address for
+  // FiberMain so that its stack is aligned as after a call.
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + kStackBytes) & ~uintptr_t{15};
+  void** p = reinterpret_cast<void**>(top);
+  p[-1] = nullptr;
+  p[-2] = reinterpret_cast<void*>(&FiberMain);
+  for (int i = 3; i <= 8; ++i) p[-i] = nullptr;
+  f->sp = &p[-8];
+}
+#else
+__attribute__((noinline)) void InitFiber(Fiber* f, char* stack, BlockRun* run) {
   getcontext(&f->ctx);
   f->ctx.uc_stack.ss_sp = stack;
   f->ctx.uc_stack.ss_size = kStackBytes;
-  f->ctx.uc_link = link;
+  f->ctx.uc_link = &run->scheduler;
   makecontext(&f->ctx, FiberMain, 0);
 }
+#endif
 
 void RunBlock(BlockRun& run) {
   for (;;) {
@@ -99,7 +162,11 @@ void RunBlock(BlockRun& run) {
       all_done = false;
       if (f.state != FiberState::kReady) continue;
       g_fiber = &f;
+#if PDS_EMU_FAST_SWITCH
+      pds_emu_swap(&run.scheduler_sp, f.sp);
+#else
       if (swapcontext(&run.scheduler, &f.ctx) != 0) Die("swapcontext failed");
+#endif
       g_fiber = nullptr;
       progressed = true;
     }
@@ -206,7 +273,6 @@ void RunGrid(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*), void
   }
   if (g_run != nullptr) Die("kernel launched from inside a kernel");
   static thread_local std::vector<std::unique_ptr<char[]>> stacks;
-  g_stacks = &stacks;
   while (stacks.size() < n_threads) stacks.push_back(std::make_unique<char[]>(kStackBytes));
 
   BlockRun run;
@@ -231,7 +297,7 @@ void RunGrid(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*), void
               f.coords = {{tx, ty, tz}, {bx, by, bz}, block, grid};
               f.linear = static_cast<int>(i);
               f.state = FiberState::kReady;
-              InitFiber(&f, stacks[i].get(), &run.scheduler);
+              InitFiber(&f, stacks[i].get(), &run);
             }
           }
         }

@@ -141,6 +141,49 @@ TEST_P(AttentionTest, OtherHeadShapes) {
   EXPECT_LT(RunBatch(GetParam(), {{6, 2}}, 2, 1, 272, 4, 2), kAttnMaxRel);  // past 256 dims
 }
 
+// A row's output must not depend on how rows were batched: one prefill of
+// the whole prompt, a prefill in uneven chunks, and token-by-token decoding
+// give bit-identical results (the engine relies on it for batched decoding,
+// chunked prefill and preemption by recompute to agree).
+TEST_P(AttentionTest, RowResultsDoNotDependOnBatching) {
+  const int n_heads = 9, n_kv_heads = 3, hd = 64, n = 45;
+  const int64_t kv_dim = n_kv_heads * hd, q_dim = n_heads * hd;
+  const std::vector<float> k = RandomVector(n * kv_dim, 1), v = RandomVector(n * kv_dim, 2);
+  const std::vector<float> q = RandomVector(n * q_dim, 3, 0.5f);
+  const float scale = 0.125f;
+  for (Isa isa : testing::SupportedIsas()) {
+    SCOPED_TRACE(IsaName(isa));
+    testing::ScopedIsa scoped(isa);
+    // Runs the prompt in the given chunks (with a decode-only neighbour
+    // sequence in every batch) and returns the prompt rows' outputs.
+    auto run = [&](const std::vector<int>& chunks) {
+      TestCache cache(GetParam(), 16, 16, n_kv_heads, hd);
+      const std::vector<int32_t> table = cache.Allocate(n), other = cache.Allocate(20);
+      std::vector<float> out(n * q_dim);
+      std::vector<float> scratch(2 * AttentionScratchFloats(64));
+      StoreKv(cache.kv, {other.data(), 0, 20, 0}, k.data(), v.data(), kv_dim);
+      int32_t done = 0;
+      for (int c : chunks) {
+        const AttnSeq seqs[2] = {{other.data(), 19, 1, 0}, {table.data(), done, c, 1}};
+        std::vector<float> qb((1 + c) * q_dim), ob((1 + c) * q_dim);
+        std::copy(q.begin(), q.begin() + q_dim, qb.begin());
+        std::copy(q.begin() + done * q_dim, q.begin() + (done + c) * q_dim, qb.begin() + q_dim);
+        StoreKv(cache.kv, seqs[1], k.data() + done * kv_dim, v.data() + done * kv_dim, kv_dim);
+        for (int ith = 0; ith < 2; ++ith) {
+          PagedAttention(ob.data(), q_dim, qb.data(), q_dim, cache.kv, seqs, 2, n_heads, scale, 64,
+                         scratch.data(), ith, 2);
+        }
+        std::copy(ob.begin() + q_dim, ob.end(), out.begin() + done * q_dim);
+        done += c;
+      }
+      return out;
+    };
+    const std::vector<float> whole = run({n});
+    EXPECT_EQ(run({2, 1, 30, 12}), whole);
+    EXPECT_EQ(run(std::vector<int>(n, 1)), whole);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(KvTypes, AttentionTest, ::testing::Values(DType::kF16, DType::kF32),
                          [](const auto& info) { return std::string(GetDType(info.param).name); });
 

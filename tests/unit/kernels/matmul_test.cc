@@ -128,6 +128,30 @@ INSTANTIATE_TEST_SUITE_P(
              (std::get<1>(info.param) ? "_packed" : "");
     });
 
+// A token's output must not depend on the batch it is computed in: the
+// engine expects batched and solo decoding to pick the same tokens.
+TEST_P(MatMulTest, TokenResultsDoNotDependOnTheBatch) {
+  const auto [type, packed] = GetParam();
+  if (SkipPacked(type, packed)) GTEST_SKIP() << "no packed form";
+  const int64_t n_in = IsKQuant(type) ? 512 : 576, n_out = 40, n_tokens = 13;
+  TestWeights tw(type, n_out, n_in, 21, packed);
+  const std::vector<float> x = RandomVector(n_tokens * n_in, 22);
+  const ActFormat f = ActFormatFor(type);
+  const int64_t rb = ActRowBytes(f, n_in);
+  std::vector<uint8_t> xq(rb * n_tokens);
+  QuantizeActivations(xq.data(), f, x.data(), n_in, n_tokens, 0, 1);
+  for (Isa isa : testing::SupportedIsas()) {
+    SCOPED_TRACE(IsaName(isa));
+    ScopedIsa scoped(isa);
+    std::vector<float> all(n_tokens * n_out), one(n_out);
+    MatMul(all.data(), n_out, tw.w, xq.data(), n_tokens, 0, 1);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      MatMul(one.data(), n_out, tw.w, xq.data() + t * rb, 1, 0, 1);
+      for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], all[t * n_out + r]) << t << " " << r;
+    }
+  }
+}
+
 TEST(MatMulPackTest, PackedRowsDequantizeLikeGgmlRows) {
   for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
     const TestWeights plain(type, 37, 96, 3), packed(type, 37, 96, 3, true);
