@@ -137,8 +137,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::GgufF
     }
     PDS_ASSIGN_OR_RETURN(std::vector<std::string_view> merges,
                          file.GetStringArray("tokenizer.ggml.merges"));
-    PDS_ASSIGN_OR_RETURN(BpeMerger bpe, BpeMerger::Create(v, merges));
-    impl->bpe.emplace(std::move(bpe));
+    impl->bpe.emplace(BpeMerger::Create(v, merges));
     std::vector<std::string> regexes(v.preset->regexes.begin(), v.preset->regexes.end());
     PDS_ASSIGN_OR_RETURN(impl->splitter, RegexSplitter::Create(regexes));
   } else {

@@ -35,8 +35,7 @@ void MergeInto(std::vector<Symbol>& symbols, const Candidate& c) {
 
 }  // namespace
 
-absl::StatusOr<BpeMerger> BpeMerger::Create(const Vocab& vocab,
-                                            const std::vector<std::string_view>& merges) {
+BpeMerger BpeMerger::Create(const Vocab& vocab, const std::vector<std::string_view>& merges) {
   BpeMerger m;
   m.vocab_ = &vocab;
   m.ignore_merges_ = vocab.preset != nullptr && vocab.preset->ignore_merges;

@@ -5,13 +5,14 @@
 #pragma once
 
 #include <array>
+#include <climits>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/status/statusor.h"
 #include "engine/tokenizer_vocab.h"
 
 namespace pdserve::tokenizer_internal {
@@ -45,9 +46,9 @@ struct MergeScratch {
 
 class BpeMerger {
  public:
-  // `merges` are "left right" strings in rank order (tokenizer.ggml.merges).
-  static absl::StatusOr<BpeMerger> Create(const Vocab& vocab,
-                                          const std::vector<std::string_view>& merges);
+  // `merges` are "left right" strings in rank order (tokenizer.ggml.merges);
+  // malformed entries are skipped with a warning.
+  static BpeMerger Create(const Vocab& vocab, const std::vector<std::string_view>& merges);
 
   // Appends the tokens of one pre-tokenized word (raw UTF-8 bytes).
   void EncodeWord(std::string_view word, MergeScratch* scratch, std::vector<TokenId>* out) const;
