@@ -70,14 +70,14 @@ __global__ void __launch_bounds__(128)
 template <typename KvT>
 __global__ void __launch_bounds__(kAttnThreads)
     AttnChunkKernel(float* out, int64_t ldo, const float* q, int64_t ldq, KvLayerView kv,
-                    const AttnSeq* seqs, const AttnWorkItem* items, int32_t chunk,
-                    float* partials, int n_heads, float scale) {
+                    const AttnSeq* seqs, const AttnWorkItem* items, int32_t chunk, float* partials,
+                    int n_heads, float scale) {
   PDS_DYNAMIC_SMEM(float, smem);
   const int G = n_heads / kv.n_kv_heads, D = kv.head_dim;
-  float* sq = smem;              // (G, D) queries
-  float* sp = sq + G * D;        // (G, chunk) scores, then probabilities
-  float* sm = sp + G * chunk;    // (G) chunk max
-  float* sl = sm + G;            // (G) chunk sum
+  float* sq = smem;            // (G, D) queries
+  float* sp = sq + G * D;      // (G, chunk) scores, then probabilities
+  float* sm = sp + G * chunk;  // (G) chunk max
+  float* sl = sm + G;          // (G) chunk sum
   const AttnWorkItem item = items[blockIdx.x];
   const int kvh = blockIdx.y;
   const AttnSeq seq = seqs[item.seq];
@@ -97,8 +97,8 @@ __global__ void __launch_bounds__(kAttnThreads)
 
   // Scores: one warp per position, the key row held in registers.
   for (int32_t p = p0 + warp; p < p1; p += n_warps) {
-    const KvT* kr = base + KvRowOffset(kv, seq.block_table[p / kv.block_size], 0, kvh,
-                                       p % kv.block_size);
+    const KvT* kr =
+        base + KvRowOffset(kv, seq.block_table[p / kv.block_size], 0, kvh, p % kv.block_size);
     float kreg[kKRegs];
 #pragma unroll
     for (int i = 0; i < kKRegs; ++i) {
@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     const int g = j / D, d = j % D;
     float acc = 0;
     for (int32_t p = p0; p < p1; ++p) {
-      const KvT* vr = base + KvRowOffset(kv, seq.block_table[p / kv.block_size], 1, kvh,
-                                         p % kv.block_size);
+      const KvT* vr =
+          base + KvRowOffset(kv, seq.block_table[p / kv.block_size], 1, kvh, p % kv.block_size);
       acc += sp[g * chunk + (p - p0)] * ToFloat(vr[d]);
     }
     const int h = kvh * G + g;
@@ -218,23 +218,23 @@ cudaError_t PagedAttention(float* out, int64_t ldo, const float* q, int64_t ldq,
     return cudaErrorInvalidValue;
   }
   const int G = n_heads / kv.n_kv_heads;
-  const size_t smem =
-      sizeof(float) * (static_cast<size_t>(G) * kv.head_dim + static_cast<size_t>(G) * chunk + 2 * G);
+  const size_t smem = sizeof(float) * (static_cast<size_t>(G) * kv.head_dim +
+                                       static_cast<size_t>(G) * chunk + 2 * G);
   const dim3 grid(static_cast<unsigned>(n_items), static_cast<unsigned>(kv.n_kv_heads));
   if (kv.kv_type == DType::kF16) {
     if (smem > (48 << 10)) {
-      cudaError_t e = cudaFuncSetAttribute(AttnChunkKernel<__half>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem));
+      cudaError_t e =
+          cudaFuncSetAttribute(AttnChunkKernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
     PDS_LAUNCH(grid, dim3(kAttnThreads), smem, stream, AttnChunkKernel<__half>)
     (out, ldo, q, ldq, kv, seqs, items, chunk, partials, n_heads, scale);
   } else if (kv.kv_type == DType::kF32) {
     if (smem > (48 << 10)) {
-      cudaError_t e = cudaFuncSetAttribute(AttnChunkKernel<float>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem));
+      cudaError_t e =
+          cudaFuncSetAttribute(AttnChunkKernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
     PDS_LAUNCH(grid, dim3(kAttnThreads), smem, stream, AttnChunkKernel<float>)

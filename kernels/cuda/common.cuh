@@ -111,7 +111,8 @@ __device__ __forceinline__ float DequantElement(DType type, const uint8_t* row, 
       const uint8_t* qh = b + kQKK / 2 + half * 32;
       const int8_t* sc = reinterpret_cast<const int8_t*>(b + kQKK / 2 + kQKK / 4) + half * 8;
       const uint8_t lo = ql[l + (quarter & 1) * 32];
-      const int q = ((quarter < 2 ? (lo & 0xF) : (lo >> 4)) | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
+      const int q =
+          ((quarter < 2 ? (lo & 0xF) : (lo >> 4)) | (((qh[l] >> (2 * quarter)) & 3) << 4)) - 32;
       const float d = LoadHalf(b + kQKK / 2 + kQKK / 4 + kQKK / 16);
       return __fmul_rn(__fmul_rn(d, static_cast<float>(sc[l / 16 + 2 * quarter])),
                        static_cast<float>(q));

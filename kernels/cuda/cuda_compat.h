@@ -22,7 +22,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define PDS_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
-#define PDS_DYNAMIC_SMEM(type, name)                               \
+#define PDS_DYNAMIC_SMEM(type, name)                                \
   extern __shared__ __align__(16) unsigned char pds_dynamic_smem[]; \
   type* name = reinterpret_cast<type*>(pds_dynamic_smem)
 #endif

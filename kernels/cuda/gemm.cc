@@ -4,9 +4,9 @@
 
 namespace pdserve::kernels::cuda {
 
-cublasStatus_t GemmF16(cublasHandle_t handle, float* y, int64_t ldy, const __half* w,
-                       int64_t n_out, int64_t n_in, const __half* x, int64_t n_tokens,
-                       bool accumulate, cudaStream_t stream) {
+cublasStatus_t GemmF16(cublasHandle_t handle, float* y, int64_t ldy, const __half* w, int64_t n_out,
+                       int64_t n_in, const __half* x, int64_t n_tokens, bool accumulate,
+                       cudaStream_t stream) {
   if (n_tokens == 0 || n_out == 0) return CUBLAS_STATUS_SUCCESS;
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   if (n_out > kMax || n_in > kMax || n_tokens > kMax || ldy > kMax) {

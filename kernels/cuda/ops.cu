@@ -114,13 +114,15 @@ cudaError_t Rope(float* x, int64_t ldx, const int32_t* pos, const float* cos_sin
 
 cudaError_t SwiGlu(float* y, const float* gate, const float* up, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  PDS_LAUNCH(dim3(ElementwiseBlocks(n)), dim3(kRowThreads), 0, stream, SwiGluKernel)(y, gate, up, n);
+  PDS_LAUNCH(dim3(ElementwiseBlocks(n)), dim3(kRowThreads), 0, stream, SwiGluKernel)
+  (y, gate, up, n);
   return cudaGetLastError();
 }
 
 cudaError_t Softmax(float* x, int64_t n_rows, int64_t n, cudaStream_t stream) {
   if (n_rows == 0) return cudaSuccess;
-  PDS_LAUNCH(dim3(static_cast<unsigned>(n_rows)), dim3(kRowThreads), 0, stream, SoftmaxKernel)(x, n);
+  PDS_LAUNCH(dim3(static_cast<unsigned>(n_rows)), dim3(kRowThreads), 0, stream, SoftmaxKernel)
+  (x, n);
   return cudaGetLastError();
 }
 

@@ -62,10 +62,10 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
     for (int i = 0; i < m; ++i) {
       float acc = 0;
       for (int l = 0; l < k; ++l) {
-        const float a = Load(A, Atype, transa == CUBLAS_OP_N ? i + int64_t{l} * lda
-                                                             : l + int64_t{i} * lda);
-        const float b = Load(B, Btype, transb == CUBLAS_OP_N ? l + int64_t{j} * ldb
-                                                             : j + int64_t{l} * ldb);
+        const float a =
+            Load(A, Atype, transa == CUBLAS_OP_N ? i + int64_t{l} * lda : l + int64_t{i} * lda);
+        const float b =
+            Load(B, Btype, transb == CUBLAS_OP_N ? l + int64_t{j} * ldb : j + int64_t{l} * ldb);
         acc += a * b;
       }
       const int64_t ci = i + int64_t{j} * ldc;

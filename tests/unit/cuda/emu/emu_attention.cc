@@ -1,0 +1,2 @@
+// The GPU kernels of kernels/cuda/attention.cu, built for the CPU emulation.
+#include "kernels/cuda/attention.cu"

@@ -1,0 +1,4 @@
+// engine/cuda/cuda_runner.cc built for the CPU emulation.
+#include "kernels/cuda/cuda_compat.h"  // first: renames the cuda namespaces
+//
+#include "engine/cuda/cuda_runner.cc"
