@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
 #include "cli/engine_flags.h"
+#include "cli/node_flags.h"
 #include "cli/signals.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -109,7 +110,10 @@ int RunCluster(int argc, char** argv) {
       ("node-flags", po::value<std::string>()->default_value(""),
        "extra flags for every node, e.g. \"--kv-cache-mib 512 --max-batch-tokens 1024\"")
       ("router-flags", po::value<std::string>()->default_value(""), "extra flags for the router")
-      ("startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes");
+      ("startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes")
+      ("http-port", po::value<int>()->default_value(-1), "router's OpenAI-compatible HTTP API (-1: off)");
+  // Passed to every process, so the cluster runs with TLS/mTLS and a key.
+  AddSecurityFlags(&desc);
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
   const int n_prefill = vm["prefill"].as<int>();
@@ -142,6 +146,21 @@ int RunCluster(int argc, char** argv) {
     router_args.push_back("--metrics-port");
     router_args.push_back(std::to_string(metrics));
   }
+  if (vm["http-port"].as<int>() >= 0) {
+    router_args.push_back("--http-port");
+    router_args.push_back(std::to_string(vm["http-port"].as<int>()));
+  }
+  std::vector<std::string> security_args;
+  for (const char* flag : {"tls-cert", "tls-key", "tls-ca", "tls-server-name", "api-key", "api-key-file"}) {
+    const std::string& value = vm[flag].as<std::string>();
+    if (value.empty()) continue;
+    security_args.push_back(absl::StrCat("--", flag));
+    security_args.push_back(value);
+  }
+  const rpc::SecurityFiles security_files = ReadSecurityFlags(vm);
+  absl::StatusOr<rpc::Security> security = rpc::Security::Load(security_files);
+  if (!security.ok()) return Fail("cluster", std::string(security.status().message()));
+  for (const std::string& f : security_args) router_args.push_back(f);
   for (const std::string& f : split(router_flags)) router_args.push_back(f);
   auto rpid = Spawn(router_args);
   if (!rpid.ok()) return Fail("cluster", std::string(rpid.status().message()));
@@ -169,6 +188,7 @@ int RunCluster(int argc, char** argv) {
       args.push_back("--pin-cpus");
       args.push_back(pins);
     }
+    for (const std::string& f : security_args) args.push_back(f);
     for (const std::string& f : split(node_flags)) args.push_back(f);
     auto pid = Spawn(args);
     if (!pid.ok()) return pid.status();
@@ -188,7 +208,8 @@ int RunCluster(int argc, char** argv) {
   }
 
   // Healthy: every node registered with the router.
-  auto registry = v1::Registry::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", port)));
+  auto registry =
+      v1::Registry::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), *security));
   const int64_t deadline = MonoNowNs() + int64_t{vm["startup-timeout"].as<int>()} * 1000000000;
   v1::ListNodesResponse nodes;
   for (;;) {

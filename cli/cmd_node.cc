@@ -17,7 +17,10 @@ void AddNodeFlags(po::options_description* desc) {
       ("kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")
       ("kv-checksum", po::bool_switch(), "prefill: crc32 every KV payload")
       ("metrics-port", po::value<int>()->default_value(-1), "HTTP /metrics, /health, /ready (-1: off)")
-      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM");
+      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
+      ("stall-timeout", po::value<int>()->default_value(60),
+       "not ready (health NOT_SERVING, /ready 503) when queued work saw no engine step for this long");
+  AddSecurityFlags(desc);
 }
 
 absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, node::NodeRole role,
@@ -35,6 +38,9 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.metrics_port = vm["metrics-port"].as<int>();
   o.engine = ef->options;
   o.kv_dtype_name = vm["kv-dtype"].as<std::string>();
+  o.stall_timeout_ms = int64_t{vm["stall-timeout"].as<int>()} * 1000;
+  o.security = ReadSecurityFlags(vm);
+  if (o.stall_timeout_ms <= 0) return absl::InvalidArgumentError("--stall-timeout must be positive");
   return o;
 }
 

@@ -27,10 +27,48 @@ void AddRouterFlags(po::options_description* desc) {
       ("trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")
       ("timing-log", po::value<std::string>()->default_value(""),
        "file for one JSON line of stage timings per request")
-      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM");
+      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
+      ("http-port", po::value<int>()->default_value(-1),
+       "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models; -1: off)")
+      ("http-bind", po::value<std::string>()->default_value("0.0.0.0"), "address of the HTTP API")
+      ("http-threads", po::value<int>()->default_value(2), "HTTP API threads")
+      ("http-max-body-bytes", po::value<uint64_t>()->default_value(8 << 20),
+       "largest HTTP request body, then 413")
+      ("http-stream-buffer-bytes", po::value<uint64_t>()->default_value(1 << 20),
+       "unsent bytes per SSE stream; a client that stops reading past this is cancelled")
+      ("served-model-name", po::value<std::string>()->default_value(""),
+       "model name of the HTTP API (default: the model file's name)")
+      ("chat-default-max-tokens", po::value<int>()->default_value(512),
+       "max_tokens of chat requests that do not set it");
+  AddSecurityFlags(desc);
 }
 
 }  // namespace
+
+void AddSecurityFlags(po::options_description* desc) {
+  desc->add_options()
+      ("tls-cert", po::value<std::string>()->default_value(""),
+       "PEM certificate chain: TLS on the client ports, and this process's identity for mutual TLS")
+      ("tls-key", po::value<std::string>()->default_value(""), "PEM private key of --tls-cert")
+      ("tls-ca", po::value<std::string>()->default_value(""),
+       "PEM CA bundle: mutual TLS between router and nodes (peers must show a certificate it signed)")
+      ("tls-server-name", po::value<std::string>()->default_value(""),
+       "name peers' certificates must carry (default: the host dialled)")
+      ("api-key", po::value<std::string>()->default_value(""),
+       "API key required on every route but health (HTTP Bearer, gRPC authorization metadata)")
+      ("api-key-file", po::value<std::string>()->default_value(""), "read --api-key from this file");
+}
+
+rpc::SecurityFiles ReadSecurityFlags(const po::variables_map& vm) {
+  rpc::SecurityFiles f;
+  f.cert_file = vm["tls-cert"].as<std::string>();
+  f.key_file = vm["tls-key"].as<std::string>();
+  f.ca_file = vm["tls-ca"].as<std::string>();
+  f.server_name = vm["tls-server-name"].as<std::string>();
+  f.api_key = vm["api-key"].as<std::string>();
+  f.api_key_file = vm["api-key-file"].as<std::string>();
+  return f;
+}
 
 absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& vm) {
   router::RouterOptions o;
@@ -50,6 +88,18 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
   o.config.queue_timeout_ms = vm["queue-timeout-ms"].as<int64_t>();
   o.trace_file = vm["trace-file"].as<std::string>();
   o.timing_log = vm["timing-log"].as<std::string>();
+  o.http_port = vm["http-port"].as<int>();
+  o.http_bind = vm["http-bind"].as<std::string>();
+  o.http_threads = vm["http-threads"].as<int>();
+  o.http_max_body_bytes = vm["http-max-body-bytes"].as<uint64_t>();
+  o.http_max_stream_buffer_bytes = vm["http-stream-buffer-bytes"].as<uint64_t>();
+  o.served_model_name = vm["served-model-name"].as<std::string>();
+  o.chat_default_max_tokens = vm["chat-default-max-tokens"].as<int>();
+  o.security = ReadSecurityFlags(vm);
+  if (o.http_threads < 1 || o.chat_default_max_tokens < 1 || o.http_max_body_bytes < 1 ||
+      o.http_max_stream_buffer_bytes < 1) {
+    return absl::InvalidArgumentError("HTTP limits must be positive");
+  }
   if (o.heartbeat_interval_ms <= 0 || o.node_expiry_ms <= 0 || o.config.kv_deadline_ms <= 0 ||
       o.config.max_queue < 0 || o.config.queue_timeout_ms <= 0) {
     return absl::InvalidArgumentError("intervals and limits must be positive");

@@ -22,7 +22,14 @@ int RunServe(int argc, char** argv) {
       ("max-queue", po::value<int>()->default_value(256), "requests waiting, then RESOURCE_EXHAUSTED")
       ("trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")
       ("timing-log", po::value<std::string>()->default_value(""), "per-request stage timing lines")
-      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM");
+      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
+      ("http-port", po::value<int>()->default_value(-1),
+       "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models; -1: off)")
+      ("served-model-name", po::value<std::string>()->default_value(""),
+       "model name of the HTTP API (default: the model file's name)")
+      ("chat-default-max-tokens", po::value<int>()->default_value(512),
+       "max_tokens of chat requests that do not set it");
+  AddSecurityFlags(&desc);
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
   EngineFlags ef;
@@ -38,6 +45,13 @@ int RunServe(int argc, char** argv) {
   ro.trace_file = vm["trace-file"].as<std::string>();
   ro.timing_log = vm["timing-log"].as<std::string>();
   ro.heartbeat_interval_ms = 200;
+  ro.http_port = vm["http-port"].as<int>();
+  ro.served_model_name = vm["served-model-name"].as<std::string>();
+  ro.chat_default_max_tokens = vm["chat-default-max-tokens"].as<int>();
+  ro.security = ReadSecurityFlags(vm);
+  if (!ro.security.ca_file.empty()) {
+    return Fail("serve", "--tls-ca is for clusters (mutual TLS with nodes); serve has no remote nodes");
+  }
   if (ef.load_format == "dummy") {
     return Fail("serve", "--load-format dummy is for generate and bench (the router needs a vocabulary file)");
   }
@@ -52,6 +66,9 @@ int RunServe(int argc, char** argv) {
   no.metrics_port = vm["node-metrics-port"].as<int>();
   no.engine = ef.options;
   no.kv_dtype_name = vm["kv-dtype"].as<std::string>();
+  // The engine sits on loopback inside this process: the key, no TLS.
+  no.security.api_key = ro.security.api_key;
+  no.security.api_key_file = ro.security.api_key_file;
   auto node = node::NodeServer::Start(no, *model);
   if (!node.ok()) return Fail("serve", std::string(node.status().message()));
   PDS_LOG(INFO) << "serving on port " << (*router)->port();

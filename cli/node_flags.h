@@ -12,6 +12,10 @@ void AddNodeFlags(po::options_description* desc);
 absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, node::NodeRole role,
                                                 EngineFlags* ef);
 void AddRouterFlagsTo(po::options_description* desc);
+// --tls-cert/--tls-key/--tls-ca/--tls-server-name and --api-key(-file): every
+// process of a cluster takes the same set.
+void AddSecurityFlags(po::options_description* desc);
+rpc::SecurityFiles ReadSecurityFlags(const po::variables_map& vm);
 absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& vm);
 
 }  // namespace pdserve::cli

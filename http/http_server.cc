@@ -11,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
@@ -44,8 +45,7 @@ class HttpServer::Impl {
     const HttpServerOptions& options = core_->options;
     if (started_) return absl::FailedPreconditionError("HttpServer already started");
     if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
-      return absl::UnimplementedError(
-          "HTTPS is not built yet; leave tls_cert_file/tls_key_file empty");
+      if (absl::Status s = LoadTls(); !s.ok()) return s;
     }
     if (options.num_threads < 1) {
       return absl::InvalidArgumentError(
@@ -128,6 +128,31 @@ class HttpServer::Impl {
   uint16_t port() const { return port_.load(); }
 
  private:
+  // TLS 1.2+ with the configured certificate chain and key.
+  absl::Status LoadTls() {
+    const HttpServerOptions& options = core_->options;
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("HTTPS needs both tls_cert_file and tls_key_file");
+    }
+    auto tls = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+    tls->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                     net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                     net::ssl::context::no_tlsv1_1 | net::ssl::context::single_dh_use);
+    boost::system::error_code ec;
+    tls->use_certificate_chain_file(options.tls_cert_file, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot load TLS certificate '",
+                                                     options.tls_cert_file, "': ", ec.message()));
+    }
+    tls->use_private_key_file(options.tls_key_file, net::ssl::context::pem, ec);
+    if (ec) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot load TLS key '", options.tls_key_file, "': ", ec.message()));
+    }
+    core_->tls = std::move(tls);
+    return absl::OkStatus();
+  }
+
   void RunIo() {
     for (;;) {
       try {
@@ -163,7 +188,8 @@ class HttpServer::Impl {
           {
             absl::MutexLock lock(&core_->mu);
             const uint64_t id = core_->next_session_id++;
-            session = std::make_shared<Session>(core_.get(), id, std::move(socket));
+            session = core_->tls ? internal::MakeTlsSession(core_.get(), id, std::move(socket))
+                                 : internal::MakePlainSession(core_.get(), id, std::move(socket));
             core_->sessions.emplace(id, session);
           }
           session->Start();

@@ -39,10 +39,14 @@ struct HttpServerOptions {
   absl::Duration write_timeout = absl::Seconds(30);
   // Bound on a stream's unsent bytes; see HttpStream.
   size_t max_stream_buffer_bytes = 1 << 20;
-  // TLS seam: when both are set the server is meant to speak HTTPS through a
-  // Beast ssl_stream. Not built yet: Start() returns UNIMPLEMENTED.
+  // HTTPS when both are set: PEM certificate chain and private key (TLS 1.2
+  // or newer). Start() fails with InvalidArgument when they do not load.
   std::string tls_cert_file;
   std::string tls_key_file;
+  // Builds the responses the server itself sends for requests it refuses
+  // before any handler runs (400 malformed, 413 body too large, 431 header
+  // too large), so an API can keep its own error format. Default: text.
+  std::function<HttpResponse(int status, const std::string& message)> error_response;
 };
 
 class HttpServer {

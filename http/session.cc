@@ -4,12 +4,23 @@
 #include <exception>
 #include <utility>
 
+#include <type_traits>
+
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/buffers_cat.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/http/chunk_encode.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
 #include "absl/strings/ascii.h"
@@ -74,74 +85,198 @@ bool IsParseError(const error_code& ec) {
 
 }  // namespace
 
-Session::Session(ServerCore* core, uint64_t id, net::ip::tcp::socket socket)
+// Session over `Stream`: a tcp::socket, or an ssl::stream over one.
+template <class Stream>
+class StreamSession final : public Session {
+ public:
+  // `stream_args` construct the stream from a socket bound to a strand;
+  // `core` outlives every running session.
+  template <class... Args>
+  StreamSession(ServerCore* core, uint64_t id, Args&&... stream_args);
+
+  uint64_t id() const override { return id_; }
+
+  // Any thread: start serving; the server stops (idle connections close, the
+  // others stop keep-alive); close now, cancelling the reply in flight.
+  void Start() override;
+  void OnServerStopping() override;
+  void Abort(absl::Status reason) override;
+
+  // ExchangeSink.
+  void PostResponse(HttpResponse response) override;
+  void PostStreamHead(HttpStreamHead head) override;
+  void PostFlush() override;
+  void PostCancel(absl::Status reason, std::function<void()> callback) override;
+
+ private:
+  enum class Phase { kIdle, kReading, kExchange, kLingering, kClosed };
+  using Timer = boost::asio::steady_timer;
+
+  // Waits for the first byte of a request, or watches the socket while a
+  // reply is in flight (a client that disconnects shows up here).
+  void ReadSome();
+  void OnReadSome(boost::system::error_code ec, size_t n_bytes);
+  void ReadHeader();
+  void OnHeader(boost::system::error_code ec);
+  void ReadBody();
+  void OnBody(boost::system::error_code ec);
+  void OnReadError(boost::system::error_code ec);
+  void Dispatch();
+
+  void WriteResponse(HttpResponse response);
+  void WriteStreamHead(HttpStreamHead head);
+  void FlushStream();
+  void OnStreamWritten(boost::system::error_code ec, bool last);
+  void FinishExchange();
+
+  // Answers a request we could not parse, then closes.
+  void Reject(int status, std::string message);
+  // Sends FIN and discards input for a while before closing, so the client
+  // reads our final response instead of a reset.
+  void LingeringClose();
+  void Close(absl::Status reason);
+
+  void ArmTimer(Timer& timer, uint64_t& generation, absl::Duration timeout);
+  void CancelTimer(Timer& timer, uint64_t& generation);
+
+  ServerCore* const core_;
+  const uint64_t id_;
+  static constexpr bool kTls = !std::is_same_v<Stream, boost::asio::ip::tcp::socket>;
+  std::shared_ptr<StreamSession> Self() {
+    return std::static_pointer_cast<StreamSession>(shared_from_this());
+  }
+  boost::asio::ip::tcp::socket& socket() { return boost::beast::get_lowest_layer(stream_); }
+  void ServeRequests();  // after the TLS handshake, if any
+
+  Stream stream_;
+  std::string remote_address_;
+  Timer read_timer_;
+  Timer write_timer_;
+  // Bumped on every arm/cancel so a stale expiry that raced a cancel is ignored.
+  uint64_t read_timer_generation_ = 0;
+  uint64_t write_timer_generation_ = 0;
+
+  Phase phase_ = Phase::kIdle;
+  bool read_in_flight_ = false;
+  bool write_in_flight_ = false;
+  bool keep_alive_ = true;
+  size_t lingering_bytes_ = 0;
+
+  boost::beast::flat_buffer buffer_;
+  std::optional<boost::beast::http::request_parser<boost::beast::http::string_body>> parser_;
+  int version_ = 11;
+
+  std::shared_ptr<Exchange> exchange_;
+  // Alive while written: a whole response, or a stream's head and the bytes
+  // of the chunk being written.
+  std::unique_ptr<boost::beast::http::response<boost::beast::http::string_body>> response_;
+  std::unique_ptr<boost::beast::http::response<boost::beast::http::empty_body>> stream_head_;
+  std::unique_ptr<boost::beast::http::response_serializer<boost::beast::http::empty_body>>
+      stream_serializer_;
+  bool head_sent_ = false;
+  bool chunked_ = true;
+  std::string stream_bytes_;
+};
+
+template <class Stream>
+template <class... Args>
+StreamSession<Stream>::StreamSession(ServerCore* core, uint64_t id, Args&&... stream_args)
     : core_(core),
       id_(id),
-      socket_(std::move(socket)),
-      read_timer_(socket_.get_executor()),
-      write_timer_(socket_.get_executor()) {
+      stream_(std::forward<Args>(stream_args)...),
+      read_timer_(socket().get_executor()),
+      write_timer_(socket().get_executor()) {
   error_code ec;
-  const auto endpoint = socket_.remote_endpoint(ec);
+  const auto endpoint = socket().remote_endpoint(ec);
   if (!ec) remote_address_ = absl::StrCat(endpoint.address().to_string(), ":", endpoint.port());
 }
 
-Session::~Session() = default;
-
-void Session::Start() {
-  net::post(socket_.get_executor(), [self = shared_from_this()] {
+template <class Stream>
+void StreamSession<Stream>::Start() {
+  net::post(socket().get_executor(), [self = Self()] {
     if (self->phase_ == Phase::kClosed) return;
-    self->phase_ = Phase::kIdle;
-    self->ArmTimer(self->read_timer_, self->read_timer_generation_,
-                   self->core_->options.idle_timeout);
-    self->ReadSome();
+    if constexpr (kTls) {
+      // The handshake counts as reading a request: a peer that stalls in it
+      // is cut off after read_timeout.
+      self->phase_ = Phase::kReading;
+      self->ArmTimer(self->read_timer_, self->read_timer_generation_,
+                     self->core_->options.read_timeout);
+      self->read_in_flight_ = true;
+      self->stream_.async_handshake(net::ssl::stream_base::server, [self](error_code ec) {
+        self->read_in_flight_ = false;
+        if (self->phase_ == Phase::kClosed) return;
+        if (ec) {
+          PDS_LOG(DEBUG) << "http: TLS handshake with " << self->remote_address_
+                         << " failed: " << ec.message();
+          self->Close(absl::OkStatus());
+          return;
+        }
+        self->ServeRequests();
+      });
+    } else {
+      self->ServeRequests();
+    }
   });
 }
 
-void Session::OnServerStopping() {
-  net::post(socket_.get_executor(), [self = shared_from_this()] {
+template <class Stream>
+void StreamSession<Stream>::ServeRequests() {
+  phase_ = Phase::kIdle;
+  ArmTimer(read_timer_, read_timer_generation_, core_->options.idle_timeout);
+  ReadSome();
+}
+
+template <class Stream>
+void StreamSession<Stream>::OnServerStopping() {
+  net::post(socket().get_executor(), [self = Self()] {
     self->keep_alive_ = false;
     if (self->phase_ == Phase::kIdle) self->Close(absl::OkStatus());
   });
 }
 
-void Session::Abort(absl::Status reason) {
-  net::post(socket_.get_executor(),
-            [self = shared_from_this(), reason = std::move(reason)] { self->Close(reason); });
+template <class Stream>
+void StreamSession<Stream>::Abort(absl::Status reason) {
+  net::post(socket().get_executor(),
+            [self = Self(), reason = std::move(reason)] { self->Close(reason); });
 }
 
-void Session::PostResponse(HttpResponse response) {
-  net::post(socket_.get_executor(),
-            [self = shared_from_this(), response = std::move(response)]() mutable {
-              self->WriteResponse(std::move(response));
-            });
+template <class Stream>
+void StreamSession<Stream>::PostResponse(HttpResponse response) {
+  net::post(socket().get_executor(), [self = Self(), response = std::move(response)]() mutable {
+    self->WriteResponse(std::move(response));
+  });
 }
 
-void Session::PostStreamHead(HttpStreamHead head) {
-  net::post(socket_.get_executor(), [self = shared_from_this(), head = std::move(head)]() mutable {
+template <class Stream>
+void StreamSession<Stream>::PostStreamHead(HttpStreamHead head) {
+  net::post(socket().get_executor(), [self = Self(), head = std::move(head)]() mutable {
     self->WriteStreamHead(std::move(head));
   });
 }
 
-void Session::PostFlush() {
-  net::post(socket_.get_executor(), [self = shared_from_this()] { self->FlushStream(); });
+template <class Stream>
+void StreamSession<Stream>::PostFlush() {
+  net::post(socket().get_executor(), [self = Self()] { self->FlushStream(); });
 }
 
-void Session::PostCancel(absl::Status reason, std::function<void()> callback) {
-  net::post(socket_.get_executor(), [self = shared_from_this(), reason = std::move(reason),
-                                     callback = std::move(callback)] {
-    self->Close(reason);
-    if (callback) callback();
-  });
+template <class Stream>
+void StreamSession<Stream>::PostCancel(absl::Status reason, std::function<void()> callback) {
+  net::post(socket().get_executor(),
+            [self = Self(), reason = std::move(reason), callback = std::move(callback)] {
+              self->Close(reason);
+              if (callback) callback();
+            });
 }
 
-void Session::ReadSome() {
+template <class Stream>
+void StreamSession<Stream>::ReadSome() {
   read_in_flight_ = true;
-  socket_.async_read_some(
-      buffer_.prepare(kReadChunkBytes),
-      [self = shared_from_this()](error_code ec, size_t n) { self->OnReadSome(ec, n); });
+  stream_.async_read_some(buffer_.prepare(kReadChunkBytes),
+                          [self = Self()](error_code ec, size_t n) { self->OnReadSome(ec, n); });
 }
 
-void Session::OnReadSome(error_code ec, size_t n_bytes) {
+template <class Stream>
+void StreamSession<Stream>::OnReadSome(error_code ec, size_t n_bytes) {
   read_in_flight_ = false;
   if (phase_ == Phase::kClosed) return;
   if (phase_ == Phase::kLingering) {
@@ -167,19 +302,20 @@ void Session::OnReadSome(error_code ec, size_t n_bytes) {
   ReadHeader();
 }
 
-void Session::ReadHeader() {
+template <class Stream>
+void StreamSession<Stream>::ReadHeader() {
   phase_ = Phase::kReading;
   parser_.emplace();
   parser_->header_limit(core_->options.max_header_bytes);
   parser_->body_limit(core_->options.max_body_bytes);
   ArmTimer(read_timer_, read_timer_generation_, core_->options.read_timeout);
   read_in_flight_ = true;
-  bhttp::async_read_header(
-      socket_, buffer_, *parser_,
-      [self = shared_from_this()](error_code ec, size_t) { self->OnHeader(ec); });
+  bhttp::async_read_header(stream_, buffer_, *parser_,
+                           [self = Self()](error_code ec, size_t) { self->OnHeader(ec); });
 }
 
-void Session::OnHeader(error_code ec) {
+template <class Stream>
+void StreamSession<Stream>::OnHeader(error_code ec) {
   read_in_flight_ = false;
   if (phase_ == Phase::kClosed) return;
   if (ec) {
@@ -191,31 +327,32 @@ void Session::OnHeader(error_code ec) {
       absl::EqualsIgnoreCase(View(header[bhttp::field::expect]), "100-continue")) {
     // The client waits for this before sending the body (curl does for large
     // POSTs). A body over the limit already failed in async_read_header.
-    net::async_write(socket_, net::buffer(kContinue),
-                     [self = shared_from_this()](error_code ec, size_t) {
-                       if (self->phase_ == Phase::kClosed) return;
-                       if (ec) {
-                         self->Close(absl::OkStatus());
-                         return;
-                       }
-                       self->ReadBody();
-                     });
+    net::async_write(stream_, net::buffer(kContinue), [self = Self()](error_code ec, size_t) {
+      if (self->phase_ == Phase::kClosed) return;
+      if (ec) {
+        self->Close(absl::OkStatus());
+        return;
+      }
+      self->ReadBody();
+    });
     return;
   }
   ReadBody();
 }
 
-void Session::ReadBody() {
+template <class Stream>
+void StreamSession<Stream>::ReadBody() {
   if (parser_->is_done()) {
     Dispatch();
     return;
   }
   read_in_flight_ = true;
-  bhttp::async_read(socket_, buffer_, *parser_,
-                    [self = shared_from_this()](error_code ec, size_t) { self->OnBody(ec); });
+  bhttp::async_read(stream_, buffer_, *parser_,
+                    [self = Self()](error_code ec, size_t) { self->OnBody(ec); });
 }
 
-void Session::OnBody(error_code ec) {
+template <class Stream>
+void StreamSession<Stream>::OnBody(error_code ec) {
   read_in_flight_ = false;
   if (phase_ == Phase::kClosed) return;
   if (ec) {
@@ -225,7 +362,8 @@ void Session::OnBody(error_code ec) {
   Dispatch();
 }
 
-void Session::OnReadError(error_code ec) {
+template <class Stream>
+void StreamSession<Stream>::OnReadError(error_code ec) {
   if (ec == bhttp::error::body_limit) {
     Reject(413, absl::StrCat("request body exceeds ", core_->options.max_body_bytes, " bytes\n"));
   } else if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
@@ -239,7 +377,8 @@ void Session::OnReadError(error_code ec) {
   }
 }
 
-void Session::Dispatch() {
+template <class Stream>
+void StreamSession<Stream>::Dispatch() {
   CancelTimer(read_timer_, read_timer_generation_);
   bhttp::request<bhttp::string_body> message = parser_->release();
   parser_.reset();
@@ -265,13 +404,13 @@ void Session::Dispatch() {
   keep_alive_ = keep_alive_ && message.keep_alive() && !core_->stopping.load();
   phase_ = Phase::kExchange;
   head_sent_ = false;
-  exchange_ =
-      std::make_shared<Exchange>(shared_from_this(), core_->options.max_stream_buffer_bytes);
+  exchange_ = std::make_shared<Exchange>(Self(), core_->options.max_stream_buffer_bytes);
   if (buffer_.size() == 0) ReadSome();
   core_->routes.Dispatch(request, MakeResponder(exchange_));
 }
 
-void Session::WriteResponse(HttpResponse response) {
+template <class Stream>
+void StreamSession<Stream>::WriteResponse(HttpResponse response) {
   if (phase_ == Phase::kClosed) return;
   response_ = std::make_unique<bhttp::response<bhttp::string_body>>();
   response_->version(version_);
@@ -281,7 +420,7 @@ void Session::WriteResponse(HttpResponse response) {
   response_->prepare_payload();
   write_in_flight_ = true;
   ArmTimer(write_timer_, write_timer_generation_, core_->options.write_timeout);
-  bhttp::async_write(socket_, *response_, [self = shared_from_this()](error_code ec, size_t) {
+  bhttp::async_write(stream_, *response_, [self = Self()](error_code ec, size_t) {
     self->write_in_flight_ = false;
     self->CancelTimer(self->write_timer_, self->write_timer_generation_);
     if (self->phase_ == Phase::kClosed) return;
@@ -294,7 +433,8 @@ void Session::WriteResponse(HttpResponse response) {
   });
 }
 
-void Session::WriteStreamHead(HttpStreamHead head) {
+template <class Stream>
+void StreamSession<Stream>::WriteStreamHead(HttpStreamHead head) {
   if (phase_ == Phase::kClosed) return;
   // HTTP/1.0 has no chunked encoding: the body ends when the connection does.
   chunked_ = version_ >= 11;
@@ -308,22 +448,21 @@ void Session::WriteStreamHead(HttpStreamHead head) {
       std::make_unique<bhttp::response_serializer<bhttp::empty_body>>(*stream_head_);
   write_in_flight_ = true;
   ArmTimer(write_timer_, write_timer_generation_, core_->options.write_timeout);
-  bhttp::async_write_header(
-      socket_, *stream_serializer_, [self = shared_from_this()](error_code ec, size_t) {
-        self->write_in_flight_ = false;
-        self->CancelTimer(self->write_timer_, self->write_timer_generation_);
-        if (self->phase_ == Phase::kClosed) return;
-        if (ec) {
-          self->Close(
-              absl::CancelledError(absl::StrCat("writing the head failed: ", ec.message())));
-          return;
-        }
-        self->head_sent_ = true;
-        self->FlushStream();
-      });
+  bhttp::async_write_header(stream_, *stream_serializer_, [self = Self()](error_code ec, size_t) {
+    self->write_in_flight_ = false;
+    self->CancelTimer(self->write_timer_, self->write_timer_generation_);
+    if (self->phase_ == Phase::kClosed) return;
+    if (ec) {
+      self->Close(absl::CancelledError(absl::StrCat("writing the head failed: ", ec.message())));
+      return;
+    }
+    self->head_sent_ = true;
+    self->FlushStream();
+  });
 }
 
-void Session::FlushStream() {
+template <class Stream>
+void StreamSession<Stream>::FlushStream() {
   // The head's and the previous chunk's completions call back here, so an
   // early return loses nothing.
   if (phase_ != Phase::kExchange || !exchange_ || !head_sent_ || write_in_flight_) return;
@@ -331,26 +470,27 @@ void Session::FlushStream() {
   if (!pending || (pending->data.empty() && !pending->last)) return;
   stream_bytes_ = std::move(pending->data);
   const bool last = pending->last;
-  auto on_written = [self = shared_from_this(), last](error_code ec, size_t) {
+  auto on_written = [self = Self(), last](error_code ec, size_t) {
     self->OnStreamWritten(ec, last);
   };
   write_in_flight_ = true;
   ArmTimer(write_timer_, write_timer_generation_, core_->options.write_timeout);
   if (!chunked_) {
-    net::async_write(socket_, net::buffer(stream_bytes_), std::move(on_written));
+    net::async_write(stream_, net::buffer(stream_bytes_), std::move(on_written));
   } else if (stream_bytes_.empty()) {
-    net::async_write(socket_, bhttp::make_chunk_last(), std::move(on_written));
+    net::async_write(stream_, bhttp::make_chunk_last(), std::move(on_written));
   } else if (last) {
     net::async_write(
-        socket_,
+        stream_,
         beast::buffers_cat(bhttp::make_chunk(net::buffer(stream_bytes_)), bhttp::make_chunk_last()),
         std::move(on_written));
   } else {
-    net::async_write(socket_, bhttp::make_chunk(net::buffer(stream_bytes_)), std::move(on_written));
+    net::async_write(stream_, bhttp::make_chunk(net::buffer(stream_bytes_)), std::move(on_written));
   }
 }
 
-void Session::OnStreamWritten(error_code ec, bool last) {
+template <class Stream>
+void StreamSession<Stream>::OnStreamWritten(error_code ec, bool last) {
   write_in_flight_ = false;
   CancelTimer(write_timer_, write_timer_generation_);
   if (phase_ == Phase::kClosed) return;
@@ -367,7 +507,8 @@ void Session::OnStreamWritten(error_code ec, bool last) {
   }
 }
 
-void Session::FinishExchange() {
+template <class Stream>
+void StreamSession<Stream>::FinishExchange() {
   if (exchange_) exchange_->Finish();
   exchange_.reset();
   response_.reset();
@@ -386,33 +527,37 @@ void Session::FinishExchange() {
   if (!read_in_flight_) ReadSome();
 }
 
-void Session::Reject(int status, std::string message) {
+template <class Stream>
+void StreamSession<Stream>::Reject(int status, std::string message) {
   CancelTimer(read_timer_, read_timer_generation_);
   keep_alive_ = false;
   phase_ = Phase::kExchange;
   parser_.reset();
-  WriteResponse(HttpResponse::Text(status, std::move(message)));
+  WriteResponse(core_->options.error_response ? core_->options.error_response(status, message)
+                                              : HttpResponse::Text(status, std::move(message)));
 }
 
-void Session::LingeringClose() {
+template <class Stream>
+void StreamSession<Stream>::LingeringClose() {
   if (phase_ == Phase::kClosed) return;
   phase_ = Phase::kLingering;
   error_code ignored;
-  socket_.shutdown(net::ip::tcp::socket::shutdown_send, ignored);
+  socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
   buffer_.consume(buffer_.size());
   ArmTimer(read_timer_, read_timer_generation_,
            std::min(kMaxLingering, core_->options.read_timeout));
   if (!read_in_flight_) ReadSome();
 }
 
-void Session::Close(absl::Status reason) {
+template <class Stream>
+void StreamSession<Stream>::Close(absl::Status reason) {
   if (phase_ == Phase::kClosed) return;
   phase_ = Phase::kClosed;
   CancelTimer(read_timer_, read_timer_generation_);
   CancelTimer(write_timer_, write_timer_generation_);
   error_code ignored;
-  socket_.shutdown(net::ip::tcp::socket::shutdown_both, ignored);
-  socket_.close(ignored);
+  socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
+  socket().close(ignored);
   if (exchange_) {
     if (reason.ok()) reason = absl::CancelledError("connection closed");
     exchange_->CancelFromConnection(reason);
@@ -422,23 +567,36 @@ void Session::Close(absl::Status reason) {
   core_->sessions.erase(id_);
 }
 
-void Session::ArmTimer(Timer& timer, uint64_t& generation, absl::Duration timeout) {
+template <class Stream>
+void StreamSession<Stream>::ArmTimer(Timer& timer, uint64_t& generation, absl::Duration timeout) {
   const uint64_t armed = ++generation;
   if (timeout >= absl::Hours(24 * 365)) {  // "Never": chrono would overflow.
     timer.cancel();
     return;
   }
   timer.expires_after(absl::ToChronoNanoseconds(timeout));
-  timer.async_wait([self = shared_from_this(), &timer, &generation, armed](error_code ec) {
+  timer.async_wait([self = Self(), &timer, &generation, armed](error_code ec) {
     if (ec || generation != armed || self->phase_ == Phase::kClosed) return;
     const bool reading = &timer == &self->read_timer_;
     self->Close(absl::DeadlineExceededError(reading ? "read timed out" : "write timed out"));
   });
 }
 
-void Session::CancelTimer(Timer& timer, uint64_t& generation) {
+template <class Stream>
+void StreamSession<Stream>::CancelTimer(Timer& timer, uint64_t& generation) {
   ++generation;
   timer.cancel();
+}
+
+std::shared_ptr<Session> MakePlainSession(ServerCore* core, uint64_t id,
+                                          net::ip::tcp::socket socket) {
+  return std::make_shared<StreamSession<net::ip::tcp::socket>>(core, id, std::move(socket));
+}
+
+std::shared_ptr<Session> MakeTlsSession(ServerCore* core, uint64_t id,
+                                        net::ip::tcp::socket socket) {
+  return std::make_shared<StreamSession<net::ssl::stream<net::ip::tcp::socket>>>(
+      core, id, std::move(socket), *core->tls);
 }
 
 }  // namespace pdserve::http::internal

@@ -4,6 +4,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "http/auth.h"
 #include "pdserve/v1/node.grpc.pb.h"
 #include "rpc/convert.h"
 #include "tracing/metrics_handler.h"
@@ -42,11 +43,18 @@ class RefusedStream : public grpc::ServerWriteReactor<T> {
 class NodeService final : public v1::Node::CallbackService {
  public:
   NodeService(NodeServer* server, prefill::PrefillHandler* prefill, decode::DecodeHandler* decode,
-              GenerateHandler* generate, const std::atomic<bool>* draining)
-      : server_(server), prefill_(prefill), decode_(decode), generate_(generate), draining_(draining) {}
+              GenerateHandler* generate, const std::atomic<bool>* draining,
+              const rpc::Security* security)
+      : server_(server),
+        prefill_(prefill),
+        decode_(decode),
+        generate_(generate),
+        draining_(draining),
+        security_(security) {}
 
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* ctx, const v1::PrefillRequest* req,
                                     v1::PrefillResponse* resp) override {
+    if (grpc::Status s = Check(*ctx); !s.ok()) return Finish(ctx, std::move(s));
     if (prefill_ == nullptr) return Refuse(ctx, "this node does not prefill");
     if (draining_->load()) return Unavailable(ctx);
     return prefill_->Prefill(ctx, req, resp);
@@ -54,6 +62,7 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerWriteReactor<v1::DecodeEvent>* Admit(grpc::CallbackServerContext* ctx,
                                                    const v1::AdmitRequest* req) override {
+    if (grpc::Status s = Check(*ctx); !s.ok()) return new RefusedStream<v1::DecodeEvent>(std::move(s));
     if (decode_ == nullptr) {
       return new RefusedStream<v1::DecodeEvent>(
           grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node does not decode"));
@@ -67,6 +76,7 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerWriteReactor<v1::DecodeEvent>* Generate(grpc::CallbackServerContext* ctx,
                                                       const v1::NodeRequest* req) override {
+    if (grpc::Status s = Check(*ctx); !s.ok()) return new RefusedStream<v1::DecodeEvent>(std::move(s));
     if (generate_ == nullptr) {
       return new RefusedStream<v1::DecodeEvent>(
           grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node is not a mixed node"));
@@ -80,6 +90,7 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::NodeAbortRequest* req,
                                   v1::NodeAbortResponse* resp) override {
+    if (grpc::Status s = Check(*ctx); !s.ok()) return Finish(ctx, std::move(s));
     server_->engine().Abort(req->request_id());
     resp->set_found(true);
     auto* r = ctx->DefaultReactor();
@@ -89,6 +100,7 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* ctx, const v1::GetLoadRequest*,
                                     v1::NodeLoad* resp) override {
+    if (grpc::Status s = Check(*ctx); !s.ok()) return Finish(ctx, std::move(s));
     *resp = server_->Load();
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
@@ -97,6 +109,7 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerUnaryReactor* GetInfo(grpc::CallbackServerContext* ctx, const v1::GetLoadRequest*,
                                     v1::NodeInfo* resp) override {
+    if (grpc::Status s = Check(*ctx); !s.ok()) return Finish(ctx, std::move(s));
     *resp = server_->Info();
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
@@ -104,6 +117,16 @@ class NodeService final : public v1::Node::CallbackService {
   }
 
  private:
+  // Under mTLS the handshake already required a certificate from our CA;
+  // the API key is checked here.
+  grpc::Status Check(const grpc::CallbackServerContext& ctx) const {
+    return rpc::CheckApiKey(ctx, security_->api_key);
+  }
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, grpc::Status s) {
+    auto* r = ctx->DefaultReactor();
+    r->Finish(std::move(s));
+    return r;
+  }
   grpc::ServerUnaryReactor* Unavailable(grpc::CallbackServerContext* ctx) {
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "node is draining"));
@@ -114,6 +137,7 @@ class NodeService final : public v1::Node::CallbackService {
   decode::DecodeHandler* decode_;
   GenerateHandler* generate_;
   const std::atomic<bool>* draining_;
+  const rpc::Security* security_;
 };
 
 }  // namespace
@@ -135,6 +159,8 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   std::unique_ptr<NodeServer> n(new NodeServer());
   n->options_ = options;
   n->model_ = std::move(model);
+  PDS_ASSIGN_OR_RETURN(n->security_, rpc::Security::Load(options.security));
+  n->progress_ = ProgressMonitor(options.stall_timeout_ms * 1000000);
   PDS_ASSIGN_OR_RETURN(n->engine_, Engine::Create(n->model_, options.engine));
   PDS_ASSIGN_OR_RETURN(n->metrics_, tracing::PdserveMetrics::Register(n->metrics_registry_));
   Engine* engine = n->engine_.get();
@@ -176,8 +202,9 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
     n->generate_ = std::make_unique<GenerateHandler>(engine, name, metrics);
   }
   n->service_ = std::make_unique<NodeService>(n.get(), n->prefill_.get(), n->decode_.get(),
-                                              n->generate_.get(), &n->draining_);
-  PDS_ASSIGN_OR_RETURN(n->grpc_, rpc::StartServer(options.listen, {n->service_.get()}));
+                                              n->generate_.get(), &n->draining_, &n->security_);
+  PDS_ASSIGN_OR_RETURN(n->grpc_, rpc::StartServer(options.listen, {n->service_.get()}, n->security_,
+                                                  rpc::ClientCerts::kRequireAndVerify));
   if (n->id_.empty()) n->id_ = absl::StrCat(RoleName(options.role), "-", n->grpc_.port);
   engine->Start();
   rpc::SetServing(n->grpc_.server.get(), true);
@@ -186,14 +213,23 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
     http::HttpServerOptions ho;
     ho.port = static_cast<uint16_t>(options.metrics_port);
     n->http_ = std::make_unique<http::HttpServer>(ho);
-    tracing::AddMetricsRoute(*n->http_, n->metrics_registry_, "/metrics");
+    // Metrics are behind the API key too; only health is open.
+    const tracing::MetricsRegistry* registry = &n->metrics_registry_;
+    const rpc::Security* security = &n->security_;
+    n->http_->Handle("GET", "/metrics", [registry, security](const http::HttpRequest& request) {
+      if (!http::HasBearerToken(request, security->api_key)) {
+        return http::HttpResponse::Text(401, "missing or invalid API key\n");
+      }
+      return tracing::MetricsResponse(*registry);
+    });
     n->http_->Handle("GET", "/health", [](const http::HttpRequest&) {
       return http::HttpResponse::Text(200, "ok\n");
     });
-    const std::atomic<bool>* draining = &n->draining_;
-    n->http_->Handle("GET", "/ready", [draining](const http::HttpRequest&) {
-      return draining->load() ? http::HttpResponse::Text(503, "draining\n")
-                              : http::HttpResponse::Text(200, "ready\n");
+    const NodeServer* raw = n.get();
+    n->http_->Handle("GET", "/ready", [raw](const http::HttpRequest&) {
+      const std::string why = raw->NotReadyReason();
+      return why.empty() ? http::HttpResponse::Text(200, "ready\n")
+                         : http::HttpResponse::Text(503, why + "\n");
     });
     PDS_RETURN_IF_ERROR(n->http_->Start());
   }
@@ -246,7 +282,9 @@ v1::NodeInfo NodeServer::Info() const {
 // again whenever the router forgot us. Also feeds the counters.
 void NodeServer::Heartbeats() {
   std::unique_ptr<v1::Registry::Stub> stub;
-  if (!options_.router.empty()) stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router));
+  if (!options_.router.empty()) {
+    stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router, security_.ForPeers()));
+  }
   bool registered = false;
   int64_t interval_ms = 1000;
   int failures = 0;
@@ -258,6 +296,7 @@ void NodeServer::Heartbeats() {
     last_prefix_hits_ = s.kv.prefix_hit_tokens;
     last_prefix_queries_ = s.kv.prefix_query_tokens;
     last_prompt_tokens_ = s.prompt_tokens_computed;
+    WatchProgress();
     if (stub && !draining_.load()) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -295,11 +334,31 @@ void NodeServer::Heartbeats() {
   }
 }
 
+std::string NodeServer::NotReadyReason() const {
+  if (draining_.load()) return "draining";
+  if (stalled_.load()) {
+    return absl::StrCat("engine stalled: queued work saw no step for ", stalled_for_ms_.load(), " ms");
+  }
+  return "";
+}
+
+void NodeServer::WatchProgress() {
+  const EngineStats s = engine_->Stats();
+  const int64_t now = MonoNowNs();
+  progress_.Observe(s.steps, s.n_running + s.n_waiting > 0, now);
+  stalled_for_ms_.store(progress_.stalled_for_ns(now) / 1000000);
+  const bool stalled = progress_.stalled();
+  if (stalled_.exchange(stalled) != stalled && !draining_.load()) {
+    PDS_LOG(WARNING) << "node " << id_ << (stalled ? ": engine stalled, NOT_SERVING" : ": engine progressing again, SERVING");
+    rpc::SetServing(grpc_.server.get(), !stalled);
+  }
+}
+
 void NodeServer::Shutdown(absl::Duration grace) {
   if (draining_.exchange(true)) return;
   rpc::SetServing(grpc_.server.get(), false);
   if (!options_.router.empty()) {
-    auto stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router));
+    auto stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router, security_.ForPeers()));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     v1::DeregisterRequest req;

@@ -15,6 +15,7 @@
 #include "http/http_server.h"
 #include "node/engine_events.h"
 #include "node/generate_handler.h"
+#include "node/progress_monitor.h"
 #include "prefill_node/prefill_handler.h"
 #include "rpc/server_util.h"
 #include "tracing/metrics.h"
@@ -34,6 +35,11 @@ struct NodeOptions {
   int metrics_port = -1;                 // -1: none; 0: ephemeral
   EngineOptions engine;
   std::string kv_dtype_name = "f16";
+  // Not ready when queued work sees no engine step for this long.
+  int64_t stall_timeout_ms = 60000;
+  // mTLS with the router and peers (the server requires client
+  // certificates when a CA is given) and the API key.
+  rpc::SecurityFiles security;
 };
 
 class NodeServer {
@@ -50,6 +56,8 @@ class NodeServer {
   Engine& engine() { return *engine_; }
   v1::NodeLoad Load() const;
   v1::NodeInfo Info() const;
+  // Empty when the node can take work now, else why not (/ready).
+  std::string NotReadyReason() const;
 
   // Graceful drain: NOT_SERVING, deregister, let requests in flight finish
   // for up to `grace`, then stop.
@@ -59,6 +67,8 @@ class NodeServer {
  private:
   NodeServer() = default;
   void Heartbeats();
+  // Samples the engine's progress; flips gRPC health when it stalls or recovers.
+  void WatchProgress();
 
   NodeOptions options_;
   std::string id_;
@@ -75,6 +85,10 @@ class NodeServer {
   rpc::ServerHandle grpc_;
   std::unique_ptr<http::HttpServer> http_;
   std::atomic<bool> draining_{false};
+  rpc::Security security_;
+  ProgressMonitor progress_;  // heartbeat thread only
+  std::atomic<bool> stalled_{false};
+  std::atomic<int64_t> stalled_for_ms_{0};
   absl::Notification stop_;
   std::thread heartbeats_;
   int64_t last_prefix_hits_ = 0, last_prefix_queries_ = 0, last_prompt_tokens_ = 0;

@@ -47,7 +47,8 @@ absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad
     n.load = load;
     n.last_seen = absl::Now();
     if (!n.stub || address_changed) {
-      n.stub = std::make_shared<v1::Node::Stub>(rpc::MakeChannel(info.address()));
+      n.stub = std::make_shared<v1::Node::Stub>(
+          channel_factory_ ? channel_factory_(info.address()) : rpc::MakeChannel(info.address()));
     }
   }
   PDS_LOG(INFO) << "node " << info.node_id() << " (" << v1::NodeRole_Name(info.role()) << ") at "

@@ -40,6 +40,10 @@ struct NodeView {
 class NodeRegistry {
  public:
   explicit NodeRegistry(absl::Duration expiry);
+  // How stubs reach nodes (TLS, API key); default: rpc::MakeChannel(address).
+  // Set before the first node registers.
+  using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::string& address)>;
+  void SetChannelFactory(ChannelFactory factory) { channel_factory_ = std::move(factory); }
 
   // Adds or replaces a node. Errors (InvalidArgument) for incompatible nodes:
   // no address, a decode node without a KV endpoint, a model fingerprint or
@@ -73,6 +77,7 @@ class NodeRegistry {
   void SetOnChange(std::function<void()> fn);
 
  private:
+  ChannelFactory channel_factory_;
   struct Node {
     v1::NodeInfo info;
     v1::NodeLoad load;

@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "pdserve/v1/generate.grpc.pb.h"
+#include "http/auth.h"
 #include "router/generate_call.h"
 #include "rpc/convert.h"
 #include "tracing/metrics_handler.h"
@@ -12,18 +13,44 @@
 namespace pdserve::router {
 namespace {
 
+// "models/SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct.Q4_1".
+std::string DefaultModelName(const std::string& path) {
+  std::string name = path.substr(path.find_last_of('/') + 1);
+  if (name.size() > 5 && name.substr(name.size() - 5) == ".gguf") name.resize(name.size() - 5);
+  return name;
+}
+
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, grpc::Status status) {
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(std::move(status));
+  return reactor;
+}
+
+class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit RefusedStream(grpc::Status s) { Finish(std::move(s)); }
+  void OnDone() override { delete this; }
+};
+
 class GenerationService final : public v1::Generation::CallbackService {
  public:
-  GenerationService(RouterContext* ctx, v1::ModelInfo info) : ctx_(ctx), info_(std::move(info)) {}
+  GenerationService(RouterContext* ctx, v1::ModelInfo info, const rpc::Security* security)
+      : ctx_(ctx), info_(std::move(info)), security_(security) {}
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override {
+    if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
+      return new RefusedStream(std::move(s));
+    }
     return GenerateCall::Start(ctx_, context, request);
   }
 
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
                                   const v1::AbortRequest* request,
                                   v1::AbortResponse* response) override {
+    if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
+      return Refuse(context, std::move(s));
+    }
     std::shared_ptr<GenerateCall> call;
     {
       absl::MutexLock lock(&ctx_->calls_mu);
@@ -40,6 +67,9 @@ class GenerationService final : public v1::Generation::CallbackService {
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest*,
                                          v1::ModelInfo* response) override {
+    if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
+      return Refuse(context, std::move(s));
+    }
     *response = info_;
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -49,16 +79,26 @@ class GenerationService final : public v1::Generation::CallbackService {
  private:
   RouterContext* ctx_;
   v1::ModelInfo info_;
+  const rpc::Security* security_;
 };
 
 class RegistryService final : public v1::Registry::CallbackService {
  public:
-  RegistryService(NodeRegistry* registry, int64_t heartbeat_ms, Dispatcher* dispatcher)
-      : registry_(registry), heartbeat_ms_(heartbeat_ms), dispatcher_(dispatcher) {}
+  RegistryService(NodeRegistry* registry, int64_t heartbeat_ms, Dispatcher* dispatcher,
+                  const rpc::Security* security)
+      : registry_(registry), heartbeat_ms_(heartbeat_ms), dispatcher_(dispatcher), security_(security) {}
+
+  // Nodes prove who they are: the API key, and under mutual TLS a
+  // certificate from the cluster's CA (clients of Generation need none).
+  grpc::Status Allowed(const grpc::CallbackServerContext& context) const {
+    if (grpc::Status s = rpc::CheckApiKey(context, security_->api_key); !s.ok()) return s;
+    return rpc::CheckPeerCertificate(context, *security_);
+  }
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
                                      const v1::RegisterRequest* request,
                                      v1::RegisterResponse* response) override {
+    if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
     absl::Status s = registry_->Register(request->info(), request->load());
     response->set_heartbeat_interval_ms(heartbeat_ms_);
     dispatcher_->Pump();
@@ -70,6 +110,7 @@ class RegistryService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* context,
                                       const v1::HeartbeatRequest* request,
                                       v1::HeartbeatResponse* response) override {
+    if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
     response->set_known(registry_->Heartbeat(request->node_id(), request->load()));
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -79,6 +120,7 @@ class RegistryService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* context,
                                       const v1::ListNodesRequest*,
                                       v1::ListNodesResponse* response) override {
+    if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
     registry_->List(response);
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -88,6 +130,7 @@ class RegistryService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* Deregister(grpc::CallbackServerContext* context,
                                        const v1::DeregisterRequest* request,
                                        v1::DeregisterResponse*) override {
+    if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
     registry_->Remove(request->node_id());
     auto* reactor = context->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
@@ -98,6 +141,7 @@ class RegistryService final : public v1::Registry::CallbackService {
   NodeRegistry* registry_;
   int64_t heartbeat_ms_;
   Dispatcher* dispatcher_;
+  const rpc::Security* security_;
 };
 
 }  // namespace
@@ -128,6 +172,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   if (sel.ok()) ctx.selection_seconds = (*sel)->Get();
 
   r->registry_ = std::make_unique<NodeRegistry>(absl::Milliseconds(options.node_expiry_ms));
+  PDS_ASSIGN_OR_RETURN(r->security_, rpc::Security::Load(options.security));
+  const rpc::Security* security = &r->security_;
+  r->registry_->SetChannelFactory([peer = security->ForPeers()](const std::string& address) {
+    return rpc::MakeChannel(address, peer);
+  });
   ctx.registry = r->registry_.get();
   r->dispatcher_ = std::make_unique<Dispatcher>(&ctx, std::make_unique<LeastLoadedPolicy>());
   ctx.dispatcher = r->dispatcher_.get();
@@ -157,45 +206,96 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   info.set_bos_token_id(r->tokenizer_->bos_id());
   if (ctx.prompt.chat) info.set_chat_format(ctx.prompt.chat->name());
 
-  r->services_.push_back(std::make_unique<GenerationService>(&ctx, info));
+  r->services_.push_back(std::make_unique<GenerationService>(&ctx, info, security));
   r->services_.push_back(std::make_unique<RegistryService>(
-      r->registry_.get(), options.heartbeat_interval_ms, r->dispatcher_.get()));
+      r->registry_.get(), options.heartbeat_interval_ms, r->dispatcher_.get(), security));
   std::vector<grpc::Service*> services;
   for (auto& s : r->services_) services.push_back(s.get());
-  PDS_ASSIGN_OR_RETURN(r->grpc_, rpc::StartServer(options.listen, services));
+  // Clients and nodes share the port: a certificate is asked for (nodes
+  // show one) but not required (clients use the API key).
+  PDS_ASSIGN_OR_RETURN(r->grpc_, rpc::StartServer(options.listen, services, *security,
+                                                  rpc::ClientCerts::kRequestAndVerify));
   rpc::SetServing(r->grpc_.server.get(), true);
 
   if (options.metrics_port >= 0) {
     http::HttpServerOptions ho;
     ho.port = static_cast<uint16_t>(options.metrics_port);
     r->http_ = std::make_unique<http::HttpServer>(ho);
-    tracing::AddMetricsRoute(*r->http_, r->metrics_registry_, "/metrics");
+    // Metrics are behind the API key too; only health is open.
+    const tracing::MetricsRegistry* metrics = &r->metrics_registry_;
+    r->http_->Handle("GET", "/metrics", [metrics, security](const http::HttpRequest& request) {
+      if (!http::HasBearerToken(request, security->api_key)) {
+        return http::HttpResponse::Text(401, "missing or invalid API key\n");
+      }
+      return tracing::MetricsResponse(*metrics);
+    });
     r->http_->Handle("GET", "/health", [](const http::HttpRequest&) {
       return http::HttpResponse::Text(200, "ok\n");
     });
-    NodeRegistry* reg = r->registry_.get();
-    r->http_->Handle("GET", "/ready", [reg](const http::HttpRequest&) {
-      const bool ready = (reg->HasRole(v1::NODE_ROLE_PREFILL) && reg->HasRole(v1::NODE_ROLE_DECODE)) ||
-                         reg->HasRole(v1::NODE_ROLE_MIXED);
-      return ready ? http::HttpResponse::Text(200, "ready\n")
-                   : http::HttpResponse::Text(503, "no prefill+decode pair or mixed node registered\n");
+    RouterServer* raw = r.get();
+    r->http_->Handle("GET", "/ready", [raw](const http::HttpRequest&) {
+      const std::string why = raw->NotReadyReason();
+      return why.empty() ? http::HttpResponse::Text(200, "ready\n")
+                         : http::HttpResponse::Text(503, why + "\n");
     });
     PDS_RETURN_IF_ERROR(r->http_->Start());
   }
+  if (options.http_port >= 0) {
+    OpenAiOptions oo;
+    oo.model_names.push_back(options.served_model_name.empty() ? DefaultModelName(options.model_path)
+                                                               : options.served_model_name);
+    // The GGUF's own name works too.
+    if (!info.model().empty() && info.model() != oo.model_names[0]) oo.model_names.push_back(info.model());
+    oo.chat_default_max_tokens = options.chat_default_max_tokens;
+    oo.api_key = security->api_key;
+    RouterServer* raw = r.get();
+    r->openai_ = std::make_unique<OpenAiFrontend>(&ctx, oo, [raw] { return raw->NotReadyReason(); });
+    http::HttpServerOptions ho;
+    ho.bind_address = options.http_bind;
+    ho.port = static_cast<uint16_t>(options.http_port);
+    ho.num_threads = std::max(1, options.http_threads);
+    ho.max_body_bytes = options.http_max_body_bytes;
+    ho.max_stream_buffer_bytes = options.http_max_stream_buffer_bytes;
+    ho.tls_cert_file = options.security.cert_file;
+    ho.tls_key_file = options.security.key_file;
+    ho.error_response = [](int status, const std::string& message) {
+      openai::ApiError e = openai::ErrorForStatus(2, message);
+      e.http_status = status;
+      e.type = "invalid_request_error";
+      if (status == 413) e.code = "request_too_large";
+      return ApiErrorResponse(e);
+    };
+    r->api_http_ = std::make_unique<http::HttpServer>(ho);
+    r->openai_->Register(r->api_http_.get());
+    PDS_RETURN_IF_ERROR(r->api_http_->Start());
+  }
   r->housekeeping_ = std::thread([raw = r.get()] { raw->Housekeeping(); });
   PDS_LOG(INFO) << "router listening on port " << r->grpc_.port
-                << (r->http_ ? absl::StrCat(", metrics on port ", r->http_->port()) : "");
+                << (r->http_ ? absl::StrCat(", metrics on port ", r->http_->port()) : "")
+                << (r->api_http_ ? absl::StrCat(", OpenAI API on port ", r->api_http_->port()) : "")
+                << (security->tls() ? " (TLS)" : "");
   return r;
 }
 
 int RouterServer::metrics_port() const { return http_ ? http_->port() : -1; }
+
+int RouterServer::http_port() const { return api_http_ ? api_http_->port() : -1; }
+
+std::string RouterServer::NotReadyReason() const {
+  if (stop_.HasBeenNotified()) return "draining";
+  const bool pair = registry_->HasRole(v1::NODE_ROLE_PREFILL) && registry_->HasRole(v1::NODE_ROLE_DECODE);
+  if (!pair && !registry_->HasRole(v1::NODE_ROLE_MIXED)) {
+    return "no prefill+decode pair or mixed node registered";
+  }
+  return "";
+}
 
 // Drops silent nodes and polls statically configured ones.
 void RouterServer::Housekeeping() {
   const absl::Duration period = absl::Milliseconds(std::max<int64_t>(50, options_.heartbeat_interval_ms / 2));
   while (!stop_.WaitForNotificationWithTimeout(period)) {
     for (const std::string& addr : options_.static_nodes) {
-      auto stub = v1::Node::NewStub(rpc::MakeChannel(addr));
+      auto stub = v1::Node::NewStub(rpc::MakeChannel(addr, security_.ForPeers()));
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
       v1::GetLoadRequest req;
@@ -218,7 +318,12 @@ void RouterServer::Shutdown(absl::Duration grace) {
   if (stop_.HasBeenNotified()) return;
   rpc::SetServing(grpc_.server.get(), false);
   stop_.Notify();
+  // Both fronts drain at once: HTTP stops accepting and lets open streams
+  // finish while gRPC does the same.
+  std::thread api_drain;
+  if (api_http_) api_drain = std::thread([this, grace] { api_http_->Stop(grace); });
   grpc_.server->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
+  if (api_drain.joinable()) api_drain.join();
   if (housekeeping_.joinable()) housekeeping_.join();
   if (http_) http_->Stop(absl::Seconds(1));
   if (spans_) spans_->Flush();

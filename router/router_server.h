@@ -15,6 +15,7 @@
 #include "http/http_server.h"
 #include "router/dispatcher.h"
 #include "router/node_registry.h"
+#include "router/openai_server.h"
 #include "router/router_context.h"
 #include "rpc/server_util.h"
 #include "tracing/metrics.h"
@@ -31,6 +32,18 @@ struct RouterOptions {
   RouterConfig config;
   std::string trace_file;               // OTLP/JSON spans, one request per line
   std::string timing_log;               // one JSON line of stage timings per request
+
+  // OpenAI-compatible HTTP API (router/openai_server.h).
+  int http_port = -1;                   // -1: off; 0: ephemeral
+  std::string http_bind = "0.0.0.0";
+  int http_threads = 2;
+  uint64_t http_max_body_bytes = 8 << 20;           // larger bodies get 413
+  size_t http_max_stream_buffer_bytes = 1 << 20;    // unsent SSE bytes, then the request is cancelled
+  std::string served_model_name;        // the name clients use; default: the file's name
+  int32_t chat_default_max_tokens = 512;
+  // TLS for the client ports (gRPC and HTTP) and mutual TLS with nodes;
+  // the API key guards every route but health.
+  rpc::SecurityFiles security;
 };
 
 class RouterServer {
@@ -40,6 +53,9 @@ class RouterServer {
 
   int port() const { return grpc_.port; }
   int metrics_port() const;
+  int http_port() const;  // OpenAI API; -1 when off
+  // Empty when the router can serve now, else why not (/ready).
+  std::string NotReadyReason() const;
   NodeRegistry& registry() { return *registry_; }
   // Stops taking requests (health NOT_SERVING), waits up to `grace` for
   // requests in flight, then stops.
@@ -51,6 +67,7 @@ class RouterServer {
   void Housekeeping();
 
   RouterOptions options_;
+  rpc::Security security_;  // loaded from options_.security
   std::unique_ptr<gguf::GgufFile> vocab_file_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<NodeRegistry> registry_;
@@ -61,6 +78,8 @@ class RouterServer {
   std::vector<std::unique_ptr<grpc::Service>> services_;
   rpc::ServerHandle grpc_;
   std::unique_ptr<http::HttpServer> http_;
+  std::unique_ptr<OpenAiFrontend> openai_;
+  std::unique_ptr<http::HttpServer> api_http_;
   absl::Notification stop_;
   std::thread housekeeping_;
 };

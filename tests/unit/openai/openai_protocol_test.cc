@@ -1,0 +1,308 @@
+#include "router/openai_protocol.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <grpcpp/support/status_code_enum.h>
+
+#include "nlohmann/json.hpp"
+
+namespace pdserve::router::openai {
+namespace {
+
+using json = nlohmann::json;
+
+ParseOptions Options() {
+  ParseOptions o;
+  o.model_names = {"smol", "SmolLM2 135M"};
+  o.chat_default_max_tokens = 300;
+  return o;
+}
+
+std::optional<ApiError> Parse(Endpoint ep, const std::string& body, ParsedRequest* out) {
+  return ParseRequest(ep, body, Options(), out);
+}
+
+// The error a body gets, or a failure when it parses.
+ApiError ErrorOf(Endpoint ep, const std::string& body) {
+  ParsedRequest r;
+  std::optional<ApiError> e = Parse(ep, body, &r);
+  EXPECT_TRUE(e.has_value()) << body;
+  return e.value_or(ApiError());
+}
+
+TEST(OpenAiParseTest, CompletionFieldsMapToTheGenerateRequest) {
+  ParsedRequest r;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions,
+                     R"({"model": "smol", "prompt": "Hello", "max_tokens": 7, "temperature": 0.5,
+                         "top_p": 0.9, "stop": "\n", "seed": 42, "user": "u1", "logprobs": 2,
+                         "presence_penalty": 0.5, "frequency_penalty": -0.5, "n": 1,
+                         "some_future_field": {"x": 1}})",
+                     &r));
+  EXPECT_EQ(r.model, "smol");
+  EXPECT_FALSE(r.stream);
+  EXPECT_EQ(r.user, "u1");
+  EXPECT_EQ(r.completion_logprobs, 2);
+  const v1::GenerateRequest& g = r.request;
+  EXPECT_EQ(g.text(), "Hello");
+  EXPECT_EQ(g.stop().max_tokens(), 7);
+  EXPECT_THAT(g.stop().stop(), testing::ElementsAre("\n"));
+  EXPECT_FLOAT_EQ(g.sampling().temperature(), 0.5f);
+  EXPECT_FLOAT_EQ(g.sampling().top_p(), 0.9f);
+  EXPECT_EQ(g.sampling().seed(), 42u);
+  EXPECT_TRUE(g.sampling().logprobs());
+  EXPECT_EQ(g.sampling().top_logprobs(), 2);
+  EXPECT_FLOAT_EQ(g.sampling().presence_penalty(), 0.5f);
+  EXPECT_FLOAT_EQ(g.sampling().frequency_penalty(), -0.5f);
+}
+
+TEST(OpenAiParseTest, PromptForms) {
+  ParsedRequest r;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": ["one"]})", &r));
+  EXPECT_EQ(r.request.text(), "one");
+  r = ParsedRequest();
+  ASSERT_FALSE(Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": [1, 2, 3]})", &r));
+  EXPECT_THAT(r.request.token_ids().ids(), testing::ElementsAre(1, 2, 3));
+  r = ParsedRequest();
+  ASSERT_FALSE(Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": [[4, 5]]})", &r));
+  EXPECT_THAT(r.request.token_ids().ids(), testing::ElementsAre(4, 5));
+  // Completions without max_tokens keep the API's default (16, applied downstream).
+  EXPECT_FALSE(r.request.stop().has_max_tokens());
+
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, R"({"model": "smol", "prompt": ["a", "b"]})").param,
+            "prompt");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, R"({"model": "smol", "prompt": []})").param, "prompt");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, R"({"model": "smol", "prompt": [1, "x"]})").param,
+            "prompt");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, R"({"model": "smol", "prompt": 5})").param, "prompt");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, R"({"model": "smol"})").param, "prompt");
+}
+
+TEST(OpenAiParseTest, ChatMessages) {
+  ParsedRequest r;
+  ASSERT_FALSE(Parse(Endpoint::kChat, R"({"model": "SmolLM2 135M", "messages": [
+      {"role": "developer", "content": "Be brief."},
+      {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+      {"role": "assistant", "content": null}],
+      "max_completion_tokens": 9, "max_tokens": 100, "logprobs": true, "top_logprobs": 3})",
+                     &r));
+  ASSERT_EQ(r.request.chat().messages_size(), 3);
+  EXPECT_EQ(r.request.chat().messages(0).role(), "system");
+  EXPECT_EQ(r.request.chat().messages(1).content(), "Hi there");
+  EXPECT_EQ(r.request.chat().messages(2).content(), "");
+  EXPECT_EQ(r.request.stop().max_tokens(), 9);  // max_completion_tokens wins
+  EXPECT_TRUE(r.chat_logprobs);
+  EXPECT_EQ(r.request.sampling().top_logprobs(), 3);
+
+  r = ParsedRequest();
+  ASSERT_FALSE(Parse(Endpoint::kChat,
+                     R"({"model": "smol", "messages": [{"role": "user", "content": "x"}]})", &r));
+  EXPECT_EQ(r.request.stop().max_tokens(), 300);  // the configured chat default
+
+  EXPECT_EQ(ErrorOf(Endpoint::kChat,
+                    R"({"model": "smol", "messages": [{"role": "tool", "content": "x"}]})")
+                .param,
+            "messages[0].role");
+  EXPECT_EQ(
+      ErrorOf(
+          Endpoint::kChat,
+          R"({"model": "smol", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})")
+          .param,
+      "messages[0].content");
+  EXPECT_EQ(ErrorOf(Endpoint::kChat, R"({"model": "smol", "messages": []})").param, "messages");
+  EXPECT_EQ(ErrorOf(Endpoint::kChat, R"({"model": "smol"})").param, "messages");
+  EXPECT_EQ(
+      ErrorOf(
+          Endpoint::kChat,
+          R"({"model": "smol", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})")
+          .param,
+      "top_logprobs");
+}
+
+TEST(OpenAiParseTest, BadInputGetsA400NamingTheParameter) {
+  const ApiError malformed = ErrorOf(Endpoint::kCompletions, "{\"model\": ");
+  EXPECT_EQ(malformed.http_status, 400);
+  EXPECT_EQ(malformed.type, "invalid_request_error");
+  EXPECT_EQ(ErrorOf(Endpoint::kCompletions, "[1, 2]").http_status, 400);
+  struct Case {
+    const char* body;
+    const char* param;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"prompt": "x"})", "model"},
+           {R"({"model": 3, "prompt": "x"})", "model"},
+           {R"({"model": "smol", "prompt": "x", "max_tokens": "10"})", "max_tokens"},
+           {R"({"model": "smol", "prompt": "x", "max_tokens": 0})", "max_tokens"},
+           {R"({"model": "smol", "prompt": "x", "max_tokens": 1.5})", "max_tokens"},
+           {R"({"model": "smol", "prompt": "x", "temperature": 3})", "temperature"},
+           {R"({"model": "smol", "prompt": "x", "temperature": "hot"})", "temperature"},
+           {R"({"model": "smol", "prompt": "x", "top_p": 1.5})", "top_p"},
+           {R"({"model": "smol", "prompt": "x", "stop": 5})", "stop"},
+           {R"({"model": "smol", "prompt": "x", "stop": ["a", 1]})", "stop"},
+           {R"({"model": "smol", "prompt": "x", "n": 2})", "n"},
+           {R"({"model": "smol", "prompt": "x", "echo": true})", "echo"},
+           {R"({"model": "smol", "prompt": "x", "best_of": 3})", "best_of"},
+           {R"({"model": "smol", "prompt": "x", "logit_bias": {"1": 5}})", "logit_bias"},
+           {R"({"model": "smol", "prompt": "x", "logprobs": 21})", "logprobs"},
+           {R"({"model": "smol", "prompt": "x", "stream": "yes"})", "stream"},
+           {R"({"model": "smol", "prompt": "x", "stream_options": {"include_usage": true}})",
+            "stream_options"},
+           {R"({"model": "smol", "prompt": "x", "seed": 18446744073709551615})", "seed"},
+           {R"({"model": "smol", "prompt": "x", "user": 7})", "user"},
+       }) {
+    const ApiError e = ErrorOf(Endpoint::kCompletions, c.body);
+    EXPECT_EQ(e.http_status, 400) << c.body;
+    EXPECT_EQ(e.param, c.param) << c.body;
+  }
+}
+
+TEST(OpenAiParseTest, UnknownModelIs404) {
+  const ApiError e = ErrorOf(Endpoint::kCompletions, R"({"model": "gpt-9", "prompt": "x"})");
+  EXPECT_EQ(e.http_status, 404);
+  EXPECT_EQ(e.code, "model_not_found");
+  EXPECT_EQ(e.param, "model");
+}
+
+TEST(OpenAiParseTest, NullMeansUnset) {
+  ParsedRequest r;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions,
+                     R"({"model": "smol", "prompt": "x", "max_tokens": null, "stop": null,
+                         "temperature": null, "logprobs": null, "n": null, "stream": null})",
+                     &r));
+  EXPECT_FALSE(r.request.stop().has_max_tokens());
+  EXPECT_FALSE(r.request.sampling().has_temperature());
+  EXPECT_EQ(r.completion_logprobs, -1);
+}
+
+TEST(OpenAiErrorTest, EnvelopeAndStatusMapping) {
+  const json body = json::parse(ErrorBody(BadRequest("nope", "n")));
+  EXPECT_EQ(body["error"]["message"], "nope");
+  EXPECT_EQ(body["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(body["error"]["param"], "n");
+  EXPECT_TRUE(body["error"]["code"].is_null());
+
+  const ApiError busy =
+      ErrorForStatus(static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED), "full");
+  EXPECT_EQ(busy.http_status, 429);
+  EXPECT_FALSE(busy.retry_after_s.empty());
+  EXPECT_EQ(ErrorForStatus(static_cast<int>(grpc::StatusCode::UNAVAILABLE), "").http_status, 503);
+  EXPECT_EQ(ErrorForStatus(static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT), "").http_status,
+            400);
+  EXPECT_EQ(ErrorForStatus(static_cast<int>(grpc::StatusCode::INTERNAL), "").http_status, 500);
+}
+
+v1::Chunk MakeChunk(std::string text, std::vector<int> ids) {
+  v1::Chunk c;
+  c.set_text(std::move(text));
+  for (int id : ids) {
+    c.add_token_ids(id);
+    c.add_logprobs(-0.25f);
+    v1::TokenLogprobs* top = c.add_top_logprobs();
+    v1::TopLogprob* alt = top->add_top();
+    alt->set_token_id(id);
+    alt->set_logprob(-0.25f);
+  }
+  return c;
+}
+
+v1::Complete MakeComplete(v1::FinishReason reason, int prompt, int completion) {
+  v1::Complete c;
+  c.set_finish_reason(reason);
+  c.mutable_usage()->set_prompt_tokens(prompt);
+  c.mutable_usage()->set_completion_tokens(completion);
+  return c;
+}
+
+TEST(OpenAiResponseTest, ChatStreamChunksInOpenAiShapes) {
+  ParsedRequest req;
+  ASSERT_FALSE(Parse(Endpoint::kChat,
+                     R"({"model": "smol", "messages": [{"role": "user", "content": "x"}],
+                         "stream": true, "stream_options": {"include_usage": true}})",
+                     &req));
+  ResponseBuilder b(req, "chatcmpl-1", 1700000000, nullptr);
+  std::vector<std::string> first = b.StreamChunk(MakeChunk("Hi", {5}));
+  ASSERT_EQ(first.size(), 2u);  // the role, then the content
+  json role = json::parse(first[0]);
+  EXPECT_EQ(role["object"], "chat.completion.chunk");
+  EXPECT_EQ(role["id"], "chatcmpl-1");
+  EXPECT_EQ(role["created"], 1700000000);
+  EXPECT_EQ(role["model"], "smol");
+  EXPECT_EQ(role["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_TRUE(role["usage"].is_null());
+  json content = json::parse(first[1]);
+  EXPECT_EQ(content["choices"][0]["delta"]["content"], "Hi");
+  EXPECT_FALSE(content["choices"][0]["delta"].contains("role"));
+  EXPECT_TRUE(content["choices"][0]["finish_reason"].is_null());
+  EXPECT_TRUE(content["choices"][0]["logprobs"].is_null());  // not asked for
+
+  // A chunk whose text is withheld (a partial stop string) sends nothing.
+  EXPECT_TRUE(b.StreamChunk(MakeChunk("", {6})).empty());
+
+  std::vector<std::string> end = b.StreamComplete(MakeComplete(v1::FINISH_REASON_LENGTH, 10, 2));
+  ASSERT_EQ(end.size(), 2u);
+  json fin = json::parse(end[0]);
+  EXPECT_EQ(fin["choices"][0]["finish_reason"], "length");
+  EXPECT_TRUE(fin["choices"][0]["delta"].empty());
+  json usage = json::parse(end[1]);
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["prompt_tokens"], 10);
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 2);
+  EXPECT_EQ(usage["usage"]["total_tokens"], 12);
+}
+
+TEST(OpenAiResponseTest, CompletionStreamWithoutUsageHasNoUsageChunk) {
+  ParsedRequest req;
+  ASSERT_FALSE(
+      Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": "x", "stream": true})", &req));
+  ResponseBuilder b(req, "cmpl-1", 1, nullptr);
+  std::vector<std::string> c = b.StreamChunk(MakeChunk(" Paris", {9}));
+  ASSERT_EQ(c.size(), 1u);
+  json j = json::parse(c[0]);
+  EXPECT_EQ(j["object"], "text_completion");
+  EXPECT_EQ(j["choices"][0]["text"], " Paris");
+  EXPECT_FALSE(j.contains("usage"));
+  std::vector<std::string> end = b.StreamComplete(MakeComplete(v1::FINISH_REASON_STOP, 3, 1));
+  ASSERT_EQ(end.size(), 1u);
+  EXPECT_EQ(json::parse(end[0])["choices"][0]["finish_reason"], "stop");
+}
+
+TEST(OpenAiResponseTest, WholeBodiesWithLogprobs) {
+  ParsedRequest req;
+  ASSERT_FALSE(
+      Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": "x", "logprobs": 1})", &req));
+  ResponseBuilder b(req, "cmpl-2", 1, nullptr);
+  b.Accumulate(MakeChunk(" Par", {1}));
+  b.Accumulate(MakeChunk("is", {2}));
+  json body = json::parse(b.FinalBody(MakeComplete(v1::FINISH_REASON_LENGTH, 4, 2)));
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_EQ(body["choices"][0]["text"], " Paris");
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["choices"][0]["logprobs"]["token_logprobs"].size(), 2u);
+  EXPECT_EQ(body["choices"][0]["logprobs"]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(body["usage"]["total_tokens"], 6);
+
+  ParsedRequest chat;
+  ASSERT_FALSE(Parse(
+      Endpoint::kChat,
+      R"({"model": "smol", "messages": [{"role": "user", "content": "x"}], "logprobs": true})",
+      &chat));
+  ResponseBuilder c(chat, "chatcmpl-2", 1, nullptr);
+  c.Accumulate(MakeChunk("Hello", {3}));
+  json cb = json::parse(c.FinalBody(MakeComplete(v1::FINISH_REASON_STOP, 4, 1)));
+  EXPECT_EQ(cb["object"], "chat.completion");
+  EXPECT_EQ(cb["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(cb["choices"][0]["message"]["content"], "Hello");
+  ASSERT_EQ(cb["choices"][0]["logprobs"]["content"].size(), 1u);
+  EXPECT_FLOAT_EQ(cb["choices"][0]["logprobs"]["content"][0]["logprob"].get<float>(), -0.25f);
+}
+
+TEST(OpenAiModelsTest, ListsTheServedName) {
+  json list = json::parse(ModelList({"smol", "alias"}, 5));
+  EXPECT_EQ(list["object"], "list");
+  ASSERT_EQ(list["data"].size(), 1u);
+  EXPECT_EQ(list["data"][0]["id"], "smol");
+  EXPECT_EQ(list["data"][0]["object"], "model");
+}
+
+}  // namespace
+}  // namespace pdserve::router::openai
