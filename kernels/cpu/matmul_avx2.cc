@@ -10,7 +10,7 @@ namespace pdserve::kernels::internal {
 namespace {
 
 constexpr int kMaxTile = 4;              // tokens per tile: 16 ymm registers
-constexpr int64_t kPrefetchBlocks = 16;  // decode prefetch distance, as on AVX-512
+constexpr int64_t kPrefetchBlocks = 16;  // weight prefetch distance, as on AVX-512
 
 inline __m256i Bcast4(const int8_t* p) { return _mm256_set1_epi32(static_cast<int>(LoadU32(p))); }
 
@@ -44,7 +44,7 @@ void HalfGroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t
     }
   }
   for (int64_t b = 0; b < nb; ++b) {
-    if (NT <= 2 && half == 0) {
+    if (half == 0) {  // prefetch the stream once per group
       const char* ahead = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(wg) +
                                                         (b + kPrefetchBlocks) * pb);
       for (int64_t c = 0; c < pb; c += 64) _mm_prefetch(ahead + c, _MM_HINT_T0);

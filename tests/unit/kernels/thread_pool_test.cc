@@ -72,6 +72,18 @@ TEST(ThreadPoolTest, CallerWaitsForSlowWorker) {
   EXPECT_TRUE(done.load());
 }
 
+TEST(ThreadPoolTest, PinnedPoolRuns) {
+  ThreadPool pool(2, {0});  // both threads on CPU 0: still correct, just slower
+  std::atomic<int> sum{0};
+  for (int iter = 0; iter < 20; ++iter) {
+    pool.Run([&](int ith, int) {
+      sum.fetch_add(ith + 1);
+      pool.Barrier();
+    });
+  }
+  EXPECT_EQ(sum.load(), 20 * 3);
+}
+
 TEST(ThreadPoolTest, SplitRangeCoversRangeAligned) {
   for (int64_t n : {0, 1, 15, 16, 17, 100, 576, 49152}) {
     for (int nth : {1, 2, 3, 7}) {
