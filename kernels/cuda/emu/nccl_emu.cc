@@ -65,7 +65,8 @@ ncclResult_t Transfer(bool send, void* buf, size_t bytes, int peer, ncclComm_t c
   op->send = send;
   op->buf = buf;
   op->bytes = bytes;
-  const std::pair<int, int> key = send ? std::make_pair(comm->rank, peer) : std::make_pair(peer, comm->rank);
+  const std::pair<int, int> key =
+      send ? std::make_pair(comm->rank, peer) : std::make_pair(peer, comm->rank);
   auto& mine = send ? c.sends[key] : c.recvs[key];
   auto& theirs = send ? c.recvs[key] : c.sends[key];
   if (!theirs.empty()) {

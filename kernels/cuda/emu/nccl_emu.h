@@ -32,7 +32,8 @@ struct ncclConfig_t {
   unsigned version;
   int blocking;
 };
-#define NCCL_CONFIG_INITIALIZER {sizeof(ncclConfig_t), 0xcafebeef, 0, INT_MIN}
+#define NCCL_CONFIG_INITIALIZER \
+  { sizeof(ncclConfig_t), 0xcafebeef, 0, INT_MIN }
 #define NCCL_MAJOR 2
 #define NCCL_MINOR 0
 #define NCCL_PATCH 0

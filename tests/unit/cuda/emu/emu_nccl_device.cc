@@ -1,0 +1,4 @@
+// transport/nccl_device.cc built for the CPU emulation.
+#include "kernels/cuda/cuda_compat.h"  // first: emulated CUDA and NCCL
+//
+#include "transport/nccl_device.cc"

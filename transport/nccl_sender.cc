@@ -1,0 +1,611 @@
+#include "transport/nccl_sender.h"
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "transport/nccl_device.h"
+#include "transport/nccl_wire.h"
+#include "transport/tcp_socket.h"
+#include "transport/transfer_counters.h"
+
+namespace pdserve::transport {
+
+using internal::NcclFrame;
+using internal::NcclFrameType;
+
+namespace {
+std::string XferName(TransferId x) { return absl::StrCat("transfer ", x.value); }
+}  // namespace
+
+namespace internal {
+
+struct NcclSendLink;
+
+// One outgoing transfer. Fields below mu are guarded by it.
+struct NcclSendXfer {
+  TransferId xfer;
+  int32_t n_layers = 0;
+  Deadline deadline;
+  int64_t start_ns = 0;
+  std::shared_ptr<NcclSendLink> link;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  SendDoneCallback on_done;
+  std::vector<bool> given;
+  int32_t n_given = 0;
+  bool finish_called = false;
+  bool ready = false;  // the receiver posted: data may flow
+  int32_t layers_sent = 0;
+  bool trailer_sent = false;
+  bool busy = false;                         // the link thread reads this transfer's views
+  bool abort_pending = false;                // tell the receiver once not busy
+  std::optional<absl::Status> final_status;  // decided, callbacks maybe pending
+  bool done = false;                         // callbacks ran; views are no longer read
+};
+
+struct NcclSendJob {
+  std::shared_ptr<NcclSendXfer> t;
+  int32_t layer = -1;  // -1: the trailer
+  std::vector<ConstBlockView> views;
+  void* event = nullptr;
+  std::string trailer;
+};
+
+// One receiver endpoint: control connection, communicator, link thread.
+struct NcclSendLink {
+  std::string endpoint;
+  internal::UniqueFd fd;
+  internal::NcclDevice dev;
+  ncclUniqueId id;
+  std::mutex write_mu;  // control frames
+
+  std::mutex mu;  // guards the fields below
+  std::condition_variable cv;
+  std::deque<NcclSendJob> jobs;
+  std::map<uint64_t, std::shared_ptr<NcclSendXfer>> xfers;
+  bool closing = false;
+  // The transfer whose NCCL operation is in flight, for the watchdog.
+  std::shared_ptr<NcclSendXfer> inflight;
+
+  std::atomic<bool> dead{false};
+  std::thread reader, worker;
+};
+
+}  // namespace internal
+
+using internal::NcclSendJob;
+using internal::NcclSendLink;
+using internal::NcclSendXfer;
+
+class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
+ public:
+  explicit Core(NcclSenderOptions options) : options_(options) {}
+
+  void Start() {
+    watchdog_ = std::thread([this] { Watchdog(); });
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    std::vector<std::shared_ptr<NcclSendLink>> links;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [ep, l] : links_) links.push_back(l);
+      links.insert(links.end(), dead_.begin(), dead_.end());
+      links_.clear();
+      dead_.clear();
+    }
+    for (auto& l : links) {
+      std::vector<std::shared_ptr<NcclSendXfer>> ts;
+      {
+        std::lock_guard<std::mutex> lock(l->mu);
+        for (auto& [x, t] : l->xfers) ts.push_back(t);
+      }
+      for (auto& t : ts) Complete(t, absl::CancelledError("NCCL sender shut down"), true);
+      Kill(l, absl::CancelledError("NCCL sender shut down"));
+    }
+    for (auto& l : links) Join(l);
+  }
+
+  internal::TransferCounters& counters() { return counters_; }
+
+  absl::StatusOr<std::shared_ptr<NcclSendXfer>> Open(TransferId xfer, const std::string& peer,
+                                                     int32_t n_layers, Deadline deadline,
+                                                     SendDoneCallback on_done) {
+    if (n_layers < 1) return absl::InvalidArgumentError("n_layers must be >= 1");
+    if (!absl::StartsWith(peer, internal::kNcclScheme)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("NCCL sender: endpoint '", peer, "' does not start with nccl:"));
+    }
+    absl::StatusOr<std::shared_ptr<NcclSendLink>> link = GetLink(peer);
+    if (!link.ok()) return link.status();
+    auto t = std::make_shared<NcclSendXfer>();
+    t->xfer = xfer;
+    t->n_layers = n_layers;
+    t->deadline = deadline;
+    t->start_ns = MonoNowNs();
+    t->link = *link;
+    t->on_done = std::move(on_done);
+    t->given.assign(n_layers, false);
+    {
+      std::lock_guard<std::mutex> lock((*link)->mu);
+      if (!(*link)->xfers.emplace(xfer.value, t).second) {
+        return absl::AlreadyExistsError(
+            absl::StrCat(XferName(xfer), " is already in flight to ", peer));
+      }
+    }
+    NcclFrame begin;
+    begin.type = NcclFrameType::kBegin;
+    begin.xfer = xfer.value;
+    begin.arg0 = n_layers;
+    begin.arg1 = std::max<int64_t>(
+        0,
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - MonoClock::now()).count());
+    if (absl::Status s = Write(*link, begin); !s.ok()) {
+      {
+        std::lock_guard<std::mutex> lock((*link)->mu);
+        (*link)->xfers.erase(xfer.value);
+      }
+      Kill(*link, s);
+      return absl::UnavailableError(absl::StrCat("NCCL sender: ", peer, ": ", s.message()));
+    }
+    counters_.Started();
+    return t;
+  }
+
+  absl::Status Enqueue(const std::shared_ptr<NcclSendXfer>& t, NcclSendJob job) {
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->final_status) return *t->final_status;
+      if (job.layer >= 0) {
+        if (job.layer >= t->n_layers || t->given[job.layer]) {
+          return absl::InvalidArgumentError(absl::StrCat(XferName(t->xfer), ": layer ", job.layer,
+                                                         " is out of range or was already sent"));
+        }
+        t->given[job.layer] = true;
+        ++t->n_given;
+      } else {
+        if (t->finish_called) return absl::FailedPreconditionError("Finish called twice");
+        if (t->n_given != t->n_layers) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              XferName(t->xfer), ": Finish before all ", t->n_layers, " layers were given"));
+        }
+        t->finish_called = true;
+      }
+    }
+    job.t = t;
+    NcclSendLink& l = *t->link;
+    {
+      std::lock_guard<std::mutex> lock(l.mu);
+      l.jobs.push_back(std::move(job));
+    }
+    l.cv.notify_all();
+    return absl::OkStatus();
+  }
+
+  // Decides t's outcome once; callbacks run as soon as the link thread no
+  // longer reads its views. notify_peer: send Abort so the receiver stops.
+  void Complete(const std::shared_ptr<NcclSendXfer>& t, absl::Status status, bool notify_peer) {
+    bool finalize_now = false, abort_now = false;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->final_status) return;
+      t->final_status = std::move(status);
+      if (t->busy) {
+        t->abort_pending = notify_peer;
+      } else {
+        abort_now = notify_peer;
+        finalize_now = true;
+      }
+    }
+    t->link->cv.notify_all();
+    if (abort_now) SendAbort(t);
+    if (finalize_now) Finalize(t);
+  }
+
+  // Called by the link thread when it stops reading t's views.
+  void Unbusy(const std::shared_ptr<NcclSendXfer>& t) {
+    bool finalize = false, abort = false;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      t->busy = false;
+      if (t->final_status && !t->done) {
+        finalize = true;
+        abort = t->abort_pending;
+      }
+    }
+    if (abort) SendAbort(t);
+    if (finalize) Finalize(t);
+  }
+
+  void Wait(const std::shared_ptr<NcclSendXfer>& t) {
+    std::unique_lock<std::mutex> lock(t->mu);
+    t->cv.wait(lock, [&] { return t->done; });
+  }
+
+  void Kill(const std::shared_ptr<NcclSendLink>& l, const absl::Status& why) {
+    if (l->dead.exchange(true)) return;
+    l->dev.Abort();
+    ::shutdown(l->fd.get(), SHUT_RDWR);
+    std::vector<std::shared_ptr<NcclSendXfer>> ts;
+    std::deque<NcclSendJob> dropped;  // jobs hold their transfers, which hold the link
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      l->closing = true;
+      for (auto& [x, t] : l->xfers) ts.push_back(t);
+      dropped.swap(l->jobs);
+    }
+    l->cv.notify_all();
+    if (!ts.empty()) {
+      PDS_LOG(WARNING) << "NCCL sender: link to " << l->endpoint << " failed with " << ts.size()
+                       << " transfers in flight: " << why;
+    }
+    for (auto& t : ts) {
+      Complete(t,
+               absl::UnavailableError(
+                   absl::StrCat(XferName(t->xfer), " to ", l->endpoint, ": ", why.message())),
+               false);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(l->endpoint);
+    if (it != links_.end() && it->second == l) links_.erase(it);
+    dead_.push_back(l);
+    cv_.notify_all();
+  }
+
+ private:
+  absl::Status Write(const std::shared_ptr<NcclSendLink>& l, const NcclFrame& f) {
+    if (l->dead) return absl::UnavailableError("link closed");
+    std::lock_guard<std::mutex> lock(l->write_mu);
+    return internal::WriteNcclFrame(l->fd.get(), f);
+  }
+
+  void SendAbort(const std::shared_ptr<NcclSendXfer>& t) {
+    NcclFrame f;
+    f.type = NcclFrameType::kAbort;
+    f.xfer = t->xfer.value;
+    if (absl::Status s = Write(t->link, f); !s.ok() && !t->link->dead) Kill(t->link, s);
+  }
+
+  void Finalize(const std::shared_ptr<NcclSendXfer>& t) {
+    SendDoneCallback cb;
+    absl::Status status;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->done) return;
+      t->done = true;
+      status = *t->final_status;
+      cb = std::move(t->on_done);
+    }
+    {
+      std::lock_guard<std::mutex> lock(t->link->mu);
+      auto it = t->link->xfers.find(t->xfer.value);
+      if (it != t->link->xfers.end() && it->second == t) t->link->xfers.erase(it);
+    }
+    counters_.Finished(status, MonoNowNs() - t->start_ns);
+    t->cv.notify_all();
+    if (cb) cb(status);
+  }
+
+  absl::StatusOr<std::shared_ptr<NcclSendLink>> GetLink(const std::string& endpoint) {
+    std::lock_guard<std::mutex> create_lock(link_create_mu_);  // one connect at a time
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (stopping_) return absl::CancelledError("NCCL sender shut down");
+      auto it = links_.find(endpoint);
+      if (it != links_.end() && !it->second->dead) return it->second;
+    }
+    absl::StatusOr<internal::HostPort> hp =
+        internal::ParseHostPort(endpoint.substr(std::strlen(internal::kNcclScheme)));
+    if (!hp.ok()) return hp.status();
+    absl::StatusOr<internal::UniqueFd> fd =
+        internal::ConnectBlocking(*hp, options_.connect_timeout_ms);
+    if (!fd.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("NCCL sender: cannot reach ", endpoint, ": ", fd.status().message()));
+    }
+    auto l = std::make_shared<NcclSendLink>();
+    l->endpoint = endpoint;
+    l->fd = std::move(*fd);
+    if (ncclResult_t r = ncclGetUniqueId(&l->id); r != ncclSuccess) {
+      return absl::InternalError(absl::StrCat("ncclGetUniqueId: ", ncclGetErrorString(r)));
+    }
+    NcclFrame hello;
+    hello.type = NcclFrameType::kHello;
+    hello.payload.assign(reinterpret_cast<const char*>(&l->id), sizeof(l->id));
+    if (absl::Status s = internal::WriteNcclFrame(l->fd.get(), hello); !s.ok()) {
+      return absl::UnavailableError(absl::StrCat("NCCL sender: ", endpoint, ": ", s.message()));
+    }
+    l->reader = std::thread([this, l] { ReadLoop(l); });
+    l->worker = std::thread([this, l] { WorkLoop(l); });
+    std::lock_guard<std::mutex> lock(mu_);
+    links_[endpoint] = l;
+    return l;
+  }
+
+  void ReadLoop(const std::shared_ptr<NcclSendLink>& l) {
+    for (;;) {
+      NcclFrame f;
+      absl::Status s = internal::ReadNcclFrame(l->fd.get(), &f);
+      if (!s.ok()) return Kill(l, s);
+      std::shared_ptr<NcclSendXfer> t;
+      {
+        std::lock_guard<std::mutex> lock(l->mu);
+        auto it = l->xfers.find(f.xfer);
+        if (it != l->xfers.end()) t = it->second;
+      }
+      if (!t) continue;  // already finished here
+      switch (f.type) {
+        case NcclFrameType::kReady: {
+          {
+            std::lock_guard<std::mutex> lock(t->mu);
+            t->ready = true;
+          }
+          l->cv.notify_all();
+          break;
+        }
+        case NcclFrameType::kAck: {
+          bool sent_all;
+          {
+            std::lock_guard<std::mutex> lock(t->mu);
+            sent_all = t->trailer_sent;
+          }
+          if (!sent_all) {
+            // An early Ack would let the caller free blocks we still read.
+            Complete(t,
+                     absl::InternalError(absl::StrCat("receiver ", l->endpoint, " acknowledged ",
+                                                      XferName(t->xfer), " before it was sent")),
+                     true);
+          } else {
+            Complete(t, absl::OkStatus(), false);
+          }
+          break;
+        }
+        case NcclFrameType::kNack:
+          Complete(t,
+                   absl::Status(static_cast<absl::StatusCode>(f.arg0),
+                                absl::StrCat("receiver ", l->endpoint, ": ", f.payload)),
+                   true);
+          break;
+        default:
+          return Kill(l,
+                      absl::InvalidArgumentError("unexpected NCCL control frame from a receiver"));
+      }
+    }
+  }
+
+  // The first job, in order, that can go now: its transfer is Ready, or
+  // already decided (the job is then dropped).
+  bool TakeJobLocked(NcclSendLink& l, NcclSendJob* out) {
+    for (auto it = l.jobs.begin(); it != l.jobs.end(); ++it) {
+      std::lock_guard<std::mutex> lock(it->t->mu);
+      if (!it->t->final_status && !it->t->ready) continue;
+      if (!it->t->final_status) it->t->busy = true;  // claim its views before unlocking
+      *out = std::move(*it);
+      l.jobs.erase(it);
+      return true;
+    }
+    return false;
+  }
+
+  void WorkLoop(const std::shared_ptr<NcclSendLink>& l) {
+    absl::Status s = l->dev.Init(options_.device);
+    if (s.ok()) {
+      s = l->dev.InitComm(
+          l->id, 0, MonoClock::now() + std::chrono::milliseconds(options_.comm_init_timeout_ms));
+    }
+    if (!s.ok()) return Kill(l, s);
+    for (;;) {
+      NcclSendJob job;
+      {
+        std::unique_lock<std::mutex> lock(l->mu);
+        l->cv.wait(lock, [&] { return l->closing || TakeJobLocked(*l, &job); });
+        if (l->closing) {
+          if (job.t) Unbusy(job.t);
+          return;
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(job.t->mu);
+        if (!job.t->busy) continue;  // decided before it could go: dropped
+      }
+      s = job.layer >= 0 ? SendLayer(l, job) : SendTrailer(l, job);
+      if (!s.ok()) {
+        Unbusy(job.t);
+        return Kill(l, s);
+      }
+    }
+  }
+
+  absl::Status SendLayer(const std::shared_ptr<NcclSendLink>& l, const NcclSendJob& job) {
+    NcclFrame f;
+    f.type = NcclFrameType::kLayer;
+    f.xfer = job.t->xfer.value;
+    f.arg0 = job.layer;
+    size_t total = 0;
+    f.payload.resize(job.views.size() * 8);
+    for (size_t i = 0; i < job.views.size(); ++i) {
+      const uint64_t b = job.views[i].bytes;
+      std::memcpy(&f.payload[i * 8], &b, 8);
+      total += job.views[i].bytes;
+    }
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      l->inflight = job.t;
+    }
+    absl::Status s = Write(l, f);
+    if (s.ok()) s = l->dev.Pack(job.views, total, static_cast<cudaEvent_t>(job.event));
+    if (s.ok()) s = l->dev.Sync();  // the views are free from here on
+    Unbusy(job.t);
+    // Once the Layer frame went out the receiver expects the bytes, so they
+    // are sent even if the transfer was decided meanwhile.
+    if (s.ok()) s = l->dev.Send(total, 1);
+    if (s.ok()) s = l->dev.Sync();
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      l->inflight.reset();
+    }
+    if (!s.ok()) return s;
+    counters_.AddBytes(static_cast<int64_t>(total));
+    std::lock_guard<std::mutex> lock(job.t->mu);
+    ++job.t->layers_sent;
+    return absl::OkStatus();
+  }
+
+  absl::Status SendTrailer(const std::shared_ptr<NcclSendLink>& l, const NcclSendJob& job) {
+    NcclFrame f;
+    f.type = NcclFrameType::kTrailer;
+    f.xfer = job.t->xfer.value;
+    f.payload = job.trailer;
+    {
+      std::lock_guard<std::mutex> lock(job.t->mu);
+      job.t->trailer_sent = true;
+    }
+    absl::Status s = Write(l, f);
+    Unbusy(job.t);
+    return s;
+  }
+
+  // Deadlines of transfers, stuck NCCL operations, joining dead links.
+  void Watchdog() {
+    for (;;) {
+      std::vector<std::shared_ptr<NcclSendLink>> links, reap;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::milliseconds(10),
+                     [&] { return stopping_ || !dead_.empty(); });
+        if (stopping_) return;
+        for (auto& [ep, l] : links_) links.push_back(l);
+        reap.swap(dead_);
+      }
+      for (auto& l : reap) Join(l);
+      const Deadline now = MonoClock::now();
+      for (auto& l : links) {
+        std::vector<std::shared_ptr<NcclSendXfer>> expired;
+        std::shared_ptr<NcclSendXfer> stuck;
+        {
+          std::lock_guard<std::mutex> lock(l->mu);
+          for (auto& [x, t] : l->xfers) {
+            if (now > t->deadline) expired.push_back(t);
+          }
+          if (l->inflight &&
+              now > l->inflight->deadline + std::chrono::milliseconds(options_.stuck_grace_ms)) {
+            stuck = l->inflight;
+          }
+        }
+        for (auto& t : expired) {
+          Complete(t,
+                   absl::DeadlineExceededError(absl::StrCat(XferName(t->xfer), " to ", l->endpoint,
+                                                            " missed its deadline")),
+                   true);
+        }
+        if (stuck) {
+          Kill(l, absl::DeadlineExceededError(
+                      absl::StrCat("an NCCL operation of ", XferName(stuck->xfer), " is stuck")));
+        }
+      }
+    }
+  }
+
+  static void Join(const std::shared_ptr<NcclSendLink>& l) {
+    if (l->reader.joinable() && l->reader.get_id() != std::this_thread::get_id()) l->reader.join();
+    if (l->worker.joinable() && l->worker.get_id() != std::this_thread::get_id()) l->worker.join();
+  }
+
+  const NcclSenderOptions options_;
+  internal::TransferCounters counters_;
+  std::mutex link_create_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::map<std::string, std::shared_ptr<NcclSendLink>> links_;
+  std::vector<std::shared_ptr<NcclSendLink>> dead_;
+  std::thread watchdog_;
+};
+
+namespace {
+
+class NcclSendHandleImpl final : public NcclKvSendHandle {
+ public:
+  NcclSendHandleImpl(std::shared_ptr<NcclKvSender::Core> core, std::shared_ptr<NcclSendXfer> t)
+      : core_(std::move(core)), t_(std::move(t)) {}
+  ~NcclSendHandleImpl() override { Abort(); }
+
+  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
+    return SendLayerAfter(layer, blocks, nullptr);
+  }
+  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
+                              void* ready_event) override {
+    if (layer < 0) return absl::InvalidArgumentError("negative layer");
+    NcclSendJob job;
+    job.layer = layer;
+    job.views.assign(blocks.begin(), blocks.end());
+    job.event = ready_event;
+    return core_->Enqueue(t_, std::move(job));
+  }
+  absl::Status Finish(std::string trailer) override {
+    NcclSendJob job;
+    job.layer = -1;
+    job.trailer = std::move(trailer);
+    return core_->Enqueue(t_, std::move(job));
+  }
+  absl::Status Wait() override {
+    core_->Wait(t_);
+    std::lock_guard<std::mutex> lock(t_->mu);
+    return *t_->final_status;
+  }
+  std::optional<absl::Status> Poll() override {
+    std::lock_guard<std::mutex> lock(t_->mu);
+    if (!t_->done) return std::nullopt;
+    return *t_->final_status;
+  }
+  void Abort() override {
+    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
+    core_->Wait(t_);
+  }
+
+ private:
+  std::shared_ptr<NcclKvSender::Core> core_;
+  std::shared_ptr<NcclSendXfer> t_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<NcclKvSender>> NcclKvSender::Create(NcclSenderOptions options) {
+  auto core = std::make_shared<Core>(options);
+  core->Start();
+  return std::unique_ptr<NcclKvSender>(new NcclKvSender(std::move(core)));
+}
+
+NcclKvSender::~NcclKvSender() { core_->Stop(); }
+
+absl::StatusOr<std::unique_ptr<KvSendHandle>> NcclKvSender::StartTransfer(
+    TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
+    SendDoneCallback on_done) {
+  absl::StatusOr<std::shared_ptr<NcclSendXfer>> t =
+      core_->Open(xfer_id, peer, n_layers, deadline, std::move(on_done));
+  if (!t.ok()) return t.status();
+  return std::unique_ptr<KvSendHandle>(new NcclSendHandleImpl(core_, std::move(*t)));
+}
+
+KvTransportStats NcclKvSender::stats() const { return core_->counters().Snapshot(); }
+
+}  // namespace pdserve::transport

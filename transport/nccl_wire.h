@@ -1,0 +1,62 @@
+// The NCCL backend's control channel: one TCP connection per (sender,
+// receiver) pair carries the same protocol as the tcp backend (Begin, Ready,
+// Layer, Trailer, Abort, Ack, Nack; see transport/README.md) plus the NCCL
+// unique id exchange (Hello), while each layer's bytes travel over NCCL.
+//
+// Frame: a 40-byte little-endian header, then payload_len bytes.
+//   magic u32 'PDNC' | type u8 | 3 pad | xfer u64 | arg0 i64 | arg1 i64 |
+//   payload_len u32 | 4 pad
+//   Hello   (S->R) payload: ncclUniqueId (128 bytes)
+//   Begin   (S->R) arg0 n_layers, arg1 deadline budget ms
+//   Layer   (S->R) arg0 layer, payload: u64 block sizes; then NCCL carries
+//                  the blocks' bytes back to back (one ncclSend)
+//   Trailer (S->R) payload: trailer bytes
+//   Abort   (S->R)
+//   Ready, Ack (R->S); Nack (R->S) arg0 absl::StatusCode, payload message
+// Sockets are blocking; each side has a reader thread per connection, and
+// writes are serialized by the writer's mutex.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "transport/tcp_socket.h"
+
+namespace pdserve::transport::internal {
+
+inline constexpr uint32_t kNcclMagic = 0x434E4450;  // "PDNC"
+inline constexpr size_t kNcclHeaderBytes = 40;
+inline constexpr uint32_t kNcclMaxPayload = 64 << 20;
+inline constexpr char kNcclScheme[] = "nccl:";
+
+enum class NcclFrameType : uint8_t {
+  kHello = 1,
+  kBegin = 2,
+  kLayer = 3,
+  kTrailer = 4,
+  kAbort = 5,
+  kReady = 6,
+  kAck = 7,
+  kNack = 8,
+};
+
+struct NcclFrame {
+  NcclFrameType type = NcclFrameType::kHello;
+  uint64_t xfer = 0;
+  int64_t arg0 = 0;
+  int64_t arg1 = 0;
+  std::string payload;
+};
+
+// Writes one whole frame (blocking).
+absl::Status WriteNcclFrame(int fd, const NcclFrame& frame);
+// Reads one whole frame (blocking). Unavailable when the peer closed the
+// connection; InvalidArgument for a corrupt header.
+absl::Status ReadNcclFrame(int fd, NcclFrame* frame);
+
+// Connects to host:port within timeout_ms; the socket is blocking after.
+absl::StatusOr<UniqueFd> ConnectBlocking(const HostPort& peer, int timeout_ms);
+
+}  // namespace pdserve::transport::internal
