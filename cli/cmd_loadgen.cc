@@ -1,0 +1,317 @@
+// pdserve loadgen: load-tests a pdserve router (grpc://) or any
+// OpenAI-compatible server (http://) and reports TTFT, TPOT, ITL, end-to-end
+// latency, throughput and goodput; the library lives in loadgen/.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "cli/command.h"
+#include "cli/flags.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+#include "loadgen/machine.h"
+#include "loadgen/plots.h"
+#include "loadgen/report.h"
+#include "loadgen/runner.h"
+#include "loadgen/target.h"
+#include "loadgen/workload.h"
+
+namespace pdserve::cli {
+namespace {
+
+constexpr char kCommand[] = "loadgen";
+constexpr absl::Duration kModelInfoTimeout = absl::Seconds(30);
+
+absl::StatusOr<double> ParseRate(absl::string_view text, const std::string& flag) {
+  double rate;
+  if (text == "inf" || text == "infinity") return std::numeric_limits<double>::infinity();
+  if (!absl::SimpleAtod(text, &rate) || !(rate > 0) || std::isnan(rate)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, ": '", std::string(text), "' is not a rate > 0 or inf"));
+  }
+  return rate;
+}
+
+// Every flag with its value, for the result file.
+nlohmann::ordered_json ArgumentsJson(const po::variables_map& vm) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  for (const auto& [name, value] : vm) {
+    const boost::any& v = value.value();
+    if (const auto* s = boost::any_cast<std::string>(&v)) {
+      j[name] = *s;
+    } else if (const auto* i = boost::any_cast<int>(&v)) {
+      j[name] = *i;
+    } else if (const auto* u = boost::any_cast<uint64_t>(&v)) {
+      j[name] = *u;
+    } else if (const auto* d = boost::any_cast<double>(&v)) {
+      j[name] = *d;
+    } else if (const auto* b = boost::any_cast<bool>(&v)) {
+      j[name] = *b;
+    } else if (const auto* l = boost::any_cast<std::vector<std::string>>(&v)) {
+      j[name] = *l;
+    }
+  }
+  return j;
+}
+
+// Sizes ShareGPT texts with a GGUF model's tokenizer.
+absl::StatusOr<loadgen::TokenCounter> MakeTokenCounter(const std::string& path) {
+  auto file = gguf::GgufFile::Open(path);
+  if (!file.ok()) return file.status();
+  auto tokenizer = Tokenizer::FromGguf(**file);
+  if (!tokenizer.ok()) return tokenizer.status();
+  std::shared_ptr<const Tokenizer> shared(std::move(*tokenizer));
+  return loadgen::TokenCounter([shared](const std::string& text) -> int32_t {
+    auto ids = shared->Encode(text);
+    return ids.ok() ? static_cast<int32_t>(ids->size()) : static_cast<int32_t>(text.size() / 4);
+  });
+}
+
+int RunLoadgen(int argc, char** argv) {
+  po::options_description desc("loadgen flags");
+  AddCommonFlags(&desc);
+  // clang-format off
+  desc.add_options()
+      ("target", po::value<std::string>(),
+       "grpc://HOST:PORT (pdserve router or serve) or http://HOST:PORT (OpenAI-compatible, "
+       "POST /v1/completions with SSE streaming); required")
+      ("model", po::value<std::string>()->default_value(""),
+       "http: the request's \"model\" field (default: the first id of GET /v1/models)")
+      ("endpoint", po::value<std::string>()->default_value("/v1/completions"), "http: completions path")
+      ("dataset-name", po::value<std::string>()->default_value("random"),
+       "random, sharegpt (needs --dataset-path) or prefix (shared prefixes)")
+      ("dataset-path", po::value<std::string>()->default_value(""),
+       "ShareGPT-format JSON: conversations[0] is the prompt, conversations[1] sets the output length")
+      ("tokenizer", po::value<std::string>()->default_value(""),
+       "GGUF file whose tokenizer sizes ShareGPT texts (default: the bundled model when present, "
+       "else 4 bytes per token)")
+      ("sharegpt-output-len", po::value<int>()->default_value(0),
+       "sharegpt: fixed output length (0: the reply's length)")
+      ("num-prompts", po::value<int>()->default_value(100), "requests per run")
+      ("random-input-len", po::value<int>()->default_value(256),
+       "random: prompt tokens; prefix: tokens after the shared prefix")
+      ("random-output-len", po::value<int>()->default_value(64), "max_tokens of each request")
+      ("random-range-ratio", po::value<double>()->default_value(0.0),
+       "lengths drawn uniformly from [L*(1-r), L*(1+r)], 0 <= r < 1")
+      ("prefix-len", po::value<int>()->default_value(0), "prefix: tokens of each shared prefix")
+      ("num-prefixes", po::value<int>()->default_value(1), "prefix: distinct prefixes (equal shares)")
+      ("ignore-eos", po::bool_switch(), "generate max_tokens even past EOS")
+      ("temperature", po::value<double>()->default_value(0.0), "sampling temperature (0: greedy)")
+      ("seed", po::value<uint64_t>()->default_value(0), "seed of the prompts and the arrivals")
+      ("request-rate", po::value<std::string>()->default_value("inf"),
+       "requests per second (open loop), or inf to send all at once")
+      ("burstiness", po::value<double>()->default_value(1.0),
+       "gamma shape of the gaps: 1 = Poisson, < 1 burstier, > 1 more regular")
+      ("max-concurrency", po::value<int>()->default_value(0),
+       "at most N requests in flight (closed loop with --request-rate inf); 0: no bound")
+      ("sweep", po::value<std::string>()->default_value(""),
+       "comma-separated rates, one run each (e.g. 1,2,4,inf); replaces --request-rate")
+      ("num-warmups", po::value<int>()->default_value(0), "requests sent (and awaited) before each run")
+      ("max-duration", po::value<double>()->default_value(600.0),
+       "seconds a run may take: later prompts are not sent, requests in flight are cancelled")
+      ("percentiles", po::value<std::string>()->default_value("50,90,99"), "latency percentiles")
+      ("goodput", po::value<std::vector<std::string>>()->multitoken(),
+       "SLOs for goodput, e.g. --goodput ttft:500 tpot:50 e2e:5000 (milliseconds)")
+      ("result-json", po::value<std::string>()->default_value(""), "write results and metadata here")
+      ("detailed-csv", po::value<std::string>()->default_value(""), "write one row per request here")
+      ("plot-dir", po::value<std::string>()->default_value(""), "write SVG plots into this directory")
+      ("no-progress", po::bool_switch(), "no live progress line (default: on when stderr is a terminal)");
+  // clang-format on
+  po::variables_map vm;
+  if (int rc = ParseFlags(argc, argv, "--target URL [flags]", desc, &vm); rc >= 0) return rc;
+  auto fail = [](const absl::Status& st) { return Fail(kCommand, std::string(st.message())); };
+
+  if (!vm.count("target"))
+    return Fail(kCommand, "--target is required (grpc://HOST:PORT or http://HOST:PORT)");
+  absl::StatusOr<loadgen::Target> target = loadgen::ParseTarget(vm["target"].as<std::string>());
+  if (!target.ok()) return fail(target.status());
+  absl::StatusOr<std::vector<double>> percentiles =
+      loadgen::ParsePercentiles(vm["percentiles"].as<std::string>());
+  if (!percentiles.ok()) return fail(percentiles.status());
+  absl::StatusOr<loadgen::Slo> slo =
+      loadgen::ParseSlo(vm.count("goodput") ? vm["goodput"].as<std::vector<std::string>>()
+                                            : std::vector<std::string>{});
+  if (!slo.ok()) return fail(slo.status());
+  if (vm.count("goodput") && slo->empty())
+    return Fail(kCommand, "--goodput: give at least one SLO");
+
+  std::vector<double> rates;
+  const std::string sweep = vm["sweep"].as<std::string>();
+  if (!sweep.empty()) {
+    if (!vm["request-rate"].defaulted())
+      return Fail(kCommand, "give --sweep or --request-rate, not both");
+    for (absl::string_view part : absl::StrSplit(sweep, ',', absl::SkipWhitespace())) {
+      absl::StatusOr<double> rate = ParseRate(absl::StripAsciiWhitespace(part), "--sweep");
+      if (!rate.ok()) return fail(rate.status());
+      rates.push_back(*rate);
+    }
+    if (rates.empty()) return Fail(kCommand, "--sweep: give at least one rate");
+  } else {
+    absl::StatusOr<double> rate = ParseRate(vm["request-rate"].as<std::string>(), "--request-rate");
+    if (!rate.ok()) return fail(rate.status());
+    rates.push_back(*rate);
+  }
+  const double burstiness = vm["burstiness"].as<double>();
+  if (!(burstiness > 0) || !std::isfinite(burstiness))
+    return Fail(kCommand, "--burstiness must be > 0");
+  const int max_concurrency = vm["max-concurrency"].as<int>();
+  if (max_concurrency < 0) return Fail(kCommand, "--max-concurrency must be >= 0");
+  const double max_duration = vm["max-duration"].as<double>();
+  if (!(max_duration > 0) || !std::isfinite(max_duration)) {
+    return Fail(kCommand, "--max-duration must be a number of seconds > 0");
+  }
+  const int num_warmups = vm["num-warmups"].as<int>();
+  if (num_warmups < 0) return Fail(kCommand, "--num-warmups must be >= 0");
+  const double temperature = vm["temperature"].as<double>();
+  if (!(temperature >= 0) || !std::isfinite(temperature))
+    return Fail(kCommand, "--temperature must be >= 0");
+
+  loadgen::WorkloadOptions work;
+  work.name = vm["dataset-name"].as<std::string>();
+  work.dataset_path = vm["dataset-path"].as<std::string>();
+  // A dataset file or a prefix length says which workload is meant.
+  if (vm["dataset-name"].defaulted() && !work.dataset_path.empty()) work.name = "sharegpt";
+  if (vm["dataset-name"].defaulted() && !vm["prefix-len"].defaulted()) work.name = "prefix";
+  work.num_prompts = vm["num-prompts"].as<int>();
+  work.random_input_len = vm["random-input-len"].as<int>();
+  work.random_output_len = vm["random-output-len"].as<int>();
+  work.random_range_ratio = vm["random-range-ratio"].as<double>();
+  work.prefix_len = vm["prefix-len"].as<int>();
+  work.num_prefixes = vm["num-prefixes"].as<int>();
+  work.sharegpt_output_len = vm["sharegpt-output-len"].as<int>();
+  work.ignore_eos = vm["ignore-eos"].as<bool>();
+  work.temperature = static_cast<float>(temperature);
+  work.seed = vm["seed"].as<uint64_t>();
+  {
+    // Catch flag mistakes before touching the network (vocab_size comes later).
+    loadgen::WorkloadOptions check = work;
+    check.token_ids = false;
+    if (absl::Status st = loadgen::ValidateWorkloadOptions(check); !st.ok()) return fail(st);
+    if (work.name == "sharegpt" && !std::filesystem::is_regular_file(work.dataset_path)) {
+      return Fail(kCommand, absl::StrCat("--dataset-path: no such file: ", work.dataset_path));
+    }
+  }
+
+  loadgen::ClientOptions client_options;
+  client_options.model = vm["model"].as<std::string>();
+  client_options.endpoint = vm["endpoint"].as<std::string>();
+  absl::StatusOr<std::unique_ptr<loadgen::LoadClient>> client =
+      loadgen::MakeClient(*target, client_options);
+  if (!client.ok()) return fail(client.status());
+  absl::StatusOr<loadgen::ModelDescription> model = (*client)->GetModelInfo(kModelInfoTimeout);
+  if (!model.ok())
+    return Fail(kCommand, absl::StrCat("target not reachable: ", model.status().message()));
+
+  work.token_ids = (*client)->accepts_token_ids();
+  work.vocab_size = model->vocab_size;
+  work.avoid_token_ids = model->eos_token_ids;
+  if (model->bos_token_id >= 0) work.avoid_token_ids.push_back(model->bos_token_id);
+  loadgen::TokenCounter counter;
+  std::string token_count_source = "none";
+  if (work.name == "sharegpt") {
+    std::string tokenizer_path = vm["tokenizer"].as<std::string>();
+    if (tokenizer_path.empty() && std::filesystem::exists(DefaultModelPath())) {
+      tokenizer_path = DefaultModelPath();
+    }
+    if (!tokenizer_path.empty()) {
+      absl::StatusOr<loadgen::TokenCounter> c = MakeTokenCounter(tokenizer_path);
+      if (!c.ok()) return Fail(kCommand, absl::StrCat("--tokenizer: ", c.status().message()));
+      counter = *std::move(c);
+      token_count_source = tokenizer_path;
+    } else {
+      token_count_source = "estimate: 4 bytes per token";
+    }
+  }
+  absl::StatusOr<std::vector<loadgen::RequestInput>> prompts =
+      loadgen::BuildWorkload(work, counter);
+  if (!prompts.ok()) return fail(prompts.status());
+  if (static_cast<int>(prompts->size()) < work.num_prompts) {
+    std::fprintf(stderr, "pdserve loadgen: only %zu prompts passed the dataset's filters\n",
+                 prompts->size());
+  }
+
+  const bool progress = !vm["no-progress"].as<bool>() && isatty(STDERR_FILENO);
+  std::fprintf(stderr, "pdserve loadgen: %s, model %s, %zu %s prompts per run, %zu run(s)\n",
+               target->url.c_str(), model->name.c_str(), prompts->size(), work.name.c_str(),
+               rates.size());
+  std::vector<loadgen::RunReport> runs;
+  for (size_t i = 0; i < rates.size(); ++i) {
+    loadgen::RunOptions run;
+    run.config.request_rate = rates[i];
+    run.config.burstiness = burstiness;
+    run.config.max_concurrency = max_concurrency;
+    run.max_duration_s = max_duration;
+    run.seed = work.seed;
+    run.num_warmups = num_warmups;
+    run.id_prefix = rates.size() > 1 ? absl::StrCat("r", i, "-") : "";
+    run.progress = progress;
+    run.label = absl::StrCat("[rate ", loadgen::RateText(rates[i]), "]");
+    absl::StatusOr<loadgen::RunResult> result = loadgen::RunLoad(client->get(), *prompts, run);
+    if (!result.ok()) return fail(result.status());
+    loadgen::RunReport report;
+    report.summary =
+        loadgen::Summarize(run.config, result->records, result->duration_s, *percentiles, *slo);
+    report.records = std::move(result->records);
+    loadgen::PrintRunTable(report.summary, *percentiles, *slo, stdout);
+    runs.push_back(std::move(report));
+  }
+  if (runs.size() > 1) loadgen::PrintSweepTable(runs, stdout);
+
+  const std::string json_path = vm["result-json"].as<std::string>();
+  if (!json_path.empty()) {
+    const loadgen::MachineInfo machine = loadgen::DescribeMachine();
+    nlohmann::ordered_json meta;
+    meta["tool"] = "pdserve loadgen";
+    meta["target"] = target->url;
+    meta["backend"] = (*client)->kind();
+    meta["model"] = model->name;
+    meta["model_info"] = {{"vocab_size", model->vocab_size},
+                          {"context_length", model->context_length}};
+    meta["workload"] = {{"name", work.name},
+                        {"prompt_format", work.name == "sharegpt" ? "text"
+                                          : work.token_ids        ? "random token ids"
+                                                                  : "random common words"},
+                        {"token_counts", token_count_source}};
+    std::vector<std::string> args(argv, argv + argc);
+    meta["command_line"] = absl::StrCat("pdserve ", absl::StrJoin(args, " "));
+    meta["arguments"] = ArgumentsJson(vm);
+    meta["machine"] = {{"hostname", machine.hostname},
+                       {"cpu_model", machine.cpu_model},
+                       {"cores", machine.cores},
+                       {"date", machine.date}};
+    const std::string text = loadgen::ResultJson(meta, *percentiles, *slo, runs)
+                                 .dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (absl::Status st = loadgen::WriteFile(json_path, text + "\n"); !st.ok()) return fail(st);
+  }
+  const std::string csv_path = vm["detailed-csv"].as<std::string>();
+  if (!csv_path.empty()) {
+    if (absl::Status st = loadgen::WriteFile(csv_path, loadgen::DetailedCsv(runs)); !st.ok()) {
+      return fail(st);
+    }
+  }
+  const std::string plot_dir = vm["plot-dir"].as<std::string>();
+  if (!plot_dir.empty()) {
+    absl::StatusOr<std::vector<std::string>> files =
+        loadgen::WritePlots(plot_dir, runs, absl::StrCat(model->name, " @ ", target->url));
+    if (!files.ok()) return fail(files.status());
+  }
+  int ok = 0;
+  for (const auto& r : runs) ok += r.summary.completed;
+  if (ok == 0) return Fail(kCommand, "no request succeeded");
+  return 0;
+}
+
+}  // namespace
+PDS_COMMAND(loadgen,
+            "load-test a pdserve router (grpc://) or an OpenAI-compatible server (http://)",
+            RunLoadgen);
+}  // namespace pdserve::cli

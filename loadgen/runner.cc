@@ -1,0 +1,209 @@
+#include "loadgen/runner.h"
+
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/clock.h"
+#include "loadgen/arrivals.h"
+
+namespace pdserve::loadgen {
+namespace {
+
+// How long cancelled requests get to come back before the run gives up.
+constexpr absl::Duration kCancelGrace = absl::Seconds(30);
+// Mixed into the seed so the arrival draws do not mirror the workload's.
+constexpr uint64_t kArrivalSeedSalt = 0x9e3779b97f4a7c15ull;
+
+// Shared with the transport callbacks, which may outlive an abandoned run.
+struct Tracker {
+  absl::Mutex mu;
+  int in_flight ABSL_GUARDED_BY(mu) = 0;
+  int sent ABSL_GUARDED_BY(mu) = 0;
+  int finished ABSL_GUARDED_BY(mu) = 0;
+  int failed ABSL_GUARDED_BY(mu) = 0;
+  std::vector<std::optional<RequestOutcome>> outcomes ABSL_GUARDED_BY(mu);
+};
+
+absl::Time ToAbsl(int64_t mono_ns) {
+  return absl::Now() + absl::Nanoseconds(mono_ns - MonoNowNs());
+}
+
+void Send(LoadClient* client, const std::shared_ptr<Tracker>& tracker, RequestInput input,
+          int slot) {
+  {
+    absl::MutexLock lock(&tracker->mu);
+    ++tracker->in_flight;
+    ++tracker->sent;
+  }
+  client->Send(input, [tracker, slot](RequestOutcome outcome) {
+    absl::MutexLock lock(&tracker->mu);
+    --tracker->in_flight;
+    ++tracker->finished;
+    if (!outcome.success) ++tracker->failed;
+    if (slot >= 0) tracker->outcomes[slot] = std::move(outcome);
+  });
+}
+
+bool Idle(Tracker* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu) { return t->in_flight == 0; }
+
+// Prints "\r<label> sent a/b done c failed d in flight e  12.3 s" every
+// half second until `stop`.
+class ProgressLine {
+ public:
+  ProgressLine(std::shared_ptr<Tracker> tracker, int total, std::string label, bool enabled)
+      : tracker_(std::move(tracker)), total_(total), label_(std::move(label)) {
+    if (enabled) thread_ = std::thread([this] { Loop(); });
+  }
+  ~ProgressLine() {
+    if (!thread_.joinable()) return;
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+    Print();
+    std::fputc('\n', stderr);
+  }
+
+ private:
+  void Loop() {
+    absl::MutexLock lock(&mu_);
+    while (!mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(500))) {
+      mu_.Unlock();
+      Print();
+      mu_.Lock();
+    }
+  }
+  void Print() {
+    int sent, finished, failed, in_flight;
+    {
+      absl::MutexLock lock(&tracker_->mu);
+      sent = tracker_->sent;
+      finished = tracker_->finished;
+      failed = tracker_->failed;
+      in_flight = tracker_->in_flight;
+    }
+    std::fprintf(stderr, "\r%s sent %d/%d  done %d  failed %d  in flight %d  %.1f s   ",
+                 label_.c_str(), sent, total_, finished - failed, failed, in_flight,
+                 (MonoNowNs() - start_ns_) / 1e9);
+    std::fflush(stderr);
+  }
+
+  std::shared_ptr<Tracker> tracker_;
+  int total_;
+  std::string label_;
+  int64_t start_ns_ = MonoNowNs();
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+// Sends the warm-up requests (bounded like the run) and waits for them.
+void WarmUp(LoadClient* client, const std::vector<RequestInput>& prompts,
+            const RunOptions& options) {
+  if (options.num_warmups <= 0 || prompts.empty()) return;
+  auto tracker = std::make_shared<Tracker>();
+  const int64_t deadline = MonoNowNs() + static_cast<int64_t>(options.max_duration_s * 1e9);
+  for (int i = 0; i < options.num_warmups; ++i) {
+    if (options.config.max_concurrency > 0) {
+      absl::MutexLock lock(&tracker->mu);
+      auto below = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+        return tracker->in_flight < options.config.max_concurrency;
+      };
+      tracker->mu.AwaitWithDeadline(absl::Condition(&below), ToAbsl(deadline));
+    }
+    RequestInput input = prompts[i % prompts.size()];
+    input.id = absl::StrCat(options.id_prefix, "warmup-", i);
+    Send(client, tracker, std::move(input), -1);
+  }
+  absl::MutexLock lock(&tracker->mu);
+  if (!tracker->mu.AwaitWithDeadline(absl::Condition(Idle, tracker.get()), ToAbsl(deadline))) {
+    tracker->mu.Unlock();
+    client->CancelAll();
+    tracker->mu.Lock();
+    tracker->mu.AwaitWithTimeout(absl::Condition(Idle, tracker.get()), kCancelGrace);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestInput>& prompts,
+                                  const RunOptions& options) {
+  WarmUp(client, prompts, options);
+
+  auto tracker = std::make_shared<Tracker>();
+  {
+    absl::MutexLock lock(&tracker->mu);
+    tracker->outcomes.resize(prompts.size());
+  }
+  ArrivalProcess arrivals(options.config.request_rate, options.config.burstiness,
+                          options.seed ^ kArrivalSeedSalt);
+  const int max_concurrency = options.config.max_concurrency;
+  const int64_t start = MonoNowNs();
+  const int64_t deadline = start + static_cast<int64_t>(options.max_duration_s * 1e9);
+  std::vector<int64_t> send_at(prompts.size(), -1);
+  size_t next = 0;
+  {
+    ProgressLine progress(tracker, static_cast<int>(prompts.size()), options.label,
+                          options.progress);
+    // Absolute schedule: a late send does not push back the ones after it.
+    double schedule_s = 0.0;
+    for (; next < prompts.size(); ++next) {
+      if (next > 0) schedule_s += arrivals.NextIntervalS();
+      const int64_t due = start + static_cast<int64_t>(schedule_s * 1e9);
+      if (due >= deadline) break;
+      if (due > MonoNowNs()) {
+        std::this_thread::sleep_for(std::chrono::nanoseconds(due - MonoNowNs()));
+      }
+      if (max_concurrency > 0) {
+        absl::MutexLock lock(&tracker->mu);
+        auto below = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return tracker->in_flight < max_concurrency;
+        };
+        tracker->mu.AwaitWithDeadline(absl::Condition(&below), ToAbsl(deadline));
+      }
+      if (MonoNowNs() >= deadline) break;
+      RequestInput input = prompts[next];
+      input.id = absl::StrCat(options.id_prefix, input.id);
+      Send(client, tracker, std::move(input), static_cast<int>(next));
+    }
+    // Wait for the stragglers, then cut what is left at the bound.
+    absl::MutexLock lock(&tracker->mu);
+    if (!tracker->mu.AwaitWithDeadline(absl::Condition(Idle, tracker.get()), ToAbsl(deadline))) {
+      tracker->mu.Unlock();
+      client->CancelAll();
+      tracker->mu.Lock();
+      if (!tracker->mu.AwaitWithTimeout(absl::Condition(Idle, tracker.get()), kCancelGrace)) {
+        return absl::InternalError(
+            absl::StrFormat("%d requests did not return within %s of being cancelled",
+                            tracker->in_flight, absl::FormatDuration(kCancelGrace)));
+      }
+    }
+  }
+
+  RunResult result;
+  int64_t last_end = start;
+  absl::MutexLock lock(&tracker->mu);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::optional<RequestOutcome>& outcome = tracker->outcomes[i];
+    if (!outcome) {
+      result.records.push_back(NotSentRecord(static_cast<int>(i), prompts[i]));
+      continue;
+    }
+    RequestInput input = prompts[i];
+    input.id = absl::StrCat(options.id_prefix, input.id);
+    result.records.push_back(MakeRecord(static_cast<int>(i), input, *outcome, start));
+    last_end = std::max(last_end, outcome->end_ns);
+  }
+  result.duration_s = static_cast<double>(last_end - start) / 1e9;
+  return result;
+}
+
+}  // namespace pdserve::loadgen
