@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -33,12 +34,13 @@ std::vector<std::string> ByteTokens() {
   return out;
 }
 
-// Uniform weights in [-scale, scale]. The 32-blocks are written as random
-// codes with a fixed scale (fast enough for 8B-parameter shapes); the other
-// types go through the reference quantizer.
-std::string Quantized(Rng& rng, kernels::DType type, int64_t n_out, int64_t n_in, float scale) {
+// Uniform weights in [-scale, scale], written to dst (n_out rows of the
+// type's row bytes). The 32-blocks are written as random codes with a fixed
+// scale (fast enough for 8B-parameter shapes); the other types go through
+// the reference quantizer.
+void QuantizedInto(uint8_t* dst, Rng& rng, kernels::DType type, int64_t n_out, int64_t n_in,
+                   float scale) {
   const int64_t row_bytes = kernels::RowBytes(type, n_in);
-  std::string data(static_cast<size_t>(row_bytes * n_out), '\0');
   const int64_t n_blocks = n_out * n_in / kernels::kQK;
   auto random_bytes = [&](uint8_t* p, int n) {
     for (int i = 0; i < n; i += 8) {
@@ -47,43 +49,91 @@ std::string Quantized(Rng& rng, kernels::DType type, int64_t n_out, int64_t n_in
     }
   };
   if (type == kernels::DType::kQ4_0) {
-    auto* b = reinterpret_cast<kernels::BlockQ4_0*>(data.data());
+    auto* b = reinterpret_cast<kernels::BlockQ4_0*>(dst);
+    const uint16_t d = kernels::F32ToF16(scale / 8);
     for (int64_t i = 0; i < n_blocks; ++i) {
-      b[i].d = kernels::F32ToF16(scale / 8);
+      b[i].d = d;
       random_bytes(b[i].qs, sizeof(b[i].qs));
     }
-    return data;
+    return;
   }
   if (type == kernels::DType::kQ4_1) {
-    auto* b = reinterpret_cast<kernels::BlockQ4_1*>(data.data());
+    auto* b = reinterpret_cast<kernels::BlockQ4_1*>(dst);
+    const uint16_t d = kernels::F32ToF16(scale * 2 / 15), m = kernels::F32ToF16(-scale);
     for (int64_t i = 0; i < n_blocks; ++i) {
-      b[i].d = kernels::F32ToF16(scale * 2 / 15);
-      b[i].m = kernels::F32ToF16(-scale);
+      b[i].d = d;
+      b[i].m = m;
       random_bytes(b[i].qs, sizeof(b[i].qs));
     }
-    return data;
+    return;
   }
   if (type == kernels::DType::kQ8_0) {
-    auto* b = reinterpret_cast<kernels::BlockQ8_0*>(data.data());
+    auto* b = reinterpret_cast<kernels::BlockQ8_0*>(dst);
+    const uint16_t d = kernels::F32ToF16(scale / 127);
     for (int64_t i = 0; i < n_blocks; ++i) {
-      b[i].d = kernels::F32ToF16(scale / 127);
+      b[i].d = d;
       random_bytes(reinterpret_cast<uint8_t*>(b[i].qs), sizeof(b[i].qs));
       for (int8_t& q : b[i].qs) q = q == -128 ? -127 : q;
     }
-    return data;
+    return;
   }
   std::vector<float> row(n_in);
   for (int64_t r = 0; r < n_out; ++r) {
     for (float& v : row) v = static_cast<float>((rng.Uniform() * 2 - 1) * scale);
-    kernels::QuantizeRow(data.data() + r * row_bytes, row.data(), type, n_in);
+    kernels::QuantizeRow(dst + r * row_bytes, row.data(), type, n_in);
   }
-  return data;
 }
 
-std::string Norm(Rng& rng, int64_t n) {
-  std::vector<float> w(n);
-  for (float& v : w) v = static_cast<float>(1.0 + (rng.Uniform() - 0.5) * 0.2);
-  return std::string(reinterpret_cast<const char*>(w.data()), n * sizeof(float));
+void NormInto(uint8_t* dst, Rng& rng, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(1.0 + (rng.Uniform() - 0.5) * 0.2);
+    std::memcpy(dst + i * sizeof(float), &v, sizeof(float));
+  }
+}
+
+// GGUF tensors as the dummy builder lays them out: filled in file order (so
+// the random stream, and thus the bytes, stay the same for a seed) straight
+// into the final image. The 8B shape is ~5 GB: building it through
+// GgufWriter's per-tensor strings and growing output cost several copies.
+struct TensorSpec {
+  std::string name;
+  kernels::DType type;
+  std::vector<int64_t> dims;  // GGUF order: dims[0] is the row length
+  int64_t bytes = 0;
+  std::function<void(uint8_t*)> fill;
+};
+
+void AppendU32(std::string* s, uint32_t v) { s->append(reinterpret_cast<const char*>(&v), 4); }
+void AppendU64(std::string* s, uint64_t v) { s->append(reinterpret_cast<const char*>(&v), 8); }
+
+// The GGUF image: the writer's header and metadata (it has no tensors), then
+// the tensor infos and data in the layout GgufWriter::Serialize produces.
+std::string SerializeWithTensors(const gguf::GgufWriter& w,
+                                 const std::vector<TensorSpec>& tensors) {
+  constexpr uint64_t kAlign = 32;          // GgufWriter's default alignment
+  const std::string meta = w.Serialize();  // "GGUF", version, 0 tensors, n_kv, key-values
+  std::string out = meta.substr(0, 8);
+  AppendU64(&out, tensors.size());
+  out.append(meta, 16, std::string::npos);
+  uint64_t offset = 0;
+  for (const TensorSpec& t : tensors) {
+    AppendU64(&out, t.name.size());
+    out += t.name;
+    AppendU32(&out, static_cast<uint32_t>(t.dims.size()));
+    for (int64_t d : t.dims) AppendU64(&out, static_cast<uint64_t>(d));
+    AppendU32(&out, static_cast<uint32_t>(t.type));
+    AppendU64(&out, offset);
+    offset += (t.bytes + kAlign - 1) / kAlign * kAlign;
+  }
+  const size_t data_start = (out.size() + kAlign - 1) / kAlign * kAlign;
+  out.resize(data_start + offset, '\0');
+  uint8_t* data = reinterpret_cast<uint8_t*>(out.data()) + data_start;
+  uint64_t at = 0;
+  for (const TensorSpec& t : tensors) {
+    t.fill(data + at);
+    at += (t.bytes + kAlign - 1) / kAlign * kAlign;
+  }
+  return out;
 }
 
 }  // namespace
@@ -176,28 +226,42 @@ absl::StatusOr<std::string> BuildDummyModelGguf(const DummyModelSpec& s) {
   const float in_scale = 1.0f / std::sqrt(static_cast<float>(s.n_embd));
   const float ff_scale = 1.0f / std::sqrt(static_cast<float>(s.n_ff));
   const int64_t E = s.n_embd, QD = s.n_embd, KVD = static_cast<int64_t>(s.n_kv_heads) * head_dim;
+  std::vector<TensorSpec> tensors;
+  auto matrix = [&](std::string name, kernels::DType type, int64_t n_out, int64_t n_in,
+                    float scale) {
+    tensors.push_back({std::move(name),
+                       type,
+                       {n_in, n_out},
+                       kernels::RowBytes(type, n_in) * n_out,
+                       [&rng, type, n_out, n_in, scale](uint8_t* dst) {
+                         QuantizedInto(dst, rng, type, n_out, n_in, scale);
+                       }});
+  };
+  auto norm = [&](std::string name, int64_t n) {
+    tensors.push_back({std::move(name),
+                       kernels::DType::kF32,
+                       {n},
+                       n * static_cast<int64_t>(sizeof(float)),
+                       [&rng, n](uint8_t* dst) { NormInto(dst, rng, n); }});
+  };
   // Small enough that tied output logits spread over several tokens.
-  w.AddTensor("token_embd.weight", s.embd_type, {E, n_vocab},
-              Quantized(rng, s.embd_type, n_vocab, E, 2.0f * in_scale));
-  w.AddTensor("output_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
-  if (!s.tied_embeddings) {
-    w.AddTensor("output.weight", s.embd_type, {E, n_vocab},
-                Quantized(rng, s.embd_type, n_vocab, E, in_scale));
-  }
+  matrix("token_embd.weight", s.embd_type, n_vocab, E, 2.0f * in_scale);
+  norm("output_norm.weight", E);
+  if (!s.tied_embeddings) matrix("output.weight", s.embd_type, n_vocab, E, in_scale);
   const kernels::DType mt = s.matrix_type;
   for (int32_t l = 0; l < s.n_layers; ++l) {
     const std::string p = absl::StrCat("blk.", l, ".");
-    w.AddTensor(p + "attn_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
-    w.AddTensor(p + "attn_q.weight", mt, {E, QD}, Quantized(rng, mt, QD, E, in_scale));
-    w.AddTensor(p + "attn_k.weight", mt, {E, KVD}, Quantized(rng, mt, KVD, E, in_scale));
-    w.AddTensor(p + "attn_v.weight", mt, {E, KVD}, Quantized(rng, mt, KVD, E, in_scale));
-    w.AddTensor(p + "attn_output.weight", mt, {QD, E}, Quantized(rng, mt, E, QD, in_scale));
-    w.AddTensor(p + "ffn_norm.weight", kernels::DType::kF32, {E}, Norm(rng, E));
-    w.AddTensor(p + "ffn_gate.weight", mt, {E, s.n_ff}, Quantized(rng, mt, s.n_ff, E, in_scale));
-    w.AddTensor(p + "ffn_up.weight", mt, {E, s.n_ff}, Quantized(rng, mt, s.n_ff, E, in_scale));
-    w.AddTensor(p + "ffn_down.weight", mt, {s.n_ff, E}, Quantized(rng, mt, E, s.n_ff, ff_scale));
+    norm(p + "attn_norm.weight", E);
+    matrix(p + "attn_q.weight", mt, QD, E, in_scale);
+    matrix(p + "attn_k.weight", mt, KVD, E, in_scale);
+    matrix(p + "attn_v.weight", mt, KVD, E, in_scale);
+    matrix(p + "attn_output.weight", mt, E, QD, in_scale);
+    norm(p + "ffn_norm.weight", E);
+    matrix(p + "ffn_gate.weight", mt, s.n_ff, E, in_scale);
+    matrix(p + "ffn_up.weight", mt, s.n_ff, E, in_scale);
+    matrix(p + "ffn_down.weight", mt, E, s.n_ff, ff_scale);
   }
-  return w.Serialize();
+  return SerializeWithTensors(w, tensors);
 }
 
 }  // namespace pdserve
