@@ -28,7 +28,9 @@ void AddEngineFlags(po::options_description* desc) {
       ("kv-dtype", po::value<std::string>()->default_value("f16"), "KV element type: f16 or f32")
       ("max-batch-tokens", po::value<int>()->default_value(512), "token budget per engine step")
       ("max-batch-seqs", po::value<int>()->default_value(64), "sequences per engine step")
-      ("no-prefix-cache", po::bool_switch(), "disable prefix caching");
+      ("no-prefix-cache", po::bool_switch(), "disable prefix caching")
+      ("no-pack-weights", po::bool_switch(),
+       "CPU: run on the mapped weights instead of a repacked copy (less memory, slower)");
 }
 
 absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
@@ -72,6 +74,7 @@ absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
   o.max_batch_tokens = vm["max-batch-tokens"].as<int>();
   o.max_batch_seqs = vm["max-batch-seqs"].as<int>();
   o.prefix_cache = !vm["no-prefix-cache"].as<bool>();
+  o.pack_weights = !vm["no-pack-weights"].as<bool>();
   return absl::OkStatus();
 }
 

@@ -37,6 +37,9 @@ class Backend {
 };
 
 // "cpu", "cuda" or "cuda:N". Errors name the devices this build supports.
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device);
+// `pack_weights` (CPU): repack quantized matrices at load for faster
+// matmuls, at the cost of a second copy of them in memory.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device,
+                                                       bool pack_weights = true);
 
 }  // namespace pdserve

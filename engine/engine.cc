@@ -58,7 +58,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                                                    " bytes holds no block of ", kc.BlockBytes(),
                                                    " bytes"));
   }
-  auto backend = CreateBackend(options.device);
+  auto backend = CreateBackend(options.device, options.pack_weights);
   if (!backend.ok()) return backend.status();
   e->backend_ = std::move(*backend);
   auto cache = KvCache::Create(kc, e->backend_->kv_allocator());

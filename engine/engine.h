@@ -42,6 +42,7 @@ struct EngineOptions {
   int32_t max_batch_tokens = 512;  // token budget per step (chunked prefill)
   int32_t max_batch_seqs = 64;
   bool prefix_cache = true;
+  bool pack_weights = true;  // CPU: repacked copy of the matrices (+ their size in RAM)
 };
 
 struct EngineStats {

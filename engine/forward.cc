@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "common/check.h"
 #include "kernels/cpu/matmul.h"
@@ -14,9 +15,44 @@ using kernels::ActFormat;
 using kernels::SplitRange;
 using kernels::WeightMatrix;
 
+PackedModelWeights::PackedModelWeights(const Model& model, kernels::ThreadPool* pool)
+    : weights_(model.weights()) {
+  std::vector<WeightMatrix*> matrices;
+  matrices.push_back(&weights_.output);  // token_embd itself stays as mapped, for lookups
+  for (LayerWeights& l : weights_.layers) {
+    for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      matrices.push_back(m);
+    }
+  }
+  std::vector<int64_t> offsets;
+  for (WeightMatrix* m : matrices) {
+    offsets.push_back(bytes_);
+    bytes_ += (kernels::PackedWeightBytes(*m) + 63) / 64 * 64;
+  }
+  if (bytes_ == 0) return;
+  storage_ = std::aligned_alloc(64, static_cast<size_t>(bytes_));
+  PDS_CHECK(storage_ != nullptr) << "cannot allocate " << bytes_ << " bytes for packed weights";
+  std::vector<WeightMatrix> packed(matrices.size());
+  pool->Run([&](int ith, int nth) {
+    for (size_t i = 0; i < matrices.size(); ++i) {
+      if (kernels::PackedWeightBytes(*matrices[i]) == 0) continue;
+      WeightMatrix p = kernels::PackWeights(static_cast<uint8_t*>(storage_) + offsets[i],
+                                            *matrices[i], ith, nth);
+      if (ith == 0) packed[i] = p;
+    }
+  });
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    if (packed[i].data != nullptr) *matrices[i] = packed[i];
+  }
+}
+
+PackedModelWeights::~PackedModelWeights() { std::free(storage_); }
+
 ModelRunner::ModelRunner(const Model* model, KvCache* cache, kernels::ThreadPool* pool,
-                         int32_t max_batch_tokens, int32_t max_logit_rows)
+                         int32_t max_batch_tokens, int32_t max_logit_rows,
+                         const ModelWeights* weights)
     : model_(model),
+      weights_(weights != nullptr ? weights : &model->weights()),
       cache_(cache),
       pool_(pool),
       max_tokens_(max_batch_tokens),
@@ -59,6 +95,25 @@ void ModelRunner::EncodeRows(const float* x, int64_t n_in, int64_t r0, int64_t r
   }
 }
 
+void ModelRunner::NormEncodeRows(const float* x, const float* norm, float* xn, int64_t n,
+                                 int64_t r0, int64_t r1,
+                                 std::initializer_list<const WeightMatrix*> ws) {
+  const float eps = model_->config().rms_eps;
+  const ActFormat f = kernels::ActFormatFor((*ws.begin())->type);
+  bool fused = f != ActFormat::kF32;
+  for (const WeightMatrix* w : ws) fused = fused && kernels::ActFormatFor(w->type) == f;
+  if (fused) {
+    // One pass: norm and int8-encode each row; the float row is not needed.
+    const int64_t rb = kernels::ActRowBytes(f, n);
+    uint8_t* xq = xq_[static_cast<int>(f)].data();
+    for (int64_t t = r0; t < r1; ++t)
+      kernels::RmsNormQuantize(xq + t * rb, f, x + t * n, norm, n, eps);
+    return;
+  }
+  for (int64_t t = r0; t < r1; ++t) kernels::RmsNorm(xn + t * n, x + t * n, norm, n, eps);
+  EncodeRows(xn, n, r0, r1, ws);
+}
+
 const void* ModelRunner::Encoded(const float* x, const WeightMatrix& w) const {
   const ActFormat f = kernels::ActFormatFor(w.type);
   return f == ActFormat::kF32 ? static_cast<const void*>(x) : xq_[static_cast<int>(f)].data();
@@ -66,7 +121,7 @@ const void* ModelRunner::Encoded(const float* x, const WeightMatrix& w) const {
 
 void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserver* observer) {
   const ModelConfig& c = model_->config();
-  const ModelWeights& w = model_->weights();
+  const ModelWeights& w = *weights_;
   const int64_t n_tokens = batch.n_tokens();
   const int64_t n_logits = static_cast<int64_t>(batch.logit_rows.size());
   PDS_CHECK(n_tokens > 0 && n_tokens <= max_tokens_) << n_tokens;
@@ -91,7 +146,8 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
     // Token embeddings.
     const int64_t embd_row_bytes = kernels::RowBytes(w.token_embd.type, E);
     for (int64_t t = r0; t < r1; ++t) {
-      const auto* row = static_cast<const uint8_t*>(w.token_embd.data) + batch.tokens[t] * embd_row_bytes;
+      const auto* row =
+          static_cast<const uint8_t*>(w.token_embd.data) + batch.tokens[t] * embd_row_bytes;
       kernels::DequantizeRow(x + t * E, row, w.token_embd.type, E);
     }
 
@@ -99,13 +155,13 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
       const LayerWeights& lw = w.layers[il];
       const kernels::KvLayerView kv = cache_->Layer(il);
 
-      // Attention input: x += previous FFN output (from layer 1 on); xn = norm(x).
-      for (int64_t t = r0; t < r1; ++t) {
-        if (il > 0) kernels::AddInplace(x + t * E, tmp + t * E, E);
-        kernels::RmsNorm(xn + t * E, x + t * E, lw.attn_norm, E, c.rms_eps);
+      // Attention input: x += previous FFN output (from layer 1 on), then
+      // norm(x) encoded for Q, K and V. Each thread does its own rows; the
+      // barrier publishes them.
+      if (il > 0) {
+        for (int64_t t = r0; t < r1; ++t) kernels::AddInplace(x + t * E, tmp + t * E, E);
       }
-      // Each thread encodes its own rows; the barrier publishes them.
-      EncodeRows(xn, E, r0, r1, {&lw.wq, &lw.wk, &lw.wv});
+      NormEncodeRows(x, lw.attn_norm, xn, E, r0, r1, {&lw.wq, &lw.wk, &lw.wv});
       pool_->Barrier();
 
       // Q, K, V projections.
@@ -146,12 +202,9 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
       kernels::MatMul(tmp, E, lw.wo, Encoded(xn, lw.wo), n_tokens, ith, nth);
       pool_->Barrier();
 
-      // FFN input: x += attention output; xn = norm(x).
-      for (int64_t t = r0; t < r1; ++t) {
-        kernels::AddInplace(x + t * E, tmp + t * E, E);
-        kernels::RmsNorm(xn + t * E, x + t * E, lw.ffn_norm, E, c.rms_eps);
-      }
-      EncodeRows(xn, E, r0, r1, {&lw.w_gate, &lw.w_up});
+      // FFN input: x += attention output, then norm(x) encoded.
+      for (int64_t t = r0; t < r1; ++t) kernels::AddInplace(x + t * E, tmp + t * E, E);
+      NormEncodeRows(x, lw.ffn_norm, xn, E, r0, r1, {&lw.w_gate, &lw.w_up});
       pool_->Barrier();
       kernels::MatMul(gate, FF, lw.w_gate, Encoded(xn, lw.w_gate), n_tokens, ith, nth);
       kernels::MatMul(up, FF, lw.w_up, Encoded(xn, lw.w_up), n_tokens, ith, nth);
@@ -159,8 +212,16 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
 
       // SwiGLU, then the down projection (its output waits in tmp for the
       // next layer's residual add).
-      for (int64_t t = r0; t < r1; ++t) kernels::SwiGlu(gate + t * FF, gate + t * FF, up + t * FF, FF);
-      EncodeRows(gate, FF, r0, r1, {&lw.w_down});
+      if (const ActFormat f = kernels::ActFormatFor(lw.w_down.type); f != ActFormat::kF32) {
+        const int64_t rb = kernels::ActRowBytes(f, FF);
+        uint8_t* xq = xq_[static_cast<int>(f)].data();
+        for (int64_t t = r0; t < r1; ++t) {
+          kernels::SwiGluQuantize(xq + t * rb, f, gate + t * FF, up + t * FF, FF);
+        }
+      } else {
+        for (int64_t t = r0; t < r1; ++t)
+          kernels::SwiGlu(gate + t * FF, gate + t * FF, up + t * FF, FF);
+      }
       pool_->Barrier();
       kernels::MatMul(tmp, E, lw.w_down, Encoded(gate, lw.w_down), n_tokens, ith, nth);
       pool_->Barrier();
@@ -170,13 +231,13 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
     if (n_logits == 0) return;
     int64_t l0, l1;
     SplitRange(n_logits, ith, nth, 1, &l0, &l1);
+    // Gather those rows (with the last residual add) and encode norm(x).
     float* rows = out_rows_.data();
     for (int64_t i = l0; i < l1; ++i) {
       const int64_t t = batch.logit_rows[i];
-      kernels::AddInplace(x + t * E, tmp + t * E, E);
-      kernels::RmsNorm(rows + i * E, x + t * E, w.output_norm, E, c.rms_eps);
+      for (int64_t k = 0; k < E; ++k) rows[i * E + k] = x[t * E + k] + tmp[t * E + k];
     }
-    EncodeRows(rows, E, l0, l1, {&w.output});
+    NormEncodeRows(rows, w.output_norm, rows, E, l0, l1, {&w.output});
     pool_->Barrier();
     kernels::MatMul(logits, c.n_vocab, w.output, Encoded(rows, w.output), n_logits, ith, nth);
   });

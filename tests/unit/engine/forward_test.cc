@@ -13,15 +13,19 @@ struct Runner {
   std::shared_ptr<const Model> model;
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<kernels::ThreadPool> pool;
+  std::unique_ptr<PackedModelWeights> packed;
   std::unique_ptr<ModelRunner> runner;
 
   Runner(std::shared_ptr<const Model> m, int threads, int block_size = 4, int max_tokens = 64,
-         kernels::DType kv = kernels::DType::kF16) : model(std::move(m)) {
+         kernels::DType kv = kernels::DType::kF16, bool pack = false)
+      : model(std::move(m)) {
     const ModelConfig& c = model->config();
     KvCacheConfig kc{c.n_layers, c.n_kv_heads, c.head_dim, block_size, kv, 256, true};
     cache = std::move(*KvCache::Create(kc));
     pool = std::make_unique<kernels::ThreadPool>(threads);
-    runner = std::make_unique<ModelRunner>(model.get(), cache.get(), pool.get(), max_tokens, max_tokens);
+    if (pack) packed = std::make_unique<PackedModelWeights>(*model, pool.get());
+    runner = std::make_unique<ModelRunner>(model.get(), cache.get(), pool.get(), max_tokens,
+                                           max_tokens, packed ? &packed->weights() : nullptr);
   }
 };
 
@@ -33,7 +37,8 @@ std::vector<TokenId> Prompt(int n, int seed, int n_vocab) {
 
 // Runs tokens through the runner in chunks of `chunk`, returning the logits
 // at every position.
-std::vector<std::vector<float>> RunChunked(Runner& r, const std::vector<TokenId>& tokens, int chunk) {
+std::vector<std::vector<float>> RunChunked(Runner& r, const std::vector<TokenId>& tokens,
+                                           int chunk) {
   const int V = r.model->config().n_vocab;
   const int n = static_cast<int>(tokens.size());
   const int bs = r.cache->config().block_size;
@@ -47,7 +52,8 @@ std::vector<std::vector<float>> RunChunked(Runner& r, const std::vector<TokenId>
     for (int i = 0; i < m; ++i) b.logit_rows.push_back(i);
     std::vector<float> logits(static_cast<size_t>(m) * V);
     r.runner->Forward(b, logits.data());
-    for (int i = 0; i < m; ++i) out.emplace_back(logits.begin() + i * V, logits.begin() + (i + 1) * V);
+    for (int i = 0; i < m; ++i)
+      out.emplace_back(logits.begin() + i * V, logits.begin() + (i + 1) * V);
   }
   r.cache->Release(blocks);
   return out;
@@ -76,14 +82,17 @@ TEST_P(ForwardTypes, MatchesNaiveReferencePrefillAndDecode) {
   const auto want = ReferenceForward(*model, tokens);
   for (int threads : {1, 2}) {
     for (int chunk : {21, 5, 1}) {  // one-shot prefill, chunked prefill, token-by-token decode
-      Runner r(model, threads);
-      const auto got = RunChunked(r, tokens, chunk);
-      for (size_t t = 0; t < tokens.size(); ++t) {
-        // Activations are quantized to int8 blocks for quantized weights.
-        const double tol = tc.matrix == kernels::DType::kF32 || tc.matrix == kernels::DType::kF16 ? 1e-6 : 2e-3;
-        EXPECT_LT(Nmse(got[t], want[t]), tol)
-            << "type " << kernels::GetDType(tc.matrix).name << " threads " << threads << " chunk "
-            << chunk << " position " << t;
+      for (bool pack : {false, true}) {
+        Runner r(model, threads, 4, 64, kernels::DType::kF16, pack);
+        const auto got = RunChunked(r, tokens, chunk);
+        for (size_t t = 0; t < tokens.size(); ++t) {
+          // Activations are quantized to int8 blocks for quantized weights.
+          const double tol =
+              tc.matrix == kernels::DType::kF32 || tc.matrix == kernels::DType::kF16 ? 1e-6 : 2e-3;
+          EXPECT_LT(Nmse(got[t], want[t]), tol)
+              << "type " << kernels::GetDType(tc.matrix).name << " threads " << threads << " chunk "
+              << chunk << " packed " << pack << " position " << t;
+        }
       }
     }
   }
@@ -108,7 +117,8 @@ TEST(Forward, BatchOfSequencesMatchesEachAlone) {
   const std::vector<TokenId> a = Prompt(9, 1, V), b = Prompt(14, 2, V), c = Prompt(20, 4, V);
   Runner r(model, 2);
   const int bs = 4;
-  auto blocks_a = *r.cache->Allocate(3), blocks_b = *r.cache->Allocate(4), blocks_c = *r.cache->Allocate(5);
+  auto blocks_a = *r.cache->Allocate(3), blocks_b = *r.cache->Allocate(4),
+       blocks_c = *r.cache->Allocate(5);
   // Prefill b[0, 13) and c[0, 10) first.
   {
     ForwardBatch pre;
@@ -133,7 +143,9 @@ TEST(Forward, BatchOfSequencesMatchesEachAlone) {
   const auto ref_a = ReferenceForward(*model, a);
   const auto ref_b = ReferenceForward(*model, b);
   const auto ref_c = ReferenceForward(*model, std::vector<TokenId>(c.begin(), c.begin() + 16));
-  auto row = [&](int i) { return std::vector<float>(logits.begin() + i * V, logits.begin() + (i + 1) * V); };
+  auto row = [&](int i) {
+    return std::vector<float>(logits.begin() + i * V, logits.begin() + (i + 1) * V);
+  };
   EXPECT_LT(Nmse(row(0), ref_a[8]), 2e-3);
   EXPECT_LT(Nmse(row(1), ref_b[13]), 2e-3);
   EXPECT_LT(Nmse(row(2), ref_c[15]), 2e-3);
