@@ -36,6 +36,8 @@ void AddRouterFlags(po::options_description* desc) {
        "largest HTTP request body, then 413")
       ("http-stream-buffer-bytes", po::value<uint64_t>()->default_value(1 << 20),
        "unsent bytes per SSE stream; a client that stops reading past this is cancelled")
+      ("http-socket-send-buffer-bytes", po::value<int>()->default_value(64 << 10),
+       "kernel send buffer per HTTP connection (0: autotuned; bounds what a stalled reader pins)")
       ("served-model-name", po::value<std::string>()->default_value(""),
        "model name of the HTTP API (default: the model file's name)")
       ("chat-default-max-tokens", po::value<int>()->default_value(512),
@@ -93,6 +95,7 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
   o.http_threads = vm["http-threads"].as<int>();
   o.http_max_body_bytes = vm["http-max-body-bytes"].as<uint64_t>();
   o.http_max_stream_buffer_bytes = vm["http-stream-buffer-bytes"].as<uint64_t>();
+  o.http_socket_send_buffer_bytes = vm["http-socket-send-buffer-bytes"].as<int>();
   o.served_model_name = vm["served-model-name"].as<std::string>();
   o.chat_default_max_tokens = vm["chat-default-max-tokens"].as<int>();
   o.security = ReadSecurityFlags(vm);

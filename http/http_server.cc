@@ -184,6 +184,10 @@ class HttpServer::Impl {
           }
           // Tokens go out one small chunk at a time: do not let Nagle hold them.
           socket.set_option(tcp::no_delay(true), ec);
+          if (core_->options.socket_send_buffer_bytes > 0) {
+            socket.set_option(
+                net::socket_base::send_buffer_size(core_->options.socket_send_buffer_bytes), ec);
+          }
           std::shared_ptr<Session> session;
           {
             absl::MutexLock lock(&core_->mu);

@@ -39,6 +39,10 @@ struct HttpServerOptions {
   absl::Duration write_timeout = absl::Seconds(30);
   // Bound on a stream's unsent bytes; see HttpStream.
   size_t max_stream_buffer_bytes = 1 << 20;
+  // SO_SNDBUF of each connection (0: the kernel's autotuning, which may let
+  // megabytes sit unread). A small value makes a client that stops reading
+  // reach max_stream_buffer_bytes soon, so its stream is cancelled.
+  int socket_send_buffer_bytes = 0;
   // HTTPS when both are set: PEM certificate chain and private key (TLS 1.2
   // or newer). Start() fails with InvalidArgument when they do not load.
   std::string tls_cert_file;

@@ -256,6 +256,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
     ho.num_threads = std::max(1, options.http_threads);
     ho.max_body_bytes = options.http_max_body_bytes;
     ho.max_stream_buffer_bytes = options.http_max_stream_buffer_bytes;
+    ho.socket_send_buffer_bytes = options.http_socket_send_buffer_bytes;
     ho.tls_cert_file = options.security.cert_file;
     ho.tls_key_file = options.security.key_file;
     ho.error_response = [](int status, const std::string& message) {

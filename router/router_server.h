@@ -39,6 +39,7 @@ struct RouterOptions {
   int http_threads = 2;
   uint64_t http_max_body_bytes = 8 << 20;           // larger bodies get 413
   size_t http_max_stream_buffer_bytes = 1 << 20;    // unsent SSE bytes, then the request is cancelled
+  int http_socket_send_buffer_bytes = 64 << 10;     // kernel buffer per connection (0: autotuned)
   std::string served_model_name;        // the name clients use; default: the file's name
   int32_t chat_default_max_tokens = 512;
   // TLS for the client ports (gRPC and HTTP) and mutual TLS with nodes;
