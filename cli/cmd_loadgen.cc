@@ -1,6 +1,7 @@
 // pdserve loadgen: load-tests a pdserve router (grpc://) or any
 // OpenAI-compatible server (http://) and reports TTFT, TPOT, ITL, end-to-end
 // latency, throughput and goodput; the library lives in loadgen/.
+#include <signal.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -16,6 +18,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
 #include "cli/flags.h"
+#include "cli/signals.h"
 #include "engine/gguf.h"
 #include "engine/tokenizer.h"
 #include "loadgen/machine.h"
@@ -76,7 +79,42 @@ absl::StatusOr<loadgen::TokenCounter> MakeTokenCounter(const std::string& path) 
   });
 }
 
+// Turns the first SIGINT/SIGTERM into `interrupted` (the run ends as at
+// its time bound and the results are still written); a second one exits at
+// once. Signals must be blocked before any thread starts.
+class SignalWatcher {
+ public:
+  SignalWatcher() : thread_([this] { Loop(); }) {}
+  ~SignalWatcher() {
+    done_.store(true);
+    thread_.join();
+  }
+  const std::atomic<bool>* interrupted() const { return &interrupted_; }
+
+ private:
+  void Loop() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    const timespec poll = {0, 100 * 1000 * 1000};
+    while (!done_.load()) {
+      const int sig = sigtimedwait(&set, nullptr, &poll);
+      if (sig != SIGINT && sig != SIGTERM) continue;
+      if (interrupted_.exchange(true)) _exit(130);
+      std::fprintf(stderr,
+                   "\npdserve loadgen: interrupted: cancelling, then writing the results "
+                   "(again to quit now)\n");
+    }
+  }
+
+  std::atomic<bool> interrupted_{false};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
 int RunLoadgen(int argc, char** argv) {
+  BlockTerminationSignals();
   po::options_description desc("loadgen flags");
   AddCommonFlags(&desc);
   // clang-format off
@@ -240,6 +278,7 @@ int RunLoadgen(int argc, char** argv) {
   }
 
   const bool progress = !vm["no-progress"].as<bool>() && isatty(STDERR_FILENO);
+  SignalWatcher signals;
   std::fprintf(stderr, "pdserve loadgen: %s, model %s, %zu %s prompts per run, %zu run(s)\n",
                target->url.c_str(), model->name.c_str(), prompts->size(), work.name.c_str(),
                rates.size());
@@ -255,6 +294,7 @@ int RunLoadgen(int argc, char** argv) {
     run.id_prefix = rates.size() > 1 ? absl::StrCat("r", i, "-") : "";
     run.progress = progress;
     run.label = absl::StrCat("[rate ", loadgen::RateText(rates[i]), "]");
+    run.interrupted = signals.interrupted();
     absl::StatusOr<loadgen::RunResult> result = loadgen::RunLoad(client->get(), *prompts, run);
     if (!result.ok()) return fail(result.status());
     loadgen::RunReport report;
@@ -263,6 +303,7 @@ int RunLoadgen(int argc, char** argv) {
     report.records = std::move(result->records);
     loadgen::PrintRunTable(report.summary, *percentiles, *slo, stdout);
     runs.push_back(std::move(report));
+    if (signals.interrupted()->load()) break;  // no further rates
   }
   if (runs.size() > 1) loadgen::PrintSweepTable(runs, stdout);
 
@@ -274,6 +315,7 @@ int RunLoadgen(int argc, char** argv) {
     meta["target"] = target->url;
     meta["backend"] = (*client)->kind();
     meta["model"] = model->name;
+    meta["interrupted"] = signals.interrupted()->load();
     meta["model_info"] = {{"vocab_size", model->vocab_size},
                           {"context_length", model->context_length}};
     meta["workload"] = {{"name", work.name},

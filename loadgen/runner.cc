@@ -1,5 +1,7 @@
 #include "loadgen/runner.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -31,9 +33,30 @@ struct Tracker {
   std::vector<std::optional<RequestOutcome>> outcomes ABSL_GUARDED_BY(mu);
 };
 
-absl::Time ToAbsl(int64_t mono_ns) {
-  return absl::Now() + absl::Nanoseconds(mono_ns - MonoNowNs());
-}
+// The two reasons a run stops early: its time bound and an interrupt
+// (Ctrl-C). Waits poll the interrupt flag, which a signal thread sets.
+struct Stopper {
+  int64_t deadline_ns;
+  const std::atomic<bool>* interrupted;
+
+  bool now() const {
+    return MonoNowNs() >= deadline_ns || (interrupted != nullptr && interrupted->load());
+  }
+  void SleepUntil(int64_t due_ns) const {
+    while (!now() && MonoNowNs() < due_ns) {
+      std::this_thread::sleep_for(
+          std::chrono::nanoseconds(std::min<int64_t>(due_ns - MonoNowNs(), kPollNs)));
+    }
+  }
+  // Waits (mu held) until `cond` holds (true) or the run must stop (false).
+  bool Await(absl::Mutex* mu, const absl::Condition& cond) const {
+    for (;;) {
+      if (mu->AwaitWithTimeout(cond, absl::Nanoseconds(kPollNs))) return true;
+      if (now()) return false;
+    }
+  }
+  static constexpr int64_t kPollNs = 50 * 1000 * 1000;
+};
 
 void Send(LoadClient* client, const std::shared_ptr<Tracker>& tracker, RequestInput input,
           int slot) {
@@ -110,21 +133,22 @@ void WarmUp(LoadClient* client, const std::vector<RequestInput>& prompts,
             const RunOptions& options) {
   if (options.num_warmups <= 0 || prompts.empty()) return;
   auto tracker = std::make_shared<Tracker>();
-  const int64_t deadline = MonoNowNs() + static_cast<int64_t>(options.max_duration_s * 1e9);
-  for (int i = 0; i < options.num_warmups; ++i) {
+  const Stopper stop{MonoNowNs() + static_cast<int64_t>(options.max_duration_s * 1e9),
+                     options.interrupted};
+  for (int i = 0; i < options.num_warmups && !stop.now(); ++i) {
     if (options.config.max_concurrency > 0) {
       absl::MutexLock lock(&tracker->mu);
       auto below = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
         return tracker->in_flight < options.config.max_concurrency;
       };
-      tracker->mu.AwaitWithDeadline(absl::Condition(&below), ToAbsl(deadline));
+      if (!stop.Await(&tracker->mu, absl::Condition(&below))) break;
     }
     RequestInput input = prompts[i % prompts.size()];
     input.id = absl::StrCat(options.id_prefix, "warmup-", i);
     Send(client, tracker, std::move(input), -1);
   }
   absl::MutexLock lock(&tracker->mu);
-  if (!tracker->mu.AwaitWithDeadline(absl::Condition(Idle, tracker.get()), ToAbsl(deadline))) {
+  if (!stop.Await(&tracker->mu, absl::Condition(Idle, tracker.get()))) {
     tracker->mu.Unlock();
     client->CancelAll();
     tracker->mu.Lock();
@@ -148,35 +172,32 @@ absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestI
   const int max_concurrency = options.config.max_concurrency;
   const int64_t start = MonoNowNs();
   const int64_t deadline = start + static_cast<int64_t>(options.max_duration_s * 1e9);
-  std::vector<int64_t> send_at(prompts.size(), -1);
-  size_t next = 0;
+  const Stopper stop{deadline, options.interrupted};
   {
     ProgressLine progress(tracker, static_cast<int>(prompts.size()), options.label,
                           options.progress);
     // Absolute schedule: a late send does not push back the ones after it.
     double schedule_s = 0.0;
-    for (; next < prompts.size(); ++next) {
+    for (size_t next = 0; next < prompts.size(); ++next) {
       if (next > 0) schedule_s += arrivals.NextIntervalS();
       const int64_t due = start + static_cast<int64_t>(schedule_s * 1e9);
       if (due >= deadline) break;
-      if (due > MonoNowNs()) {
-        std::this_thread::sleep_for(std::chrono::nanoseconds(due - MonoNowNs()));
-      }
+      stop.SleepUntil(due);
       if (max_concurrency > 0) {
         absl::MutexLock lock(&tracker->mu);
         auto below = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
           return tracker->in_flight < max_concurrency;
         };
-        tracker->mu.AwaitWithDeadline(absl::Condition(&below), ToAbsl(deadline));
+        stop.Await(&tracker->mu, absl::Condition(&below));
       }
-      if (MonoNowNs() >= deadline) break;
+      if (stop.now()) break;
       RequestInput input = prompts[next];
       input.id = absl::StrCat(options.id_prefix, input.id);
       Send(client, tracker, std::move(input), static_cast<int>(next));
     }
     // Wait for the stragglers, then cut what is left at the bound.
     absl::MutexLock lock(&tracker->mu);
-    if (!tracker->mu.AwaitWithDeadline(absl::Condition(Idle, tracker.get()), ToAbsl(deadline))) {
+    if (!stop.Await(&tracker->mu, absl::Condition(Idle, tracker.get()))) {
       tracker->mu.Unlock();
       client->CancelAll();
       tracker->mu.Lock();

@@ -3,6 +3,7 @@
 // one record per prompt.
 #pragma once
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@ struct RunOptions {
   std::string id_prefix;  // prepended to request ids (unique across runs)
   bool progress = false;  // live status line on stderr
   std::string label;      // shown in the progress line
+  // When set (a signal handler's flag), the run ends as at its time bound.
+  const std::atomic<bool>* interrupted = nullptr;
 };
 
 struct RunResult {
