@@ -208,8 +208,10 @@ int RunCluster(int argc, char** argv) {
   }
 
   // Healthy: every node registered with the router.
-  auto registry =
-      v1::Registry::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), *security));
+  auto new_registry = [&] {
+    return v1::Registry::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), *security));
+  };
+  auto registry = new_registry();
   const int64_t deadline = MonoNowNs() + int64_t{vm["startup-timeout"].as<int>()} * 1000000000;
   v1::ListNodesResponse nodes;
   for (;;) {
@@ -220,10 +222,12 @@ int RunCluster(int argc, char** argv) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     nodes.Clear();
-    if (registry->ListNodes(&ctx, v1::ListNodesRequest(), &nodes).ok() &&
-        nodes.nodes_size() == n_nodes) {
-      break;
-    }
+    const grpc::Status listed = registry->ListNodes(&ctx, v1::ListNodesRequest(), &nodes);
+    if (listed.ok() && nodes.nodes_size() == n_nodes) break;
+    // A channel whose first dial was refused (the router still starting)
+    // waits out gRPC's reconnect backoff (1 s, growing) before it tries
+    // again; a fresh channel dials at once.
+    if (!listed.ok()) registry = new_registry();
     if (MonoNowNs() > deadline) {
       StopAll(children, 5);
       return Fail("cluster", "nodes did not all register in time");

@@ -8,6 +8,7 @@
 #include "common/clock.h"
 #include "engine/chat_template.h"
 #include "engine/engine.h"
+#include "nlohmann/json.hpp"
 
 namespace pdserve::cli {
 namespace {
@@ -21,7 +22,9 @@ int RunGenerate(int argc, char** argv) {
       ("prompt,p", po::value<std::string>(), "prompt text (required)")
       ("chat", po::bool_switch(), "wrap the prompt as a user message in the model's chat template")
       ("system", po::value<std::string>(), "system message (with --chat)")
-      ("stats", po::bool_switch(), "print timing figures to stderr at the end");
+      ("stats", po::bool_switch(), "print timing figures to stderr at the end")
+      ("print-token-ids", po::bool_switch(),
+       "print {prompt_tokens, token_ids, finish_reason} as one JSON line to stderr at the end");
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "--prompt TEXT [flags]", desc, &vm); rc >= 0) return rc;
   if (!vm.count("prompt")) return Fail("generate", "--prompt is required");
@@ -67,6 +70,7 @@ int RunGenerate(int argc, char** argv) {
   FinishReason finish = FinishReason::kNone;
   int completion = 0;
   int64_t first_token_ns = 0;
+  std::vector<TokenId> generated;
   const int64_t start_ns = MonoNowNs();
   absl::Status submit = (*engine)->Submit(std::move(spec), [&](const SeqOutput& out) {
     if (!out.text.empty()) {
@@ -74,6 +78,7 @@ int RunGenerate(int argc, char** argv) {
       std::fflush(stdout);
     }
     if (first_token_ns == 0 && !out.tokens.empty()) first_token_ns = MonoNowNs();
+    generated.insert(generated.end(), out.tokens.begin(), out.tokens.end());
     completion = out.completion_tokens;
     if (out.finish != FinishReason::kNone) {
       done = true;
@@ -93,6 +98,14 @@ int RunGenerate(int argc, char** argv) {
         "decode %.1f tok/s, %d threads\n",
         n_prompt, completion, FinishReasonName(finish), ttft * 1e3, n_prompt / ttft,
         completion > 1 ? (completion - 1) / (total - ttft) : 0.0, (*engine)->n_threads());
+  }
+  if (vm["print-token-ids"].as<bool>()) {
+    // Machine-readable output for comparing against other serving paths.
+    nlohmann::ordered_json j;
+    j["prompt_tokens"] = n_prompt;
+    j["token_ids"] = generated;
+    j["finish_reason"] = FinishReasonName(finish);
+    std::cerr << j.dump() << std::endl;
   }
   return 0;
 }

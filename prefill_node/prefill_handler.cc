@@ -19,6 +19,10 @@ struct PrefillHandler::Call : public KvSink {
   std::unique_ptr<transport::KvSendHandle> xfer;
   std::shared_ptr<Call> self;
   std::atomic<int> holds{2};  // the engine's and the transport's
+  // The transfer failed. Its Abort may have reached the engine before the
+  // request did (a deadline that passed before Submit), so the engine side
+  // checks this once token #1 is out and drops the held blocks itself.
+  std::atomic<bool> transfer_failed{false};
 
   absl::Mutex mu;
   grpc::ServerUnaryReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;  // null once replied
@@ -49,6 +53,20 @@ struct PrefillHandler::Call : public KvSink {
       reactor = nullptr;
     }
     if (r != nullptr) r->Finish(status);
+  }
+
+  // Answers the RPC with token #1, unless it was answered already (a failed
+  // transfer, a cancel): then gRPC may have freed `response`, so it is not
+  // touched.
+  void ReplyWith(v1::PrefillResponse r) {
+    grpc::ServerUnaryReactor* to_finish;
+    {
+      absl::MutexLock lock(&mu);
+      to_finish = reactor;
+      reactor = nullptr;
+      if (to_finish != nullptr) *response = std::move(r);
+    }
+    if (to_finish != nullptr) to_finish->Finish(grpc::Status::OK);
   }
 
   void Drop() {
@@ -132,7 +150,12 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
         in_flight->fetch_sub(1);
         if (std::shared_ptr<Call> c = weak.lock()) {
           if (!s.ok()) {
-            c->Reply(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+            c->transfer_failed.store(true);
+            // A deadline stays a deadline for the client; anything else
+            // means the decode side is unreachable or refused the data.
+            c->Reply(grpc::Status(s.code() == absl::StatusCode::kDeadlineExceeded
+                                      ? grpc::StatusCode::DEADLINE_EXCEEDED
+                                      : grpc::StatusCode::UNAVAILABLE,
                                   absl::StrCat("KV transfer to the decode node failed: ",
                                                s.ToString())));
           }
@@ -152,7 +175,7 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
   const std::string node = node_name_;
   absl::Status submitted = engine_->Submit(
       std::move(spec),
-      [weak, node](const SeqOutput& out) {
+      [weak, node, engine](const SeqOutput& out) {
         std::shared_ptr<Call> c = weak.lock();
         if (!c) return;
         if (!out.prefill_done) {
@@ -164,7 +187,9 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
           }
           return;
         }
-        v1::PrefillResponse* r = c->response;
+        // Built aside: the RPC's own response may be gone (see ReplyWith).
+        v1::PrefillResponse reply;
+        v1::PrefillResponse* r = &reply;
         r->set_token_id(out.tokens.at(0));
         r->set_text(out.text);
         if (!out.logprobs.empty()) r->set_logprob(out.logprobs[0]);
@@ -183,7 +208,9 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
         if (absl::Status fin = c->xfer->Finish(r->SerializeAsString()); !fin.ok()) {
           PDS_LOG(DEBUG) << c->id << ": trailer not sent: " << fin;
         }
-        c->Reply(grpc::Status::OK);
+        c->ReplyWith(std::move(reply));
+        // Nobody releases the blocks of a transfer that already failed.
+        if (c->transfer_failed.load()) engine->Abort(c->id);
         c->Drop();  // the engine is done with the sink
       },
       SeqMode::kPrefillOnly, call.get());

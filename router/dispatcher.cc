@@ -62,12 +62,25 @@ absl::Status Dispatcher::Enqueue(std::shared_ptr<GenerateCall> call) {
         "prompt (", call->shape().prompt_tokens, " tokens) plus max_tokens needs ",
         call->shape().blocks_needed, " KV blocks; the largest node holds ", largest));
   }
+  const GenerateCall* raw = call.get();
+  {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(call));
+    if (static_cast<int32_t>(queue_.size()) <= ctx_->config.max_queue) return absl::OkStatus();
+  }
+  // Over the bound. Only requests that must wait for capacity count against
+  // it, so place what fits now first (requests that arrived in a burst
+  // before the dispatch thread woke, or this one with --max-queue 0), then
+  // refuse this one if it would still have to wait past the bound.
+  DispatchReady();
   absl::MutexLock lock(&mu_);
-  if (static_cast<int32_t>(queue_.size()) >= ctx_->config.max_queue) {
+  auto it = std::find_if(queue_.begin(), queue_.end(),
+                         [raw](const auto& c) { return c.get() == raw; });
+  if (it != queue_.end() && static_cast<int32_t>(queue_.size()) > ctx_->config.max_queue) {
+    queue_.erase(it);
     return absl::ResourceExhaustedError(
         absl::StrCat("the router's queue is full (", ctx_->config.max_queue, " requests waiting)"));
   }
-  queue_.push_back(std::move(call));
   return absl::OkStatus();
 }
 
@@ -86,6 +99,9 @@ int32_t Dispatcher::queued() const {
 }
 
 void Dispatcher::DispatchReady() {
+  // One placement at a time: two concurrent selections could both give the
+  // same node's last free blocks away.
+  absl::MutexLock dispatch_lock(&dispatch_mu_);
   for (;;) {
     std::shared_ptr<GenerateCall> call;
     {

@@ -21,9 +21,12 @@ class Dispatcher {
   Dispatcher(RouterContext* ctx, std::unique_ptr<SelectionPolicy> policy);
   ~Dispatcher();
 
-  // Queues a call, or says why not: RESOURCE_EXHAUSTED (queue full),
-  // UNAVAILABLE (no node of a needed role), INVALID_ARGUMENT (the request
-  // can never fit any node).
+  // Queues a call, or says why not: RESOURCE_EXHAUSTED (more than
+  // max_queue requests would have to wait for capacity; one that can be
+  // placed now is always taken, even with max_queue 0), UNAVAILABLE (no
+  // node of a needed role), INVALID_ARGUMENT (the request can never fit any
+  // node). Call it without holding any GenerateCall's lock: it may start
+  // node calls.
   absl::Status Enqueue(std::shared_ptr<GenerateCall> call);
   // Drops a queued call (cancelled); false if it was not queued.
   bool Remove(const GenerateCall* call);
@@ -37,11 +40,12 @@ class Dispatcher {
   RouterContext* ctx_;
   std::unique_ptr<SelectionPolicy> policy_;
   // Dispatches what fits now, oldest first; fails calls that waited too
-  // long. Runs only on the dispatch thread, so node calls start without any
-  // caller's lock held.
+  // long. Runs on the dispatch thread, or in Enqueue when the queue is over
+  // its bound; never under a caller's lock, so node calls start without one.
   void DispatchReady();
   void Loop();
 
+  absl::Mutex dispatch_mu_;  // held for a whole DispatchReady; before mu_
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<GenerateCall>> queue_ ABSL_GUARDED_BY(mu_);
   bool wake_ ABSL_GUARDED_BY(mu_) = false;
