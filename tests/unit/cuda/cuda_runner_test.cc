@@ -2,9 +2,11 @@
 // logits of mixed prefill/decode batches, the KV it stores, greedy tokens,
 // and the per-layer observer calls.
 //
-// Tolerances (NMSE of logits): 1e-8 for sequences computed only in batches
+// Tolerances (NMSE of logits): 1e-4 for sequences computed only in batches
 // of at most kMaxMatVecTokens rows (the GPU encodes activations exactly as
-// the CPU and sums the same integer products); 1e-3 once a sequence's KV
+// the CPU and sums the same integer products; what is left are float sums
+// in another order, ~1e-12, and the rare int8 activation whose rounding
+// that flips, ~1e-5 each at these tiny widths); 1e-3 once a sequence's KV
 // came from a larger batch (cuBLAS on f16 weights and activations: tiny
 // differences that the next layer's int8 activation rounding amplifies to
 // the level of the CPU's own quantization noise). The greedy token must
@@ -195,7 +197,7 @@ TEST_P(CudaRunnerTest, LogitsAndKvMatchCpuRunner) {
     for (auto [seq, n] : steps[step]) seq->gemm_history |= gemm;
     for (size_t r = 0; r < n_rows; ++r) {
       SCOPED_TRACE("step " + std::to_string(step) + " row " + std::to_string(r));
-      const double tol = steps[step][r].first->gemm_history ? 1e-3 : 1e-8;
+      const double tol = steps[step][r].first->gemm_history ? 1e-3 : 1e-4;
       const double nmse = kernels::testing::Nmse(&got[r * n_vocab], &want[r * n_vocab], n_vocab);
       EXPECT_LT(nmse, tol);
       EXPECT_EQ(Argmax(&got[r * n_vocab], n_vocab), Argmax(&want[r * n_vocab], n_vocab));

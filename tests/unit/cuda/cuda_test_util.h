@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -13,6 +14,14 @@
 #include "kernels/cuda/cuda_compat.h"
 
 namespace pdserve::cuda_testing {
+
+inline bool Emulated() {
+#ifdef PDS_CUDA_EMU
+  return true;
+#else
+  return false;
+#endif
+}
 
 // True when a CUDA device is usable; otherwise *why says why not. A machine
 // without a driver makes cudaGetDeviceCount fail: that means "no GPU".
@@ -32,6 +41,12 @@ inline bool HaveGpu(std::string* why) {
   return true;
 }
 
+// PDSERVE_REQUIRE_GPU=1: the run is on a GPU machine.
+inline bool GpuRequired() {
+  const char* v = std::getenv("PDSERVE_REQUIRE_GPU");
+  return v != nullptr && std::string(v) == "1" && !Emulated();
+}
+
 inline int GpuCount() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -39,14 +54,6 @@ inline int GpuCount() {
     return 0;
   }
   return n;
-}
-
-inline bool Emulated() {
-#ifdef PDS_CUDA_EMU
-  return true;
-#else
-  return false;
-#endif
 }
 
 // Owns n elements of device memory.
@@ -89,10 +96,16 @@ class DeviceArray {
 
 }  // namespace pdserve::cuda_testing
 
-#define PDS_SKIP_WITHOUT_GPU()                                                \
-  do {                                                                        \
-    std::string pds_why;                                                      \
-    if (!::pdserve::cuda_testing::HaveGpu(&pds_why)) GTEST_SKIP() << pds_why; \
+// Skips the test without a usable GPU; with PDSERVE_REQUIRE_GPU=1 in the
+// environment (tests/gpu/device_check.sh on a GPU machine) that is a failure
+// instead, so a broken driver or library setup cannot pass as skips.
+#define PDS_SKIP_WITHOUT_GPU()                                       \
+  do {                                                               \
+    std::string pds_why;                                             \
+    if (!::pdserve::cuda_testing::HaveGpu(&pds_why)) {               \
+      if (::pdserve::cuda_testing::GpuRequired()) FAIL() << pds_why; \
+      GTEST_SKIP() << pds_why;                                       \
+    }                                                                \
   } while (false)
 
 // Asserts a CUDA call or launch succeeded and the device finished cleanly.

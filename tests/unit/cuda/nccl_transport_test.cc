@@ -129,6 +129,7 @@ struct KvBlocks {
 class NcclTransportTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    PDS_SKIP_WITHOUT_GPU();
     std::string why;
     if (!TwoRanks(&send_dev_, &recv_dev_, &why)) GTEST_SKIP() << why;
     NcclReceiverOptions ro;
