@@ -120,6 +120,7 @@ void FillRandomHalves(__half* dev, size_t n, uint64_t seed) {
     host[i] = kernels::F32ToF16(f);
   }
   BENCH_CUDA(cudaMemcpy(dev, host.data(), n * 2, cudaMemcpyHostToDevice));
+  BENCH_CUDA(cudaDeviceSynchronize());  // the benchmark streams do not wait for it
 }
 
 double CopyBandwidth(cudaStream_t stream) {
@@ -128,6 +129,7 @@ double CopyBandwidth(cudaStream_t stream) {
   BENCH_CUDA(cudaMalloc(&src, bytes));
   BENCH_CUDA(cudaMalloc(&dst, bytes));
   BENCH_CUDA(cudaMemset(src, 1, bytes));
+  BENCH_CUDA(cudaDeviceSynchronize());
   const double ms = TimeMs(stream, 3, 20, [&] {
     BENCH_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
   });
@@ -336,6 +338,7 @@ void BenchKvOneGpu(const KvShape& s, cudaStream_t stream) {
       cudaMemcpy(d_src, src_ptrs.data(), src_ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice));
   BENCH_CUDA(
       cudaMemcpy(d_dst, dst_ptrs.data(), dst_ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice));
+  BENCH_CUDA(cudaDeviceSynchronize());
   auto send_recv = [&] {
     BENCH_NCCL(ncclGroupStart());
     BENCH_NCCL(ncclSend(send, s.layer_bytes(), ncclUint8, 0, comm, stream));
@@ -431,6 +434,7 @@ void BenchKvTwoGpus(const KvShape& s) {
   void* src;
   BENCH_CUDA(cudaMalloc(&src, s.total()));
   BENCH_CUDA(cudaMemset(src, 3, s.total()));
+  BENCH_CUDA(cudaDeviceSynchronize());
   BENCH_CUDA(cudaSetDevice(1));
   void* dst;
   BENCH_CUDA(cudaMalloc(&dst, s.total()));

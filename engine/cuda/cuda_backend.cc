@@ -25,6 +25,9 @@ class CudaKvAllocator final : public KvAllocator {
     // Zeroed so that a block read before it is written holds zeros, as the
     // host cache's fresh pages do.
     PDS_CUDA_RETURN_IF_ERROR(cudaMemset(buf.get(), 0, bytes), "clearing the KV cache");
+    // The runner's and the transport's streams do not wait for the legacy
+    // stream the memset ran on.
+    PDS_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "clearing the KV cache");
     void* p = buf.get();
     buffers_.push_back(std::move(buf));
     return p;

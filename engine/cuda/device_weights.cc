@@ -131,6 +131,11 @@ absl::StatusOr<std::unique_ptr<DeviceWeights>> UploadWeights(const Model& model,
     PDS_ASSIGN_OR_RETURN(d.down, up.Linear({&lw.w_down}, p + "ffn_down"));
   }
 
+  // cudaMemcpy from pageable memory may return before its DMA finished, on
+  // the legacy stream, which the runner's non-blocking stream does not wait
+  // for: finish the uploads here.
+  PDS_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "uploading weights");
+
   // f16 copies for the cuBLAS path.
   int64_t f16_need = 0;
   auto for_each_product = [&](auto fn) -> absl::Status {

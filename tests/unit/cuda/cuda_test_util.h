@@ -80,6 +80,9 @@ class DeviceArray {
     ASSERT_LE(host.size(), n_);
     ASSERT_EQ(cudaSuccess,
               cudaMemcpy(p_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    // A pageable upload may still be in flight on the legacy stream, which
+    // non-blocking streams (runner, transport) do not wait for.
+    ASSERT_EQ(cudaSuccess, cudaDeviceSynchronize());
   }
   std::vector<T> Download() const {
     std::vector<T> host(n_);
@@ -87,7 +90,10 @@ class DeviceArray {
     return host;
   }
   // Fills every byte with 0xFF (NaN floats) so unwritten outputs show.
-  void Poison() { EXPECT_EQ(cudaSuccess, cudaMemset(p_, 0xFF, n_ * sizeof(T))); }
+  void Poison() {
+    EXPECT_EQ(cudaSuccess, cudaMemset(p_, 0xFF, n_ * sizeof(T)));
+    EXPECT_EQ(cudaSuccess, cudaDeviceSynchronize());
+  }
 
  private:
   T* p_ = nullptr;
