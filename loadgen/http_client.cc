@@ -181,6 +181,7 @@ class HttpClient::Core::Stream : public std::enable_shared_from_this<Stream> {
     }
     if (ev->completion_tokens) usage_completion_ = ev->completion_tokens;
     if (ev->prompt_tokens) outcome_.input_tokens = *ev->prompt_tokens;
+    if (ev->cached_tokens) outcome_.cached_input_tokens = *ev->cached_tokens;
   }
 
   // A pooled connection the server closed while idle fails before any

@@ -72,9 +72,10 @@ void PrintRunTable(const RunSummary& run, const std::vector<double>& percentiles
   std::fprintf(out, "%-22s %d prompts: %d ok, %d failed, %d cancelled, %d not sent\n", "requests",
                run.num_prompts, run.completed, run.failed, run.cancelled, run.not_sent);
   std::fprintf(out, "%-22s %.2f s\n", "duration", run.duration_s);
-  std::fprintf(out, "%-22s %lld (usage for %d of %d; planned %lld)\n", "input tokens",
-               static_cast<long long>(run.total_input_tokens), run.input_from_usage, run.completed,
-               static_cast<long long>(run.planned_input_tokens));
+  std::fprintf(out, "%-22s %lld (usage for %d of %d; planned %lld; prefix-cached %lld)\n",
+               "input tokens", static_cast<long long>(run.total_input_tokens), run.input_from_usage,
+               run.completed, static_cast<long long>(run.planned_input_tokens),
+               static_cast<long long>(run.cached_input_tokens));
   std::fprintf(out, "%-22s %lld\n", "output tokens",
                static_cast<long long>(run.total_output_tokens));
   std::fprintf(out, "%-22s %.3f req/s, %.2f output tok/s, %.2f total tok/s\n", "throughput",
@@ -139,6 +140,7 @@ nlohmann::ordered_json RunToJson(const RunSummary& s) {
   j["total_input_tokens"] = s.total_input_tokens;
   j["planned_input_tokens"] = s.planned_input_tokens;
   j["input_tokens_from_usage"] = s.input_from_usage;
+  j["cached_input_tokens"] = s.cached_input_tokens;
   j["total_output_tokens"] = s.total_output_tokens;
   j["request_throughput"] = s.request_throughput;
   j["output_throughput"] = s.output_throughput;

@@ -87,6 +87,11 @@ absl::StatusOr<CompletionEvent> ParseCompletionEvent(std::string_view data) {
     if (auto p = u->find("completion_tokens"); p != u->end() && p->is_number_integer()) {
       ev.completion_tokens = p->get<int>();
     }
+    if (auto d = u->find("prompt_tokens_details"); d != u->end() && d->is_object()) {
+      if (auto p = d->find("cached_tokens"); p != d->end() && p->is_number_integer()) {
+        ev.cached_tokens = p->get<int>();
+      }
+    }
   }
   return ev;
 }

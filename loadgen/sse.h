@@ -43,6 +43,7 @@ struct CompletionEvent {
   std::string finish_reason;
   std::optional<int> prompt_tokens;      // from usage, when present
   std::optional<int> completion_tokens;  // from usage, when present
+  std::optional<int> cached_tokens;      // usage.prompt_tokens_details.cached_tokens
   std::string error;                     // an {"error": ...} payload, as text
 };
 

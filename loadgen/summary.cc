@@ -31,6 +31,7 @@ RequestRecord MakeRecord(int index, const RequestInput& input, const RequestOutc
   r.planned_output_tokens = input.max_tokens;
   r.input_from_usage = outcome.input_tokens >= 0;
   r.input_tokens = r.input_from_usage ? outcome.input_tokens : input.input_tokens;
+  r.cached_input_tokens = outcome.cached_input_tokens;
   r.output_tokens = outcome.output_tokens;
   r.output_from_usage = outcome.output_tokens_from_usage;
   r.stages = outcome.stages;
@@ -94,6 +95,7 @@ RunSummary Summarize(const RunConfig& config, const std::vector<RequestRecord>& 
     ++s.completed;
     s.total_input_tokens += r.input_tokens;
     s.planned_input_tokens += r.planned_input_tokens;
+    s.cached_input_tokens += r.cached_input_tokens;
     s.total_output_tokens += r.output_tokens;
     if (r.input_from_usage) ++s.input_from_usage;
     ttft.push_back(r.ttft_ms);

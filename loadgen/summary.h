@@ -27,7 +27,8 @@ struct RequestRecord {
   std::vector<double> itl_ms;  // every gap between output chunks
   int32_t planned_input_tokens = 0;
   int32_t planned_output_tokens = 0;
-  int32_t input_tokens = 0;  // usage when the target reported it, else planned
+  int32_t input_tokens = 0;         // usage when the target reported it, else planned
+  int32_t cached_input_tokens = 0;  // of input_tokens, from a prefix cache (usage)
   bool input_from_usage = false;
   int32_t output_tokens = 0;
   bool output_from_usage = false;
@@ -64,6 +65,7 @@ struct RunSummary {
   int64_t total_input_tokens = 0;
   int64_t total_output_tokens = 0;
   int64_t planned_input_tokens = 0;
+  int64_t cached_input_tokens = 0;      // prefix-cache hits the target reported
   int input_from_usage = 0;             // successful requests whose input count came from usage
   double request_throughput = 0.0;      // completed / duration
   double output_throughput = 0.0;       // output tokens / duration

@@ -18,6 +18,7 @@ v1::GenerateResponse CompleteWith(int prompt, int completion) {
   c->set_finish_reason(v1::FINISH_REASON_LENGTH);
   c->mutable_usage()->set_prompt_tokens(prompt);
   c->mutable_usage()->set_completion_tokens(completion);
+  c->mutable_usage()->set_cached_prompt_tokens(16);
   v1::StageTiming* t = c->mutable_timings()->add_stages();
   t->set_stage("prefill.compute");
   t->set_duration_ns(1234);
@@ -37,6 +38,7 @@ TEST(GenerateStreamRecorderTest, ChunksTimesUsageAndStages) {
   EXPECT_EQ(out.output_tokens, 3);
   EXPECT_TRUE(out.output_tokens_from_usage);
   EXPECT_EQ(out.input_tokens, 32);
+  EXPECT_EQ(out.cached_input_tokens, 16);
   ASSERT_EQ(out.stages.size(), 1u);
   EXPECT_EQ(out.stages[0].stage, "prefill.compute");
   EXPECT_EQ(out.stages[0].duration_ns, 1234);

@@ -90,11 +90,13 @@ TEST(CompletionEventTest, ChatDeltaChunk) {
 
 TEST(CompletionEventTest, FinalUsageChunkWithNoChoices) {
   auto e = ParseCompletionEvent(
-      R"({"choices":[],"usage":{"prompt_tokens":32,"completion_tokens":8,"total_tokens":40}})");
+      R"({"choices":[],"usage":{"prompt_tokens":32,"completion_tokens":8,"total_tokens":40,)"
+      R"("prompt_tokens_details":{"cached_tokens":16}}})");
   ASSERT_TRUE(e.ok());
   EXPECT_FALSE(e->has_choice);
   EXPECT_EQ(e->prompt_tokens, 32);
   EXPECT_EQ(e->completion_tokens, 8);
+  EXPECT_EQ(e->cached_tokens, 16);
 }
 
 TEST(CompletionEventTest, ErrorPayload) {
