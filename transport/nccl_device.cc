@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -61,11 +62,20 @@ absl::Status NcclDevice::NcclStatus(ncclResult_t r, const char* what) {
                                                            : absl::InternalError(msg);
 }
 
+ncclResult_t NcclDevice::AsyncError(ncclResult_t* state) {
+  std::lock_guard<std::mutex> lock(comm_mu_);
+  if (comm_ == nullptr) {
+    *state = ncclRemoteError;
+    return ncclSuccess;
+  }
+  return ncclCommGetAsyncError(comm_, state);
+}
+
 absl::Status NcclDevice::WaitComm(const char* what) {
   for (int round = 0;; ++round) {
     if (aborted()) return absl::UnavailableError(absl::StrCat("NCCL ", what, ": link aborted"));
     ncclResult_t state = ncclSuccess;
-    const ncclResult_t r = ncclCommGetAsyncError(comm_.load(), &state);
+    const ncclResult_t r = AsyncError(&state);
     if (r != ncclSuccess) return NcclStatus(r, what);
     if (state != ncclInProgress) return NcclStatus(state, what);
     Pause(round);
@@ -79,12 +89,18 @@ absl::Status NcclDevice::InitComm(const ncclUniqueId& id, int rank, Deadline dea
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, 2, id, rank, &config);
   if (r != ncclSuccess && r != ncclInProgress) return NcclStatus(r, "communicator init");
-  comm_.store(comm);
-  if (aborted()) ncclCommAbort(comm_.exchange(nullptr));
+  {
+    std::lock_guard<std::mutex> lock(comm_mu_);
+    if (aborted()) {
+      ncclCommAbort(comm);
+      return absl::UnavailableError("NCCL communicator init: link aborted");
+    }
+    comm_ = comm;
+  }
   for (int round = 0;; ++round) {
     if (aborted()) return absl::UnavailableError("NCCL communicator init: link aborted");
     ncclResult_t state = ncclSuccess;
-    ncclCommGetAsyncError(comm, &state);
+    AsyncError(&state);
     if (state == ncclSuccess) return absl::OkStatus();
     if (state != ncclInProgress) return NcclStatus(state, "communicator init");
     if (MonoClock::now() > deadline) {
@@ -97,7 +113,9 @@ absl::Status NcclDevice::InitComm(const ncclUniqueId& id, int rank, Deadline dea
 
 void NcclDevice::Abort() {
   aborted_.store(true, std::memory_order_release);
-  if (ncclComm_t c = comm_.exchange(nullptr); c != nullptr) ncclCommAbort(c);
+  std::lock_guard<std::mutex> lock(comm_mu_);
+  if (comm_ != nullptr) ncclCommAbort(comm_);
+  comm_ = nullptr;
 }
 
 absl::Status NcclDevice::EnsureStaging(size_t bytes) {
@@ -206,23 +224,36 @@ absl::Status NcclDevice::Unpack(const std::vector<BlockView>& views) {
   return absl::OkStatus();
 }
 
+absl::Status NcclDevice::PointToPoint(bool send, size_t bytes, int peer) {
+  const char* what = send ? "send" : "recv";
+  ncclResult_t r;
+  {
+    std::unique_lock<std::mutex> lock(comm_mu_);
+    if (comm_ == nullptr || aborted()) {
+      return absl::UnavailableError(absl::StrCat("NCCL ", what, ": link aborted"));
+    }
+    ncclComm_t comm = comm_;
+#ifdef PDS_CUDA_EMU
+    // Emulated calls block until the peer posts its side: without the lock,
+    // or Abort could never get in. (Real ones return at once.)
+    lock.unlock();
+#endif
+    r = send ? ncclSend(staging_, bytes, ncclUint8, peer, comm, stream_)
+             : ncclRecv(staging_, bytes, ncclUint8, peer, comm, stream_);
+  }
+  if (r == ncclInProgress) return WaitComm(what);
+  return NcclStatus(r, what);
+}
+
 absl::Status NcclDevice::Send(size_t bytes, int peer) {
   if (bytes == 0) return absl::OkStatus();
-  ncclComm_t comm = comm_.load();
-  if (comm == nullptr || aborted()) return absl::UnavailableError("NCCL send: link aborted");
-  const ncclResult_t r = ncclSend(staging_, bytes, ncclUint8, peer, comm, stream_);
-  if (r == ncclInProgress) return WaitComm("send");
-  return NcclStatus(r, "send");
+  return PointToPoint(true, bytes, peer);
 }
 
 absl::Status NcclDevice::Recv(size_t bytes, int peer) {
   if (absl::Status s = EnsureStaging(bytes); !s.ok()) return s;
   if (bytes == 0) return absl::OkStatus();
-  ncclComm_t comm = comm_.load();
-  if (comm == nullptr || aborted()) return absl::UnavailableError("NCCL recv: link aborted");
-  const ncclResult_t r = ncclRecv(staging_, bytes, ncclUint8, peer, comm, stream_);
-  if (r == ncclInProgress) return WaitComm("recv");
-  return NcclStatus(r, "recv");
+  return PointToPoint(false, bytes, peer);
 }
 
 absl::Status NcclDevice::Sync() {
@@ -239,9 +270,7 @@ absl::Status NcclDevice::Sync() {
       return absl::UnavailableError("NCCL transport: link aborted");
     }
     ncclResult_t state = ncclSuccess;
-    if (ncclComm_t c = comm_.load(); c != nullptr &&
-                                     ncclCommGetAsyncError(c, &state) == ncclSuccess &&
-                                     state != ncclSuccess && state != ncclInProgress) {
+    if (AsyncError(&state) == ncclSuccess && state != ncclSuccess && state != ncclInProgress) {
       return NcclStatus(state, "transfer");
     }
     Pause(round);

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -49,6 +50,9 @@ class NcclDevice {
 
  private:
   absl::Status NcclStatus(ncclResult_t r, const char* what);
+  absl::Status PointToPoint(bool send, size_t bytes, int peer);
+  // ncclCommGetAsyncError under comm_mu_ (ncclRemoteError once aborted).
+  ncclResult_t AsyncError(ncclResult_t* state);
   absl::Status EnsurePointers(size_t n);
   // Waits for a non-blocking communicator's last call to finish.
   absl::Status WaitComm(const char* what);
@@ -56,7 +60,10 @@ class NcclDevice {
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;
-  std::atomic<ncclComm_t> comm_{nullptr};
+  // NCCL calls hold comm_mu_ so that Abort (any thread) never frees the
+  // communicator under one; they are non-blocking, so it is held briefly.
+  std::mutex comm_mu_;
+  ncclComm_t comm_ = nullptr;  // guarded by comm_mu_
   std::atomic<bool> aborted_{false};
   void* staging_ = nullptr;  // device
   size_t staging_bytes_ = 0;
