@@ -10,9 +10,11 @@
 #      weights (seed 1, greedy): the first 24 token ids must match
 #   4. NCCL send/recv and the NCCL KV transport           (nccl_transport_test)
 #   5. gpu_bench: decode vs copy bandwidth, prefill vs cuBLAS, KV vs NCCL
-# Logs and results go to $OUT (default /tmp/pdserve_device_check); the last
-# lines printed are a summary table. Exit status: 0 when nothing failed.
-# Without a GPU every GPU step is reported as SKIP and the exit status is 0.
+# $OUT (default /tmp/pdserve_device_check) receives three files, within the
+# device tool's limits: device_check.log (every step's full output),
+# summary.txt, gpu_bench.json. The last lines printed are the summary.
+# Exit status: 0 when nothing failed. Without a GPU every GPU step reports
+# SKIP and the exit status is 0.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +23,12 @@ OUT=${OUT:-/tmp/pdserve_device_check}
 mkdir -p "$OUT"
 log=$OUT/device_check.log
 : >"$log"
+work=$(mktemp -d "${TMPDIR:-/tmp}/pdserve_device_check.XXXXXX")
+trap 'rm -rf "$work"' EXIT
 say() { echo "$*" | tee -a "$log"; }
+keep() { # file: append a step's output to the log
+  { echo "---- $(basename "$1")"; cat "$1"; } >>"$log" 2>/dev/null
+}
 
 declare -a summary=()
 failed=0
@@ -89,18 +96,18 @@ done <"$carry/needs_from_machine.txt"
 extra=$(printf '%s:' "${lib_dirs[@]}" | sed 's/:$//')
 export LD_LIBRARY_PATH="$carry/lib${extra:+:$extra}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 bin=$carry/bin
-if ! ldd "$bin/pdserve" >"$OUT/ldd_pdserve.txt" 2>&1 || grep -q "not found" "$OUT/ldd_pdserve.txt"; then
+if ! ldd "$bin/pdserve" >"$work/ldd_pdserve.txt" 2>&1 || grep -q "not found" "$work/ldd_pdserve.txt"; then
   say "device_check: unresolved libraries:"
-  grep "not found" "$OUT/ldd_pdserve.txt" | tee -a "$log"
+  grep "not found" "$work/ldd_pdserve.txt" | tee -a "$log"
 fi
 
 # --- Is there a GPU? ---------------------------------------------------------
 gpus=0
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >"$OUT/gpus.txt" 2>&1; then
-  gpus=$(grep -c '^GPU ' "$OUT/gpus.txt")
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >"$work/gpus.txt" 2>&1; then
+  gpus=$(grep -c '^GPU ' "$work/gpus.txt")
 fi
 if ((gpus > 0)); then
-  say "GPUs: $(tr '\n' ';' <"$OUT/gpus.txt")"
+  say "GPUs: $(tr '\n' ';' <"$work/gpus.txt")"
   export PDSERVE_REQUIRE_GPU=1 # a skip would hide a broken setup: make it fail
 else
   say "no GPU here (nvidia-smi finds none): GPU steps will report SKIP"
@@ -109,17 +116,18 @@ fi
 # --- 1, 2, 4: the test binaries ----------------------------------------------
 run_gtest() { # step binary timeout
   local step=$1 b=$2 limit=$3
-  local out=$OUT/$b.txt
-  timeout "$limit" "$bin/$b" --gtest_output="xml:$OUT/$b.xml" >"$out" 2>&1
+  local out=$work/$b.txt
+  timeout "$limit" "$bin/$b" >"$out" 2>&1
   local rc=$?
+  keep "$out"
   local passed skipped failed_n
   passed=$(grep -c '^\[       OK \]' "$out")
   skipped=$(grep -c '^\[  SKIPPED \] .*(' "$out")
   failed_n=$(grep -c '^\[  FAILED  \] .*(' "$out")
   if ((rc == 124)); then
-    record "$step" FAIL "timed out after ${limit}s (see $out)"
+    record "$step" FAIL "timed out after ${limit}s (see the log)"
   elif ((rc != 0)); then
-    record "$step" FAIL "rc $rc: $failed_n failed, $passed passed (see $out)"
+    record "$step" FAIL "rc $rc: $failed_n failed, $passed passed (see the log)"
     grep -E '^\[  FAILED  \]|Failure|Expected|actual' "$out" | head -20 | tee -a "$log"
   elif ((gpus == 0)); then
     record "$step" SKIP "no GPU: $skipped skipped, $passed CPU-only passed"
@@ -141,14 +149,15 @@ token_ids() { # json line -> space-separated ids
 # DEVICE_CHECK_FORCE_GENERATE=1 compares two CPU runs through the same logic.
 config=${DEVICE_CHECK_CONFIG:-llama-3-8b}
 gpu_device=${DEVICE_CHECK_GPU_DEVICE:-cuda}
-generate() { # device prompt tag -> $OUT/generate_<device>_<tag>.{txt,err,json}
+generate() { # device prompt tag -> $work/generate_<device>_<tag>.{txt,err,json}
   local device=$1 prompt=$2 tag=$3
   timeout 300 "$bin/pdserve" generate --load-format dummy --dummy-config "$config" \
     --dummy-seed 1 --device "$device" --prompt "$prompt" --temperature 0 --max-tokens 24 \
-    --ignore-eos --print-token-ids --stats >"$OUT/generate_${device}_$tag.txt" \
-    2>"$OUT/generate_${device}_$tag.err"
+    --ignore-eos --print-token-ids --stats >"$work/generate_${device}_$tag.txt" \
+    2>"$work/generate_${device}_$tag.err"
   local rc=$?
-  grep '"token_ids"' "$OUT/generate_${device}_$tag.err" | tail -1 >"$OUT/generate_${device}_$tag.json"
+  keep "$work/generate_${device}_$tag.err"
+  grep '"token_ids"' "$work/generate_${device}_$tag.err" | tail -1 >"$work/generate_${device}_$tag.json"
   return $rc
 }
 compare_generate() { # tag prompt required
@@ -159,20 +168,20 @@ compare_generate() { # tag prompt required
     return
   fi
   if ! generate "$gpu_device" "$prompt" "$tag"; then
-    record "$step" FAIL "$gpu_device run failed: $(tail -2 "$OUT/generate_${gpu_device}_$tag.err" | tr '\n' ' ' | cut -c1-160)"
+    record "$step" FAIL "$gpu_device run failed: $(tail -2 "$work/generate_${gpu_device}_$tag.err" | tr '\n' ' ' | cut -c1-160)"
     return
   fi
   if ! generate cpu "$prompt" "$tag"; then
-    record "$step" FAIL "cpu run failed: $(tail -2 "$OUT/generate_cpu_$tag.err" | tr '\n' ' ' | cut -c1-160)"
+    record "$step" FAIL "cpu run failed: $(tail -2 "$work/generate_cpu_$tag.err" | tr '\n' ' ' | cut -c1-160)"
     return
   fi
   local a b
-  a=($(token_ids <"$OUT/generate_${gpu_device}_$tag.json"))
-  b=($(token_ids <"$OUT/generate_cpu_$tag.json"))
+  a=($(token_ids <"$work/generate_${gpu_device}_$tag.json"))
+  b=($(token_ids <"$work/generate_cpu_$tag.json"))
   say "   cuda: ${a[*]}"
   say "   cpu:  ${b[*]}"
-  say "   $gpu_device stats: $(grep -m1 TTFT "$OUT/generate_${gpu_device}_$tag.err")"
-  say "   cpu stats:  $(grep -m1 TTFT "$OUT/generate_cpu_$tag.err")"
+  say "   $gpu_device stats: $(grep -m1 TTFT "$work/generate_${gpu_device}_$tag.err")"
+  say "   cpu stats:  $(grep -m1 TTFT "$work/generate_cpu_$tag.err")"
   if ((${#b[@]} < 24)); then
     record "$step" FAIL "cpu produced ${#b[@]} token ids (is --print-token-ids in this pdserve?)"
     return
@@ -202,20 +211,24 @@ if ((gpus == 0)); then
   record "5 gpu_bench" SKIP "no GPU"
 else
   timeout 420 "$bin/gpu_bench" --config llama-3-8b --prompt 512 --decode 64 --out "$OUT" \
-    2>&1 | tee "$OUT/gpu_bench.txt" >>"$log"
-  rc=${PIPESTATUS[0]}
+    >"$work/gpu_bench.txt" 2>&1
+  rc=$?
+  keep "$work/gpu_bench.txt"
   if ((rc != 0)); then
-    record "5 gpu_bench" FAIL "rc $rc (see $OUT/gpu_bench.txt)"
+    record "5 gpu_bench" FAIL "rc $rc (see the log)"
   else
-    dec=$(grep 'decode bandwidth / copy' "$OUT/gpu_bench.txt" | awk '{print $(NF-1)}')
-    pre=$(grep 'prefill / cuBLAS' "$OUT/gpu_bench.txt" | awk '{print $(NF-1)}')
-    kv=$(grep -E 'KV transfer / raw|KV transport / raw' "$OUT/gpu_bench.txt" | awk '{print $(NF-1)}' | tr '\n' ' ')
+    dec=$(grep 'decode bandwidth / copy' "$work/gpu_bench.txt" | awk '{print $(NF-1)}')
+    pre=$(grep 'prefill / cuBLAS' "$work/gpu_bench.txt" | awk '{print $(NF-1)}')
+    kv=$(grep -E 'KV transfer / raw|KV transport / raw' "$work/gpu_bench.txt" | awk '{print $(NF-1)}' | tr '\n' ' ')
     record "5 gpu_bench" PASS "decode/copy $dec (target 0.70), prefill/cuBLAS $pre (target 0.50), KV/NCCL $kv"
   fi
 fi
 
+{
+  echo "summary (full log: $log):"
+  for line in "${summary[@]}"; do echo "  $line"; done
+  [[ -f $work/gpu_bench.txt ]] && grep -E 'GB/s|tok/s|ratio| ms$|TFLOP' "$work/gpu_bench.txt"
+} >"$OUT/summary.txt"
 echo
-echo "summary (logs in $OUT):"
-for line in "${summary[@]}"; do echo "  $line"; done | tee -a "$log"
-[[ -f $OUT/gpu_bench.txt ]] && grep -E 'GB/s|tok/s|ratio|ms$' "$OUT/gpu_bench.txt" | tail -16
+tee -a "$log" <"$OUT/summary.txt"
 exit $failed
