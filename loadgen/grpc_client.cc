@@ -79,12 +79,17 @@ class GrpcClient::Reactor : public grpc::ClientReadReactor<v1::GenerateResponse>
     DoneCallback done = std::move(done_);
     RequestOutcome outcome = std::move(outcome_);
     GrpcClient* owner = owner_;
-    std::shared_ptr<Call> call = std::move(call_);
+    const Call* call = call_.get();
+    // live_ keeps the Call (and its context) alive until Finished, which
+    // drops it under the owner's lock while the owner still holds the
+    // channel: the context's channel reference must never be the last one
+    // here, as destroying a channel on its own callback thread frees the
+    // callback queue twice (seen under ASan).
     delete this;
     done(std::move(outcome));
     // Last: the owner's destructor waits for this, so `done` ran against a
     // live runner and the owner outlives this line.
-    owner->Finished(call.get());
+    owner->Finished(call);
   }
 
  private:
