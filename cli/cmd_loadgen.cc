@@ -21,6 +21,7 @@
 #include "cli/signals.h"
 #include "engine/gguf.h"
 #include "engine/tokenizer.h"
+#include "loadgen/compare.h"
 #include "loadgen/machine.h"
 #include "loadgen/plots.h"
 #include "loadgen/report.h"
@@ -113,6 +114,24 @@ class SignalWatcher {
   std::thread thread_;
 };
 
+// --compare: several result files side by side; no load is sent.
+int RunCompare(const po::variables_map& vm) {
+  std::vector<loadgen::ComparedResult> results;
+  for (const std::string& path : vm["compare"].as<std::vector<std::string>>()) {
+    absl::StatusOr<loadgen::ComparedResult> r = loadgen::LoadResult(path);
+    if (!r.ok()) return Fail(kCommand, std::string(r.status().message()));
+    results.push_back(*std::move(r));
+  }
+  loadgen::PrintComparison(results, stdout);
+  const std::string plot_dir = vm["plot-dir"].as<std::string>();
+  if (!plot_dir.empty()) {
+    absl::StatusOr<std::vector<std::string>> files =
+        loadgen::WriteComparisonPlots(plot_dir, results);
+    if (!files.ok()) return Fail(kCommand, std::string(files.status().message()));
+  }
+  return 0;
+}
+
 int RunLoadgen(int argc, char** argv) {
   BlockTerminationSignals();
   po::options_description desc("loadgen flags");
@@ -162,11 +181,21 @@ int RunLoadgen(int argc, char** argv) {
       ("result-json", po::value<std::string>()->default_value(""), "write results and metadata here")
       ("detailed-csv", po::value<std::string>()->default_value(""), "write one row per request here")
       ("plot-dir", po::value<std::string>()->default_value(""), "write SVG plots into this directory")
-      ("no-progress", po::bool_switch(), "no live progress line (default: on when stderr is a terminal)");
+      ("no-progress", po::bool_switch(), "no live progress line (default: on when stderr is a terminal)")
+      ("label", po::value<std::string>()->default_value(""),
+       "a name for this result (metadata.label; --compare uses it)")
+      ("compare", po::value<std::vector<std::string>>()->multitoken(),
+       "instead of a run: put these --result-json files side by side (table, and plots with "
+       "--plot-dir)");
   // clang-format on
   po::variables_map vm;
-  if (int rc = ParseFlags(argc, argv, "--target URL [flags]", desc, &vm); rc >= 0) return rc;
+  if (int rc = ParseFlags(argc, argv,
+                          "--target URL [flags] | --compare A.json B.json... [--plot-dir DIR]",
+                          desc, &vm);
+      rc >= 0)
+    return rc;
   auto fail = [](const absl::Status& st) { return Fail(kCommand, std::string(st.message())); };
+  if (vm.count("compare")) return RunCompare(vm);
 
   if (!vm.count("target"))
     return Fail(kCommand, "--target is required (grpc://HOST:PORT or http://HOST:PORT)");
@@ -314,6 +343,7 @@ int RunLoadgen(int argc, char** argv) {
     meta["tool"] = "pdserve loadgen";
     meta["target"] = target->url;
     meta["backend"] = (*client)->kind();
+    meta["label"] = vm["label"].as<std::string>();
     meta["model"] = model->name;
     meta["interrupted"] = signals.interrupted()->load();
     meta["model_info"] = {{"vocab_size", model->vocab_size},

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_split.h"
+#include "loadgen/compare.h"
 #include "loadgen/http_client.h"
 #include "loadgen/plots.h"
 
@@ -108,6 +109,53 @@ TEST(HttpRequestBodyTest, AsksForStreamingWithUsage) {
   EXPECT_EQ(b["stream_options"]["include_usage"], true);
   EXPECT_EQ(b["max_tokens"], 8);
   EXPECT_FALSE(b.contains("ignore_eos"));
+}
+
+}  // namespace
+}  // namespace pdserve::loadgen
+
+namespace pdserve::loadgen {
+namespace {
+
+TEST(CompareTest, ReadsResultFilesBackAndPlotsThem) {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / ("loadgen_compare_" + std::to_string(::getpid())))
+          .string();
+  std::filesystem::create_directories(dir);
+  Slo slo;
+  slo.ttft_ms = 11.5;
+  nlohmann::ordered_json meta;
+  meta["label"] = "disaggregated";
+  const std::vector<RunReport> runs = {MakeRun(2.0, 10),
+                                       MakeRun(std::numeric_limits<double>::infinity(), 10)};
+  ASSERT_TRUE(WriteFile(dir + "/a.json", ResultJson(meta, {50, 99}, slo, runs).dump()).ok());
+  std::vector<RunReport> no_slo = runs;
+  for (RunReport& r : no_slo) {
+    r.summary = Summarize(r.summary.config, r.records, 2.0, {50, 99}, Slo{});
+  }
+  ASSERT_TRUE(WriteFile(dir + "/b.json", ResultJson({}, {50, 99}, Slo{}, no_slo).dump()).ok());
+
+  auto a = LoadResult(dir + "/a.json");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->label, "disaggregated");
+  ASSERT_EQ(a->runs.size(), 2u);
+  EXPECT_EQ(a->runs[0].rate, 2.0);
+  EXPECT_TRUE(std::isinf(a->runs[1].rate));
+  EXPECT_DOUBLE_EQ(a->runs[0].goodput, 1.0);
+  EXPECT_DOUBLE_EQ(a->runs[0].request_throughput, 2.0);
+  EXPECT_DOUBLE_EQ(a->runs[0].ttft_p50_ms, runs[0].summary.ttft_ms.At(50));
+  auto b = LoadResult(dir + "/b.json");
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->label, "b");  // no label: the file name
+  EXPECT_TRUE(std::isnan(b->runs[0].goodput));
+
+  auto files = WriteComparisonPlots(dir + "/plots", {*a, *b});
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(files->size(), 4u);  // goodput, throughput, p99 TTFT, p99 TPOT
+  EXPECT_FALSE(LoadResult(dir + "/missing.json").ok());
+  ASSERT_TRUE(WriteFile(dir + "/c.json", "{\"no\": 1}").ok());
+  EXPECT_FALSE(LoadResult(dir + "/c.json").ok());
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
