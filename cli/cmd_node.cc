@@ -15,6 +15,11 @@ void AddNodeFlags(po::options_description* desc) {
       ("router", po::value<std::string>()->default_value(""), "router host:port to register with")
       ("node-id", po::value<std::string>()->default_value(""), "default: <role>-<port>")
       ("kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")
+      ("kv-listen-host", po::value<std::string>()->default_value("0.0.0.0"),
+       "decode: address the KV receiver binds")
+      ("kv-advertise", po::value<std::string>()->default_value(""),
+       "decode: host:port prefill nodes ship KV to, when a proxy or NAT sits in between "
+       "(default: advertise-host:kv-port)")
       ("kv-checksum", po::bool_switch(), "prefill: crc32 every KV payload")
       ("metrics-port", po::value<int>()->default_value(-1), "HTTP /metrics, /health, /ready (-1: off)")
       ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
@@ -34,6 +39,8 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.router = vm["router"].as<std::string>();
   o.node_id = vm["node-id"].as<std::string>();
   o.kv_port = vm["kv-port"].as<int>();
+  o.kv_listen_host = vm["kv-listen-host"].as<std::string>();
+  o.kv_advertise = vm["kv-advertise"].as<std::string>();
   o.kv_checksum = vm["kv-checksum"].as<bool>();
   o.metrics_port = vm["metrics-port"].as<int>();
   o.engine = ef->options;
@@ -41,6 +48,9 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.stall_timeout_ms = int64_t{vm["stall-timeout"].as<int>()} * 1000;
   o.security = ReadSecurityFlags(vm);
   if (o.stall_timeout_ms <= 0) return absl::InvalidArgumentError("--stall-timeout must be positive");
+  if (!o.kv_advertise.empty() && o.kv_advertise.rfind(':') == std::string::npos) {
+    return absl::InvalidArgumentError("--kv-advertise must be host:port");
+  }
   return o;
 }
 

@@ -236,7 +236,7 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   n->heartbeats_ = std::thread([raw = n.get()] { raw->Heartbeats(); });
   PDS_LOG(INFO) << RoleName(options.role) << " node " << n->id_ << " listening on port "
                 << n->grpc_.port
-                << (n->receiver_ ? absl::StrCat(", KV at ", n->receiver_->endpoint()) : "")
+                << (n->receiver_ ? absl::StrCat(", KV at ", n->kv_endpoint()) : "")
                 << (n->http_ ? absl::StrCat(", metrics on port ", n->http_->port()) : "");
   return n;
 }
@@ -245,7 +245,10 @@ std::string NodeServer::address() const {
   return absl::StrCat(options_.advertise_host, ":", grpc_.port);
 }
 
-std::string NodeServer::kv_endpoint() const { return receiver_ ? receiver_->endpoint() : ""; }
+std::string NodeServer::kv_endpoint() const {
+  if (!receiver_) return "";
+  return options_.kv_advertise.empty() ? receiver_->endpoint() : options_.kv_advertise;
+}
 
 int NodeServer::metrics_port() const { return http_ ? http_->port() : -1; }
 

@@ -30,6 +30,9 @@ struct NodeOptions {
   std::string advertise_host = "127.0.0.1";  // how the router and peers reach us
   std::string kv_listen_host = "0.0.0.0";    // decode: the KV receiver
   int kv_port = 0;
+  // decode: the KV endpoint registered with the router, when peers must reach
+  // the receiver through a proxy or NAT; empty: advertise_host:<bound kv port>.
+  std::string kv_advertise;
   bool kv_checksum = false;
   std::string router;                    // host:port to register with; empty: static
   int metrics_port = -1;                 // -1: none; 0: ephemeral
