@@ -38,6 +38,7 @@ struct Shape {
   const char* name;
   DummyModelSpec spec;
 };
+void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 
 std::vector<Shape> Shapes() {
   std::vector<Shape> out;
