@@ -43,7 +43,7 @@ TEST(ClusterFaultTest, SilentDecodeNodeIsDroppedAndTrafficMovesToTheOther) {
   REQUIRE_MODEL();
   ClusterOptions o;
   o.n_decode = 2;
-  o.router_flags = {"--heartbeat-ms", "200", "--node-expiry-ms", "1000"};
+  o.router_flags = {"--heartbeat-ms", "250", "--node-expiry-ms", "1500"};
   std::unique_ptr<Cluster> c = StartOrFail(o);
   ASSERT_NE(c, nullptr);
   ASSERT_TRUE(Generate(c->generation(), GreedyRequest("Hello", 2)).status.ok());

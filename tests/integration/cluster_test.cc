@@ -245,6 +245,44 @@ TEST_F(ClusterTest, ClientCancelMidStreamReturnsKvBlocks) {
   EXPECT_TRUE(cluster_->WaitForIdleKv("prefill-0", absl::Seconds(30)));
 }
 
+// Generation.Abort by id ends a running stream with finish ABORT (and the
+// tokens so far in usage), frees its KV, and a second request with the same
+// id while the first is in flight is refused.
+TEST_F(ClusterTest, AbortByIdEndsTheStreamAndFreesKv) {
+  v1::GenerateRequest r = GreedyRequest(Prompts()[2], 400);
+  r.mutable_stop()->set_ignore_eos(true);
+  r.set_request_id("abort-me");
+  int chunks = 0;
+  StreamResult duplicate;
+  v1::AbortResponse abort_resp;
+  grpc::Status abort_status;
+  StreamResult got =
+      Generate(cluster_->generation(), r, absl::Seconds(120), [&](const v1::GenerateResponse& ev) {
+        if (!ev.has_chunk() || ++chunks != 3) return true;
+        duplicate = Generate(cluster_->generation(), r, absl::Seconds(30));
+        grpc::ClientContext ctx;
+        v1::AbortRequest req;
+        req.set_request_id("abort-me");
+        abort_status = cluster_->generation().Abort(&ctx, req, &abort_resp);
+        return true;
+      });
+  EXPECT_EQ(duplicate.status.error_code(), grpc::StatusCode::ALREADY_EXISTS)
+      << duplicate.status.error_message();
+  ASSERT_TRUE(abort_status.ok()) << abort_status.error_message();
+  EXPECT_TRUE(abort_resp.found());
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  ASSERT_TRUE(got.complete.has_value());
+  EXPECT_EQ(got.complete->finish_reason(), v1::FINISH_REASON_ABORT);
+  EXPECT_LT(static_cast<int>(got.token_ids.size()), 400);
+  EXPECT_EQ(got.complete->usage().completion_tokens(), static_cast<int>(got.token_ids.size()));
+  EXPECT_TRUE(cluster_->WaitForIdleKv("decode-0", absl::Seconds(30)));
+  // The id is free again.
+  v1::GenerateRequest again_req = GreedyRequest("Hello", 2);
+  again_req.set_request_id("abort-me");
+  StreamResult again = Generate(cluster_->generation(), again_req);
+  EXPECT_TRUE(again.status.ok()) << again.status.error_message();
+}
+
 // Cancelling while the prefill node is still computing the prompt (before
 // token #1) frees the blocks reserved on the decode node and the prefill
 // node's blocks.
