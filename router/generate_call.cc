@@ -1,5 +1,7 @@
 #include "router/generate_call.h"
 
+#include <grpcpp/support/proto_buffer_reader.h>
+
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -74,7 +76,14 @@ namespace {
 class GrpcSink : public ResponseSink {
  public:
   explicit GrpcSink(std::shared_ptr<GenerateCall::Writer::Handle> h) : h_(std::move(h)) {}
-  bool Write(v1::GenerateResponse r) override { return h_->Write(std::move(r)); }
+  bool Write(v1::GenerateResponse r) override {
+    grpc::ByteBuffer bytes;
+    bool own_buffer;
+    if (!grpc::SerializationTraits<v1::GenerateResponse>::Serialize(r, &bytes, &own_buffer).ok()) {
+      return false;
+    }
+    return h_->Write(std::move(bytes));
+  }
   void Finish(const grpc::Status& s) override { h_->Finish(s); }
 
  private:
@@ -82,15 +91,26 @@ class GrpcSink : public ResponseSink {
 };
 }  // namespace
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* GenerateCall::Start(
-    RouterContext* ctx, grpc::CallbackServerContext* server_ctx, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerateCall::Start(
+    RouterContext* ctx, grpc::CallbackServerContext* server_ctx, const grpc::ByteBuffer* bytes) {
   const int64_t arrival = MonoNowNs();
   auto weak = std::make_shared<std::weak_ptr<GenerateCall>>();
   auto* writer = new Writer(ctx->config.max_stream_events, [weak] {
     if (std::shared_ptr<GenerateCall> c = weak->lock()) c->Cancel();
   });
   std::shared_ptr<Writer::Handle> handle = writer->handle();
-  std::shared_ptr<GenerateCall> call = Begin(ctx, *request, Traceparent(server_ctx),
+  v1::GenerateRequest request;
+  grpc::ByteBuffer copy(*bytes);  // shares the slices; the reader needs a mutable buffer
+  grpc::ProtoBufferReader reader(&copy);
+  if (!request.ParseFromZeroCopyStream(&reader)) {
+    ctx->metrics.error(ErrorKind::kInvalidRequest).Increment();
+    handle->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                "the request is not a valid pdserve.v1.GenerateRequest (every "
+                                "string field, e.g. the prompt text or a stop string, must be "
+                                "valid UTF-8)"));
+    return writer;
+  }
+  std::shared_ptr<GenerateCall> call = Begin(ctx, request, Traceparent(server_ctx),
                                              std::make_shared<GrpcSink>(handle), arrival);
   *weak = call;
   if (handle->done()) call->Cancel();  // cancelled before the call existed

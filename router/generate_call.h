@@ -39,12 +39,16 @@ class ResponseSink {
 
 class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
  public:
-  using Writer = rpc::StreamWriter<v1::GenerateResponse>;
+  // Raw bytes both ways: the router parses the request itself (see Start).
+  using Writer = rpc::StreamWriter<grpc::ByteBuffer>;
 
-  // Handles Generation.Generate; returns the reactor gRPC drives.
-  static grpc::ServerWriteReactor<v1::GenerateResponse>* Start(RouterContext* ctx,
-                                                               grpc::CallbackServerContext* server_ctx,
-                                                               const v1::GenerateRequest* request);
+  // Handles Generation.Generate; returns the reactor gRPC drives. Takes the
+  // request's bytes: a request gRPC cannot parse (a proto3 string that is
+  // not UTF-8) gets INVALID_ARGUMENT with a message instead of gRPC's empty
+  // error.
+  static grpc::ServerWriteReactor<grpc::ByteBuffer>* Start(RouterContext* ctx,
+                                                           grpc::CallbackServerContext* server_ctx,
+                                                           const grpc::ByteBuffer* request);
   // Starts a request for any front end: validates, tokenizes and queues it;
   // every outcome reaches `sink`. The caller calls Cancel() if its client
   // goes away. `arrival_ns` is when the front end received the request.

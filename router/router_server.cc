@@ -26,19 +26,23 @@ grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, grpc::Sta
   return reactor;
 }
 
-class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+class RefusedStream : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   explicit RefusedStream(grpc::Status s) { Finish(std::move(s)); }
   void OnDone() override { delete this; }
 };
 
-class GenerationService final : public v1::Generation::CallbackService {
+// Generate is a raw method: GenerateCall::Start parses the request itself.
+class GenerationService final
+    : public v1::Generation::WithRawCallbackMethod_Generate<
+          v1::Generation::WithCallbackMethod_Abort<
+              v1::Generation::WithCallbackMethod_GetModelInfo<v1::Generation::Service>>> {
  public:
   GenerationService(RouterContext* ctx, v1::ModelInfo info, const rpc::Security* security)
       : ctx_(ctx), info_(std::move(info)), security_(security) {}
 
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override {
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override {
     if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
       return new RefusedStream(std::move(s));
     }
