@@ -1,7 +1,7 @@
 // The cluster when things go wrong: a node that stops heartbeating, a KV
-// transfer that misses its deadline, a decode node whose KV cache is full.
-// Each test starts its own processes (they stop, starve or reconfigure
-// them).
+// transfer that misses its deadline, a decode node whose KV cache is full;
+// and the colocated (mixed node) deployment. Each test starts its own
+// processes (they stop, starve or reconfigure them).
 #include <signal.h>
 
 #include <atomic>
@@ -229,6 +229,36 @@ TEST(ClusterFaultTest, ZeroQueueServesWhatFitsAndRefusesTheRest) {
   t.join();
   EXPECT_TRUE(long_result.status.ok()) << long_result.status.error_message();
   EXPECT_TRUE(c->WaitForIdleKv("decode-0", absl::Seconds(30)));
+}
+
+// The colocated deployment through the same router: a mixed node gives the
+// single-process greedy tokens, and a cancelled stream frees its KV.
+TEST(ClusterFaultTest, MixedNodeMatchesSingleProcessAndFreesKvOnCancel) {
+  REQUIRE_MODEL();
+  ClusterOptions o;
+  o.n_mixed = 1;
+  std::unique_ptr<Cluster> c = StartOrFail(o);
+  ASSERT_NE(c, nullptr);
+  for (const std::string prompt :
+       {"The capital of France is",
+        "def fibonacci(n):", "Once upon a time, in a small village by the sea, there lived"}) {
+    absl::StatusOr<ReferenceOutput> ref = ReferenceGenerate(prompt, 10);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    StreamResult got = Generate(c->generation(), GreedyRequest(prompt, 10));
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_EQ(got.token_ids, ref->token_ids) << prompt;
+    EXPECT_EQ(got.complete->usage().prompt_tokens(), ref->prompt_tokens);
+    EXPECT_EQ(got.complete->usage().completion_tokens(), static_cast<int>(got.token_ids.size()));
+    EXPECT_EQ(got.complete->decode_node(), "mixed-0");
+  }
+  v1::GenerateRequest r = GreedyRequest("Tell me a long story.", 300);
+  r.mutable_stop()->set_ignore_eos(true);
+  int chunks = 0;
+  StreamResult cancelled =
+      Generate(c->generation(), r, absl::Seconds(120),
+               [&](const v1::GenerateResponse& ev) { return !(ev.has_chunk() && ++chunks >= 3); });
+  EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(c->WaitForIdleKv("mixed-0", absl::Seconds(30)));
 }
 
 }  // namespace
