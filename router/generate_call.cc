@@ -1,5 +1,7 @@
 #include "router/generate_call.h"
 
+#include <algorithm>
+
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include "absl/strings/str_cat.h"
@@ -334,6 +336,9 @@ void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
   }
   last_chunk_ns_ = now;
   completion_tokens_ += chunk.token_ids_size();
+  // A mixed node reports its own prefix-cache hits; for a P/D pair they
+  // come from the prefill reply (the decode node never looks them up).
+  if (mixed_) cached_tokens_ = std::max(cached_tokens_, chunk.usage().cached_prompt_tokens());
   chunk.mutable_usage()->set_cached_prompt_tokens(cached_tokens_);
   ctx_->metrics.generation_tokens_total->Increment(chunk.token_ids_size());
   v1::GenerateResponse r;
@@ -349,6 +354,9 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
   v1::Complete* c = r.mutable_complete();
   *c = node_complete;
   c->mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+  if (mixed_) {
+    cached_tokens_ = std::max(cached_tokens_, node_complete.usage().cached_prompt_tokens());
+  }
   c->mutable_usage()->set_cached_prompt_tokens(cached_tokens_);
   if (c->usage().completion_tokens() < completion_tokens_) {
     c->mutable_usage()->set_completion_tokens(completion_tokens_);

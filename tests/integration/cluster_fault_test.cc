@@ -251,6 +251,16 @@ TEST(ClusterFaultTest, MixedNodeMatchesSingleProcessAndFreesKvOnCancel) {
     EXPECT_EQ(got.complete->usage().completion_tokens(), static_cast<int>(got.token_ids.size()));
     EXPECT_EQ(got.complete->decode_node(), "mixed-0");
   }
+  // The mixed node's prefix-cache hits reach the client's usage.
+  const std::string long_prompt =
+      "You are a careful assistant. Answer in one sentence. Question: why is the sky blue? "
+      "Think about how sunlight scatters in the atmosphere before you answer. Answer:";
+  StreamResult cold = Generate(c->generation(), GreedyRequest(long_prompt, 4));
+  StreamResult warm = Generate(c->generation(), GreedyRequest(long_prompt, 4));
+  ASSERT_TRUE(cold.status.ok() && warm.status.ok());
+  EXPECT_EQ(cold.complete->usage().cached_prompt_tokens(), 0);
+  EXPECT_GE(warm.complete->usage().cached_prompt_tokens(), 32);
+  EXPECT_EQ(warm.token_ids, cold.token_ids);
   v1::GenerateRequest r = GreedyRequest("Tell me a long story.", 300);
   r.mutable_stop()->set_ignore_eos(true);
   int chunks = 0;
