@@ -8,8 +8,9 @@
 # generated tokens (--ignore-eos).
 #
 # 1. Idle: each deployment serves IDLE_PROMPTS requests one at a time; the
-#    SLOs are SLO_SCALE x the slower deployment's idle p50 TTFT and TPOT, so
-#    both can meet them when unloaded.
+#    SLOs are TTFT_SLO_SCALE x (default 3) and TPOT_SLO_SCALE x (default 1.5)
+#    the slower deployment's idle p50 TTFT and TPOT, so both meet them
+#    when unloaded.
 # 2. Peak: each deployment gets NUM_PROMPTS at once; the sweep's rates are
 #    RATE_FRACTIONS of the higher request throughput (past 1: saturation),
 #    unless RATES lists them.
@@ -34,7 +35,8 @@ NUM_PROMPTS=${NUM_PROMPTS:-100}
 IDLE_PROMPTS=${IDLE_PROMPTS:-8}
 RATE_FRACTIONS=${RATE_FRACTIONS:-"0.25 0.5 0.75 1.0 1.25 1.5"}
 RATES=${RATES:-}
-SLO_SCALE=${SLO_SCALE:-5}
+TTFT_SLO_SCALE=${TTFT_SLO_SCALE:-3}
+TPOT_SLO_SCALE=${TPOT_SLO_SCALE:-1.5}
 MAX_DURATION=${MAX_DURATION:-900}
 SEED=${SEED:-0}
 PORT=${PORT:-47000}
@@ -100,14 +102,15 @@ for name in colocated disaggregated; do
   stop_cluster
 done
 
-read -r SLO_TTFT SLO_TPOT SWEEP < <(python3 - "$WORK" "$SLO_SCALE" "$RATE_FRACTIONS" "$RATES" <<'EOF'
+read -r SLO_TTFT SLO_TPOT SWEEP < <(python3 - "$WORK" "$TTFT_SLO_SCALE" "$TPOT_SLO_SCALE" "$RATE_FRACTIONS" "$RATES" <<'EOF'
 import json, sys
-work, scale, fractions, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4]
+work, ttft_scale, tpot_scale = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+fractions, rates = sys.argv[4].split(), sys.argv[5]
 def run(name, phase):
     return json.load(open(f"{work}/{name}.{phase}.json"))["runs"][0]
 names = ["colocated", "disaggregated"]
-ttft = max(run(n, "idle")["ttft_ms"]["p50"] for n in names) * scale
-tpot = max(run(n, "idle")["tpot_ms"]["p50"] for n in names) * scale
+ttft = max(run(n, "idle")["ttft_ms"]["p50"] for n in names) * ttft_scale
+tpot = max(run(n, "idle")["tpot_ms"]["p50"] for n in names) * tpot_scale
 if rates.strip():
     sweep = ",".join(rates.replace(",", " ").split())
 else:
@@ -127,9 +130,10 @@ done
 "$BIN" loadgen --compare "$WORK/colocated.sweep.json" "$WORK/disaggregated.sweep.json" \
   --plot-dir "$WORK"
 
-python3 - "$WORK" "$RESULT" "$SLO_SCALE" "${DEPLOY[colocated]}" "${DEPLOY[disaggregated]}" <<'EOF'
+python3 - "$WORK" "$RESULT" "$TTFT_SLO_SCALE $TPOT_SLO_SCALE" "${DEPLOY[colocated]}" "${DEPLOY[disaggregated]}" <<'EOF'
 import json, sys
-work, result_path, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])
+work, result_path = sys.argv[1], sys.argv[2]
+ttft_scale, tpot_scale = (float(x) for x in sys.argv[3].split())
 names = ["colocated", "disaggregated"]
 def load(name, phase):
     return json.load(open(f"{work}/{name}.{phase}.json"))
@@ -146,30 +150,40 @@ out["slo"] = dict(sweep["colocated"]["slo"])
 out["slo"]["derived_from"] = {
     n: {"idle_ttft_p50_ms": load(n, "idle")["runs"][0]["ttft_ms"]["p50"],
         "idle_tpot_p50_ms": load(n, "idle")["runs"][0]["tpot_ms"]["p50"],
+        "idle_itl_p99_ms": load(n, "idle")["runs"][0]["itl_ms"]["p99"],
         "peak_request_throughput": load(n, "peak")["runs"][0]["request_throughput"]}
     for n in names}
-out["slo"]["scale"] = scale
+out["slo"]["ttft_scale"] = ttft_scale
+out["slo"]["tpot_scale"] = tpot_scale
 for n in names:
     runs = sweep[n]["runs"]
     by_rate = [{"request_rate": r["request_rate"], "request_throughput": r["request_throughput"],
                 "goodput": r["goodput"], "slo_attainment": r["slo_attainment"],
                 "p99_ttft_ms": r["ttft_ms"]["p99"], "p99_tpot_ms": r["tpot_ms"]["p99"],
+                "p99_itl_ms": r["itl_ms"]["p99"],
                 "completed": r["completed"], "failed": r["failed"], "cancelled": r["cancelled"]}
                for r in runs]
     best = max(by_rate, key=lambda r: r["goodput"] or 0.0)
     out[n] = {"goodput": best["goodput"], "goodput_at_rate": best["request_rate"],
               "p99_tpot_ms": best["p99_tpot_ms"], "p99_ttft_ms": best["p99_ttft_ms"],
+              "p99_itl_ms": best["p99_itl_ms"],
+              "idle_itl_p99_ms": load(n, "idle")["runs"][0]["itl_ms"]["p99"],
+              "idle_itl_p50_ms": load(n, "idle")["runs"][0]["itl_ms"]["p50"],
               "max_rate_at_90pct_slo_attainment":
                   sweep[n].get("sweep", {}).get("max_rate_at_90pct_slo_attainment"),
               "by_rate": by_rate, "result_file": f"{work}/{n}.sweep.json"}
 c, d = out["colocated"]["goodput"] or 0.0, out["disaggregated"]["goodput"] or 0.0
 out["goodput_ratio"] = d / c if c > 0 else None
 out["p99_tpot_ms"] = {n: out[n]["p99_tpot_ms"] for n in names}
+# Under load (at the best-goodput rate), p99 ITL against the idle p50 ITL.
+out["itl_load_over_idle"] = {n: out[n]["p99_itl_ms"] / out[n]["idle_itl_p50_ms"]
+                             if out[n]["idle_itl_p50_ms"] else None for n in names}
 out["plots"] = work
 json.dump(out, open(result_path, "w"), indent=2)
 print(f"goodput: colocated {c:.3f} req/s, disaggregated {d:.3f} req/s, ratio "
       f"{out['goodput_ratio'] if out['goodput_ratio'] is None else round(out['goodput_ratio'], 3)}")
 print(f"p99 TPOT at those rates: colocated {out['p99_tpot_ms']['colocated']} ms, "
       f"disaggregated {out['p99_tpot_ms']['disaggregated']} ms")
+print(f"p99 ITL under load / idle p50 ITL: {out['itl_load_over_idle']}")
 print(f"wrote {result_path} and plots in {work}/")
 EOF
