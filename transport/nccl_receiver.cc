@@ -207,7 +207,13 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
                {NcclRecvWork::kTrailer, xfer, 0, 0, LayerVerdict::kDiscard, std::move(f.payload)});
           break;
         case NcclFrameType::kAbort:
-          Push(l, {NcclRecvWork::kAbort, xfer, 0, 0, LayerVerdict::kDiscard, {}});
+          // arg0: the sender's reason (a status code), carried in `layer`.
+          Push(l, {NcclRecvWork::kAbort,
+                   xfer,
+                   f.arg0 > 0 && f.arg0 <= 16 ? static_cast<int32_t>(f.arg0) : 0,
+                   0,
+                   LayerVerdict::kDiscard,
+                   {}});
           break;
         default:
           return Kill(l, absl::InvalidArgumentError("unexpected NCCL control frame from a sender"));
@@ -258,7 +264,7 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
           }
           break;
         case NcclRecvWork::kAbort:
-          table_.SenderAborted(l->id, w.xfer);
+          table_.SenderAborted(l->id, w.xfer, static_cast<absl::StatusCode>(w.layer));
           break;
       }
     }

@@ -282,6 +282,10 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     NcclFrame f;
     f.type = NcclFrameType::kAbort;
     f.xfer = t->xfer.value;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->final_status) f.arg0 = static_cast<int64_t>(t->final_status->code());
+    }
     if (absl::Status s = Write(t->link, f); !s.ok() && !t->link->dead) Kill(t->link, s);
   }
 

@@ -408,7 +408,7 @@ bool ReceiveTable::Trailer(LinkId link, TransferId xfer, std::string trailer,
   return true;
 }
 
-void ReceiveTable::SenderAborted(LinkId link, TransferId xfer) {
+void ReceiveTable::SenderAborted(LinkId link, TransferId xfer, absl::StatusCode why) {
   Effects fx;
   {
     absl::MutexLock lock(&mu_);
@@ -421,8 +421,12 @@ void ReceiveTable::SenderAborted(LinkId link, TransferId xfer) {
     if (e->ended) {
       EraseLocked(e);
     } else {
-      FinishLocked(e, absl::AbortedError(XferName(xfer) + " aborted by the sender"), "",
-                   kSenderDone | kRemember, &fx);
+      absl::Status status = why == absl::StatusCode::kDeadlineExceeded
+                                ? absl::DeadlineExceededError(absl::StrCat(
+                                      XferName(xfer), ": the sender's deadline passed with ",
+                                      e->layers_done, " of ", e->n_layers, " layers received"))
+                                : absl::AbortedError(XferName(xfer) + " aborted by the sender");
+      FinishLocked(e, std::move(status), "", kSenderDone | kRemember, &fx);
     }
   }
   Run(fx);

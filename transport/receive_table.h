@@ -105,7 +105,11 @@ class ReceiveTable {
   // The sender's last frame for xfer. status is DataLoss on a checksum
   // mismatch. Returns false on a protocol error.
   bool Trailer(LinkId link, TransferId xfer, std::string trailer, const absl::Status& status);
-  void SenderAborted(LinkId link, TransferId xfer);
+  // why: the sender's reason as it put it on the wire (kDeadlineExceeded
+  // when its deadline passed, so that both sides report the same code);
+  // anything else reads as "aborted by the sender".
+  void SenderAborted(LinkId link, TransferId xfer,
+                     absl::StatusCode why = absl::StatusCode::kAborted);
   // Fails the link's transfers with why (no replies: the link is gone).
   void LinkClosed(LinkId link, const absl::Status& why);
 

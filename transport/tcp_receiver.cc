@@ -321,7 +321,7 @@ absl::Status TcpKvReceiver::Impl::StartFrame(Conn* c, const FrameHeader& h) {
       c->phase = Phase::kPayload;
       return absl::OkStatus();
     case FrameType::kAbort:
-      table_.SenderAborted(c->id, xfer);
+      table_.SenderAborted(c->id, xfer, static_cast<absl::StatusCode>(h.arg0));
       return absl::OkStatus();
     default:
       return absl::InvalidArgumentError(

@@ -86,10 +86,11 @@ std::unique_ptr<OutFrame> TrailerFrame(TransferId xfer, std::string trailer) {
   return f;
 }
 
-std::unique_ptr<OutFrame> AbortFrame(TransferId xfer) {
+std::unique_ptr<OutFrame> AbortFrame(TransferId xfer, absl::StatusCode why) {
   auto f = std::make_unique<OutFrame>();
   f->header.type = FrameType::kAbort;
   f->header.xfer_id = xfer.value;
+  f->header.arg0 = static_cast<uint32_t>(why);
   f->total = kFrameHeaderBytes;
   return f;
 }

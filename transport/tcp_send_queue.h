@@ -64,7 +64,8 @@ std::unique_ptr<OutFrame> BeginFrame(TransferId xfer, int32_t n_layers, Deadline
 std::unique_ptr<OutFrame> LayerFrame(TransferId xfer, int32_t layer,
                                      absl::Span<const ConstBlockView> blocks);
 std::unique_ptr<OutFrame> TrailerFrame(TransferId xfer, std::string trailer);
-std::unique_ptr<OutFrame> AbortFrame(TransferId xfer);
+// why travels in arg0 (0 on old senders: read as kAborted).
+std::unique_ptr<OutFrame> AbortFrame(TransferId xfer, absl::StatusCode why);
 
 class SendQueue {
  public:

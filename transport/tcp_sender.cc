@@ -410,7 +410,7 @@ void TcpKvSender::Core::CompleteLocked(Transfer* t, absl::Status status, bool no
     if (!status.ok()) {
       // The Begin stays when the receiver is told, so the Abort means something.
       t->queued_frames -= conn->queue.Drop(t->xfer, /*keep_begin=*/notify_peer);
-      if (notify_peer) conn->queue.Push(internal::AbortFrame(t->xfer));
+      if (notify_peer) conn->queue.Push(internal::AbortFrame(t->xfer, status.code()));
     }
     conn->transfers.erase(t->xfer);
   }

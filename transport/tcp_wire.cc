@@ -132,6 +132,9 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(const uint8_t in[kFrameHeaderBytes
       if (h.payload_len > limits.max_message_bytes) return bad("payload of ", h.payload_len);
       break;
     case FrameType::kAbort:
+      if (h.arg0 > 16) return bad("status code ", h.arg0);
+      if (h.payload_len != 0) return bad("payload of ", h.payload_len, " bytes");
+      break;
     case FrameType::kReady:
     case FrameType::kAck:
       if (h.payload_len != 0) return bad("payload of ", h.payload_len, " bytes");

@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "tests/unit/transport/test_util.h"
@@ -216,6 +217,25 @@ TEST_F(ReceiveTableTest, TheLateSideLearnsTheOutcomeAtOnce) {
   // Once told, the id is free again.
   RecvResult again;
   EXPECT_TRUE(table_.Post(TransferId{2}, arena_.PostViews({0}), Far(), again.Callback()).ok());
+}
+
+TEST_F(ReceiveTableTest, ASenderDeadlineAbortIsDeadlineExceededHereToo) {
+  // The sender's deadline fired first and it said so: the receiver reports
+  // the same code, not a bare "aborted", even though its own deadline is far.
+  RecvResult r;
+  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
+  table_.Announce(5, TransferId{1}, 2, Far());
+  table_.SenderAborted(5, TransferId{1}, absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(r.HasRun());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "0 of 2 layers")) << r.status();
+  // Any other reason reads as an abort.
+  RecvResult c;
+  ASSERT_TRUE(table_.Post(TransferId{2}, arena_.PostViews({0}), Far(), c.Callback()).ok());
+  table_.Announce(5, TransferId{2}, 2, Far());
+  table_.SenderAborted(5, TransferId{2}, absl::StatusCode::kCancelled);
+  ASSERT_TRUE(c.HasRun());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kAborted) << c.status();
 }
 
 TEST_F(ReceiveTableTest, UnpostedAnnouncementsAreCapped) {
