@@ -1,5 +1,7 @@
 #include "node/node_server.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -10,6 +12,10 @@
 #include "tracing/metrics_handler.h"
 #include "transport/tcp_receiver.h"
 #include "transport/tcp_sender.h"
+#ifdef PDSERVE_HAVE_NCCL
+#include "transport/nccl_receiver.h"
+#include "transport/nccl_sender.h"
+#endif
 
 namespace pdserve::node {
 namespace {
@@ -62,7 +68,8 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerWriteReactor<v1::DecodeEvent>* Admit(grpc::CallbackServerContext* ctx,
                                                    const v1::AdmitRequest* req) override {
-    if (grpc::Status s = Check(*ctx); !s.ok()) return new RefusedStream<v1::DecodeEvent>(std::move(s));
+    if (grpc::Status s = Check(*ctx); !s.ok())
+      return new RefusedStream<v1::DecodeEvent>(std::move(s));
     if (decode_ == nullptr) {
       return new RefusedStream<v1::DecodeEvent>(
           grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node does not decode"));
@@ -76,7 +83,8 @@ class NodeService final : public v1::Node::CallbackService {
 
   grpc::ServerWriteReactor<v1::DecodeEvent>* Generate(grpc::CallbackServerContext* ctx,
                                                       const v1::NodeRequest* req) override {
-    if (grpc::Status s = Check(*ctx); !s.ok()) return new RefusedStream<v1::DecodeEvent>(std::move(s));
+    if (grpc::Status s = Check(*ctx); !s.ok())
+      return new RefusedStream<v1::DecodeEvent>(std::move(s));
     if (generate_ == nullptr) {
       return new RefusedStream<v1::DecodeEvent>(
           grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this node is not a mixed node"));
@@ -165,21 +173,59 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   PDS_ASSIGN_OR_RETURN(n->metrics_, tracing::PdserveMetrics::Register(n->metrics_registry_));
   Engine* engine = n->engine_.get();
   n->metrics_.kv_cache_usage_perc->SetCallback([engine] { return engine->Stats().kv.usage(); });
-  n->metrics_.num_requests_running->SetCallback([engine] { return double(engine->Stats().n_running); });
-  n->metrics_.num_requests_waiting->SetCallback([engine] { return double(engine->Stats().n_waiting); });
+  n->metrics_.num_requests_running->SetCallback(
+      [engine] { return double(engine->Stats().n_running); });
+  n->metrics_.num_requests_waiting->SetCallback(
+      [engine] { return double(engine->Stats().n_waiting); });
   n->metrics_.queued_prefill_tokens->SetCallback(
       [engine] { return double(engine->Stats().queued_prefill_tokens); });
 
   // Bind the gRPC port first: it names the node.
   const tracing::PdserveMetrics* metrics = &n->metrics_;
+  // A CUDA engine keeps KV in device memory, which only the NCCL transport
+  // can ship; the TCP transport reads host memory.
+  int gpu_device = -1;
+  if (absl::StartsWith(options.engine.device, "cuda")) {
+    gpu_device = 0;
+    if (options.engine.device.size() > 5 &&
+        !absl::SimpleAtoi(options.engine.device.substr(5), &gpu_device)) {
+      return absl::InvalidArgumentError("--device must be cpu, cuda or cuda:N");
+    }
+#ifndef PDSERVE_HAVE_NCCL
+    if (options.role != NodeRole::kMixed) {
+      return absl::FailedPreconditionError(
+          "prefill and decode nodes on CUDA ship KV over NCCL, and this build has no NCCL");
+    }
+#endif
+  }
   switch (options.role) {
     case NodeRole::kPrefill: {
+      if (gpu_device >= 0) {
+#ifdef PDSERVE_HAVE_NCCL
+        // KV blocks live in device memory: ship them GPU to GPU.
+        transport::NcclSenderOptions so;
+        so.device = gpu_device;
+        PDS_ASSIGN_OR_RETURN(n->sender_, transport::NcclKvSender::Create(so));
+        break;
+#endif
+      }
       transport::TcpSenderOptions so;
       so.checksum = options.kv_checksum;
       PDS_ASSIGN_OR_RETURN(n->sender_, transport::TcpKvSender::Create(so));
       break;
     }
     case NodeRole::kDecode: {
+#ifdef PDSERVE_HAVE_NCCL
+      if (gpu_device >= 0) {
+        transport::NcclReceiverOptions ro;
+        ro.device = gpu_device;
+        ro.listen_host = options.kv_listen_host;
+        ro.port = static_cast<uint16_t>(options.kv_port);
+        ro.advertise_host = options.advertise_host;
+        PDS_ASSIGN_OR_RETURN(n->receiver_, transport::NcclKvReceiver::Create(ro));
+        break;
+      }
+#endif
       transport::TcpReceiverOptions ro;
       ro.listen_host = options.kv_listen_host;
       ro.port = static_cast<uint16_t>(options.kv_port);
@@ -195,7 +241,8 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   n->id_ = options.node_id;
   std::string name = n->id_.empty() ? std::string(RoleName(options.role)) : n->id_;
   if (options.role == NodeRole::kPrefill) {
-    n->prefill_ = std::make_unique<prefill::PrefillHandler>(engine, n->sender_.get(), name, metrics);
+    n->prefill_ =
+        std::make_unique<prefill::PrefillHandler>(engine, n->sender_.get(), name, metrics);
   } else if (options.role == NodeRole::kDecode) {
     n->decode_ = std::make_unique<decode::DecodeHandler>(engine, n->receiver_.get(), name, metrics);
   } else {
@@ -235,8 +282,7 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   }
   n->heartbeats_ = std::thread([raw = n.get()] { raw->Heartbeats(); });
   PDS_LOG(INFO) << RoleName(options.role) << " node " << n->id_ << " listening on port "
-                << n->grpc_.port
-                << (n->receiver_ ? absl::StrCat(", KV at ", n->kv_endpoint()) : "")
+                << n->grpc_.port << (n->receiver_ ? absl::StrCat(", KV at ", n->kv_endpoint()) : "")
                 << (n->http_ ? absl::StrCat(", metrics on port ", n->http_->port()) : "");
   return n;
 }
@@ -294,7 +340,8 @@ void NodeServer::Heartbeats() {
   while (!stop_.HasBeenNotified()) {
     const EngineStats s = engine_->Stats();
     metrics_.prefix_cache_hits_total->Increment(double(s.kv.prefix_hit_tokens - last_prefix_hits_));
-    metrics_.prefix_cache_queries_total->Increment(double(s.kv.prefix_query_tokens - last_prefix_queries_));
+    metrics_.prefix_cache_queries_total->Increment(
+        double(s.kv.prefix_query_tokens - last_prefix_queries_));
     metrics_.prompt_tokens_total->Increment(double(s.prompt_tokens_computed - last_prompt_tokens_));
     last_prefix_hits_ = s.kv.prefix_hit_tokens;
     last_prefix_queries_ = s.kv.prefix_query_tokens;
@@ -340,7 +387,8 @@ void NodeServer::Heartbeats() {
 std::string NodeServer::NotReadyReason() const {
   if (draining_.load()) return "draining";
   if (stalled_.load()) {
-    return absl::StrCat("engine stalled: queued work saw no step for ", stalled_for_ms_.load(), " ms");
+    return absl::StrCat("engine stalled: queued work saw no step for ", stalled_for_ms_.load(),
+                        " ms");
   }
   return "";
 }
@@ -352,7 +400,9 @@ void NodeServer::WatchProgress() {
   stalled_for_ms_.store(progress_.stalled_for_ns(now) / 1000000);
   const bool stalled = progress_.stalled();
   if (stalled_.exchange(stalled) != stalled && !draining_.load()) {
-    PDS_LOG(WARNING) << "node " << id_ << (stalled ? ": engine stalled, NOT_SERVING" : ": engine progressing again, SERVING");
+    PDS_LOG(WARNING) << "node " << id_
+                     << (stalled ? ": engine stalled, NOT_SERVING"
+                                 : ": engine progressing again, SERVING");
     rpc::SetServing(grpc_.server.get(), !stalled);
   }
 }
