@@ -9,9 +9,10 @@
 #   pdserve colocated:     pdserve cluster --mixed 1 --threads CPUS --http-port
 #   pdserve disaggregated: pdserve cluster --prefill 1 --decode 1 (half the
 #                          CPUs each) --http-port
-# Workload: Poisson arrivals at each of RATES, ~INPUT_LEN-token prompts
-# (random words), OUTPUT_LEN generated tokens (--ignore-eos); goodput against
-# user-facing SLOs (TTFT <= SLO_TTFT_MS, TPOT <= SLO_TPOT_MS).
+# Workload: Poisson arrivals at each of RATES (fresh prompts per rate),
+# ~INPUT_LEN-token prompts (random words), OUTPUT_LEN generated tokens
+# (--ignore-eos); goodput against user-facing SLOs (TTFT <= SLO_TTFT_MS,
+# TPOT <= SLO_TPOT_MS).
 #
 # llama-server is not a Debian package here: build llama.cpp and point
 # LLAMA_SERVER at the binary (or put it on PATH).
@@ -95,17 +96,32 @@ start_target() {
 }
 
 files=()
+IFS=, read -r -a rate_list <<<"$RATES"
 for name in $TARGETS; do
   echo "== $name =="
   start_target "$name"
-  "$BIN" loadgen --target "http://127.0.0.1:$HTTP_PORT" --label "$name" --seed "$SEED" \
-    --random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" \
-    --random-range-ratio "$RANGE_RATIO" --ignore-eos --num-prompts "$NUM_PROMPTS" \
-    --sweep "$RATES" --num-warmups 2 --max-duration "$MAX_DURATION" \
-    --goodput "ttft:$SLO_TTFT_MS" "tpot:$SLO_TPOT_MS" --no-progress \
-    --result-json "$WORK/$name.json"
-  kill -0 "$SERVER_PID" 2>/dev/null || die "$name died during the run; see $WORK/$name.server.log"
+  # One run per rate, each with prompts of its own (seed + i): a prompt seen
+  # at an earlier rate would hit llama-server's slot cache or pdserve's
+  # prefix cache and flatter the later rate.
+  per_rate=()
+  for i in "${!rate_list[@]}"; do
+    "$BIN" loadgen --target "http://127.0.0.1:$HTTP_PORT" --label "$name" \
+      --seed $((SEED + i)) --random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" \
+      --random-range-ratio "$RANGE_RATIO" --ignore-eos --num-prompts "$NUM_PROMPTS" \
+      --request-rate "${rate_list[$i]}" --num-warmups 2 --max-duration "$MAX_DURATION" \
+      --goodput "ttft:$SLO_TTFT_MS" "tpot:$SLO_TPOT_MS" --no-progress \
+      --result-json "$WORK/$name.rate$i.json"
+    kill -0 "$SERVER_PID" 2>/dev/null || die "$name died during the run; see $WORK/$name.server.log"
+    per_rate+=("$WORK/$name.rate$i.json")
+  done
   stop_server
+  # The per-rate files as one sweep result, for --compare.
+  python3 - "$WORK/$name.json" "${per_rate[@]}" <<'EOF'
+import json, sys
+merged = json.load(open(sys.argv[2]))
+merged["runs"] = [json.load(open(f))["runs"][0] for f in sys.argv[2:]]
+json.dump(merged, open(sys.argv[1], "w"), indent=2)
+EOF
   files+=("$WORK/$name.json")
 done
 "$BIN" loadgen --compare "${files[@]}" --plot-dir "$WORK"
