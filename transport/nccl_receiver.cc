@@ -159,8 +159,17 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
       // The accepted socket may inherit O_NONBLOCK from the listener.
       int flags = fcntl(fd, F_GETFL, 0);
       fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-      l->reader = std::thread([this, l] { ReadLoop(l); });
-      l->worker = std::thread([this, l] { WorkLoop(l); });
+      // Both threads are assigned before either runs: a reader that fails at
+      // once Kills the link, and the timer then joins it, reading l->worker.
+      std::lock_guard<std::mutex> start(l->mu);
+      l->reader = std::thread([this, l] {
+        { std::lock_guard<std::mutex> started(l->mu); }
+        ReadLoop(l);
+      });
+      l->worker = std::thread([this, l] {
+        { std::lock_guard<std::mutex> started(l->mu); }
+        WorkLoop(l);
+      });
     }
   }
 
