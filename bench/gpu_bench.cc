@@ -454,7 +454,9 @@ void BenchKvTwoGpus(const KvShape& s) {
     std::promise<absl::Status> got;
     auto fut = got.get_future();
     if (!(*receiver)
-             ->Post(x, dviews, deadline, [&](absl::Status st, std::string) { got.set_value(st); })
+             ->Post(
+                 x, dviews, deadline,
+                 [&](absl::Status st, std::string, transport::ReceiveTiming) { got.set_value(st); })
              .ok()) {
       std::exit(1);
     }

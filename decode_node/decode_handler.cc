@@ -16,11 +16,13 @@ struct DecodeHandler::Call {
   int64_t origin_ns = 0;
   std::shared_ptr<Writer::Handle> out;
   std::atomic<bool> failed{false};  // KV never arrived: the error is already sent
+  // When the first and the last KV layer landed (set before Activate, so
+  // before any output).
+  int64_t kv_first_ns = 0, kv_last_ns = 0;
 };
 
-DecodeHandler::DecodeHandler(Engine* engine, transport::KvReceiver* receiver,
-                             std::string node_name, const tracing::PdserveMetrics* metrics,
-                             size_t max_stream_events)
+DecodeHandler::DecodeHandler(Engine* engine, transport::KvReceiver* receiver, std::string node_name,
+                             const tracing::PdserveMetrics* metrics, size_t max_stream_events)
     : engine_(engine),
       receiver_(receiver),
       node_name_(std::move(node_name)),
@@ -55,20 +57,28 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
     if (!out.tokens.empty() || !out.text.empty()) {
       node::FillChunk(out, ev.mutable_chunk());
       call->out->Write(ev);
-      if (metrics) metrics->generation_tokens_total->Increment(static_cast<double>(out.tokens.size()));
+      if (metrics)
+        metrics->generation_tokens_total->Increment(static_cast<double>(out.tokens.size()));
     }
     if (out.finish == FinishReason::kNone) return;
     v1::DecodeEvent done;
     v1::Complete* c = done.mutable_complete();
     c->set_finish_reason(rpc::ToProto(out.finish));
     node::FillUsage(out, c->mutable_usage());
-    const tracing::StageTimeline stages =
+    tracing::StageTimeline stages =
         node::StagesOf(out.times, call->origin_ns, node::NodeRole::kDecode);
+    // kv.transfer: the first layer landing to the last, on this node's clock
+    // (it overlaps prefill.compute and decode.wait_kv by design).
+    if (call->kv_first_ns > 0 && call->kv_last_ns >= call->kv_first_ns) {
+      stages.Record(tracing::Stage::kKvTransfer,
+                    {call->kv_first_ns - call->origin_ns, call->kv_last_ns - call->kv_first_ns});
+    }
     node::AppendStages(stages, 0, node, c->mutable_timings()->mutable_stages());
     if (metrics) metrics->ObserveStages(stages);
     c->set_decode_node(node);
     call->out->Write(done);
-    call->out->Finish(out.finish == FinishReason::kError ? rpc::ToGrpc(out.error) : grpc::Status::OK);
+    call->out->Finish(out.finish == FinishReason::kError ? rpc::ToGrpc(out.error)
+                                                         : grpc::Status::OK);
   };
 
   absl::StatusOr<std::vector<BlockId>> blocks = engine_->Reserve(std::move(spec), on_output);
@@ -90,13 +100,18 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
   const int64_t budget_ms = request->kv_deadline_ms() > 0 ? request->kv_deadline_ms() : 30000;
   absl::Status posted = receiver_->Post(
       xfer, std::move(layers), MonoClock::now() + std::chrono::milliseconds(budget_ms),
-      [weak, engine, id, metrics](absl::Status s, std::string trailer) {
+      [weak, engine, id, metrics](absl::Status s, std::string trailer,
+                                  transport::ReceiveTiming timing) {
         std::shared_ptr<Call> c = weak.lock();
         v1::PrefillResponse first;
         if (s.ok() && !first.ParseFromString(trailer)) {
           s = absl::DataLossError("KV transfer trailer is malformed");
         }
         if (s.ok()) {
+          if (c) {
+            c->kv_first_ns = timing.first_layer_ns;
+            c->kv_last_ns = timing.last_layer_ns;
+          }
           engine->Activate(id, first.token_id());
           return;
         }

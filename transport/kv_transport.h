@@ -92,8 +92,15 @@ struct KvTransportStats {
 // Runs exactly once per accepted transfer, on a transport thread (or on the
 // thread calling Abort/Cancel). It must not block for long.
 using SendDoneCallback = absl::AnyInvocable<void(absl::Status)>;
+// When a transfer's layers landed (MonoNowNs; 0 where none did): the
+// receiving side's view of the KV transfer, for per-request timelines.
+struct ReceiveTiming {
+  int64_t first_layer_ns = 0;  // the first layer was in its blocks
+  int64_t last_layer_ns = 0;   // the last one was
+};
 // trailer: the bytes given to KvSendHandle::Finish; empty unless status is OK.
-using ReceiveDoneCallback = absl::AnyInvocable<void(absl::Status, std::string trailer)>;
+using ReceiveDoneCallback =
+    absl::AnyInvocable<void(absl::Status, std::string trailer, ReceiveTiming timing)>;
 
 // One outgoing transfer. Not thread-safe: one thread (the compute thread)
 // calls SendLayer/Finish; Wait/Abort may come from any thread.

@@ -35,6 +35,7 @@ struct ReceiveTable::Entry {
   // Progress.
   std::vector<uint8_t> layer_state;  // LayerState per layer
   int32_t layers_done = 0;
+  ReceiveTiming timing;
   bool writing = false;  // an AcquireWrite is outstanding
   bool ended = false;    // on_done has been scheduled
   // An unmatched transfer that ended (Post cancelled or expired before the
@@ -50,6 +51,7 @@ struct ReceiveTable::Effects {
     ReceiveDoneCallback callback;
     absl::Status status;
     std::string trailer;
+    ReceiveTiming timing;
   };
   struct Reply {
     LinkId link;
@@ -75,7 +77,7 @@ void ReceiveTable::Run(Effects& fx) {
   for (Effects::Reply& r : fx.replies) sink_->Reply(r.link, r.xfer, r.kind, r.status);
   if (fx.wake) sink_->WakeForDeadline();
   for (Effects::Done& d : fx.done) {
-    if (d.callback) std::move(d.callback)(std::move(d.status), std::move(d.trailer));
+    if (d.callback) std::move(d.callback)(std::move(d.status), std::move(d.trailer), d.timing);
   }
 }
 
@@ -99,7 +101,7 @@ void ReceiveTable::FinishLocked(Entry* e, absl::Status status, std::string trail
   e->ended = true;
   if (e->posted) {
     counters_->Finished(status, MonoNowNs() - e->posted_ns);
-    fx->done.push_back({std::move(e->on_done), status, std::move(trailer)});
+    fx->done.push_back({std::move(e->on_done), status, std::move(trailer), e->timing});
   } else if (e->announced) {
     --unposted_;
   }
@@ -374,6 +376,8 @@ void ReceiveTable::EndLayer(LinkId link, TransferId xfer, int32_t layer,
     } else {
       e->layer_state[layer] = kLayerDone;
       ++e->layers_done;
+      e->timing.last_layer_ns = MonoNowNs();
+      if (e->timing.first_layer_ns == 0) e->timing.first_layer_ns = e->timing.last_layer_ns;
       counters_->AddBytes(static_cast<int64_t>(TotalBytes(e->layers[layer])));
     }
   }

@@ -2,6 +2,7 @@
 decode nodes started one by one (so a test can signal or kill any of them),
 on free loopback ports, stopped at exit. Exit code 77 means "skipped"."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,7 +32,28 @@ def skip(msg):
     sys.exit(SKIP)
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
+    """A port free now, drawn below the kernel's ephemeral range: every bind(0)
+    and connect() of the tests running beside this one draws from that range,
+    so a port found there can be taken before our server binds it."""
+    hi = min(_ephemeral_low(), 32768)
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, hi)
+        try:
+            with socket.socket() as s:
+                s.bind(("0.0.0.0", port))  # metrics and HTTP servers bind every address
+            return port
+        except OSError:
+            continue
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -152,7 +152,7 @@ class NcclTransportTest : public ::testing::Test {
   void Post(TransferId x, const KvBlocks& dst, Deadline deadline, Received* rec) {
     ASSERT_TRUE(receiver_
                     ->Post(x, dst.Views(), deadline,
-                           [rec](absl::Status s, std::string trailer) {
+                           [rec](absl::Status s, std::string trailer, ReceiveTiming) {
                              rec->done.set_value({std::move(s), std::move(trailer)});
                            })
                     .ok());

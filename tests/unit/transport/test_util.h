@@ -114,11 +114,12 @@ inline bool AllBytesAre(const KvArena& arena, uint8_t v) {
 class RecvResult {
  public:
   ReceiveDoneCallback Callback() {
-    return [state = state_](absl::Status status, std::string trailer) {
+    return [state = state_](absl::Status status, std::string trailer, ReceiveTiming timing) {
       absl::MutexLock lock(&state->mu);
       ++state->calls;
       state->status = std::move(status);
       state->trailer = std::move(trailer);
+      state->timing = timing;
       state->done.Notify();
     };
   }
@@ -133,6 +134,10 @@ class RecvResult {
     absl::MutexLock lock(&state_->mu);
     return state_->trailer;
   }
+  ReceiveTiming timing() {
+    absl::MutexLock lock(&state_->mu);
+    return state_->timing;
+  }
   int calls() {
     absl::MutexLock lock(&state_->mu);
     return state_->calls;
@@ -144,6 +149,7 @@ class RecvResult {
     absl::Mutex mu;
     absl::Status status = absl::UnknownError("on_done never ran");
     std::string trailer;
+    ReceiveTiming timing;
     int calls = 0;
   };
   std::shared_ptr<State> state_ = std::make_shared<State>();

@@ -104,6 +104,9 @@ TEST_P(TransportTest, ManyLayersLandInExactlyThePostedBlocks) {
   ASSERT_TRUE(got.Wait());
   EXPECT_TRUE(got.status().ok()) << got.status();
   EXPECT_EQ(got.trailer(), trailer);
+  // The receiver saw the layers land, first before (or with) last.
+  EXPECT_GT(got.timing().first_layer_ns, 0);
+  EXPECT_LE(got.timing().first_layer_ns, got.timing().last_layer_ns);
   EXPECT_TRUE(LandedExactly(src, src_ids, dst, dst_ids, kLayers, kDstBlocks, kBackground));
   h->reset();  // destroying a finished handle changes nothing
   EXPECT_EQ(send_done.load(), 1);
