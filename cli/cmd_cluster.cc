@@ -52,7 +52,8 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args) {
   pid_t pid;
   const int rc = posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv.data(), environ);
   posix_spawnattr_destroy(&attr);
-  if (rc != 0) return absl::InternalError(absl::StrCat("cannot start ", args[1], ": ", strerror(rc)));
+  if (rc != 0)
+    return absl::InternalError(absl::StrCat("cannot start ", args[1], ": ", strerror(rc)));
   return pid;
 }
 
@@ -97,21 +98,22 @@ int RunCluster(int argc, char** argv) {
   BlockTerminationSignals();
   po::options_description desc("cluster flags");
   AddCommonFlags(&desc);
-  desc.add_options()
-      ("model,m", po::value<std::string>()->default_value(DefaultModelPath()), "GGUF model file")
-      ("prefill", po::value<int>()->default_value(1), "prefill nodes")
-      ("decode", po::value<int>()->default_value(1), "decode nodes")
-      ("mixed", po::value<int>()->default_value(0), "mixed (colocated) nodes instead of P/D pools")
-      ("port", po::value<int>()->default_value(50051), "router port; nodes take the next ports")
-      ("metrics-port", po::value<int>()->default_value(-1),
-       "router metrics port; nodes take the next ones (-1: off)")
-      ("threads", po::value<int>()->default_value(0), "compute threads per node (0: CPUs / nodes)")
-      ("pin", po::bool_switch(), "pin each node's threads to its own CPUs")
-      ("node-flags", po::value<std::string>()->default_value(""),
-       "extra flags for every node, e.g. \"--kv-cache-mib 512 --max-batch-tokens 1024\"")
-      ("router-flags", po::value<std::string>()->default_value(""), "extra flags for the router")
-      ("startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes")
-      ("http-port", po::value<int>()->default_value(-1), "router's OpenAI-compatible HTTP API (-1: off)");
+  desc.add_options()("model,m", po::value<std::string>()->default_value(DefaultModelPath()),
+                     "GGUF model file")("prefill", po::value<int>()->default_value(1),
+                                        "prefill nodes")(
+      "decode", po::value<int>()->default_value(1), "decode nodes")(
+      "mixed", po::value<int>()->default_value(0), "mixed (colocated) nodes instead of P/D pools")(
+      "port", po::value<int>()->default_value(50051), "router port; nodes take the next ports")(
+      "metrics-port", po::value<int>()->default_value(-1),
+      "router metrics port; nodes take the next ones (-1: off)")(
+      "threads", po::value<int>()->default_value(0), "compute threads per node (0: CPUs / nodes)")(
+      "pin", po::bool_switch(), "pin each node's threads to its own CPUs")(
+      "node-flags", po::value<std::string>()->default_value(""),
+      "extra flags for every node, e.g. \"--kv-cache-mib 512 --max-batch-tokens 1024\"")(
+      "router-flags", po::value<std::string>()->default_value(""), "extra flags for the router")(
+      "startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes")(
+      "http-port", po::value<int>()->default_value(-1),
+      "router's OpenAI-compatible HTTP API (-1: off)");
   // Passed to every process, so the cluster runs with TLS/mTLS and a key.
   AddSecurityFlags(&desc);
   po::variables_map vm;
@@ -140,8 +142,9 @@ int RunCluster(int argc, char** argv) {
   };
 
   std::vector<Child> children;
-  std::vector<std::string> router_args = {"pdserve", "router", "--model", model, "--listen",
-                                          absl::StrCat("127.0.0.1:", port), "--log-level", log_level};
+  std::vector<std::string> router_args = {
+      "pdserve",     "router", "--model", model, "--listen", absl::StrCat("127.0.0.1:", port),
+      "--log-level", log_level};
   if (metrics >= 0) {
     router_args.push_back("--metrics-port");
     router_args.push_back(std::to_string(metrics));
@@ -151,7 +154,8 @@ int RunCluster(int argc, char** argv) {
     router_args.push_back(std::to_string(vm["http-port"].as<int>()));
   }
   std::vector<std::string> security_args;
-  for (const char* flag : {"tls-cert", "tls-key", "tls-ca", "tls-server-name", "api-key", "api-key-file"}) {
+  for (const char* flag :
+       {"tls-cert", "tls-key", "tls-ca", "tls-server-name", "api-key", "api-key-file"}) {
     const std::string& value = vm[flag].as<std::string>();
     if (value.empty()) continue;
     security_args.push_back(absl::StrCat("--", flag));
@@ -169,11 +173,14 @@ int RunCluster(int argc, char** argv) {
   int next_cpu = 0;
   auto start_node = [&](const std::string& role, int index) -> absl::Status {
     const int node_port = port + 1 + static_cast<int>(children.size()) - 1;
-    std::vector<std::string> args = {"pdserve", role, "--model", model, "--listen",
-                                     absl::StrCat("127.0.0.1:", node_port), "--advertise-host",
-                                     "127.0.0.1", "--router", absl::StrCat("127.0.0.1:", port),
-                                     "--node-id", absl::StrCat(role, "-", index), "--threads",
-                                     std::to_string(threads), "--log-level", log_level};
+    std::vector<std::string> args = {"pdserve",          role,
+                                     "--model",          model,
+                                     "--listen",         absl::StrCat("127.0.0.1:", node_port),
+                                     "--advertise-host", "127.0.0.1",
+                                     "--router",         absl::StrCat("127.0.0.1:", port),
+                                     "--node-id",        absl::StrCat(role, "-", index),
+                                     "--threads",        std::to_string(threads),
+                                     "--log-level",      log_level};
     if (role == "decode") {
       args.push_back("--kv-port");
       args.push_back(std::to_string(port + 100 + index));
@@ -217,7 +224,8 @@ int RunCluster(int argc, char** argv) {
   for (;;) {
     if (const Child* dead = Reap(children)) {
       StopAll(children, 5);
-      return Fail("cluster", absl::StrCat(dead->name, " exited during startup (see its log above)"));
+      return Fail("cluster",
+                  absl::StrCat(dead->name, " exited during startup (see its log above)"));
     }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));

@@ -18,18 +18,18 @@ int RunGenerate(int argc, char** argv) {
   AddCommonFlags(&desc);
   AddEngineFlags(&desc);
   AddSamplingFlags(&desc, 128);
-  desc.add_options()
-      ("prompt,p", po::value<std::string>(), "prompt text (required)")
-      ("chat", po::bool_switch(), "wrap the prompt as a user message in the model's chat template")
-      ("system", po::value<std::string>(), "system message (with --chat)")
-      ("stats", po::bool_switch(), "print timing figures to stderr at the end")
-      ("print-token-ids", po::bool_switch(),
-       "print {prompt_tokens, token_ids, finish_reason} as one JSON line to stderr at the end");
+  desc.add_options()("prompt,p", po::value<std::string>(), "prompt text (required)")(
+      "chat", po::bool_switch(), "wrap the prompt as a user message in the model's chat template")(
+      "system", po::value<std::string>(), "system message (with --chat)")(
+      "stats", po::bool_switch(), "print timing figures to stderr at the end")(
+      "print-token-ids", po::bool_switch(),
+      "print {prompt_tokens, token_ids, finish_reason} as one JSON line to stderr at the end");
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "--prompt TEXT [flags]", desc, &vm); rc >= 0) return rc;
   if (!vm.count("prompt")) return Fail("generate", "--prompt is required");
   EngineFlags ef;
-  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok()) return Fail("generate", std::string(s.message()));
+  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok())
+    return Fail("generate", std::string(s.message()));
 
   auto model = LoadModel(ef);
   if (!model.ok()) return Fail("generate", std::string(model.status().message()));
@@ -40,8 +40,8 @@ int RunGenerate(int argc, char** argv) {
   EncodeOptions enc;
   enc.add_special = true;
   if (vm["chat"].as<bool>()) {
-    auto tmpl = ChatTemplate::Detect(shared_model->file().GetStringOr("tokenizer.chat_template", "")
-                                         .value_or(""));
+    auto tmpl = ChatTemplate::Detect(
+        shared_model->file().GetStringOr("tokenizer.chat_template", "").value_or(""));
     if (!tmpl.ok()) return Fail("generate", std::string(tmpl.status().message()));
     std::vector<ChatMessage> messages;
     if (vm.count("system")) messages.push_back({"system", vm["system"].as<std::string>()});

@@ -8,23 +8,25 @@
 namespace pdserve::cli {
 
 void AddNodeFlags(po::options_description* desc) {
-  desc->add_options()
-      ("listen", po::value<std::string>()->default_value("0.0.0.0:0"), "Node service address")
-      ("advertise-host", po::value<std::string>()->default_value("127.0.0.1"),
-       "host the router and peers use to reach this node")
-      ("router", po::value<std::string>()->default_value(""), "router host:port to register with")
-      ("node-id", po::value<std::string>()->default_value(""), "default: <role>-<port>")
-      ("kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")
-      ("kv-listen-host", po::value<std::string>()->default_value("0.0.0.0"),
-       "decode: address the KV receiver binds")
-      ("kv-advertise", po::value<std::string>()->default_value(""),
-       "decode: host:port prefill nodes ship KV to, when a proxy or NAT sits in between "
-       "(default: advertise-host:kv-port)")
-      ("kv-checksum", po::bool_switch(), "prefill: crc32 every KV payload")
-      ("metrics-port", po::value<int>()->default_value(-1), "HTTP /metrics, /health, /ready (-1: off)")
-      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
-      ("stall-timeout", po::value<int>()->default_value(60),
-       "not ready (health NOT_SERVING, /ready 503) when queued work saw no engine step for this long");
+  desc->add_options()("listen", po::value<std::string>()->default_value("0.0.0.0:0"),
+                      "Node service address")("advertise-host",
+                                              po::value<std::string>()->default_value("127.0.0.1"),
+                                              "host the router and peers use to reach this node")(
+      "router", po::value<std::string>()->default_value(""), "router host:port to register with")(
+      "node-id", po::value<std::string>()->default_value(""), "default: <role>-<port>")(
+      "kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")(
+      "kv-listen-host", po::value<std::string>()->default_value("0.0.0.0"),
+      "decode: address the KV receiver binds")(
+      "kv-advertise", po::value<std::string>()->default_value(""),
+      "decode: host:port prefill nodes ship KV to, when a proxy or NAT sits in between "
+      "(default: advertise-host:kv-port)")("kv-checksum", po::bool_switch(),
+                                           "prefill: crc32 every KV payload")(
+      "metrics-port", po::value<int>()->default_value(-1),
+      "HTTP /metrics, /health, /ready (-1: off)")(
+      "drain-timeout", po::value<int>()->default_value(30),
+      "seconds to finish requests on SIGTERM")("stall-timeout", po::value<int>()->default_value(60),
+                                               "not ready (health NOT_SERVING, /ready 503) when "
+                                               "queued work saw no engine step for this long");
   AddSecurityFlags(desc);
 }
 
@@ -47,7 +49,8 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.kv_dtype_name = vm["kv-dtype"].as<std::string>();
   o.stall_timeout_ms = int64_t{vm["stall-timeout"].as<int>()} * 1000;
   o.security = ReadSecurityFlags(vm);
-  if (o.stall_timeout_ms <= 0) return absl::InvalidArgumentError("--stall-timeout must be positive");
+  if (o.stall_timeout_ms <= 0)
+    return absl::InvalidArgumentError("--stall-timeout must be positive");
   if (!o.kv_advertise.empty() && o.kv_advertise.rfind(':') == std::string::npos) {
     return absl::InvalidArgumentError("--kv-advertise must be host:port");
   }

@@ -10,55 +10,58 @@ namespace pdserve::cli {
 namespace {
 
 void AddRouterFlags(po::options_description* desc) {
-  desc->add_options()
-      ("model,m", po::value<std::string>()->default_value(DefaultModelPath()),
-       "GGUF file to read the tokenizer and chat template from (weights are not loaded)")
-      ("listen", po::value<std::string>()->default_value("0.0.0.0:50051"), "client API address")
-      ("metrics-port", po::value<int>()->default_value(-1), "HTTP /metrics, /health, /ready (-1: off)")
-      ("nodes", po::value<std::string>()->default_value(""),
-       "comma-separated host:port of nodes that do not register themselves")
-      ("heartbeat-ms", po::value<int64_t>()->default_value(1000), "heartbeat interval told to nodes")
-      ("node-expiry-ms", po::value<int64_t>()->default_value(3000),
-       "drop a node after this long without a heartbeat")
-      ("kv-deadline-ms", po::value<int64_t>()->default_value(30000), "budget for one KV transfer")
-      ("max-queue", po::value<int>()->default_value(256), "requests waiting for a node, then 429")
-      ("queue-timeout-ms", po::value<int64_t>()->default_value(60000),
-       "longest a request waits for a node")
-      ("trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")
-      ("timing-log", po::value<std::string>()->default_value(""),
-       "file for one JSON line of stage timings per request")
-      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
-      ("http-port", po::value<int>()->default_value(-1),
-       "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models; -1: off)")
-      ("http-bind", po::value<std::string>()->default_value("0.0.0.0"), "address of the HTTP API")
-      ("http-threads", po::value<int>()->default_value(2), "HTTP API threads")
-      ("http-max-body-bytes", po::value<uint64_t>()->default_value(8 << 20),
-       "largest HTTP request body, then 413")
-      ("http-stream-buffer-bytes", po::value<uint64_t>()->default_value(1 << 20),
-       "unsent bytes per SSE stream; a client that stops reading past this is cancelled")
-      ("http-socket-send-buffer-bytes", po::value<int>()->default_value(64 << 10),
-       "kernel send buffer per HTTP connection (0: autotuned; bounds what a stalled reader pins)")
-      ("served-model-name", po::value<std::string>()->default_value(""),
-       "model name of the HTTP API (default: the model file's name)")
-      ("chat-default-max-tokens", po::value<int>()->default_value(512),
-       "max_tokens of chat requests that do not set it");
+  desc->add_options()(
+      "model,m", po::value<std::string>()->default_value(DefaultModelPath()),
+      "GGUF file to read the tokenizer and chat template from (weights are not loaded)")(
+      "listen", po::value<std::string>()->default_value("0.0.0.0:50051"), "client API address")(
+      "metrics-port", po::value<int>()->default_value(-1),
+      "HTTP /metrics, /health, /ready (-1: off)")(
+      "nodes", po::value<std::string>()->default_value(""),
+      "comma-separated host:port of nodes that do not register themselves")(
+      "heartbeat-ms", po::value<int64_t>()->default_value(1000),
+      "heartbeat interval told to nodes")("node-expiry-ms",
+                                          po::value<int64_t>()->default_value(3000),
+                                          "drop a node after this long without a heartbeat")(
+      "kv-deadline-ms", po::value<int64_t>()->default_value(30000), "budget for one KV transfer")(
+      "max-queue", po::value<int>()->default_value(256), "requests waiting for a node, then 429")(
+      "queue-timeout-ms", po::value<int64_t>()->default_value(60000),
+      "longest a request waits for a node")(
+      "trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")(
+      "timing-log", po::value<std::string>()->default_value(""),
+      "file for one JSON line of stage timings per request")(
+      "drain-timeout", po::value<int>()->default_value(30),
+      "seconds to finish requests on SIGTERM")(
+      "http-port", po::value<int>()->default_value(-1),
+      "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models; -1: off)")(
+      "http-bind", po::value<std::string>()->default_value("0.0.0.0"), "address of the HTTP API")(
+      "http-threads", po::value<int>()->default_value(2), "HTTP API threads")(
+      "http-max-body-bytes", po::value<uint64_t>()->default_value(8 << 20),
+      "largest HTTP request body, then 413")(
+      "http-stream-buffer-bytes", po::value<uint64_t>()->default_value(1 << 20),
+      "unsent bytes per SSE stream; a client that stops reading past this is cancelled")(
+      "http-socket-send-buffer-bytes", po::value<int>()->default_value(64 << 10),
+      "kernel send buffer per HTTP connection (0: autotuned; bounds what a stalled reader pins)")(
+      "served-model-name", po::value<std::string>()->default_value(""),
+      "model name of the HTTP API (default: the model file's name)")(
+      "chat-default-max-tokens", po::value<int>()->default_value(512),
+      "max_tokens of chat requests that do not set it");
   AddSecurityFlags(desc);
 }
 
 }  // namespace
 
 void AddSecurityFlags(po::options_description* desc) {
-  desc->add_options()
-      ("tls-cert", po::value<std::string>()->default_value(""),
-       "PEM certificate chain: TLS on the client ports, and this process's identity for mutual TLS")
-      ("tls-key", po::value<std::string>()->default_value(""), "PEM private key of --tls-cert")
-      ("tls-ca", po::value<std::string>()->default_value(""),
-       "PEM CA bundle: mutual TLS between router and nodes (peers must show a certificate it signed)")
-      ("tls-server-name", po::value<std::string>()->default_value(""),
-       "name peers' certificates must carry (default: the host dialled)")
-      ("api-key", po::value<std::string>()->default_value(""),
-       "API key required on every route but health (HTTP Bearer, gRPC authorization metadata)")
-      ("api-key-file", po::value<std::string>()->default_value(""), "read --api-key from this file");
+  desc->add_options()(
+      "tls-cert", po::value<std::string>()->default_value(""),
+      "PEM certificate chain: TLS on the client ports, and this process's identity for mutual TLS")(
+      "tls-key", po::value<std::string>()->default_value(""), "PEM private key of --tls-cert")(
+      "tls-ca", po::value<std::string>()->default_value(""),
+      "PEM CA bundle: mutual TLS between router and nodes (peers must show a certificate it "
+      "signed)")("tls-server-name", po::value<std::string>()->default_value(""),
+                 "name peers' certificates must carry (default: the host dialled)")(
+      "api-key", po::value<std::string>()->default_value(""),
+      "API key required on every route but health (HTTP Bearer, gRPC authorization metadata)")(
+      "api-key-file", po::value<std::string>()->default_value(""), "read --api-key from this file");
 }
 
 rpc::SecurityFiles ReadSecurityFlags(const po::variables_map& vm) {

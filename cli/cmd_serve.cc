@@ -15,25 +15,28 @@ int RunServe(int argc, char** argv) {
   po::options_description desc("serve flags");
   AddCommonFlags(&desc);
   AddEngineFlags(&desc);
-  desc.add_options()
-      ("listen", po::value<std::string>()->default_value("0.0.0.0:50051"), "client API address")
-      ("metrics-port", po::value<int>()->default_value(-1), "router HTTP /metrics (-1: off)")
-      ("node-metrics-port", po::value<int>()->default_value(-1), "engine HTTP /metrics (-1: off)")
-      ("max-queue", po::value<int>()->default_value(256), "requests waiting, then RESOURCE_EXHAUSTED")
-      ("trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")
-      ("timing-log", po::value<std::string>()->default_value(""), "per-request stage timing lines")
-      ("drain-timeout", po::value<int>()->default_value(30), "seconds to finish requests on SIGTERM")
-      ("http-port", po::value<int>()->default_value(-1),
-       "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models; -1: off)")
-      ("served-model-name", po::value<std::string>()->default_value(""),
-       "model name of the HTTP API (default: the model file's name)")
-      ("chat-default-max-tokens", po::value<int>()->default_value(512),
-       "max_tokens of chat requests that do not set it");
+  desc.add_options()("listen", po::value<std::string>()->default_value("0.0.0.0:50051"),
+                     "client API address")("metrics-port", po::value<int>()->default_value(-1),
+                                           "router HTTP /metrics (-1: off)")(
+      "node-metrics-port", po::value<int>()->default_value(-1), "engine HTTP /metrics (-1: off)")(
+      "max-queue", po::value<int>()->default_value(256),
+      "requests waiting, then RESOURCE_EXHAUSTED")(
+      "trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")(
+      "timing-log", po::value<std::string>()->default_value(""), "per-request stage timing lines")(
+      "drain-timeout", po::value<int>()->default_value(30),
+      "seconds to finish requests on SIGTERM")(
+      "http-port", po::value<int>()->default_value(-1),
+      "OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models; -1: off)")(
+      "served-model-name", po::value<std::string>()->default_value(""),
+      "model name of the HTTP API (default: the model file's name)")(
+      "chat-default-max-tokens", po::value<int>()->default_value(512),
+      "max_tokens of chat requests that do not set it");
   AddSecurityFlags(&desc);
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
   EngineFlags ef;
-  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok()) return Fail("serve", std::string(s.message()));
+  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok())
+    return Fail("serve", std::string(s.message()));
   auto model = LoadModel(ef);
   if (!model.ok()) return Fail("serve", std::string(model.status().message()));
 
@@ -50,10 +53,13 @@ int RunServe(int argc, char** argv) {
   ro.chat_default_max_tokens = vm["chat-default-max-tokens"].as<int>();
   ro.security = ReadSecurityFlags(vm);
   if (!ro.security.ca_file.empty()) {
-    return Fail("serve", "--tls-ca is for clusters (mutual TLS with nodes); serve has no remote nodes");
+    return Fail("serve",
+                "--tls-ca is for clusters (mutual TLS with nodes); serve has no remote nodes");
   }
   if (ef.load_format == "dummy") {
-    return Fail("serve", "--load-format dummy is for generate and bench (the router needs a vocabulary file)");
+    return Fail(
+        "serve",
+        "--load-format dummy is for generate and bench (the router needs a vocabulary file)");
   }
   auto router = router::RouterServer::Start(ro);
   if (!router.ok()) return Fail("serve", std::string(router.status().message()));

@@ -10,27 +10,28 @@
 namespace pdserve::cli {
 
 void AddEngineFlags(po::options_description* desc) {
-  desc->add_options()
-      ("model,m", po::value<std::string>()->default_value(DefaultModelPath()), "GGUF model file")
-      ("load-format", po::value<std::string>()->default_value("gguf"),
-       "gguf, or dummy: random weights of the shape --dummy-config names")
-      ("dummy-config", po::value<std::string>()->default_value("tiny"),
-       "shape for --load-format dummy: tiny, smollm2-135m, llama-3-8b")
-      ("dummy-seed", po::value<uint64_t>()->default_value(1), "seed for dummy weights")
-      ("device", po::value<std::string>()->default_value("cpu"), "cpu, cuda or cuda:N")
-      ("threads,t", po::value<int>()->default_value(0), "compute threads (0: all CPUs allowed)")
-      ("pin-cpus", po::value<std::string>()->default_value(""),
-       "comma-separated CPU ids to pin compute threads to")
-      ("ctx-size", po::value<int>()->default_value(0), "context length (0: the model's)")
-      ("kv-cache-mib", po::value<int>()->default_value(256), "KV cache capacity in MiB")
-      ("kv-blocks", po::value<int>()->default_value(0), "KV cache capacity in blocks (overrides MiB)")
-      ("block-size", po::value<int>()->default_value(16), "tokens per KV block")
-      ("kv-dtype", po::value<std::string>()->default_value("f16"), "KV element type: f16 or f32")
-      ("max-batch-tokens", po::value<int>()->default_value(512), "token budget per engine step")
-      ("max-batch-seqs", po::value<int>()->default_value(64), "sequences per engine step")
-      ("no-prefix-cache", po::bool_switch(), "disable prefix caching")
-      ("no-pack-weights", po::bool_switch(),
-       "CPU: run on the mapped weights instead of a repacked copy (less memory, slower)");
+  desc->add_options()("model,m", po::value<std::string>()->default_value(DefaultModelPath()),
+                      "GGUF model file")(
+      "load-format", po::value<std::string>()->default_value("gguf"),
+      "gguf, or dummy: random weights of the shape --dummy-config names")(
+      "dummy-config", po::value<std::string>()->default_value("tiny"),
+      "shape for --load-format dummy: tiny, smollm2-135m, llama-3-8b")(
+      "dummy-seed", po::value<uint64_t>()->default_value(1), "seed for dummy weights")(
+      "device", po::value<std::string>()->default_value("cpu"), "cpu, cuda or cuda:N")(
+      "threads,t", po::value<int>()->default_value(0), "compute threads (0: all CPUs allowed)")(
+      "pin-cpus", po::value<std::string>()->default_value(""),
+      "comma-separated CPU ids to pin compute threads to")(
+      "ctx-size", po::value<int>()->default_value(0), "context length (0: the model's)")(
+      "kv-cache-mib", po::value<int>()->default_value(256), "KV cache capacity in MiB")(
+      "kv-blocks", po::value<int>()->default_value(0),
+      "KV cache capacity in blocks (overrides MiB)")(
+      "block-size", po::value<int>()->default_value(16), "tokens per KV block")(
+      "kv-dtype", po::value<std::string>()->default_value("f16"), "KV element type: f16 or f32")(
+      "max-batch-tokens", po::value<int>()->default_value(512), "token budget per engine step")(
+      "max-batch-seqs", po::value<int>()->default_value(64), "sequences per engine step")(
+      "no-prefix-cache", po::bool_switch(), "disable prefix caching")(
+      "no-pack-weights", po::bool_switch(),
+      "CPU: run on the mapped weights instead of a repacked copy (less memory, slower)");
 }
 
 absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
@@ -97,19 +98,19 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const EngineFlags& flags)
 }
 
 void AddSamplingFlags(po::options_description* desc, int default_max_tokens) {
-  desc->add_options()
-      ("max-tokens,n", po::value<int>()->default_value(default_max_tokens), "tokens to generate")
-      ("temperature", po::value<float>()->default_value(0.8f), "0 = greedy")
-      ("top-p", po::value<float>()->default_value(0.95f), "nucleus sampling mass, (0, 1]")
-      ("top-k", po::value<int>()->default_value(40), "0 = off")
-      ("min-p", po::value<float>()->default_value(0.05f), "0 = off")
-      ("seed", po::value<uint64_t>(), "sampling seed (reproducible output)")
-      ("repeat-penalty", po::value<float>()->default_value(1.0f), "1 = off")
-      ("presence-penalty", po::value<float>()->default_value(0.0f), "[-2, 2]")
-      ("frequency-penalty", po::value<float>()->default_value(0.0f), "[-2, 2]")
-      ("stop", po::value<std::vector<std::string>>()->composing(), "stop string (repeatable)")
-      ("ignore-eos", po::bool_switch(), "keep generating past end-of-sequence tokens")
-      ("top-logprobs", po::value<int>()->default_value(0), "alternatives per token, 0..20");
+  desc->add_options()("max-tokens,n", po::value<int>()->default_value(default_max_tokens),
+                      "tokens to generate")("temperature", po::value<float>()->default_value(0.8f),
+                                            "0 = greedy")(
+      "top-p", po::value<float>()->default_value(0.95f), "nucleus sampling mass, (0, 1]")(
+      "top-k", po::value<int>()->default_value(40), "0 = off")(
+      "min-p", po::value<float>()->default_value(0.05f), "0 = off")(
+      "seed", po::value<uint64_t>(), "sampling seed (reproducible output)")(
+      "repeat-penalty", po::value<float>()->default_value(1.0f), "1 = off")(
+      "presence-penalty", po::value<float>()->default_value(0.0f), "[-2, 2]")(
+      "frequency-penalty", po::value<float>()->default_value(0.0f), "[-2, 2]")(
+      "stop", po::value<std::vector<std::string>>()->composing(), "stop string (repeatable)")(
+      "ignore-eos", po::bool_switch(), "keep generating past end-of-sequence tokens")(
+      "top-logprobs", po::value<int>()->default_value(0), "alternatives per token, 0..20");
 }
 
 void ReadSamplingFlags(const po::variables_map& vm, SamplingParams* s, StopParams* stop) {

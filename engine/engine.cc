@@ -153,8 +153,7 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
   }
   std::optional<std::vector<BlockId>> blocks = cache_->Allocate(n_blocks);
   if (!blocks) {
-    return absl::ResourceExhaustedError(absl::StrCat("no room for ", n_blocks,
-                                                     " KV blocks now (",
+    return absl::ResourceExhaustedError(absl::StrCat("no room for ", n_blocks, " KV blocks now (",
                                                      cache_->Stats().free_blocks, " free)"));
   }
   active_ids_.emplace(id, 1);
@@ -335,10 +334,12 @@ bool Engine::Step() {
     const int32_t before = s->n_computed;
     s->n_computed += it.n_new;
     if (s->n_computed > s->n_prompt || before < s->n_prompt) {
-      counters_.prompt_tokens_computed += std::max(0, std::min(s->n_computed, s->n_prompt) - before);
+      counters_.prompt_tokens_computed +=
+          std::max(0, std::min(s->n_computed, s->n_prompt) - before);
     }
     // Offer newly completed full blocks to the prefix cache.
-    if (s->n_computed / bs > before / bs) cache_->Publish(s->blocks, s->tokens.data(), s->n_computed);
+    if (s->n_computed / bs > before / bs)
+      cache_->Publish(s->blocks, s->tokens.data(), s->n_computed);
     if (!it.want_logits) continue;
     const float* row = logits_.data() + static_cast<size_t>(logit_index++) * n_vocab;
     SeqOutput out;

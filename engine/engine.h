@@ -32,9 +32,9 @@
 namespace pdserve {
 
 struct EngineOptions {
-  std::string device = "cpu";   // cpu, cuda, cuda:N
-  int32_t n_threads = 0;        // 0: every CPU this process may run on
-  std::vector<int> pin_cpus;    // pin pool threads to these CPUs (empty: no pinning)
+  std::string device = "cpu";            // cpu, cuda, cuda:N
+  int32_t n_threads = 0;                 // 0: every CPU this process may run on
+  std::vector<int> pin_cpus;             // pin pool threads to these CPUs (empty: no pinning)
   int64_t kv_cache_bytes = 256ll << 20;  // KV capacity, unless kv_blocks is set
   int32_t kv_blocks = 0;
   int32_t block_size = 16;
@@ -119,7 +119,7 @@ class Engine {
   EngineOptions options_;
   RequestLimits limits_;
   std::unique_ptr<kernels::ThreadPool> pool_;
-  std::unique_ptr<Backend> backend_;   // outlives the cache it allocates
+  std::unique_ptr<Backend> backend_;  // outlives the cache it allocates
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<Runner> runner_;
   std::unique_ptr<Scheduler> scheduler_;

@@ -15,9 +15,9 @@
 namespace pdserve {
 
 struct ForwardBatch {
-  std::vector<TokenId> tokens;          // (n_tokens) new tokens, sequence after sequence
-  std::vector<kernels::AttnSeq> seqs;   // per sequence: block table, n_past, n_new, row0
-  std::vector<int32_t> logit_rows;      // rows whose logits the caller wants, in order
+  std::vector<TokenId> tokens;         // (n_tokens) new tokens, sequence after sequence
+  std::vector<kernels::AttnSeq> seqs;  // per sequence: block table, n_past, n_new, row0
+  std::vector<int32_t> logit_rows;     // rows whose logits the caller wants, in order
 
   void Clear() {
     tokens.clear();
@@ -88,16 +88,16 @@ class ModelRunner {
   int32_t max_tokens_;
   int32_t max_logit_rows_;
 
-  std::vector<float> x_;       // (T, n_embd) residual stream
-  std::vector<float> xn_;      // (T, max(n_embd, q_dim)) normed input / attention output
-  std::vector<float> q_;       // (T, q_dim)
-  std::vector<float> k_;       // (T, kv_dim)
-  std::vector<float> v_;       // (T, kv_dim)
-  std::vector<float> tmp_;     // (T, n_embd) projection output before the residual add
-  std::vector<float> gate_;    // (T, n_ff)
-  std::vector<float> up_;      // (T, n_ff)
-  std::vector<float> out_rows_;  // (R, n_embd) final-norm rows for logits
-  std::vector<uint8_t> xq_[3];   // encoded activations per ActFormat
+  std::vector<float> x_;             // (T, n_embd) residual stream
+  std::vector<float> xn_;            // (T, max(n_embd, q_dim)) normed input / attention output
+  std::vector<float> q_;             // (T, q_dim)
+  std::vector<float> k_;             // (T, kv_dim)
+  std::vector<float> v_;             // (T, kv_dim)
+  std::vector<float> tmp_;           // (T, n_embd) projection output before the residual add
+  std::vector<float> gate_;          // (T, n_ff)
+  std::vector<float> up_;            // (T, n_ff)
+  std::vector<float> out_rows_;      // (R, n_embd) final-norm rows for logits
+  std::vector<uint8_t> xq_[3];       // encoded activations per ActFormat
   std::vector<float> attn_scratch_;  // (nth, AttentionScratchFloats(n_ctx))
 };
 

@@ -25,8 +25,8 @@ namespace pdserve::node {
 
 struct NodeOptions {
   NodeRole role = NodeRole::kMixed;
-  std::string node_id;                   // default: <role>-<port>
-  std::string listen = "0.0.0.0:0";      // gRPC
+  std::string node_id;                       // default: <role>-<port>
+  std::string listen = "0.0.0.0:0";          // gRPC
   std::string advertise_host = "127.0.0.1";  // how the router and peers reach us
   std::string kv_listen_host = "0.0.0.0";    // decode: the KV receiver
   int kv_port = 0;
@@ -34,8 +34,8 @@ struct NodeOptions {
   // the receiver through a proxy or NAT; empty: advertise_host:<bound kv port>.
   std::string kv_advertise;
   bool kv_checksum = false;
-  std::string router;                    // host:port to register with; empty: static
-  int metrics_port = -1;                 // -1: none; 0: ephemeral
+  std::string router;     // host:port to register with; empty: static
+  int metrics_port = -1;  // -1: none; 0: ephemeral
   EngineOptions engine;
   std::string kv_dtype_name = "f16";
   // Not ready when queued work sees no engine step for this long.

@@ -40,7 +40,8 @@ struct PrefillHandler::Call : public KvSink {
       PDS_LOG(DEBUG) << id << ": layer " << layer << " not sent: " << s;
     }
     if (handler->metrics_) {
-      handler->metrics_->kv_transfer_bytes_total->Increment(static_cast<double>(bytes) * blocks.size());
+      handler->metrics_->kv_transfer_bytes_total->Increment(static_cast<double>(bytes) *
+                                                            blocks.size());
     }
   }
 
@@ -153,11 +154,11 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
             c->transfer_failed.store(true);
             // A deadline stays a deadline for the client; anything else
             // means the decode side is unreachable or refused the data.
-            c->Reply(grpc::Status(s.code() == absl::StatusCode::kDeadlineExceeded
-                                      ? grpc::StatusCode::DEADLINE_EXCEEDED
-                                      : grpc::StatusCode::UNAVAILABLE,
-                                  absl::StrCat("KV transfer to the decode node failed: ",
-                                               s.ToString())));
+            c->Reply(grpc::Status(
+                s.code() == absl::StatusCode::kDeadlineExceeded
+                    ? grpc::StatusCode::DEADLINE_EXCEEDED
+                    : grpc::StatusCode::UNAVAILABLE,
+                absl::StrCat("KV transfer to the decode node failed: ", s.ToString())));
           }
           c->Drop();
         }

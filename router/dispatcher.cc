@@ -58,9 +58,9 @@ absl::Status Dispatcher::Enqueue(std::shared_ptr<GenerateCall> call) {
     }
   }
   if (call->shape().blocks_needed > largest) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "prompt (", call->shape().prompt_tokens, " tokens) plus max_tokens needs ",
-        call->shape().blocks_needed, " KV blocks; the largest node holds ", largest));
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt (", call->shape().prompt_tokens, " tokens) plus max_tokens needs ",
+                     call->shape().blocks_needed, " KV blocks; the largest node holds ", largest));
   }
   const GenerateCall* raw = call.get();
   {
@@ -74,8 +74,8 @@ absl::Status Dispatcher::Enqueue(std::shared_ptr<GenerateCall> call) {
   // refuse this one if it would still have to wait past the bound.
   DispatchReady();
   absl::MutexLock lock(&mu_);
-  auto it = std::find_if(queue_.begin(), queue_.end(),
-                         [raw](const auto& c) { return c.get() == raw; });
+  auto it =
+      std::find_if(queue_.begin(), queue_.end(), [raw](const auto& c) { return c.get() == raw; });
   if (it != queue_.end() && static_cast<int32_t>(queue_.size()) > ctx_->config.max_queue) {
     queue_.erase(it);
     return absl::ResourceExhaustedError(
@@ -86,8 +86,8 @@ absl::Status Dispatcher::Enqueue(std::shared_ptr<GenerateCall> call) {
 
 bool Dispatcher::Remove(const GenerateCall* call) {
   absl::MutexLock lock(&mu_);
-  auto it = std::find_if(queue_.begin(), queue_.end(),
-                         [call](const auto& c) { return c.get() == call; });
+  auto it =
+      std::find_if(queue_.begin(), queue_.end(), [call](const auto& c) { return c.get() == call; });
   if (it == queue_.end()) return false;
   queue_.erase(it);
   return true;
@@ -112,10 +112,10 @@ void Dispatcher::DispatchReady() {
     const int64_t now = MonoNowNs();
     if (now - call->arrival_ns() > ctx_->config.queue_timeout_ms * 1000000) {
       if (Remove(call.get())) {
-        call->FailQueued(absl::ResourceExhaustedError(absl::StrCat(
-                             "no node had room for this request within ",
-                             ctx_->config.queue_timeout_ms, " ms")),
-                         tracing::ErrorKind::kOverloaded);
+        call->FailQueued(
+            absl::ResourceExhaustedError(absl::StrCat("no node had room for this request within ",
+                                                      ctx_->config.queue_timeout_ms, " ms")),
+            tracing::ErrorKind::kOverloaded);
       }
       continue;
     }

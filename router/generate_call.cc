@@ -112,8 +112,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerateCall::Start(
                                 "valid UTF-8)"));
     return writer;
   }
-  std::shared_ptr<GenerateCall> call = Begin(ctx, request, Traceparent(server_ctx),
-                                             std::make_shared<GrpcSink>(handle), arrival);
+  std::shared_ptr<GenerateCall> call =
+      Begin(ctx, request, Traceparent(server_ctx), std::make_shared<GrpcSink>(handle), arrival);
   *weak = call;
   if (handle->done()) call->Cancel();  // cancelled before the call existed
   return writer;
@@ -158,8 +158,9 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
     if (!inserted && !it->second.expired()) {
       absl::MutexLock call_lock(&call->mu_);
       call->done_ = true;
-      call->out_->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                                      absl::StrCat("request id '", call->spec_.id, "' is in flight")));
+      call->out_->Finish(
+          grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                       absl::StrCat("request id '", call->spec_.id, "' is in flight")));
       return call;
     }
     it->second = call;
@@ -249,9 +250,10 @@ void GenerateCall::OnPrefillDone(const grpc::Status& status) {
   if (done_) return;
   if (!status.ok()) {
     absl::Status s = rpc::FromGrpc(status);
-    FailLocked(absl::Status(s.code(), absl::StrCat("prefill node ", prefill_id_, ": ", s.message())),
-               s.code() == absl::StatusCode::kInvalidArgument ? ErrorKind::kInvalidRequest
-                                                              : ErrorKind::kPrefillFailed);
+    FailLocked(
+        absl::Status(s.code(), absl::StrCat("prefill node ", prefill_id_, ": ", s.message())),
+        s.code() == absl::StatusCode::kInvalidArgument ? ErrorKind::kInvalidRequest
+                                                       : ErrorKind::kPrefillFailed);
     return;
   }
   for (const v1::StageTiming& t : prefill_resp_.stages()) {
@@ -296,11 +298,11 @@ void GenerateCall::OnNodeEvent(const v1::DecodeEvent& ev) {
   if (done_) return;
   if (ev.has_admitted()) return;
   if (ev.has_error()) {
-    const absl::Status s(static_cast<absl::StatusCode>(ev.error().code()),
-                         absl::StrCat(mixed_ ? "node " : "decode node ", decode_id_, ": ",
-                                      ev.error().message()));
-    FailLocked(s, ev.error().kind() == "kv_transfer" ? ErrorKind::kKvTransfer
-                                                     : ErrorKind::kDecodeFailed);
+    const absl::Status s(
+        static_cast<absl::StatusCode>(ev.error().code()),
+        absl::StrCat(mixed_ ? "node " : "decode node ", decode_id_, ": ", ev.error().message()));
+    FailLocked(
+        s, ev.error().kind() == "kv_transfer" ? ErrorKind::kKvTransfer : ErrorKind::kDecodeFailed);
     return;
   }
   if (!first_sent_) {
@@ -387,8 +389,8 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
   const double e2e = (now - arrival_ns_) * 1e-9;
   ctx_->metrics.e2e_request_latency_seconds->Observe(e2e);
   if (completion_tokens_ > 1) {
-    ctx_->metrics.request_time_per_output_token_seconds->Observe(
-        (now - first_chunk_ns_) * 1e-9 / (completion_tokens_ - 1));
+    ctx_->metrics.request_time_per_output_token_seconds->Observe((now - first_chunk_ns_) * 1e-9 /
+                                                                 (completion_tokens_ - 1));
   }
   ctx_->metrics.prompt_tokens_total->Increment(shape_.prompt_tokens);
   const v1::FinishReason fr = c->finish_reason();
@@ -419,8 +421,10 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
     root.start_unix_ns = arrival_unix_ns_;
     root.end_unix_ns = arrival_unix_ns_ + (now - arrival_ns_);
     root.attributes.push_back({"pdserve.request_id", spec_.id});
-    root.attributes.push_back({"pdserve.prompt_tokens", static_cast<int64_t>(shape_.prompt_tokens)});
-    root.attributes.push_back({"pdserve.completion_tokens", static_cast<int64_t>(completion_tokens_)});
+    root.attributes.push_back(
+        {"pdserve.prompt_tokens", static_cast<int64_t>(shape_.prompt_tokens)});
+    root.attributes.push_back(
+        {"pdserve.completion_tokens", static_cast<int64_t>(completion_tokens_)});
     ctx_->spans->Export(std::move(root));
     for (tracing::Span& s : tracing::StageSpans(span_, timeline_, arrival_unix_ns_)) {
       ctx_->spans->Export(std::move(s));

@@ -8,8 +8,8 @@
 
 #include <memory>
 #include <optional>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -101,7 +101,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   std::string prefill_id_ ABSL_GUARDED_BY(mu_), decode_id_ ABSL_GUARDED_BY(mu_);
   bool mixed_ ABSL_GUARDED_BY(mu_) = false;
   bool prefill_pending_ ABSL_GUARDED_BY(mu_) = false;
-  bool first_sent_ ABSL_GUARDED_BY(mu_) = false;  // token #1 is out
+  bool first_sent_ ABSL_GUARDED_BY(mu_) = false;            // token #1 is out
   std::vector<v1::DecodeEvent> held_ ABSL_GUARDED_BY(mu_);  // decode events before token #1
   int32_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int32_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;

@@ -21,7 +21,8 @@ absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad
   if (info.node_id().empty() || info.address().empty()) {
     return absl::InvalidArgumentError("node_id and address are required");
   }
-  if (info.role() == v1::NODE_ROLE_UNSPECIFIED) return absl::InvalidArgumentError("node role is unset");
+  if (info.role() == v1::NODE_ROLE_UNSPECIFIED)
+    return absl::InvalidArgumentError("node role is unset");
   if (info.role() == v1::NODE_ROLE_DECODE && info.kv_endpoint().empty()) {
     return absl::InvalidArgumentError("a decode node needs a kv_endpoint");
   }
@@ -29,14 +30,14 @@ absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad
     absl::MutexLock lock(&mu_);
     if (!fingerprint_.empty() && !nodes_.empty()) {
       if (info.model_fingerprint() != fingerprint_) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "node ", info.node_id(), " serves model ", info.model_fingerprint(),
-            " but the cluster serves ", fingerprint_));
+        return absl::FailedPreconditionError(
+            absl::StrCat("node ", info.node_id(), " serves model ", info.model_fingerprint(),
+                         " but the cluster serves ", fingerprint_));
       }
       if (info.block_size() != block_size_) {
-        return absl::FailedPreconditionError(absl::StrCat("node ", info.node_id(), " uses KV block size ",
-                                                          info.block_size(), ", the cluster ",
-                                                          block_size_));
+        return absl::FailedPreconditionError(absl::StrCat("node ", info.node_id(),
+                                                          " uses KV block size ", info.block_size(),
+                                                          ", the cluster ", block_size_));
       }
     }
     fingerprint_ = info.model_fingerprint();

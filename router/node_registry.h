@@ -27,14 +27,12 @@ struct NodeView {
   v1::NodeRole role = v1::NODE_ROLE_UNSPECIFIED;
   std::string address;
   std::string kv_endpoint;
-  v1::NodeLoad load;            // as last reported
-  int32_t reserved_blocks = 0;  // router's estimate of blocks its in-flight requests hold
+  v1::NodeLoad load;                    // as last reported
+  int32_t reserved_blocks = 0;          // router's estimate of blocks its in-flight requests hold
   int64_t inflight_prefill_tokens = 0;  // prompt tokens sent for prefill, not answered yet
   int32_t inflight_requests = 0;
-  int32_t prefix_hits = 0;      // filled per request by the policy's caller: cached blocks
-  int32_t free_blocks() const {
-    return load.total_kv_blocks() - reserved_blocks;
-  }
+  int32_t prefix_hits = 0;  // filled per request by the policy's caller: cached blocks
+  int32_t free_blocks() const { return load.total_kv_blocks() - reserved_blocks; }
 };
 
 class NodeRegistry {

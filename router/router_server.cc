@@ -4,8 +4,8 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "pdserve/v1/generate.grpc.pb.h"
 #include "http/auth.h"
+#include "pdserve/v1/generate.grpc.pb.h"
 #include "router/generate_call.h"
 #include "rpc/convert.h"
 #include "tracing/metrics_handler.h"
@@ -90,7 +90,10 @@ class RegistryService final : public v1::Registry::CallbackService {
  public:
   RegistryService(NodeRegistry* registry, int64_t heartbeat_ms, Dispatcher* dispatcher,
                   const rpc::Security* security)
-      : registry_(registry), heartbeat_ms_(heartbeat_ms), dispatcher_(dispatcher), security_(security) {}
+      : registry_(registry),
+        heartbeat_ms_(heartbeat_ms),
+        dispatcher_(dispatcher),
+        security_(security) {}
 
   // Nodes prove who they are: the API key, and under mutual TLS a
   // certificate from the cluster's CA (clients of Generation need none).
@@ -163,8 +166,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   absl::StatusOr<ChatTemplate> chat = ChatTemplate::Detect(tmpl);
   if (chat.ok()) ctx.prompt.chat = *chat;
   absl::StatusOr<uint64_t> n_ctx = r->vocab_file_->GetUintOr(
-      absl::StrCat(std::string(r->vocab_file_->GetStringOr("general.architecture", "llama").value_or("llama")),
-                   ".context_length"),
+      absl::StrCat(
+          std::string(
+              r->vocab_file_->GetStringOr("general.architecture", "llama").value_or("llama")),
+          ".context_length"),
       2048);
   ctx.prompt.limits.n_ctx = static_cast<int32_t>(n_ctx.value_or(2048));
   ctx.prompt.limits.n_vocab = r->tokenizer_->n_vocab();
@@ -197,7 +202,8 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   if (!options.timing_log.empty()) {
     ctx.timing_log = std::fopen(options.timing_log.c_str(), "a");
     if (ctx.timing_log == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot open --timing-log ", options.timing_log));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot open --timing-log ", options.timing_log));
     }
   }
 
@@ -246,14 +252,17 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   }
   if (options.http_port >= 0) {
     OpenAiOptions oo;
-    oo.model_names.push_back(options.served_model_name.empty() ? DefaultModelName(options.model_path)
-                                                               : options.served_model_name);
+    oo.model_names.push_back(options.served_model_name.empty()
+                                 ? DefaultModelName(options.model_path)
+                                 : options.served_model_name);
     // The GGUF's own name works too.
-    if (!info.model().empty() && info.model() != oo.model_names[0]) oo.model_names.push_back(info.model());
+    if (!info.model().empty() && info.model() != oo.model_names[0])
+      oo.model_names.push_back(info.model());
     oo.chat_default_max_tokens = options.chat_default_max_tokens;
     oo.api_key = security->api_key;
     RouterServer* raw = r.get();
-    r->openai_ = std::make_unique<OpenAiFrontend>(&ctx, oo, [raw] { return raw->NotReadyReason(); });
+    r->openai_ =
+        std::make_unique<OpenAiFrontend>(&ctx, oo, [raw] { return raw->NotReadyReason(); });
     http::HttpServerOptions ho;
     ho.bind_address = options.http_bind;
     ho.port = static_cast<uint16_t>(options.http_port);
@@ -288,7 +297,8 @@ int RouterServer::http_port() const { return api_http_ ? api_http_->port() : -1;
 
 std::string RouterServer::NotReadyReason() const {
   if (stop_.HasBeenNotified()) return "draining";
-  const bool pair = registry_->HasRole(v1::NODE_ROLE_PREFILL) && registry_->HasRole(v1::NODE_ROLE_DECODE);
+  const bool pair =
+      registry_->HasRole(v1::NODE_ROLE_PREFILL) && registry_->HasRole(v1::NODE_ROLE_DECODE);
   if (!pair && !registry_->HasRole(v1::NODE_ROLE_MIXED)) {
     return "no prefill+decode pair or mixed node registered";
   }
@@ -297,7 +307,8 @@ std::string RouterServer::NotReadyReason() const {
 
 // Drops silent nodes and polls statically configured ones.
 void RouterServer::Housekeeping() {
-  const absl::Duration period = absl::Milliseconds(std::max<int64_t>(50, options_.heartbeat_interval_ms / 2));
+  const absl::Duration period =
+      absl::Milliseconds(std::max<int64_t>(50, options_.heartbeat_interval_ms / 2));
   while (!stop_.WaitForNotificationWithTimeout(period)) {
     for (const std::string& addr : options_.static_nodes) {
       auto stub = v1::Node::NewStub(rpc::MakeChannel(addr, security_.ForPeers()));

@@ -23,24 +23,24 @@
 namespace pdserve::router {
 
 struct RouterOptions {
-  std::string model_path;               // for the tokenizer and chat template
+  std::string model_path;  // for the tokenizer and chat template
   std::string listen = "0.0.0.0:50051";
-  int metrics_port = -1;                // -1: no HTTP endpoint; 0: ephemeral
+  int metrics_port = -1;                  // -1: no HTTP endpoint; 0: ephemeral
   std::vector<std::string> static_nodes;  // host:port of nodes that do not register
   int64_t heartbeat_interval_ms = 1000;   // told to registering nodes
-  int64_t node_expiry_ms = 3000;        // dropped after this long without a heartbeat
+  int64_t node_expiry_ms = 3000;          // dropped after this long without a heartbeat
   RouterConfig config;
-  std::string trace_file;               // OTLP/JSON spans, one request per line
-  std::string timing_log;               // one JSON line of stage timings per request
+  std::string trace_file;  // OTLP/JSON spans, one request per line
+  std::string timing_log;  // one JSON line of stage timings per request
 
   // OpenAI-compatible HTTP API (router/openai_server.h).
-  int http_port = -1;                   // -1: off; 0: ephemeral
+  int http_port = -1;  // -1: off; 0: ephemeral
   std::string http_bind = "0.0.0.0";
   int http_threads = 2;
-  uint64_t http_max_body_bytes = 8 << 20;           // larger bodies get 413
-  size_t http_max_stream_buffer_bytes = 1 << 20;    // unsent SSE bytes, then the request is cancelled
-  int http_socket_send_buffer_bytes = 64 << 10;     // kernel buffer per connection (0: autotuned)
-  std::string served_model_name;        // the name clients use; default: the file's name
+  uint64_t http_max_body_bytes = 8 << 20;         // larger bodies get 413
+  size_t http_max_stream_buffer_bytes = 1 << 20;  // unsent SSE bytes, then the request is cancelled
+  int http_socket_send_buffer_bytes = 64 << 10;   // kernel buffer per connection (0: autotuned)
+  std::string served_model_name;                  // the name clients use; default: the file's name
   int32_t chat_default_max_tokens = 512;
   // TLS for the client ports (gRPC and HTTP) and mutual TLS with nodes;
   // the API key guards every route but health.
