@@ -46,6 +46,7 @@
 #include "common/clock.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/node.grpc.pb.h"
+#include "transport/tcp_socket.h"
 
 extern char** environ;
 
@@ -81,22 +82,6 @@ void KillAll() {
   g_children.clear();
 }
 
-// A loopback port that was free a moment ago.
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 struct Deployment {
   std::string router;
   std::unique_ptr<v1::Generation::Stub> stub;
@@ -105,7 +90,7 @@ struct Deployment {
 // Starts a router and `roles` nodes registered with it; waits until listed.
 bool Start(const std::string& bin, const std::string& model, const std::vector<std::string>& roles,
            int threads, const std::string& logdir, Deployment* d) {
-  const int port = FreePort();
+  const int port = transport::internal::FreeLoopbackPort();
   d->router = absl::StrCat("127.0.0.1:", port);
   Spawn({bin, "router", "--model", model, "--listen", d->router, "--log-level", "warning"},
         absl::StrCat(logdir, "/router-", port, ".log"));

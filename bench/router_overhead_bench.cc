@@ -39,6 +39,7 @@
 #include "common/clock.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/node.grpc.pb.h"
+#include "transport/tcp_socket.h"
 
 extern char** environ;
 
@@ -198,22 +199,6 @@ double CpuSeconds(pid_t pid) {
   return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// A loopback port that was free a moment ago.
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 std::string VocabFile() {
   const std::string model =
       std::string(PDSERVE_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -258,7 +243,7 @@ int Run(const Flags& f) {
 
   const std::string bin =
       (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "pdserve").string();
-  const int port = FreePort();
+  const int port = transport::internal::FreeLoopbackPort();
   std::vector<std::string> args = {
       bin,
       "router",

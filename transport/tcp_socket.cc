@@ -150,6 +150,13 @@ absl::StatusOr<UniqueFd> ListenTcp(const std::string& host, uint16_t port, int b
   return last;
 }
 
+int FreeLoopbackPort() {
+  absl::StatusOr<UniqueFd> fd = ListenTcp("127.0.0.1", 0, 1);
+  if (!fd.ok()) return 0;
+  absl::StatusOr<uint16_t> port = LocalPort(fd->get());
+  return port.ok() ? *port : 0;
+}
+
 absl::StatusOr<uint16_t> LocalPort(int fd) {
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);

@@ -44,6 +44,9 @@ std::string FormatHostPort(const std::string& host, uint16_t port);
 // A non-blocking listening socket; port 0 picks a free one.
 absl::StatusOr<UniqueFd> ListenTcp(const std::string& host, uint16_t port, int backlog);
 absl::StatusOr<uint16_t> LocalPort(int fd);
+// A loopback port that was free a moment ago (for a child process to bind:
+// someone may take it first, so callers retry on a clash); 0 if none.
+int FreeLoopbackPort();
 
 // Resolves host (blocking getaddrinfo) and starts a non-blocking connect;
 // completion shows up as EPOLLOUT, then SocketError() tells the outcome.

@@ -21,6 +21,7 @@
 #include "common/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "transport/tcp_socket.h"
 
 namespace pdserve::itest {
 namespace {
@@ -52,23 +53,6 @@ std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
 std::string PdserveBinary() { return std::string(PDSERVE_BINARY_DIR) + "/bin/pdserve"; }
 std::string ModelPath() { return PDSERVE_MODEL_PATH; }
 bool HaveModel() { return std::filesystem::exists(ModelPath()); }
-
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
 
 // ---- ChildProcess ----
 
@@ -172,7 +156,7 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
   // before the router binds it: retry with another.
   absl::Status s;
   for (int attempt = 0; attempt < 3; ++attempt) {
-    s = c->StartProcesses(options, FreePort());
+    s = c->StartProcesses(options, transport::internal::FreeLoopbackPort());
     if (s.ok()) return c;
     if (c->router_ && c->router_->Running()) break;  // not a port clash
   }

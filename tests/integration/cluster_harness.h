@@ -28,8 +28,6 @@ namespace pdserve::itest {
 std::string PdserveBinary();
 std::string ModelPath();
 bool HaveModel();
-// A TCP port on 127.0.0.1 that was free a moment ago.
-int FreePort();
 
 // A child process whose stdout and stderr go to `log_path`. The destructor
 // kills (SIGKILL) and reaps it if it is still running.
