@@ -159,17 +159,9 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
       // The accepted socket may inherit O_NONBLOCK from the listener.
       int flags = fcntl(fd, F_GETFL, 0);
       fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-      // Both threads are assigned before either runs: a reader that fails at
-      // once Kills the link, and the timer then joins it, reading l->worker.
-      std::lock_guard<std::mutex> start(l->mu);
-      l->reader = std::thread([this, l] {
-        { std::lock_guard<std::mutex> started(l->mu); }
-        ReadLoop(l);
-      });
-      l->worker = std::thread([this, l] {
-        { std::lock_guard<std::mutex> started(l->mu); }
-        WorkLoop(l);
-      });
+      internal::StartLinkThreads(
+          l, [this](const std::shared_ptr<NcclRecvLink>& link) { ReadLoop(link); },
+          [this](const std::shared_ptr<NcclRecvLink>& link) { WorkLoop(link); });
     }
   }
 

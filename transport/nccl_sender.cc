@@ -338,19 +338,9 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     if (absl::Status s = internal::WriteNcclFrame(l->fd.get(), hello); !s.ok()) {
       return absl::UnavailableError(absl::StrCat("NCCL sender: ", endpoint, ": ", s.message()));
     }
-    {
-      // Both threads are assigned before either runs: a reader that fails at
-      // once Kills the link, and the watchdog then joins it, reading l->worker.
-      std::lock_guard<std::mutex> start(l->mu);
-      l->reader = std::thread([this, l] {
-        { std::lock_guard<std::mutex> started(l->mu); }
-        ReadLoop(l);
-      });
-      l->worker = std::thread([this, l] {
-        { std::lock_guard<std::mutex> started(l->mu); }
-        WorkLoop(l);
-      });
-    }
+    internal::StartLinkThreads(
+        l, [this](const std::shared_ptr<NcclSendLink>& link) { ReadLoop(link); },
+        [this](const std::shared_ptr<NcclSendLink>& link) { WorkLoop(link); });
     std::lock_guard<std::mutex> lock(mu_);
     links_[endpoint] = l;
     return l;

@@ -18,7 +18,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -58,5 +61,21 @@ absl::Status ReadNcclFrame(int fd, NcclFrame* frame);
 
 // Connects to host:port within timeout_ms; the socket is blocking after.
 absl::StatusOr<UniqueFd> ConnectBlocking(const HostPort& peer, int timeout_ms);
+
+// Starts a link's reader and worker threads (Link has mu, reader, worker).
+// Both are assigned before either runs: a reader that fails at once Kills
+// the link, and whoever then joins it reads l->worker.
+template <typename Link, typename Read, typename Work>
+void StartLinkThreads(const std::shared_ptr<Link>& l, Read read, Work work) {
+  std::lock_guard<std::mutex> start(l->mu);
+  l->reader = std::thread([l, read] {
+    { std::lock_guard<std::mutex> started(l->mu); }
+    read(l);
+  });
+  l->worker = std::thread([l, work] {
+    { std::lock_guard<std::mutex> started(l->mu); }
+    work(l);
+  });
+}
 
 }  // namespace pdserve::transport::internal
