@@ -1,13 +1,12 @@
 #include "router/openai_server.h"
 
-#include <random>
-
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/secure_random.h"
 #include "http/auth.h"
 #include "router/generate_call.h"
 #include "tracing/span.h"
@@ -18,10 +17,7 @@ namespace {
 using openai::ApiError;
 using openai::Endpoint;
 
-std::string NewId(std::string_view prefix) {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrFormat("%s%016x%08x", std::string(prefix), rng(), static_cast<uint32_t>(rng()));
-}
+std::string NewId(std::string_view prefix) { return absl::StrCat(prefix, SecureRandomHex(12)); }
 
 ApiError Unauthorized() {
   ApiError e;

@@ -1,23 +1,23 @@
 #include "rpc/request_builder.h"
 
-#include <random>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/secure_random.h"
 #include "rpc/convert.h"
 
 namespace pdserve::rpc {
 
 std::string NewRequestId() {
-  thread_local std::mt19937_64 rng(std::random_device{}());
-  return absl::StrFormat("req-%016x", rng());
+  // Unguessable: an id is the handle for Abort.
+  return absl::StrCat("req-", SecureRandomHex(16));
 }
 
 absl::StatusOr<RequestSpec> BuildRequest(const v1::GenerateRequest& req, const PromptContext& ctx) {
   auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   RequestSpec spec;
   spec.id = req.request_id().empty() ? NewRequestId() : req.request_id();
-  if (spec.id.size() > 128 || !IsValidUtf8(spec.id)) return bad("request_id must be UTF-8, at most 128 bytes");
+  if (spec.id.size() > 128 || !IsValidUtf8(spec.id))
+    return bad("request_id must be UTF-8, at most 128 bytes");
   spec.sampling = FromProto(req.sampling());
   spec.stop = FromProto(req.stop());
 
@@ -40,14 +40,16 @@ absl::StatusOr<RequestSpec> BuildRequest(const v1::GenerateRequest& req, const P
       spec.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
       break;
     case v1::GenerateRequest::kChat: {
-      if (!ctx.chat) return absl::FailedPreconditionError("this model has no supported chat template");
+      if (!ctx.chat)
+        return absl::FailedPreconditionError("this model has no supported chat template");
       std::vector<ChatMessage> messages;
       int64_t bytes = 0;
       for (const v1::ChatMessage& m : req.chat().messages()) {
         bytes += static_cast<int64_t>(m.content().size());
         messages.push_back({m.role(), m.content()});
       }
-      if (bytes > ctx.max_prompt_bytes) return bad("chat is ", bytes, " bytes; the limit is ", ctx.max_prompt_bytes);
+      if (bytes > ctx.max_prompt_bytes)
+        return bad("chat is ", bytes, " bytes; the limit is ", ctx.max_prompt_bytes);
       absl::StatusOr<std::string> text = ctx.chat->Render(messages);
       if (!text.ok()) return bad(text.status().message());
       enc.parse_special = true;  // the template writes special tokens out

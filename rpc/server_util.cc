@@ -13,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/secure_random.h"
 
 namespace pdserve::rpc {
 namespace {
@@ -178,16 +179,6 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const Sec
                                                                  std::move(interceptors));
 }
 
-bool SecretEquals(std::string_view presented, std::string_view expected) {
-  // Length leaks nothing useful about a random key; the bytes must not.
-  unsigned char diff = presented.size() == expected.size() ? 0 : 1;
-  for (size_t i = 0; i < presented.size(); ++i) {
-    diff |= static_cast<unsigned char>(presented[i]) ^
-            static_cast<unsigned char>(expected[i % std::max<size_t>(1, expected.size())]);
-  }
-  return diff == 0;
-}
-
 grpc::Status CheckApiKey(const grpc::ServerContextBase& context, const std::string& api_key) {
   if (api_key.empty()) return grpc::Status::OK;
   const auto& md = context.client_metadata();
@@ -200,7 +191,7 @@ grpc::Status CheckApiKey(const grpc::ServerContextBase& context, const std::stri
   constexpr std::string_view kBearer = "Bearer ";
   if (value.size() < kBearer.size() ||
       !absl::EqualsIgnoreCase(std::string(value.substr(0, kBearer.size())), std::string(kBearer)) ||
-      !SecretEquals(value.substr(kBearer.size()), api_key)) {
+      !pdserve::SecretEquals(value.substr(kBearer.size()), api_key)) {
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid API key");
   }
   return grpc::Status::OK;

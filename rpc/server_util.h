@@ -81,7 +81,5 @@ grpc::Status CheckApiKey(const grpc::ServerContextBase& context, const std::stri
 // UNAUTHENTICATED unless the peer showed a certificate that verified against
 // our CA (always OK when `security` is not mutual TLS).
 grpc::Status CheckPeerCertificate(const grpc::ServerContextBase& context, const Security& security);
-// Constant-time comparison of a presented secret with the expected one.
-bool SecretEquals(std::string_view presented, std::string_view expected);
 
 }  // namespace pdserve::rpc
