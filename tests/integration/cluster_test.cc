@@ -308,10 +308,11 @@ TEST_F(ClusterTest, ClientCancelDuringPrefillReturnsKvBlocks) {
   }
   ctx.TryCancel();
   caller.join();
-  if (!saw_reserved) {
-    GTEST_SKIP() << "the prefill finished before the test saw the reservation";
+  // Rarely the whole request ends before the test sees the reservation; the
+  // blocks must be returned either way (no skip: that would hide a leak).
+  if (saw_reserved) {
+    EXPECT_EQ(got.status.error_code(), grpc::StatusCode::CANCELLED) << got.status.error_message();
   }
-  EXPECT_EQ(got.status.error_code(), grpc::StatusCode::CANCELLED) << got.status.error_message();
   EXPECT_TRUE(cluster_->WaitForIdleKv("decode-0", absl::Seconds(30)));
   EXPECT_TRUE(cluster_->WaitForIdleKv("prefill-0", absl::Seconds(30)));
 }

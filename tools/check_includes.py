@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Fails when a project #include crosses a forbidden edge of the architecture.
+
+usage: check_includes.py [ROOT]
+
+The rules (ARCHITECTURE.md, "Dependency direction"):
+  kernels/   includes nothing of ours outside kernels/
+  transport/ never includes engine/; kernels/cuda only from the NCCL backend
+             (it stages device memory), nothing else of kernels/
+  router/    may include the tokenizer, the GGUF reader (to read the
+             tokenizer) and request types of engine/, never model compute
+             (engine/ model, forward, runner, backend, cuda) or kernels/
+  loadgen/   includes only loadgen/, common/, rpc/ and the generated proto
+  common/    includes only common/
+Third-party includes (absl/, grpcpp/, ...) are not checked.
+"""
+import os
+import re
+import sys
+
+OURS = ("common", "kernels", "engine", "transport", "tracing", "http", "rpc", "router",
+        "node", "prefill_node", "decode_node", "loadgen", "cli", "planner", "pdserve")
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+# (source dir, predicate(source path, include) -> error text or None)
+ROUTER_ENGINE_OK = ("engine/tokenizer", "engine/gguf.h", "engine/request.h", "engine/block_hash.h",
+                    "engine/text", "engine/chat_template")
+
+
+def rule(src, inc):
+    top = src.split("/", 1)[0]
+    itop = inc.split("/", 1)[0]
+    if itop not in OURS:
+        return None
+    if top == "kernels" and itop != "kernels":
+        return "kernels/ is a leaf: it includes nothing of ours"
+    if top == "common" and itop != "common":
+        return "common/ includes only common/"
+    if top == "transport":
+        if itop == "engine":
+            return "transport/ never includes engine/ (it sees only {pointer, bytes} views)"
+        if itop == "kernels" and not (inc.startswith("kernels/cuda/") and
+                                      os.path.basename(src).startswith("nccl_")):
+            return "transport/ includes kernels/cuda only from its NCCL backend"
+    if top == "router":
+        if itop == "kernels":
+            return "router/ never includes kernels/"
+        if itop == "engine" and not inc.startswith(ROUTER_ENGINE_OK):
+            return "router/ includes only the tokenizer and request types of engine/"
+    if top == "loadgen" and itop not in ("loadgen", "common", "rpc", "pdserve"):
+        return "loadgen/ includes only loadgen/, common/, rpc/ and proto"
+    return None
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
+    root = os.path.abspath(root)
+    errors = []
+    for top in ("kernels", "common", "transport", "router", "loadgen"):
+        for dirpath, _, files in os.walk(os.path.join(root, top)):
+            for f in files:
+                if not f.endswith((".h", ".cc", ".cu", ".cuh", ".inc")):
+                    continue
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, root)
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
+                for m in INCLUDE.finditer(text):
+                    why = rule(rel, m.group(1))
+                    if why:
+                        line = text.count("\n", 0, m.start()) + 1
+                        errors.append(f"{rel}:{line}: includes \"{m.group(1)}\": {why}")
+    for e in errors:
+        print(e, file=sys.stderr)
+    print(f"check_includes: {len(errors)} forbidden include(s)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
