@@ -37,17 +37,6 @@ void AppendStages(const tracing::StageTimeline& timeline, int64_t shift_ns, cons
   }
 }
 
-tracing::StageTimeline StagesFromProto(
-    const google::protobuf::RepeatedPtrField<v1::StageTiming>& in) {
-  tracing::StageTimeline t;
-  for (const v1::StageTiming& s : in) {
-    std::optional<Stage> stage = tracing::StageFromName(s.stage());
-    if (!stage || s.duration_ns() < 0) continue;  // diagnostics: skip what we don't know
-    t.Record(*stage, {s.start_ns(), s.duration_ns()});
-  }
-  return t;
-}
-
 tracing::StageTimeline StagesOf(const SeqTimes& t, int64_t origin, NodeRole role) {
   tracing::StageTimeline tl;
   auto rec = [&](Stage s, int64_t from, int64_t to) {

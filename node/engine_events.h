@@ -17,8 +17,6 @@ void FillUsage(const SeqOutput& out, v1::Usage* usage);
 // Appends `timeline`'s stages, shifted by `shift_ns`, to `timings`.
 void AppendStages(const tracing::StageTimeline& timeline, int64_t shift_ns, const std::string& node,
                   google::protobuf::RepeatedPtrField<v1::StageTiming>* out);
-// The inverse, for stages another process measured.
-tracing::StageTimeline StagesFromProto(const google::protobuf::RepeatedPtrField<v1::StageTiming>& in);
 
 // A sequence's stages on this node, as offsets from `origin_ns` (when the
 // node received the request):
