@@ -4,7 +4,10 @@
 // Node service with no model) so a test can hold a stream open and see
 // which node, with which request id, got each request. The last test runs
 // `pdserve cluster` and reads its children's command lines.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -176,10 +179,16 @@ struct RouterUnderTest {
   std::unique_ptr<v1::Generation::Stub> generation;
   std::string fingerprint;
 
-  static std::unique_ptr<RouterUnderTest> Start(const rpc::SecurityFiles& security) {
+  static std::unique_ptr<RouterUnderTest> Start(const rpc::SecurityFiles& security,
+                                                bool http = false) {
     router::RouterOptions o;
     o.model_path = VocabPath();
     o.listen = "127.0.0.1:0";
+    if (http) {
+      o.http_port = 0;
+      o.http_bind = "127.0.0.1";
+      o.served_model_name = "m";
+    }
     o.node_expiry_ms = 60000;  // a registration stays live for the whole test
     o.config.queue_timeout_ms = 20000;
     o.security = security;
@@ -600,6 +609,61 @@ TEST(SecurityTenancyTest, AbortWorksOnlyOnTheCallersOwnRequests) {
   // No key, a wrong key or the node token: no Abort at all.
   EXPECT_EQ(r->Abort("", "a", &abort).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(r->Abort(kNodeToken, "a", &abort).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+// One HTTP/1.1 exchange on a fresh connection; returns the status code and
+// the body (everything after the headers).
+std::pair<int, std::string> HttpCall(int port, const std::string& method, const std::string& path,
+                                     const std::string& bearer, const std::string& body = "") {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return {-1, ""};
+  }
+  std::string req =
+      absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+  if (!bearer.empty()) absl::StrAppend(&req, "Authorization: Bearer ", bearer, "\r\n");
+  absl::StrAppend(&req, "Content-Type: application/json\r\nContent-Length: ", body.size(),
+                  "\r\n\r\n", body);
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  int code = -1;
+  if (resp.size() > 12) (void)absl::SimpleAtoi(resp.substr(9, 3), &code);
+  const size_t head_end = resp.find("\r\n\r\n");
+  return {code, head_end == std::string::npos ? "" : resp.substr(head_end + 4)};
+}
+
+// The OpenAI HTTP API takes client keys only, and scopes its requests by
+// the caller's tenant like the gRPC API.
+TEST(SecurityTenancyTest, OpenAiHttpApiTakesClientKeysAndScopesRequests) {
+  auto r = RouterUnderTest::Start(TwoTenants(), /*http=*/true);
+  ASSERT_NE(r, nullptr);
+  const int port = r->server->http_port();
+  ASSERT_GT(port, 0);
+  EXPECT_EQ(HttpCall(port, "GET", "/v1/models", kKeyB).first, 200);
+  EXPECT_EQ(HttpCall(port, "GET", "/v1/models", kNodeToken).first, 401);
+  EXPECT_EQ(HttpCall(port, "GET", "/v1/models", "").first, 401);
+  EXPECT_EQ(HttpCall(port, "GET", "/health", "").first, 200);
+
+  auto node = FakeServer::Start();
+  node->service.ReleaseAll();
+  v1::RegisterResponse reg;
+  ASSERT_TRUE(
+      r->Register(MixedInfo("mixed-0", node->address(), r->fingerprint), kNodeToken, &reg).ok());
+  const std::string body = R"({"model": "m", "prompt": [1, 2, 3], "max_tokens": 2})";
+  EXPECT_EQ(HttpCall(port, "POST", "/v1/completions", kNodeToken, body).first, 401);
+  auto [code, text] = HttpCall(port, "POST", "/v1/completions", kKeyA, body);
+  EXPECT_EQ(code, 200) << text;
+  const std::vector<std::string> seen = node->service.seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_TRUE(absl::StartsWith(seen[0], rpc::TenantOfKey(kKeyA) + "/cmpl-")) << seen[0];
 }
 
 // ---- secrets never on a child's argv ----
