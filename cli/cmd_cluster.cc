@@ -40,8 +40,9 @@ struct Child {
 };
 
 // Secrets for the children, as files in a private directory (0700, files
-// 0600) that the destructor removes: never on a child's command line, which
-// every local user can read in /proc/PID/cmdline.
+// 0600) that the destructor removes (once the cluster is up, or on a failed
+// start): never on a child's command line, which every local user can read
+// in /proc/PID/cmdline.
 class SecretDir {
  public:
   static absl::StatusOr<std::unique_ptr<SecretDir>> Create() {
@@ -339,6 +340,9 @@ int RunCluster(int argc, char** argv) {
               << (e.info().kv_endpoint().empty() ? "" : " kv " + e.info().kv_endpoint()) << "\n";
   }
   std::cout << std::flush;
+  // Every child has read its secrets (they read them once, at startup):
+  // remove them now, so not even a SIGKILL of this process leaves them behind.
+  secrets->reset();
 
   // Run until a signal arrives or a child dies.
   sigset_t set;
