@@ -371,6 +371,35 @@ TEST(SecurityRegistryTest, SecurityRefusesANodeTokenThatIsAlsoAClientKey) {
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("separate credentials"));
 }
 
+TEST(SecurityRegistryTest, ApiKeyFileHoldsOneTenantPerLine) {
+  rpc::SecurityFiles f;
+  f.api_key_file = TempFile("keys-parse", "# operators' keys\n\n  k-one  \nk-two\nk-one\n");
+  absl::StatusOr<rpc::Security> s = rpc::Security::Load(f);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_THAT(s->api_keys, ::testing::ElementsAre("k-one", "k-two"));
+  ASSERT_EQ(s->tenants.size(), 2u);
+  EXPECT_NE(s->tenants[0], s->tenants[1]);
+  EXPECT_EQ(*s->ClientTenant("k-two"), rpc::TenantOfKey("k-two"));
+  EXPECT_EQ(s->ClientTenant("k-three").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(s->ClientTenant(std::nullopt).status().code(), absl::StatusCode::kUnauthenticated);
+  // No node token: the legacy shared-key mode, announced by a warning.
+  EXPECT_TRUE(s->CheckNode("k-one", false, "Registry").ok());
+  EXPECT_FALSE(s->CheckNode("k-three", false, "Registry").ok());
+  EXPECT_THAT(s->NodeAuthWarning(), HasSubstr("any client API key"));
+  rpc::Security with_token = *s;
+  with_token.node_token = "t";
+  EXPECT_EQ(with_token.CheckNode("k-one", false, "Registry").code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(with_token.NodeAuthWarning().empty());
+
+  f.api_key_file = TempFile("keys-bad", "good\nbad key\n");
+  s = rpc::Security::Load(f);
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("line 2"));
+  f.api_key_file = TempFile("keys-empty", "# nothing\n\n");
+  EXPECT_FALSE(rpc::Security::Load(f).ok());
+}
+
 // The Node service of a real node (a tiny random-weight model) takes only
 // the node credential.
 TEST(SecurityNodeServiceTest, ClientApiKeyIsRefusedByTheNodeService) {
