@@ -37,8 +37,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
+#include "engine/gguf.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/node.grpc.pb.h"
+#include "rpc/model_fingerprint.h"
 #include "transport/tcp_socket.h"
 
 extern char** environ;
@@ -155,6 +157,8 @@ struct FakeServer {
   int port = 0;
 };
 
+std::string VocabFile();
+
 FakeServer StartFake(v1::NodeRole role, const std::string& id, int tokens) {
   FakeServer f;
   f.service = std::make_unique<FakeNode>(role, tokens);
@@ -167,7 +171,8 @@ FakeServer StartFake(v1::NodeRole role, const std::string& id, int tokens) {
   info.set_role(role);
   info.set_address(absl::StrCat("127.0.0.1:", f.port));
   if (role == v1::NODE_ROLE_DECODE) info.set_kv_endpoint("127.0.0.1:1");  // never dialled
-  info.set_model_fingerprint("null-engine");
+  // The router refuses nodes of another model than its own file.
+  info.set_model_fingerprint(rpc::ModelFingerprint(**gguf::GgufFile::Open(VocabFile())));
   info.set_block_size(16);
   info.set_context_length(4096);
   f.service->set_info(info);

@@ -2,16 +2,22 @@
 // and M decode node processes (or K mixed nodes) on loopback. Waits until
 // every node has registered, prints the addresses, and stops them all on
 // SIGINT/SIGTERM (or when one of them dies).
+#include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
 #include "cli/engine_flags.h"
@@ -19,6 +25,7 @@
 #include "cli/signals.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/secure_random.h"
 #include "pdserve/v1/node.grpc.pb.h"
 #include "rpc/server_util.h"
 
@@ -32,10 +39,71 @@ struct Child {
   pid_t pid = -1;
 };
 
+// Secrets for the children, as files in a private directory (0700, files
+// 0600) that the destructor removes (once the cluster is up, or on a failed
+// start): never on a child's command line, which every local user can read
+// in /proc/PID/cmdline.
+class SecretDir {
+ public:
+  static absl::StatusOr<std::unique_ptr<SecretDir>> Create() {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "pdserve-cluster-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) {
+      return absl::InternalError(
+          absl::StrCat("cannot make a private directory for secrets: ", strerror(errno)));
+    }
+    return std::unique_ptr<SecretDir>(new SecretDir(std::move(pattern)));
+  }
+  ~SecretDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  // Writes `content` to <dir>/<name>, readable by this user only.
+  absl::StatusOr<std::string> Write(const std::string& name, const std::string& content) {
+    const std::string file = absl::StrCat(path_, "/", name);
+    const int fd = open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return absl::InternalError(absl::StrCat("cannot write ", file, ": ", strerror(errno)));
+    size_t done = 0;
+    while (done < content.size()) {
+      const ssize_t n = write(fd, content.data() + done, content.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        close(fd);
+        return absl::InternalError(absl::StrCat("cannot write ", file, ": ", strerror(errno)));
+      }
+      done += static_cast<size_t>(n);
+    }
+    close(fd);
+    return file;
+  }
+
+ private:
+  explicit SecretDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+// This process's environment without the secrets' variables: the children
+// get them from files.
+std::vector<std::string> ChildEnvironment() {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const absl::string_view var(*e);
+    if (absl::StartsWith(var, "PDSERVE_API_KEY=") || absl::StartsWith(var, "PDSERVE_NODE_TOKEN="))
+      continue;
+    env.emplace_back(*e);
+  }
+  return env;
+}
+
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  static const std::vector<std::string> env_strings = ChildEnvironment();
+  std::vector<char*> envp;
+  for (const std::string& e : env_strings) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
   // Children start with default signal dispositions and an empty mask, so
   // they handle SIGTERM themselves (drain) while this process relays it.
   posix_spawnattr_t attr;
@@ -50,7 +118,7 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args) {
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid;
-  const int rc = posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv.data(), environ);
+  const int rc = posix_spawn(&pid, "/proc/self/exe", nullptr, &attr, argv.data(), envp.data());
   posix_spawnattr_destroy(&attr);
   if (rc != 0)
     return absl::InternalError(absl::StrCat("cannot start ", args[1], ": ", strerror(rc)));
@@ -114,7 +182,9 @@ int RunCluster(int argc, char** argv) {
       "startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes")(
       "http-port", po::value<int>()->default_value(-1),
       "router's OpenAI-compatible HTTP API (-1: off)");
-  // Passed to every process, so the cluster runs with TLS/mTLS and a key.
+  // The cluster's processes run with the same TLS/mTLS settings; client API
+  // keys go to the router and a node token (given, or made here) to all,
+  // both by file.
   AddSecurityFlags(&desc);
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
@@ -153,17 +223,35 @@ int RunCluster(int argc, char** argv) {
     router_args.push_back("--http-port");
     router_args.push_back(std::to_string(vm["http-port"].as<int>()));
   }
+  // Paths of TLS files are no secret; keys and tokens travel by file.
   std::vector<std::string> security_args;
-  for (const char* flag :
-       {"tls-cert", "tls-key", "tls-ca", "tls-server-name", "api-key", "api-key-file"}) {
+  for (const char* flag : {"tls-cert", "tls-key", "tls-ca", "tls-server-name"}) {
     const std::string& value = vm[flag].as<std::string>();
     if (value.empty()) continue;
     security_args.push_back(absl::StrCat("--", flag));
     security_args.push_back(value);
   }
-  const rpc::SecurityFiles security_files = ReadSecurityFlags(vm);
+  rpc::SecurityFiles security_files = ReadSecurityFlags(vm);
   absl::StatusOr<rpc::Security> security = rpc::Security::Load(security_files);
   if (!security.ok()) return Fail("cluster", std::string(security.status().message()));
+  // Every process of this cluster shares one node token: the given one, or a
+  // random one (then nothing but this cluster's processes can call the
+  // Registry or a node).
+  if (security->node_token.empty()) security->node_token = SecureRandomHex(16);
+  absl::StatusOr<std::unique_ptr<SecretDir>> secrets = SecretDir::Create();
+  if (!secrets.ok()) return Fail("cluster", std::string(secrets.status().message()));
+  absl::StatusOr<std::string> token_file =
+      (*secrets)->Write("node-token", security->node_token + "\n");
+  if (!token_file.ok()) return Fail("cluster", std::string(token_file.status().message()));
+  security_args.push_back("--node-token-file");
+  security_args.push_back(*token_file);
+  if (!security->api_keys.empty()) {
+    absl::StatusOr<std::string> keys_file =
+        (*secrets)->Write("api-keys", absl::StrJoin(security->api_keys, "\n") + "\n");
+    if (!keys_file.ok()) return Fail("cluster", std::string(keys_file.status().message()));
+    router_args.push_back("--api-key-file");
+    router_args.push_back(*keys_file);
+  }
   for (const std::string& f : security_args) router_args.push_back(f);
   for (const std::string& f : split(router_flags)) router_args.push_back(f);
   auto rpid = Spawn(router_args);
@@ -216,7 +304,8 @@ int RunCluster(int argc, char** argv) {
 
   // Healthy: every node registered with the router.
   auto new_registry = [&] {
-    return v1::Registry::NewStub(rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), *security));
+    return v1::Registry::NewStub(
+        rpc::MakeChannel(absl::StrCat("127.0.0.1:", port), security->ForPeers()));
   };
   auto registry = new_registry();
   const int64_t deadline = MonoNowNs() + int64_t{vm["startup-timeout"].as<int>()} * 1000000000;
@@ -251,6 +340,9 @@ int RunCluster(int argc, char** argv) {
               << (e.info().kv_endpoint().empty() ? "" : " kv " + e.info().kv_endpoint()) << "\n";
   }
   std::cout << std::flush;
+  // Every child has read its secrets (they read them once, at startup):
+  // remove them now, so not even a SIGKILL of this process leaves them behind.
+  secrets->reset();
 
   // Run until a signal arrives or a child dies.
   sigset_t set;

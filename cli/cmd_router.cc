@@ -1,4 +1,6 @@
 // pdserve router: the cluster's front door.
+#include <cstdlib>
+
 #include "absl/strings/str_split.h"
 #include "cli/command.h"
 #include "cli/node_flags.h"
@@ -60,8 +62,13 @@ void AddSecurityFlags(po::options_description* desc) {
       "signed)")("tls-server-name", po::value<std::string>()->default_value(""),
                  "name peers' certificates must carry (default: the host dialled)")(
       "api-key", po::value<std::string>()->default_value(""),
-      "API key required on every route but health (HTTP Bearer, gRPC authorization metadata)")(
-      "api-key-file", po::value<std::string>()->default_value(""), "read --api-key from this file");
+      "a client API key required on every client route but health (HTTP Bearer, gRPC "
+      "authorization metadata); visible in `ps`: prefer --api-key-file or PDSERVE_API_KEY")(
+      "api-key-file", po::value<std::string>()->default_value(""),
+      "client API keys, one per line ('#' comments); each key is its own tenant")(
+      "node-token-file", po::value<std::string>()->default_value(""),
+      "the node credential (or env PDSERVE_NODE_TOKEN): the router and the nodes show it to "
+      "each other's Registry and Node services, which refuse client API keys");
 }
 
 rpc::SecurityFiles ReadSecurityFlags(const po::variables_map& vm) {
@@ -72,6 +79,12 @@ rpc::SecurityFiles ReadSecurityFlags(const po::variables_map& vm) {
   f.server_name = vm["tls-server-name"].as<std::string>();
   f.api_key = vm["api-key"].as<std::string>();
   f.api_key_file = vm["api-key-file"].as<std::string>();
+  f.node_token_file = vm["node-token-file"].as<std::string>();
+  // Secrets may come from the environment instead of argv.
+  if (f.api_key.empty()) {
+    if (const char* key = std::getenv("PDSERVE_API_KEY")) f.api_key = key;
+  }
+  if (const char* token = std::getenv("PDSERVE_NODE_TOKEN")) f.node_token = token;
   return f;
 }
 

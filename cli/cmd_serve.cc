@@ -6,6 +6,7 @@
 #include "cli/node_flags.h"
 #include "cli/signals.h"
 #include "common/log.h"
+#include "common/secure_random.h"
 
 namespace pdserve::cli {
 namespace {
@@ -61,6 +62,11 @@ int RunServe(int argc, char** argv) {
         "serve",
         "--load-format dummy is for generate and bench (the router needs a vocabulary file)");
   }
+  if (ro.security.node_token.empty() && ro.security.node_token_file.empty()) {
+    // Only this process talks to its engine: a random token keeps clients
+    // off the Registry and the engine's Node port.
+    ro.security.node_token = SecureRandomHex(16);
+  }
   auto router = router::RouterServer::Start(ro);
   if (!router.ok()) return Fail("serve", std::string(router.status().message()));
 
@@ -72,9 +78,10 @@ int RunServe(int argc, char** argv) {
   no.metrics_port = vm["node-metrics-port"].as<int>();
   no.engine = ef.options;
   no.kv_dtype_name = vm["kv-dtype"].as<std::string>();
-  // The engine sits on loopback inside this process: the key, no TLS.
-  no.security.api_key = ro.security.api_key;
-  no.security.api_key_file = ro.security.api_key_file;
+  // The engine sits on loopback inside this process: no TLS, and the node
+  // token the router was given (or the one made below), never a client key.
+  no.security.node_token = ro.security.node_token;
+  no.security.node_token_file = ro.security.node_token_file;
   auto node = node::NodeServer::Start(no, *model);
   if (!node.ok()) return Fail("serve", std::string(node.status().message()));
   PDS_LOG(INFO) << "serving on port " << (*router)->port();

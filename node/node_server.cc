@@ -6,9 +6,9 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "http/auth.h"
 #include "pdserve/v1/node.grpc.pb.h"
 #include "rpc/convert.h"
+#include "rpc/model_fingerprint.h"
 #include "tracing/metrics_handler.h"
 #include "transport/tcp_receiver.h"
 #include "transport/tcp_sender.h"
@@ -125,10 +125,11 @@ class NodeService final : public v1::Node::CallbackService {
   }
 
  private:
-  // Under mTLS the handshake already required a certificate from our CA;
-  // the API key is checked here.
+  // Only the router (and peers) call a node: the node credential, never a
+  // client API key (under mTLS the handshake already required a certificate
+  // from our CA).
   grpc::Status Check(const grpc::CallbackServerContext& ctx) const {
-    return rpc::CheckApiKey(ctx, security_->api_key);
+    return rpc::CheckNodeCall(ctx, *security_, "Node");
   }
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, grpc::Status s) {
     auto* r = ctx->DefaultReactor();
@@ -168,6 +169,10 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   n->options_ = options;
   n->model_ = std::move(model);
   PDS_ASSIGN_OR_RETURN(n->security_, rpc::Security::Load(options.security));
+  if (std::string warning = n->security_.NodeAuthWarning(); !warning.empty()) {
+    PDS_LOG(WARNING) << RoleName(options.role) << " node: " << warning;
+  }
+  n->fingerprint_ = rpc::ModelFingerprint(n->model_->file());
   n->progress_ = ProgressMonitor(options.stall_timeout_ms * 1000000);
   PDS_ASSIGN_OR_RETURN(n->engine_, Engine::Create(n->model_, options.engine));
   PDS_ASSIGN_OR_RETURN(n->metrics_, tracing::PdserveMetrics::Register(n->metrics_registry_));
@@ -264,8 +269,8 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
     const tracing::MetricsRegistry* registry = &n->metrics_registry_;
     const rpc::Security* security = &n->security_;
     n->http_->Handle("GET", "/metrics", [registry, security](const http::HttpRequest& request) {
-      if (!http::HasBearerToken(request, security->api_key)) {
-        return http::HttpResponse::Text(401, "missing or invalid API key\n");
+      if (!security->AllowsMetrics(rpc::BearerToken(request.Header("Authorization")))) {
+        return http::HttpResponse::Text(401, "missing or invalid node token or API key\n");
       }
       return tracing::MetricsResponse(*registry);
     });
@@ -320,7 +325,7 @@ v1::NodeInfo NodeServer::Info() const {
   info.set_role(ToProtoRole(options_.role));
   info.set_address(address());
   info.set_kv_endpoint(kv_endpoint());
-  info.set_model_fingerprint(model_->Fingerprint());
+  info.set_model_fingerprint(fingerprint_);
   info.set_block_size(engine_->cache().config().block_size);
   info.set_kv_dtype(options_.kv_dtype_name);
   info.set_context_length(model_->n_ctx());
@@ -355,10 +360,12 @@ void NodeServer::Heartbeats() {
         v1::RegisterRequest req;
         *req.mutable_info() = Info();
         *req.mutable_load() = Load();
+        req.set_lease(lease());
         v1::RegisterResponse resp;
         st = stub->Register(&ctx, req, &resp);
         if (st.ok()) {
           registered = true;
+          set_lease(resp.lease());
           interval_ms = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 1000;
           PDS_LOG(INFO) << "node " << id_ << " registered with router " << options_.router;
         }
@@ -366,16 +373,27 @@ void NodeServer::Heartbeats() {
         v1::HeartbeatRequest req;
         req.set_node_id(id_);
         *req.mutable_load() = Load();
+        req.set_lease(lease());
         v1::HeartbeatResponse resp;
         st = stub->Heartbeat(&ctx, req, &resp);
-        if (st.ok() && !resp.known()) registered = false;
+        if (st.ok() && !resp.known()) {
+          registered = false;  // the router forgot us: a fresh registration
+          set_lease("");
+        }
       }
       if (!st.ok()) {
         if (++failures % 10 == 1) {
+          const bool refused = st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                               st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED;
           PDS_LOG(WARNING) << "node " << id_ << ": router " << options_.router
-                           << " unreachable: " << st.error_message();
+                           << (refused ? " refused it: " : " unreachable: ") << st.error_message();
         }
-        registered = registered && st.error_code() != grpc::StatusCode::NOT_FOUND;
+        // Our registration is gone (or another process's now): register again.
+        if (st.error_code() == grpc::StatusCode::NOT_FOUND ||
+            st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+          registered = false;
+          set_lease("");
+        }
       } else {
         failures = 0;
       }
@@ -416,6 +434,7 @@ void NodeServer::Shutdown(absl::Duration grace) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
     v1::DeregisterRequest req;
     req.set_node_id(id_);
+    req.set_lease(lease());
     v1::DeregisterResponse resp;
     (void)stub->Deregister(&ctx, req, &resp);
   }

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "decode_node/decode_handler.h"
@@ -40,8 +41,9 @@ struct NodeOptions {
   std::string kv_dtype_name = "f16";
   // Not ready when queued work sees no engine step for this long.
   int64_t stall_timeout_ms = 60000;
-  // mTLS with the router and peers (the server requires client
-  // certificates when a CA is given) and the API key.
+  // The node credential (node token, and mTLS with the router and peers:
+  // the server requires client certificates when a CA is given). Without a
+  // node token, a legacy shared API key is accepted in its place.
   rpc::SecurityFiles security;
 };
 
@@ -70,6 +72,14 @@ class NodeServer {
  private:
   NodeServer() = default;
   void Heartbeats();
+  std::string lease() const {
+    absl::MutexLock lock(&lease_mu_);
+    return lease_;
+  }
+  void set_lease(std::string lease) {
+    absl::MutexLock lock(&lease_mu_);
+    lease_ = std::move(lease);
+  }
   // Samples the engine's progress; flips gRPC health when it stalls or recovers.
   void WatchProgress();
 
@@ -89,6 +99,10 @@ class NodeServer {
   std::unique_ptr<http::HttpServer> http_;
   std::atomic<bool> draining_{false};
   rpc::Security security_;
+  std::string fingerprint_;  // rpc::ModelFingerprint of the model file
+  // The router's lease on our registration (heartbeat thread; Shutdown reads it).
+  mutable absl::Mutex lease_mu_;
+  std::string lease_ ABSL_GUARDED_BY(lease_mu_);
   ProgressMonitor progress_;  // heartbeat thread only
   std::atomic<bool> stalled_{false};
   std::atomic<int64_t> stalled_for_ms_{0};

@@ -94,7 +94,8 @@ class GrpcSink : public ResponseSink {
 }  // namespace
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerateCall::Start(
-    RouterContext* ctx, grpc::CallbackServerContext* server_ctx, const grpc::ByteBuffer* bytes) {
+    RouterContext* ctx, grpc::CallbackServerContext* server_ctx, const grpc::ByteBuffer* bytes,
+    const std::string& tenant) {
   const int64_t arrival = MonoNowNs();
   auto weak = std::make_shared<std::weak_ptr<GenerateCall>>();
   auto* writer = new Writer(ctx->config.max_stream_events, [weak] {
@@ -112,15 +113,23 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerateCall::Start(
                                 "valid UTF-8)"));
     return writer;
   }
-  std::shared_ptr<GenerateCall> call =
-      Begin(ctx, request, Traceparent(server_ctx), std::make_shared<GrpcSink>(handle), arrival);
+  std::shared_ptr<GenerateCall> call = Begin(ctx, request, tenant, Traceparent(server_ctx),
+                                             std::make_shared<GrpcSink>(handle), arrival);
   *weak = call;
   if (handle->done()) call->Cancel();  // cancelled before the call existed
   return writer;
 }
 
+std::string GenerateCall::ScopedId(std::string_view tenant, std::string_view id) {
+  std::string scoped(tenant);
+  scoped += '/';
+  scoped += id;
+  return scoped;
+}
+
 std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
                                                   const v1::GenerateRequest& request,
+                                                  const std::string& tenant,
                                                   std::optional<std::string_view> traceparent,
                                                   std::shared_ptr<ResponseSink> sink,
                                                   int64_t arrival_ns) {
@@ -140,6 +149,8 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
     return call;
   }
   call->spec_ = std::move(*spec);
+  call->client_id_ = call->spec_.id;
+  call->spec_.id = ScopedId(tenant, call->client_id_);
   {
     absl::MutexLock lock(&call->mu_);
     call->timeline_.Record(Stage::kRouterTokenize, {0, tokenized - call->arrival_ns_});
@@ -160,7 +171,8 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
       call->done_ = true;
       call->out_->Finish(
           grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                       absl::StrCat("request id '", call->spec_.id, "' is in flight")));
+                       absl::StrCat("request id '", call->client_id_,
+                                    "' is in flight (ids are unique among your requests)")));
       return call;
     }
     it->second = call;
@@ -344,7 +356,7 @@ void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
   chunk.mutable_usage()->set_cached_prompt_tokens(cached_tokens_);
   ctx_->metrics.generation_tokens_total->Increment(chunk.token_ids_size());
   v1::GenerateResponse r;
-  r.set_request_id(spec_.id);
+  r.set_request_id(client_id_);
   *r.mutable_chunk() = std::move(chunk);
   out_->Write(std::move(r));
 }
@@ -352,7 +364,7 @@ void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
 void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
   const int64_t now = MonoNowNs();
   v1::GenerateResponse r;
-  r.set_request_id(spec_.id);
+  r.set_request_id(client_id_);
   v1::Complete* c = r.mutable_complete();
   *c = node_complete;
   c->mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
@@ -441,7 +453,7 @@ void GenerateCall::FailLocked(const absl::Status& status, ErrorKind kind) {
   if (first_chunk_ns_ != 0) {
     // Already streaming: say it in the stream too.
     v1::GenerateResponse r;
-    r.set_request_id(spec_.id);
+    r.set_request_id(client_id_);
     v1::Error* e = r.mutable_error();
     e->set_code(static_cast<int>(status.code()));
     e->set_message(std::string(status.message()));

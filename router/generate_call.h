@@ -46,16 +46,24 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // request's bytes: a request gRPC cannot parse (a proto3 string that is
   // not UTF-8) gets INVALID_ARGUMENT with a message instead of gRPC's empty
   // error.
+  // `tenant` is the authenticated caller (rpc::Security::ClientTenant).
   static grpc::ServerWriteReactor<grpc::ByteBuffer>* Start(RouterContext* ctx,
                                                            grpc::CallbackServerContext* server_ctx,
-                                                           const grpc::ByteBuffer* request);
+                                                           const grpc::ByteBuffer* request,
+                                                           const std::string& tenant);
   // Starts a request for any front end: validates, tokenizes and queues it;
   // every outcome reaches `sink`. The caller calls Cancel() if its client
   // goes away. `arrival_ns` is when the front end received the request.
+  // The request id (the client's, or a random one) is scoped by `tenant`:
+  // the client sees its own id, the router's Abort and the nodes see
+  // ScopedId(tenant, id), so tenants' ids never collide or reveal each other.
   static std::shared_ptr<GenerateCall> Begin(RouterContext* ctx, const v1::GenerateRequest& request,
+                                             const std::string& tenant,
                                              std::optional<std::string_view> traceparent,
                                              std::shared_ptr<ResponseSink> sink,
                                              int64_t arrival_ns);
+  // "<tenant>/<id>": the id of a tenant's request on the router and the nodes.
+  static std::string ScopedId(std::string_view tenant, std::string_view id);
 
   GenerateCall(RouterContext* ctx, int64_t arrival_ns);
   // The client went away: abort on both nodes, end the response.
@@ -63,7 +71,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   const RequestSpec& spec() const { return spec_; }
 
   const RequestShape& shape() const { return shape_; }
-  const std::string& id() const { return spec_.id; }
+  const std::string& id() const { return spec_.id; }  // scoped by the tenant
+  const std::string& client_id() const { return client_id_; }
   int64_t arrival_ns() const { return arrival_ns_; }
   // The dispatcher found nodes: start the node calls.
   void Dispatch(const Selection& selection);
@@ -87,7 +96,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
 
   RouterContext* ctx_;
   const int64_t arrival_ns_;
-  RequestSpec spec_;
+  RequestSpec spec_;       // spec_.id: ScopedId(tenant, client_id_)
+  std::string client_id_;  // the id the client sent (or was given), in its responses
   RequestShape shape_;
   std::shared_ptr<ResponseSink> out_;
   tracing::SpanContext span_;

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/secure_random.h"
 #include "rpc/server_util.h"
 
 namespace pdserve::router {
@@ -17,19 +18,46 @@ void NodeRegistry::Notify() {
   if (on_change_) on_change_();
 }
 
-absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad& load) {
+absl::StatusOr<std::string> NodeRegistry::Register(const v1::NodeInfo& info,
+                                                   const v1::NodeLoad& load,
+                                                   std::string_view lease) {
   if (info.node_id().empty() || info.address().empty()) {
     return absl::InvalidArgumentError("node_id and address are required");
+  }
+  if (info.node_id().size() > 256 || info.address().size() > 1024 ||
+      info.kv_endpoint().size() > 1024 || info.model_fingerprint().size() > 1024) {
+    return absl::InvalidArgumentError(
+        "node_id (256 bytes), address, kv_endpoint and model_fingerprint (1 KiB) are too long");
   }
   if (info.role() == v1::NODE_ROLE_UNSPECIFIED)
     return absl::InvalidArgumentError("node role is unset");
   if (info.role() == v1::NODE_ROLE_DECODE && info.kv_endpoint().empty()) {
     return absl::InvalidArgumentError("a decode node needs a kv_endpoint");
   }
+  if (!model_fingerprint_.empty() && info.model_fingerprint() != model_fingerprint_) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "node ", info.node_id(), " serves model ", info.model_fingerprint(),
+        " but the router serves ", model_fingerprint_, " (start it with the router's model file)"));
+  }
+  std::string granted;
   {
     absl::MutexLock lock(&mu_);
-    if (!fingerprint_.empty() && !nodes_.empty()) {
-      if (info.model_fingerprint() != fingerprint_) {
+    const absl::Time now = absl::Now();
+    auto existing = nodes_.find(info.node_id());
+    const bool live = existing != nodes_.end() && now - existing->second.last_seen <= expiry_;
+    const bool same_instance =
+        live && !lease.empty() && SecretEquals(lease, existing->second.lease);
+    if (live && !same_instance) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "node id ", info.node_id(),
+          " is registered and heartbeating; another process may take the id only after that "
+          "registration expires (",
+          absl::FormatDuration(expiry_), " without a heartbeat) or is deregistered"));
+    }
+    // Compatibility with the nodes registered already, the replaced one aside.
+    const bool others = nodes_.size() > (existing != nodes_.end() ? 1u : 0u);
+    if (others) {
+      if (model_fingerprint_.empty() && info.model_fingerprint() != fingerprint_) {
         return absl::FailedPreconditionError(
             absl::StrCat("node ", info.node_id(), " serves model ", info.model_fingerprint(),
                          " but the cluster serves ", fingerprint_));
@@ -43,10 +71,14 @@ absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad
     fingerprint_ = info.model_fingerprint();
     block_size_ = info.block_size();
     Node& n = nodes_[info.node_id()];
+    // A new registration (first, or after the old one expired) gets a new
+    // lease; the old instance's lease stops working.
+    if (!same_instance) n.lease = SecureRandomHex(16);
+    granted = n.lease;
     const bool address_changed = n.info.address() != info.address();
     n.info = info;
     n.load = load;
-    n.last_seen = absl::Now();
+    n.last_seen = now;
     if (!n.stub || address_changed) {
       n.stub = std::make_shared<v1::Node::Stub>(
           channel_factory_ ? channel_factory_(info.address()) : rpc::MakeChannel(info.address()));
@@ -56,19 +88,42 @@ absl::Status NodeRegistry::Register(const v1::NodeInfo& info, const v1::NodeLoad
                 << info.address() << (info.kv_endpoint().empty() ? "" : ", KV at ")
                 << info.kv_endpoint() << " registered";
   Notify();
-  return absl::OkStatus();
+  return granted;
 }
 
-bool NodeRegistry::Heartbeat(const std::string& id, const v1::NodeLoad& load) {
+absl::Status NodeRegistry::Heartbeat(const std::string& id, std::string_view lease,
+                                     const v1::NodeLoad& load) {
   {
     absl::MutexLock lock(&mu_);
     auto it = nodes_.find(id);
-    if (it == nodes_.end()) return false;
+    if (it == nodes_.end()) {
+      return absl::NotFoundError(absl::StrCat("node ", id, " is not registered"));
+    }
+    if (!SecretEquals(lease, it->second.lease)) {
+      return absl::PermissionDeniedError(absl::StrCat("wrong lease for node ", id,
+                                                      ": only the process that registered it may "
+                                                      "heartbeat"));
+    }
     it->second.load = load;
     it->second.last_seen = absl::Now();
   }
   Notify();
-  return true;
+  return absl::OkStatus();
+}
+
+absl::Status NodeRegistry::Deregister(const std::string& id, std::string_view lease) {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end())
+    return absl::NotFoundError(absl::StrCat("node ", id, " is not registered"));
+  if (!SecretEquals(lease, it->second.lease)) {
+    return absl::PermissionDeniedError(absl::StrCat("wrong lease for node ", id,
+                                                    ": only the process that registered it may "
+                                                    "deregister it"));
+  }
+  nodes_.erase(it);
+  PDS_LOG(INFO) << "node " << id << " deregistered";
+  return absl::OkStatus();
 }
 
 void NodeRegistry::Remove(const std::string& id) {

@@ -15,6 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "pdserve/v1/node.grpc.pb.h"
@@ -43,12 +44,26 @@ class NodeRegistry {
   using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::string& address)>;
   void SetChannelFactory(ChannelFactory factory) { channel_factory_ = std::move(factory); }
 
-  // Adds or replaces a node. Errors (InvalidArgument) for incompatible nodes:
-  // no address, a decode node without a KV endpoint, a model fingerprint or
-  // block size that differs from the first node's.
-  absl::Status Register(const v1::NodeInfo& info, const v1::NodeLoad& load);
-  // False when the node is unknown (it must register again).
-  bool Heartbeat(const std::string& id, const v1::NodeLoad& load);
+  // The fingerprint (rpc::ModelFingerprint) of the router's own model: nodes
+  // that serve another model are refused. Empty: the first node pins it.
+  // Set before the first node registers.
+  void SetModelFingerprint(std::string fingerprint) { model_fingerprint_ = std::move(fingerprint); }
+
+  // Adds a node, or updates one. Returns the registration's lease: a secret
+  // that heartbeats, Deregister and re-registration of this id must present.
+  // A node id whose registration is live (heard from within `expiry`) is
+  // taken only with its lease (ALREADY_EXISTS otherwise); once it expired or
+  // was removed, any Register gets a fresh lease. Refuses incompatible nodes:
+  // no address, a decode node without a KV endpoint (InvalidArgument), a
+  // model fingerprint other than the router's or a block size other than
+  // the nodes' registered already (FailedPrecondition).
+  absl::StatusOr<std::string> Register(const v1::NodeInfo& info, const v1::NodeLoad& load,
+                                       std::string_view lease = {});
+  // NotFound when the node is unknown (it must register again),
+  // PermissionDenied when `lease` is not its registration's.
+  absl::Status Heartbeat(const std::string& id, std::string_view lease, const v1::NodeLoad& load);
+  // Removes a node: NotFound when unknown, PermissionDenied on a wrong lease.
+  absl::Status Deregister(const std::string& id, std::string_view lease);
   void Remove(const std::string& id);
   // Drops nodes not heard from within `expiry`; returns their ids.
   std::vector<std::string> Expire();
@@ -78,6 +93,7 @@ class NodeRegistry {
   ChannelFactory channel_factory_;
   struct Node {
     v1::NodeInfo info;
+    std::string lease;
     v1::NodeLoad load;
     absl::Time last_seen;
     std::shared_ptr<v1::Node::Stub> stub;
@@ -92,7 +108,9 @@ class NodeRegistry {
   const absl::Duration expiry_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Node> nodes_ ABSL_GUARDED_BY(mu_);
-  std::string fingerprint_ ABSL_GUARDED_BY(mu_);
+  std::string model_fingerprint_;  // the router's; set before nodes register
+  std::string fingerprint_
+      ABSL_GUARDED_BY(mu_);  // pinned by the first node when the above is empty
   int32_t block_size_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void()> on_change_;
 };

@@ -183,6 +183,11 @@ OpenAiFrontend::OpenAiFrontend(RouterContext* ctx, OpenAiOptions options,
       ready_(std::move(ready)),
       created_(tracing::WallNowUnixNs() / 1000000000) {}
 
+absl::StatusOr<std::string> OpenAiFrontend::Authenticate(const http::HttpRequest& request) const {
+  if (!options_.authenticate) return std::string("anon");
+  return options_.authenticate(request);
+}
+
 void OpenAiFrontend::Register(http::HttpServer* server) {
   server->HandleAsync("POST", "/v1/completions",
                       [this](const http::HttpRequest& r, std::shared_ptr<http::HttpResponder> out) {
@@ -206,7 +211,7 @@ void OpenAiFrontend::Register(http::HttpServer* server) {
   });
   // /v1/models/<id> and everything unknown.
   server->SetFallback([this](const http::HttpRequest& r, std::shared_ptr<http::HttpResponder> out) {
-    if (!http::HasBearerToken(r, options_.api_key)) {
+    if (!Authenticate(r).ok()) {
       out->Respond(ApiErrorResponse(Unauthorized()));
       return;
     }
@@ -224,7 +229,7 @@ void OpenAiFrontend::Register(http::HttpServer* server) {
 
 void OpenAiFrontend::HandleModels(const http::HttpRequest& request,
                                   std::shared_ptr<http::HttpResponder> responder) {
-  if (!http::HasBearerToken(request, options_.api_key)) {
+  if (!Authenticate(request).ok()) {
     responder->Respond(ApiErrorResponse(Unauthorized()));
     return;
   }
@@ -253,7 +258,8 @@ void OpenAiFrontend::HandleModels(const http::HttpRequest& request,
 void OpenAiFrontend::HandleGenerate(Endpoint endpoint, const http::HttpRequest& request,
                                     std::shared_ptr<http::HttpResponder> responder) {
   const int64_t arrival = MonoNowNs();
-  if (!http::HasBearerToken(request, options_.api_key)) {
+  absl::StatusOr<std::string> tenant = Authenticate(request);
+  if (!tenant.ok()) {
     responder->Respond(ApiErrorResponse(Unauthorized()));
     return;
   }
@@ -280,7 +286,7 @@ void OpenAiFrontend::HandleGenerate(Endpoint endpoint, const http::HttpRequest& 
   responder->SetCancelCallback([link] { link->Fire(); });
   std::optional<std::string_view> traceparent = request.Header("traceparent");
   std::shared_ptr<GenerateCall> call =
-      GenerateCall::Begin(ctx_, parsed.request, traceparent, std::move(sink), arrival);
+      GenerateCall::Begin(ctx_, parsed.request, *tenant, traceparent, std::move(sink), arrival);
   link->Attach(call);
 }
 

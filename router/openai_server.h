@@ -20,7 +20,9 @@ struct OpenAiOptions {
   // Names a request may use in "model"; the first is the one /v1/models lists.
   std::vector<std::string> model_names;
   int32_t chat_default_max_tokens = 512;
-  std::string api_key;  // empty: no authentication
+  // The caller's tenant from its credentials (request ids are scoped by it),
+  // or an error (401). Unset: no authentication, tenant "anon".
+  std::function<absl::StatusOr<std::string>(const http::HttpRequest&)> authenticate;
 };
 
 class OpenAiFrontend {
@@ -37,6 +39,7 @@ class OpenAiFrontend {
                       std::shared_ptr<http::HttpResponder> responder);
   void HandleModels(const http::HttpRequest& request,
                     std::shared_ptr<http::HttpResponder> responder);
+  absl::StatusOr<std::string> Authenticate(const http::HttpRequest& request) const;
 
   RouterContext* const ctx_;
   const OpenAiOptions options_;

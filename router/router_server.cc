@@ -4,10 +4,10 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/status_macros.h"
-#include "http/auth.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "router/generate_call.h"
 #include "rpc/convert.h"
+#include "rpc/model_fingerprint.h"
 #include "tracing/metrics_handler.h"
 
 namespace pdserve::router {
@@ -43,22 +43,26 @@ class GenerationService final
 
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override {
-    if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
+    std::string tenant;
+    if (grpc::Status s = rpc::AuthenticateClient(*context, *security_, &tenant); !s.ok()) {
       return new RefusedStream(std::move(s));
     }
-    return GenerateCall::Start(ctx_, context, request);
+    return GenerateCall::Start(ctx_, context, request, tenant);
   }
 
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* context,
                                   const v1::AbortRequest* request,
                                   v1::AbortResponse* response) override {
-    if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
+    std::string tenant;
+    if (grpc::Status s = rpc::AuthenticateClient(*context, *security_, &tenant); !s.ok()) {
       return Refuse(context, std::move(s));
     }
+    // Ids live in the caller's namespace: another tenant's request with the
+    // same id is neither found nor touched.
     std::shared_ptr<GenerateCall> call;
     {
       absl::MutexLock lock(&ctx_->calls_mu);
-      auto it = ctx_->calls.find(request->request_id());
+      auto it = ctx_->calls.find(GenerateCall::ScopedId(tenant, request->request_id()));
       if (it != ctx_->calls.end()) call = it->second.lock();
     }
     response->set_found(call != nullptr);
@@ -71,7 +75,8 @@ class GenerationService final
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest*,
                                          v1::ModelInfo* response) override {
-    if (grpc::Status s = rpc::CheckApiKey(*context, security_->api_key); !s.ok()) {
+    std::string tenant;
+    if (grpc::Status s = rpc::AuthenticateClient(*context, *security_, &tenant); !s.ok()) {
       return Refuse(context, std::move(s));
     }
     *response = info_;
@@ -95,22 +100,28 @@ class RegistryService final : public v1::Registry::CallbackService {
         dispatcher_(dispatcher),
         security_(security) {}
 
-  // Nodes prove who they are: the API key, and under mutual TLS a
-  // certificate from the cluster's CA (clients of Generation need none).
+  // Nodes prove who they are with the node credential (the node token,
+  // and under mutual TLS a certificate from the cluster's CA); a client API
+  // key is refused (see rpc::Security::CheckNode).
   grpc::Status Allowed(const grpc::CallbackServerContext& context) const {
-    if (grpc::Status s = rpc::CheckApiKey(context, security_->api_key); !s.ok()) return s;
-    return rpc::CheckPeerCertificate(context, *security_);
+    return rpc::CheckNodeCall(context, *security_, "Registry");
   }
 
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* context,
                                      const v1::RegisterRequest* request,
                                      v1::RegisterResponse* response) override {
     if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
-    absl::Status s = registry_->Register(request->info(), request->load());
-    response->set_heartbeat_interval_ms(heartbeat_ms_);
-    dispatcher_->Pump();
+    absl::StatusOr<std::string> lease =
+        registry_->Register(request->info(), request->load(), request->lease());
+    if (lease.ok()) {
+      response->set_heartbeat_interval_ms(heartbeat_ms_);
+      response->set_lease(*lease);
+      dispatcher_->Pump();
+    } else {
+      PDS_LOG(WARNING) << "Register refused from " << context->peer() << ": " << lease.status();
+    }
     auto* reactor = context->DefaultReactor();
-    reactor->Finish(rpc::ToGrpc(s));
+    reactor->Finish(rpc::ToGrpc(lease.status()));
     return reactor;
   }
 
@@ -118,9 +129,11 @@ class RegistryService final : public v1::Registry::CallbackService {
                                       const v1::HeartbeatRequest* request,
                                       v1::HeartbeatResponse* response) override {
     if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
-    response->set_known(registry_->Heartbeat(request->node_id(), request->load()));
+    absl::Status s = registry_->Heartbeat(request->node_id(), request->lease(), request->load());
+    // Unknown: `known` false tells the node to register again.
+    response->set_known(s.ok());
     auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(s.ok() || absl::IsNotFound(s) ? grpc::Status::OK : rpc::ToGrpc(s));
     return reactor;
   }
 
@@ -138,9 +151,9 @@ class RegistryService final : public v1::Registry::CallbackService {
                                        const v1::DeregisterRequest* request,
                                        v1::DeregisterResponse*) override {
     if (grpc::Status s = Allowed(*context); !s.ok()) return Refuse(context, std::move(s));
-    registry_->Remove(request->node_id());
+    absl::Status s = registry_->Deregister(request->node_id(), request->lease());
     auto* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    reactor->Finish(s.ok() || absl::IsNotFound(s) ? grpc::Status::OK : rpc::ToGrpc(s));
     return reactor;
   }
 
@@ -181,8 +194,14 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   if (sel.ok()) ctx.selection_seconds = (*sel)->Get();
 
   r->registry_ = std::make_unique<NodeRegistry>(absl::Milliseconds(options.node_expiry_ms));
+  // Nodes must serve the model whose tokenizer the router uses.
+  r->fingerprint_ = rpc::ModelFingerprint(*r->vocab_file_);
+  r->registry_->SetModelFingerprint(r->fingerprint_);
   PDS_ASSIGN_OR_RETURN(r->security_, rpc::Security::Load(options.security));
   const rpc::Security* security = &r->security_;
+  if (std::string warning = security->NodeAuthWarning(); !warning.empty()) {
+    PDS_LOG(WARNING) << "router: " << warning;
+  }
   r->registry_->SetChannelFactory([peer = security->ForPeers()](const std::string& address) {
     return rpc::MakeChannel(address, peer);
   });
@@ -214,6 +233,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   info.set_vocab_size(r->tokenizer_->n_vocab());
   for (TokenId t : r->tokenizer_->eog_ids()) info.add_eos_token_ids(t);
   info.set_bos_token_id(r->tokenizer_->bos_id());
+  info.set_fingerprint(r->fingerprint_);
   if (ctx.prompt.chat) info.set_chat_format(ctx.prompt.chat->name());
 
   r->services_.push_back(std::make_unique<GenerationService>(&ctx, info, security));
@@ -234,7 +254,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
     // Metrics are behind the API key too; only health is open.
     const tracing::MetricsRegistry* metrics = &r->metrics_registry_;
     r->http_->Handle("GET", "/metrics", [metrics, security](const http::HttpRequest& request) {
-      if (!http::HasBearerToken(request, security->api_key)) {
+      if (!security->AllowsMetrics(rpc::BearerToken(request.Header("Authorization")))) {
         return http::HttpResponse::Text(401, "missing or invalid API key\n");
       }
       return tracing::MetricsResponse(*metrics);
@@ -259,7 +279,9 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
     if (!info.model().empty() && info.model() != oo.model_names[0])
       oo.model_names.push_back(info.model());
     oo.chat_default_max_tokens = options.chat_default_max_tokens;
-    oo.api_key = security->api_key;
+    oo.authenticate = [security](const http::HttpRequest& request) {
+      return security->ClientTenant(rpc::BearerToken(request.Header("Authorization")));
+    };
     RouterServer* raw = r.get();
     r->openai_ =
         std::make_unique<OpenAiFrontend>(&ctx, oo, [raw] { return raw->NotReadyReason(); });
@@ -287,7 +309,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   PDS_LOG(INFO) << "router listening on port " << r->grpc_.port
                 << (r->http_ ? absl::StrCat(", metrics on port ", r->http_->port()) : "")
                 << (r->api_http_ ? absl::StrCat(", OpenAI API on port ", r->api_http_->port()) : "")
-                << (security->tls() ? " (TLS)" : "");
+                << (security->tls() ? " (TLS)" : "") << "; model " << r->fingerprint_ << ", "
+                << (security->api_keys.empty()
+                        ? std::string("no API key")
+                        : absl::StrCat(security->api_keys.size(), " API key(s)"))
+                << (security->node_token.empty() ? "" : ", node token");
   return r;
 }
 
@@ -321,9 +347,14 @@ void RouterServer::Housekeeping() {
       ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
       v1::NodeLoad load;
       if (!stub->GetLoad(&ctx2, req, &load).ok()) continue;
-      if (!registry_->Heartbeat(info.node_id(), load)) {
-        absl::Status s = registry_->Register(info, load);
-        if (!s.ok()) PDS_LOG(WARNING) << "static node " << addr << ": " << s;
+      std::string& lease = static_leases_[addr];
+      if (!registry_->Heartbeat(info.node_id(), lease, load).ok()) {
+        absl::StatusOr<std::string> granted = registry_->Register(info, load, lease);
+        if (granted.ok()) {
+          lease = *granted;
+        } else {
+          PDS_LOG(WARNING) << "static node " << addr << ": " << granted.status();
+        }
       }
     }
     registry_->Expire();

@@ -8,6 +8,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "engine/gguf.h"
@@ -43,7 +45,8 @@ struct RouterOptions {
   std::string served_model_name;                  // the name clients use; default: the file's name
   int32_t chat_default_max_tokens = 512;
   // TLS for the client ports (gRPC and HTTP) and mutual TLS with nodes;
-  // the API key guards every route but health.
+  // client API keys (one tenant each) guard every client route but health;
+  // the node token guards the Registry and is what the router shows nodes.
   rpc::SecurityFiles security;
 };
 
@@ -68,7 +71,10 @@ class RouterServer {
   void Housekeeping();
 
   RouterOptions options_;
-  rpc::Security security_;  // loaded from options_.security
+  rpc::Security security_;   // loaded from options_.security
+  std::string fingerprint_;  // of the model file: nodes must serve the same
+  // Housekeeping thread only: the lease of each static node's registration.
+  absl::flat_hash_map<std::string, std::string> static_leases_;
   std::unique_ptr<gguf::GgufFile> vocab_file_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<NodeRegistry> registry_;

@@ -136,10 +136,14 @@ def main():
     port = pick_cluster_port()
     log_path = os.path.join(args.out_dir, "cluster.log")
     log = open(log_path, "w")
+    # The operator's node token (by environment, never argv): the Registry
+    # answers only to it.
+    token = "operator-node-token-%016x" % random.getrandbits(64)
     proc = subprocess.Popen(
         [args.pdserve, "cluster", "--model", args.model, "--prefill", "1", "--decode", "1",
          "--port", str(port), "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        env={**os.environ, "PDSERVE_NODE_TOKEN": token})
     lines = []
     try:
         if not wait_ready(proc, 120, lines):
@@ -156,7 +160,14 @@ def main():
         check(health(grpc, channel) == "SERVING", "router health is SERVING")
 
         registry = node_pb2_grpc.RegistryStub(channel)
-        nodes = registry.ListNodes(node_pb2.ListNodesRequest(), timeout=10).nodes
+        try:
+            registry.ListNodes(node_pb2.ListNodesRequest(), timeout=10)
+            fail("the Registry answered a caller without the node token")
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAUTHENTICATED,
+                  f"Registry without the node token: UNAUTHENTICATED (got {e.code()})")
+        nodes = registry.ListNodes(node_pb2.ListNodesRequest(), timeout=10,
+                                   metadata=[("authorization", f"Bearer {token}")]).nodes
         check(len(nodes) == 2, f"two nodes registered ({[n.info.node_id for n in nodes]})")
         for n in nodes:
             nc = grpc.insecure_channel(n.info.address)
