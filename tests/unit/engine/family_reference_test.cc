@@ -24,6 +24,8 @@ namespace {
 // summation orders, while dropping a bias, the QK-norm or using the other
 // RoPE pairing moves them by 0.2 to 1.4 (measured with the script's models).
 constexpr double kMaxAbsDiff = 1e-4;
+// With the serving default, an F16 KV cache, K and V round to 11 bits.
+constexpr double kMaxAbsDiffF16Kv = 5e-3;
 
 std::string FamilyDir() { return std::string(PDSERVE_TESTDATA_DIR) + "/reference/families/"; }
 
@@ -48,9 +50,9 @@ std::vector<Case> ReadCases(const std::string& arch) {
 // Runs `tokens` as a prefill of `prefill` tokens followed by one-token
 // decode steps, returning the logits at every position.
 std::vector<std::vector<float>> RunModel(const Model& model, const std::vector<TokenId>& tokens,
-                                         int prefill, int threads) {
+                                         int prefill, int threads, kernels::DType kv_type) {
   const ModelConfig& c = model.config();
-  KvCacheConfig kc{c.n_layers, c.n_kv_heads, c.head_dim, 4, kernels::DType::kF32, 64, false};
+  KvCacheConfig kc{c.n_layers, c.n_kv_heads, c.head_dim, 4, kv_type, 64, false};
   std::unique_ptr<KvCache> cache = std::move(KvCache::Create(kc)).value();
   kernels::ThreadPool pool(threads);
   ModelRunner runner(&model, cache.get(), &pool, 32, 32);
@@ -92,11 +94,23 @@ TEST_P(FamilyReference, LogitsMatchTransformers) {
   for (const Case& tc : cases) {
     const int n = static_cast<int>(tc.tokens.size());
     ASSERT_EQ(static_cast<int>(tc.logits.size()), n);
-    // Whole-prompt prefill on one thread; half prefill then decode on two.
-    for (auto [prefill, threads] : {std::pair{n, 1}, std::pair{n / 2, 2}}) {
+    // Whole-prompt prefill on one thread; half prefill then decode on two,
+    // with an F32 and with an F16 KV cache.
+    struct RunCase {
+      int prefill, threads;
+      kernels::DType kv_type;
+      double tolerance;
+    };
+    for (const RunCase rc : {RunCase{n, 1, kernels::DType::kF32, kMaxAbsDiff},
+                             RunCase{n / 2, 2, kernels::DType::kF32, kMaxAbsDiff},
+                             RunCase{n / 2, 2, kernels::DType::kF16, kMaxAbsDiffF16Kv}}) {
+      const int prefill = rc.prefill, threads = rc.threads;
+      const bool f16 = rc.kv_type == kernels::DType::kF16;
       SCOPED_TRACE(testing::Message()
-                   << arch << " tokens " << n << " prefill " << prefill << " threads " << threads);
-      const std::vector<std::vector<float>> got = RunModel(**model, tc.tokens, prefill, threads);
+                   << arch << " tokens " << n << " prefill " << prefill << " threads " << threads
+                   << (f16 ? " f16" : " f32") << " KV");
+      const std::vector<std::vector<float>> got =
+          RunModel(**model, tc.tokens, prefill, threads, rc.kv_type);
       ASSERT_EQ(got.size(), tc.logits.size());
       double max_diff = 0;
       for (int t = 0; t < n; ++t) {
@@ -107,11 +121,17 @@ TEST_P(FamilyReference, LogitsMatchTransformers) {
         const auto argmax = [](const std::vector<float>& x) {
           return std::max_element(x.begin(), x.end()) - x.begin();
         };
-        EXPECT_EQ(argmax(got[t]), argmax(tc.logits[t])) << "position " << t;
+        // The arg-max must agree unless the reference's top two lie within
+        // twice the tolerance (never with F32 KV: the smallest gap is 0.005).
+        std::vector<float> sorted = tc.logits[t];
+        std::sort(sorted.rbegin(), sorted.rend());
+        if (sorted[0] - sorted[1] > 2 * rc.tolerance) {
+          EXPECT_EQ(argmax(got[t]), argmax(tc.logits[t])) << "position " << t;
+        }
       }
-      EXPECT_LE(max_diff, kMaxAbsDiff);
-      std::printf("%s, %d tokens, prefill %d, %d threads: max |logit diff| %.3g\n", arch.c_str(), n,
-                  prefill, threads, max_diff);
+      EXPECT_LE(max_diff, rc.tolerance);
+      std::printf("%s, %d tokens, prefill %d, %d threads, %s KV: max |logit diff| %.3g\n",
+                  arch.c_str(), n, prefill, threads, f16 ? "f16" : "f32", max_diff);
     }
   }
 }
