@@ -13,6 +13,7 @@
 #include "engine/gguf.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/dtype.h"
 #include "kernels/quant.h"
 
@@ -120,6 +121,61 @@ TEST(GgufPyDequantize, EveryEngineTypeMatchesGgufPyExactly) {
                                                 "bf16.random", "q4_0.quantized", "q4_0.random",
                                                 "q4_1.quantized", "q4_1.random", "q8_0.quantized",
                                                 "q8_0.random", "q4_k.random", "q6_k.random"}));
+}
+
+// The matmul kernels the engine runs (SIMD, ggml rows and packed) decode
+// the same blocks: W·x against gguf-py's floats, accumulated in double. The
+// activations are integers in [-127, 127] with -127 in every block, which
+// both int8 formats (Q8_1, Q8_K) encode exactly, so only float rounding
+// separates the two (relative 2e-5 of sum |w x|, about n * float epsilon).
+TEST(GgufPyDequantize, MatMulKernelsMatchGgufPyWeights) {
+  std::unique_ptr<GgufFile> f = OpenFixture();
+  ASSERT_NE(f, nullptr);
+  int checked = 0;
+  for (const TensorInfo& t : f->tensors()) {
+    if (t.name.ends_with(".expected") || !kernels::GetDType(t.type).matmul) continue;
+    const std::string name(t.name);
+    SCOPED_TRACE(name);
+    const TensorInfo* want = f->FindTensor(name + ".expected");
+    ASSERT_NE(want, nullptr);
+    const int64_t n_in = t.dims[0], n_out = t.dims[1], n_tokens = 3;
+    std::vector<float> w(n_in * n_out);
+    std::memcpy(w.data(), want->data, w.size() * sizeof(float));
+    std::vector<float> x(n_tokens * n_in);
+    for (size_t i = 0; i < x.size(); ++i) {
+      x[i] = i % 32 == 5 ? -127.0f
+                         : static_cast<float>(static_cast<int>((i * 2654435761u) % 253) - 126);
+    }
+    const kernels::ActFormat fmt = kernels::ActFormatFor(t.type);
+    std::vector<uint8_t> xq(n_tokens * kernels::ActRowBytes(fmt, n_in) + 64);
+    kernels::QuantizeActivations(xq.data(), fmt, x.data(), n_in, n_tokens, 0, 1);
+
+    kernels::WeightMatrix m{t.data, t.type, n_out, n_in, kernels::WeightLayout::kGgml};
+    std::vector<uint8_t> packed_storage(kernels::PackedWeightBytes(m) + 64);
+    std::vector<kernels::WeightMatrix> layouts = {m};
+    if (kernels::PackedWeightBytes(m) > 0) {
+      layouts.push_back(kernels::PackWeights(packed_storage.data(), m, 0, 1));
+    }
+    for (const kernels::WeightMatrix& lm : layouts) {
+      std::vector<float> y(n_tokens * n_out, NAN);
+      kernels::MatMul(y.data(), n_out, lm, xq.data(), n_tokens, 0, 1);
+      for (int64_t tok = 0; tok < n_tokens; ++tok) {
+        for (int64_t r = 0; r < n_out; ++r) {
+          double want_y = 0, scale = 0;
+          for (int64_t k = 0; k < n_in; ++k) {
+            const double p = double(w[r * n_in + k]) * x[tok * n_in + k];
+            want_y += p;
+            scale += std::fabs(p);
+          }
+          EXPECT_NEAR(y[tok * n_out + r], want_y, 2e-5 * scale + 1e-30)
+              << "token " << tok << " row " << r << " packed "
+              << (lm.layout == kernels::WeightLayout::kPacked);
+        }
+      }
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 10);  // F16, Q4_0, Q4_1, Q8_0 twice; Q4_K, Q6_K
 }
 
 // The engine's own encoder, decoded by the engine, must reproduce what
