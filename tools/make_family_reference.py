@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Tiny random Qwen2 and Qwen3 models as GGUF (F32) plus the logits that
-Hugging Face transformers (PyTorch, float32) computes for them, for
-tests/unit/engine/family_reference_test.cc.
+"""Tiny random Llama 3.1-style, Qwen2 and Qwen3 models as GGUF (F32) plus the
+logits that Hugging Face transformers (PyTorch, float32) computes for them,
+for tests/unit/engine/family_reference_test.cc.
 
     pip install gguf numpy torch transformers
     python3 tools/make_family_reference.py [out_dir]
 
 The GGUF files are written here with the `gguf` package, tensor names and
 metadata as llama.cpp's convert_hf_to_gguf.py writes them for these
-architectures (no Q/K permutation: both use NeoX-style RoPE). The
+architectures: Qwen keeps Q and K as trained (NeoX-style RoPE); Llama's Q
+and K rows are permuted for ggml's interleaved RoPE, and its llama3 RoPE
+scaling becomes per-dimension divisors in rope_freqs.weight. The
 vocabulary is byte-level BPE: the 256 GPT-2 byte symbols, a few merges and
 Qwen's special tokens, with the `qwen2` pre-tokenizer, so the engine's
 tokenizer loads it as it loads a real Qwen file. The logits come from
@@ -59,7 +61,18 @@ def make_model(arch, seed):
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
                   bos_token_id=len(tokens) - 3, eos_token_id=len(tokens) - 1)
-    if arch == "qwen2":
+    if arch == "llama":
+        # Llama 3.1/3.2: GQA, tied embeddings, llama3 RoPE scaling. A short
+        # original context (64) puts dimensions in all three bands (kept,
+        # smoothed, divided by the factor) within the test's 12 positions.
+        common["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0,
+                                     "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0,
+                                     "original_max_position_embeddings": 64}
+        common.pop("rope_theta")
+        cfg = transformers.LlamaConfig(tie_word_embeddings=True, **common)
+        cls = transformers.LlamaForCausalLM
+    elif arch == "qwen2":
         # Qwen2/2.5: head_dim = hidden / heads, Q/K/V biases, tied embeddings.
         cfg = transformers.Qwen2Config(tie_word_embeddings=True, **common)
         cls = transformers.Qwen2ForCausalLM
@@ -101,6 +114,31 @@ HF_TO_GGUF = {
 }
 
 
+def permute_for_ggml_rope(w, n_heads):
+    """Rows of each head from [first halves | second halves] to interleaved
+    pairs, so ggml's (2i, 2i+1) RoPE equals HF's rotate_half (i, i + d/2)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]) \
+            .swapaxes(1, 2).reshape(w.shape)
+
+
+def llama3_rope_factors(rope, head_dim):
+    """Per-pair divisors of the RoPE frequencies for rope_type llama3."""
+    factor = rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    old_ctx = rope["original_max_position_embeddings"]
+    factors = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * np.pi * rope["rope_theta"] ** (i / head_dim)
+        if wavelen < old_ctx / high:
+            factors.append(1.0)
+        elif wavelen > old_ctx / low:
+            factors.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(factors, dtype=np.float32)
+
+
 def write_gguf(path, arch, cfg, model):
     tokens, types = vocabulary()
     w = gguf.GGUFWriter(path, arch=arch)
@@ -113,15 +151,20 @@ def write_gguf(path, arch, cfg, model):
     w.add_head_count_kv(cfg.num_key_value_heads)
     # transformers 5 keeps rope_theta in rope_parameters, 4.x on the config.
     rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": cfg.rope_theta}
-    assert rope.get("rope_type", "default") == "default", rope
     w.add_rope_freq_base(rope["rope_theta"])
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    if rope.get("rope_type", "default") == "llama3":
+        w.add_rope_dimension_count(head_dim)
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(rope, head_dim))
+    else:
+        assert rope.get("rope_type", "default") == "default", rope
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     if arch == "qwen3":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
+    w.add_tokenizer_pre("llama-bpe" if arch == "llama" else "qwen2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(MERGES)
@@ -142,6 +185,10 @@ def write_gguf(path, arch, cfg, model):
             parts = name.split(".")  # model.layers.<i>.<rest>
             assert parts[:2] == ["model", "layers"], name
             out = f"blk.{parts[2]}." + HF_TO_GGUF[".".join(parts[3:])]
+            if arch == "llama" and out.endswith("attn_q.weight"):
+                a = permute_for_ggml_rope(a, cfg.num_attention_heads)
+            elif arch == "llama" and out.endswith("attn_k.weight"):
+                a = permute_for_ggml_rope(a, cfg.num_key_value_heads)
         w.add_tensor(out, a)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -152,7 +199,7 @@ def write_gguf(path, arch, cfg, model):
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/data/reference/families"
     os.makedirs(out_dir, exist_ok=True)
-    for seed, arch in enumerate(["qwen2", "qwen3"]):
+    for seed, arch in enumerate(["qwen2", "qwen3", "llama"]):
         cfg, model = make_model(arch, 1000 + seed)
         write_gguf(os.path.join(out_dir, f"tiny_{arch}.gguf"), arch, cfg, model)
         cases = []

@@ -1,5 +1,7 @@
-// Qwen2 (Q/K/V biases) and Qwen3 (per-head QK-norm, head_dim apart from the
-// width) against an engine we did not write: tiny random models whose
+// Llama 3.1-style (GQA, llama3 RoPE scaling as rope_freqs, Q/K permuted for
+// interleaved RoPE; Mistral shares this architecture), Qwen2 (Q/K/V biases)
+// and Qwen3 (per-head QK-norm, head_dim apart from the width) against an
+// engine we did not write: tiny random models whose
 // logits Hugging Face transformers (PyTorch, float32) computed, committed
 // with the script that regenerates them (tools/make_family_reference.py).
 #include <algorithm>
@@ -21,8 +23,9 @@ namespace {
 // F32 weights and an F32 KV cache: the only differences from PyTorch are
 // float summation order, libm and the fixture's 6 significant digits. The
 // logits (|logit| up to ~2.6) agree to about 6e-6; 1e-4 leaves room for other
-// summation orders, while dropping a bias, the QK-norm or using the other
-// RoPE pairing moves them by 0.2 to 1.4 (measured with the script's models).
+// summation orders, while dropping a bias, the QK-norm or the llama3 RoPE
+// scaling, or using the other RoPE pairing, moves them by 0.2 to 1.4
+// (measured with the script's models).
 constexpr double kMaxAbsDiff = 1e-4;
 // With the serving default, an F16 KV cache, K and V round to 11 bits.
 constexpr double kMaxAbsDiffF16Kv = 5e-3;
@@ -85,7 +88,8 @@ TEST_P(FamilyReference, LogitsMatchTransformers) {
   ASSERT_TRUE(model.ok()) << model.status();
   const ModelConfig& c = (*model)->config();
   EXPECT_EQ(c.architecture, arch);
-  EXPECT_EQ(c.rope_style, RopeStyle::kNeox);
+  EXPECT_EQ(c.rope_style, arch == "llama" ? RopeStyle::kInterleaved : RopeStyle::kNeox);
+  EXPECT_EQ((*model)->weights().rope_freqs != nullptr, arch == "llama");
   EXPECT_EQ(c.qkv_bias, arch == "qwen2");
   EXPECT_EQ(c.qk_norm, arch == "qwen3");
 
@@ -136,7 +140,7 @@ TEST_P(FamilyReference, LogitsMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Qwen, FamilyReference, ::testing::Values("qwen2", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(Families, FamilyReference, ::testing::Values("llama", "qwen2", "qwen3"));
 
 // The tokenizer metadata of a Qwen file (byte-level BPE, pre-type qwen2)
 // loads, and its merges apply.
