@@ -15,6 +15,43 @@ using kernels::ActFormat;
 using kernels::SplitRange;
 using kernels::WeightMatrix;
 
+namespace {
+
+// RoPE in GPT-NeoX order: dimension i of each head pairs with i + n_rot/2
+// (Qwen2/Qwen3 files keep Q and K as trained). cos_sin as for kernels::Rope.
+void RopeNeox(float* x, int n_heads, int head_dim, int n_rot, const float* cos_sin) {
+  const int half = n_rot / 2;
+  for (int h = 0; h < n_heads; ++h) {
+    float* v = x + h * head_dim;  // (head_dim)
+    for (int i = 0; i < half; ++i) {
+      const float c = cos_sin[2 * i], s = cos_sin[2 * i + 1];
+      const float a = v[i], b = v[i + half];
+      v[i] = a * c - b * s;
+      v[i + half] = a * s + b * c;
+    }
+  }
+}
+
+// Bias, per-head QK-norm and RoPE of one token's q (n_heads heads) or k
+// (n_kv_heads heads): the steps between the projection and the cache.
+void PositionHeads(float* x, const float* bias, const float* head_norm, int n_heads,
+                   const ModelConfig& c, const float* cos_sin) {
+  const int64_t dim = static_cast<int64_t>(n_heads) * c.head_dim;
+  if (bias != nullptr) kernels::AddInplace(x, bias, dim);
+  if (head_norm != nullptr) {
+    for (int h = 0; h < n_heads; ++h) {
+      kernels::RmsNorm(x + h * c.head_dim, x + h * c.head_dim, head_norm, c.head_dim, c.rms_eps);
+    }
+  }
+  if (c.rope_style == RopeStyle::kNeox) {
+    RopeNeox(x, n_heads, c.head_dim, c.n_rot, cos_sin);
+  } else {
+    kernels::Rope(x, n_heads, c.head_dim, c.n_rot, cos_sin);
+  }
+}
+
+}  // namespace
+
 PackedModelWeights::PackedModelWeights(const Model& model, kernels::ThreadPool* pool)
     : weights_(model.weights()) {
   std::vector<WeightMatrix*> matrices;
@@ -170,7 +207,8 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
       kernels::MatMul(v, KVD, lw.wv, Encoded(xn, lw.wv), n_tokens, ith, nth);
       pool_->Barrier();
 
-      // RoPE on this thread's rows, then store their K and V in the cache.
+      // Bias, QK-norm and RoPE on this thread's rows (Q and K), V's bias,
+      // then store their K and V in the cache.
       for (int32_t s = 0; s < n_seqs; ++s) {
         const kernels::AttnSeq& seq = batch.seqs[s];
         int64_t a, b;
@@ -179,8 +217,9 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
         for (int64_t i = a; i < b; ++i) {
           const int64_t row = seq.row0 + i;
           const float* cs = model_->RopeRow(seq.n_past + static_cast<int32_t>(i));
-          kernels::Rope(q + row * QD, c.n_heads, c.head_dim, c.n_rot, cs);
-          kernels::Rope(k + row * KVD, c.n_kv_heads, c.head_dim, c.n_rot, cs);
+          PositionHeads(q + row * QD, lw.bq, lw.q_norm, c.n_heads, c, cs);
+          PositionHeads(k + row * KVD, lw.bk, lw.k_norm, c.n_kv_heads, c, cs);
+          if (lw.bv != nullptr) kernels::AddInplace(v + row * KVD, lw.bv, KVD);
         }
         kernels::AttnSeq part = seq;
         part.n_past = seq.n_past + static_cast<int32_t>(a);

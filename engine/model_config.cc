@@ -29,7 +29,13 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const gguf::GgufFile& file) {
         absl::StrCat("model: ", arch.status().message(), " (not a model file?)"));
   }
   c.architecture = std::string(*arch);
-  if (c.architecture != "llama") {
+  if (c.architecture == "qwen2") {
+    c.rope_style = RopeStyle::kNeox;
+    c.qkv_bias = true;
+  } else if (c.architecture == "qwen3") {
+    c.rope_style = RopeStyle::kNeox;
+    c.qk_norm = true;
+  } else if (c.architecture != "llama") {
     return absl::InvalidArgumentError(absl::StrCat("model: unsupported architecture '",
                                                    c.architecture,
                                                    "' (supported: ", kSupportedArchitectures, ")"));
@@ -46,23 +52,24 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const gguf::GgufFile& file) {
   PDS_ASSIGN_OR_RETURN(c.n_ff, GetPositive(file, p + "feed_forward_length"));
   PDS_ASSIGN_OR_RETURN(c.n_ctx_train, GetPositive(file, p + "context_length", 2048));
   if (c.n_embd % c.n_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model: embedding_length ", c.n_embd, " is not a multiple of head_count ", c.n_heads));
+    return absl::InvalidArgumentError(absl::StrCat("model: embedding_length ", c.n_embd,
+                                                   " is not a multiple of head_count ", c.n_heads));
   }
-  PDS_ASSIGN_OR_RETURN(c.head_dim, GetPositive(file, p + "attention.key_length",
-                                               uint64_t(c.n_embd / c.n_heads)));
-  PDS_ASSIGN_OR_RETURN(c.n_rot, GetPositive(file, p + "rope.dimension_count", uint64_t(c.head_dim)));
+  PDS_ASSIGN_OR_RETURN(
+      c.head_dim, GetPositive(file, p + "attention.key_length", uint64_t(c.n_embd / c.n_heads)));
+  PDS_ASSIGN_OR_RETURN(c.n_rot,
+                       GetPositive(file, p + "rope.dimension_count", uint64_t(c.head_dim)));
   if (c.n_heads % c.n_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("model: head_count ", c.n_heads,
-                                                   " is not a multiple of head_count_kv ",
-                                                   c.n_kv_heads));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model: head_count ", c.n_heads, " is not a multiple of head_count_kv ", c.n_kv_heads));
   }
   if (c.head_dim % 2 != 0 || c.n_rot % 2 != 0 || c.n_rot > c.head_dim) {
     return absl::InvalidArgumentError(absl::StrCat("model: head_dim ", c.head_dim, " / n_rot ",
-                                                   c.n_rot, " must be even with n_rot <= head_dim"));
+                                                   c.n_rot,
+                                                   " must be even with n_rot <= head_dim"));
   }
-  if (auto v = file.GetUintOr(p + "attention.value_length", c.head_dim); !v.ok() ||
-                                                                         *v != uint64_t(c.head_dim)) {
+  if (auto v = file.GetUintOr(p + "attention.value_length", c.head_dim);
+      !v.ok() || *v != uint64_t(c.head_dim)) {
     return absl::InvalidArgumentError("model: value_length must equal key_length");
   }
 
@@ -74,8 +81,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const gguf::GgufFile& file) {
   }
   c.rope_freq_base = static_cast<float>(base);
   c.rms_eps = static_cast<float>(eps);
-  PDS_ASSIGN_OR_RETURN(std::string_view scaling,
-                       file.GetStringOr(p + "rope.scaling.type", "none"));
+  PDS_ASSIGN_OR_RETURN(std::string_view scaling, file.GetStringOr(p + "rope.scaling.type", "none"));
   if (scaling == "linear") {
     PDS_ASSIGN_OR_RETURN(double factor, file.GetFloat(p + "rope.scaling.factor"));
     if (!(factor >= 1)) {
@@ -84,7 +90,8 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const gguf::GgufFile& file) {
     c.rope_freq_scale = static_cast<float>(1.0 / factor);
   } else if (scaling != "none") {
     return absl::InvalidArgumentError(absl::StrCat("model: unsupported rope.scaling.type '",
-                                                   std::string(scaling), "' (supported: none, linear)"));
+                                                   std::string(scaling),
+                                                   "' (supported: none, linear)"));
   }
 
   // Vocabulary size: the embedding matrix is authoritative.
@@ -93,9 +100,8 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const gguf::GgufFile& file) {
     return absl::InvalidArgumentError("model: missing 2-D tensor 'token_embd.weight'");
   }
   if (embd->dims[0] != c.n_embd) {
-    return absl::InvalidArgumentError(absl::StrCat("model: token_embd.weight rows have ",
-                                                   embd->dims[0], " elements, expected ",
-                                                   c.n_embd));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model: token_embd.weight rows have ", embd->dims[0], " elements, expected ", c.n_embd));
   }
   c.n_vocab = static_cast<int32_t>(embd->dims[1]);
   c.tied_embeddings = file.FindTensor("output.weight") == nullptr;

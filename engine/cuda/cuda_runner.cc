@@ -83,6 +83,11 @@ absl::StatusOr<std::unique_ptr<CudaRunner>> CudaRunner::Create(int device, const
                                                    " is not supported (even, at most ",
                                                    kernels::cuda::kMaxAttnHeadDim, ")"));
   }
+  if (c.architecture != "llama" ||
+      model->weights().layers[0].bq != nullptr) {  // no bias/QK-norm/NeoX RoPE here
+    return absl::UnimplementedError(absl::StrCat("CUDA runner: architecture '", c.architecture,
+                                                 "' (or Q/K/V biases) runs on the CPU only"));
+  }
   std::unique_ptr<CudaRunner> r(new CudaRunner(device, model, cache, max_tokens, max_logit_rows));
   PDS_RETURN_IF_ERROR(r->Init(options));
   return r;
