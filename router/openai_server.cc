@@ -17,7 +17,7 @@ namespace {
 using openai::ApiError;
 using openai::Endpoint;
 
-std::string NewId(std::string_view prefix) { return absl::StrCat(prefix, SecureRandomHex(12)); }
+std::string NewId(std::string_view prefix) { return std::string(prefix) + SecureRandomHex(12); }
 
 ApiError Unauthorized() {
   ApiError e;
