@@ -8,6 +8,7 @@
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "router/generate_call.h"
 #include "rpc/convert.h"
+#include "rpc/message_limits.h"
 #include "tracing/metrics_handler.h"
 
 namespace pdserve::router {
@@ -223,8 +224,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   for (auto& s : r->services_) services.push_back(s.get());
   // Clients and nodes share the port: a certificate is asked for (nodes
   // show one) but not required (clients use the API key).
-  PDS_ASSIGN_OR_RETURN(r->grpc_, rpc::StartServer(options.listen, services, *security,
-                                                  rpc::ClientCerts::kRequestAndVerify));
+  PDS_ASSIGN_OR_RETURN(
+      r->grpc_,
+      rpc::StartServer(
+          options.listen, services, *security, rpc::ClientCerts::kRequestAndVerify,
+          rpc::ClientApiMaxMessageBytes(ctx.prompt.max_prompt_bytes, ctx.prompt.limits.n_ctx)));
   rpc::SetServing(r->grpc_.server.get(), true);
 
   if (options.metrics_port >= 0) {
