@@ -274,6 +274,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
     ho.max_body_bytes = options.http_max_body_bytes;
     ho.max_stream_buffer_bytes = options.http_max_stream_buffer_bytes;
     ho.socket_send_buffer_bytes = options.http_socket_send_buffer_bytes;
+    ho.max_connections = options.http_max_connections;
+    ho.header_timeout = absl::Milliseconds(options.http_header_timeout_ms);
+    ho.read_timeout = absl::Milliseconds(options.http_read_timeout_ms);
+    ho.idle_timeout = absl::Milliseconds(options.http_idle_timeout_ms);
     ho.tls_cert_file = options.security.cert_file;
     ho.tls_key_file = options.security.key_file;
     ho.error_response = [](int status, const std::string& message) {
