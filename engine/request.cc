@@ -35,6 +35,9 @@ absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limit
     }
     if (!IsValidUtf8(s)) return bad("stop string is not valid UTF-8");
   }
+  if (st.stop_token_ids.size() > static_cast<size_t>(kMaxStopTokenIds)) {
+    return bad("at most ", kMaxStopTokenIds, " stop_token_ids, got ", st.stop_token_ids.size());
+  }
   for (TokenId t : st.stop_token_ids) {
     if (t < 0 || t >= limits.n_vocab) {
       return bad("stop token id ", t, " is outside the vocabulary [0, ", limits.n_vocab, ")");
@@ -51,7 +54,7 @@ absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limit
     return bad("top_p must be in (0, 1], got ", s.top_p);
   }
   if (s.top_k < 0 || s.top_k > kMaxTopK) {
-    return bad("top_k must be in [0, ", kMaxTopK, "] (0 disables it), got ", s.top_k);
+    return bad("top_k must be >= 0 (0 disables it) and at most ", kMaxTopK, ", got ", s.top_k);
   }
   if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1) {
     return bad("min_p must be in [0, 1], got ", s.min_p);

@@ -22,13 +22,15 @@ inline constexpr int32_t kMaxTopK = 1 << 20;  // larger than any vocabulary
 // Dividing a logit by a penalty near 0 overflows; past 100 it is already total.
 inline constexpr float kMinRepetitionPenalty = 0.01f;
 inline constexpr float kMaxRepetitionPenalty = 100.0f;
+// Every generated token is looked up among the stop ids.
+inline constexpr int32_t kMaxStopTokenIds = 256;
 
 struct SamplingParams {
   float temperature = 1.0f;         // 0 = greedy
   float top_p = 1.0f;               // (0, 1]
   int32_t top_k = 0;                // 0 = off
   float min_p = 0.0f;               // [0, 1]
-  float repetition_penalty = 1.0f;  // > 0; 1 = off (prompt + generated tokens)
+  float repetition_penalty = 1.0f;  // [0.01, 100]; 1 = off (prompt + generated tokens)
   float presence_penalty = 0.0f;    // [-2, 2] (generated tokens)
   float frequency_penalty = 0.0f;   // [-2, 2] (generated tokens)
   std::optional<uint64_t> seed;     // reproducible sampling when set

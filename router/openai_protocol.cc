@@ -431,7 +431,7 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body,
   if (const json* ids = r.Get("stop_token_ids")) {
     if (!ids->is_array())
       return BadRequest("'stop_token_ids' must be a list of integers", "stop_token_ids");
-    if (ids->size() > kMaxStopTokenIds) {
+    if (ids->size() > static_cast<size_t>(kMaxStopTokenIds)) {
       return BadRequest(absl::StrCat("at most ", kMaxStopTokenIds, " 'stop_token_ids'"),
                         "stop_token_ids");
     }

@@ -48,9 +48,6 @@ struct ParseOptions {
   int32_t n_vocab = 0;
 };
 
-// More stop token ids than this is a 400.
-inline constexpr size_t kMaxStopTokenIds = 256;
-
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::kCompletions;
   std::string model;  // as the client named it (echoed back)

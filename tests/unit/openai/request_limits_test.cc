@@ -111,6 +111,13 @@ TEST_F(RequestEdgeTest, SamplingValuesAreCheckedWithTheFieldNamed) {
   EXPECT_TRUE(rpc::BuildRequest(req, ctx_).ok());
   req.mutable_stop()->add_stop_token_ids(tokenizer_->n_vocab());
   EXPECT_FALSE(rpc::BuildRequest(req, ctx_).ok());
+
+  // Each generated token is looked up among the stop ids: their number is capped.
+  req.mutable_stop()->clear_stop_token_ids();
+  for (int i = 0; i <= kMaxStopTokenIds; ++i) req.mutable_stop()->add_stop_token_ids(i);
+  absl::StatusOr<RequestSpec> many = rpc::BuildRequest(req, ctx_);
+  ASSERT_FALSE(many.ok());
+  EXPECT_NE(many.status().message().find("stop_token_ids"), std::string::npos) << many.status();
 }
 
 TEST(MessageLimitsTest, SizedToThePromptNotTo64MiB) {
