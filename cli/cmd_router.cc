@@ -43,6 +43,14 @@ void AddRouterFlags(po::options_description* desc) {
       "unsent bytes per SSE stream; a client that stops reading past this is cancelled")(
       "http-socket-send-buffer-bytes", po::value<int>()->default_value(64 << 10),
       "kernel send buffer per HTTP connection (0: autotuned; bounds what a stalled reader pins)")(
+      "http-max-connections", po::value<int>()->default_value(1024),
+      "open HTTP connections at most; more are answered 503 and closed")(
+      "http-header-timeout-ms", po::value<int64_t>()->default_value(10000),
+      "longest a client may take to send a request's headers (slow-loris guard)")(
+      "http-read-timeout-ms", po::value<int64_t>()->default_value(30000),
+      "longest a client may take to send a whole request")(
+      "http-idle-timeout-ms", po::value<int64_t>()->default_value(60000),
+      "an idle keep-alive connection is closed after this long")(
       "served-model-name", po::value<std::string>()->default_value(""),
       "model name of the HTTP API (default: the model file's name)")(
       "chat-default-max-tokens", po::value<int>()->default_value(512),
@@ -112,11 +120,16 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
   o.http_max_body_bytes = vm["http-max-body-bytes"].as<uint64_t>();
   o.http_max_stream_buffer_bytes = vm["http-stream-buffer-bytes"].as<uint64_t>();
   o.http_socket_send_buffer_bytes = vm["http-socket-send-buffer-bytes"].as<int>();
+  o.http_max_connections = vm["http-max-connections"].as<int>();
+  o.http_header_timeout_ms = vm["http-header-timeout-ms"].as<int64_t>();
+  o.http_read_timeout_ms = vm["http-read-timeout-ms"].as<int64_t>();
+  o.http_idle_timeout_ms = vm["http-idle-timeout-ms"].as<int64_t>();
   o.served_model_name = vm["served-model-name"].as<std::string>();
   o.chat_default_max_tokens = vm["chat-default-max-tokens"].as<int>();
   o.security = ReadSecurityFlags(vm);
   if (o.http_threads < 1 || o.chat_default_max_tokens < 1 || o.http_max_body_bytes < 1 ||
-      o.http_max_stream_buffer_bytes < 1) {
+      o.http_max_stream_buffer_bytes < 1 || o.http_max_connections < 1 ||
+      o.http_header_timeout_ms < 1 || o.http_read_timeout_ms < 1 || o.http_idle_timeout_ms < 1) {
     return absl::InvalidArgumentError("HTTP limits must be positive");
   }
   if (o.heartbeat_interval_ms <= 0 || o.node_expiry_ms <= 0 || o.config.kv_deadline_ms <= 0 ||

@@ -6,11 +6,16 @@
 #include <cstring>
 #include <ctime>
 #include <iostream>
+#include <string>
+#include <string_view>
 
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/log_escape.h"
 
 namespace pdserve {
 namespace {
@@ -32,6 +37,48 @@ void WriteLine(const std::string& line) {
   }
 }
 
+// Appends `c` as \xNN.
+void AppendHex(unsigned char c, std::string* out) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out->append("\\x");
+  out->push_back(kHex[c >> 4]);
+  out->push_back(kHex[c & 15]);
+}
+}  // namespace
+
+std::string EscapeLogText(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c == '\n') {
+      out.append("\\n");
+    } else if (c == '\r') {
+      out.append("\\r");
+    } else if (c == '\t') {
+      out.push_back('\t');
+    } else if (c < 0x20 || c == 0x7f) {
+      AppendHex(c, &out);  // ESC, BEL, backspace...: terminal control
+    } else if (c == 0xc2 && i + 1 < text.size() &&
+               static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
+      // U+0080..U+009F, the C1 controls (U+009B is a one-character CSI).
+      AppendHex(c, &out);
+      AppendHex(static_cast<unsigned char>(text[++i]), &out);
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+std::string LogQuote(std::string_view text, size_t max_bytes) {
+  const std::string_view kept = text.substr(0, max_bytes);
+  return absl::StrCat("\"", absl::CHexEscape(absl::string_view(kept.data(), kept.size())),
+                      text.size() > max_bytes ? "...\"" : "\"");
+}
+
+namespace {
 std::string Prefix(char level, const char* file, int line) {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -46,7 +93,9 @@ std::string Prefix(char level, const char* file, int line) {
 }  // namespace
 
 void SetMinLogLevel(LogLevel level) { g_min_level.store(static_cast<int>(level)); }
-LogLevel MinLogLevel() { return static_cast<LogLevel>(g_min_level.load(std::memory_order_relaxed)); }
+LogLevel MinLogLevel() {
+  return static_cast<LogLevel>(g_min_level.load(std::memory_order_relaxed));
+}
 
 bool ParseLogLevel(const char* text, LogLevel* level) {
   static constexpr struct {
@@ -72,8 +121,11 @@ LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(leve
 }
 
 LogMessage::~LogMessage() {
-  stream_ << '\n';
-  WriteLine(stream_.str());
+  // Messages quote what clients and peers send (ids, names, headers): one
+  // message stays one line, and no byte of it can drive the terminal.
+  std::string line = EscapeLogText(stream_.str());
+  line += '\n';
+  WriteLine(line);
 }
 
 CheckFailure::CheckFailure(const char* file, int line, const char* condition) {

@@ -54,6 +54,13 @@ const char* ChatTemplate::name() const {
 
 absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,
                                                  bool add_generation_prompt) const {
+  absl::StatusOr<Rendered> r = RenderWithRanges(messages, add_generation_prompt);
+  if (!r.ok()) return r.status();
+  return std::move(r->text);
+}
+
+absl::StatusOr<ChatTemplate::Rendered> ChatTemplate::RenderWithRanges(
+    const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
   if (messages.empty()) return absl::InvalidArgumentError("chat has no messages");
   for (size_t i = 0; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
@@ -61,10 +68,18 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
       return absl::InvalidArgumentError(absl::StrCat("message ", i, ": bad role"));
     }
     if (!IsValidUtf8(m.content)) {
-      return absl::InvalidArgumentError(absl::StrCat("message ", i, ": content is not valid UTF-8"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("message ", i, ": content is not valid UTF-8"));
     }
   }
-  std::string out;
+  Rendered r;
+  std::string& out = r.text;
+  // Appends text a client supplied, remembering where it lies.
+  auto supplied = [&r](const std::string& text) {
+    if (text.empty()) return;
+    r.message_ranges.push_back({r.text.size(), r.text.size() + text.size()});
+    r.text += text;
+  };
   const bool has_system = messages[0].role == "system";
   switch (format_) {
     case ChatFormat::kChatML:
@@ -72,20 +87,27 @@ absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>&
         absl::StrAppend(&out, "<|im_start|>system\n", default_system_, "<|im_end|>\n");
       }
       for (const ChatMessage& m : messages) {
-        absl::StrAppend(&out, "<|im_start|>", m.role, "\n", m.content, "<|im_end|>\n");
+        out += "<|im_start|>";
+        supplied(m.role);
+        out += "\n";
+        supplied(m.content);
+        out += "<|im_end|>\n";
       }
       if (add_generation_prompt) out += "<|im_start|>assistant\n";
       break;
     case ChatFormat::kLlama3:
       out = "<|begin_of_text|>";
       for (const ChatMessage& m : messages) {
-        absl::StrAppend(&out, "<|start_header_id|>", m.role, "<|end_header_id|>\n\n", m.content,
-                        "<|eot_id|>");
+        out += "<|start_header_id|>";
+        supplied(m.role);
+        out += "<|end_header_id|>\n\n";
+        supplied(m.content);
+        out += "<|eot_id|>";
       }
       if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
       break;
   }
-  return out;
+  return r;
 }
 
 }  // namespace pdserve

@@ -10,11 +10,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/tokenizer.h"
 
 namespace pdserve {
 
 struct ChatMessage {
-  std::string role;     // system, user, assistant (tool: passed through)
+  std::string role;  // system, user, assistant (tool: passed through)
   std::string content;
 };
 
@@ -35,6 +36,17 @@ class ChatTemplate {
   // parse_special). Roles must be non-empty and content valid UTF-8.
   absl::StatusOr<std::string> Render(const std::vector<ChatMessage>& messages,
                                      bool add_generation_prompt = true) const;
+
+  // The same text, with the byte ranges the messages supplied (roles and
+  // contents, in order): tokenize with parse_special and these as
+  // EncodeOptions::literal_ranges, so that a "<|im_end|>" a user typed stays
+  // text and only the template's own markers become special tokens.
+  struct Rendered {
+    std::string text;
+    std::vector<ByteRange> message_ranges;
+  };
+  absl::StatusOr<Rendered> RenderWithRanges(const std::vector<ChatMessage>& messages,
+                                            bool add_generation_prompt = true) const;
 
  private:
   ChatTemplate(ChatFormat format, std::string default_system)

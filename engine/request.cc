@@ -35,24 +35,34 @@ absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limit
     }
     if (!IsValidUtf8(s)) return bad("stop string is not valid UTF-8");
   }
+  if (st.stop_token_ids.size() > static_cast<size_t>(kMaxStopTokenIds)) {
+    return bad("at most ", kMaxStopTokenIds, " stop_token_ids, got ", st.stop_token_ids.size());
+  }
   for (TokenId t : st.stop_token_ids) {
     if (t < 0 || t >= limits.n_vocab) {
       return bad("stop token id ", t, " is outside the vocabulary [0, ", limits.n_vocab, ")");
     }
   }
   const SamplingParams& s = spec.sampling;
-  if (!std::isfinite(s.temperature) || s.temperature < 0) {
-    return bad("temperature must be a finite number >= 0, got ", s.temperature);
+  if (!std::isfinite(s.temperature) ||
+      (s.temperature != 0 &&
+       !(s.temperature >= kMinSamplingTemperature && s.temperature <= kMaxSamplingTemperature))) {
+    return bad("temperature must be 0 (greedy) or in [", kMinSamplingTemperature, ", ",
+               kMaxSamplingTemperature, "], got ", s.temperature);
   }
   if (!std::isfinite(s.top_p) || !(s.top_p > 0 && s.top_p <= 1)) {
     return bad("top_p must be in (0, 1], got ", s.top_p);
   }
-  if (s.top_k < 0) return bad("top_k must be >= 0 (0 disables it), got ", s.top_k);
+  if (s.top_k < 0 || s.top_k > kMaxTopK) {
+    return bad("top_k must be >= 0 (0 disables it) and at most ", kMaxTopK, ", got ", s.top_k);
+  }
   if (!std::isfinite(s.min_p) || s.min_p < 0 || s.min_p > 1) {
     return bad("min_p must be in [0, 1], got ", s.min_p);
   }
-  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty <= 0) {
-    return bad("repetition_penalty must be > 0, got ", s.repetition_penalty);
+  if (!std::isfinite(s.repetition_penalty) || s.repetition_penalty < kMinRepetitionPenalty ||
+      s.repetition_penalty > kMaxRepetitionPenalty) {
+    return bad("repetition_penalty must be in [", kMinRepetitionPenalty, ", ",
+               kMaxRepetitionPenalty, "] (1 disables it), got ", s.repetition_penalty);
   }
   if (!std::isfinite(s.presence_penalty) || std::fabs(s.presence_penalty) > 2) {
     return bad("presence_penalty must be in [-2, 2], got ", s.presence_penalty);
@@ -61,8 +71,7 @@ absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limit
     return bad("frequency_penalty must be in [-2, 2], got ", s.frequency_penalty);
   }
   if (s.top_logprobs < 0 || s.top_logprobs > limits.max_top_logprobs) {
-    return bad("top_logprobs must be in [0, ", limits.max_top_logprobs, "], got ",
-               s.top_logprobs);
+    return bad("top_logprobs must be in [0, ", limits.max_top_logprobs, "], got ", s.top_logprobs);
   }
   return absl::OkStatus();
 }

@@ -12,12 +12,25 @@
 
 namespace pdserve {
 
+// Bounds ValidateRequest holds sampling values to. Temperature is 0
+// (greedy) or in [kMinSamplingTemperature, kMaxSamplingTemperature]: below,
+// 1/T overflows a float (the sampler treats it as greedy, but a client asking
+// for it is told); above, every token is equally likely anyway.
+inline constexpr float kMinSamplingTemperature = 1e-3f;
+inline constexpr float kMaxSamplingTemperature = 100.0f;
+inline constexpr int32_t kMaxTopK = 1 << 20;  // larger than any vocabulary
+// Dividing a logit by a penalty near 0 overflows; past 100 it is already total.
+inline constexpr float kMinRepetitionPenalty = 0.01f;
+inline constexpr float kMaxRepetitionPenalty = 100.0f;
+// Every generated token is looked up among the stop ids.
+inline constexpr int32_t kMaxStopTokenIds = 256;
+
 struct SamplingParams {
-  float temperature = 1.0f;  // 0 = greedy
-  float top_p = 1.0f;        // (0, 1]
-  int32_t top_k = 0;         // 0 = off
-  float min_p = 0.0f;        // [0, 1]
-  float repetition_penalty = 1.0f;  // > 0; 1 = off (prompt + generated tokens)
+  float temperature = 1.0f;         // 0 = greedy
+  float top_p = 1.0f;               // (0, 1]
+  int32_t top_k = 0;                // 0 = off
+  float min_p = 0.0f;               // [0, 1]
+  float repetition_penalty = 1.0f;  // [0.01, 100]; 1 = off (prompt + generated tokens)
   float presence_penalty = 0.0f;    // [-2, 2] (generated tokens)
   float frequency_penalty = 0.0f;   // [-2, 2] (generated tokens)
   std::optional<uint64_t> seed;     // reproducible sampling when set
@@ -26,7 +39,7 @@ struct SamplingParams {
 };
 
 struct StopParams {
-  int32_t max_tokens = 16;  // >= 1
+  int32_t max_tokens = 16;                // >= 1
   std::vector<std::string> stop_strings;  // not emitted themselves
   std::vector<TokenId> stop_token_ids;
   bool ignore_eos = false;
@@ -41,7 +54,7 @@ struct RequestSpec {
 
 // Limits a request is checked against.
 struct RequestLimits {
-  int32_t n_ctx = 0;    // context length served
+  int32_t n_ctx = 0;  // context length served
   int32_t n_vocab = 0;
   int32_t max_stop_strings = 16;
   int32_t max_stop_string_bytes = 256;

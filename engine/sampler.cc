@@ -22,6 +22,10 @@ double LogSumExp(const float* x, int32_t n) {
   for (int32_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i] - mx));
   return mx + std::log(sum);
 }
+// NaN breaks the strict weak order std::partial_sort relies on: it sorts as -inf.
+float Sortable(float logit) {
+  return std::isnan(logit) ? -std::numeric_limits<float>::infinity() : logit;
+}
 }  // namespace
 
 Rng::Rng(uint64_t seed) {
@@ -90,7 +94,7 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
     if (params_.top_logprobs > 0) {
       const int32_t k = std::min(params_.top_logprobs, n_vocab);
       candidates_.clear();
-      for (int32_t i = 0; i < n_vocab; ++i) candidates_.emplace_back(logits[i], i);
+      for (int32_t i = 0; i < n_vocab; ++i) candidates_.emplace_back(Sortable(logits[i]), i);
       std::partial_sort(candidates_.begin(), candidates_.begin() + k, candidates_.end(),
                         [](const auto& a, const auto& b) {
                           return a.first > b.first || (a.first == b.first && a.second < b.second);
@@ -100,9 +104,9 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
       }
     }
   }
-  const bool penalized = (params_.repetition_penalty != 1.0f && !seen_.empty()) ||
-                         ((params_.presence_penalty != 0 || params_.frequency_penalty != 0) &&
-                          !generated_.empty());
+  const bool penalized =
+      (params_.repetition_penalty != 1.0f && !seen_.empty()) ||
+      ((params_.presence_penalty != 0 || params_.frequency_penalty != 0) && !generated_.empty());
   std::vector<float> raw_saved;  // raw logits, kept only when penalties change them
   if (penalized && want_logprobs) raw_saved.assign(logits, logits + n_vocab);
   if (penalized) ApplyPenalties(logits, n_vocab);
@@ -114,12 +118,14 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
     }
     return r;
   };
-  if (params_.temperature == 0.0f) return finish(Argmax(logits, n_vocab));
+  // Below kMinSamplingTemperature 1/T overflows float and the weights become
+  // NaN; such a distribution is the argmax anyway. NaN compares false: greedy too.
+  if (!(params_.temperature >= kMinSamplingTemperature)) return finish(Argmax(logits, n_vocab));
 
   // Candidates sorted by logit, descending; keep only what top-k allows.
   candidates_.clear();
   candidates_.reserve(n_vocab);
-  for (int32_t i = 0; i < n_vocab; ++i) candidates_.emplace_back(logits[i], i);
+  for (int32_t i = 0; i < n_vocab; ++i) candidates_.emplace_back(Sortable(logits[i]), i);
   auto by_logit = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
@@ -127,22 +133,31 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
   if (params_.top_k > 0 && params_.top_k < n) n = params_.top_k;
   // Sort lazily: grow the sorted prefix only as far as top-p needs it.
   int32_t sorted = std::min<int32_t>(n, 64);
-  std::partial_sort(candidates_.begin(), candidates_.begin() + sorted, candidates_.begin() + n_vocab,
-                    by_logit);
+  std::partial_sort(candidates_.begin(), candidates_.begin() + sorted,
+                    candidates_.begin() + n_vocab, by_logit);
 
-  const float inv_t = 1.0f / params_.temperature;
+  const double inv_t = 1.0 / static_cast<double>(params_.temperature);
   const float max_logit = candidates_[0].first;
+  // A logit that is NaN or infinite (a broken model, an extreme penalty) has
+  // no probability to sample from: fall back to the argmax.
+  if (!std::isfinite(max_logit)) return finish(Argmax(logits, n_vocab));
+  // Unnormalized probability of a candidate; NaN (a NaN logit in the tail)
+  // and -inf logits weigh 0.
+  auto weight = [&](float logit) {
+    const double w = std::exp((static_cast<double>(logit) - max_logit) * inv_t);
+    return w >= 0 ? w : 0.0;
+  };
   // Unnormalized probabilities over all n candidates (the unsorted tail too).
   double total = 0;
-  for (int32_t i = 0; i < n; ++i) total += std::exp((candidates_[i].first - max_logit) * inv_t);
+  for (int32_t i = 0; i < n; ++i) total += weight(candidates_[i].first);
   if (params_.top_k > 0 && params_.top_k < n_vocab) {
     // candidates_[0, n) must be exactly the top-k set: sort fully up to n.
     if (sorted < n) {
-      std::partial_sort(candidates_.begin(), candidates_.begin() + n,
-                        candidates_.begin() + n_vocab, by_logit);
+      std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.begin() + n_vocab,
+                        by_logit);
       sorted = n;
       total = 0;
-      for (int32_t i = 0; i < n; ++i) total += std::exp((candidates_[i].first - max_logit) * inv_t);
+      for (int32_t i = 0; i < n; ++i) total += weight(candidates_[i].first);
     }
   }
 
@@ -159,7 +174,7 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
         sorted = grow;
       }
       if (i >= n) break;
-      cum += std::exp((candidates_[i].first - max_logit) * inv_t) / total;
+      cum += weight(candidates_[i].first) / total;
       if (cum >= params_.top_p) {
         ++i;
         break;
@@ -181,12 +196,12 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
   }
 
   double mass = 0;
-  for (int32_t i = 0; i < keep; ++i) mass += std::exp((candidates_[i].first - max_logit) * inv_t);
+  for (int32_t i = 0; i < keep; ++i) mass += weight(candidates_[i].first);
   const double u = rng_.Uniform() * mass;
   double cum = 0;
   TokenId chosen = candidates_[keep - 1].second;
   for (int32_t i = 0; i < keep; ++i) {
-    cum += std::exp((candidates_[i].first - max_logit) * inv_t);
+    cum += weight(candidates_[i].first);
     if (u < cum) {
       chosen = candidates_[i].second;
       break;

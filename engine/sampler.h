@@ -30,8 +30,8 @@ struct TokenLogprob {
 
 struct SampleResult {
   TokenId token = 0;
-  float logprob = 0;                 // log-softmax of the raw logits
-  std::vector<TokenLogprob> top;     // top_logprobs alternatives, best first
+  float logprob = 0;              // log-softmax of the raw logits
+  std::vector<TokenLogprob> top;  // top_logprobs alternatives, best first
 };
 
 class Sampler {
@@ -52,8 +52,8 @@ class Sampler {
 
   SamplingParams params_;
   Rng rng_;
-  absl::flat_hash_set<TokenId> seen_;                // prompt + generated
-  absl::flat_hash_map<TokenId, int32_t> generated_;  // counts
+  absl::flat_hash_set<TokenId> seen_;                  // prompt + generated
+  absl::flat_hash_map<TokenId, int32_t> generated_;    // counts
   std::vector<std::pair<float, TokenId>> candidates_;  // scratch
 };
 

@@ -216,15 +216,37 @@ absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(std::string_view text,
   auto accept = [&v, &options](TokenId id) {
     return options.parse_special || (v.attrs[id] & (ti::kAttrControl | ti::kAttrUnknown)) == 0;
   };
+  const std::span<const ByteRange> literal = options.literal_ranges;
+  for (size_t k = 0; k < literal.size(); ++k) {
+    if (literal[k].begin > literal[k].end || literal[k].end > text.size() ||
+        (k > 0 && literal[k].begin < literal[k - 1].end)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("literal range ", k, " [", literal[k].begin, ", ", literal[k].end,
+                       ") is out of order or outside the text of ", text.size(), " bytes"));
+    }
+  }
+  // Inside a literal range only what plain text may hold (user-defined tokens).
+  auto accept_literal = [&v](TokenId id) {
+    return (v.attrs[id] & (ti::kAttrControl | ti::kAttrUnknown)) == 0;
+  };
+  size_t next_literal = 0;    // the first literal range that does not end before pos
   bool after_special = true;  // the start of text counts as a boundary
   size_t raw_begin = 0;
   size_t pos = 0;
   while (pos < text.size()) {
+    while (next_literal < literal.size() && literal[next_literal].end <= pos) ++next_literal;
+    const bool in_literal = next_literal < literal.size() && literal[next_literal].begin <= pos;
+    // A token must end by here: it may not cross into or out of a literal range.
+    const size_t match_limit = next_literal == literal.size() ? text.size()
+                               : in_literal                   ? literal[next_literal].end
+                                                              : literal[next_literal].begin;
     if (!impl_->specials.MayStartAt(static_cast<unsigned char>(text[pos]))) {
       ++pos;
       continue;
     }
-    auto match = impl_->specials.LongestAt(text, pos, accept);
+    const std::string_view window = text.substr(0, match_limit);
+    auto match = in_literal ? impl_->specials.LongestAt(window, pos, accept_literal)
+                            : impl_->specials.LongestAt(window, pos, accept);
     if (!match) {
       ++pos;
       continue;

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,9 +32,22 @@ namespace pdserve {
 
 using TokenId = int32_t;
 
+// A byte range [begin, end) of a text.
+struct ByteRange {
+  size_t begin = 0;
+  size_t end = 0;
+};
+
 struct EncodeOptions {
   bool add_special = false;    // add BOS/EOS where the vocab asks for it
   bool parse_special = false;  // recognise special/control tokens written in the text
+  // With parse_special: ranges of the text (sorted, disjoint, in bounds) where
+  // no special/control token is recognised, not even one that starts before
+  // the range and ends inside it: user content inside a chat template, whose
+  // "<|im_end|>" is text while the template's own markers stay special. The
+  // bytes around a boundary still form words together, so a text without
+  // special tokens encodes the same with or without ranges.
+  std::span<const ByteRange> literal_ranges;
 };
 
 class Tokenizer {

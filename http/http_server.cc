@@ -47,6 +47,10 @@ class HttpServer::Impl {
     if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
       if (absl::Status s = LoadTls(); !s.ok()) return s;
     }
+    if (options.max_connections < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_connections must be >= 1, got ", options.max_connections));
+    }
     if (options.num_threads < 1) {
       return absl::InvalidArgumentError(
           absl::StrCat("num_threads must be >= 1, got ", options.num_threads));
@@ -126,6 +130,7 @@ class HttpServer::Impl {
     return started_;
   }
   uint16_t port() const { return port_.load(); }
+  uint64_t rejected_connections() const { return core_->rejected_connections.load(); }
 
  private:
   // TLS 1.2+ with the configured certificate chain and key.
@@ -191,6 +196,11 @@ class HttpServer::Impl {
           std::shared_ptr<Session> session;
           {
             absl::MutexLock lock(&core_->mu);
+            if (core_->sessions.size() >= static_cast<size_t>(core_->options.max_connections)) {
+              RefuseConnection(std::move(socket));
+              Accept();
+              return;
+            }
             const uint64_t id = core_->next_session_id++;
             session = core_->tls ? internal::MakeTlsSession(core_.get(), id, std::move(socket))
                                  : internal::MakePlainSession(core_.get(), id, std::move(socket));
@@ -199,6 +209,24 @@ class HttpServer::Impl {
           session->Start();
           Accept();
         });
+  }
+
+  // Over max_connections: a plaintext client reads a 503 (one non-blocking
+  // write into an empty socket buffer, so it never waits on the client); a
+  // TLS one just sees the close. Either way the socket is gone at once.
+  void RefuseConnection(tcp::socket socket) {
+    core_->rejected_connections.fetch_add(1, std::memory_order_relaxed);
+    boost::system::error_code ec;
+    if (!core_->tls) {
+      static constexpr std::string_view kBusy =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+          "Content-Length: 21\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+          "too many connections\n";
+      socket.non_blocking(true, ec);
+      if (!ec) socket.write_some(net::buffer(kBusy.data(), kBusy.size()), ec);
+    }
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
   }
 
   std::vector<std::shared_ptr<Session>> Snapshot() {
@@ -251,6 +279,8 @@ void HttpServer::SetFallback(HttpAsyncHandler handler) {
 absl::Status HttpServer::Start() { return impl_->Start(); }
 
 uint16_t HttpServer::port() const { return impl_->port(); }
+
+uint64_t HttpServer::rejected_connections() const { return impl_->rejected_connections(); }
 
 void HttpServer::Stop(absl::Duration grace) { impl_->Stop(grace); }
 

@@ -30,8 +30,15 @@ struct HttpServerOptions {
   int num_threads = 1;
   uint64_t max_body_bytes = 8 << 20;     // Larger bodies get 413.
   uint32_t max_header_bytes = 16 << 10;  // Larger headers get 431.
+  uint32_t max_header_fields = 100;      // More header fields get 431.
+  // Open connections at most; one more is answered 503 and closed at once
+  // (TLS: closed), and counted in HttpServer::rejected_connections().
+  int max_connections = 1024;
   // Waiting for the first byte of a request (a kept-alive connection included).
   absl::Duration idle_timeout = absl::Seconds(60);
+  // Reading a request's line and headers, from its first byte (and a TLS
+  // handshake): a client that trickles them (slow loris) is cut off.
+  absl::Duration header_timeout = absl::Seconds(10);
   // Reading one request, from its first byte to the end of its body.
   absl::Duration read_timeout = absl::Seconds(30);
   // One socket write (a whole response, or one flush of a stream): a client
@@ -71,6 +78,8 @@ class HttpServer {
   absl::Status Start();
   // The bound port (the ephemeral one when options.port was 0); 0 before Start.
   uint16_t port() const;
+  // Connections refused because max_connections were open.
+  uint64_t rejected_connections() const;
 
   // Stops accepting, closes idle connections, lets requests in flight and
   // open streams finish for up to `grace`, then cancels what is left (their

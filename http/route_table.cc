@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
+#include "common/log_escape.h"
 
 namespace pdserve::http::internal {
 
@@ -53,8 +54,8 @@ void RouteTable::Dispatch(const HttpRequest& request,
   try {
     (*handler)(request, responder);
   } catch (const std::exception& e) {
-    PDS_LOG(ERROR) << "http: handler for " << request.method << " " << request.path
-                   << " threw: " << e.what();
+    PDS_LOG(ERROR) << "http: handler for " << LogQuote(request.method) << " "
+                   << LogQuote(request.path) << " threw: " << LogQuote(e.what());
     responder->Respond(HttpResponse::Text(500, "internal error\n"));
   }
 }

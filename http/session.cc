@@ -28,6 +28,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "http/request_parser.h"
 
 namespace pdserve::http::internal {
 namespace {
@@ -137,6 +138,10 @@ class StreamSession final : public Session {
   void Close(absl::Status reason);
 
   void ArmTimer(Timer& timer, uint64_t& generation, absl::Duration timeout);
+  RequestLimits Limits() const {
+    return {core_->options.max_body_bytes, core_->options.max_header_bytes,
+            core_->options.max_header_fields};
+  }
   void CancelTimer(Timer& timer, uint64_t& generation);
 
   ServerCore* const core_;
@@ -164,6 +169,7 @@ class StreamSession final : public Session {
 
   boost::beast::flat_buffer buffer_;
   std::optional<boost::beast::http::request_parser<boost::beast::http::string_body>> parser_;
+  absl::Time request_started_;  // first byte of the request being read
   int version_ = 11;
 
   std::shared_ptr<Exchange> exchange_;
@@ -196,11 +202,12 @@ void StreamSession<Stream>::Start() {
   net::post(socket().get_executor(), [self = Self()] {
     if (self->phase_ == Phase::kClosed) return;
     if constexpr (kTls) {
-      // The handshake counts as reading a request: a peer that stalls in it
-      // is cut off after read_timeout.
+      // The handshake counts as reading a request's header: a peer that
+      // stalls in it is cut off after header_timeout.
       self->phase_ = Phase::kReading;
-      self->ArmTimer(self->read_timer_, self->read_timer_generation_,
-                     self->core_->options.read_timeout);
+      self->ArmTimer(
+          self->read_timer_, self->read_timer_generation_,
+          std::min(self->core_->options.header_timeout, self->core_->options.read_timeout));
       self->read_in_flight_ = true;
       self->stream_.async_handshake(net::ssl::stream_base::server, [self](error_code ec) {
         self->read_in_flight_ = false;
@@ -308,7 +315,9 @@ void StreamSession<Stream>::ReadHeader() {
   parser_.emplace();
   parser_->header_limit(core_->options.max_header_bytes);
   parser_->body_limit(core_->options.max_body_bytes);
-  ArmTimer(read_timer_, read_timer_generation_, core_->options.read_timeout);
+  request_started_ = absl::Now();
+  ArmTimer(read_timer_, read_timer_generation_,
+           std::min(core_->options.header_timeout, core_->options.read_timeout));
   read_in_flight_ = true;
   bhttp::async_read_header(stream_, buffer_, *parser_,
                            [self = Self()](error_code ec, size_t) { self->OnHeader(ec); });
@@ -323,6 +332,17 @@ void StreamSession<Stream>::OnHeader(error_code ec) {
     return;
   }
   const auto& header = parser_->get();
+  if (std::optional<RequestError> e = CheckHeaderFields(
+          static_cast<size_t>(std::distance(header.begin(), header.end())), Limits())) {
+    Reject(e->status, std::move(e->message));
+    return;
+  }
+  if (!parser_->is_done()) {
+    // The body gets what is left of read_timeout (the header had its own).
+    ArmTimer(read_timer_, read_timer_generation_,
+             std::max(absl::ZeroDuration(),
+                      core_->options.read_timeout - (absl::Now() - request_started_)));
+  }
   if (!parser_->is_done() && header.version() >= 11 &&
       absl::EqualsIgnoreCase(View(header[bhttp::field::expect]), "100-continue")) {
     // The client waits for this before sending the body (curl does for large
@@ -383,22 +403,15 @@ void StreamSession<Stream>::Dispatch() {
   bhttp::request<bhttp::string_body> message = parser_->release();
   parser_.reset();
 
-  HttpRequest request;
-  request.method = std::string(View(message.method_string()));
-  request.target = std::string(View(message.target()));
-  const size_t question = request.target.find('?');
-  request.path = request.target.substr(0, question);
-  if (question != std::string::npos) {
-    request.query = ParseQueryString(std::string_view(request.target).substr(question + 1));
-  }
-  request.headers.reserve(std::distance(message.begin(), message.end()));
+  HeaderList headers;
+  headers.reserve(std::distance(message.begin(), message.end()));
   for (const auto& field : message) {
-    request.headers.emplace_back(std::string(View(field.name_string())),
-                                 std::string(View(field.value())));
+    headers.emplace_back(std::string(View(field.name_string())), std::string(View(field.value())));
   }
-  request.body = std::move(message.body());
-  request.version = static_cast<int>(message.version());
-  request.remote_address = remote_address_;
+  HttpRequest request = MakeHttpRequest(std::string(View(message.method_string())),
+                                        std::string(View(message.target())), std::move(headers),
+                                        std::move(message.body()),
+                                        static_cast<int>(message.version()), remote_address_);
 
   version_ = request.version;
   keep_alive_ = keep_alive_ && message.keep_alive() && !core_->stopping.load();

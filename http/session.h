@@ -33,6 +33,7 @@ struct ServerCore {
   // Set before Start() when the server speaks TLS; read-only afterwards.
   std::unique_ptr<boost::asio::ssl::context> tls;
   std::atomic<bool> stopping{false};
+  std::atomic<uint64_t> rejected_connections{0};
 
   absl::Mutex mu;
   // Open connections, so Stop() can reach them; a connection removes itself

@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "pdserve/v1/node.grpc.pb.h"
 #include "rpc/convert.h"
+#include "rpc/message_limits.h"
 #include "rpc/model_fingerprint.h"
 #include "tracing/metrics_handler.h"
 #include "transport/tcp_receiver.h"
@@ -255,8 +256,10 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   }
   n->service_ = std::make_unique<NodeService>(n.get(), n->prefill_.get(), n->decode_.get(),
                                               n->generate_.get(), &n->draining_, &n->security_);
-  PDS_ASSIGN_OR_RETURN(n->grpc_, rpc::StartServer(options.listen, {n->service_.get()}, n->security_,
-                                                  rpc::ClientCerts::kRequireAndVerify));
+  PDS_ASSIGN_OR_RETURN(n->grpc_,
+                       rpc::StartServer(options.listen, {n->service_.get()}, n->security_,
+                                        rpc::ClientCerts::kRequireAndVerify,
+                                        rpc::NodeApiMaxMessageBytes(engine->limits().n_ctx)));
   if (n->id_.empty()) n->id_ = absl::StrCat(RoleName(options.role), "-", n->grpc_.port);
   engine->Start();
   rpc::SetServing(n->grpc_.server.get(), true);

@@ -7,6 +7,7 @@
 #include <grpcpp/support/status_code_enum.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/request.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve::router::openai {
@@ -91,17 +92,32 @@ class Reader {
     if (std::optional<ApiError> _e = (expr)) return _e; \
   } while (0)
 
-std::optional<ApiError> ParsePrompt(const json& prompt, v1::GenerateRequest* req) {
+// A token id in a JSON list: an integer in [0, n_vocab) (any int32 when
+// n_vocab is 0). Unsigned values past int64 are caught before get<int64_t>
+// would wrap them.
+std::optional<ApiError> ReadTokenId(const json& t, const char* name, int32_t n_vocab,
+                                    int32_t* out) {
+  if (!t.is_number_integer()) {
+    return BadRequest(absl::StrCat("token ids in '", name, "' must be integers"), name);
+  }
+  const int64_t limit = n_vocab > 0 ? n_vocab : int64_t{std::numeric_limits<int32_t>::max()} + 1;
+  const bool too_big = t.is_number_unsigned() ? t.get<uint64_t>() >= static_cast<uint64_t>(limit)
+                                              : t.get<int64_t>() >= limit;
+  if (too_big || (!t.is_number_unsigned() && t.get<int64_t>() < 0)) {
+    return BadRequest(
+        absl::StrCat("token id ", t.dump(), " in '", name, "' is outside [0, ", limit, ")"), name);
+  }
+  *out = static_cast<int32_t>(t.get<int64_t>());
+  return std::nullopt;
+}
+
+std::optional<ApiError> ParsePrompt(const json& prompt, int32_t n_vocab, v1::GenerateRequest* req) {
   auto token_ids = [&](const json& arr) -> std::optional<ApiError> {
     v1::TokenIds* ids = req->mutable_token_ids();
     for (const json& t : arr) {
-      if (!t.is_number_integer())
-        return BadRequest("token ids in 'prompt' must be integers", "prompt");
-      const int64_t id = t.get<int64_t>();
-      if (id < 0 || id > std::numeric_limits<int32_t>::max()) {
-        return BadRequest(absl::StrCat("token id ", id, " in 'prompt' is out of range"), "prompt");
-      }
-      ids->add_ids(static_cast<int32_t>(id));
+      int32_t id = 0;
+      PDS_API_TRY(ReadTokenId(t, "prompt", n_vocab, &id));
+      ids->add_ids(id);
     }
     return std::nullopt;
   };
@@ -337,7 +353,7 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body,
   if (endpoint == Endpoint::kCompletions) {
     const json* prompt = r.Get("prompt");
     if (prompt == nullptr) return BadRequest("'prompt' is required", "prompt");
-    PDS_API_TRY(ParsePrompt(*prompt, &req));
+    PDS_API_TRY(ParsePrompt(*prompt, options.n_vocab, &req));
   } else {
     const json* messages = r.Get("messages");
     if (messages == nullptr) return BadRequest("'messages' is required", "messages");
@@ -372,9 +388,19 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body,
   v1::SamplingParams* sp = req.mutable_sampling();
   std::optional<double> x;
   PDS_API_TRY(r.Number("temperature", 0, 2, &x));
+  // 1/T must stay finite: a tiny positive temperature is refused, not
+  // silently turned into greedy sampling.
+  if (x && *x != 0 && static_cast<float>(*x) < kMinSamplingTemperature) {
+    return BadRequest(absl::StrCat("'temperature' must be 0 (greedy) or in [",
+                                   kMinSamplingTemperature, ", 2], got ", *x),
+                      "temperature");
+  }
   if (x) sp->set_temperature(static_cast<float>(*x));
   x.reset();
   PDS_API_TRY(r.Number("top_p", 0, 1, &x));
+  if (x && !(static_cast<float>(*x) > 0)) {
+    return BadRequest(absl::StrCat("'top_p' must be in (0, 1], got ", *x), "top_p");
+  }
   if (x) sp->set_top_p(static_cast<float>(*x));
   x.reset();
   PDS_API_TRY(r.Number("presence_penalty", -2, 2, &x));
@@ -387,26 +413,32 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body,
   PDS_API_TRY(r.Number("min_p", 0, 1, &x));
   if (x) sp->set_min_p(static_cast<float>(*x));
   x.reset();
-  PDS_API_TRY(r.Number("repetition_penalty", 0, 100, &x));
+  PDS_API_TRY(r.Number("repetition_penalty", kMinRepetitionPenalty, kMaxRepetitionPenalty, &x));
   if (x) sp->set_repetition_penalty(static_cast<float>(*x));
   std::optional<int64_t> i;
-  PDS_API_TRY(r.Int("top_k", -1, std::numeric_limits<int32_t>::max(), &i));
+  PDS_API_TRY(r.Int("top_k", -1, kMaxTopK, &i));
   if (i) sp->set_top_k(static_cast<int32_t>(std::max<int64_t>(0, *i)));  // vLLM: -1 = off
   i.reset();
   PDS_API_TRY(
       r.Int("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(), &i));
   if (i) sp->set_seed(static_cast<uint64_t>(*i));
+  std::optional<bool> parse_special;
+  PDS_API_TRY(r.Bool("parse_special", &parse_special));
+  req.set_parse_special(parse_special.value_or(false));
   std::optional<bool> ignore_eos;
   PDS_API_TRY(r.Bool("ignore_eos", &ignore_eos));
   if (ignore_eos) req.mutable_stop()->set_ignore_eos(*ignore_eos);
   if (const json* ids = r.Get("stop_token_ids")) {
     if (!ids->is_array())
       return BadRequest("'stop_token_ids' must be a list of integers", "stop_token_ids");
+    if (ids->size() > static_cast<size_t>(kMaxStopTokenIds)) {
+      return BadRequest(absl::StrCat("at most ", kMaxStopTokenIds, " 'stop_token_ids'"),
+                        "stop_token_ids");
+    }
     for (const json& t : *ids) {
-      if (!t.is_number_integer()) {
-        return BadRequest("'stop_token_ids' must be a list of integers", "stop_token_ids");
-      }
-      req.mutable_stop()->add_stop_token_ids(static_cast<int32_t>(t.get<int64_t>()));
+      int32_t id = 0;
+      PDS_API_TRY(ReadTokenId(t, "stop_token_ids", options.n_vocab, &id));
+      req.mutable_stop()->add_stop_token_ids(id);
     }
   }
   if (const json* stop = r.Get("stop")) PDS_API_TRY(ParseStop(*stop, req.mutable_stop()));

@@ -6,7 +6,10 @@
 // Unknown request fields are ignored (as OpenAI-compatible servers do, so
 // new client versions keep working); known fields we cannot honour (n > 1,
 // echo, suffix, best_of > 1, logit_bias, tools, JSON response formats) are
-// refused with a 400 that names the parameter.
+// refused with a 400 that names the parameter. Every number is range-checked
+// here (a 400 naming the field) before it is narrowed to the proto's type.
+// Extensions: vLLM's sampling fields, and "parse_special" (special tokens in
+// the prompt or messages are recognised; default: they are text).
 #pragma once
 
 #include <cstdint>
@@ -41,6 +44,8 @@ struct ParseOptions {
   // Names a request may use in "model"; the first is the one /v1/models lists.
   std::vector<std::string> model_names;
   int32_t chat_default_max_tokens = 512;  // chat requests without max_tokens
+  // Token ids (prompt, stop_token_ids) must be below this; 0: only int32.
+  int32_t n_vocab = 0;
 };
 
 struct ParsedRequest {

@@ -6,6 +6,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/log_escape.h"
 #include "common/secure_random.h"
 #include "http/auth.h"
 #include "router/generate_call.h"
@@ -266,6 +267,7 @@ void OpenAiFrontend::HandleGenerate(Endpoint endpoint, const http::HttpRequest& 
   openai::ParseOptions po;
   po.model_names = options_.model_names;
   po.chat_default_max_tokens = options_.chat_default_max_tokens;
+  po.n_vocab = ctx_->prompt.limits.n_vocab;
   openai::ParsedRequest parsed;
   if (std::optional<ApiError> e = openai::ParseRequest(endpoint, request.body, po, &parsed)) {
     ctx_->metrics.error(tracing::ErrorKind::kInvalidRequest).Increment();
@@ -275,7 +277,7 @@ void OpenAiFrontend::HandleGenerate(Endpoint endpoint, const http::HttpRequest& 
   const std::string id = NewId(endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-");
   parsed.request.set_request_id(id);
   if (!parsed.user.empty()) {
-    PDS_LOG(INFO) << id << ": user '" << parsed.user << "' from " << request.remote_address;
+    PDS_LOG(INFO) << id << ": user " << LogQuote(parsed.user) << " from " << request.remote_address;
   }
   openai::ResponseBuilder builder(parsed, id, tracing::WallNowUnixNs() / 1000000000,
                                   ctx_->prompt.tokenizer);

@@ -7,6 +7,7 @@
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "router/generate_call.h"
 #include "rpc/convert.h"
+#include "rpc/message_limits.h"
 #include "rpc/model_fingerprint.h"
 #include "tracing/metrics_handler.h"
 
@@ -243,8 +244,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   for (auto& s : r->services_) services.push_back(s.get());
   // Clients and nodes share the port: a certificate is asked for (nodes
   // show one) but not required (clients use the API key).
-  PDS_ASSIGN_OR_RETURN(r->grpc_, rpc::StartServer(options.listen, services, *security,
-                                                  rpc::ClientCerts::kRequestAndVerify));
+  PDS_ASSIGN_OR_RETURN(
+      r->grpc_,
+      rpc::StartServer(
+          options.listen, services, *security, rpc::ClientCerts::kRequestAndVerify,
+          rpc::ClientApiMaxMessageBytes(ctx.prompt.max_prompt_bytes, ctx.prompt.limits.n_ctx)));
   rpc::SetServing(r->grpc_.server.get(), true);
 
   if (options.metrics_port >= 0) {
@@ -292,6 +296,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
     ho.max_body_bytes = options.http_max_body_bytes;
     ho.max_stream_buffer_bytes = options.http_max_stream_buffer_bytes;
     ho.socket_send_buffer_bytes = options.http_socket_send_buffer_bytes;
+    ho.max_connections = options.http_max_connections;
+    ho.header_timeout = absl::Milliseconds(options.http_header_timeout_ms);
+    ho.read_timeout = absl::Milliseconds(options.http_read_timeout_ms);
+    ho.idle_timeout = absl::Milliseconds(options.http_idle_timeout_ms);
     ho.tls_cert_file = options.security.cert_file;
     ho.tls_key_file = options.security.key_file;
     ho.error_response = [](int status, const std::string& message) {

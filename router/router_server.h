@@ -42,6 +42,10 @@ struct RouterOptions {
   uint64_t http_max_body_bytes = 8 << 20;         // larger bodies get 413
   size_t http_max_stream_buffer_bytes = 1 << 20;  // unsent SSE bytes, then the request is cancelled
   int http_socket_send_buffer_bytes = 64 << 10;   // kernel buffer per connection (0: autotuned)
+  int http_max_connections = 1024;                // more are answered 503 and closed
+  int64_t http_header_timeout_ms = 10000;         // reading a request's headers (slow loris)
+  int64_t http_read_timeout_ms = 30000;           // reading a whole request
+  int64_t http_idle_timeout_ms = 60000;           // an open connection between requests
   std::string served_model_name;                  // the name clients use; default: the file's name
   int32_t chat_default_max_tokens = 512;
   // TLS for the client ports (gRPC and HTTP) and mutual TLS with nodes;

@@ -31,6 +31,7 @@ absl::StatusOr<RequestSpec> BuildRequest(const v1::GenerateRequest& req, const P
       }
       if (!IsValidUtf8(text)) return bad("prompt is not valid UTF-8");
       enc.add_special = req.has_add_special_tokens() ? req.add_special_tokens() : true;
+      enc.parse_special = req.parse_special();  // else "<|im_end|>" in a prompt is text
       absl::StatusOr<std::vector<TokenId>> ids = ctx.tokenizer->Encode(text, enc);
       if (!ids.ok()) return bad("cannot tokenize prompt: ", ids.status().message());
       spec.prompt = std::move(*ids);
@@ -50,10 +51,13 @@ absl::StatusOr<RequestSpec> BuildRequest(const v1::GenerateRequest& req, const P
       }
       if (bytes > ctx.max_prompt_bytes)
         return bad("chat is ", bytes, " bytes; the limit is ", ctx.max_prompt_bytes);
-      absl::StatusOr<std::string> text = ctx.chat->Render(messages);
-      if (!text.ok()) return bad(text.status().message());
-      enc.parse_special = true;  // the template writes special tokens out
-      absl::StatusOr<std::vector<TokenId>> ids = ctx.tokenizer->Encode(*text, enc);
+      absl::StatusOr<ChatTemplate::Rendered> rendered = ctx.chat->RenderWithRanges(messages);
+      if (!rendered.ok()) return bad(rendered.status().message());
+      // The template writes its special tokens out; what the messages hold
+      // stays text unless the request opts in.
+      enc.parse_special = true;
+      if (!req.parse_special()) enc.literal_ranges = rendered->message_ranges;
+      absl::StatusOr<std::vector<TokenId>> ids = ctx.tokenizer->Encode(rendered->text, enc);
       if (!ids.ok()) return bad("cannot tokenize chat: ", ids.status().message());
       spec.prompt = std::move(*ids);
       break;

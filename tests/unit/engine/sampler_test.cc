@@ -1,6 +1,7 @@
 #include "engine/sampler.h"
 
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "gtest/gtest.h"
@@ -120,6 +121,66 @@ TEST(Sampler, LogprobsAreOfTheRawDistribution) {
   EXPECT_EQ(r.top[1].token, 4);
   EXPECT_EQ(r.top[2].token, 2);
   EXPECT_NEAR(r.top[1].logprob, l[4] - std::log(z), 1e-5);
+}
+
+TEST(Sampler, SubnormalTemperatureIsGreedyNotNaN) {
+  // 1/T of a subnormal float is infinite: the weights used to be NaN and the
+  // least likely token came out. Such a temperature means "greedy".
+  for (float t : {1e-40f, std::numeric_limits<float>::denorm_min(), 1e-4f}) {
+    SamplingParams p;
+    p.temperature = t;
+    p.logprobs = true;
+    for (uint64_t seed = 0; seed < 10; ++seed) {
+      const SampleResult r = Draw(p, seed);
+      EXPECT_EQ(r.token, 1) << "temperature " << t;
+      EXPECT_TRUE(std::isfinite(r.logprob));
+    }
+  }
+}
+
+TEST(Sampler, ExtremeButValidParametersSampleARealToken) {
+  // Every combination the request edge lets through yields a token in range
+  // with a finite logprob.
+  for (float t : {kMinSamplingTemperature, 0.5f, 2.0f, 100.0f}) {
+    for (float top_p : {1e-6f, 0.5f, 1.0f}) {
+      for (float rp : {0.01f, 1.0f, 100.0f}) {
+        SamplingParams p;
+        p.temperature = t;
+        p.top_p = top_p;
+        p.repetition_penalty = rp;
+        p.presence_penalty = 2;
+        p.frequency_penalty = -2;
+        p.min_p = 1;
+        p.logprobs = true;
+        p.top_logprobs = 20;
+        Sampler s(p, 7);
+        s.AddPromptTokens({0, 1, 2, 3, 4, 5});
+        for (int step = 0; step < 5; ++step) {
+          std::vector<float> l = Logits();
+          const SampleResult r = s.Sample(l.data(), static_cast<int32_t>(l.size()));
+          ASSERT_GE(r.token, 0);
+          ASSERT_LT(r.token, 6);
+          EXPECT_TRUE(std::isfinite(r.logprob)) << t << " " << top_p << " " << rp;
+          s.AddGenerated(r.token);
+        }
+      }
+    }
+  }
+}
+
+TEST(Sampler, NonFiniteLogitsDoNotBreakSampling) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  SamplingParams p;
+  p.temperature = 1;
+  p.top_p = 0.9f;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    // A NaN anywhere and a -inf tail: only the finite tokens can be drawn.
+    const SampleResult r = Draw(p, seed, {nan, 3.0f, -inf, 2.0f, nan, -inf});
+    EXPECT_TRUE(r.token == 1 || r.token == 3) << r.token;
+    // An infinite logit has no distribution to sample: the argmax wins.
+    EXPECT_EQ(Draw(p, seed, {1.0f, inf, 2.0f, nan, 0.0f, 0.0f}).token, 1);
+  }
 }
 
 TEST(Rng, UniformInRangeAndDeterministic) {

@@ -226,3 +226,103 @@ TEST_F(HttpServerTest, StartFailsOnBusyPortBadAddressAndTls) {
 
 }  // namespace
 }  // namespace pdserve::http
+
+namespace pdserve::http {
+namespace {
+
+TEST_F(HttpServerTest, ConnectionsPastTheCapAreRefusedAndCounted) {
+  HttpServerOptions options;
+  options.max_connections = 2;
+  MakeServer(options);
+  const uint16_t port = Start();
+  auto first = std::make_unique<Client>(port);
+  Client second(port);
+  // Both are served (and so both are registered before the third arrives).
+  EXPECT_EQ(first->Roundtrip(bhttp::verb::get, "/hello").result_int(), 200);
+  EXPECT_EQ(second.Roundtrip(bhttp::verb::get, "/hello").result_int(), 200);
+
+  Client third(port);
+  const auto refused = third.Read();  // sent without a request
+  EXPECT_EQ(refused.result_int(), 503);
+  EXPECT_TRUE(third.PeerClosed());
+  EXPECT_EQ(server_->rejected_connections(), 1u);
+
+  // A slot frees when a connection closes; the server then serves again.
+  first->Close();
+  first.reset();
+  int status = 0;
+  for (int attempt = 0; attempt < 300 && status != 200; ++attempt) {
+    Client again(port);
+    again.Send(bhttp::verb::get, "/hello");
+    boost::system::error_code ec;
+    try {
+      status = again.Read().result_int();
+    } catch (const boost::system::system_error&) {
+      status = 0;  // refused while the old connection was still closing
+    }
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(second.Roundtrip(bhttp::verb::get, "/hello").result_int(), 200);
+}
+
+TEST_F(HttpServerTest, SlowLorisHeaderIsCutOffByTheHeaderTimeout) {
+  HttpServerOptions options;
+  options.header_timeout = absl::Milliseconds(300);
+  options.read_timeout = absl::Hours(1);  // only the header deadline can end this
+  options.idle_timeout = absl::Hours(1);
+  MakeServer(options);
+  Client client(Start());
+  // One byte every 20 ms of a header that would take a minute to finish.
+  const std::string header = "GET /hello HTTP/1.1\r\nHost: x\r\nX-Pad: " + std::string(3000, 'a');
+  bool cut_off = false;
+  for (char c : header) {
+    try {
+      client.SendRaw(std::string_view(&c, 1));
+    } catch (const boost::system::system_error&) {
+      cut_off = true;  // reset by the server
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(cut_off) << "the server kept reading a trickled header";
+}
+
+TEST_F(HttpServerTest, SlowBodyIsCutOffByTheReadTimeout) {
+  HttpServerOptions options;
+  options.header_timeout = absl::Hours(1);
+  options.read_timeout = absl::Milliseconds(300);
+  MakeServer(options);
+  Client client(Start());
+  client.SendRaw("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+  bool cut_off = false;
+  for (int i = 0; i < 3000 && !cut_off; ++i) {
+    try {
+      client.SendRaw("a");
+    } catch (const boost::system::system_error&) {
+      cut_off = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(cut_off) << "the server kept reading a trickled body";
+}
+
+TEST_F(HttpServerTest, TooManyHeaderFieldsIs431) {
+  HttpServerOptions options;
+  options.max_header_fields = 20;
+  MakeServer(options);
+  Client client(Start());
+  std::string request = "GET /hello HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 50; ++i) request += "X-" + std::to_string(i) + ": 1\r\n";
+  client.SendRaw(request + "\r\n");
+  EXPECT_EQ(client.Read().result_int(), 431);
+
+  Client ok(server_->port());
+  std::string fine = "GET /hello HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 10; ++i) fine += "X-" + std::to_string(i) + ": 1\r\n";
+  ok.SendRaw(fine + "\r\n");
+  EXPECT_EQ(ok.Read().result_int(), 200);
+}
+
+}  // namespace
+}  // namespace pdserve::http

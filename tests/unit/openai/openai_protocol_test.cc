@@ -1,5 +1,7 @@
 #include "router/openai_protocol.h"
 
+#include <limits>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -154,6 +156,78 @@ TEST(OpenAiParseTest, BadInputGetsA400NamingTheParameter) {
     EXPECT_EQ(e.http_status, 400) << c.body;
     EXPECT_EQ(e.param, c.param) << c.body;
   }
+}
+
+TEST(OpenAiParseTest, OutOfRangeNumbersAre400sNamingTheField) {
+  // Values that used to be narrowed or passed on: int64 token ids truncated
+  // to int32, a subnormal temperature (1/T infinite), ids past the vocabulary.
+  ParseOptions options = Options();
+  options.n_vocab = 1000;
+  struct Case {
+    const char* body;
+    const char* param;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"model": "smol", "prompt": "x", "stop_token_ids": [4294967298]})",
+            "stop_token_ids"},
+           {R"({"model": "smol", "prompt": "x", "stop_token_ids": [18446744073709551615]})",
+            "stop_token_ids"},
+           {R"({"model": "smol", "prompt": "x", "stop_token_ids": [-1]})", "stop_token_ids"},
+           {R"({"model": "smol", "prompt": "x", "stop_token_ids": [1000]})", "stop_token_ids"},
+           {R"({"model": "smol", "prompt": "x", "stop_token_ids": [1.5]})", "stop_token_ids"},
+           {R"({"model": "smol", "prompt": [5, 4294967301]})", "prompt"},
+           {R"({"model": "smol", "prompt": [[999, 1000]]})", "prompt"},
+           {R"({"model": "smol", "prompt": "x", "temperature": 1e-40})", "temperature"},
+           {R"({"model": "smol", "prompt": "x", "temperature": 0.0001})", "temperature"},
+           {R"({"model": "smol", "prompt": "x", "top_p": 0})", "top_p"},
+           {R"({"model": "smol", "prompt": "x", "top_p": 1e-50})", "top_p"},
+           {R"({"model": "smol", "prompt": "x", "top_k": 4294967296})", "top_k"},
+           {R"({"model": "smol", "prompt": "x", "top_k": -2})", "top_k"},
+           {R"({"model": "smol", "prompt": "x", "repetition_penalty": 0})", "repetition_penalty"},
+           {R"({"model": "smol", "prompt": "x", "repetition_penalty": 1e-30})",
+            "repetition_penalty"},
+           {R"({"model": "smol", "prompt": "x", "presence_penalty": 1e300})", "presence_penalty"},
+           {R"({"model": "smol", "prompt": "x", "max_tokens": 4294967296})", "max_tokens"},
+           {R"({"model": "smol", "prompt": "x", "max_tokens": -5})", "max_tokens"},
+           {R"({"model": "smol", "prompt": "x", "n": 18446744073709551615})", "n"},
+           {R"({"model": "smol", "prompt": "x", "logprobs": -1})", "logprobs"},
+           {R"({"model": "smol", "messages": [{"role": "user", "content": "x"}],
+               "logprobs": true, "top_logprobs": 4294967296})",
+            "top_logprobs"},
+           {R"({"model": "smol", "prompt": "x", "parse_special": 1})", "parse_special"},
+       }) {
+    ParsedRequest r;
+    const Endpoint ep = std::string(c.body).find("messages") != std::string::npos
+                            ? Endpoint::kChat
+                            : Endpoint::kCompletions;
+    const std::optional<ApiError> e = ParseRequest(ep, c.body, options, &r);
+    ASSERT_TRUE(e.has_value()) << c.body;
+    EXPECT_EQ(e->http_status, 400) << c.body;
+    EXPECT_EQ(e->param, c.param) << c.body;
+    EXPECT_NE(e->message.find(c.param), std::string::npos) << e->message;
+  }
+  // In range: accepted as sent.
+  ParsedRequest r;
+  ASSERT_FALSE(ParseRequest(Endpoint::kCompletions,
+                            R"({"model": "smol", "prompt": [0, 999], "stop_token_ids": [999, 0],
+                                "temperature": 0.001, "top_k": -1, "seed": -1})",
+                            options, &r));
+  EXPECT_THAT(r.request.stop().stop_token_ids(), ::testing::ElementsAre(999, 0));
+  EXPECT_THAT(r.request.token_ids().ids(), ::testing::ElementsAre(0, 999));
+  EXPECT_FLOAT_EQ(r.request.sampling().temperature(), 0.001f);
+  EXPECT_EQ(r.request.sampling().top_k(), 0);
+  EXPECT_EQ(r.request.sampling().seed(), std::numeric_limits<uint64_t>::max());
+}
+
+TEST(OpenAiParseTest, SpecialTokensAreTextUnlessTheRequestOptsIn) {
+  ParsedRequest plain, opted;
+  ASSERT_FALSE(
+      Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": "<|im_end|>"})", &plain));
+  EXPECT_FALSE(plain.request.parse_special());
+  ASSERT_FALSE(Parse(Endpoint::kCompletions,
+                     R"({"model": "smol", "prompt": "<|im_end|>", "parse_special": true})",
+                     &opted));
+  EXPECT_TRUE(opted.request.parse_special());
 }
 
 TEST(OpenAiParseTest, UnknownModelIs404) {
