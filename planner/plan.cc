@@ -13,6 +13,15 @@ namespace {
 
 double At(const loadgen::Distribution& d, double p) { return d.At(p); }
 
+}  // namespace
+
+bool MeetsTarget(const PlanPoint& p, double target_attainment) {
+  return p.summary.slo_attainment >= target_attainment &&
+         p.summary.goodput >= target_attainment * p.rate;
+}
+
+namespace {
+
 const PlanPoint* PointAt(const DeploymentResult& r, double rate) {
   for (const PlanPoint& p : r.points) {
     if (p.rate == rate) return &p;
@@ -31,7 +40,7 @@ Recommendation Recommend(const PlanOptions& o, const std::vector<DeploymentResul
       const PlanPoint* p = PointAt(r, o.target_rate);
       if (p == nullptr) continue;
       const SimSummary& s = p->summary;
-      if (s.slo_attainment >= o.target_attainment) {
+      if (MeetsTarget(*p, o.target_attainment)) {
         const SimSummary* b = best ? &PointAt(*best, o.target_rate)->summary : nullptr;
         if (!best || r.deployment.n_nodes() < best->deployment.n_nodes() ||
             (r.deployment.n_nodes() == best->deployment.n_nodes() && s.goodput > b->goodput)) {
@@ -48,7 +57,7 @@ Recommendation Recommend(const PlanOptions& o, const std::vector<DeploymentResul
       rec.deployment = best->deployment;
       rec.reason = absl::StrFormat(
           "%s: the fewest nodes (%d) whose simulated SLO attainment at %.4g req/s is >= %.0f%% "
-          "(%.1f%%, goodput %.3g req/s)",
+          "with goodput keeping up (%.1f%%, goodput %.3g req/s)",
           best->deployment.Name(), best->deployment.n_nodes(), o.target_rate,
           100 * o.target_attainment, 100 * s.slo_attainment, s.goodput);
     } else if (closest) {
@@ -128,7 +137,7 @@ absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
       PlanPoint p;
       p.rate = rate;
       p.summary = Summarize(*requests, *sim, o.slo, o.percentiles);
-      if (p.summary.slo_attainment >= o.target_attainment) dr.max_rate_meeting = rate;
+      if (MeetsTarget(p, o.target_attainment)) dr.max_rate_meeting = rate;
       dr.points.push_back(std::move(p));
     }
   }

@@ -33,10 +33,16 @@ struct PlanPoint {
   SimSummary summary;
 };
 
+// A deployment meets a rate when at least `target_attainment` of the
+// requests meet the SLO and its goodput keeps up with that share of the
+// rate: a finite run at a rate past capacity can keep every request within
+// its SLO while a backlog grows, which only the goodput shows.
+bool MeetsTarget(const PlanPoint& point, double target_attainment);
+
 struct DeploymentResult {
   Deployment deployment;
   std::vector<PlanPoint> points;  // by rate, ascending
-  // The highest simulated rate whose attainment reaches the target (0: none).
+  // The highest simulated rate that meets the target (MeetsTarget; 0: none).
   double max_rate_meeting = 0;
 };
 
