@@ -11,6 +11,11 @@
 #      goodput, p50/p99 TTFT and TPOT, their relative errors, and whether
 #      each is within the issue's bounds (goodput 15%, latencies 20%).
 #
+# COMMITTED=1 measures nothing: it predicts the committed quiet-machine sweep
+# of bench/disagg_vs_colocated.sh (bench/results/disagg_vs_colocated/, the
+# same workload, seed and rates) with the idle-calibrated profiles in
+# $OUT_DIR/plan_validation/profile_quiet_t{1,2}.json.
+#
 # Every knob is an environment variable (defaults below); a smoke run:
 #   NUM_PROMPTS=8 RATES="1" INPUT_LEN=64 OUTPUT_LEN=8 bench/plan_validate.sh
 set -euo pipefail
@@ -71,6 +76,30 @@ start_cluster() {
   die "$name cluster not ready after 300 s; see $log"
 }
 
+# pairs of "deployment rate measured.json run-index predicted.json", one a line
+POINTS=$WORK/points.txt
+: >"$POINTS"
+
+if [ "${COMMITTED:-0}" = 1 ]; then
+  SWEEP_DIR=$OUT_DIR/disagg_vs_colocated
+  SLO_TTFT=$(python3 -c "import json;print(json.load(open('$SWEEP_DIR/colocated.sweep.json'))['slo']['ttft_ms'])")
+  SLO_TPOT=$(python3 -c "import json;print(json.load(open('$SWEEP_DIR/colocated.sweep.json'))['slo']['tpot_ms'])")
+  for pair in colocated1:colocated:profile_quiet_t2 1P1D:disaggregated:profile_quiet_t1; do
+    IFS=: read -r name file profile <<<"$pair"
+    measured=$SWEEP_DIR/$file.sweep.json
+    sweep=$(python3 -c "import json;print(json.load(open('$measured'))['metadata']['arguments']['sweep'])")
+    predicted=$WORK/$name.committed_sweep.predicted.json
+    "$BIN" plan --profile "$WORK/$profile.json" --deployments "$name" --seed 0 --num-prompts 100 \
+      --random-input-len 512 --random-output-len 64 --random-range-ratio 0.1 --sweep "$sweep" \
+      --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$predicted" >/dev/null
+    i=0
+    for rate in ${sweep//,/ }; do
+      echo "$name $rate $measured $i $predicted $i" >>"$POINTS"
+      i=$((i + 1))
+    done
+  done
+else
+
 # A disaggregated node shares the machine with the other node, which runs
 # flat out under load; with PROFILE_UNDER_LOAD=1 (default) its profile is
 # measured the same way: an engine benchmark keeps the other CPUs busy.
@@ -117,13 +146,15 @@ for rate in $RATES; do
       --random-range-ratio "$RANGE_RATIO" --request-rate "$rate" \
       --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
       --result-json "$WORK/$name.rate$rate.predicted.json" >"$WORK/$name.rate$rate.predicted.txt"
+    echo "$name $rate $WORK/$name.rate$rate.measured.json 0 $WORK/$name.rate$rate.predicted.json 0" >>"$POINTS"
   done
 done
+fi
 
-python3 - "$WORK" "$RESULT" "$RATES" "$DEPLOYMENTS" "$SLO_TTFT" "$SLO_TPOT" <<'PY'
+cd "$ROOT"
+python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" <<'PY'
 import json, os, platform, sys
-work, result = sys.argv[1], sys.argv[2]
-rates, names = sys.argv[3].split(), sys.argv[4].split()
+points_file, result, committed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 bounds = {"goodput": 0.15, "ttft_p50": 0.20, "ttft_p99": 0.20, "tpot_p50": 0.20, "tpot_p99": 0.20}
 def figures_measured(run):
     return {"goodput": run["goodput"], "ttft_p50": run["ttft_ms"]["p50"], "ttft_p99": run["ttft_ms"]["p99"],
@@ -133,18 +164,19 @@ def figures_predicted(point):
     return {"goodput": point["goodput"], "ttft_p50": point["ttft_ms"]["p50"], "ttft_p99": point["ttft_ms"]["p99"],
             "tpot_p50": point["tpot_ms"]["p50"], "tpot_p99": point["tpot_ms"]["p99"],
             "request_throughput": point["request_throughput"]}
-out = {"experiment": "pdserve plan predictions against pdserve loadgen measurements, this machine",
-       "slo": {"ttft_ms": float(sys.argv[5]), "tpot_ms": float(sys.argv[6])},
+out = {"experiment": "pdserve plan predictions against pdserve loadgen measurements" +
+       (" (the committed quiet-machine sweep of bench/disagg_vs_colocated.sh)" if committed else ", this machine"),
+       "slo": {"ttft_ms": float(sys.argv[4]), "tpot_ms": float(sys.argv[5])},
        "bounds_relative": bounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
        "points": []}
 within = {k: 0 for k in bounds}
 total = 0
-for name in names:
-    for rate in rates:
-        m = json.load(open(f"{work}/{name}.rate{rate}.measured.json"))
-        p = json.load(open(f"{work}/{name}.rate{rate}.predicted.json"))
-        measured = figures_measured(m["runs"][0])
-        predicted = figures_predicted(p["deployments"][0]["rates"][0])
+for line in open(points_file):
+        name, rate, mfile, mi, pfile, pi = line.split()
+        m = json.load(open(mfile))
+        p = json.load(open(pfile))
+        measured = figures_measured(m["runs"][int(mi)])
+        predicted = figures_predicted(p["deployments"][0]["rates"][int(pi)])
         errors, ok = {}, {}
         for k in bounds:
             mv, pv = measured[k], predicted[k]
@@ -159,6 +191,7 @@ for name in names:
         total += 1
         out["points"].append({"deployment": name, "request_rate": float(rate),
                               "seed": m["metadata"]["arguments"].get("seed"),
+                              "measured_file": os.path.relpath(mfile), "predicted_file": os.path.relpath(pfile),
                               "measured": measured, "predicted": predicted,
                               "relative_error": errors, "within_bound": ok})
         out.setdefault("profiles", {})[name] = p["profile"]["name"]
