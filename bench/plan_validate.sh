@@ -61,7 +61,7 @@ stop_cluster() {
   fi
   CLUSTER_PID=
 }
-trap stop_cluster EXIT
+trap 'stop_cluster; rm -f "$POINTS"' EXIT
 
 start_cluster() {
   local name=$1 log=$WORK/$1.cluster.log
@@ -77,7 +77,7 @@ start_cluster() {
 }
 
 # pairs of "deployment rate measured.json run-index predicted.json", one a line
-POINTS=$WORK/points.txt
+POINTS=$(mktemp)
 : >"$POINTS"
 
 if [ "${COMMITTED:-0}" = 1 ]; then
