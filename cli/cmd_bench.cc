@@ -4,19 +4,24 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <numeric>
 #include <thread>
+#include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "cli/command.h"
 #include "cli/engine_flags.h"
 #include "common/clock.h"
+#include "common/status_macros.h"
 #include "engine/engine.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
 #include "nlohmann/json.hpp"
+#include "planner/cost_model.h"
 
 namespace pdserve::cli {
 namespace {
@@ -81,10 +86,184 @@ absl::Status StartRequests(Engine* engine, Run* run, int n, const std::vector<To
   return absl::OkStatus();
 }
 
+// --profile: times single engine steps of known shapes (prefill batches,
+// decode batches at several contexts, and mixed steps), fits the planner's
+// step cost model to them and writes a device profile.
+class StepProfiler {
+ public:
+  StepProfiler(Engine* engine, int reps) : engine_(engine), reps_(reps) {}
+
+  // `batch` prompts of `n` tokens computed in one step.
+  absl::Status Prefill(int n, int batch) {
+    for (int r = 0; r < reps_; ++r) {
+      Run run;
+      PDS_RETURN_IF_ERROR(StartRequests(engine_, &run, batch, Prompt(n), 1, Tag("p")));
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      const double s = (MonoNowNs() - t0) / 1e9;
+      while (std::accumulate(run.done.begin(), run.done.end(), 0) < batch) {
+        if (!engine_->Step()) return absl::InternalError("bench: prefill requests did not finish");
+      }
+      planner::StepShape shape;
+      shape.prefill_tokens = static_cast<int64_t>(n) * batch;
+      shape.attention_pairs = batch * planner::ChunkAttentionPairs(0, n);
+      samples_.push_back({shape, s});
+    }
+    return absl::OkStatus();
+  }
+
+  // `batch` sequences with prompts of `ctx` tokens; times `steps` decode
+  // steps once all are decoding, then one step that also computes a
+  // `mixed_prompt`-token prompt (0: none).
+  absl::Status Decode(int batch, int ctx, int steps, int mixed_prompt) {
+    Run run;
+    const int slack = 16;  // sequences that start early must not finish in the timed steps
+    PDS_RETURN_IF_ERROR(
+        StartRequests(engine_, &run, batch, Prompt(ctx), 1 + steps + slack, Tag("d")));
+    while (std::count(run.tokens.begin(), run.tokens.end(), 0) > 0) {
+      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
+    }
+    auto decode_shape = [&] {
+      planner::StepShape shape;
+      shape.decode_seqs = batch;
+      for (int t : run.tokens) shape.decode_context += ctx + t;
+      return shape;
+    };
+    for (int i = 0; i < steps; ++i) {
+      const planner::StepShape shape = decode_shape();
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      samples_.push_back({shape, (MonoNowNs() - t0) / 1e9});
+    }
+    if (mixed_prompt > 0) {
+      Run extra;
+      PDS_RETURN_IF_ERROR(StartRequests(engine_, &extra, 1, Prompt(mixed_prompt), 1, Tag("m")));
+      planner::StepShape shape = decode_shape();
+      shape.prefill_tokens = mixed_prompt;
+      shape.attention_pairs = planner::ChunkAttentionPairs(0, mixed_prompt);
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      samples_.push_back({shape, (MonoNowNs() - t0) / 1e9});
+      if (!extra.done[0])
+        return absl::InternalError("bench: the mixed step did not compute the prompt");
+    }
+    for (int i = 0; i < batch; ++i) engine_->Abort(last_tag_ + std::to_string(i));
+    while (engine_->Step()) {
+    }
+    return absl::OkStatus();
+  }
+
+  const std::vector<planner::StepSample>& samples() const { return samples_; }
+
+ private:
+  static std::vector<TokenId> Prompt(int n) {
+    std::vector<TokenId> prompt(n);
+    for (int i = 0; i < n; ++i) prompt[i] = 100 + (i * 37) % 20000;
+    return prompt;
+  }
+  std::string Tag(const char* kind) {
+    std::string tag = absl::StrCat("prof-", kind, next_++, "-");
+    if (kind[0] == 'd') last_tag_ = tag;
+    return tag;
+  }
+
+  Engine* engine_;
+  int reps_;
+  int next_ = 0;
+  std::string last_tag_;
+  std::vector<planner::StepSample> samples_;
+};
+
+int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_t kv_blocks,
+               int reps, const std::string& path) {
+  const int64_t start_ns = MonoNowNs();
+  StepProfiler prof(engine, reps);
+  absl::Status st;
+  auto run = [&](absl::Status s) {
+    if (st.ok()) st = s;
+  };
+  run(prof.Prefill(64, 1));  // warm-up, dropped below
+  const size_t warm = prof.samples().size();
+  for (auto [n, batch] : {std::pair{32, 1}, {128, 1}, {512, 1}, {1024, 1}, {128, 4}, {512, 2}}) {
+    run(prof.Prefill(n, batch));
+  }
+  for (auto [batch, ctx, mixed] : {std::tuple{1, 32, 0},
+                                   {1, 1024, 256},
+                                   {4, 32, 0},
+                                   {4, 256, 256},
+                                   {16, 32, 0},
+                                   {16, 256, 256},
+                                   {32, 32, 128}}) {
+    run(prof.Decode(batch, ctx, 8, mixed));
+  }
+  if (!st.ok()) return Fail("bench", std::string(st.message()));
+  std::vector<planner::StepSample> samples(
+      prof.samples().begin() + static_cast<std::ptrdiff_t>(warm), prof.samples().end());
+  absl::StatusOr<planner::StepCost> fit = planner::FitStepCost(samples);
+  if (!fit.ok()) return Fail("bench", std::string(fit.status().message()));
+
+  const ModelConfig& c = model.config();
+  planner::DeviceProfile p;
+  p.model = c.name;
+  p.threads = engine->n_threads();
+  p.name = absl::StrCat(engine->backend_name(), "-", p.threads, "t ", c.name);
+  p.source = absl::StrCat("pdserve bench --profile: ", samples.size(),
+                          " engine steps timed on this machine and fitted by least squares");
+  p.n_layers = c.n_layers;
+  p.block_size = engine->cache().config().block_size;
+  p.kv_bytes_per_token = engine->cache().config().BlockBytes() / p.block_size;
+  p.kv_blocks = kv_blocks;
+  p.max_batch_tokens = ef.options.max_batch_tokens;
+  p.max_batch_seqs = ef.options.max_batch_seqs;
+  p.step = *fit;
+  // Loopback TCP as kv_transfer_bench measures it (docs/performance.md:
+  // 0.9-2.2 GB/s) and the router's added latency (router_overhead_bench:
+  // 0.7-1 ms p50); neither is measured here.
+  p.link.bandwidth_bytes_per_s = 1e9;
+  p.link.latency_s = 0.0002;
+  p.router_overhead_s = 0.001;
+  nlohmann::json steps = nlohmann::json::array();
+  double worst = 0, sum_sq = 0;
+  for (const planner::StepSample& s : samples) {
+    const double predicted = p.step.Seconds(s.shape);
+    const double rel = predicted / s.seconds - 1;
+    worst = std::max(worst, std::abs(rel));
+    sum_sq += rel * rel;
+    steps.push_back({{"prefill_tokens", s.shape.prefill_tokens},
+                     {"attention_pairs", s.shape.attention_pairs},
+                     {"decode_seqs", s.shape.decode_seqs},
+                     {"decode_context", s.shape.decode_context},
+                     {"measured_s", s.seconds},
+                     {"fitted_s", predicted}});
+  }
+  p.notes["device"] = engine->backend_name();
+  p.notes["isa"] = kernels::IsaName(kernels::ActiveIsa());
+  p.notes["model_path"] = ef.model_path;
+  p.notes["fit_rms_relative_error"] = std::sqrt(sum_sq / samples.size());
+  p.notes["fit_max_relative_error"] = worst;
+  p.notes["link_and_router"] =
+      "not measured by this run: loopback TCP 1 GB/s and 0.2 ms (kv_transfer_bench), router 1 ms "
+      "(router_overhead_bench), docs/performance.md";
+  p.notes["measure_seconds"] = (MonoNowNs() - start_ns) / 1e9;
+  p.notes["steps"] = steps;
+  if (absl::Status s = p.Validate(); !s.ok()) return Fail("bench", std::string(s.message()));
+  if (absl::Status s = planner::SaveProfile(p, path); !s.ok())
+    return Fail("bench", std::string(s.message()));
+  nlohmann::ordered_json summary = planner::ProfileToJson(p);
+  summary.erase("notes");
+  summary["fit_rms_relative_error"] = std::sqrt(sum_sq / samples.size());
+  summary["fit_max_relative_error"] = worst;
+  summary["measure_seconds"] = p.notes["measure_seconds"].get<double>();
+  std::cout << summary.dump(2) << std::endl;
+  std::fprintf(stderr, "pdserve bench: wrote the profile to %s\n", path.c_str());
+  return 0;
+}
+
 int RunBench(int argc, char** argv) {
   po::options_description desc("bench flags");
   AddCommonFlags(&desc);
   AddEngineFlags(&desc);
+  // clang-format off
   desc.add_options()
       ("prompt-tokens", po::value<int>()->default_value(512), "prefill test: prompt length")
       ("gen-tokens", po::value<int>()->default_value(128), "decode test: tokens per sequence")
@@ -92,11 +271,16 @@ int RunBench(int argc, char** argv) {
        "decode batch sizes")
       ("reps", po::value<int>()->default_value(3), "repetitions (the median is reported)")
       ("bandwidth-mib", po::value<int>()->default_value(1024), "buffer for the bandwidth test")
-      ("json", po::bool_switch(), "print one JSON object");
+      ("json", po::bool_switch(), "print one JSON object")
+      ("profile", po::value<std::string>()->default_value(""),
+       "instead: time engine steps of many shapes, fit the planner's cost model, write a device "
+       "profile JSON here (for pdserve plan; about a minute)");
+  // clang-format on
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
   EngineFlags ef;
-  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok()) return Fail("bench", std::string(s.message()));
+  if (absl::Status s = ReadEngineFlags(vm, &ef); !s.ok())
+    return Fail("bench", std::string(s.message()));
   const int n_prompt = vm["prompt-tokens"].as<int>();
   const int n_gen = vm["gen-tokens"].as<int>();
   const int reps = std::max(1, vm["reps"].as<int>());
@@ -113,18 +297,33 @@ int RunBench(int argc, char** argv) {
   if (n_prompt + 1 >= model->n_ctx() || n_gen + 2 >= model->n_ctx()) {
     return Fail("bench", "prompt or generation longer than the context");
   }
+  const std::string profile_path = vm["profile"].as<std::string>();
+  if (!profile_path.empty()) batches.push_back(32);  // the profile's largest decode batch
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   EngineOptions o = ef.options;
+  if (!profile_path.empty()) o.max_batch_tokens = std::max(o.max_batch_tokens, 1024);
   o.max_batch_tokens = std::max({o.max_batch_tokens, n_prompt, max_batch});
   o.max_batch_seqs = std::max(o.max_batch_seqs, max_batch);
   o.prefix_cache = false;  // repetitions must recompute
   // Room for the largest decode batch.
-  const int64_t need_blocks = static_cast<int64_t>(max_batch) * ((n_gen + 2 + o.block_size) / o.block_size + 1) +
-                              (n_prompt + o.block_size) / o.block_size + 8;
+  const int64_t need_blocks =
+      static_cast<int64_t>(max_batch) * ((n_gen + 2 + o.block_size) / o.block_size + 1) +
+      (n_prompt + o.block_size) / o.block_size + 8;
   o.kv_blocks = static_cast<int32_t>(std::max<int64_t>(o.kv_blocks, need_blocks));
+  if (!profile_path.empty()) {
+    // Room for the largest profile step (16 sequences of 256 + 24 tokens).
+    o.kv_blocks = std::max(o.kv_blocks, 16 * ((256 + 32 + o.block_size) / o.block_size + 1) + 128);
+  }
   auto created = Engine::Create(model, o);
   if (!created.ok()) return Fail("bench", std::string(created.status().message()));
   Engine* engine = created->get();
+  if (!profile_path.empty()) {
+    // The KV capacity a node started with the same flags has.
+    const int64_t block_bytes = engine->cache().config().BlockBytes();
+    const int64_t node_blocks =
+        ef.options.kv_blocks > 0 ? ef.options.kv_blocks : ef.options.kv_cache_bytes / block_bytes;
+    return RunProfile(engine, *model, ef, node_blocks, reps, profile_path);
+  }
 
   // Prefill: one prompt of n_prompt tokens, timed over the step that computes it.
   std::vector<double> prefill;
@@ -132,7 +331,8 @@ int RunBench(int argc, char** argv) {
   for (int i = 0; i < n_prompt; ++i) prompt[i] = 100 + (i * 37) % 20000;
   for (int r = 0; r < reps + 1; ++r) {
     Run run;
-    if (absl::Status s = StartRequests(engine, &run, 1, prompt, 1, "p" + std::to_string(r) + "-"); !s.ok()) {
+    if (absl::Status s = StartRequests(engine, &run, 1, prompt, 1, "p" + std::to_string(r) + "-");
+        !s.ok()) {
       return Fail("bench", std::string(s.message()));
     }
     const int64_t t0 = MonoNowNs();
@@ -167,8 +367,8 @@ int RunBench(int argc, char** argv) {
   rusage ru;  // before the bandwidth buffer inflates it
   getrusage(RUSAGE_SELF, &ru);
   kernels::ThreadPool bw_pool(engine->n_threads());
-  const double bw_gbs =
-      MeasureReadBandwidth(&bw_pool, static_cast<size_t>(vm["bandwidth-mib"].as<int>()) << 20, reps + 1);
+  const double bw_gbs = MeasureReadBandwidth(
+      &bw_pool, static_cast<size_t>(vm["bandwidth-mib"].as<int>()) << 20, reps + 1);
 
   // Bytes one batch-1 decode step reads: every weight matrix once (the
   // tied output matrix too), norms, one embedding row, and the KV cache at
@@ -176,7 +376,8 @@ int RunBench(int argc, char** argv) {
   const ModelWeights& w = model->weights();
   int64_t weight_bytes = 0;
   for (const LayerWeights& l : w.layers) {
-    for (const kernels::WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+    for (const kernels::WeightMatrix* m :
+         {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
       weight_bytes += kernels::RowBytes(m->type, m->n_in) * m->n_out;
     }
     weight_bytes += 2 * c.n_embd * 4;

@@ -10,6 +10,11 @@ namespace pdserve::loadgen {
 // benchmark definition): burstiness 1 is a Poisson process, below 1 burstier,
 // above 1 more regular; the coefficient of variation is 1/sqrt(burstiness).
 // An infinite rate gives zero gaps (everything at once).
+// The arrival process's seed for a run seeded `run_seed`: mixed so that the
+// arrival draws do not mirror the workload's (the planner uses it too, so a
+// simulated run sees the same gaps as the measured one).
+inline uint64_t ArrivalSeed(uint64_t run_seed) { return run_seed ^ 0x9e3779b97f4a7c15ull; }
+
 class ArrivalProcess {
  public:
   ArrivalProcess(double rate, double burstiness, uint64_t seed);

@@ -40,8 +40,9 @@ struct RequestOutcome {
   std::vector<int64_t> chunk_ns;
   int32_t output_tokens = 0;  // from usage when the target gave it, else chunks
   bool output_tokens_from_usage = false;
-  int32_t input_tokens = -1;        // from usage; -1 when the target did not say
-  int32_t cached_input_tokens = 0;  // served from a prefix cache, when reported
+  int32_t input_tokens = -1;                  // from usage; -1 when the target did not say
+  int32_t cached_input_tokens = 0;            // served from a prefix cache, when reported
+  bool cached_input_tokens_reported = false;  // else 0 above means "not reported"
   bool success = false;
   bool cancelled = false;  // cut off by the load generator (time bound)
   std::string error;       // empty on success

@@ -33,6 +33,7 @@ void GenerateStreamRecorder::Finish(const grpc::Status& status, bool cancelled_b
     out->output_tokens_from_usage = true;
     out->input_tokens = complete_.usage().prompt_tokens();
     out->cached_input_tokens = complete_.usage().cached_prompt_tokens();
+    out->cached_input_tokens_reported = true;
     for (const v1::StageTiming& t : complete_.timings().stages()) {
       out->stages.push_back({t.stage(), t.duration_ns()});
     }

@@ -3,6 +3,7 @@
 #include <array>
 #include <limits>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -181,7 +182,10 @@ class HttpClient::Core::Stream : public std::enable_shared_from_this<Stream> {
     }
     if (ev->completion_tokens) usage_completion_ = ev->completion_tokens;
     if (ev->prompt_tokens) outcome_.input_tokens = *ev->prompt_tokens;
-    if (ev->cached_tokens) outcome_.cached_input_tokens = *ev->cached_tokens;
+    if (ev->cached_tokens) {
+      outcome_.cached_input_tokens = *ev->cached_tokens;
+      outcome_.cached_input_tokens_reported = true;
+    }
   }
 
   // A pooled connection the server closed while idle fails before any
@@ -281,10 +285,16 @@ HttpClient::~HttpClient() {
   core_->idle.clear();
 }
 
-std::string HttpClient::RequestBody(const std::string& model, const RequestInput& input) {
+bool HttpClient::IsChatPath(const std::string& path) {
+  constexpr std::string_view kChat = "/chat/completions";
+  return path.size() >= kChat.size() &&
+         path.compare(path.size() - kChat.size(), kChat.size(), kChat) == 0;
+}
+
+std::string HttpClient::RequestBody(const std::string& model, const RequestInput& input,
+                                    bool chat) {
   nlohmann::json body = {
       {"model", model},
-      {"prompt", input.text},
       {"max_tokens", input.max_tokens},
       {"temperature", input.temperature},
       {"stream", true},
@@ -293,12 +303,21 @@ std::string HttpClient::RequestBody(const std::string& model, const RequestInput
   // Not OpenAI's own parameter, so only sent when asked for (vLLM,
   // llama-server and pdserve take it).
   if (input.ignore_eos) body["ignore_eos"] = true;
+  // The streamed chunks differ too (choices[0].delta.content against
+  // choices[0].text); ParseSseEvent reads both.
+  if (chat) {
+    body["messages"] = nlohmann::json::array({{{"role", "user"}, {"content", input.text}}});
+  } else {
+    body["prompt"] = input.text;
+  }
   return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 void HttpClient::Send(const RequestInput& input, DoneCallback done) {
   auto stream = std::make_shared<Core::Stream>(
-      core_.get(), RequestBody(core_->options.model, input), std::move(done));
+      core_.get(),
+      RequestBody(core_->options.model, input, IsChatPath(core_->options.completions_path)),
+      std::move(done));
   net::post(core_->ioc, [core = core_.get(), stream] {
     core->live.insert(stream);
     stream->Start();

@@ -36,8 +36,12 @@ class HttpClient : public LoadClient {
   void Send(const RequestInput& input, DoneCallback done) override;
   void CancelAll() override;
 
-  // The JSON body Send posts (public for the tests).
-  static std::string RequestBody(const std::string& model, const RequestInput& input);
+  // The JSON body Send posts (public for the tests): a completions request,
+  // or with `chat` a chat completions one (the prompt as one user message).
+  static std::string RequestBody(const std::string& model, const RequestInput& input,
+                                 bool chat = false);
+  // Whether `path` is a chat completions endpoint (ends in /chat/completions).
+  static bool IsChatPath(const std::string& path);
 
   struct Core;
 

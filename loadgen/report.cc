@@ -72,10 +72,15 @@ void PrintRunTable(const RunSummary& run, const std::vector<double>& percentiles
   std::fprintf(out, "%-22s %d prompts: %d ok, %d failed, %d cancelled, %d not sent\n", "requests",
                run.num_prompts, run.completed, run.failed, run.cancelled, run.not_sent);
   std::fprintf(out, "%-22s %.2f s\n", "duration", run.duration_s);
-  std::fprintf(out, "%-22s %lld (usage for %d of %d; planned %lld; prefix-cached %lld)\n",
+  std::fprintf(out, "%-22s %lld (usage for %d of %d; planned %lld; prefix-cached %s)\n",
                "input tokens", static_cast<long long>(run.total_input_tokens), run.input_from_usage,
                run.completed, static_cast<long long>(run.planned_input_tokens),
-               static_cast<long long>(run.cached_input_tokens));
+               run.cached_reported == 0
+                   ? "not reported"
+                   : absl::StrFormat("%lld, reported for %d of %d",
+                                     static_cast<long long>(run.cached_input_tokens),
+                                     run.cached_reported, run.completed)
+                         .c_str());
   std::fprintf(out, "%-22s %lld\n", "output tokens",
                static_cast<long long>(run.total_output_tokens));
   std::fprintf(out, "%-22s %.3f req/s, %.2f output tok/s, %.2f total tok/s\n", "throughput",
@@ -96,6 +101,7 @@ void PrintRunTable(const RunSummary& run, const std::vector<double>& percentiles
   row("TPOT", run.tpot_ms);
   row("ITL", run.itl_ms);
   row("E2E", run.e2e_ms);
+  row("dispatch", run.dispatch_delay_ms);  // how late the load generator sent
   if (!run.stages.empty()) {
     std::fprintf(out, "%-20s %6s %10s %10s %10s\n", "stage ms (server)", "n", "mean", "p50", "p99");
     for (const StageStats& s : run.stages) {
@@ -141,6 +147,7 @@ nlohmann::ordered_json RunToJson(const RunSummary& s) {
   j["planned_input_tokens"] = s.planned_input_tokens;
   j["input_tokens_from_usage"] = s.input_from_usage;
   j["cached_input_tokens"] = s.cached_input_tokens;
+  j["cached_input_tokens_reported"] = s.cached_reported;  // requests whose usage had the count
   j["total_output_tokens"] = s.total_output_tokens;
   j["request_throughput"] = s.request_throughput;
   j["output_throughput"] = s.output_throughput;
@@ -152,6 +159,7 @@ nlohmann::ordered_json RunToJson(const RunSummary& s) {
   j["tpot_ms"] = DistributionToJson(s.tpot_ms);
   j["itl_ms"] = DistributionToJson(s.itl_ms);
   j["e2e_ms"] = DistributionToJson(s.e2e_ms);
+  j["dispatch_delay_ms"] = DistributionToJson(s.dispatch_delay_ms);
   nlohmann::ordered_json stages = nlohmann::ordered_json::object();
   for (const StageStats& st : s.stages) {
     stages[st.stage] = {{"count", st.count},

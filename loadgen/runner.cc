@@ -20,8 +20,6 @@ namespace {
 
 // How long cancelled requests get to come back before the run gives up.
 constexpr absl::Duration kCancelGrace = absl::Seconds(30);
-// Mixed into the seed so the arrival draws do not mirror the workload's.
-constexpr uint64_t kArrivalSeedSalt = 0x9e3779b97f4a7c15ull;
 
 // Shared with the transport callbacks, which may outlive an abandoned run.
 struct Tracker {
@@ -168,10 +166,11 @@ absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestI
     tracker->outcomes.resize(prompts.size());
   }
   ArrivalProcess arrivals(options.config.request_rate, options.config.burstiness,
-                          options.seed ^ kArrivalSeedSalt);
+                          ArrivalSeed(options.seed));
   const int max_concurrency = options.config.max_concurrency;
   const int64_t start = MonoNowNs();
   const int64_t deadline = start + static_cast<int64_t>(options.max_duration_s * 1e9);
+  std::vector<int64_t> due_ns(prompts.size(), 0);  // each prompt's scheduled send time
   const Stopper stop{deadline, options.interrupted};
   {
     ProgressLine progress(tracker, static_cast<int>(prompts.size()), options.label,
@@ -182,6 +181,7 @@ absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestI
       if (next > 0) schedule_s += arrivals.NextIntervalS();
       const int64_t due = start + static_cast<int64_t>(schedule_s * 1e9);
       if (due >= deadline) break;
+      due_ns[next] = due;
       stop.SleepUntil(due);
       if (max_concurrency > 0) {
         absl::MutexLock lock(&tracker->mu);
@@ -221,6 +221,8 @@ absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestI
     RequestInput input = prompts[i];
     input.id = absl::StrCat(options.id_prefix, input.id);
     result.records.push_back(MakeRecord(static_cast<int>(i), input, *outcome, start));
+    result.records.back().dispatch_delay_ms =
+        static_cast<double>(outcome->send_ns - due_ns[i]) / 1e6;
     last_end = std::max(last_end, outcome->end_ns);
   }
   result.duration_s = static_cast<double>(last_end - start) / 1e9;

@@ -32,6 +32,7 @@ RequestRecord MakeRecord(int index, const RequestInput& input, const RequestOutc
   r.input_from_usage = outcome.input_tokens >= 0;
   r.input_tokens = r.input_from_usage ? outcome.input_tokens : input.input_tokens;
   r.cached_input_tokens = outcome.cached_input_tokens;
+  r.cached_reported = outcome.cached_input_tokens_reported;
   r.output_tokens = outcome.output_tokens;
   r.output_from_usage = outcome.output_tokens_from_usage;
   r.stages = outcome.stages;
@@ -62,7 +63,7 @@ RequestRecord NotSentRecord(int index, const RequestInput& input) {
   r.planned_input_tokens = input.input_tokens;
   r.planned_output_tokens = input.max_tokens;
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  r.start_offset_s = r.ttft_ms = r.tpot_ms = r.e2e_ms = nan;
+  r.start_offset_s = r.ttft_ms = r.tpot_ms = r.e2e_ms = r.dispatch_delay_ms = nan;
   return r;
 }
 
@@ -73,13 +74,14 @@ RunSummary Summarize(const RunConfig& config, const std::vector<RequestRecord>& 
   s.duration_s = duration_s;
   s.num_prompts = static_cast<int>(records.size());
   s.has_slo = !slo.empty();
-  std::vector<double> ttft, tpot, itl, e2e;
+  std::vector<double> ttft, tpot, itl, e2e, dispatch;
   std::map<std::string, std::vector<double>> stage_ms;
   for (const RequestRecord& r : records) {
     if (!r.sent) {
       ++s.not_sent;
       continue;
     }
+    if (!std::isnan(r.dispatch_delay_ms)) dispatch.push_back(r.dispatch_delay_ms);
     if (!r.success) {
       if (r.cancelled) {
         ++s.cancelled;
@@ -96,6 +98,7 @@ RunSummary Summarize(const RunConfig& config, const std::vector<RequestRecord>& 
     s.total_input_tokens += r.input_tokens;
     s.planned_input_tokens += r.planned_input_tokens;
     s.cached_input_tokens += r.cached_input_tokens;
+    if (r.cached_reported) ++s.cached_reported;
     s.total_output_tokens += r.output_tokens;
     if (r.input_from_usage) ++s.input_from_usage;
     ttft.push_back(r.ttft_ms);
@@ -122,6 +125,7 @@ RunSummary Summarize(const RunConfig& config, const std::vector<RequestRecord>& 
   s.tpot_ms = Describe(tpot, percentiles);
   s.itl_ms = Describe(itl, percentiles);
   s.e2e_ms = Describe(e2e, percentiles);
+  s.dispatch_delay_ms = Describe(dispatch, percentiles);
   auto add_stage = [&](const std::string& name) {
     auto it = stage_ms.find(name);
     if (it == stage_ms.end()) return;

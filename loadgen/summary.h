@@ -25,10 +25,15 @@ struct RequestRecord {
   double tpot_ms = 0.0;  // (e2e - ttft) / (output tokens - 1); NaN for one token
   double e2e_ms = 0.0;
   std::vector<double> itl_ms;  // every gap between output chunks
+  // Send time minus the arrival schedule's time for this prompt: how late the
+  // load generator itself sent it (NaN when not sent). In closed-loop runs
+  // it includes the wait for a free slot.
+  double dispatch_delay_ms = 0.0;
   int32_t planned_input_tokens = 0;
   int32_t planned_output_tokens = 0;
   int32_t input_tokens = 0;         // usage when the target reported it, else planned
   int32_t cached_input_tokens = 0;  // of input_tokens, from a prefix cache (usage)
+  bool cached_reported = false;     // the target reported the count (0 may be a real 0)
   bool input_from_usage = false;
   int32_t output_tokens = 0;
   bool output_from_usage = false;
@@ -66,6 +71,7 @@ struct RunSummary {
   int64_t total_output_tokens = 0;
   int64_t planned_input_tokens = 0;
   int64_t cached_input_tokens = 0;      // prefix-cache hits the target reported
+  int cached_reported = 0;              // successful requests whose usage had the count
   int input_from_usage = 0;             // successful requests whose input count came from usage
   double request_throughput = 0.0;      // completed / duration
   double output_throughput = 0.0;       // output tokens / duration
@@ -75,6 +81,7 @@ struct RunSummary {
   double goodput = 0.0;         // good requests / duration
   double slo_attainment = 0.0;  // good requests / prompts
   Distribution ttft_ms, tpot_ms, itl_ms, e2e_ms;
+  Distribution dispatch_delay_ms;   // over every sent request
   std::vector<StageStats> stages;   // pipeline order, then unknown names
   std::vector<std::string> errors;  // distinct messages, at most a few
 };

@@ -39,6 +39,7 @@ TEST(GenerateStreamRecorderTest, ChunksTimesUsageAndStages) {
   EXPECT_TRUE(out.output_tokens_from_usage);
   EXPECT_EQ(out.input_tokens, 32);
   EXPECT_EQ(out.cached_input_tokens, 16);
+  EXPECT_TRUE(out.cached_input_tokens_reported);
   ASSERT_EQ(out.stages.size(), 1u);
   EXPECT_EQ(out.stages[0].stage, "prefill.compute");
   EXPECT_EQ(out.stages[0].duration_ns, 1234);
@@ -57,6 +58,7 @@ TEST(GenerateStreamRecorderTest, ErrorEventFailsTheRequest) {
   EXPECT_EQ(out.error, "kv_transfer: peer gone");
   EXPECT_EQ(out.output_tokens, 1);  // counted from chunks: no usage came
   EXPECT_FALSE(out.output_tokens_from_usage);
+  EXPECT_FALSE(out.cached_input_tokens_reported);  // 0 cached would be a claim nobody made
 }
 
 TEST(GenerateStreamRecorderTest, CancelledByUsVersusFailedCall) {

@@ -109,6 +109,22 @@ TEST(HttpRequestBodyTest, AsksForStreamingWithUsage) {
   EXPECT_EQ(b["stream_options"]["include_usage"], true);
   EXPECT_EQ(b["max_tokens"], 8);
   EXPECT_FALSE(b.contains("ignore_eos"));
+  EXPECT_EQ(b["prompt"], "hello");
+  EXPECT_FALSE(b.contains("messages"));
+}
+
+TEST(HttpRequestBodyTest, ChatEndpointSendsTheTextAsOneUserMessage) {
+  EXPECT_TRUE(HttpClient::IsChatPath("/v1/chat/completions"));
+  EXPECT_FALSE(HttpClient::IsChatPath("/v1/completions"));
+  RequestInput in;
+  in.text = "hello";
+  in.max_tokens = 8;
+  const nlohmann::json b = nlohmann::json::parse(HttpClient::RequestBody("m", in, /*chat=*/true));
+  EXPECT_FALSE(b.contains("prompt"));
+  ASSERT_EQ(b["messages"].size(), 1u);
+  EXPECT_EQ(b["messages"][0]["role"], "user");
+  EXPECT_EQ(b["messages"][0]["content"], "hello");
+  EXPECT_EQ(b["stream"], true);
 }
 
 }  // namespace

@@ -155,6 +155,23 @@ TEST(RunLoadTest, OpenLoopWithRateSendsInScheduleOrder) {
   }
 }
 
+// Every prompt of a closed loop is due at the start; with one slot, prompt
+// i is sent only after i others each took the fake's 2 ms, so it is at least
+// 2*i ms late: the dispatch delay shows the load generator as the bottleneck.
+TEST(RunLoadTest, DispatchDelayIsHowLateEachSendWas) {
+  FakeClient client(/*hang=*/false);
+  RunOptions options;
+  options.config.request_rate = kInf;
+  options.config.max_concurrency = 1;
+  auto result = RunLoad(&client, Prompts(6), options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_GE(result->records[i].dispatch_delay_ms, 2.0 * i) << i;
+  }
+  const RunSummary s = Summarize(options.config, result->records, result->duration_s, {50}, Slo{});
+  EXPECT_EQ(s.dispatch_delay_ms.count, 6u);
+}
+
 TEST(RunLoadTest, TimeBoundCancelsWhatIsInFlightAndDropsTheRest) {
   FakeClient client(/*hang=*/true);
   RunOptions options;

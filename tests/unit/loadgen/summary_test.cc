@@ -53,6 +53,18 @@ TEST(MakeRecordTest, UsageCountsWinAndOneTokenHasNoTpot) {
   EXPECT_TRUE(r.itl_ms.empty());
 }
 
+// "0 tokens cached" and "the target did not say" must stay apart.
+TEST(SummarizeTest, CountsOnlyReportedPrefixCacheFigures) {
+  RequestOutcome reported = Outcome(0, {10, 20}, 20, 2);
+  reported.cached_input_tokens_reported = true;  // a real 0
+  const RequestOutcome silent = Outcome(0, {10, 20}, 20, 2);
+  const std::vector<RequestRecord> records = {MakeRecord(0, Input(8, 2), reported, 0),
+                                              MakeRecord(1, Input(8, 2), silent, 0)};
+  const RunSummary s = Summarize(RunConfig{}, records, 1.0, {50}, Slo{});
+  EXPECT_EQ(s.cached_input_tokens, 0);
+  EXPECT_EQ(s.cached_reported, 1);
+}
+
 TEST(MakeRecordTest, SuccessWithoutOutputIsAFailure) {
   const RequestRecord r = MakeRecord(0, Input(8, 8), Outcome(0, {}, 5, 0), 0);
   EXPECT_FALSE(r.success);

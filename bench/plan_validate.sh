@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Validates `pdserve plan` against measured runs on this machine:
+#   1. profiles this machine's engine (`pdserve bench --profile`): one CPU
+#      thread (a disaggregated node's share) and all CPUs (a colocated node);
+#   2. measures colocated (--mixed 1, all CPUs) and 1P1D (one CPU each)
+#      deployments with `pdserve loadgen` at each rate in RATES: Poisson
+#      arrivals, fresh prompts per rate (seed SEED + rate index), a warm-up
+#      run with prompts of another seed before the measured ones;
+#   3. runs `pdserve plan` with the same profile, workload, seed and rate;
+#   4. writes $OUT_DIR/plan_validation.json: predicted against measured
+#      goodput, p50/p99 TTFT and TPOT, their relative errors, and whether
+#      each is within the issue's bounds (goodput 15%, latencies 20%).
+#
+# COMMITTED=1 measures nothing: it predicts the committed quiet-machine sweep
+# of bench/disagg_vs_colocated.sh (bench/results/disagg_vs_colocated/, the
+# same workload, seed and rates) with the idle-calibrated profiles in
+# $OUT_DIR/plan_validation/profile_quiet_t{1,2}.json.
+#
+# Every knob is an environment variable (defaults below); a smoke run:
+#   NUM_PROMPTS=8 RATES="1" INPUT_LEN=64 OUTPUT_LEN=8 bench/plan_validate.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${PDSERVE_BIN:-$ROOT/build/bin/pdserve}
+MODEL=${MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+INPUT_LEN=${INPUT_LEN:-512}
+OUTPUT_LEN=${OUTPUT_LEN:-64}
+RANGE_RATIO=${RANGE_RATIO:-0.1}
+NUM_PROMPTS=${NUM_PROMPTS:-60}
+RATES=${RATES:-"0.5 1.0 1.5"}
+SLO_TTFT=${SLO_TTFT:-2000}
+SLO_TPOT=${SLO_TPOT:-50}
+SEED=${SEED:-100}
+PORT=${PORT:-47100}
+MAX_DURATION=${MAX_DURATION:-600}
+DEPLOYMENTS=${DEPLOYMENTS:-"colocated1 1P1D"}
+CPUS=$(nproc)
+THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
+OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
+WORK=$OUT_DIR/plan_validation
+RESULT=$OUT_DIR/plan_validation.json
+
+die() { echo "plan_validate: $*" >&2; exit 1; }
+[ -x "$BIN" ] || die "no pdserve binary at $BIN (scripts/build.sh, or set PDSERVE_BIN)"
+[ -f "$MODEL" ] || die "no model at $MODEL: run scripts/fetch_model.sh"
+command -v python3 >/dev/null || die "python3 is needed to combine the results"
+mkdir -p "$WORK"
+
+declare -A CLUSTER_FLAGS=(
+  [colocated1]="--mixed 1 --threads $((2 * THREADS_PER_NODE)) --pin"
+  [1P1D]="--prefill 1 --decode 1 --threads $THREADS_PER_NODE --pin"
+)
+declare -A PROFILE=(
+  [colocated1]=$WORK/profile_t$((2 * THREADS_PER_NODE)).json
+  [1P1D]=$WORK/profile_t$THREADS_PER_NODE.json
+)
+CLUSTER_PID=
+stop_cluster() {
+  if [ -n "$CLUSTER_PID" ] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
+    kill -TERM "$CLUSTER_PID"
+    wait "$CLUSTER_PID" 2>/dev/null || true
+  fi
+  CLUSTER_PID=
+}
+trap 'stop_cluster; rm -f "$POINTS"' EXIT
+
+start_cluster() {
+  local name=$1 log=$WORK/$1.cluster.log
+  # shellcheck disable=SC2086  # the deployment flags are words
+  "$BIN" cluster --model "$MODEL" --port "$PORT" --log-level warning ${CLUSTER_FLAGS[$name]} >"$log" 2>&1 &
+  CLUSTER_PID=$!
+  for _ in $(seq 1 600); do
+    grep -q "cluster ready" "$log" && return 0
+    kill -0 "$CLUSTER_PID" 2>/dev/null || die "$name cluster exited; see $log"
+    sleep 0.5
+  done
+  die "$name cluster not ready after 300 s; see $log"
+}
+
+# pairs of "deployment rate measured.json run-index predicted.json", one a line
+POINTS=$(mktemp)
+: >"$POINTS"
+
+if [ "${COMMITTED:-0}" = 1 ]; then
+  SWEEP_DIR=$OUT_DIR/disagg_vs_colocated
+  SLO_TTFT=$(python3 -c "import json;print(json.load(open('$SWEEP_DIR/colocated.sweep.json'))['slo']['ttft_ms'])")
+  SLO_TPOT=$(python3 -c "import json;print(json.load(open('$SWEEP_DIR/colocated.sweep.json'))['slo']['tpot_ms'])")
+  for pair in colocated1:colocated:profile_quiet_t2 1P1D:disaggregated:profile_quiet_t1; do
+    IFS=: read -r name file profile <<<"$pair"
+    measured=$SWEEP_DIR/$file.sweep.json
+    sweep=$(python3 -c "import json;print(json.load(open('$measured'))['metadata']['arguments']['sweep'])")
+    predicted=$WORK/$name.committed_sweep.predicted.json
+    "$BIN" plan --profile "$WORK/$profile.json" --deployments "$name" --seed 0 --num-prompts 100 \
+      --random-input-len 512 --random-output-len 64 --random-range-ratio 0.1 --sweep "$sweep" \
+      --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$predicted" >/dev/null
+    i=0
+    for rate in ${sweep//,/ }; do
+      echo "$name $rate $measured $i $predicted $i" >>"$POINTS"
+      i=$((i + 1))
+    done
+  done
+else
+
+# A disaggregated node shares the machine with the other node, which runs
+# flat out under load; with PROFILE_UNDER_LOAD=1 (default) its profile is
+# measured the same way: an engine benchmark keeps the other CPUs busy.
+PROFILE_UNDER_LOAD=${PROFILE_UNDER_LOAD:-1}
+echo "== profiles ($THREADS_PER_NODE and $((2 * THREADS_PER_NODE)) threads) =="
+for threads in "$THREADS_PER_NODE" "$((2 * THREADS_PER_NODE))"; do
+  file=$WORK/profile_t$threads.json
+  if [ -n "${REUSE_PROFILES:-}" ] && [ -f "$file" ]; then continue; fi
+  pin="" load_pid=""
+  if [ "$threads" -lt "$CPUS" ]; then
+    pin="taskset -c 0-$((threads - 1))"
+    if [ "$PROFILE_UNDER_LOAD" = 1 ]; then
+      taskset -c "$threads-$((CPUS - 1))" "$BIN" bench --model "$MODEL" --threads "$((CPUS - threads))" \
+        --reps 1000 --batch 8 >/dev/null 2>&1 &
+      load_pid=$!
+      sleep 2
+    fi
+  fi
+  $pin "$BIN" bench --model "$MODEL" --threads "$threads" --profile "$file" >"$WORK/profile_t$threads.log"
+  if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null || true; wait "$load_pid" 2>/dev/null || true; fi
+done
+
+idx=0
+for rate in $RATES; do
+  seed=$((SEED + idx))
+  idx=$((idx + 1))
+  for name in $DEPLOYMENTS; do
+    [ -n "${CLUSTER_FLAGS[$name]:-}" ] || die "unknown deployment $name (colocated1 or 1P1D)"
+    echo "== $name at $rate req/s (seed $seed) =="
+    start_cluster "$name"
+    common=(--target "grpc://127.0.0.1:$PORT" --random-input-len "$INPUT_LEN"
+            --random-output-len "$OUTPUT_LEN" --random-range-ratio "$RANGE_RATIO" --ignore-eos
+            --max-duration "$MAX_DURATION" --no-progress)
+    # Warm-up: prompts of another seed, so no measured prompt is cached.
+    "$BIN" loadgen "${common[@]}" --seed $((seed + 100000)) --num-prompts 2 --max-concurrency 1 \
+      >/dev/null
+    "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$NUM_PROMPTS" --request-rate "$rate" \
+      --label "$name" --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
+      --result-json "$WORK/$name.rate$rate.measured.json" >"$WORK/$name.rate$rate.measured.txt"
+    kill -0 "$CLUSTER_PID" 2>/dev/null || die "$name cluster died during the run"
+    stop_cluster
+    "$BIN" plan --profile "${PROFILE[$name]}" --deployments "$name" --seed "$seed" \
+      --num-prompts "$NUM_PROMPTS" --random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" \
+      --random-range-ratio "$RANGE_RATIO" --request-rate "$rate" \
+      --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
+      --result-json "$WORK/$name.rate$rate.predicted.json" >"$WORK/$name.rate$rate.predicted.txt"
+    echo "$name $rate $WORK/$name.rate$rate.measured.json 0 $WORK/$name.rate$rate.predicted.json 0" >>"$POINTS"
+  done
+done
+fi
+
+cd "$ROOT"
+python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" <<'PY'
+import json, os, platform, sys
+points_file, result, committed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+bounds = {"goodput": 0.15, "ttft_p50": 0.20, "ttft_p99": 0.20, "tpot_p50": 0.20, "tpot_p99": 0.20}
+def figures_measured(run):
+    return {"goodput": run["goodput"], "ttft_p50": run["ttft_ms"]["p50"], "ttft_p99": run["ttft_ms"]["p99"],
+            "tpot_p50": run["tpot_ms"]["p50"], "tpot_p99": run["tpot_ms"]["p99"],
+            "request_throughput": run["request_throughput"]}
+def figures_predicted(point):
+    return {"goodput": point["goodput"], "ttft_p50": point["ttft_ms"]["p50"], "ttft_p99": point["ttft_ms"]["p99"],
+            "tpot_p50": point["tpot_ms"]["p50"], "tpot_p99": point["tpot_ms"]["p99"],
+            "request_throughput": point["request_throughput"]}
+out = {"experiment": "pdserve plan predictions against pdserve loadgen measurements" +
+       (" (the committed quiet-machine sweep of bench/disagg_vs_colocated.sh)" if committed else ", this machine"),
+       "slo": {"ttft_ms": float(sys.argv[4]), "tpot_ms": float(sys.argv[5])},
+       "bounds_relative": bounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+       "points": []}
+within = {k: 0 for k in bounds}
+total = 0
+for line in open(points_file):
+        name, rate, mfile, mi, pfile, pi = line.split()
+        m = json.load(open(mfile))
+        p = json.load(open(pfile))
+        measured = figures_measured(m["runs"][int(mi)])
+        predicted = figures_predicted(p["deployments"][0]["rates"][int(pi)])
+        errors, ok = {}, {}
+        for k in bounds:
+            mv, pv = measured[k], predicted[k]
+            if mv is None or pv is None:
+                errors[k] = None; ok[k] = False; continue
+            if mv == 0:
+                errors[k] = 0.0 if pv == 0 else None
+            else:
+                errors[k] = pv / mv - 1
+            ok[k] = errors[k] is not None and abs(errors[k]) <= bounds[k]
+            within[k] += ok[k]
+        total += 1
+        out["points"].append({"deployment": name, "request_rate": float(rate),
+                              "seed": m["metadata"]["arguments"].get("seed"),
+                              "measured_file": os.path.relpath(mfile), "predicted_file": os.path.relpath(pfile),
+                              "measured": measured, "predicted": predicted,
+                              "relative_error": errors, "within_bound": ok})
+        out.setdefault("profiles", {})[name] = p["profile"]["name"]
+out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
+out["all_within_bounds"] = all(v == total for v in within.values())
+json.dump(out, open(result, "w"), indent=2)
+print(f"{'deployment':<11} {'rate':>5} | {'goodput m/p':>13} {'err':>6} | {'TTFT p50 m/p':>15} {'err':>6} | "
+      f"{'TTFT p99 m/p':>15} {'err':>6} | {'TPOT p50 m/p':>13} {'err':>6} | {'TPOT p99 m/p':>13} {'err':>6}")
+def e(v): return "   n/a" if v is None else f"{100*v:+5.0f}%"
+for pt in out["points"]:
+    m, p, r = pt["measured"], pt["predicted"], pt["relative_error"]
+    print(f"{pt['deployment']:<11} {pt['request_rate']:>5} | {m['goodput']:6.3f}/{p['goodput']:6.3f} {e(r['goodput'])} | "
+          f"{m['ttft_p50']:7.0f}/{p['ttft_p50']:7.0f} {e(r['ttft_p50'])} | {m['ttft_p99']:7.0f}/{p['ttft_p99']:7.0f} {e(r['ttft_p99'])} | "
+          f"{m['tpot_p50']:6.1f}/{p['tpot_p50']:6.1f} {e(r['tpot_p50'])} | {m['tpot_p99']:6.1f}/{p['tpot_p99']:6.1f} {e(r['tpot_p99'])}")
+print("within bounds:", out["within_bound_count"])
+PY
+echo "wrote $RESULT"

@@ -1,0 +1,263 @@
+#include "planner/cost_model.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace pdserve::planner {
+namespace {
+
+constexpr int kTerms = 5;
+const std::array<const char*, kTerms> kTermNames = {"base_s", "prefill_token_s", "attention_pair_s",
+                                                    "decode_seq_s", "decode_context_token_s"};
+
+std::array<double, kTerms> Features(const StepShape& s) {
+  return {1.0, static_cast<double>(s.prefill_tokens), s.attention_pairs,
+          static_cast<double>(s.decode_seqs), static_cast<double>(s.decode_context)};
+}
+
+StepCost FromCoefficients(const std::array<double, kTerms>& c) {
+  return StepCost{c[0], c[1], c[2], c[3], c[4]};
+}
+
+std::array<double, kTerms> ToCoefficients(const StepCost& s) {
+  return {s.base_s, s.prefill_token_s, s.attention_pair_s, s.decode_seq_s,
+          s.decode_context_token_s};
+}
+
+// Solves the n x n system a x = b in place (partial pivoting); false when
+// singular.
+bool Solve(std::vector<std::vector<double>>& a, std::vector<double>& b, std::vector<double>* x) {
+  const size_t n = b.size();
+  for (size_t col = 0; col < n; ++col) {
+    size_t pivot = col;
+    for (size_t r = col + 1; r < n; ++r) {
+      if (std::abs(a[r][col]) > std::abs(a[pivot][col])) pivot = r;
+    }
+    if (std::abs(a[pivot][col]) < 1e-12) return false;
+    std::swap(a[col], a[pivot]);
+    std::swap(b[col], b[pivot]);
+    for (size_t r = col + 1; r < n; ++r) {
+      const double f = a[r][col] / a[col][col];
+      for (size_t k = col; k < n; ++k) a[r][k] -= f * a[col][k];
+      b[r] -= f * b[col];
+    }
+  }
+  x->assign(n, 0.0);
+  for (size_t i = n; i-- > 0;) {
+    double s = b[i];
+    for (size_t k = i + 1; k < n; ++k) s -= a[i][k] * (*x)[k];
+    (*x)[i] = s / a[i][i];
+  }
+  return true;
+}
+
+absl::Status CheckNonNegative(double v, const char* name) {
+  if (!std::isfinite(v) || v < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile: ", name, " must be finite and >= 0, got ", v));
+  }
+  return absl::OkStatus();
+}
+
+template <typename T>
+absl::Status Read(const nlohmann::json& j, const char* key, T* out, bool required) {
+  auto it = j.find(key);
+  if (it == j.end()) {
+    if (required) return absl::InvalidArgumentError(absl::StrCat("profile: missing \"", key, "\""));
+    return absl::OkStatus();
+  }
+  try {
+    *out = it->get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile: \"", key, "\" has the wrong type: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+double ChunkAttentionPairs(int64_t n_past, int64_t n_new) {
+  const double p = static_cast<double>(n_past), n = static_cast<double>(n_new);
+  return n * p + n * (n + 1) / 2;
+}
+
+double StepCost::Seconds(const StepShape& s) const {
+  const std::array<double, kTerms> f = Features(s);
+  const std::array<double, kTerms> c = ToCoefficients(*this);
+  double t = 0;
+  for (int i = 0; i < kTerms; ++i) t += f[i] * c[i];
+  return t;
+}
+
+absl::StatusOr<StepCost> FitStepCost(const std::vector<StepSample>& samples) {
+  bool has_prefill = false, has_decode = false;
+  for (const StepSample& s : samples) {
+    if (!std::isfinite(s.seconds) || s.seconds <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("fit: a step took ", s.seconds, " s"));
+    }
+    has_prefill |= s.shape.prefill_tokens > 0;
+    has_decode |= s.shape.decode_seqs > 0;
+  }
+  if (samples.size() < kTerms || !has_prefill || !has_decode) {
+    return absl::InvalidArgumentError(absl::StrCat("fit: need at least ", kTerms,
+                                                   " steps, prefill and decode among them; got ",
+                                                   samples.size()));
+  }
+  // Columns scaled to unit norm so the normal equations stay well conditioned
+  // (attention pairs run to 1e6 where the base column is 1).
+  std::array<double, kTerms> scale{};
+  for (const StepSample& s : samples) {
+    const auto f = Features(s.shape);
+    for (int i = 0; i < kTerms; ++i) scale[i] += f[i] * f[i];
+  }
+  std::vector<int> active;
+  for (int i = 0; i < kTerms; ++i) {
+    scale[i] = std::sqrt(scale[i]);
+    if (scale[i] > 0) active.push_back(i);
+  }
+  // Relative error is what matters (a 1 ms decode step and a 1 s prefill
+  // should be fitted equally well), so each row is weighted by 1/seconds.
+  std::array<double, kTerms> coef{};
+  while (!active.empty()) {
+    const size_t n = active.size();
+    std::vector<std::vector<double>> ata(n, std::vector<double>(n, 0.0));
+    std::vector<double> atb(n, 0.0);
+    for (const StepSample& s : samples) {
+      const auto f = Features(s.shape);
+      const double w = 1.0 / s.seconds;
+      for (size_t i = 0; i < n; ++i) {
+        const double fi = f[active[i]] / scale[active[i]] * w;
+        atb[i] += fi * s.seconds * w;
+        for (size_t k = 0; k < n; ++k) ata[i][k] += fi * f[active[k]] / scale[active[k]] * w;
+      }
+    }
+    std::vector<double> x;
+    if (!Solve(ata, atb, &x)) {
+      return absl::InvalidArgumentError(
+          "fit: the measured steps do not separate the cost terms (vary tokens, batch and "
+          "context)");
+    }
+    size_t worst = n;
+    for (size_t i = 0; i < n; ++i) {
+      if (x[i] < 0 && (worst == n || x[i] < x[worst])) worst = i;
+    }
+    if (worst == n) {
+      coef.fill(0.0);
+      for (size_t i = 0; i < n; ++i) coef[active[i]] = x[i] / scale[active[i]];
+      return FromCoefficients(coef);
+    }
+    active.erase(active.begin() + static_cast<std::ptrdiff_t>(worst));
+  }
+  return absl::InvalidArgumentError("fit: no non-negative cost model fits the steps");
+}
+
+absl::Status DeviceProfile::Validate() const {
+  if (n_layers < 1) return absl::InvalidArgumentError("profile: n_layers must be >= 1");
+  if (kv_bytes_per_token < 1)
+    return absl::InvalidArgumentError("profile: kv_bytes_per_token must be >= 1");
+  if (block_size < 1) return absl::InvalidArgumentError("profile: block_size must be >= 1");
+  if (kv_blocks < 1) return absl::InvalidArgumentError("profile: kv_blocks must be >= 1");
+  if (max_batch_tokens < 1)
+    return absl::InvalidArgumentError("profile: max_batch_tokens must be >= 1");
+  if (max_batch_seqs < 1) return absl::InvalidArgumentError("profile: max_batch_seqs must be >= 1");
+  for (int i = 0; i < kTerms; ++i) {
+    if (absl::Status s = CheckNonNegative(ToCoefficients(step)[i], kTermNames[i]); !s.ok())
+      return s;
+  }
+  // Every non-empty step must take time, or the simulation would not advance.
+  if (!(step.base_s > 0 || (step.prefill_token_s > 0 && step.decode_seq_s > 0))) {
+    return absl::InvalidArgumentError(
+        "profile: step.base_s, or both prefill_token_s and decode_seq_s, must be > 0");
+  }
+  if (!(link.bandwidth_bytes_per_s > 0) || !std::isfinite(link.bandwidth_bytes_per_s)) {
+    return absl::InvalidArgumentError("profile: link.bandwidth_bytes_per_s must be > 0");
+  }
+  if (absl::Status s = CheckNonNegative(link.latency_s, "link.latency_s"); !s.ok()) return s;
+  return CheckNonNegative(router_overhead_s, "router_overhead_s");
+}
+
+nlohmann::ordered_json ProfileToJson(const DeviceProfile& p) {
+  nlohmann::ordered_json j;
+  j["name"] = p.name;
+  j["source"] = p.source;
+  j["model"] = p.model;
+  j["threads"] = p.threads;
+  j["n_layers"] = p.n_layers;
+  j["kv_bytes_per_token"] = p.kv_bytes_per_token;
+  j["block_size"] = p.block_size;
+  j["kv_blocks"] = p.kv_blocks;
+  j["max_batch_tokens"] = p.max_batch_tokens;
+  j["max_batch_seqs"] = p.max_batch_seqs;
+  nlohmann::ordered_json step;
+  const auto c = ToCoefficients(p.step);
+  for (int i = 0; i < kTerms; ++i) step[kTermNames[i]] = c[i];
+  j["step"] = step;
+  j["link"] = {{"bandwidth_bytes_per_s", p.link.bandwidth_bytes_per_s},
+               {"latency_s", p.link.latency_s}};
+  j["router_overhead_s"] = p.router_overhead_s;
+  j["notes"] = nlohmann::ordered_json::parse(p.notes.dump());
+  return j;
+}
+
+absl::StatusOr<DeviceProfile> ProfileFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("profile: not a JSON object");
+  DeviceProfile p;
+  absl::Status st;
+  auto read = [&](auto status) {
+    if (st.ok() && !status.ok()) st = status;
+  };
+  read(Read(j, "name", &p.name, false));
+  read(Read(j, "source", &p.source, false));
+  read(Read(j, "model", &p.model, false));
+  read(Read(j, "threads", &p.threads, false));
+  read(Read(j, "n_layers", &p.n_layers, true));
+  read(Read(j, "kv_bytes_per_token", &p.kv_bytes_per_token, true));
+  read(Read(j, "block_size", &p.block_size, false));
+  read(Read(j, "kv_blocks", &p.kv_blocks, true));
+  read(Read(j, "max_batch_tokens", &p.max_batch_tokens, false));
+  read(Read(j, "max_batch_seqs", &p.max_batch_seqs, false));
+  read(Read(j, "router_overhead_s", &p.router_overhead_s, false));
+  if (!st.ok()) return st;
+  auto step = j.find("step");
+  if (step == j.end() || !step->is_object())
+    return absl::InvalidArgumentError("profile: missing \"step\" object");
+  std::array<double, kTerms> c{};
+  for (int i = 0; i < kTerms; ++i) read(Read(*step, kTermNames[i], &c[i], i == 0));
+  p.step = FromCoefficients(c);
+  if (auto link = j.find("link"); link != j.end()) {
+    if (!link->is_object())
+      return absl::InvalidArgumentError("profile: \"link\" must be an object");
+    read(Read(*link, "bandwidth_bytes_per_s", &p.link.bandwidth_bytes_per_s, true));
+    read(Read(*link, "latency_s", &p.link.latency_s, false));
+  }
+  if (!st.ok()) return st;
+  if (auto notes = j.find("notes"); notes != j.end()) p.notes = *notes;
+  if (absl::Status v = p.Validate(); !v.ok()) return v;
+  return p;
+}
+
+absl::StatusOr<DeviceProfile> LoadProfile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open profile ", path));
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
+  absl::StatusOr<DeviceProfile> p = ProfileFromJson(j);
+  if (!p.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", p.status().message()));
+  return p;
+}
+
+absl::Status SaveProfile(const DeviceProfile& profile, const std::string& path) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  out << ProfileToJson(profile).dump(2) << "\n";
+  if (!out) return absl::DataLossError(absl::StrCat("write failed: ", path));
+  return absl::OkStatus();
+}
+
+}  // namespace pdserve::planner

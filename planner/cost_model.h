@@ -1,0 +1,85 @@
+// The planner's device profile: what one node costs per engine step, how much
+// KV it holds, and the link its KV travels over. Plain structs, fitted from
+// measurements (`pdserve bench --profile`) or written from published figures.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace pdserve::planner {
+
+// What one engine step computes: prefill chunks and decode tokens of many
+// sequences in one flat batch (continuous batching).
+struct StepShape {
+  int64_t prefill_tokens = 0;  // prompt tokens computed this step
+  double attention_pairs = 0;  // sum over prefill tokens of the positions each attends to
+  int32_t decode_seqs = 0;     // sequences that produce one token each
+  int64_t decode_context = 0;  // sum of the decode sequences' context lengths
+};
+
+// Attention pairs of a prefill chunk of `n_new` tokens after `n_past`
+// already computed: token i (1-based) attends to n_past + i positions.
+double ChunkAttentionPairs(int64_t n_past, int64_t n_new);
+
+// Seconds per step, linear in the shape:
+//   base + prefill_token * P + attention_pair * A + decode_seq * D + decode_context_token * K
+// base is the fixed cost of a step (weights read once, launch and sync);
+// prefill is compute-bound (P, plus A for attention, quadratic in the
+// prompt); decode adds per sequence (D) and per cached token read (K).
+struct StepCost {
+  double base_s = 0;
+  double prefill_token_s = 0;
+  double attention_pair_s = 0;
+  double decode_seq_s = 0;
+  double decode_context_token_s = 0;
+
+  double Seconds(const StepShape& shape) const;
+};
+
+// One measured step, for fitting.
+struct StepSample {
+  StepShape shape;
+  double seconds = 0;
+};
+
+// Least squares over the samples with every coefficient >= 0 (a negative
+// one is dropped and the rest refitted). Needs at least as many samples as
+// coefficients, with prefill and decode steps among them.
+absl::StatusOr<StepCost> FitStepCost(const std::vector<StepSample>& samples);
+
+// The link KV travels over from a prefill node to a decode node.
+struct LinkModel {
+  double bandwidth_bytes_per_s = 1e9;
+  double latency_s = 0;
+};
+
+struct DeviceProfile {
+  std::string name;     // e.g. "cpu-2t SmolLM2-135M Q4_1"
+  std::string source;   // how the figures were obtained (measurement, citations)
+  std::string model;    // the model the figures are for
+  int32_t threads = 0;  // CPU threads per node the figures were measured with (0: n/a)
+  int32_t n_layers = 1;
+  int64_t kv_bytes_per_token = 0;  // all layers, K and V
+  int32_t block_size = 16;
+  int64_t kv_blocks = 0;           // KV capacity of one node, in blocks
+  int32_t max_batch_tokens = 512;  // token budget per step (chunked prefill)
+  int32_t max_batch_seqs = 64;
+  StepCost step;
+  LinkModel link;
+  double router_overhead_s = 0;  // router + RPC time from arrival to a node's queue
+  nlohmann::json notes = nlohmann::json::object();  // citations, fit residuals: free form
+
+  absl::Status Validate() const;
+};
+
+nlohmann::ordered_json ProfileToJson(const DeviceProfile& profile);
+absl::StatusOr<DeviceProfile> ProfileFromJson(const nlohmann::json& json);
+absl::StatusOr<DeviceProfile> LoadProfile(const std::string& path);
+absl::Status SaveProfile(const DeviceProfile& profile, const std::string& path);
+
+}  // namespace pdserve::planner

@@ -1,0 +1,68 @@
+// `pdserve plan`: every candidate deployment simulated at every rate, and the
+// deployment to run for a target rate and SLO.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "loadgen/stats.h"
+#include "loadgen/workload.h"
+#include "nlohmann/json.hpp"
+#include "planner/cost_model.h"
+#include "planner/deployment.h"
+#include "planner/summary.h"
+
+namespace pdserve::planner {
+
+struct PlanOptions {
+  DeviceProfile profile;            // prefill and decode nodes
+  DeviceProfile colocated_profile;  // colocated nodes
+  std::vector<Deployment> deployments;
+  loadgen::WorkloadOptions workload;
+  std::vector<double> rates;  // requests/s
+  double burstiness = 1.0;    // gamma shape; 1 is Poisson
+  loadgen::Slo slo;
+  double target_rate = 0;          // 0: none (rank by capacity per node)
+  double target_attainment = 0.9;  // share of requests that must meet the SLO
+  std::vector<double> percentiles = {50, 90, 99};
+};
+
+struct PlanPoint {
+  double rate = 0;
+  SimSummary summary;
+};
+
+// A deployment meets a rate when at least `target_attainment` of the
+// requests meet the SLO and its goodput keeps up with that share of the
+// rate: a finite run at a rate past capacity can keep every request within
+// its SLO while a backlog grows, which only the goodput shows.
+bool MeetsTarget(const PlanPoint& point, double target_attainment);
+
+struct DeploymentResult {
+  Deployment deployment;
+  std::vector<PlanPoint> points;  // by rate, ascending
+  // The highest simulated rate that meets the target (MeetsTarget; 0: none).
+  double max_rate_meeting = 0;
+};
+
+struct Recommendation {
+  bool found = false;  // a deployment meets the target
+  Deployment deployment;
+  std::string reason;
+};
+
+struct PlanReport {
+  std::vector<DeploymentResult> results;
+  Recommendation recommendation;
+};
+
+absl::StatusOr<PlanReport> RunPlan(const PlanOptions& options);
+
+nlohmann::ordered_json PlanToJson(const PlanOptions& options, const PlanReport& report);
+// One row per deployment and rate.
+std::string PlanTable(const PlanOptions& options, const PlanReport& report);
+// Goodput against rate, one line per deployment.
+std::string PlanSvg(const PlanOptions& options, const PlanReport& report);
+
+}  // namespace pdserve::planner

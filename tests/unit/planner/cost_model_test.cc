@@ -1,0 +1,120 @@
+#include "planner/cost_model.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "gtest/gtest.h"
+#include "tests/unit/planner/test_profiles.h"
+
+namespace pdserve::planner {
+namespace {
+
+TEST(CostModelTest, ChunkAttentionPairsCountsCausalPositions) {
+  EXPECT_EQ(ChunkAttentionPairs(0, 1), 1);
+  EXPECT_EQ(ChunkAttentionPairs(0, 4), 1 + 2 + 3 + 4);
+  EXPECT_EQ(ChunkAttentionPairs(10, 2), 11 + 12);
+}
+
+std::vector<StepSample> SamplesOf(const StepCost& truth) {
+  std::vector<StepSample> samples;
+  for (int64_t n : {16, 64, 256, 1024}) {
+    for (int batch : {1, 4}) {
+      StepShape s;
+      s.prefill_tokens = n * batch;
+      s.attention_pairs = batch * ChunkAttentionPairs(0, n);
+      samples.push_back({s, truth.Seconds(s)});
+    }
+  }
+  for (int b : {1, 8, 32}) {
+    for (int64_t ctx : {32, 512, 2048}) {
+      StepShape s;
+      s.decode_seqs = b;
+      s.decode_context = b * ctx;
+      samples.push_back({s, truth.Seconds(s)});
+    }
+  }
+  return samples;
+}
+
+TEST(CostModelTest, FitRecoversTheCoefficientsOfExactSamples) {
+  const StepCost truth{0.004, 0.0009, 2e-8, 0.0011, 3e-7};
+  absl::StatusOr<StepCost> fit = FitStepCost(SamplesOf(truth));
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_NEAR(fit->base_s, truth.base_s, 1e-6);
+  EXPECT_NEAR(fit->prefill_token_s, truth.prefill_token_s, 1e-8);
+  EXPECT_NEAR(fit->attention_pair_s, truth.attention_pair_s, 1e-11);
+  EXPECT_NEAR(fit->decode_seq_s, truth.decode_seq_s, 1e-7);
+  EXPECT_NEAR(fit->decode_context_token_s, truth.decode_context_token_s, 1e-10);
+}
+
+// A term the data contradicts (here: cost falling with context) is dropped
+// rather than fitted negative, which would make long contexts free.
+TEST(CostModelTest, FitNeverReturnsNegativeCoefficients) {
+  std::vector<StepSample> samples = SamplesOf(StepCost{0.004, 0.001, 0, 0.001, 0});
+  for (StepSample& s : samples) {
+    if (s.shape.decode_seqs > 0) s.seconds -= 1e-8 * s.shape.decode_context;
+  }
+  absl::StatusOr<StepCost> fit = FitStepCost(samples);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(fit->decode_context_token_s, 0);
+  EXPECT_GE(fit->attention_pair_s, 0);
+  EXPECT_GT(fit->prefill_token_s, 0);
+}
+
+TEST(CostModelTest, FitRejectsTooFewOrOneSidedSamples) {
+  std::vector<StepSample> prefill_only;
+  for (int64_t n : {16, 64, 256, 1024, 2048, 4096}) {
+    StepShape s;
+    s.prefill_tokens = n;
+    prefill_only.push_back({s, 0.001 * n});
+  }
+  EXPECT_FALSE(FitStepCost(prefill_only).ok());
+  EXPECT_FALSE(FitStepCost({}).ok());
+  std::vector<StepSample> bad = SamplesOf(StepCost{0.004, 0.001, 0, 0.001, 0});
+  bad[0].seconds = -1;
+  EXPECT_FALSE(FitStepCost(bad).ok());
+}
+
+TEST(CostModelTest, ProfileRoundTripsThroughJson) {
+  DeviceProfile p = HandProfile();
+  p.step.attention_pair_s = 1.5e-9;
+  p.notes["source"] = "test";
+  const std::string path = std::string(::testing::TempDir()) + "/profile.json";
+  ASSERT_TRUE(SaveProfile(p, path).ok());
+  absl::StatusOr<DeviceProfile> back = LoadProfile(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->name, p.name);
+  EXPECT_EQ(back->kv_blocks, p.kv_blocks);
+  EXPECT_EQ(back->step.attention_pair_s, p.step.attention_pair_s);
+  EXPECT_EQ(back->link.bandwidth_bytes_per_s, p.link.bandwidth_bytes_per_s);
+  EXPECT_EQ(back->notes["source"], "test");
+}
+
+TEST(CostModelTest, BadProfilesSayWhatIsWrong) {
+  nlohmann::json j = nlohmann::json::parse(ProfileToJson(HandProfile()).dump());
+  j["kv_blocks"] = 0;
+  absl::StatusOr<DeviceProfile> p = ProfileFromJson(j);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("kv_blocks"), std::string::npos) << p.status();
+
+  j = nlohmann::json::parse(ProfileToJson(HandProfile()).dump());
+  j["step"]["decode_seq_s"] = -1;
+  p = ProfileFromJson(j);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("decode_seq_s"), std::string::npos) << p.status();
+
+  j = nlohmann::json::parse(ProfileToJson(HandProfile()).dump());
+  j["n_layers"] = "thirty";
+  EXPECT_FALSE(ProfileFromJson(j).ok());
+  j = nlohmann::json::parse(ProfileToJson(HandProfile()).dump());
+  j.erase("step");
+  EXPECT_FALSE(ProfileFromJson(j).ok());
+
+  const std::string path = std::string(::testing::TempDir()) + "/garbage.json";
+  std::ofstream(path) << "{not json";
+  EXPECT_FALSE(LoadProfile(path).ok());
+  EXPECT_EQ(LoadProfile(path + ".missing").status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace pdserve::planner

@@ -1,0 +1,141 @@
+#include "planner/plan.h"
+
+#include "gtest/gtest.h"
+#include "loadgen/workload.h"
+#include "planner/workload.h"
+#include "tests/unit/planner/test_profiles.h"
+
+namespace pdserve::planner {
+namespace {
+
+loadgen::WorkloadOptions Workload() {
+  loadgen::WorkloadOptions w;
+  w.num_prompts = 200;
+  w.random_input_len = 100;
+  w.random_output_len = 10;
+  w.random_range_ratio = 0.2;
+  w.token_ids = true;
+  w.vocab_size = 1000;
+  w.seed = 5;
+  return w;
+}
+
+PlanOptions Options() {
+  PlanOptions o;
+  o.profile = o.colocated_profile = HandProfile();
+  o.deployments = EnumerateDeployments(4);
+  o.workload = Workload();
+  o.rates = {1, 20};
+  o.slo.ttft_ms = 1000;
+  o.slo.tpot_ms = 200;
+  return o;
+}
+
+// The simulated requests are loadgen's: the same lengths for the same
+// workload flags, arrivals at the rate.
+TEST(PlanTest, RequestsComeFromLoadgensGenerators) {
+  const loadgen::WorkloadOptions w = Workload();
+  absl::StatusOr<std::vector<loadgen::RequestInput>> inputs = loadgen::BuildWorkload(w, nullptr);
+  absl::StatusOr<std::vector<SimRequest>> sim = BuildSimRequests(w, 4.0, 1.0);
+  ASSERT_TRUE(inputs.ok() && sim.ok());
+  ASSERT_EQ(inputs->size(), sim->size());
+  for (size_t i = 0; i < sim->size(); ++i) {
+    EXPECT_EQ((*sim)[i].input_tokens, (*inputs)[i].input_tokens);
+    EXPECT_EQ((*sim)[i].output_tokens, (*inputs)[i].max_tokens);
+  }
+  EXPECT_EQ(sim->front().arrival_s, 0);
+  // 200 Poisson arrivals at 4 req/s span about 50 s.
+  EXPECT_GT(sim->back().arrival_s, 35);
+  EXPECT_LT(sim->back().arrival_s, 65);
+  EXPECT_FALSE(BuildSimRequests(w, 0, 1).ok());
+  EXPECT_FALSE(BuildSimRequests(w, 1, 0).ok());
+}
+
+// One prefill step holds one 100-token prompt (110 ms), so a node prefills
+// about 9 prompts/s: one node cannot serve 20 req/s, and the recommendation
+// is the smallest deployment that does.
+TEST(PlanTest, RecommendsTheFewestNodesMeetingTheSloAtTheTargetRate) {
+  PlanOptions o = Options();
+  o.target_rate = 20;
+  absl::StatusOr<PlanReport> report = RunPlan(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->results.size(), o.deployments.size());
+  const Recommendation& rec = report->recommendation;
+  ASSERT_TRUE(rec.found) << rec.reason;
+  for (const DeploymentResult& r : report->results) {
+    ASSERT_EQ(r.points.size(), 2u);
+    const SimSummary& low = r.points[0].summary;
+    const SimSummary& high = r.points[1].summary;
+    EXPECT_TRUE(MeetsTarget(r.points[0], 0.9)) << r.deployment.Name() << " at 1 req/s";
+    EXPECT_GE(low.slo_attainment, 0.9);
+    if (r.deployment.Name() == rec.deployment.Name()) {
+      EXPECT_TRUE(MeetsTarget(r.points[1], 0.9));
+    } else if (r.deployment.n_nodes() < rec.deployment.n_nodes()) {
+      EXPECT_FALSE(MeetsTarget(r.points[1], 0.9))
+          << r.deployment.Name() << " is smaller and meets it";
+    }
+    if (r.deployment.n_nodes() == 1) {
+      EXPECT_LT(high.slo_attainment, 0.5) << r.deployment.Name();
+    }
+  }
+  EXPECT_GE(rec.deployment.n_nodes(), 3);
+}
+
+// Past capacity, a finite run can keep every request within its SLO while
+// the backlog grows; the goodput falling behind the rate gives it away.
+TEST(PlanTest, ABacklogDoesNotMeetTheTargetEvenWithinTheSlo) {
+  PlanPoint p;
+  p.rate = 10;
+  p.summary.slo_attainment = 1.0;
+  p.summary.goodput = 9.5;
+  EXPECT_TRUE(MeetsTarget(p, 0.9));
+  p.summary.goodput = 4;  // the requests took 2.5x as long to serve as to arrive
+  EXPECT_FALSE(MeetsTarget(p, 0.9));
+  p.summary.goodput = 9.5;
+  p.summary.slo_attainment = 0.8;
+  EXPECT_FALSE(MeetsTarget(p, 0.9));
+}
+
+TEST(PlanTest, SaysSoWhenNothingMeetsTheTarget) {
+  PlanOptions o = Options();
+  o.deployments = EnumerateDeployments(2);
+  o.target_rate = 50;
+  absl::StatusOr<PlanReport> report = RunPlan(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(report->recommendation.found);
+  EXPECT_NE(report->recommendation.reason.find("no candidate"), std::string::npos);
+}
+
+TEST(PlanTest, WritesJsonTableAndSvg) {
+  PlanOptions o = Options();
+  o.deployments = {Deployment{1, 1, 0}, Deployment{0, 0, 2}};
+  absl::StatusOr<PlanReport> report = RunPlan(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const nlohmann::ordered_json j = PlanToJson(o, *report);
+  ASSERT_EQ(j["deployments"].size(), 2u);
+  EXPECT_EQ(j["deployments"][0]["deployment"], "1P1D");
+  EXPECT_EQ(j["deployments"][0]["rates"].size(), 2u);
+  EXPECT_TRUE(j["deployments"][0]["rates"][0]["ttft_ms"].contains("p99"));
+  EXPECT_TRUE(j["recommendation"].contains("reason"));
+  const std::string table = PlanTable(o, *report);
+  EXPECT_NE(table.find("colocated2"), std::string::npos);
+  EXPECT_NE(table.find("recommended"), std::string::npos);
+  const std::string svg = PlanSvg(o, *report);
+  EXPECT_NE(svg.find("<svg"), std::string::npos);
+  EXPECT_NE(svg.find("1P1D"), std::string::npos);
+}
+
+TEST(PlanTest, RejectsEmptyInputs) {
+  PlanOptions o = Options();
+  o.deployments.clear();
+  EXPECT_FALSE(RunPlan(o).ok());
+  o = Options();
+  o.rates.clear();
+  EXPECT_FALSE(RunPlan(o).ok());
+  o = Options();
+  o.rates = {-1};
+  EXPECT_FALSE(RunPlan(o).ok());
+}
+
+}  // namespace
+}  // namespace pdserve::planner
