@@ -331,7 +331,8 @@ TEST_F(NcclTransportTest, ControlPortFloodIsCappedAndForgedBeginsAreRefused) {
   auto r = NcclKvReceiver::Create(ro);
   ASSERT_TRUE(r.ok()) << r.status();
   std::unique_ptr<NcclKvReceiver> receiver = std::move(*r);
-  auto hp = internal::ParseHostPort(receiver->endpoint().substr(std::strlen(internal::kNcclScheme)));
+  auto hp =
+      internal::ParseHostPort(receiver->endpoint().substr(std::strlen(internal::kNcclScheme)));
   ASSERT_TRUE(hp.ok());
   auto closed = [](int fd) {  // true once the receiver closed it (blocks until then)
     timeval tv{30, 0};
