@@ -450,18 +450,19 @@ void BenchKvTwoGpus(const KvShape& s) {
   std::vector<double> times;
   for (int rep = 0; rep < 8; ++rep) {
     const transport::TransferId x{static_cast<uint64_t>(rep + 1)};
+    const transport::TransferSecret secret = transport::TransferSecret::Random();
     const auto deadline = MonoClock::now() + std::chrono::seconds(60);
     std::promise<absl::Status> got;
     auto fut = got.get_future();
     if (!(*receiver)
              ->Post(
-                 x, dviews, deadline,
+                 x, secret, dviews, deadline,
                  [&](absl::Status st, std::string, transport::ReceiveTiming) { got.set_value(st); })
              .ok()) {
       std::exit(1);
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto h = (*sender)->StartTransfer(x, (*receiver)->endpoint(), s.n_layers, deadline);
+    auto h = (*sender)->StartTransfer(x, secret, (*receiver)->endpoint(), s.n_layers, deadline);
     if (!h.ok()) {
       std::fprintf(stderr, "gpu_bench: %s\n", std::string(h.status().message()).c_str());
       std::exit(1);

@@ -109,13 +109,14 @@ class KvBench {
   Clock::duration Transfer(Arena& src, Arena& dst, int n_layers,
                            std::chrono::microseconds compute_per_layer, Clock::duration* tail) {
     TransferId xfer{++next_id_};
+    const TransferSecret secret = TransferSecret::Random();
     auto layers = dst.PostViews();
     layers.resize(n_layers);
-    absl::Status posted = receiver_->Post(xfer, std::move(layers),
+    absl::Status posted = receiver_->Post(xfer, secret, std::move(layers),
                                           MonoClock::now() + std::chrono::seconds(30), nullptr);
     if (!posted.ok()) Die(posted.ToString());
     Clock::time_point start = Clock::now();
-    auto h = sender_->StartTransfer(xfer, receiver_->endpoint(), n_layers,
+    auto h = sender_->StartTransfer(xfer, secret, receiver_->endpoint(), n_layers,
                                     MonoClock::now() + std::chrono::seconds(30));
     if (!h.ok()) Die(h.status().ToString());
     Clock::time_point last = start;

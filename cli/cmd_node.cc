@@ -15,8 +15,8 @@ void AddNodeFlags(po::options_description* desc) {
       "router", po::value<std::string>()->default_value(""), "router host:port to register with")(
       "node-id", po::value<std::string>()->default_value(""), "default: <role>-<port>")(
       "kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")(
-      "kv-listen-host", po::value<std::string>()->default_value("0.0.0.0"),
-      "decode: address the KV receiver binds")(
+      "kv-listen-host", po::value<std::string>()->default_value(""),
+      "decode: address the KV receiver binds (default: --advertise-host, not every interface)")(
       "kv-advertise", po::value<std::string>()->default_value(""),
       "decode: host:port prefill nodes ship KV to, when a proxy or NAT sits in between "
       "(default: advertise-host:kv-port)")("kv-checksum", po::bool_switch(),

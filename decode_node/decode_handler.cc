@@ -36,6 +36,19 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
   RequestSpec spec = rpc::FromProto(request->request());
   call->id = spec.id;
   const transport::TransferId xfer{request->transfer_id()};
+  // Everything from the request that reaches the transport is checked first.
+  absl::StatusOr<transport::TransferSecret> secret =
+      transport::TransferSecret::FromBytes(request->kv_secret());
+  absl::StatusOr<std::chrono::milliseconds> budget =
+      transport::KvBudgetFromRequest(request->kv_deadline_ms());
+  absl::Status invalid;
+  if (xfer.value == 0) {
+    invalid = absl::InvalidArgumentError("transfer_id is not set");
+  } else if (!secret.ok()) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("kv_secret: ", secret.status().message()));
+  } else if (!budget.ok()) {
+    invalid = budget.status();
+  }
   Engine* engine = engine_;
   transport::KvReceiver* receiver = receiver_;
   const std::string id = call->id;
@@ -47,6 +60,10 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
     engine->Abort(id);
   });
   call->out = writer->handle();
+  if (!invalid.ok()) {
+    call->out->Finish(rpc::ToGrpc(invalid));
+    return writer;
+  }
 
   const std::string node = node_name_;
   const tracing::PdserveMetrics* metrics = metrics_;
@@ -97,15 +114,22 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
   for (int32_t l = 0; l < cache.config().n_layers; ++l) {
     for (BlockId b : *blocks) layers[l].push_back({cache.BlockData(l, b), bytes});
   }
-  const int64_t budget_ms = request->kv_deadline_ms() > 0 ? request->kv_deadline_ms() : 30000;
+  const int32_t n_vocab = engine_->model().config().n_vocab;
   absl::Status posted = receiver_->Post(
-      xfer, std::move(layers), MonoClock::now() + std::chrono::milliseconds(budget_ms),
-      [weak, engine, id, metrics](absl::Status s, std::string trailer,
-                                  transport::ReceiveTiming timing) {
+      xfer, *secret, std::move(layers), MonoClock::now() + *budget,
+      [weak, engine, id, metrics, n_vocab](absl::Status s, std::string trailer,
+                                           transport::ReceiveTiming timing) {
         std::shared_ptr<Call> c = weak.lock();
         v1::PrefillResponse first;
         if (s.ok() && !first.ParseFromString(trailer)) {
           s = absl::DataLossError("KV transfer trailer is malformed");
+        }
+        // Token #1 becomes an embedding row and sampler history: it must be
+        // a token of this model.
+        if (s.ok() && (first.token_id() < 0 || first.token_id() >= n_vocab)) {
+          s = absl::InvalidArgumentError(absl::StrCat("KV transfer trailer: token #1 (",
+                                                      first.token_id(), ") is outside [0, ",
+                                                      n_vocab, ")"));
         }
         if (s.ok()) {
           if (c) {

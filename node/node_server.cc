@@ -221,11 +221,14 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
       break;
     }
     case NodeRole::kDecode: {
+      // Only the advertised address by default: the KV port is for prefill nodes.
+      const std::string kv_bind =
+          options.kv_listen_host.empty() ? options.advertise_host : options.kv_listen_host;
 #ifdef PDSERVE_HAVE_NCCL
       if (gpu_device >= 0) {
         transport::NcclReceiverOptions ro;
         ro.device = gpu_device;
-        ro.listen_host = options.kv_listen_host;
+        ro.listen_host = kv_bind;
         ro.port = static_cast<uint16_t>(options.kv_port);
         ro.advertise_host = options.advertise_host;
         PDS_ASSIGN_OR_RETURN(n->receiver_, transport::NcclKvReceiver::Create(ro));
@@ -233,7 +236,7 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
       }
 #endif
       transport::TcpReceiverOptions ro;
-      ro.listen_host = options.kv_listen_host;
+      ro.listen_host = kv_bind;
       ro.port = static_cast<uint16_t>(options.kv_port);
       ro.advertise_host = options.advertise_host;
       PDS_ASSIGN_OR_RETURN(n->receiver_, transport::TcpKvReceiver::Create(ro));

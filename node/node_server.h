@@ -29,7 +29,7 @@ struct NodeOptions {
   std::string node_id;                       // default: <role>-<port>
   std::string listen = "0.0.0.0:0";          // gRPC
   std::string advertise_host = "127.0.0.1";  // how the router and peers reach us
-  std::string kv_listen_host = "0.0.0.0";    // decode: the KV receiver
+  std::string kv_listen_host;                // decode: the KV receiver; empty: advertise_host
   int kv_port = 0;
   // decode: the KV endpoint registered with the router, when peers must reach
   // the receiver through a proxy or NAT; empty: advertise_host:<bound kv port>.

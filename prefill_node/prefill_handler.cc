@@ -123,12 +123,25 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
     call->Reply(rpc::ToGrpc(s));
     return reactor;
   }
-  if (request->kv_endpoint().empty()) {
-    call->Reply(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "kv_endpoint is empty"));
+  // Everything from the request that reaches the transport is checked first:
+  // the node connects only to a well-formed endpoint, with a bounded budget.
+  absl::StatusOr<transport::TransferSecret> secret =
+      transport::TransferSecret::FromBytes(request->kv_secret());
+  absl::StatusOr<std::chrono::milliseconds> budget =
+      transport::KvBudgetFromRequest(request->kv_deadline_ms());
+  absl::Status invalid = transport::ValidateKvEndpoint(request->kv_endpoint());
+  if (invalid.ok() && request->transfer_id() == 0) {
+    invalid = absl::InvalidArgumentError("transfer_id is not set");
+  }
+  if (invalid.ok() && !secret.ok()) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("kv_secret: ", secret.status().message()));
+  }
+  if (invalid.ok() && !budget.ok()) invalid = budget.status();
+  if (!invalid.ok()) {
+    call->Reply(rpc::ToGrpc(invalid));
     return reactor;
   }
-  const int64_t budget_ms = request->kv_deadline_ms() > 0 ? request->kv_deadline_ms() : 30000;
-  const transport::Deadline deadline = MonoClock::now() + std::chrono::milliseconds(budget_ms);
+  const transport::Deadline deadline = MonoClock::now() + *budget;
   const std::string id = call->id;
   const tracing::PdserveMetrics* metrics = metrics_;
   std::atomic<int64_t>* in_flight = &in_flight_;
@@ -137,7 +150,7 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
   // The transfer completes on a transport thread: then the blocks can go
   // (kept in the prefix cache), or the request is dropped if it failed.
   auto xfer = sender_->StartTransfer(
-      transport::TransferId{request->transfer_id()}, request->kv_endpoint(),
+      transport::TransferId{request->transfer_id()}, *secret, request->kv_endpoint(),
       engine_->model().config().n_layers, deadline,
       [engine, id, metrics, in_flight, weak, start_ns](absl::Status s) {
         if (s.ok()) {

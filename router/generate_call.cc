@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/secure_random.h"
 #include "engine/block_hash.h"
 #include "router/dispatcher.h"
 #include "rpc/convert.h"
@@ -234,11 +235,15 @@ void GenerateCall::Dispatch(const Selection& sel) {
     return;
   }
   ctx_->registry->RememberPrefix(prefill_id_, shape_.prefix_hashes);
-  const uint64_t xfer = ctx_->next_transfer_id.fetch_add(1);
+  // Unguessable id and a fresh secret per attempt: only this prefill node
+  // can open (or block) the transfer into the decode node's blocks.
+  const uint64_t xfer = SecureRandomU64();
+  const std::string kv_secret = SecureRandomSecret128();
   // Admit and Prefill go out together: the decode node reserves blocks while
   // the prefill node computes, and the KV lands straight in those blocks.
   *admit_req_.mutable_request() = node_req_;
   admit_req_.set_transfer_id(xfer);
+  admit_req_.set_kv_secret(kv_secret);
   admit_req_.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
   node_ctx_.AddMetadata("traceparent", traceparent);
   auto* reader = new EventReader(self);
@@ -248,6 +253,7 @@ void GenerateCall::Dispatch(const Selection& sel) {
   *prefill_req_.mutable_request() = node_req_;
   prefill_req_.set_kv_endpoint(sel.decode->kv_endpoint);
   prefill_req_.set_transfer_id(xfer);
+  prefill_req_.set_kv_secret(kv_secret);
   prefill_req_.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
   prefill_ctx_.AddMetadata("traceparent", traceparent);
   prefill_pending_ = true;

@@ -39,7 +39,6 @@ struct RouterContext {
   tracing::OtlpFileExporter* spans = nullptr;       // may be null
   FILE* timing_log = nullptr;                       // one JSON line per request; may be null
   absl::Mutex timing_log_mu;
-  std::atomic<uint64_t> next_transfer_id{1};
 
   // Requests in flight by id, for Abort.
   absl::Mutex calls_mu;

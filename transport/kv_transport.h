@@ -7,9 +7,10 @@
 // that run a whole cluster in one process, transport/loopback_transport.h);
 // a GPU backend (NCCL) plugs in behind the same two interfaces.
 //
-// Flow for one request R with transfer id X (chosen by the router):
-//   decode node D: receiver->Post(X, blocks reserved for R, deadline, on_done)
-//   prefill node P: h = sender->StartTransfer(X, D's endpoint, n_layers, ...)
+// Flow for one request R with transfer id X and secret S (both random, from
+// the router):
+//   decode node D: receiver->Post(X, S, blocks reserved for R, deadline, on_done)
+//   prefill node P: h = sender->StartTransfer(X, S, D's endpoint, n_layers, ...)
 //                   for each layer: compute, then h->SendLayer(layer, views)
 //                   h->Finish(trailer);  // token #1 etc., serialized by P
 //                   h->Wait() or on_done -> OK once D has every layer: free.
@@ -22,11 +23,13 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -56,6 +59,26 @@ struct TransferId {
   }
 };
 
+inline constexpr size_t kTransferSecretBytes = 16;
+// A transfer's secret, issued by the router with its id and given to both
+// ends: the sender proves it knows it (transport/transfer_auth.h), so nobody
+// else can open, block or complete the transfer.
+class TransferSecret {
+ public:
+  TransferSecret() = default;  // all zero; real secrets: Random or FromBytes
+  // InvalidArgument unless bytes is exactly 16 bytes (as carried in protos).
+  static absl::StatusOr<TransferSecret> FromBytes(std::string_view bytes);
+  // 16 bytes from the kernel CSPRNG.
+  static TransferSecret Random();
+
+  std::string_view bytes() const {
+    return {reinterpret_cast<const char*>(key_.data()), key_.size()};
+  }
+
+ private:
+  std::array<uint8_t, kTransferSecretBytes> key_{};
+};
+
 // Destination: one layer's share of one block on the receiving node.
 struct BlockView {
   void* data = nullptr;  // (bytes) host memory for tcp and loopback
@@ -81,6 +104,11 @@ struct KvTransportStats {
   // (DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE, INVALID_ARGUMENT, DATA_LOSS,
   // ABORTED, RESOURCE_EXHAUSTED, ...).
   std::array<int64_t, kNumCodes> failures_by_code{};
+  // Receiver only: what hostile or broken peers tried.
+  int64_t begins_refused = 0;         // wrong tag, over a cap, replayed, duplicate
+  int64_t connections_refused = 0;    // over the connection cap: accepted, then closed
+  int64_t connections_timed_out = 0;  // no verified Begin in time
+  int64_t protocol_errors = 0;        // malformed frames: the connection was closed
 
   int64_t failures(absl::StatusCode code) const {
     int i = static_cast<int>(code);
@@ -144,9 +172,11 @@ class KvSender {
   // acknowledgement included. on_done (optional) gets the same status as
   // Wait(). Returns an error, and never calls on_done, for bad arguments,
   // a peer that cannot be reached right now, or a duplicate in-flight id.
+  // secret: the transfer's secret, as the receiver's Post has it; a receiver
+  // refuses a transfer whose sender does not prove it (PermissionDenied).
   virtual absl::StatusOr<std::unique_ptr<KvSendHandle>> StartTransfer(
-      TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
-      SendDoneCallback on_done = nullptr) = 0;
+      TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+      Deadline deadline, SendDoneCallback on_done = nullptr) = 0;
 
   virtual KvTransportStats stats() const = 0;
 };
@@ -171,8 +201,11 @@ class KvReceiver {
   // a checksum mismatch. After a failure the blocks' contents are undefined
   // but nothing is written into them anymore. Returns an error (and never
   // calls on_done) for bad arguments or an id already in use.
-  virtual absl::Status Post(TransferId xfer_id, std::vector<std::vector<BlockView>> layers,
-                            Deadline deadline, ReceiveDoneCallback on_done) = 0;
+  // Only a sender that proves it knows secret is matched with this Post;
+  // others are refused (PermissionDenied) without affecting it.
+  virtual absl::Status Post(TransferId xfer_id, const TransferSecret& secret,
+                            std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                            ReceiveDoneCallback on_done) = 0;
 
   // Cancels a live Post: on_done(Cancelled) runs before Cancel returns, and
   // from then on no byte is written into its blocks; data still in flight is
@@ -181,6 +214,20 @@ class KvReceiver {
 
   virtual KvTransportStats stats() const = 0;
 };
+
+// The budget a node gives one request's transfer, from the request's
+// kv_deadline_ms: 0 (unset) is kDefaultKvBudget, anything else must lie in
+// [1 ms, kMaxKvBudget] (InvalidArgument otherwise: a peer-supplied value
+// never reaches chrono arithmetic unchecked).
+inline constexpr std::chrono::milliseconds kDefaultKvBudget{30000};
+inline constexpr std::chrono::milliseconds kMaxKvBudget{600000};
+absl::StatusOr<std::chrono::milliseconds> KvBudgetFromRequest(int64_t kv_deadline_ms);
+
+// Checks a KV endpoint taken from a request before anything connects to it:
+// "host:port" or "[v6]:port" (tcp), "nccl:host:port", or "loopback:NAME";
+// at most 256 characters, host names of letters, digits, '.', '-', '_'.
+// InvalidArgument with the reason otherwise.
+absl::Status ValidateKvEndpoint(std::string_view endpoint);
 
 // Sum of the views' sizes.
 size_t TotalBytes(absl::Span<const BlockView> views);

@@ -1,7 +1,10 @@
 #include "transport/loopback_transport.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -11,6 +14,7 @@
 #include "absl/time/time.h"
 #include "common/check.h"
 #include "common/log.h"
+#include "transport/transfer_auth.h"
 #include "transport/transfer_counters.h"
 
 namespace pdserve::transport {
@@ -26,6 +30,7 @@ std::string XferName(TransferId xfer) { return absl::StrCat("transfer ", xfer.va
 // table every transfer is its own link.
 struct LoopbackTransfer {
   TransferId xfer;
+  TransferSecret secret;
   std::string peer_name;
   LinkId link = 0;
   int32_t n_layers = 0;
@@ -108,8 +113,11 @@ class LoopbackPeer final : public ReplySink {
     return true;
   }
   void Detach(LinkId link) {
-    absl::MutexLock lock(&mu_);
-    links_.erase(link);
+    {
+      absl::MutexLock lock(&mu_);
+      links_.erase(link);
+    }
+    table_.ForgetLink(link);
   }
   void Enqueue(Item item) {
     absl::MutexLock lock(&mu_);
@@ -258,9 +266,18 @@ void LoopbackPeer::Work() {
     for (Item& item : batch) {
       LoopbackTransfer* t = item.t.get();
       switch (item.kind) {
-        case Kind::kBegin:
-          table_.Announce(t->link, t->xfer, t->n_layers, t->deadline);
+        case Kind::kBegin: {
+          // The same proof as over tcp, so both backends check the secret.
+          auto left = std::chrono::ceil<std::chrono::milliseconds>(
+              std::max(t->deadline, MonoClock::now()) - MonoClock::now());
+          BeginProof proof;
+          proof.budget_ms = static_cast<uint32_t>(
+              std::min<int64_t>(left.count(), std::numeric_limits<uint32_t>::max()));
+          proof.tag =
+              BeginTag(t->secret, t->xfer, static_cast<uint32_t>(t->n_layers), proof.budget_ms);
+          table_.Announce(t->link, t->xfer, t->n_layers, t->deadline, proof);
           break;
+        }
         case Kind::kLayer:
           CopyLayer(item);
           break;
@@ -271,7 +288,8 @@ void LoopbackPeer::Work() {
             if (t->done) break;
             trailer = t->trailer;
           }
-          table_.Trailer(t->link, t->xfer, std::move(trailer), absl::OkStatus());
+          AuthTag tag = TrailerTag(t->secret, t->xfer, trailer);
+          table_.Trailer(t->link, t->xfer, std::move(trailer), tag, absl::OkStatus());
           break;
         }
         case Kind::kAbort:
@@ -439,10 +457,10 @@ LoopbackKvReceiver::~LoopbackKvReceiver() {
   peer_->Stop();
 }
 
-absl::Status LoopbackKvReceiver::Post(TransferId xfer_id,
+absl::Status LoopbackKvReceiver::Post(TransferId xfer_id, const TransferSecret& secret,
                                       std::vector<std::vector<BlockView>> layers, Deadline deadline,
                                       ReceiveDoneCallback on_done) {
-  return peer_->table().Post(xfer_id, std::move(layers), deadline, std::move(on_done));
+  return peer_->table().Post(xfer_id, secret, std::move(layers), deadline, std::move(on_done));
 }
 
 absl::Status LoopbackKvReceiver::Cancel(TransferId xfer_id) {
@@ -462,8 +480,8 @@ LoopbackKvSender::~LoopbackKvSender() {
 }
 
 absl::StatusOr<std::unique_ptr<KvSendHandle>> LoopbackKvSender::StartTransfer(
-    TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
-    SendDoneCallback on_done) {
+    TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+    Deadline deadline, SendDoneCallback on_done) {
   if (!absl::StartsWith(peer, kLoopbackScheme)) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", peer, "' is not a loopback endpoint (", kLoopbackScheme, "NAME)"));
@@ -478,6 +496,7 @@ absl::StatusOr<std::unique_ptr<KvSendHandle>> LoopbackKvSender::StartTransfer(
   }
   auto t = std::make_shared<internal::LoopbackTransfer>();
   t->xfer = xfer_id;
+  t->secret = secret;
   t->peer_name = peer;
   t->n_layers = n_layers;
   t->deadline = deadline;

@@ -63,8 +63,9 @@ class LoopbackKvReceiver final : public KvReceiver {
   ~LoopbackKvReceiver() override;
 
   std::string endpoint() const override { return endpoint_; }
-  absl::Status Post(TransferId xfer_id, std::vector<std::vector<BlockView>> layers,
-                    Deadline deadline, ReceiveDoneCallback on_done) override;
+  absl::Status Post(TransferId xfer_id, const TransferSecret& secret,
+                    std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                    ReceiveDoneCallback on_done) override;
   absl::Status Cancel(TransferId xfer_id) override;
   KvTransportStats stats() const override;
 
@@ -84,8 +85,8 @@ class LoopbackKvSender final : public KvSender {
   ~LoopbackKvSender() override;
 
   absl::StatusOr<std::unique_ptr<KvSendHandle>> StartTransfer(
-      TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
-      SendDoneCallback on_done = nullptr) override;
+      TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+      Deadline deadline, SendDoneCallback on_done = nullptr) override;
   KvTransportStats stats() const override;
 
  private:

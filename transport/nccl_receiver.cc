@@ -4,10 +4,12 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "transport/nccl_device.h"
 #include "transport/nccl_wire.h"
 #include "transport/tcp_socket.h"
+#include "transport/transfer_auth.h"
 #include "transport/transfer_counters.h"
 
 namespace pdserve::transport {
@@ -38,6 +41,7 @@ struct NcclRecvWork {
   uint64_t bytes = 0;
   LayerVerdict verdict = LayerVerdict::kDiscard;
   std::string trailer;
+  AuthTag tag{};  // the trailer's
 };
 
 // One sender connection: a reader thread for its control frames and a
@@ -152,6 +156,14 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (stopping_) return;
+        // (Closed links waiting to be joined do not count: their threads
+        // are on their way out.)
+        if (static_cast<int>(links_.size()) >= options_.max_connections) {
+          counters_.ConnectionRefused();
+          PDS_LOG(WARNING) << "NCCL receiver " << endpoint_ << ": refusing a connection, already "
+                           << links_.size();
+          continue;  // l's fd closes
+        }
         l->id = next_link_++;
         l->peer = absl::StrCat("sender link ", l->id);
         links_[l->id] = l;
@@ -165,9 +177,18 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
     }
   }
 
+  // The largest control frame a sender may send: a Layer's size table or a
+  // trailer with its tag.
+  uint32_t MaxPayload() const {
+    return static_cast<uint32_t>(
+        std::min<uint64_t>(internal::kNcclMaxPayload,
+                           std::max<uint64_t>(uint64_t{options_.limits.max_blocks_per_layer} * 8,
+                                              options_.limits.max_trailer_bytes + kAuthTagBytes)));
+  }
+
   void ReadLoop(const std::shared_ptr<NcclRecvLink>& l) {
     NcclFrame hello;
-    absl::Status s = internal::ReadNcclFrame(l->fd.get(), &hello);
+    absl::Status s = internal::ReadNcclFrame(l->fd.get(), &hello, sizeof(ncclUniqueId));
     if (s.ok() &&
         (hello.type != NcclFrameType::kHello || hello.payload.size() != sizeof(ncclUniqueId))) {
       s = absl::InvalidArgumentError("NCCL control connection did not start with Hello");
@@ -180,33 +201,64 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
     l->cv.notify_all();
     for (;;) {
       NcclFrame f;
-      s = internal::ReadNcclFrame(l->fd.get(), &f);
-      if (!s.ok()) return Kill(l, absl::UnavailableError(absl::StrCat(l->peer, ": ", s.message())));
+      s = internal::ReadNcclFrame(l->fd.get(), &f, MaxPayload());
+      if (!s.ok()) {
+        if (absl::IsInvalidArgument(s)) counters_.ProtocolError();
+        return Kill(l, absl::UnavailableError(absl::StrCat(l->peer, ": ", s.message())));
+      }
       const TransferId xfer{f.xfer};
+      auto bad = [&](auto... what) {
+        counters_.ProtocolError();
+        Kill(l, absl::InvalidArgumentError(absl::StrCat(what...)));
+      };
       switch (f.type) {
-        case NcclFrameType::kBegin:
-          table_.Announce(
-              l->id, xfer, static_cast<int32_t>(f.arg0),
-              MonoClock::now() + std::chrono::milliseconds(std::max<int64_t>(f.arg1, 0)));
+        case NcclFrameType::kBegin: {
+          if (f.arg0 < 1 || f.arg0 > options_.limits.max_layers || f.arg1 < 0 ||
+              f.arg1 > std::numeric_limits<uint32_t>::max() || f.payload.size() != kAuthTagBytes) {
+            return bad("bad Begin frame for transfer ", f.xfer, " (n_layers ", f.arg0, ", budget ",
+                       f.arg1, " ms, ", f.payload.size(), " payload bytes)");
+          }
+          BeginProof proof;
+          proof.budget_ms = static_cast<uint32_t>(f.arg1);
+          std::memcpy(proof.tag.data(), f.payload.data(), kAuthTagBytes);
+          table_.Announce(l->id, xfer, static_cast<int32_t>(f.arg0),
+                          MonoClock::now() + std::chrono::milliseconds(f.arg1), proof);
           break;
+        }
         case NcclFrameType::kLayer: {
-          if (f.payload.size() % 8 != 0)
-            return Kill(l, absl::InvalidArgumentError("bad Layer frame"));
-          std::vector<uint64_t> sizes(f.payload.size() / 8);
+          const size_t n_blocks = f.payload.size() / 8;
+          if (f.payload.size() % 8 != 0 || n_blocks == 0 ||
+              n_blocks > options_.limits.max_blocks_per_layer || f.arg0 < 0 ||
+              f.arg0 >= options_.limits.max_layers) {
+            return bad("bad Layer frame for transfer ", f.xfer);
+          }
+          std::vector<uint64_t> sizes(n_blocks);
           std::memcpy(sizes.data(), f.payload.data(), f.payload.size());
           uint64_t total = 0;
-          for (uint64_t b : sizes) total += b;
+          for (uint64_t b : sizes) {
+            if (b > options_.limits.max_layer_bytes - total) {
+              return bad("Layer frame for transfer ", f.xfer, " over ",
+                         options_.limits.max_layer_bytes, " bytes");
+            }
+            total += b;
+          }
           std::string error;
           const LayerVerdict v =
               table_.BeginLayer(l->id, xfer, static_cast<int32_t>(f.arg0), sizes, &error);
-          if (v == LayerVerdict::kProtocolError) return Kill(l, absl::InvalidArgumentError(error));
-          Push(l, {NcclRecvWork::kLayer, xfer, static_cast<int32_t>(f.arg0), total, v, {}});
+          if (v == LayerVerdict::kProtocolError) return bad(error);
+          Push(l, {NcclRecvWork::kLayer, xfer, static_cast<int32_t>(f.arg0), total, v, {}, {}});
           break;
         }
-        case NcclFrameType::kTrailer:
-          Push(l,
-               {NcclRecvWork::kTrailer, xfer, 0, 0, LayerVerdict::kDiscard, std::move(f.payload)});
+        case NcclFrameType::kTrailer: {
+          if (f.payload.size() < kAuthTagBytes) return bad("Trailer frame without its tag");
+          NcclRecvWork w{NcclRecvWork::kTrailer, xfer, 0, 0, LayerVerdict::kDiscard, {}, {}};
+          std::memcpy(w.tag.data(), f.payload.data() + f.payload.size() - kAuthTagBytes,
+                      kAuthTagBytes);
+          f.payload.resize(f.payload.size() - kAuthTagBytes);
+          w.trailer = std::move(f.payload);
+          Push(l, std::move(w));
           break;
+        }
         case NcclFrameType::kAbort:
           // arg0: the sender's reason (a status code), carried in `layer`.
           Push(l, {NcclRecvWork::kAbort,
@@ -214,10 +266,11 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
                    f.arg0 > 0 && f.arg0 <= 16 ? static_cast<int32_t>(f.arg0) : 0,
                    0,
                    LayerVerdict::kDiscard,
+                   {},
                    {}});
           break;
         default:
-          return Kill(l, absl::InvalidArgumentError("unexpected NCCL control frame from a sender"));
+          return bad("unexpected NCCL control frame from a sender");
       }
     }
   }
@@ -233,11 +286,26 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
   void WorkLoop(const std::shared_ptr<NcclRecvLink>& l) {
     absl::Status s = l->dev.Init(options_.device);
     ncclUniqueId id;
-    {
-      std::unique_lock<std::mutex> lock(l->mu);
-      l->cv.wait(lock, [&] { return l->closing || !l->hello.empty(); });
-      if (l->closing) return;
-      std::memcpy(&id, l->hello.data(), sizeof(id));
+    // Join the sender's communicator only once it proved a secret: an
+    // anonymous peer gets no NCCL resources, and no slot for long.
+    const Deadline verify_by =
+        MonoClock::now() + std::chrono::milliseconds(options_.verify_timeout_ms);
+    for (;;) {
+      bool have_hello;
+      {
+        std::unique_lock<std::mutex> lock(l->mu);
+        l->cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return l->closing; });
+        if (l->closing) return;
+        have_hello = !l->hello.empty();
+        if (have_hello) std::memcpy(&id, l->hello.data(), sizeof(id));
+      }
+      if (have_hello && table_.LinkVerified(l->id)) break;
+      if (MonoClock::now() >= verify_by) {
+        counters_.ConnectionTimedOut();
+        return Kill(l, absl::DeadlineExceededError(
+                           absl::StrCat("no Begin proved its transfer's secret within ",
+                                        options_.verify_timeout_ms, " ms of connecting")));
+      }
     }
     if (s.ok()) {
       s = l->dev.InitComm(
@@ -259,7 +327,7 @@ class NcclKvReceiver::Impl final : public internal::ReplySink {
           if (!s.ok()) return Kill(l, s);
           break;
         case NcclRecvWork::kTrailer:
-          if (!table_.Trailer(l->id, w.xfer, std::move(w.trailer), absl::OkStatus())) {
+          if (!table_.Trailer(l->id, w.xfer, std::move(w.trailer), w.tag, absl::OkStatus())) {
             return Kill(l,
                         absl::InvalidArgumentError("Trailer for a transfer not open on the link"));
           }
@@ -354,9 +422,10 @@ absl::StatusOr<std::unique_ptr<NcclKvReceiver>> NcclKvReceiver::Create(
 NcclKvReceiver::NcclKvReceiver(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 NcclKvReceiver::~NcclKvReceiver() { impl_->Stop(); }
 std::string NcclKvReceiver::endpoint() const { return impl_->endpoint(); }
-absl::Status NcclKvReceiver::Post(TransferId xfer_id, std::vector<std::vector<BlockView>> layers,
-                                  Deadline deadline, ReceiveDoneCallback on_done) {
-  return impl_->table().Post(xfer_id, std::move(layers), deadline, std::move(on_done));
+absl::Status NcclKvReceiver::Post(TransferId xfer_id, const TransferSecret& secret,
+                                  std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                                  ReceiveDoneCallback on_done) {
+  return impl_->table().Post(xfer_id, secret, std::move(layers), deadline, std::move(on_done));
 }
 absl::Status NcclKvReceiver::Cancel(TransferId xfer_id) { return impl_->table().Cancel(xfer_id); }
 KvTransportStats NcclKvReceiver::stats() const { return impl_->stats(); }

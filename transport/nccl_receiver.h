@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "transport/kv_transport.h"
 #include "transport/receive_table.h"
+#include "transport/tcp_wire.h"
 
 namespace pdserve::transport {
 
@@ -31,6 +32,14 @@ struct NcclReceiverOptions {
   std::string advertise_host;
   // A sender's communicator must be up within this long.
   int comm_init_timeout_ms = 60000;
+  // Control connections (each costs two threads and, once verified, an NCCL
+  // communicator): more are accepted and closed at once.
+  int max_connections = 64;
+  // A connection's first Begin must prove its transfer's secret within this
+  // long, else it is closed; its communicator is joined only after that.
+  int verify_timeout_ms = 10000;
+  // What a sender's frames must respect; violations close the connection.
+  internal::WireLimits limits;
   internal::ReceiveTableOptions table;
 };
 
@@ -40,8 +49,9 @@ class NcclKvReceiver final : public KvReceiver {
   ~NcclKvReceiver() override;
 
   std::string endpoint() const override;
-  absl::Status Post(TransferId xfer_id, std::vector<std::vector<BlockView>> layers,
-                    Deadline deadline, ReceiveDoneCallback on_done) override;
+  absl::Status Post(TransferId xfer_id, const TransferSecret& secret,
+                    std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                    ReceiveDoneCallback on_done) override;
   absl::Status Cancel(TransferId xfer_id) override;
   KvTransportStats stats() const override;
 

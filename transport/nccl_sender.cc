@@ -2,10 +2,12 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -18,6 +20,7 @@
 #include "transport/nccl_device.h"
 #include "transport/nccl_wire.h"
 #include "transport/tcp_socket.h"
+#include "transport/transfer_auth.h"
 #include "transport/transfer_counters.h"
 
 namespace pdserve::transport {
@@ -36,6 +39,7 @@ struct NcclSendLink;
 // One outgoing transfer. Fields below mu are guarded by it.
 struct NcclSendXfer {
   TransferId xfer;
+  TransferSecret secret;
   int32_t n_layers = 0;
   Deadline deadline;
   int64_t start_ns = 0;
@@ -127,9 +131,9 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
 
   internal::TransferCounters& counters() { return counters_; }
 
-  absl::StatusOr<std::shared_ptr<NcclSendXfer>> Open(TransferId xfer, const std::string& peer,
-                                                     int32_t n_layers, Deadline deadline,
-                                                     SendDoneCallback on_done) {
+  absl::StatusOr<std::shared_ptr<NcclSendXfer>> Open(TransferId xfer, const TransferSecret& secret,
+                                                     const std::string& peer, int32_t n_layers,
+                                                     Deadline deadline, SendDoneCallback on_done) {
     if (n_layers < 1) return absl::InvalidArgumentError("n_layers must be >= 1");
     if (!absl::StartsWith(peer, internal::kNcclScheme)) {
       return absl::InvalidArgumentError(
@@ -139,6 +143,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     if (!link.ok()) return link.status();
     auto t = std::make_shared<NcclSendXfer>();
     t->xfer = xfer;
+    t->secret = secret;
     t->n_layers = n_layers;
     t->deadline = deadline;
     t->start_ns = MonoNowNs();
@@ -156,9 +161,13 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     begin.type = NcclFrameType::kBegin;
     begin.xfer = xfer.value;
     begin.arg0 = n_layers;
-    begin.arg1 = std::max<int64_t>(
-        0,
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - MonoClock::now()).count());
+    begin.arg1 = std::clamp<int64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - MonoClock::now()).count(),
+        0, std::numeric_limits<uint32_t>::max());
+    // The receiver matches it with its Post only if the tag proves the secret.
+    const AuthTag tag =
+        BeginTag(secret, xfer, static_cast<uint32_t>(n_layers), static_cast<uint32_t>(begin.arg1));
+    begin.payload.assign(reinterpret_cast<const char*>(tag.data()), tag.size());
     if (absl::Status s = Write(*link, begin); !s.ok()) {
       {
         std::lock_guard<std::mutex> lock((*link)->mu);
@@ -479,7 +488,9 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     NcclFrame f;
     f.type = NcclFrameType::kTrailer;
     f.xfer = job.t->xfer.value;
+    const AuthTag tag = TrailerTag(job.t->secret, job.t->xfer, job.trailer);
     f.payload = job.trailer;
+    f.payload.append(reinterpret_cast<const char*>(tag.data()), tag.size());
     {
       std::lock_guard<std::mutex> lock(job.t->mu);
       job.t->trailer_sent = true;
@@ -603,10 +614,10 @@ absl::StatusOr<std::unique_ptr<NcclKvSender>> NcclKvSender::Create(NcclSenderOpt
 NcclKvSender::~NcclKvSender() { core_->Stop(); }
 
 absl::StatusOr<std::unique_ptr<KvSendHandle>> NcclKvSender::StartTransfer(
-    TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
-    SendDoneCallback on_done) {
+    TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+    Deadline deadline, SendDoneCallback on_done) {
   absl::StatusOr<std::shared_ptr<NcclSendXfer>> t =
-      core_->Open(xfer_id, peer, n_layers, deadline, std::move(on_done));
+      core_->Open(xfer_id, secret, peer, n_layers, deadline, std::move(on_done));
   if (!t.ok()) return t.status();
   return std::unique_ptr<KvSendHandle>(new NcclSendHandleImpl(core_, std::move(*t)));
 }

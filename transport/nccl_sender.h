@@ -52,8 +52,8 @@ class NcclKvSender final : public KvSender {
 
   // The handle is an NcclKvSendHandle.
   absl::StatusOr<std::unique_ptr<KvSendHandle>> StartTransfer(
-      TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
-      SendDoneCallback on_done = nullptr) override;
+      TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+      Deadline deadline, SendDoneCallback on_done = nullptr) override;
   KvTransportStats stats() const override;
 
   class Core;

@@ -66,7 +66,7 @@ absl::Status WriteNcclFrame(int fd, const NcclFrame& f) {
   return WriteAll(fd, buf.data(), buf.size());
 }
 
-absl::Status ReadNcclFrame(int fd, NcclFrame* f) {
+absl::Status ReadNcclFrame(int fd, NcclFrame* f, uint32_t max_payload) {
   uint8_t h[kNcclHeaderBytes];
   if (absl::Status s = ReadAll(fd, h, sizeof(h)); !s.ok()) return s;
   if (Get(h, 4) != kNcclMagic) return absl::InvalidArgumentError("bad NCCL control frame magic");
@@ -79,7 +79,9 @@ absl::Status ReadNcclFrame(int fd, NcclFrame* f) {
   f->arg0 = static_cast<int64_t>(Get(h + 16, 8));
   f->arg1 = static_cast<int64_t>(Get(h + 24, 8));
   const uint64_t len = Get(h + 32, 4);
-  if (len > kNcclMaxPayload) return absl::InvalidArgumentError("NCCL control payload too large");
+  if (len > kNcclMaxPayload || len > max_payload) {
+    return absl::InvalidArgumentError(absl::StrCat("NCCL control payload of ", len, " bytes"));
+  }
   f->payload.resize(len);
   return len > 0 ? ReadAll(fd, f->payload.data(), len) : absl::OkStatus();
 }

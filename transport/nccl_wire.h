@@ -7,14 +7,17 @@
 //   magic u32 'PDNC' | type u8 | 3 pad | xfer u64 | arg0 i64 | arg1 i64 |
 //   payload_len u32 | 4 pad
 //   Hello   (S->R) payload: ncclUniqueId (128 bytes)
-//   Begin   (S->R) arg0 n_layers, arg1 deadline budget ms
+//   Begin   (S->R) arg0 n_layers, arg1 deadline budget ms (0..2^32-1),
+//                  payload: its 32-byte tag (transport/transfer_auth.h)
 //   Layer   (S->R) arg0 layer, payload: u64 block sizes; then NCCL carries
 //                  the blocks' bytes back to back (one ncclSend)
-//   Trailer (S->R) payload: trailer bytes
+//   Trailer (S->R) payload: trailer bytes, then their 32-byte tag
 //   Abort   (S->R)
 //   Ready, Ack (R->S); Nack (R->S) arg0 absl::StatusCode, payload message
 // Sockets are blocking; each side has a reader thread per connection, and
-// writes are serialized by the writer's mutex.
+// writes are serialized by the writer's mutex. The receiver caps its
+// connections, and joins a sender's NCCL communicator only once one of the
+// sender's Begins proved its transfer's secret (or drops it after a timeout).
 #pragma once
 
 #include <cstdint>
@@ -56,8 +59,9 @@ struct NcclFrame {
 // Writes one whole frame (blocking).
 absl::Status WriteNcclFrame(int fd, const NcclFrame& frame);
 // Reads one whole frame (blocking). Unavailable when the peer closed the
-// connection; InvalidArgument for a corrupt header.
-absl::Status ReadNcclFrame(int fd, NcclFrame* frame);
+// connection; InvalidArgument for a corrupt header or a payload over
+// max_payload (checked before anything is allocated).
+absl::Status ReadNcclFrame(int fd, NcclFrame* frame, uint32_t max_payload = kNcclMaxPayload);
 
 // Connects to host:port within timeout_ms; the socket is blocking after.
 absl::StatusOr<UniqueFd> ConnectBlocking(const HostPort& peer, int timeout_ms);

@@ -14,17 +14,29 @@ enum LayerState : uint8_t { kLayerNone = 0, kLayerReceiving = 1, kLayerDone = 2 
 
 std::string XferName(TransferId xfer) { return absl::StrCat("transfer ", xfer.value); }
 
+bool BeginVerifies(const TransferSecret& secret, TransferId xfer, int32_t n_layers,
+                   const BeginProof& proof) {
+  return TagEquals(BeginTag(secret, xfer, static_cast<uint32_t>(n_layers), proof.budget_ms),
+                   proof.tag);
+}
+
+absl::Status WrongSecret(TransferId xfer) {
+  return absl::PermissionDeniedError(
+      absl::StrCat(XferName(xfer), ": the sender did not prove the transfer's secret"));
+}
+
 }  // namespace
 
 struct ReceiveTable::Entry {
   TransferId xfer;
   // From Post.
   bool posted = false;
+  TransferSecret secret;
   std::vector<std::vector<BlockView>> layers;  // [layer][block]
   ReceiveDoneCallback on_done;
   Deadline post_deadline = Deadline::max();
   int64_t posted_ns = 0;
-  // From the sender's announcement.
+  // From the sender's verified announcement.
   bool announced = false;
   LinkId link = 0;
   int32_t n_layers = 0;
@@ -91,7 +103,64 @@ void ReceiveTable::EraseLocked(Entry* e) {
   PDS_CHECK(!e->writing) << XferName(e->xfer);
   SetDeadlineLocked(e, Deadline::max());
   if (e->tombstone != Tombstone::kNone) --tombstones_;
+  RememberFinishedLocked(e->xfer);
   entries_.erase(e->xfer);
+}
+
+void ReceiveTable::RememberFinishedLocked(TransferId xfer) {
+  if (options_.max_finished_ids <= 0 || !finished_.insert(xfer).second) return;
+  finished_order_.push_back(xfer);
+  while (static_cast<int>(finished_order_.size()) > options_.max_finished_ids) {
+    finished_.erase(finished_order_.front());
+    finished_order_.pop_front();
+  }
+}
+
+void ReceiveTable::SetPendingDeadlineLocked(Pending* p, Deadline deadline) {
+  if (p->deadline != Deadline::max()) pending_deadlines_.erase({p->deadline, p->seq});
+  p->deadline = deadline;
+  if (deadline != Deadline::max()) pending_deadlines_.insert({deadline, p->seq});
+}
+
+void ReceiveTable::RemovePendingLocked(uint64_t seq) {
+  auto it = pending_.find(seq);
+  if (it == pending_.end()) return;
+  Pending& p = it->second;
+  SetPendingDeadlineLocked(&p, Deadline::max());
+  if (p.ended.has_value()) {
+    --tombstones_;
+  } else {
+    --unposted_;
+    auto link = unposted_per_link_.find(p.link);
+    if (link != unposted_per_link_.end() && --link->second == 0) unposted_per_link_.erase(link);
+  }
+  auto by_xfer = pending_by_xfer_.find(p.xfer);
+  if (by_xfer != pending_by_xfer_.end()) {
+    std::vector<uint64_t>& seqs = by_xfer->second;
+    seqs.erase(std::remove(seqs.begin(), seqs.end(), seq), seqs.end());
+    if (seqs.empty()) pending_by_xfer_.erase(by_xfer);
+  }
+  pending_.erase(it);
+}
+
+void ReceiveTable::EndPendingLocked(Pending* p, absl::Status why) {
+  if (p->ended.has_value()) return;
+  if (shutdown_ || tombstones_ >= options_.max_remembered) {
+    RemovePendingLocked(p->seq);
+    return;
+  }
+  --unposted_;
+  auto link = unposted_per_link_.find(p->link);
+  if (link != unposted_per_link_.end() && --link->second == 0) unposted_per_link_.erase(link);
+  p->ended = std::move(why);
+  ++tombstones_;
+  SetPendingDeadlineLocked(p, MonoClock::now() + std::chrono::duration_cast<MonoClock::duration>(
+                                                     options_.remember_ended));
+}
+
+void ReceiveTable::RefuseLocked(LinkId link, TransferId xfer, absl::Status why, Effects* fx) {
+  counters_->BeginRefused();
+  fx->replies.push_back({link, xfer, ReplyKind::kNack, std::move(why)});
 }
 
 void ReceiveTable::FinishLocked(Entry* e, absl::Status status, std::string trailer, int flags,
@@ -102,8 +171,6 @@ void ReceiveTable::FinishLocked(Entry* e, absl::Status status, std::string trail
   if (e->posted) {
     counters_->Finished(status, MonoNowNs() - e->posted_ns);
     fx->done.push_back({std::move(e->on_done), status, std::move(trailer), e->timing});
-  } else if (e->announced) {
-    --unposted_;
   }
   if ((flags & kReply) && e->announced) {
     fx->replies.push_back(
@@ -116,7 +183,7 @@ void ReceiveTable::FinishLocked(Entry* e, absl::Status status, std::string trail
   if (e->ready_sent && !(flags & kSenderDone)) return;  // a tombstone until the sender's last frame
   if ((flags & kRemember) && !e->ready_sent && !shutdown_ &&
       tombstones_ < options_.max_remembered) {
-    e->tombstone = e->posted ? Tombstone::kReceiverEnded : Tombstone::kSenderEnded;
+    e->tombstone = Tombstone::kReceiverEnded;
     e->final_status = status;
     ++tombstones_;
     SetDeadlineLocked(e, MonoClock::now() + std::chrono::duration_cast<MonoClock::duration>(
@@ -135,8 +202,9 @@ ReceiveTable::Entry* ReceiveTable::WaitNotWritingLocked(TransferId xfer) {
   }
 }
 
-absl::Status ReceiveTable::Post(TransferId xfer, std::vector<std::vector<BlockView>> layers,
-                                Deadline deadline, ReceiveDoneCallback on_done) {
+absl::Status ReceiveTable::Post(TransferId xfer, const TransferSecret& secret,
+                                std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                                ReceiveDoneCallback on_done) {
   if (layers.empty()) return absl::InvalidArgumentError(XferName(xfer) + ": posted no layers");
   for (size_t l = 0; l < layers.size(); ++l) {
     if (layers[l].empty()) {
@@ -156,37 +224,59 @@ absl::Status ReceiveTable::Post(TransferId xfer, std::vector<std::vector<BlockVi
     absl::MutexLock lock(&mu_);
     if (shutdown_) return absl::FailedPreconditionError("receiver is shutting down");
     auto it = entries_.find(xfer);
-    Entry* e = it == entries_.end() ? nullptr : it->second.get();
-    if (e != nullptr && e->tombstone != Tombstone::kNone) {
-      Tombstone tombstone = e->tombstone;
-      absl::Status final_status = e->final_status;
-      EraseLocked(e);
-      e = nullptr;
-      if (tombstone == Tombstone::kSenderEnded) {
-        // The sender gave up before we posted: fail now, not at our deadline.
-        return absl::Status(
-            final_status.code(),
-            absl::StrCat("the sender gave up before the Post: ", final_status.message()));
+    if (it != entries_.end()) {
+      if (it->second->tombstone == Tombstone::kNone) {
+        return absl::AlreadyExistsError(XferName(xfer) + " is already posted");
+      }
+      EraseLocked(it->second.get());  // our own earlier Post, remembered for its sender
+    }
+    // Verify the announcements that came first: refuse the forged ones,
+    // take the first genuine one, refuse later copies of it.
+    std::optional<Pending> sender;
+    if (auto by_xfer = pending_by_xfer_.find(xfer); by_xfer != pending_by_xfer_.end()) {
+      const std::vector<uint64_t> seqs = by_xfer->second;
+      for (uint64_t seq : seqs) {
+        Pending& p = pending_.at(seq);
+        const bool waiting = !p.ended.has_value();
+        if (!BeginVerifies(secret, xfer, p.n_layers, p.proof)) {
+          if (waiting) RefuseLocked(p.link, xfer, WrongSecret(xfer), &fx);
+        } else if (!sender.has_value()) {
+          sender = p;
+          verified_links_.insert(p.link);
+        } else if (waiting) {
+          RefuseLocked(
+              p.link, xfer,
+              absl::AlreadyExistsError(XferName(xfer) + " is already being sent by another sender"),
+              &fx);
+        }
+        RemovePendingLocked(seq);
       }
     }
-    if (e != nullptr) {
-      if (e->posted) return absl::AlreadyExistsError(XferName(xfer) + " is already posted");
-      // Announced and waiting for us.
-      if (static_cast<size_t>(e->n_layers) != layers.size()) {
-        rejected = absl::InvalidArgumentError(absl::StrCat(XferName(xfer), ": sender announced ",
-                                                           e->n_layers, " layers, receiver posted ",
-                                                           layers.size()));
-        FinishLocked(e, rejected, "", kReply, &fx);
-      } else {
-        --unposted_;
-      }
+    if (sender.has_value() && sender->ended.has_value()) {
+      // The sender gave up before we posted: fail now, not at our deadline.
+      const absl::Status& why = *sender->ended;
+      return absl::Status(why.code(),
+                          absl::StrCat("the sender gave up before the Post: ", why.message()));
+    }
+    if (sender.has_value() && static_cast<size_t>(sender->n_layers) != layers.size()) {
+      rejected = absl::InvalidArgumentError(
+          absl::StrCat(XferName(xfer), ": sender announced ", sender->n_layers,
+                       " layers, receiver posted ", layers.size()));
+      fx.replies.push_back({sender->link, xfer, ReplyKind::kNack, rejected});
     } else {
       auto fresh = std::make_unique<Entry>();
-      fresh->xfer = xfer;
-      e = fresh.get();
+      Entry* e = fresh.get();
+      e->xfer = xfer;
+      e->secret = secret;
+      if (sender.has_value()) {
+        e->announced = true;
+        e->link = sender->link;
+        e->n_layers = sender->n_layers;
+        e->sender_deadline = sender->sender_deadline;
+      }
       entries_.emplace(xfer, std::move(fresh));
+      PostLocked(e, std::move(layers), deadline, std::move(on_done), &fx);
     }
-    if (rejected.ok()) PostLocked(e, std::move(layers), deadline, std::move(on_done), &fx);
   }
   Run(fx);
   return rejected;
@@ -225,58 +315,72 @@ absl::Status ReceiveTable::Cancel(TransferId xfer) {
 }
 
 void ReceiveTable::Announce(LinkId link, TransferId xfer, int32_t n_layers,
-                            Deadline sender_deadline) {
+                            Deadline sender_deadline, const BeginProof& proof) {
   Effects fx;
   {
     absl::MutexLock lock(&mu_);
-    if (!shutdown_) AnnounceLocked(link, xfer, n_layers, sender_deadline, &fx);
+    if (!shutdown_) AnnounceLocked(link, xfer, n_layers, sender_deadline, proof, &fx);
   }
   Run(fx);
 }
 
 void ReceiveTable::AnnounceLocked(LinkId link, TransferId xfer, int32_t n_layers,
-                                  Deadline sender_deadline, Effects* fx) {
+                                  Deadline sender_deadline, const BeginProof& proof, Effects* fx) {
   auto it = entries_.find(xfer);
   Entry* e = it == entries_.end() ? nullptr : it->second.get();
-  if (e != nullptr && e->tombstone != Tombstone::kNone) {
-    Tombstone tombstone = e->tombstone;
-    absl::Status final_status = e->final_status;
-    EraseLocked(e);
-    e = nullptr;
-    if (tombstone == Tombstone::kReceiverEnded) {
-      // We gave up before the sender showed up: tell it now.
-      fx->replies.push_back({link, xfer, ReplyKind::kNack, final_status});
-      return;
-    }
-  }
   if (e == nullptr) {
-    if (unposted_ >= options_.max_unposted) {
-      fx->replies.push_back({link, xfer, ReplyKind::kNack,
-                             absl::ResourceExhaustedError(absl::StrCat(
-                                 "receiver has ", unposted_,
-                                 " transfers waiting for their Post; refusing ", XferName(xfer)))});
+    if (finished_.contains(xfer)) {
+      RefuseLocked(link, xfer,
+                   absl::AlreadyExistsError(XferName(xfer) +
+                                            " already finished here; a replayed Begin is refused"),
+                   fx);
       return;
     }
-    auto fresh = std::make_unique<Entry>();
-    fresh->xfer = xfer;
-    fresh->announced = true;
-    fresh->link = link;
-    fresh->n_layers = n_layers;
-    fresh->sender_deadline = sender_deadline;
+    // Not posted yet: wait, unverified, on this link only.
+    auto per_link = unposted_per_link_.find(link);
+    const int on_link = per_link == unposted_per_link_.end() ? 0 : per_link->second;
+    if (on_link >= options_.max_unposted_per_link || unposted_ >= options_.max_unposted) {
+      RefuseLocked(link, xfer,
+                   absl::ResourceExhaustedError(absl::StrCat(
+                       "receiver has ", on_link, " transfers from this sender (", unposted_,
+                       " in all) waiting for their Post; refusing ", XferName(xfer))),
+                   fx);
+      return;
+    }
+    Pending p;
+    p.seq = next_pending_seq_++;
+    p.link = link;
+    p.xfer = xfer;
+    p.n_layers = n_layers;
+    p.sender_deadline = sender_deadline;
+    p.proof = proof;
     ++unposted_;
+    ++unposted_per_link_[link];
+    pending_by_xfer_[xfer].push_back(p.seq);
+    Pending& stored = pending_.emplace(p.seq, std::move(p)).first->second;
     Deadline cap = MonoClock::now() +
                    std::chrono::duration_cast<MonoClock::duration>(options_.max_unposted_wait);
-    e = fresh.get();
-    entries_.emplace(xfer, std::move(fresh));
-    SetDeadlineLocked(e, std::min(sender_deadline, cap));
+    SetPendingDeadlineLocked(&stored, std::min(sender_deadline, cap));
     fx->wake = true;
+    return;
+  }
+  if (!BeginVerifies(e->secret, xfer, n_layers, proof)) {
+    RefuseLocked(link, xfer, WrongSecret(xfer), fx);
+    return;
+  }
+  verified_links_.insert(link);
+  if (e->tombstone != Tombstone::kNone) {
+    // We gave up before the sender showed up: tell it now.
+    absl::Status final_status = e->final_status;
+    EraseLocked(e);
+    fx->replies.push_back({link, xfer, ReplyKind::kNack, std::move(final_status)});
     return;
   }
   if (e->announced) {
     // Answer the newcomer only; the first sender keeps its transfer.
-    fx->replies.push_back(
-        {link, xfer, ReplyKind::kNack,
-         absl::AlreadyExistsError(XferName(xfer) + " is already being sent by another sender")});
+    RefuseLocked(
+        link, xfer,
+        absl::AlreadyExistsError(XferName(xfer) + " is already being sent by another sender"), fx);
     return;
   }
   // Posted and waiting for this sender.
@@ -384,7 +488,7 @@ void ReceiveTable::EndLayer(LinkId link, TransferId xfer, int32_t layer,
   Run(fx);
 }
 
-bool ReceiveTable::Trailer(LinkId link, TransferId xfer, std::string trailer,
+bool ReceiveTable::Trailer(LinkId link, TransferId xfer, std::string trailer, const AuthTag& tag,
                            const absl::Status& status) {
   Effects fx;
   {
@@ -398,6 +502,11 @@ bool ReceiveTable::Trailer(LinkId link, TransferId xfer, std::string trailer,
     }
     if (!status.ok()) {
       FinishLocked(e, status, "", kReply | kSenderDone, &fx);
+    } else if (!TagEquals(TrailerTag(e->secret, xfer, trailer), tag)) {
+      FinishLocked(e,
+                   absl::PermissionDeniedError(absl::StrCat(
+                       XferName(xfer), ": the trailer does not prove the transfer's secret")),
+                   "", kReply | kSenderDone, &fx);
     } else if (e->layers_done != e->n_layers) {
       FinishLocked(
           e,
@@ -417,12 +526,24 @@ void ReceiveTable::SenderAborted(LinkId link, TransferId xfer, absl::StatusCode 
   {
     absl::MutexLock lock(&mu_);
     auto it = entries_.find(xfer);
-    // An abort for a transfer we already forgot, or that belongs to another
-    // sender, crossed our Nack on the wire: nothing to do.
-    if (it == entries_.end() || !it->second->announced || it->second->link != link) return;
-    Entry* e = it->second.get();
-    if (e->tombstone != Tombstone::kNone) return;  // kept for a late Post
-    if (e->ended) {
+    if (it == entries_.end() || !it->second->announced || it->second->link != link) {
+      // Not matched with a Post: this link's own pending announcement, if
+      // any, ends (an abort from another link changes nothing). Otherwise
+      // the abort crossed our Nack on the wire: nothing to do.
+      if (auto by_xfer = pending_by_xfer_.find(xfer); by_xfer != pending_by_xfer_.end()) {
+        for (uint64_t seq : std::vector<uint64_t>(by_xfer->second)) {
+          Pending& p = pending_.at(seq);
+          if (p.link != link || p.ended.has_value()) continue;
+          EndPendingLocked(&p, why == absl::StatusCode::kDeadlineExceeded
+                                   ? absl::DeadlineExceededError(XferName(xfer) +
+                                                                 ": the sender's deadline passed")
+                                   : absl::AbortedError(XferName(xfer) + " aborted by the sender"));
+          break;
+        }
+      }
+    } else if (Entry* e = it->second.get(); e->tombstone != Tombstone::kNone) {
+      // kept for a late Post
+    } else if (e->ended) {
       EraseLocked(e);
     } else {
       absl::Status status = why == absl::StatusCode::kDeadlineExceeded
@@ -452,8 +573,29 @@ void ReceiveTable::LinkClosed(LinkId link, const absl::Status& why) {
         FinishLocked(e, why, "", kSenderDone | kRemember, &fx);
       }
     }
+    std::vector<uint64_t> waiting;
+    for (const auto& [seq, p] : pending_) {
+      if (p.link == link && !p.ended.has_value()) waiting.push_back(seq);
+    }
+    for (uint64_t seq : waiting) EndPendingLocked(&pending_.at(seq), why);
+    verified_links_.erase(link);
   }
   Run(fx);
+}
+
+bool ReceiveTable::LinkVerified(LinkId link) {
+  absl::MutexLock lock(&mu_);
+  return verified_links_.contains(link);
+}
+
+void ReceiveTable::ForgetLink(LinkId link) {
+  absl::MutexLock lock(&mu_);
+  verified_links_.erase(link);
+}
+
+int ReceiveTable::unposted() {
+  absl::MutexLock lock(&mu_);
+  return unposted_;
 }
 
 Deadline ReceiveTable::ExpireDue(Deadline now) {
@@ -470,18 +612,24 @@ Deadline ReceiveTable::ExpireDue(Deadline now) {
         continue;
       }
       PDS_CHECK(!e->ended) << XferName(xfer);
-      absl::Status expired;
-      if (!e->posted) {
-        expired = absl::DeadlineExceededError(
-            absl::StrCat(XferName(xfer), ": the receiver did not post blocks in time"));
-      } else {
-        expired = absl::DeadlineExceededError(absl::StrCat(
-            XferName(xfer), ": deadline passed with ", e->layers_done, " of ", e->layers.size(),
-            " layers received", e->announced ? "" : " (the sender never showed up)"));
-      }
+      absl::Status expired = absl::DeadlineExceededError(absl::StrCat(
+          XferName(xfer), ": deadline passed with ", e->layers_done, " of ", e->layers.size(),
+          " layers received", e->announced ? "" : " (the sender never showed up)"));
       FinishLocked(e, expired, "", kReply | kRemember, &fx);
     }
+    while (!pending_deadlines_.empty() && pending_deadlines_.begin()->first <= now) {
+      Pending& p = pending_.at(pending_deadlines_.begin()->second);
+      if (p.ended.has_value()) {
+        RemovePendingLocked(p.seq);  // remembered long enough
+        continue;
+      }
+      absl::Status expired = absl::DeadlineExceededError(
+          absl::StrCat(XferName(p.xfer), ": the receiver did not post blocks in time"));
+      fx.replies.push_back({p.link, p.xfer, ReplyKind::kNack, expired});
+      EndPendingLocked(&p, std::move(expired));
+    }
     if (!deadlines_.empty()) next = deadlines_.begin()->first;
+    if (!pending_deadlines_.empty()) next = std::min(next, pending_deadlines_.begin()->first);
   }
   Run(fx);
   return next;
@@ -503,6 +651,9 @@ void ReceiveTable::Shutdown(const absl::Status& why) {
         FinishLocked(e, why, "", kSenderDone, &fx);
       }
     }
+    std::vector<uint64_t> seqs;
+    for (const auto& [seq, p] : pending_) seqs.push_back(seq);
+    for (uint64_t seq : seqs) RemovePendingLocked(seq);
   }
   Run(fx);
 }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -20,6 +21,7 @@
 #include "common/log.h"
 #include "common/status_macros.h"
 #include "transport/tcp_socket.h"
+#include "transport/transfer_auth.h"
 #include "transport/transfer_counters.h"
 
 namespace pdserve::transport {
@@ -41,13 +43,16 @@ enum class Phase {
   kTable,    // reading a Layer frame's block-size table
   kData,     // reading layer bytes into the posted views
   kDiscard,  // reading bytes nobody wants (failed transfer) and dropping them
-  kPayload,  // reading a Trailer's bytes
+  kPayload,  // reading a Begin's tag or a Trailer's bytes
 };
 
 struct Conn {
   uint64_t id = 0;
   std::string peer;
   internal::UniqueFd fd;
+  // Until one of its announcements proved its secret: closed at verify_by.
+  bool verified = false;
+  Deadline verify_by = Deadline::max();
   // Control frames to send (Ready/Ack/Nack): guarded by Impl::mu_.
   std::string out;
   size_t out_sent = 0;
@@ -119,6 +124,12 @@ class TcpKvReceiver::Impl final : public internal::ReplySink {
   absl::Status HandleReadable(Conn* c);
   absl::Status StartFrame(Conn* c, const FrameHeader& h);
   absl::Status EndTable(Conn* c);
+  absl::Status EndPayload(Conn* c);
+  // Closes the connections that did not prove a secret in time; returns when
+  // to look again.
+  Deadline CloseUnverified(Deadline now);
+  // Marks the connections that proved a secret since the last look.
+  void RefreshVerified();
   absl::Status ReadData(Conn* c, bool* would_block);
   absl::Status FlushOut(Conn* c);
   void CloseConn(const std::shared_ptr<Conn>& c, const absl::Status& why);
@@ -135,6 +146,7 @@ class TcpKvReceiver::Impl final : public internal::ReplySink {
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Conn>> conns_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int unverified_ ABSL_GUARDED_BY(mu_) = 0;  // connections in conns_ not yet verified
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -164,9 +176,10 @@ TcpKvReceiver::~TcpKvReceiver() { impl_->Stop(); }
 
 std::string TcpKvReceiver::endpoint() const { return impl_->endpoint(); }
 
-absl::Status TcpKvReceiver::Post(TransferId xfer_id, std::vector<std::vector<BlockView>> layers,
-                                 Deadline deadline, ReceiveDoneCallback on_done) {
-  return impl_->table().Post(xfer_id, std::move(layers), deadline, std::move(on_done));
+absl::Status TcpKvReceiver::Post(TransferId xfer_id, const TransferSecret& secret,
+                                 std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                                 ReceiveDoneCallback on_done) {
+  return impl_->table().Post(xfer_id, secret, std::move(layers), deadline, std::move(on_done));
 }
 
 absl::Status TcpKvReceiver::Cancel(TransferId xfer_id) { return impl_->table().Cancel(xfer_id); }
@@ -240,24 +253,85 @@ void TcpKvReceiver::Impl::Accept() {
     c->fd = internal::UniqueFd(fd);
     c->peer = PeerName(fd);
     internal::TuneSocket(fd, options_.socket_buffer_bytes);
+    bool unverified_full;
+    {
+      absl::MutexLock lock(&mu_);
+      unverified_full = unverified_ >= options_.max_unverified_connections;
+    }
+    if (unverified_full) RefreshVerified();  // some may have proved themselves since
     absl::MutexLock lock(&mu_);
-    if (static_cast<int>(conns_.size()) >= options_.max_connections) {
-      PDS_LOG(WARNING) << "kv receiver " << endpoint_ << ": refusing " << c->peer << ", already "
-                       << conns_.size() << " connections";
-      continue;
+    if (static_cast<int>(conns_.size()) >= options_.max_connections ||
+        unverified_ >= options_.max_unverified_connections) {
+      // Logged once per 1000 so that a flood does not flood the log too.
+      counters_.ConnectionRefused();
+      if (counters_.Snapshot().connections_refused % 1000 == 1) {
+        PDS_LOG(WARNING) << "kv receiver " << endpoint_ << ": refusing " << c->peer << ", already "
+                         << conns_.size() << " connections (" << unverified_ << " not verified)";
+      }
+      continue;  // closes it
     }
     c->id = next_id_++;
+    c->verify_by = MonoClock::now() + options_.verify_timeout;
     absl::Status added = poller_.Add(fd, EPOLLIN, c->id);
     if (!added.ok()) {
       PDS_LOG(WARNING) << "kv receiver " << endpoint_ << ": " << added;
       continue;
     }
+    ++unverified_;
     conns_[c->id] = std::move(c);
   }
 }
 
+void TcpKvReceiver::Impl::RefreshVerified() {
+  std::vector<std::shared_ptr<Conn>> unverified;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, c] : conns_) {
+      if (!c->verified) unverified.push_back(c);
+    }
+  }
+  for (auto& c : unverified) {
+    if (!table_.LinkVerified(c->id)) continue;
+    absl::MutexLock lock(&mu_);
+    if (!c->verified && conns_.contains(c->id)) {
+      c->verified = true;
+      --unverified_;
+    }
+  }
+}
+
+Deadline TcpKvReceiver::Impl::CloseUnverified(Deadline now) {
+  std::vector<std::shared_ptr<Conn>> unverified;
+  {
+    absl::MutexLock lock(&mu_);
+    if (unverified_ == 0) return Deadline::max();
+    for (auto& [id, c] : conns_) {
+      if (!c->verified) unverified.push_back(c);
+    }
+  }
+  Deadline next = Deadline::max();
+  for (auto& c : unverified) {
+    if (table_.LinkVerified(c->id)) {
+      absl::MutexLock lock(&mu_);
+      if (!c->verified && conns_.contains(c->id)) {
+        c->verified = true;
+        --unverified_;
+      }
+    } else if (c->verify_by <= now) {
+      counters_.ConnectionTimedOut();
+      CloseConn(c, absl::DeadlineExceededError(
+                       absl::StrCat("no announcement proved its transfer's secret within ",
+                                    options_.verify_timeout.count(), " ms of connecting")));
+    } else {
+      next = std::min(next, c->verify_by);
+    }
+  }
+  return next;
+}
+
 void TcpKvReceiver::Impl::CloseConn(const std::shared_ptr<Conn>& c, const absl::Status& why) {
   if (absl::IsInvalidArgument(why) || absl::IsDataLoss(why) || absl::IsInternal(why)) {
+    counters_.ProtocolError();
     PDS_LOG(ERROR) << "kv receiver " << endpoint_ << ": closing connection from " << c->peer << ": "
                    << why;
   } else {
@@ -266,7 +340,7 @@ void TcpKvReceiver::Impl::CloseConn(const std::shared_ptr<Conn>& c, const absl::
   }
   {
     absl::MutexLock lock(&mu_);
-    conns_.erase(c->id);
+    if (conns_.erase(c->id) > 0 && !c->verified) --unverified_;
   }
   poller_.Remove(c->fd.get());
   c->fd.Reset();
@@ -304,9 +378,11 @@ absl::Status TcpKvReceiver::Impl::StartFrame(Conn* c, const FrameHeader& h) {
   c->frame = h;
   c->phase = Phase::kHeader;
   switch (h.type) {
-    case FrameType::kBegin:
-      table_.Announce(c->id, xfer, static_cast<int32_t>(h.arg0),
-                      MonoClock::now() + std::chrono::milliseconds(h.arg1));
+    case FrameType::kBegin:  // its tag
+    case FrameType::kTrailer:
+      c->payload.assign(h.payload_len, '\0');
+      c->payload_got = 0;
+      c->phase = Phase::kPayload;
       return absl::OkStatus();
     case FrameType::kLayer:
       c->table.assign(size_t{h.arg1} * 8, 0);
@@ -314,11 +390,6 @@ absl::Status TcpKvReceiver::Impl::StartFrame(Conn* c, const FrameHeader& h) {
       c->data_total = h.payload_len - c->table.size();
       c->data_got = 0;
       c->phase = Phase::kTable;
-      return absl::OkStatus();
-    case FrameType::kTrailer:
-      c->payload.assign(h.payload_len, '\0');
-      c->payload_got = 0;
-      c->phase = Phase::kPayload;
       return absl::OkStatus();
     case FrameType::kAbort:
       table_.SenderAborted(c->id, xfer, static_cast<absl::StatusCode>(h.arg0));
@@ -331,21 +402,7 @@ absl::Status TcpKvReceiver::Impl::StartFrame(Conn* c, const FrameHeader& h) {
 
 absl::Status TcpKvReceiver::Impl::EndTable(Conn* c) {
   const FrameHeader& h = c->frame;
-  std::vector<uint64_t> sizes(h.arg1);
-  uint64_t sum = 0;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    sizes[i] = internal::GetU64Le(c->table.data() + 8 * i);
-    if (sizes[i] > c->data_total || sum + sizes[i] > c->data_total) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("Layer frame for transfer ", h.xfer_id, ": block sizes exceed the payload"));
-    }
-    sum += sizes[i];
-  }
-  if (sum != c->data_total) {
-    return absl::InvalidArgumentError(absl::StrCat("Layer frame for transfer ", h.xfer_id,
-                                                   ": block sizes add up to ", sum,
-                                                   ", payload has ", c->data_total));
-  }
+  PDS_ASSIGN_OR_RETURN(std::vector<uint64_t> sizes, internal::ParseBlockTable(h, c->table.data()));
   c->crc = internal::Crc32(0, c->table.data(), c->table.size());
   std::string error;
   LayerVerdict verdict =
@@ -362,6 +419,35 @@ absl::Status TcpKvReceiver::Impl::EndTable(Conn* c) {
     bool bad_crc = (h.flags & internal::kFlagPayloadCrc) && c->crc != h.payload_crc;
     table_.EndLayer(c->id, TransferId{h.xfer_id}, static_cast<int32_t>(h.arg0),
                     bad_crc ? absl::DataLossError("checksum mismatch") : absl::OkStatus());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TcpKvReceiver::Impl::EndPayload(Conn* c) {
+  c->phase = Phase::kHeader;
+  const FrameHeader& h = c->frame;
+  const TransferId xfer{h.xfer_id};
+  std::string payload = std::move(c->payload);
+  c->payload.clear();
+  const bool bad_crc = (h.flags & internal::kFlagPayloadCrc) &&
+                       internal::Crc32(0, payload.data(), payload.size()) != h.payload_crc;
+  AuthTag tag;
+  PDS_RETURN_IF_ERROR(internal::SplitTag(&payload, &tag));  // DecodeFrameHeader checked the size
+  if (h.type == FrameType::kBegin) {
+    if (bad_crc) {
+      return absl::DataLossError(
+          absl::StrCat("Begin frame for transfer ", h.xfer_id, ": checksum mismatch"));
+    }
+    table_.Announce(c->id, xfer, static_cast<int32_t>(h.arg0),
+                    MonoClock::now() + std::chrono::milliseconds(h.arg1), BeginProof{h.arg1, tag});
+    return absl::OkStatus();
+  }
+  if (!table_.Trailer(c->id, xfer, std::move(payload), tag,
+                      bad_crc ? absl::DataLossError(absl::StrCat("transfer ", h.xfer_id,
+                                                                 ": trailer checksum mismatch"))
+                              : absl::OkStatus())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trailer for transfer ", h.xfer_id, " not open on this link"));
   }
   return absl::OkStatus();
 }
@@ -474,17 +560,7 @@ absl::Status TcpKvReceiver::Impl::HandleReadable(Conn* c) {
             internal::DecodeFrameHeader(c->header.data(), options_.limits);
         if (!h.ok()) return h.status();
         PDS_RETURN_IF_ERROR(StartFrame(c, *h));
-        if (c->phase == Phase::kPayload && c->payload.empty()) {
-          // An empty trailer: complete now.
-          c->phase = Phase::kHeader;
-          bool bad_crc = (h->flags & internal::kFlagPayloadCrc) && h->payload_crc != 0;
-          if (!table_.Trailer(
-                  c->id, TransferId{h->xfer_id}, "",
-                  bad_crc ? absl::DataLossError("trailer checksum mismatch") : absl::OkStatus())) {
-            return absl::InvalidArgumentError(
-                absl::StrCat("trailer for transfer ", h->xfer_id, " not open on this link"));
-          }
-        }
+        if (c->phase == Phase::kPayload && c->payload.empty()) PDS_RETURN_IF_ERROR(EndPayload(c));
         break;
       }
       case Phase::kTable:
@@ -495,23 +571,10 @@ absl::Status TcpKvReceiver::Impl::HandleReadable(Conn* c) {
         c->discard_left -= n;
         if (c->discard_left == 0) c->phase = Phase::kHeader;
         break;
-      case Phase::kPayload: {
+      case Phase::kPayload:
         c->payload_got += n;
-        if (c->payload_got < c->payload.size()) break;
-        c->phase = Phase::kHeader;
-        const FrameHeader& h = c->frame;
-        bool bad_crc = (h.flags & internal::kFlagPayloadCrc) &&
-                       internal::Crc32(0, c->payload.data(), c->payload.size()) != h.payload_crc;
-        if (!table_.Trailer(c->id, TransferId{h.xfer_id}, std::move(c->payload),
-                            bad_crc ? absl::DataLossError(absl::StrCat(
-                                          "transfer ", h.xfer_id, ": trailer checksum mismatch"))
-                                    : absl::OkStatus())) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("trailer for transfer ", h.xfer_id, " not open on this link"));
-        }
-        c->payload.clear();
+        if (c->payload_got == c->payload.size()) PDS_RETURN_IF_ERROR(EndPayload(c));
         break;
-      }
       case Phase::kData:
         break;
     }
@@ -522,6 +585,9 @@ absl::Status TcpKvReceiver::Impl::HandleReadable(Conn* c) {
 void TcpKvReceiver::Impl::Loop() {
   std::array<epoll_event, 64> events;
   int timeout_ms = 0;
+  // When to look at unverified connections again: after an accept, or at the
+  // earliest verify_by. Not every round: a busy loop must stay cheap.
+  Deadline next_verify_check = Deadline::max();
   while (true) {
     int n = poller_.Wait(events.data(), events.size(), timeout_ms);
     {
@@ -531,6 +597,7 @@ void TcpKvReceiver::Impl::Loop() {
     for (int i = 0; i < n; ++i) {
       if (events[i].data.u64 == kListenToken) {
         Accept();
+        next_verify_check = std::min(next_verify_check, MonoClock::now() + options_.verify_timeout);
         continue;
       }
       std::shared_ptr<Conn> c;
@@ -546,6 +613,9 @@ void TcpKvReceiver::Impl::Loop() {
       if (!st.ok()) CloseConn(c, st);
     }
     Deadline next = table_.ExpireDue(MonoClock::now());
+    if (MonoClock::now() >= next_verify_check)
+      next_verify_check = CloseUnverified(MonoClock::now());
+    next = std::min(next, next_verify_check);
     // Replies queued by callers, by the frames above or by expiry.
     std::vector<std::shared_ptr<Conn>> pending;
     {

@@ -4,6 +4,7 @@
 // transport/README.md for the protocol.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -23,8 +24,16 @@ struct TcpReceiverOptions {
   std::string advertise_host;
   // SO_SNDBUF/SO_RCVBUF; 0 keeps the kernel's autotuning.
   int socket_buffer_bytes = 4 << 20;
-  // Further connections are closed at once.
+  // Further connections are accepted and closed at once (counted in
+  // stats().connections_refused).
   int max_connections = 1024;
+  // Connections none of whose announcements has proved its transfer's
+  // secret yet: at most this many at a time (further ones are refused as
+  // above), each closed if it has not done so within verify_timeout. A
+  // flood of anonymous connections so cannot crowd out the senders already
+  // proven, and holds no slot for long.
+  int max_unverified_connections = 128;
+  std::chrono::milliseconds verify_timeout{10000};
   // What a sender's frames must respect; violations close the connection.
   internal::WireLimits limits;
   internal::ReceiveTableOptions table;
@@ -36,8 +45,9 @@ class TcpKvReceiver final : public KvReceiver {
   ~TcpKvReceiver() override;
 
   std::string endpoint() const override;
-  absl::Status Post(TransferId xfer_id, std::vector<std::vector<BlockView>> layers,
-                    Deadline deadline, ReceiveDoneCallback on_done) override;
+  absl::Status Post(TransferId xfer_id, const TransferSecret& secret,
+                    std::vector<std::vector<BlockView>> layers, Deadline deadline,
+                    ReceiveDoneCallback on_done) override;
   absl::Status Cancel(TransferId xfer_id) override;
   KvTransportStats stats() const override;
 

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <limits>
 
+#include "transport/transfer_auth.h"
+
 namespace pdserve::transport::internal {
 
 void OutFrame::Encode(bool checksum, Deadline now) {
@@ -11,6 +13,8 @@ void OutFrame::Encode(bool checksum, Deadline now) {
     auto budget = std::chrono::ceil<std::chrono::milliseconds>(std::max(deadline, now) - now);
     header.arg1 = static_cast<uint32_t>(
         std::min<int64_t>(budget.count(), std::numeric_limits<uint32_t>::max()));
+    AuthTag tag = BeginTag(secret, xfer(), header.arg0, header.arg1);
+    payload.assign(reinterpret_cast<const char*>(tag.data()), tag.size());
   }
   if (checksum && header.payload_len > 0) {
     uint32_t crc = 0;
@@ -48,13 +52,17 @@ void OutFrame::MakeRestOwned() {
   sent = 0;
 }
 
-std::unique_ptr<OutFrame> BeginFrame(TransferId xfer, int32_t n_layers, Deadline deadline) {
+std::unique_ptr<OutFrame> BeginFrame(TransferId xfer, const TransferSecret& secret,
+                                     int32_t n_layers, Deadline deadline) {
   auto f = std::make_unique<OutFrame>();
   f->header.type = FrameType::kBegin;
   f->header.xfer_id = xfer.value;
   f->header.arg0 = static_cast<uint32_t>(n_layers);
+  f->header.payload_len = kAuthTagBytes;  // the tag, computed in Encode
   f->deadline = deadline;
-  f->total = kFrameHeaderBytes;
+  f->secret = secret;
+  f->payload.assign(kAuthTagBytes, '\0');
+  f->total = kFrameHeaderBytes + kAuthTagBytes;
   return f;
 }
 
@@ -76,11 +84,14 @@ std::unique_ptr<OutFrame> LayerFrame(TransferId xfer, int32_t layer,
   return f;
 }
 
-std::unique_ptr<OutFrame> TrailerFrame(TransferId xfer, std::string trailer) {
+std::unique_ptr<OutFrame> TrailerFrame(TransferId xfer, const TransferSecret& secret,
+                                       std::string trailer) {
   auto f = std::make_unique<OutFrame>();
   f->header.type = FrameType::kTrailer;
   f->header.xfer_id = xfer.value;
+  AuthTag tag = TrailerTag(secret, xfer, trailer);
   f->payload = std::move(trailer);
+  f->payload.append(reinterpret_cast<const char*>(tag.data()), tag.size());
   f->header.payload_len = f->payload.size();
   f->total = kFrameHeaderBytes + f->payload.size();
   return f;

@@ -27,6 +27,7 @@ namespace pdserve::transport::internal {
 struct OutFrame {
   FrameHeader header;
   Deadline deadline = Deadline::max();  // Begin: the budget is computed when encoded
+  TransferSecret secret;                // Begin: keys its tag (computed when encoded)
   std::array<uint8_t, kFrameHeaderBytes> header_bytes{};
   bool encoded = false;
   std::vector<uint8_t> table;          // Layer: little-endian u64 block sizes
@@ -53,17 +54,20 @@ struct OutFrame {
     if (!payload.empty()) fn(payload.data(), payload.size());
   }
 
-  // Encodes the header: Begin's remaining budget as of now, the payload crc
-  // when checksum. Reads the caller's views (for the crc).
+  // Encodes the header: Begin's remaining budget as of now and its tag, the
+  // payload crc when checksum. Reads the caller's views (for the crc).
   void Encode(bool checksum, Deadline now);
   // Copies the unsent bytes; the views are not read again.
   void MakeRestOwned();
 };
 
-std::unique_ptr<OutFrame> BeginFrame(TransferId xfer, int32_t n_layers, Deadline deadline);
+std::unique_ptr<OutFrame> BeginFrame(TransferId xfer, const TransferSecret& secret,
+                                     int32_t n_layers, Deadline deadline);
 std::unique_ptr<OutFrame> LayerFrame(TransferId xfer, int32_t layer,
                                      absl::Span<const ConstBlockView> blocks);
-std::unique_ptr<OutFrame> TrailerFrame(TransferId xfer, std::string trailer);
+// The trailer followed by its tag.
+std::unique_ptr<OutFrame> TrailerFrame(TransferId xfer, const TransferSecret& secret,
+                                       std::string trailer);
 // why travels in arg0 (0 on old senders: read as kAborted).
 std::unique_ptr<OutFrame> AbortFrame(TransferId xfer, absl::StatusCode why);
 

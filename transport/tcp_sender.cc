@@ -41,6 +41,7 @@ std::string XferName(TransferId xfer) { return absl::StrCat("transfer ", xfer.va
 
 struct Transfer {
   TransferId xfer;
+  TransferSecret secret;
   std::string peer;
   uint64_t conn_id = 0;
   int32_t n_layers = 0;
@@ -90,8 +91,10 @@ class TcpKvSender::Core {
   }
   void Stop();
 
-  absl::StatusOr<std::shared_ptr<Transfer>> StartTransfer(TransferId xfer, const std::string& peer,
-                                                          int32_t n_layers, Deadline deadline,
+  absl::StatusOr<std::shared_ptr<Transfer>> StartTransfer(TransferId xfer,
+                                                          const TransferSecret& secret,
+                                                          const std::string& peer, int32_t n_layers,
+                                                          Deadline deadline,
                                                           SendDoneCallback on_done);
   absl::Status SendLayer(Transfer* t, int32_t layer, absl::Span<const ConstBlockView> blocks);
   absl::Status Finish(Transfer* t, std::string trailer);
@@ -171,13 +174,12 @@ absl::StatusOr<std::unique_ptr<TcpKvSender>> TcpKvSender::Create(TcpSenderOption
 
 TcpKvSender::~TcpKvSender() { core_->Stop(); }
 
-absl::StatusOr<std::unique_ptr<KvSendHandle>> TcpKvSender::StartTransfer(TransferId xfer_id,
-                                                                         const std::string& peer,
-                                                                         int32_t n_layers,
-                                                                         Deadline deadline,
-                                                                         SendDoneCallback on_done) {
-  PDS_ASSIGN_OR_RETURN(std::shared_ptr<Transfer> t,
-                       core_->StartTransfer(xfer_id, peer, n_layers, deadline, std::move(on_done)));
+absl::StatusOr<std::unique_ptr<KvSendHandle>> TcpKvSender::StartTransfer(
+    TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+    Deadline deadline, SendDoneCallback on_done) {
+  PDS_ASSIGN_OR_RETURN(
+      std::shared_ptr<Transfer> t,
+      core_->StartTransfer(xfer_id, secret, peer, n_layers, deadline, std::move(on_done)));
   return std::unique_ptr<KvSendHandle>(new TcpSendHandle(core_, std::move(t)));
 }
 
@@ -187,8 +189,8 @@ KvTransportStats TcpKvSender::stats() const { return core_->stats(); }
 // Caller-facing operations.
 
 absl::StatusOr<std::shared_ptr<Transfer>> TcpKvSender::Core::StartTransfer(
-    TransferId xfer, const std::string& peer, int32_t n_layers, Deadline deadline,
-    SendDoneCallback on_done) {
+    TransferId xfer, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+    Deadline deadline, SendDoneCallback on_done) {
   if (n_layers <= 0 || static_cast<uint32_t>(n_layers) > options_.limits.max_layers) {
     return absl::InvalidArgumentError(absl::StrCat(XferName(xfer), ": n_layers ", n_layers));
   }
@@ -222,6 +224,7 @@ absl::StatusOr<std::shared_ptr<Transfer>> TcpKvSender::Core::StartTransfer(
 
   auto t = std::make_shared<Transfer>();
   t->xfer = xfer;
+  t->secret = secret;
   t->peer = peer;
   t->conn_id = conn->id;
   t->n_layers = n_layers;
@@ -241,7 +244,7 @@ absl::StatusOr<std::shared_ptr<Transfer>> TcpKvSender::Core::StartTransfer(
     }
     conn->transfers[xfer] = t;
     counters_.Started();
-    EnqueueLocked(conn.get(), t.get(), internal::BeginFrame(xfer, n_layers, deadline));
+    EnqueueLocked(conn.get(), t.get(), internal::BeginFrame(xfer, secret, n_layers, deadline));
   }
   poller_.Wake();
   return t;
@@ -396,7 +399,7 @@ void TcpKvSender::Core::EnqueueLayerLocked(Conn* conn, Transfer* t, int32_t laye
 }
 
 void TcpKvSender::Core::EnqueueTrailerLocked(Conn* conn, Transfer* t) {
-  EnqueueLocked(conn, t, internal::TrailerFrame(t->xfer, t->trailer));
+  EnqueueLocked(conn, t, internal::TrailerFrame(t->xfer, t->secret, t->trailer));
 }
 
 void TcpKvSender::Core::CompleteLocked(Transfer* t, absl::Status status, bool notify_peer,

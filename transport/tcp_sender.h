@@ -46,8 +46,8 @@ class TcpKvSender final : public KvSender {
   ~TcpKvSender() override;
 
   absl::StatusOr<std::unique_ptr<KvSendHandle>> StartTransfer(
-      TransferId xfer_id, const std::string& peer, int32_t n_layers, Deadline deadline,
-      SendDoneCallback on_done = nullptr) override;
+      TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+      Deadline deadline, SendDoneCallback on_done = nullptr) override;
   KvTransportStats stats() const override;
 
   class Core;  // shared with the handles, which may outlive the sender

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport::internal {
 
@@ -113,7 +114,7 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(const uint8_t in[kFrameHeaderBytes
   switch (h.type) {
     case FrameType::kBegin:
       if (h.arg0 == 0 || h.arg0 > limits.max_layers) return bad("n_layers ", h.arg0);
-      if (h.payload_len != 0) return bad("payload of ", h.payload_len, " bytes");
+      if (h.payload_len != kAuthTagBytes) return bad("payload of ", h.payload_len, " bytes");
       break;
     case FrameType::kLayer: {
       if (h.arg0 >= limits.max_layers) return bad("layer ", h.arg0);
@@ -125,7 +126,10 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(const uint8_t in[kFrameHeaderBytes
       break;
     }
     case FrameType::kTrailer:
-      if (h.payload_len > limits.max_trailer_bytes) return bad("payload of ", h.payload_len);
+      if (h.payload_len < kAuthTagBytes ||
+          h.payload_len - kAuthTagBytes > limits.max_trailer_bytes) {
+        return bad("payload of ", h.payload_len, " bytes");
+      }
       break;
     case FrameType::kNack:
       if (h.arg0 == 0 || h.arg0 > 16) return bad("status code ", h.arg0);
@@ -141,6 +145,42 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(const uint8_t in[kFrameHeaderBytes
       break;
   }
   return h;
+}
+
+absl::StatusOr<std::vector<uint64_t>> ParseBlockTable(const FrameHeader& h, const uint8_t* table) {
+  const uint64_t table_bytes = uint64_t{h.arg1} * 8;
+  if (h.type != FrameType::kLayer || h.payload_len < table_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frame for transfer ", h.xfer_id, " has no whole block table"));
+  }
+  const uint64_t data_bytes = h.payload_len - table_bytes;
+  std::vector<uint64_t> sizes(h.arg1);
+  uint64_t sum = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    sizes[i] = GetU64Le(table + 8 * i);
+    if (sizes[i] > data_bytes - sum) {  // sum <= data_bytes holds here: no overflow
+      return absl::InvalidArgumentError(
+          absl::StrCat("Layer frame for transfer ", h.xfer_id, ": block sizes exceed the payload"));
+    }
+    sum += sizes[i];
+  }
+  if (sum != data_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("Layer frame for transfer ", h.xfer_id,
+                                                   ": block sizes add up to ", sum,
+                                                   ", payload has ", data_bytes));
+  }
+  return sizes;
+}
+
+absl::Status SplitTag(std::string* payload, std::array<uint8_t, 32>* tag) {
+  if (payload->size() < tag->size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("payload of ", payload->size(), " bytes has no ", tag->size(), "-byte tag"));
+  }
+  const size_t body = payload->size() - tag->size();
+  std::memcpy(tag->data(), payload->data() + body, tag->size());
+  payload->resize(body);
+  return absl::OkStatus();
 }
 
 std::string EncodeSmallFrame(FrameHeader header, const std::string& payload, bool checksum) {

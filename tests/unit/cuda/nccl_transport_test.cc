@@ -2,6 +2,10 @@
 // itself inside one communicator group), and the NCCL KV transport end to
 // end (sender and receiver in this process: on GPUs 0 and 1, since NCCL puts
 // one rank per GPU; on the emulation, everywhere).
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <future>
@@ -16,12 +20,18 @@
 #include "transport/nccl_compat.h"
 #include "transport/nccl_receiver.h"
 #include "transport/nccl_sender.h"
+#include "transport/nccl_wire.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport {
 namespace {
 
 using cuda_testing::DeviceArray;
 using namespace std::chrono_literals;
+
+// Every transfer here uses one secret: these tests are about moving bytes
+// (tests/unit/transport/ covers wrong secrets).
+const TransferSecret kSecret = *TransferSecret::FromBytes("0123456789abcdef");
 
 std::vector<uint8_t> RandomBytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -151,7 +161,7 @@ class NcclTransportTest : public ::testing::Test {
   };
   void Post(TransferId x, const KvBlocks& dst, Deadline deadline, Received* rec) {
     ASSERT_TRUE(receiver_
-                    ->Post(x, dst.Views(), deadline,
+                    ->Post(x, kSecret, dst.Views(), deadline,
                            [rec](absl::Status s, std::string trailer, ReceiveTiming) {
                              rec->done.set_value({std::move(s), std::move(trailer)});
                            })
@@ -174,7 +184,8 @@ TEST_F(NcclTransportTest, MovesEveryLayerAndTheTrailer) {
     SCOPED_TRACE("round " + std::to_string(round));
     Received rec;
     Post(TransferId{round}, dst, In(20s), &rec);
-    auto h = sender_->StartTransfer(TransferId{round}, receiver_->endpoint(), n_layers, In(20s));
+    auto h = sender_->StartTransfer(TransferId{round}, kSecret, receiver_->endpoint(), n_layers,
+                                    In(20s));
     ASSERT_TRUE(h.ok()) << h.status();
     for (int l = n_layers - 1; l >= 0; --l) {  // any order
       ASSERT_TRUE((*h)->SendLayer(l, src.Const(l)).ok());
@@ -194,7 +205,7 @@ TEST_F(NcclTransportTest, MovesEveryLayerAndTheTrailer) {
 TEST_F(NcclTransportTest, DataWaitsForAPostThatComesLater) {
   KvBlocks src(send_dev_, 2, 3, 1024, 20, true);
   KvBlocks dst(recv_dev_, 2, 3, 1024, 0, false);
-  auto h = sender_->StartTransfer(TransferId{7}, receiver_->endpoint(), 2, In(20s));
+  auto h = sender_->StartTransfer(TransferId{7}, kSecret, receiver_->endpoint(), 2, In(20s));
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_TRUE((*h)->SendLayer(0, src.Const(0)).ok());
   ASSERT_TRUE((*h)->SendLayer(1, src.Const(1)).ok());
@@ -213,7 +224,7 @@ TEST_F(NcclTransportTest, SizeMismatchFailsBothSides) {
   KvBlocks dst(recv_dev_, 1, 2, 1024, 0, false);  // one block short
   Received rec;
   Post(TransferId{9}, dst, In(20s), &rec);
-  auto h = sender_->StartTransfer(TransferId{9}, receiver_->endpoint(), 1, In(20s));
+  auto h = sender_->StartTransfer(TransferId{9}, kSecret, receiver_->endpoint(), 1, In(20s));
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.Const(0)).ok());
   (*h)->Finish("").IgnoreError();
@@ -223,7 +234,7 @@ TEST_F(NcclTransportTest, SizeMismatchFailsBothSides) {
   KvBlocks dst2(recv_dev_, 1, 3, 1024, 0, false);
   Received rec2;
   Post(TransferId{10}, dst2, In(20s), &rec2);
-  auto h2 = sender_->StartTransfer(TransferId{10}, receiver_->endpoint(), 1, In(20s));
+  auto h2 = sender_->StartTransfer(TransferId{10}, kSecret, receiver_->endpoint(), 1, In(20s));
   ASSERT_TRUE(h2.ok());
   ASSERT_TRUE((*h2)->SendLayer(0, src.Const(0)).ok());
   ASSERT_TRUE((*h2)->Finish("").ok());
@@ -236,7 +247,7 @@ TEST_F(NcclTransportTest, ReceiverCancelReachesTheSender) {
   KvBlocks dst(recv_dev_, 2, 2, 512, 0, false);
   Received rec;
   Post(TransferId{11}, dst, In(20s), &rec);
-  auto h = sender_->StartTransfer(TransferId{11}, receiver_->endpoint(), 2, In(20s));
+  auto h = sender_->StartTransfer(TransferId{11}, kSecret, receiver_->endpoint(), 2, In(20s));
   ASSERT_TRUE(h.ok());
   std::this_thread::sleep_for(50ms);
   ASSERT_TRUE(receiver_->Cancel(TransferId{11}).ok());
@@ -246,7 +257,7 @@ TEST_F(NcclTransportTest, ReceiverCancelReachesTheSender) {
 
 TEST_F(NcclTransportTest, DeadlinesFailBothSides) {
   KvBlocks src(send_dev_, 1, 2, 512, 40, true);
-  auto h = sender_->StartTransfer(TransferId{12}, receiver_->endpoint(), 1, In(300ms));
+  auto h = sender_->StartTransfer(TransferId{12}, kSecret, receiver_->endpoint(), 1, In(300ms));
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.Const(0)).ok());
   // Nobody posts: the sender gives up at its deadline.
@@ -259,7 +270,7 @@ TEST_F(NcclTransportTest, DeadlinesFailBothSides) {
 
 TEST_F(NcclTransportTest, ADeadReceiverFailsTransfersPromptly) {
   KvBlocks src(send_dev_, 2, 2, 512, 50, true);
-  auto h = sender_->StartTransfer(TransferId{14}, receiver_->endpoint(), 2, In(30s));
+  auto h = sender_->StartTransfer(TransferId{14}, kSecret, receiver_->endpoint(), 2, In(30s));
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.Const(0)).ok());
   const std::string old_endpoint = receiver_->endpoint();
@@ -276,7 +287,7 @@ TEST_F(NcclTransportTest, ADeadReceiverFailsTransfersPromptly) {
   KvBlocks dst(recv_dev_, 2, 2, 512, 0, false);
   Received rec;
   Post(TransferId{15}, dst, In(20s), &rec);
-  auto h2 = sender_->StartTransfer(TransferId{15}, receiver_->endpoint(), 2, In(20s));
+  auto h2 = sender_->StartTransfer(TransferId{15}, kSecret, receiver_->endpoint(), 2, In(20s));
   ASSERT_TRUE(h2.ok()) << h2.status();
   ASSERT_TRUE((*h2)->SendLayer(0, src.Const(0)).ok());
   ASSERT_TRUE((*h2)->SendLayer(1, src.Const(1)).ok());
@@ -285,25 +296,106 @@ TEST_F(NcclTransportTest, ADeadReceiverFailsTransfersPromptly) {
   EXPECT_TRUE(rec.future.get().first.ok());
   EXPECT_EQ(dst.Read(1), src.host[1]);
   // The old endpoint is unreachable now.
-  auto gone = sender_->StartTransfer(TransferId{16}, old_endpoint, 1, In(5s));
+  auto gone = sender_->StartTransfer(TransferId{16}, kSecret, old_endpoint, 1, In(5s));
   EXPECT_FALSE(gone.ok());
 }
 
 TEST_F(NcclTransportTest, BadArgumentsAreErrors) {
-  EXPECT_EQ(sender_->StartTransfer(TransferId{20}, "tcp:1.2.3.4:5", 1, In(1s)).status().code(),
-            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(
-      sender_->StartTransfer(TransferId{20}, receiver_->endpoint(), 0, In(1s)).status().code(),
+      sender_->StartTransfer(TransferId{20}, kSecret, "tcp:1.2.3.4:5", 1, In(1s)).status().code(),
       absl::StatusCode::kInvalidArgument);
-  auto h = sender_->StartTransfer(TransferId{21}, receiver_->endpoint(), 1, In(5s));
+  EXPECT_EQ(sender_->StartTransfer(TransferId{20}, kSecret, receiver_->endpoint(), 0, In(1s))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  auto h = sender_->StartTransfer(TransferId{21}, kSecret, receiver_->endpoint(), 1, In(5s));
   ASSERT_TRUE(h.ok());
-  EXPECT_EQ(
-      sender_->StartTransfer(TransferId{21}, receiver_->endpoint(), 1, In(5s)).status().code(),
-      absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(sender_->StartTransfer(TransferId{21}, kSecret, receiver_->endpoint(), 1, In(5s))
+                .status()
+                .code(),
+            absl::StatusCode::kAlreadyExists);
   EXPECT_EQ((*h)->SendLayer(1, {}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ((*h)->Finish("").code(), absl::StatusCode::kFailedPrecondition);
   (*h)->Abort();
   EXPECT_EQ((*h)->Wait().code(), absl::StatusCode::kCancelled);
+}
+
+// The control port against anonymous peers: connections beyond the cap are
+// closed at once, the others once they fail to prove a secret in time, a
+// forged Begin is refused, and the genuine sender still gets through.
+TEST_F(NcclTransportTest, ControlPortFloodIsCappedAndForgedBeginsAreRefused) {
+  NcclReceiverOptions ro;
+  ro.device = recv_dev_;
+  ro.max_connections = 3;
+  ro.verify_timeout_ms = 2000;
+  auto r = NcclKvReceiver::Create(ro);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::unique_ptr<NcclKvReceiver> receiver = std::move(*r);
+  auto hp =
+      internal::ParseHostPort(receiver->endpoint().substr(std::strlen(internal::kNcclScheme)));
+  ASSERT_TRUE(hp.ok());
+  auto closed = [](int fd) {  // true once the receiver closed it (blocks until then)
+    timeval tv{30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char buf[256];
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      if (n == 0) return true;
+      if (n < 0) return errno == ECONNRESET;
+    }
+  };
+
+  std::vector<internal::UniqueFd> flood;
+  for (int i = 0; i < 3; ++i) {
+    auto fd = internal::ConnectBlocking(*hp, 5000);
+    ASSERT_TRUE(fd.ok()) << fd.status();
+    flood.push_back(std::move(*fd));
+  }
+  // The first brings a Hello and a forged Begin for a posted transfer.
+  KvBlocks dst(recv_dev_, 1, 1, 256, 0, false);
+  Received rec;
+  ASSERT_TRUE(receiver
+                  ->Post(TransferId{40}, kSecret, dst.Views(), In(20s),
+                         [&rec](absl::Status s, std::string t, ReceiveTiming) {
+                           rec.done.set_value({std::move(s), std::move(t)});
+                         })
+                  .ok());
+  internal::NcclFrame hello;
+  hello.type = internal::NcclFrameType::kHello;
+  hello.payload.assign(sizeof(ncclUniqueId), '\x5a');
+  ASSERT_TRUE(internal::WriteNcclFrame(flood[0].get(), hello).ok());
+  internal::NcclFrame begin;
+  begin.type = internal::NcclFrameType::kBegin;
+  begin.xfer = 40;
+  begin.arg0 = 1;
+  begin.arg1 = 10000;
+  begin.payload.assign(kAuthTagBytes, '\x01');
+  ASSERT_TRUE(internal::WriteNcclFrame(flood[0].get(), begin).ok());
+  internal::NcclFrame nack;
+  ASSERT_TRUE(internal::ReadNcclFrame(flood[0].get(), &nack).ok());
+  EXPECT_EQ(nack.type, internal::NcclFrameType::kNack);
+  EXPECT_EQ(static_cast<absl::StatusCode>(nack.arg0), absl::StatusCode::kPermissionDenied);
+  // Over the cap: closed at once.
+  auto extra = internal::ConnectBlocking(*hp, 5000);
+  ASSERT_TRUE(extra.ok());
+  EXPECT_TRUE(closed(extra->get()));
+  // Never verified: closed after verify_timeout_ms.
+  for (auto& fd : flood) EXPECT_TRUE(closed(fd.get()));
+  flood.clear();
+  EXPECT_GE(receiver->stats().connections_refused, 1);
+  EXPECT_EQ(receiver->stats().begins_refused, 1);
+
+  // The genuine sender now connects and delivers transfer 40.
+  KvBlocks src(send_dev_, 1, 1, 256, 30, true);
+  auto h = sender_->StartTransfer(TransferId{40}, kSecret, receiver->endpoint(), 1, In(20s));
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_TRUE((*h)->SendLayer(0, src.Const(0)).ok());
+  ASSERT_TRUE((*h)->Finish("t").ok());
+  EXPECT_TRUE((*h)->Wait().ok()) << (*h)->Wait();
+  auto [status, trailer] = rec.future.get();
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(trailer, "t");
+  EXPECT_EQ(dst.Read(0), src.host[0]);
 }
 
 }  // namespace

@@ -17,9 +17,11 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/unit/transport/test_util.h"
 #include "transport/tcp_sender.h"
 #include "transport/tcp_socket.h"
 #include "transport/tcp_wire.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport::testing {
 
@@ -71,6 +73,10 @@ class RawPeer {
   bool SendFrame(FrameHeader h, const std::string& payload = "", bool checksum = true) {
     return Send(EncodeSmallFrame(h, payload, checksum));
   }
+  bool SendBegin(uint64_t xfer, uint32_t n_layers, uint32_t budget_ms = 60000,
+                 const TransferSecret& secret = TestSecret());
+  bool SendTrailer(uint64_t xfer, const std::string& trailer,
+                   const TransferSecret& secret = TestSecret());
 
   // Reads one frame, or an error on EOF / reset / timeout.
   absl::StatusOr<std::pair<FrameHeader, std::string>> ReadFrame() {
@@ -117,6 +123,26 @@ inline FrameHeader Begin(uint64_t xfer, uint32_t n_layers, uint32_t budget_ms = 
   h.arg0 = n_layers;
   h.arg1 = budget_ms;
   return h;
+}
+
+// A Begin frame with its tag (keyed by secret), as bytes ready to send.
+inline std::string BeginBytes(uint64_t xfer, uint32_t n_layers, uint32_t budget_ms = 60000,
+                              const TransferSecret& secret = TestSecret(), bool checksum = false) {
+  AuthTag tag = BeginTag(secret, TransferId{xfer}, n_layers, budget_ms);
+  return EncodeSmallFrame(Begin(xfer, n_layers, budget_ms),
+                          std::string(reinterpret_cast<const char*>(tag.data()), tag.size()),
+                          checksum);
+}
+
+// A Trailer frame: the bytes, then their tag (keyed by secret).
+inline std::string TrailerBytes(uint64_t xfer, const std::string& trailer,
+                                const TransferSecret& secret = TestSecret(), bool checksum = true) {
+  AuthTag tag = TrailerTag(secret, TransferId{xfer}, trailer);
+  FrameHeader h;
+  h.type = FrameType::kTrailer;
+  h.xfer_id = xfer;
+  return EncodeSmallFrame(
+      h, trailer + std::string(reinterpret_cast<const char*>(tag.data()), tag.size()), checksum);
 }
 
 inline FrameHeader Simple(FrameType type, uint64_t xfer) {
@@ -184,5 +210,14 @@ class FakeReceiver {
   internal::UniqueFd listen_;
   std::string endpoint_;
 };
+
+inline bool RawPeer::SendBegin(uint64_t xfer, uint32_t n_layers, uint32_t budget_ms,
+                               const TransferSecret& secret) {
+  return Send(BeginBytes(xfer, n_layers, budget_ms, secret));
+}
+inline bool RawPeer::SendTrailer(uint64_t xfer, const std::string& trailer,
+                                 const TransferSecret& secret) {
+  return Send(TrailerBytes(xfer, trailer, secret));
+}
 
 }  // namespace pdserve::transport::testing

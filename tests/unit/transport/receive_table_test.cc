@@ -16,6 +16,7 @@ namespace {
 using testing::Far;
 using testing::KvArena;
 using testing::RecvResult;
+using testing::TestSecret;
 
 struct Sent {
   LinkId link;
@@ -50,6 +51,19 @@ class ReceiveTableTest : public ::testing::Test {
     return o;
   }
   std::vector<uint64_t> Sizes(int n, uint64_t bytes) { return std::vector<uint64_t>(n, bytes); }
+  // A sender's Begin, its tag keyed by secret.
+  void Announce(LinkId link, TransferId xfer, int32_t n_layers, Deadline deadline,
+                const TransferSecret& secret = TestSecret()) {
+    BeginProof proof;
+    proof.budget_ms = 1234;
+    proof.tag = BeginTag(secret, xfer, static_cast<uint32_t>(n_layers), proof.budget_ms);
+    table_.Announce(link, xfer, n_layers, deadline, proof);
+  }
+  bool Trailer(LinkId link, TransferId xfer, std::string trailer, const absl::Status& status,
+               const TransferSecret& secret = TestSecret()) {
+    AuthTag tag = TrailerTag(secret, xfer, trailer);
+    return table_.Trailer(link, xfer, std::move(trailer), tag, status);
+  }
 
   FakeSink sink_;
   TransferCounters counters_;
@@ -59,17 +73,19 @@ class ReceiveTableTest : public ::testing::Test {
 
 TEST_F(ReceiveTableTest, ReadyOnceBothSidesArrivedInEitherOrder) {
   RecvResult a, b;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), a.Callback()).ok());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), a.Callback()).ok());
   EXPECT_TRUE(sink_.Take().empty());
-  table_.Announce(10, TransferId{1}, 2, Far());
+  Announce(10, TransferId{1}, 2, Far());
   auto sent = sink_.Take();
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_EQ(sent[0].kind, ReplyKind::kReady);
   EXPECT_EQ(sent[0].link, 10u);
 
-  table_.Announce(11, TransferId{2}, 2, Far());
+  Announce(11, TransferId{2}, 2, Far());
   EXPECT_TRUE(sink_.Take().empty());
-  ASSERT_TRUE(table_.Post(TransferId{2}, arena_.PostViews({1}), Far(), b.Callback()).ok());
+  ASSERT_TRUE(
+      table_.Post(TransferId{2}, TestSecret(), arena_.PostViews({1}), Far(), b.Callback()).ok());
   sent = sink_.Take();
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_EQ(sent[0].kind, ReplyKind::kReady);
@@ -78,8 +94,9 @@ TEST_F(ReceiveTableTest, ReadyOnceBothSidesArrivedInEitherOrder) {
 
 TEST_F(ReceiveTableTest, FullTransferCompletesWithTrailerAndAck) {
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({2, 3}), Far(), r.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({2, 3}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
   std::string error;
   for (int layer : {1, 0}) {
     ASSERT_EQ(table_.BeginLayer(5, TransferId{1}, layer, Sizes(2, 64), &error),
@@ -92,7 +109,7 @@ TEST_F(ReceiveTableTest, FullTransferCompletesWithTrailerAndAck) {
     table_.EndLayer(5, TransferId{1}, layer, absl::OkStatus());
   }
   EXPECT_FALSE(r.HasRun());
-  ASSERT_TRUE(table_.Trailer(5, TransferId{1}, "tok", absl::OkStatus()));
+  ASSERT_TRUE(Trailer(5, TransferId{1}, "tok", absl::OkStatus()));
   ASSERT_TRUE(r.HasRun());
   EXPECT_TRUE(r.status().ok());
   EXPECT_EQ(r.trailer(), "tok");
@@ -107,30 +124,33 @@ TEST_F(ReceiveTableTest, FullTransferCompletesWithTrailerAndAck) {
 
 TEST_F(ReceiveTableTest, TrailerBeforeAllLayersIsAnError) {
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
-  ASSERT_TRUE(table_.Trailer(5, TransferId{1}, "", absl::OkStatus()));
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
+  ASSERT_TRUE(Trailer(5, TransferId{1}, "", absl::OkStatus()));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ReceiveTableTest, DataBeforeReadyOrFromAnotherLinkIsAProtocolError) {
   std::string error;
-  table_.Announce(5, TransferId{1}, 2, Far());
+  Announce(5, TransferId{1}, 2, Far());
   EXPECT_EQ(table_.BeginLayer(5, TransferId{1}, 0, Sizes(1, 64), &error),
             LayerVerdict::kProtocolError);
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
   EXPECT_EQ(table_.BeginLayer(6, TransferId{1}, 0, Sizes(1, 64), &error),
             LayerVerdict::kProtocolError);
-  EXPECT_FALSE(table_.Trailer(6, TransferId{1}, "", absl::OkStatus()));
+  EXPECT_FALSE(Trailer(6, TransferId{1}, "", absl::OkStatus()));
   EXPECT_FALSE(r.HasRun());
 }
 
 TEST_F(ReceiveTableTest, DuplicateAnnouncementOnlyHurtsTheNewcomer) {
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
-  table_.Announce(6, TransferId{1}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
+  Announce(6, TransferId{1}, 2, Far());
   table_.SenderAborted(6, TransferId{1});
   auto sent = sink_.Take();
   ASSERT_EQ(sent.size(), 2u);
@@ -142,16 +162,17 @@ TEST_F(ReceiveTableTest, DuplicateAnnouncementOnlyHurtsTheNewcomer) {
 
 TEST_F(ReceiveTableTest, AfterCancelLateDataIsDiscardedUntilTheSendersLastFrame) {
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
   ASSERT_TRUE(table_.Cancel(TransferId{1}).ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
   std::string error;
   EXPECT_EQ(table_.BeginLayer(5, TransferId{1}, 0, Sizes(1, 64), &error), LayerVerdict::kDiscard);
   EXPECT_EQ(table_.AcquireWrite(TransferId{1}, 0), nullptr);
-  EXPECT_EQ(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), nullptr).code(),
+  EXPECT_EQ(table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), nullptr).code(),
             absl::StatusCode::kAlreadyExists);
-  ASSERT_TRUE(table_.Trailer(5, TransferId{1}, "", absl::OkStatus()));  // ends the tombstone
+  ASSERT_TRUE(Trailer(5, TransferId{1}, "", absl::OkStatus()));  // ends the tombstone
   EXPECT_EQ(table_.BeginLayer(5, TransferId{1}, 1, Sizes(1, 64), &error),
             LayerVerdict::kProtocolError);
   EXPECT_EQ(r.calls(), 1);
@@ -159,8 +180,9 @@ TEST_F(ReceiveTableTest, AfterCancelLateDataIsDiscardedUntilTheSendersLastFrame)
 
 TEST_F(ReceiveTableTest, CancelWaitsForAWriteInProgress) {
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
   std::string error;
   ASSERT_EQ(table_.BeginLayer(5, TransferId{1}, 0, Sizes(1, 64), &error), LayerVerdict::kWrite);
   ASSERT_NE(table_.AcquireWrite(TransferId{1}, 0), nullptr);
@@ -182,10 +204,11 @@ TEST_F(ReceiveTableTest, CancelWaitsForAWriteInProgress) {
 TEST_F(ReceiveTableTest, DeadlinesExpireAnnouncementsAndPosts) {
   Deadline now = MonoClock::now();
   RecvResult r;
-  ASSERT_TRUE(
-      table_.Post(TransferId{1}, arena_.PostViews({0}), now + std::chrono::seconds(1), r.Callback())
-          .ok());
-  table_.Announce(7, TransferId{2}, 2, now + std::chrono::seconds(2));
+  ASSERT_TRUE(table_
+                  .Post(TransferId{1}, TestSecret(), arena_.PostViews({0}),
+                        now + std::chrono::seconds(1), r.Callback())
+                  .ok());
+  Announce(7, TransferId{2}, 2, now + std::chrono::seconds(2));
   EXPECT_EQ(table_.ExpireDue(now), now + std::chrono::seconds(1));
   EXPECT_EQ(table_.ExpireDue(now + std::chrono::milliseconds(1500)), now + std::chrono::seconds(2));
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
@@ -202,62 +225,166 @@ TEST_F(ReceiveTableTest, DeadlinesExpireAnnouncementsAndPosts) {
 TEST_F(ReceiveTableTest, TheLateSideLearnsTheOutcomeAtOnce) {
   // The receiver cancels before the sender shows up: the sender is told.
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
   ASSERT_TRUE(table_.Cancel(TransferId{1}).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
+  Announce(5, TransferId{1}, 2, Far());
   auto sent = sink_.Take();
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_EQ(sent[0].kind, ReplyKind::kNack);
   EXPECT_EQ(sent[0].code, absl::StatusCode::kCancelled);
   // The sender aborts before the Post: the Post fails.
-  table_.Announce(5, TransferId{2}, 2, Far());
+  Announce(5, TransferId{2}, 2, Far());
   table_.SenderAborted(5, TransferId{2});
-  EXPECT_EQ(table_.Post(TransferId{2}, arena_.PostViews({0}), Far(), nullptr).code(),
+  EXPECT_EQ(table_.Post(TransferId{2}, TestSecret(), arena_.PostViews({0}), Far(), nullptr).code(),
             absl::StatusCode::kAborted);
   // Once told, the id is free again.
   RecvResult again;
-  EXPECT_TRUE(table_.Post(TransferId{2}, arena_.PostViews({0}), Far(), again.Callback()).ok());
+  EXPECT_TRUE(
+      table_.Post(TransferId{2}, TestSecret(), arena_.PostViews({0}), Far(), again.Callback())
+          .ok());
 }
 
 TEST_F(ReceiveTableTest, ASenderDeadlineAbortIsDeadlineExceededHereToo) {
   // The sender's deadline fired first and it said so: the receiver reports
   // the same code, not a bare "aborted", even though its own deadline is far.
   RecvResult r;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), r.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
   table_.SenderAborted(5, TransferId{1}, absl::StatusCode::kDeadlineExceeded);
   ASSERT_TRUE(r.HasRun());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
   EXPECT_TRUE(absl::StrContains(r.status().message(), "0 of 2 layers")) << r.status();
   // Any other reason reads as an abort.
   RecvResult c;
-  ASSERT_TRUE(table_.Post(TransferId{2}, arena_.PostViews({0}), Far(), c.Callback()).ok());
-  table_.Announce(5, TransferId{2}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{2}, TestSecret(), arena_.PostViews({0}), Far(), c.Callback()).ok());
+  Announce(5, TransferId{2}, 2, Far());
   table_.SenderAborted(5, TransferId{2}, absl::StatusCode::kCancelled);
   ASSERT_TRUE(c.HasRun());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kAborted) << c.status();
 }
 
 TEST_F(ReceiveTableTest, UnpostedAnnouncementsAreCapped) {
-  table_.Announce(1, TransferId{1}, 2, Far());
-  table_.Announce(1, TransferId{2}, 2, Far());
-  table_.Announce(1, TransferId{3}, 2, Far());
+  Announce(1, TransferId{1}, 2, Far());
+  Announce(1, TransferId{2}, 2, Far());
+  Announce(1, TransferId{3}, 2, Far());
   auto sent = sink_.Take();
   ASSERT_EQ(sent.size(), 1u);
   EXPECT_EQ(sent[0].xfer, 3u);
   EXPECT_EQ(sent[0].code, absl::StatusCode::kResourceExhausted);
   // A Post frees a slot.
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), nullptr).ok());
-  table_.Announce(1, TransferId{3}, 2, Far());
+  ASSERT_TRUE(table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), nullptr).ok());
+  Announce(1, TransferId{3}, 2, Far());
   EXPECT_TRUE(sink_.Take().size() == 1);  // Ready for 1 only
+}
+
+TEST_F(ReceiveTableTest, APostRefusesForgedAnnouncementsAndTakesTheGenuineOne) {
+  const TransferSecret forged = TransferSecret::Random();
+  // (This fixture holds at most 2 unposted announcements.)
+  Announce(5, TransferId{1}, 2, Far(), forged);
+  Announce(6, TransferId{1}, 2, Far());  // genuine
+  EXPECT_TRUE(sink_.Take().empty());     // nothing can be verified yet
+  RecvResult r;
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(7, TransferId{1}, 2, Far());  // a copy of the genuine one, after the Post
+  auto sent = sink_.Take();
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_EQ(sent[0].link, 5u);
+  EXPECT_EQ(sent[0].code, absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(sent[1].link, 6u);
+  EXPECT_EQ(sent[1].kind, ReplyKind::kReady);
+  EXPECT_EQ(sent[2].link, 7u);
+  EXPECT_EQ(sent[2].code, absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE(table_.LinkVerified(6));
+  EXPECT_FALSE(table_.LinkVerified(5));
+  EXPECT_EQ(table_.unposted(), 0);
+  EXPECT_EQ(counters_.Snapshot().begins_refused, 2);
+}
+
+TEST_F(ReceiveTableTest, AnAnnouncementAfterThePostIsVerifiedAtOnce) {
+  RecvResult r;
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far(), TransferSecret::Random());
+  Announce(6, TransferId{1}, 2, Far());
+  auto sent = sink_.Take();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].link, 5u);
+  EXPECT_EQ(sent[0].code, absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(sent[1].link, 6u);
+  EXPECT_EQ(sent[1].kind, ReplyKind::kReady);
+  EXPECT_FALSE(r.HasRun());
+}
+
+TEST_F(ReceiveTableTest, AForgedAbortBeforeThePostDoesNotFailIt) {
+  Announce(5, TransferId{1}, 2, Far(), TransferSecret::Random());
+  table_.SenderAborted(5, TransferId{1});
+  RecvResult r;
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(6, TransferId{1}, 2, Far());
+  auto sent = sink_.Take();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].link, 6u);
+  EXPECT_EQ(sent[0].kind, ReplyKind::kReady);
+  EXPECT_FALSE(r.HasRun());
+}
+
+TEST_F(ReceiveTableTest, AClosedLinksAnnouncementsNoLongerCount) {
+  // max_unposted is 2 here.
+  Announce(1, TransferId{1}, 2, Far(), TransferSecret::Random());
+  Announce(1, TransferId{2}, 2, Far(), TransferSecret::Random());
+  EXPECT_EQ(table_.unposted(), 2);
+  table_.LinkClosed(1, absl::UnavailableError("gone"));
+  EXPECT_EQ(table_.unposted(), 0);
+  Announce(2, TransferId{3}, 2, Far());
+  Announce(2, TransferId{4}, 2, Far());
+  EXPECT_TRUE(sink_.Take().empty());  // both accepted
+}
+
+TEST_F(ReceiveTableTest, AFinishedTransfersBeginIsRefusedAsAReplay) {
+  RecvResult r;
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
+  ASSERT_TRUE(table_.Cancel(TransferId{1}).ok());
+  ASSERT_TRUE(Trailer(5, TransferId{1}, "", absl::OkStatus()));  // the sender is done with it
+  sink_.Take();
+  Announce(6, TransferId{1}, 2, Far());
+  auto sent = sink_.Take();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].code, absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(table_.unposted(), 0);
+}
+
+TEST_F(ReceiveTableTest, AWrongTrailerTagFailsTheTransfer) {
+  KvArena arena(1, 1, 64);
+  RecvResult r;
+  ASSERT_TRUE(
+      table_.Post(TransferId{2}, TestSecret(), arena.PostViews({0}), Far(), r.Callback()).ok());
+  Announce(5, TransferId{2}, 1, Far());
+  std::string error;
+  ASSERT_EQ(table_.BeginLayer(5, TransferId{2}, 0, Sizes(1, 64), &error), LayerVerdict::kWrite);
+  ASSERT_NE(table_.AcquireWrite(TransferId{2}, 0), nullptr);
+  table_.ReleaseWrite(TransferId{2});
+  table_.EndLayer(5, TransferId{2}, 0, absl::OkStatus());
+  ASSERT_TRUE(Trailer(5, TransferId{2}, "token", absl::OkStatus(), TransferSecret::Random()));
+  ASSERT_TRUE(r.HasRun());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
+  EXPECT_EQ(r.trailer(), "");
 }
 
 TEST_F(ReceiveTableTest, LinkLossAndChecksumFailuresFailThePost) {
   RecvResult a, b;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), a.Callback()).ok());
-  ASSERT_TRUE(table_.Post(TransferId{2}, arena_.PostViews({1}), Far(), b.Callback()).ok());
-  table_.Announce(5, TransferId{1}, 2, Far());
-  table_.Announce(6, TransferId{2}, 2, Far());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), a.Callback()).ok());
+  ASSERT_TRUE(
+      table_.Post(TransferId{2}, TestSecret(), arena_.PostViews({1}), Far(), b.Callback()).ok());
+  Announce(5, TransferId{1}, 2, Far());
+  Announce(6, TransferId{2}, 2, Far());
   sink_.Take();
   std::string error;
   ASSERT_EQ(table_.BeginLayer(6, TransferId{2}, 0, Sizes(1, 64), &error), LayerVerdict::kWrite);
@@ -272,10 +399,11 @@ TEST_F(ReceiveTableTest, LinkLossAndChecksumFailuresFailThePost) {
 
 TEST_F(ReceiveTableTest, ShutdownFailsEveryPost) {
   RecvResult a;
-  ASSERT_TRUE(table_.Post(TransferId{1}, arena_.PostViews({0}), Far(), a.Callback()).ok());
+  ASSERT_TRUE(
+      table_.Post(TransferId{1}, TestSecret(), arena_.PostViews({0}), Far(), a.Callback()).ok());
   table_.Shutdown(absl::CancelledError("bye"));
   EXPECT_EQ(a.status().code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(table_.Post(TransferId{2}, arena_.PostViews({0}), Far(), nullptr).code(),
+  EXPECT_EQ(table_.Post(TransferId{2}, TestSecret(), arena_.PostViews({0}), Far(), nullptr).code(),
             absl::StatusCode::kFailedPrecondition);
 }
 

@@ -27,6 +27,7 @@ using internal::FrameType;
 using internal::kFrameHeaderBytes;
 using testing::AllBytesAre;
 using testing::Begin;
+using testing::BeginBytes;
 using testing::ChecksummedSender;
 using testing::ExpectFrame;
 using testing::FakeReceiver;
@@ -37,6 +38,8 @@ using testing::LayerFrame;
 using testing::RawPeer;
 using testing::RecvResult;
 using testing::Simple;
+using testing::TestSecret;
+using testing::TrailerBytes;
 using testing::WaitBounded;
 
 constexpr uint8_t kBackground = 0xA5;
@@ -55,8 +58,10 @@ void ExpectReceiverHealthy(TcpKvReceiver& receiver, uint64_t xfer) {
   auto sender = TcpKvSender::Create(ChecksummedSender());
   ASSERT_TRUE(sender.ok());
   RecvResult got;
-  ASSERT_TRUE(receiver.Post(TransferId{xfer}, dst.PostViews({1}), Far(), got.Callback()).ok());
-  auto h = (*sender)->StartTransfer(TransferId{xfer}, receiver.endpoint(), 2, Far());
+  ASSERT_TRUE(
+      receiver.Post(TransferId{xfer}, TestSecret(), dst.PostViews({1}), Far(), got.Callback())
+          .ok());
+  auto h = (*sender)->StartTransfer(TransferId{xfer}, TestSecret(), receiver.endpoint(), 2, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, {0})).ok());
   ASSERT_TRUE((*h)->SendLayer(1, src.SendViews(1, {0})).ok());
@@ -72,9 +77,11 @@ TEST(TcpReceiverTest, ChecksumMismatchFailsTheTransferWithDataLoss) {
   KvArena dst(1, 2, 256);
   dst.Fill(kBackground);
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews({0, 1}), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews({0, 1}), Far(), got.Callback())
+          .ok());
   auto peer = RawPeer::Connect(receiver->endpoint());
-  ASSERT_TRUE(peer->SendFrame(Begin(1, 1)));
+  ASSERT_TRUE(peer->SendBegin(1, 1));
   ExpectFrame(*peer, FrameType::kReady, 1);
   std::string frame = LayerFrame(1, 0, {std::string(256, 'a'), std::string(256, 'b')});
   frame[frame.size() - 3] ^= 0x20;  // one flipped bit in the data
@@ -88,11 +95,13 @@ TEST(TcpReceiverTest, ChecksumMismatchFailsTheTransferWithDataLoss) {
   ASSERT_TRUE(peer->SendFrame(Simple(FrameType::kAbort, 1)));
   RecvResult next;
   dst.Fill(kBackground);
-  ASSERT_TRUE(receiver->Post(TransferId{2}, dst.PostViews({1, 0}), Far(), next.Callback()).ok());
-  ASSERT_TRUE(peer->SendFrame(Begin(2, 1)));
+  ASSERT_TRUE(
+      receiver->Post(TransferId{2}, TestSecret(), dst.PostViews({1, 0}), Far(), next.Callback())
+          .ok());
+  ASSERT_TRUE(peer->SendBegin(2, 1));
   ExpectFrame(*peer, FrameType::kReady, 2);
   ASSERT_TRUE(peer->Send(LayerFrame(2, 0, {std::string(256, 'c'), std::string(256, 'd')})));
-  ASSERT_TRUE(peer->SendFrame(Simple(FrameType::kTrailer, 2), "tok"));
+  ASSERT_TRUE(peer->SendTrailer(2, "tok"));
   ExpectFrame(*peer, FrameType::kAck, 2);
   ASSERT_TRUE(next.Wait());
   EXPECT_TRUE(next.status().ok()) << next.status();
@@ -105,12 +114,13 @@ TEST(TcpReceiverTest, TrailerChecksumMismatchIsDataLoss) {
   auto receiver = NewReceiver();
   KvArena dst(1, 1, 64);
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews({0}), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews({0}), Far(), got.Callback()).ok());
   auto peer = RawPeer::Connect(receiver->endpoint());
-  ASSERT_TRUE(peer->SendFrame(Begin(1, 1)));
+  ASSERT_TRUE(peer->SendBegin(1, 1));
   ExpectFrame(*peer, FrameType::kReady, 1);
   ASSERT_TRUE(peer->Send(LayerFrame(1, 0, {std::string(64, 'x')})));
-  std::string trailer = EncodeSmallFrame(Simple(FrameType::kTrailer, 1), "token", true);
+  std::string trailer = TrailerBytes(1, "token");
   trailer.back() ^= 1;
   ASSERT_TRUE(peer->Send(trailer));
   ASSERT_TRUE(got.Wait());
@@ -124,12 +134,12 @@ TEST(TcpReceiverTest, MalformedFramesCloseTheConnection) {
   std::vector<std::pair<std::string, std::string>> cases;
   cases.push_back({"garbage", std::string(kFrameHeaderBytes, '\x5a')});
   {
-    std::string f = EncodeSmallFrame(Begin(1, 2), "", false);
+    std::string f = BeginBytes(1, 2);
     f[0] = 'X';
     cases.push_back({"bad magic", f});
   }
   {
-    std::string f = EncodeSmallFrame(Begin(1, 2), "", false);
+    std::string f = BeginBytes(1, 2);
     f[20] ^= 1;  // header checksum no longer matches
     cases.push_back({"corrupt header", f});
   }
@@ -152,8 +162,8 @@ TEST(TcpReceiverTest, MalformedFramesCloseTheConnection) {
   cases.push_back({"data for unknown transfer", LayerFrame(77, 0, {std::string(100, 'z')})});
   cases.push_back({"trailer for unknown transfer",
                    EncodeSmallFrame(Simple(FrameType::kTrailer, 78), "t", false)});
-  cases.push_back({"data before Ready", EncodeSmallFrame(Begin(79, 1), "", false) +
-                                            LayerFrame(79, 0, {std::string(100, 'z')})});
+  cases.push_back(
+      {"data before Ready", BeginBytes(79, 1) + LayerFrame(79, 0, {std::string(100, 'z')})});
   {
     // Block sizes that do not add up to the payload.
     std::string payload(8, '\0');
@@ -172,7 +182,7 @@ TEST(TcpReceiverTest, MalformedFramesCloseTheConnection) {
   // A sender that vanishes mid-header or mid-payload is just a closed link.
   {
     auto peer = RawPeer::Connect(receiver->endpoint());
-    peer->Send(EncodeSmallFrame(Begin(90, 1), "", false).substr(0, 17));
+    peer->Send(BeginBytes(90, 1).substr(0, 17));
   }
   ExpectReceiverHealthy(*receiver, 1234);
 }
@@ -182,10 +192,11 @@ TEST(TcpReceiverTest, SenderConnectionLossFailsItsTransfers) {
   KvArena dst(2, 1, 4096);
   dst.Fill(kBackground);
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews({0}), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews({0}), Far(), got.Callback()).ok());
   {
     auto peer = RawPeer::Connect(receiver->endpoint());
-    ASSERT_TRUE(peer->SendFrame(Begin(1, 2)));
+    ASSERT_TRUE(peer->SendBegin(1, 2));
     ExpectFrame(*peer, FrameType::kReady, 1);
     // Half of layer 0, then the sender dies.
     std::string frame = LayerFrame(1, 0, {std::string(4096, 'k')});
@@ -203,9 +214,11 @@ void LateDataIsDiscarded(bool use_cancel) {
   dst.Fill(kBackground);
   RecvResult got;
   Deadline deadline = use_cancel ? Far() : In(std::chrono::milliseconds(100));
-  ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews({0, 1}), deadline, got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews({0, 1}), deadline, got.Callback())
+          .ok());
   auto peer = RawPeer::Connect(receiver->endpoint());
-  ASSERT_TRUE(peer->SendFrame(Begin(1, 1)));
+  ASSERT_TRUE(peer->SendBegin(1, 1));
   ExpectFrame(*peer, FrameType::kReady, 1);
   if (use_cancel) {
     ASSERT_TRUE(receiver->Cancel(TransferId{1}).ok());
@@ -216,13 +229,15 @@ void LateDataIsDiscarded(bool use_cancel) {
   ExpectFrame(*peer, FrameType::kNack, 1, got.status().code());
   dst.Fill(kReused);
   ASSERT_TRUE(peer->Send(LayerFrame(1, 0, {std::string(1024, 'L'), std::string(1024, 'M')})));
-  ASSERT_TRUE(peer->SendFrame(Simple(FrameType::kTrailer, 1), "late"));
+  ASSERT_TRUE(peer->SendTrailer(1, "late"));
   // Frames are handled in order: once transfer 2 is Ready, the late layer
   // has been consumed.
   KvArena dst2(1, 1, 8);
   RecvResult got2;
-  ASSERT_TRUE(receiver->Post(TransferId{2}, dst2.PostViews({0}), Far(), got2.Callback()).ok());
-  ASSERT_TRUE(peer->SendFrame(Begin(2, 1)));
+  ASSERT_TRUE(
+      receiver->Post(TransferId{2}, TestSecret(), dst2.PostViews({0}), Far(), got2.Callback())
+          .ok());
+  ASSERT_TRUE(peer->SendBegin(2, 1));
   ExpectFrame(*peer, FrameType::kReady, 2);
   EXPECT_TRUE(AllBytesAre(dst, kReused));
   EXPECT_EQ(got.calls(), 1);
@@ -237,10 +252,10 @@ TEST(TcpReceiverTest, UnpostedAnnouncementsAreBounded) {
   options.table.max_unposted = 3;
   auto receiver = NewReceiver(options);
   auto peer = RawPeer::Connect(receiver->endpoint());
-  for (uint64_t x = 1; x <= 4; ++x) ASSERT_TRUE(peer->SendFrame(Begin(x, 1)));
+  for (uint64_t x = 1; x <= 4; ++x) ASSERT_TRUE(peer->SendBegin(x, 1));
   ExpectFrame(*peer, FrameType::kNack, 4, absl::StatusCode::kResourceExhausted);
   // Announcements also expire on the budget the sender gave.
-  ASSERT_TRUE(peer->SendFrame(Begin(5, 1, /*budget_ms=*/0)));
+  ASSERT_TRUE(peer->SendBegin(5, 1, /*budget_ms=*/0));
   // 1..3 are still waiting; 5 was refused (limit) or expired at once.
   auto f = peer->ReadFrame();
   ASSERT_TRUE(f.ok());
@@ -252,16 +267,17 @@ TEST(TcpReceiverTest, DuplicateAnnouncementIsRefusedWithoutHurtingTheFirst) {
   auto receiver = NewReceiver();
   KvArena dst(1, 1, 128);
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews({0}), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews({0}), Far(), got.Callback()).ok());
   auto first = RawPeer::Connect(receiver->endpoint());
-  ASSERT_TRUE(first->SendFrame(Begin(1, 1)));
+  ASSERT_TRUE(first->SendBegin(1, 1));
   ExpectFrame(*first, FrameType::kReady, 1);
   auto second = RawPeer::Connect(receiver->endpoint());
-  ASSERT_TRUE(second->SendFrame(Begin(1, 1)));
+  ASSERT_TRUE(second->SendBegin(1, 1));
   ExpectFrame(*second, FrameType::kNack, 1, absl::StatusCode::kAlreadyExists);
   ASSERT_TRUE(second->SendFrame(Simple(FrameType::kAbort, 1)));  // must not abort the first
   ASSERT_TRUE(first->Send(LayerFrame(1, 0, {std::string(128, 'f')})));
-  ASSERT_TRUE(first->SendFrame(Simple(FrameType::kTrailer, 1), ""));
+  ASSERT_TRUE(first->SendTrailer(1, ""));
   ExpectFrame(*first, FrameType::kAck, 1);
   ASSERT_TRUE(got.Wait());
   EXPECT_TRUE(got.status().ok()) << got.status();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport::internal {
 namespace {
@@ -27,6 +28,8 @@ std::string GatherAll(SendQueue& q) {
   return Concat(iov);
 }
 
+const TransferSecret kSecret = *TransferSecret::FromBytes("0123456789abcdef");
+
 class SendQueueTest : public ::testing::Test {
  protected:
   SendQueueTest() : a_(100, 'a'), b_(50, 'b') {
@@ -38,29 +41,36 @@ class SendQueueTest : public ::testing::Test {
 
 TEST_F(SendQueueTest, GathersTheExactWireBytes) {
   SendQueue q;
-  q.Push(BeginFrame(TransferId{1}, 2, MonoClock::now() + std::chrono::seconds(5)));
+  q.Push(BeginFrame(TransferId{1}, kSecret, 2, MonoClock::now() + std::chrono::seconds(5)));
   q.Push(LayerFrame(TransferId{1}, 1, blocks_));
-  q.Push(TrailerFrame(TransferId{1}, "tok"));
+  q.Push(TrailerFrame(TransferId{1}, kSecret, "tok"));
   std::string wire = GatherAll(q);
-  ASSERT_EQ(wire.size(), 40u + (40u + 16 + 150) + (40u + 3));
-  auto begin = DecodeFrameHeader(reinterpret_cast<const uint8_t*>(wire.data()), WireLimits{});
+  ASSERT_EQ(wire.size(), (40u + 32) + (40u + 16 + 150) + (40u + 3 + 32));
+  const auto* bytes = reinterpret_cast<const uint8_t*>(wire.data());
+  auto begin = DecodeFrameHeader(bytes, WireLimits{});
   ASSERT_TRUE(begin.ok());
   EXPECT_EQ(begin->type, FrameType::kBegin);
   EXPECT_GT(begin->arg1, 4000u);  // ~5 s of budget, in ms
-  auto layer = DecodeFrameHeader(reinterpret_cast<const uint8_t*>(wire.data()) + 40, WireLimits{});
+  // The Begin's payload is its tag over the fields as sent.
+  AuthTag tag = BeginTag(kSecret, TransferId{1}, 2, begin->arg1);
+  EXPECT_EQ(wire.substr(40, 32), std::string(reinterpret_cast<const char*>(tag.data()), 32));
+  auto layer = DecodeFrameHeader(bytes + 72, WireLimits{});
   ASSERT_TRUE(layer.ok());
   EXPECT_EQ(layer->payload_len, 16u + 150u);
-  EXPECT_EQ(layer->payload_crc, Crc32(0, wire.data() + 80, 166));
-  EXPECT_EQ(GetU64Le(reinterpret_cast<const uint8_t*>(wire.data()) + 80), 100u);
-  EXPECT_EQ(wire.substr(96, 100), a_);
-  EXPECT_EQ(wire.substr(196, 50), b_);
-  EXPECT_EQ(wire.substr(wire.size() - 3), "tok");
+  EXPECT_EQ(layer->payload_crc, Crc32(0, wire.data() + 112, 166));
+  EXPECT_EQ(GetU64Le(bytes + 112), 100u);
+  EXPECT_EQ(wire.substr(128, 100), a_);
+  EXPECT_EQ(wire.substr(228, 50), b_);
+  // The trailer, then its tag.
+  tag = TrailerTag(kSecret, TransferId{1}, "tok");
+  EXPECT_EQ(wire.substr(wire.size() - 35),
+            "tok" + std::string(reinterpret_cast<const char*>(tag.data()), 32));
 }
 
 TEST_F(SendQueueTest, IovecLimitKeepsAPrefixOfTheStream) {
   SendQueue q;
   q.Push(LayerFrame(TransferId{1}, 0, blocks_));
-  q.Push(TrailerFrame(TransferId{1}, "tok"));
+  q.Push(TrailerFrame(TransferId{1}, kSecret, "tok"));
   std::vector<OutFrame*> batch = q.NextBatch(10, 1000);
   for (OutFrame* f : batch) f->Encode(false, MonoClock::now());
   std::vector<iovec> iov;
@@ -74,7 +84,7 @@ TEST_F(SendQueueTest, AbortMidFrameCopiesTheRestOnce) {
   SendQueue q;
   q.Push(LayerFrame(TransferId{1}, 0, blocks_));
   q.Push(LayerFrame(TransferId{1}, 1, blocks_));
-  q.Push(TrailerFrame(TransferId{2}, "other"));
+  q.Push(TrailerFrame(TransferId{2}, kSecret, "other"));
   std::string wire = GatherAll(q);
   int completed = 0;
   q.Advance(120, [&](const OutFrame&) { ++completed; });  // into block a of frame 0
@@ -93,7 +103,7 @@ TEST_F(SendQueueTest, AbortMidFrameCopiesTheRestOnce) {
 
 TEST_F(SendQueueTest, DropKeepsTheBeginWhenAsked) {
   SendQueue q;
-  q.Push(BeginFrame(TransferId{1}, 2, MonoClock::now()));
+  q.Push(BeginFrame(TransferId{1}, kSecret, 2, MonoClock::now()));
   q.Push(LayerFrame(TransferId{1}, 0, blocks_));
   EXPECT_EQ(q.Drop(TransferId{1}, /*keep_begin=*/true), 1);
   EXPECT_EQ(q.size(), 1u);

@@ -15,6 +15,7 @@
 #include "transport/tcp_sender.h"
 #include "transport/tcp_socket.h"
 #include "transport/tcp_wire.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport {
 namespace {
@@ -36,6 +37,7 @@ using testing::LayerFrame;
 using testing::RawPeer;
 using testing::RecvResult;
 using testing::Simple;
+using testing::TestSecret;
 using testing::WaitBounded;
 
 std::unique_ptr<TcpKvSender> NewSender() {
@@ -49,7 +51,7 @@ TEST(TcpSenderTest, SpeaksTheWireFormat) {
   auto sender = NewSender();
   KvArena src(2, 2, 100);
   src.FillRandom(9);
-  auto h = sender->StartTransfer(TransferId{5}, fake.endpoint(), 2, Far());
+  auto h = sender->StartTransfer(TransferId{5}, TestSecret(), fake.endpoint(), 2, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(1, src.SendViews(1, {1, 0})).ok());
   auto peer = fake.Accept();
@@ -59,6 +61,9 @@ TEST(TcpSenderTest, SpeaksTheWireFormat) {
   EXPECT_EQ(begin->first.type, FrameType::kBegin);
   EXPECT_EQ(begin->first.arg0, 2u);
   EXPECT_GT(begin->first.arg1, 1000u);  // budget in ms
+  // Its payload proves the secret over the fields as sent.
+  AuthTag tag = BeginTag(TestSecret(), TransferId{5}, 2, begin->first.arg1);
+  EXPECT_EQ(begin->second, std::string(reinterpret_cast<const char*>(tag.data()), tag.size()));
   ASSERT_TRUE(peer->SendFrame(Simple(FrameType::kReady, 5)));
   auto layer = peer->ReadFrame();
   ASSERT_TRUE(layer.ok());
@@ -79,7 +84,8 @@ TEST(TcpSenderTest, SpeaksTheWireFormat) {
   auto trailer = peer->ReadFrame();
   ASSERT_TRUE(trailer.ok());
   EXPECT_EQ(trailer->first.type, FrameType::kTrailer);
-  EXPECT_EQ(trailer->second, "tr");
+  tag = TrailerTag(TestSecret(), TransferId{5}, "tr");
+  EXPECT_EQ(trailer->second, "tr" + std::string(reinterpret_cast<const char*>(tag.data()), 32));
   EXPECT_FALSE((*h)->Poll().has_value());
   ASSERT_TRUE(peer->SendFrame(Simple(FrameType::kAck, 5)));
   EXPECT_TRUE(WaitBounded(**h).ok());
@@ -88,7 +94,7 @@ TEST(TcpSenderTest, SpeaksTheWireFormat) {
 TEST(TcpSenderTest, NackCarriesTheReceiversVerdict) {
   FakeReceiver fake;
   auto sender = NewSender();
-  auto h = sender->StartTransfer(TransferId{6}, fake.endpoint(), 1, Far());
+  auto h = sender->StartTransfer(TransferId{6}, TestSecret(), fake.endpoint(), 1, Far());
   ASSERT_TRUE(h.ok());
   auto peer = fake.Accept();
   ASSERT_NE(peer, nullptr);
@@ -108,7 +114,7 @@ TEST(TcpSenderTest, NackCarriesTheReceiversVerdict) {
 TEST(TcpSenderTest, GarbageFromTheReceiverFailsTransfersPromptly) {
   FakeReceiver fake;
   auto sender = NewSender();
-  auto h = sender->StartTransfer(TransferId{7}, fake.endpoint(), 1, Far());
+  auto h = sender->StartTransfer(TransferId{7}, TestSecret(), fake.endpoint(), 1, Far());
   ASSERT_TRUE(h.ok());
   auto peer = fake.Accept();
   ASSERT_NE(peer, nullptr);
@@ -121,7 +127,7 @@ TEST(TcpSenderTest, PrematureAckIsNotSuccess) {
   FakeReceiver fake;
   auto sender = NewSender();
   KvArena src(2, 1, 64);
-  auto h = sender->StartTransfer(TransferId{8}, fake.endpoint(), 2, Far());
+  auto h = sender->StartTransfer(TransferId{8}, TestSecret(), fake.endpoint(), 2, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, {0})).ok());
   auto peer = fake.Accept();
@@ -138,7 +144,7 @@ TEST(TcpSenderTest, ReceiverDyingMidLayerFailsTheSender) {
   auto sender = NewSender();
   constexpr size_t kBig = 48 << 20;  // more than the socket buffers hold
   std::vector<uint8_t> block(kBig, 7);
-  auto h = sender->StartTransfer(TransferId{9}, fake.endpoint(), 1, Far());
+  auto h = sender->StartTransfer(TransferId{9}, TestSecret(), fake.endpoint(), 1, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, std::vector<ConstBlockView>{{block.data(), kBig}}).ok());
   ASSERT_TRUE((*h)->Finish("").ok());
@@ -159,7 +165,7 @@ TEST(TcpSenderTest, AbortMidFrameKeepsTheStreamInSync) {
   auto sender = NewSender();
   constexpr size_t kBig = 48 << 20;
   auto block = std::make_unique<std::vector<uint8_t>>(kBig, 3);
-  auto h = sender->StartTransfer(TransferId{10}, fake.endpoint(), 1, Far());
+  auto h = sender->StartTransfer(TransferId{10}, TestSecret(), fake.endpoint(), 1, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, std::vector<ConstBlockView>{{block->data(), kBig}}).ok());
   auto peer = fake.Accept();
@@ -172,7 +178,7 @@ TEST(TcpSenderTest, AbortMidFrameKeepsTheStreamInSync) {
   block.reset();  // the caller frees its blocks as soon as Abort returns
   // The rest of the frame still arrives (from the sender's own copy), then
   // the Abort, then frames of the next transfer.
-  auto h2 = sender->StartTransfer(TransferId{11}, fake.endpoint(), 1, Far());
+  auto h2 = sender->StartTransfer(TransferId{11}, TestSecret(), fake.endpoint(), 1, Far());
   ASSERT_TRUE(h2.ok());
   size_t rest = kFrameHeaderBytes + 8 + kBig - sizeof(small);
   std::vector<char> sink(1 << 20);

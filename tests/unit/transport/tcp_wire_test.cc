@@ -1,10 +1,13 @@
 // The tcp backend's frame format and endpoint parsing.
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "gtest/gtest.h"
+#include "transport/kv_transport.h"
 #include "transport/tcp_socket.h"
 #include "transport/tcp_wire.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport {
 namespace {
@@ -53,6 +56,7 @@ TEST(TcpWireTest, DecodeRejectsBadHeaders) {
   FrameHeader begin;
   begin.type = FrameType::kBegin;
   begin.arg0 = 30;
+  begin.payload_len = kAuthTagBytes;  // its tag
   EXPECT_TRUE(DecodeMutated(begin, nullptr, false).ok());
   EXPECT_FALSE(DecodeMutated(
                    begin, [](uint8_t* b) { b[0] ^= 1; }, true)
@@ -80,6 +84,8 @@ TEST(TcpWireTest, DecodeRejectsBadHeaders) {
   bad = begin;
   bad.payload_len = 1;
   EXPECT_FALSE(DecodeMutated(bad, nullptr, false).ok());
+  bad.payload_len = 0;  // a version-1 Begin: no tag
+  EXPECT_FALSE(DecodeMutated(bad, nullptr, false).ok());
 
   FrameHeader layer;
   layer.type = FrameType::kLayer;
@@ -102,6 +108,47 @@ TEST(TcpWireTest, DecodeRejectsBadHeaders) {
   trailer.type = FrameType::kTrailer;
   trailer.payload_len = uint64_t{1} << 33;
   EXPECT_FALSE(DecodeMutated(trailer, nullptr, false).ok());
+  trailer.payload_len = kAuthTagBytes - 1;  // shorter than its tag
+  EXPECT_FALSE(DecodeMutated(trailer, nullptr, false).ok());
+  trailer.payload_len = kAuthTagBytes;  // an empty trailer and its tag
+  EXPECT_TRUE(DecodeMutated(trailer, nullptr, false).ok());
+}
+
+TEST(TcpWireTest, TagsDependOnEverySignedField) {
+  const TransferSecret a = *TransferSecret::FromBytes("0123456789abcdef");
+  const TransferSecret b = *TransferSecret::FromBytes("0123456789abcdeg");
+  const AuthTag tag = BeginTag(a, TransferId{1}, 30, 5000);
+  EXPECT_TRUE(TagEquals(tag, BeginTag(a, TransferId{1}, 30, 5000)));
+  EXPECT_FALSE(TagEquals(tag, BeginTag(b, TransferId{1}, 30, 5000)));
+  EXPECT_FALSE(TagEquals(tag, BeginTag(a, TransferId{2}, 30, 5000)));
+  EXPECT_FALSE(TagEquals(tag, BeginTag(a, TransferId{1}, 31, 5000)));
+  EXPECT_FALSE(TagEquals(tag, BeginTag(a, TransferId{1}, 30, 5001)));
+  const AuthTag t = TrailerTag(a, TransferId{1}, "token");
+  EXPECT_FALSE(TagEquals(t, TrailerTag(a, TransferId{1}, "tokem")));
+  EXPECT_FALSE(TagEquals(t, TrailerTag(a, TransferId{2}, "token")));
+  EXPECT_FALSE(TagEquals(t, TrailerTag(b, TransferId{1}, "token")));
+  EXPECT_FALSE(TransferSecret::FromBytes("short").ok());
+  EXPECT_FALSE(TransferSecret::FromBytes("").ok());
+}
+
+TEST(TcpWireTest, KvRequestFieldsAreBounded) {
+  EXPECT_EQ(*KvBudgetFromRequest(0), kDefaultKvBudget);
+  EXPECT_EQ(KvBudgetFromRequest(1)->count(), 1);
+  EXPECT_EQ(KvBudgetFromRequest(600000)->count(), 600000);
+  EXPECT_EQ(KvBudgetFromRequest(600001).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvBudgetFromRequest(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KvBudgetFromRequest(std::numeric_limits<int64_t>::max()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ValidateKvEndpoint("10.0.0.7:5555").ok());
+  EXPECT_TRUE(ValidateKvEndpoint("decode-0.pdserve.svc:7000").ok());
+  EXPECT_TRUE(ValidateKvEndpoint("[::1]:80").ok());
+  EXPECT_TRUE(ValidateKvEndpoint("nccl:10.0.0.7:5555").ok());
+  EXPECT_TRUE(ValidateKvEndpoint("loopback:decode-0").ok());
+  for (const char* bad : {"", "host", "host:0", ":80", "a b:80", "host:80\n",
+                          "loopback:", "nccl:", "tcp:1.2.3.4:5", "h\x01st:80", "[::1]", "[]:80"}) {
+    EXPECT_EQ(ValidateKvEndpoint(bad).code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_FALSE(ValidateKvEndpoint(std::string(300, 'a') + ":80").ok());
 }
 
 TEST(TcpWireTest, ParsesEndpoints) {

@@ -25,6 +25,12 @@ namespace pdserve::transport::testing {
 inline Deadline In(std::chrono::milliseconds ms) { return MonoClock::now() + ms; }
 inline Deadline Far() { return MonoClock::now() + std::chrono::seconds(60); }
 
+// The secret of the tests' transfers (tests of wrong secrets make others).
+inline const TransferSecret& TestSecret() {
+  static const TransferSecret secret = *TransferSecret::FromBytes("pdserve-test-key");
+  return secret;
+}
+
 // n_layers arrays of n_blocks blocks, block_bytes each: [layer][block][bytes].
 class KvArena {
  public:

@@ -25,6 +25,7 @@ using testing::In;
 using testing::KvArena;
 using testing::LandedExactly;
 using testing::RecvResult;
+using testing::TestSecret;
 using testing::WaitBounded;
 
 enum class Backend { kTcp, kLoopback };
@@ -86,13 +87,15 @@ TEST_P(TransportTest, ManyLayersLandInExactlyThePostedBlocks) {
   auto sender = NewSender();
   RecvResult got;
   TransferId xfer{42};
-  ASSERT_TRUE(receiver->Post(xfer, dst.PostViews(dst_ids), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(xfer, TestSecret(), dst.PostViews(dst_ids), Far(), got.Callback()).ok());
   std::atomic<int> send_done{0};
   absl::Status send_status;
-  auto h = sender->StartTransfer(xfer, receiver->endpoint(), kLayers, Far(), [&](absl::Status s) {
-    send_status = s;
-    send_done.fetch_add(1);
-  });
+  auto h = sender->StartTransfer(xfer, TestSecret(), receiver->endpoint(), kLayers, Far(),
+                                 [&](absl::Status s) {
+                                   send_status = s;
+                                   send_done.fetch_add(1);
+                                 });
   ASSERT_TRUE(h.ok()) << h.status();
   for (int l = 0; l < kLayers; ++l) {
     ASSERT_TRUE((*h)->SendLayer(l, src.SendViews(l, src_ids)).ok());
@@ -132,7 +135,7 @@ TEST_P(TransportTest, DataSentBeforePostWaitsForThePost) {
   auto receiver = NewReceiver();
   auto sender = NewSender();
   TransferId xfer{7};
-  auto h = sender->StartTransfer(xfer, receiver->endpoint(), kLayers, Far());
+  auto h = sender->StartTransfer(xfer, TestSecret(), receiver->endpoint(), kLayers, Far());
   ASSERT_TRUE(h.ok()) << h.status();
   for (int l = 0; l < kLayers; ++l) {
     ASSERT_TRUE((*h)->SendLayer(l, src.SendViews(l, Ids({0, 1, 2}))).ok());
@@ -144,7 +147,9 @@ TEST_P(TransportTest, DataSentBeforePostWaitsForThePost) {
   EXPECT_TRUE(AllBytesAre(dst, kBackground));
 
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(xfer, dst.PostViews(Ids({5, 3, 1})), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(xfer, TestSecret(), dst.PostViews(Ids({5, 3, 1})), Far(), got.Callback())
+          .ok());
   EXPECT_TRUE(WaitBounded(**h).ok());
   ASSERT_TRUE(got.Wait());
   EXPECT_TRUE(got.status().ok()) << got.status();
@@ -163,10 +168,10 @@ TEST_P(TransportTest, PostDeadlineFailsBothSidesAndLateDataIsDropped) {
   TransferId xfer{9};
   RecvResult got;
   ASSERT_TRUE(receiver
-                  ->Post(xfer, dst.PostViews(Ids({0, 1})), In(std::chrono::milliseconds(200)),
-                         got.Callback())
+                  ->Post(xfer, TestSecret(), dst.PostViews(Ids({0, 1})),
+                         In(std::chrono::milliseconds(200)), got.Callback())
                   .ok());
-  auto h = sender->StartTransfer(xfer, receiver->endpoint(), kLayers, Far());
+  auto h = sender->StartTransfer(xfer, TestSecret(), receiver->endpoint(), kLayers, Far());
   ASSERT_TRUE(h.ok());
   // The prefill node stalls after two layers.
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0, 1}))).ok());
@@ -192,8 +197,8 @@ TEST_P(TransportTest, PostWithoutSenderExpires) {
   auto receiver = NewReceiver();
   RecvResult got;
   ASSERT_TRUE(receiver
-                  ->Post(TransferId{1}, dst.PostViews(Ids({0})), In(std::chrono::milliseconds(50)),
-                         got.Callback())
+                  ->Post(TransferId{1}, TestSecret(), dst.PostViews(Ids({0})),
+                         In(std::chrono::milliseconds(50)), got.Callback())
                   .ok());
   ASSERT_TRUE(got.Wait());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded);
@@ -203,7 +208,7 @@ TEST_P(TransportTest, SenderDeadlineWithoutPost) {
   KvArena src(2, 2, 1024);
   auto receiver = NewReceiver();
   auto sender = NewSender();
-  auto h = sender->StartTransfer(TransferId{3}, receiver->endpoint(), 2,
+  auto h = sender->StartTransfer(TransferId{3}, TestSecret(), receiver->endpoint(), 2,
                                  In(std::chrono::milliseconds(100)));
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0}))).ok());
@@ -216,7 +221,7 @@ TEST_P(TransportTest, SenderDeadlineWithoutPost) {
   RecvResult got;
   KvArena dst(2, 2, 1024);
   dst.Fill(kBackground);
-  absl::Status posted = receiver->Post(TransferId{3}, dst.PostViews(Ids({0})),
+  absl::Status posted = receiver->Post(TransferId{3}, TestSecret(), dst.PostViews(Ids({0})),
                                        In(std::chrono::milliseconds(50)), got.Callback());
   if (posted.ok()) {
     ASSERT_TRUE(got.Wait());
@@ -236,8 +241,9 @@ TEST_P(TransportTest, CancelRunsOnDoneAndLateDataIsDropped) {
   auto sender = NewSender();
   TransferId xfer{11};
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(xfer, dst.PostViews(Ids({3, 2})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(xfer, receiver->endpoint(), kLayers, Far());
+  ASSERT_TRUE(
+      receiver->Post(xfer, TestSecret(), dst.PostViews(Ids({3, 2})), Far(), got.Callback()).ok());
+  auto h = sender->StartTransfer(xfer, TestSecret(), receiver->endpoint(), kLayers, Far());
   ASSERT_TRUE(h.ok());
   for (int l = 0; l < kLayers / 2; ++l) {
     ASSERT_TRUE((*h)->SendLayer(l, src.SendViews(l, Ids({0, 1}))).ok());
@@ -261,12 +267,16 @@ TEST_P(TransportTest, CancelBeforeAnyData) {
   KvArena dst(2, 2, 1024);
   auto receiver = NewReceiver();
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{5}, dst.PostViews(Ids({0})), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{5}, TestSecret(), dst.PostViews(Ids({0})), Far(), got.Callback())
+          .ok());
   ASSERT_TRUE(receiver->Cancel(TransferId{5}).ok());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kCancelled);
   // The id is free again.
   RecvResult again;
-  EXPECT_TRUE(receiver->Post(TransferId{5}, dst.PostViews(Ids({0})), Far(), again.Callback()).ok());
+  EXPECT_TRUE(
+      receiver->Post(TransferId{5}, TestSecret(), dst.PostViews(Ids({0})), Far(), again.Callback())
+          .ok());
   EXPECT_TRUE(receiver->Cancel(TransferId{5}).ok());
 }
 
@@ -280,8 +290,9 @@ TEST_P(TransportTest, BlockSizeMismatchIsAnErrorOnBothSides) {
   TransferId xfer{13};
   RecvResult got;
   // Posted 2 blocks, sent 3.
-  ASSERT_TRUE(receiver->Post(xfer, dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(xfer, receiver->endpoint(), 2, Far());
+  ASSERT_TRUE(
+      receiver->Post(xfer, TestSecret(), dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
+  auto h = sender->StartTransfer(xfer, TestSecret(), receiver->endpoint(), 2, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0, 1, 2}))).ok());
   ASSERT_TRUE(got.Wait());
@@ -299,8 +310,9 @@ TEST_P(TransportTest, BlockBytesMismatchIsAnError) {
   auto sender = NewSender();
   TransferId xfer{14};
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(xfer, dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(xfer, receiver->endpoint(), 1, Far());
+  ASSERT_TRUE(
+      receiver->Post(xfer, TestSecret(), dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
+  auto h = sender->StartTransfer(xfer, TestSecret(), receiver->endpoint(), 1, Far());
   ASSERT_TRUE(h.ok());
   // Same block count and total, different block boundaries.
   std::vector<ConstBlockView> views = {{src.Block(0, 0), 2048}, {src.Block(0, 1), 6144}};
@@ -316,21 +328,24 @@ TEST_P(TransportTest, LayerCountMismatchIsAnError) {
   auto receiver = NewReceiver();
   auto sender = NewSender();
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{15}, dst.PostViews(Ids({0})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(TransferId{15}, receiver->endpoint(), 2, Far());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{15}, TestSecret(), dst.PostViews(Ids({0})), Far(), got.Callback())
+          .ok());
+  auto h = sender->StartTransfer(TransferId{15}, TestSecret(), receiver->endpoint(), 2, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE(got.Wait());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
   EXPECT_EQ(WaitBounded(**h).code(), absl::StatusCode::kInvalidArgument);
 
   // The other order: the sender announces first, the Post is refused.
-  auto h2 = sender->StartTransfer(TransferId{16}, receiver->endpoint(), 2, Far());
+  auto h2 = sender->StartTransfer(TransferId{16}, TestSecret(), receiver->endpoint(), 2, Far());
   ASSERT_TRUE(h2.ok());
   absl::Status posted;
   RecvResult never;
   // The announcement may still be in flight; the Post is then accepted and
   // fails through on_done instead.
-  posted = receiver->Post(TransferId{16}, dst.PostViews(Ids({0})), Far(), never.Callback());
+  posted = receiver->Post(TransferId{16}, TestSecret(), dst.PostViews(Ids({0})), Far(),
+                          never.Callback());
   EXPECT_EQ(WaitBounded(**h2).code(), absl::StatusCode::kInvalidArgument);
   if (posted.ok()) {
     ASSERT_TRUE(never.Wait());
@@ -347,8 +362,10 @@ TEST_P(TransportTest, SenderAbortReachesTheReceiver) {
   auto sender = NewSender();
   RecvResult got;
   ASSERT_TRUE(
-      receiver->Post(TransferId{17}, dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(TransferId{17}, receiver->endpoint(), 4, Far());
+      receiver
+          ->Post(TransferId{17}, TestSecret(), dst.PostViews(Ids({0, 1})), Far(), got.Callback())
+          .ok());
+  auto h = sender->StartTransfer(TransferId{17}, TestSecret(), receiver->endpoint(), 4, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0, 1}))).ok());
   (*h)->Abort();
@@ -366,8 +383,10 @@ TEST_P(TransportTest, ReceiverDestroyedMidTransferFailsTheSender) {
   auto sender = NewSender();
   RecvResult got;
   ASSERT_TRUE(
-      receiver->Post(TransferId{19}, dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(TransferId{19}, receiver->endpoint(), 6, Far());
+      receiver
+          ->Post(TransferId{19}, TestSecret(), dst.PostViews(Ids({0, 1})), Far(), got.Callback())
+          .ok());
+  auto h = sender->StartTransfer(TransferId{19}, TestSecret(), receiver->endpoint(), 6, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0, 1}))).ok());
   receiver.reset();
@@ -386,8 +405,10 @@ TEST_P(TransportTest, SenderDestroyedMidTransferFailsTheReceiver) {
   auto sender = NewSender();
   RecvResult got;
   ASSERT_TRUE(
-      receiver->Post(TransferId{21}, dst.PostViews(Ids({0, 1})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(TransferId{21}, receiver->endpoint(), 6, Far());
+      receiver
+          ->Post(TransferId{21}, TestSecret(), dst.PostViews(Ids({0, 1})), Far(), got.Callback())
+          .ok());
+  auto h = sender->StartTransfer(TransferId{21}, TestSecret(), receiver->endpoint(), 6, Far());
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0, 1}))).ok());
   // Kill the sender once the receiver knows it (layer 0 has landed).
@@ -412,8 +433,10 @@ TEST_P(TransportTest, ReconnectsAfterTheReceiverRestarts) {
   {
     KvArena dst(2, 2, 4096);
     RecvResult got;
-    ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews(Ids({0})), Far(), got.Callback()).ok());
-    auto h = sender->StartTransfer(TransferId{1}, endpoint, 2, Far());
+    ASSERT_TRUE(
+        receiver->Post(TransferId{1}, TestSecret(), dst.PostViews(Ids({0})), Far(), got.Callback())
+            .ok());
+    auto h = sender->StartTransfer(TransferId{1}, TestSecret(), endpoint, 2, Far());
     ASSERT_TRUE(h.ok());
     ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({0}))).ok());
     receiver.reset();
@@ -425,8 +448,10 @@ TEST_P(TransportTest, ReconnectsAfterTheReceiverRestarts) {
   KvArena dst(2, 2, 4096);
   dst.Fill(kBackground);
   RecvResult got;
-  ASSERT_TRUE(receiver->Post(TransferId{2}, dst.PostViews(Ids({1})), Far(), got.Callback()).ok());
-  auto h = sender->StartTransfer(TransferId{2}, endpoint, 2, Far());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{2}, TestSecret(), dst.PostViews(Ids({1})), Far(), got.Callback())
+          .ok());
+  auto h = sender->StartTransfer(TransferId{2}, TestSecret(), endpoint, 2, Far());
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_TRUE((*h)->SendLayer(0, src.SendViews(0, Ids({1}))).ok());
   ASSERT_TRUE((*h)->SendLayer(1, src.SendViews(1, Ids({1}))).ok());
@@ -454,8 +479,8 @@ TEST_P(TransportTest, ManyConcurrentTransfersShareOneSender) {
   // Half posted before the data, half after it started.
   for (int i = 0; i < kTransfers; i += 2) {
     ASSERT_TRUE(receiver
-                    ->Post(TransferId{1000u + i}, dsts[i]->PostViews(Ids({3, 1, 2})), Far(),
-                           results[i]->Callback())
+                    ->Post(TransferId{1000u + i}, TestSecret(), dsts[i]->PostViews(Ids({3, 1, 2})),
+                           Far(), results[i]->Callback())
                     .ok());
   }
   std::vector<absl::Status> statuses(kTransfers, absl::UnknownError("not run"));
@@ -464,7 +489,8 @@ TEST_P(TransportTest, ManyConcurrentTransfersShareOneSender) {
     threads.emplace_back([&, th] {
       std::vector<std::unique_ptr<KvSendHandle>> handles;
       for (int i = th; i < kTransfers; i += kThreads) {
-        auto h = sender->StartTransfer(TransferId{1000u + i}, receiver->endpoint(), kLayers, Far());
+        auto h = sender->StartTransfer(TransferId{1000u + i}, TestSecret(), receiver->endpoint(),
+                                       kLayers, Far());
         if (!h.ok()) {
           statuses[i] = h.status();
           handles.push_back(nullptr);
@@ -493,8 +519,8 @@ TEST_P(TransportTest, ManyConcurrentTransfersShareOneSender) {
   }
   for (int i = 1; i < kTransfers; i += 2) {
     ASSERT_TRUE(receiver
-                    ->Post(TransferId{1000u + i}, dsts[i]->PostViews(Ids({3, 1, 2})), Far(),
-                           results[i]->Callback())
+                    ->Post(TransferId{1000u + i}, TestSecret(), dsts[i]->PostViews(Ids({3, 1, 2})),
+                           Far(), results[i]->Callback())
                     .ok());
   }
   for (auto& t : threads) t.join();
@@ -517,19 +543,24 @@ TEST_P(TransportTest, CallerMistakesAreErrorsNotCrashes) {
   auto receiver = NewReceiver();
   auto sender = NewSender();
   RecvResult got;
-  EXPECT_EQ(receiver->Post(TransferId{1}, {}, Far(), got.Callback()).code(),
+  EXPECT_EQ(receiver->Post(TransferId{1}, TestSecret(), {}, Far(), got.Callback()).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(receiver->Post(TransferId{1}, {{}}, Far(), got.Callback()).code(),
+  EXPECT_EQ(receiver->Post(TransferId{1}, TestSecret(), {{}}, Far(), got.Callback()).code(),
             absl::StatusCode::kInvalidArgument);
-  ASSERT_TRUE(receiver->Post(TransferId{1}, dst.PostViews(Ids({0})), Far(), got.Callback()).ok());
+  ASSERT_TRUE(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews(Ids({0})), Far(), got.Callback())
+          .ok());
   RecvResult dup;
-  EXPECT_EQ(receiver->Post(TransferId{1}, dst.PostViews(Ids({1})), Far(), dup.Callback()).code(),
-            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(
+      receiver->Post(TransferId{1}, TestSecret(), dst.PostViews(Ids({1})), Far(), dup.Callback())
+          .code(),
+      absl::StatusCode::kAlreadyExists);
   EXPECT_EQ(receiver->Cancel(TransferId{99}).code(), absl::StatusCode::kNotFound);
 
-  EXPECT_FALSE(sender->StartTransfer(TransferId{1}, receiver->endpoint(), 0, Far()).ok());
-  EXPECT_FALSE(sender->StartTransfer(TransferId{1}, "no-port-here", 2, Far()).ok());
-  auto h = sender->StartTransfer(TransferId{1}, receiver->endpoint(), 2, Far());
+  EXPECT_FALSE(
+      sender->StartTransfer(TransferId{1}, TestSecret(), receiver->endpoint(), 0, Far()).ok());
+  EXPECT_FALSE(sender->StartTransfer(TransferId{1}, TestSecret(), "no-port-here", 2, Far()).ok());
+  auto h = sender->StartTransfer(TransferId{1}, TestSecret(), receiver->endpoint(), 2, Far());
   ASSERT_TRUE(h.ok());
   EXPECT_EQ((*h)->SendLayer(2, src.SendViews(0, Ids({0}))).code(),
             absl::StatusCode::kInvalidArgument);
@@ -549,6 +580,52 @@ TEST_P(TransportTest, CallerMistakesAreErrorsNotCrashes) {
   EXPECT_FALSE(dup.HasRun());
 }
 
+// Both backends check the secret, in either order, and a refused sender
+// does not hurt the genuine one.
+TEST_P(TransportTest, ASenderWithoutTheSecretIsRefused) {
+  const TransferSecret secret = TransferSecret::Random();
+  for (bool post_first : {true, false}) {
+    SCOPED_TRACE(post_first ? "post first" : "send first");
+    const TransferId xfer{post_first ? 71u : 72u};
+    KvArena src(2, 1, 256), dst(2, 1, 256);
+    src.FillRandom(xfer.value);
+    auto receiver = NewReceiver();
+    auto forger = NewSender();
+    auto genuine = NewSender();
+    RecvResult got;
+    if (post_first) {
+      ASSERT_TRUE(
+          receiver->Post(xfer, secret, dst.PostViews(Ids({0})), Far(), got.Callback()).ok());
+    }
+    auto forged =
+        forger->StartTransfer(xfer, TransferSecret::Random(), receiver->endpoint(), 2, Far());
+    ASSERT_TRUE(forged.ok());
+    auto h = genuine->StartTransfer(xfer, secret, receiver->endpoint(), 2, Far());
+    ASSERT_TRUE(h.ok());
+    for (int l = 0; l < 2; ++l) {
+      // (The forged transfer may already have been refused.)
+      (*forged)->SendLayer(l, src.SendViews(l, Ids({0}))).IgnoreError();
+      ASSERT_TRUE((*h)->SendLayer(l, src.SendViews(l, Ids({0}))).ok());
+    }
+    (*forged)->Finish("forged").IgnoreError();
+    ASSERT_TRUE((*h)->Finish("genuine").ok());
+    if (!post_first) {
+      ASSERT_TRUE(
+          receiver->Post(xfer, secret, dst.PostViews(Ids({0})), Far(), got.Callback()).ok());
+    }
+    // Refused: wrong secret, or, if its Begin came after the genuine transfer
+    // ended, as a replay.
+    absl::Status refused = WaitBounded(**forged);
+    EXPECT_TRUE(absl::IsPermissionDenied(refused) || absl::IsAlreadyExists(refused)) << refused;
+    EXPECT_TRUE(WaitBounded(**h).ok());
+    ASSERT_TRUE(got.Wait());
+    EXPECT_TRUE(got.status().ok()) << got.status();
+    EXPECT_EQ(got.trailer(), "genuine");
+    for (int l = 0; l < 2; ++l) EXPECT_EQ(std::memcmp(dst.Block(l, 0), src.Block(l, 0), 256), 0);
+    EXPECT_EQ(receiver->stats().begins_refused, 1);
+  }
+}
+
 TEST_P(TransportTest, UnknownPeerIsUnavailable) {
   auto sender = NewSender();
   std::string peer;
@@ -560,7 +637,7 @@ TEST_P(TransportTest, UnknownPeerIsUnavailable) {
   } else {
     peer = "loopback:nobody";
   }
-  auto h = sender->StartTransfer(TransferId{1}, peer, 1, Far());
+  auto h = sender->StartTransfer(TransferId{1}, TestSecret(), peer, 1, Far());
   absl::Status s = h.ok() ? WaitBounded(**h) : h.status();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
 }
