@@ -26,9 +26,9 @@ int ParseFlags(int argc, char** argv, const std::string& usage, const po::option
 }
 
 void AddCommonFlags(po::options_description* desc) {
-  desc->add_options()("help,h", "print this help")(
-      "log-level", po::value<std::string>()->default_value("info"),
-      "debug, info, warning or error");
+  desc->add_options()("help,h", "print this help")("log-level",
+                                                   po::value<std::string>()->default_value("info"),
+                                                   "debug, info, warning or error");
 }
 
 bool ApplyCommonFlags(const po::variables_map& vm) {
@@ -36,8 +36,7 @@ bool ApplyCommonFlags(const po::variables_map& vm) {
   LogLevel level;
   const std::string& text = vm["log-level"].as<std::string>();
   if (!ParseLogLevel(text.c_str(), &level)) {
-    std::cerr << "error: --log-level must be debug, info, warning or error, not '" << text
-              << "'\n";
+    std::cerr << "error: --log-level must be debug, info, warning or error, not '" << text << "'\n";
     return false;
   }
   SetMinLogLevel(level);

@@ -33,17 +33,17 @@ std::string FormatPair(const A& a, const B& b) {
 
 }  // namespace pdserve::internal
 
-#define PDS_CHECK(cond)                                                \
-  (cond) ? (void)0                                                     \
-         : ::pdserve::internal::Voidify() &                            \
+#define PDS_CHECK(cond)                     \
+  (cond) ? (void)0                          \
+         : ::pdserve::internal::Voidify() & \
                ::pdserve::internal::CheckFailure(__FILE__, __LINE__, #cond).stream()
 
-#define PDS_CHECK_OP(a, op, b)                                                      \
-  ((a)op(b)) ? (void)0                                                              \
-             : ::pdserve::internal::Voidify() &                                     \
-                   ::pdserve::internal::CheckFailure(__FILE__, __LINE__, #a " " #op " " #b) \
-                           .stream()                                                \
-                       << ::pdserve::internal::FormatPair((a), (b))
+#define PDS_CHECK_OP(a, op, b)                                                                \
+  ((a)op(b))                                                                                  \
+      ? (void)0                                                                               \
+      : ::pdserve::internal::Voidify() &                                                      \
+            ::pdserve::internal::CheckFailure(__FILE__, __LINE__, #a " " #op " " #b).stream() \
+                << ::pdserve::internal::FormatPair((a), (b))
 
 #define PDS_CHECK_EQ(a, b) PDS_CHECK_OP(a, ==, b)
 #define PDS_CHECK_NE(a, b) PDS_CHECK_OP(a, !=, b)

@@ -9,8 +9,7 @@ namespace pdserve {
 using MonoClock = std::chrono::steady_clock;
 
 inline int64_t MonoNowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             MonoClock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(MonoClock::now().time_since_epoch())
       .count();
 }
 

@@ -33,7 +33,7 @@ class LogMessage {
 #define PDS_LOG_LEVEL_WARNING ::pdserve::LogLevel::kWarning
 #define PDS_LOG_LEVEL_ERROR ::pdserve::LogLevel::kError
 
-#define PDS_LOG(level)                                           \
-  if (PDS_LOG_LEVEL_##level < ::pdserve::MinLogLevel()) {        \
-  } else                                                         \
+#define PDS_LOG(level)                                    \
+  if (PDS_LOG_LEVEL_##level < ::pdserve::MinLogLevel()) { \
+  } else                                                  \
     ::pdserve::internal::LogMessage(PDS_LOG_LEVEL_##level, __FILE__, __LINE__).stream()

@@ -8,10 +8,10 @@
 #define PDS_STATUS_CONCAT(a, b) PDS_STATUS_CONCAT_INNER(a, b)
 
 // Returns the status from the enclosing function when it is not OK.
-#define PDS_RETURN_IF_ERROR(expr)                  \
-  do {                                             \
-    ::absl::Status _pds_status = (expr);           \
-    if (!_pds_status.ok()) return _pds_status;     \
+#define PDS_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status _pds_status = (expr);       \
+    if (!_pds_status.ok()) return _pds_status; \
   } while (false)
 
 // `PDS_ASSIGN_OR_RETURN(auto x, MakeX());` unwraps a StatusOr or returns.

@@ -20,7 +20,7 @@ struct DummyModelSpec {
   int32_t n_kv_heads = 2;
   int32_t n_ff = 128;
   int32_t n_ctx = 256;
-  int32_t n_vocab = 0;      // 0: the built-in byte-level vocabulary (262 tokens)
+  int32_t n_vocab = 0;  // 0: the built-in byte-level vocabulary (262 tokens)
   float rope_freq_base = 10000.0f;
   kernels::DType matrix_type = kernels::DType::kQ4_1;  // layer matrices
   kernels::DType embd_type = kernels::DType::kQ8_0;    // token_embd (and output when untied)

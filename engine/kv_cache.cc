@@ -39,9 +39,8 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheConfig& c,
     p = mmap(nullptr, cache->mapping_bytes_, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
-      return absl::ResourceExhaustedError(absl::StrCat("kv cache: cannot map ",
-                                                       cache->mapping_bytes_ >> 20, " MiB: ",
-                                                       std::strerror(errno)));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "kv cache: cannot map ", cache->mapping_bytes_ >> 20, " MiB: ", std::strerror(errno)));
     }
   }
   cache->mapping_ = p;

@@ -53,8 +53,8 @@ class KvAllocator {
 
 struct KvCacheStats {
   int32_t total_blocks = 0;
-  int32_t free_blocks = 0;     // allocatable now (includes evictable cached blocks)
-  int32_t cached_blocks = 0;   // unreferenced blocks kept for prefix reuse
+  int32_t free_blocks = 0;    // allocatable now (includes evictable cached blocks)
+  int32_t cached_blocks = 0;  // unreferenced blocks kept for prefix reuse
   int64_t prefix_query_tokens = 0;
   int64_t prefix_hit_tokens = 0;
   double usage() const {
@@ -107,7 +107,7 @@ class KvCache {
     bool hashed = false;
     uint64_t hash = 0;
     uint64_t parent = 0;
-    std::vector<TokenId> tokens;  // block's tokens when hashed (collision guard)
+    std::vector<TokenId> tokens;       // block's tokens when hashed (collision guard)
     std::list<BlockId>::iterator lru;  // position in evictable_ when refs == 0 && hashed
   };
   void EvictLocked(BlockId b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -122,8 +122,8 @@ class KvCache {
 
   mutable absl::Mutex mu_;
   std::vector<BlockMeta> meta_ ABSL_GUARDED_BY(mu_);
-  std::vector<BlockId> free_ ABSL_GUARDED_BY(mu_);          // unreferenced, not hashed
-  std::list<BlockId> evictable_ ABSL_GUARDED_BY(mu_);       // unreferenced, hashed; LRU front
+  std::vector<BlockId> free_ ABSL_GUARDED_BY(mu_);     // unreferenced, not hashed
+  std::list<BlockId> evictable_ ABSL_GUARDED_BY(mu_);  // unreferenced, hashed; LRU front
   absl::flat_hash_map<uint64_t, BlockId> index_ ABSL_GUARDED_BY(mu_);
   int64_t query_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t hit_tokens_ ABSL_GUARDED_BY(mu_) = 0;

@@ -21,9 +21,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromGguf(std::unique_ptr<gguf::Ggu
   PDS_ASSIGN_OR_RETURN(m->weights_, BindModelWeights(*m->file_, m->config_));
   PDS_ASSIGN_OR_RETURN(m->tokenizer_, Tokenizer::FromGguf(*m->file_));
   if (m->tokenizer_->n_vocab() != m->config_.n_vocab) {
-    return absl::InvalidArgumentError(absl::StrCat("model: tokenizer has ", m->tokenizer_->n_vocab(),
-                                                   " tokens but token_embd has ",
-                                                   m->config_.n_vocab, " rows"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model: tokenizer has ", m->tokenizer_->n_vocab(),
+                     " tokens but token_embd has ", m->config_.n_vocab, " rows"));
   }
   if (n_ctx < 0) return absl::InvalidArgumentError("context length must be >= 0");
   m->n_ctx_ = n_ctx == 0 ? m->config_.n_ctx_train : n_ctx;

@@ -29,7 +29,9 @@ class Model {
   const gguf::GgufFile& file() const { return *file_; }
   int32_t n_ctx() const { return n_ctx_; }
   // (n_ctx, n_rot) interleaved cos/sin pairs for each position.
-  const float* RopeRow(int32_t pos) const { return rope_.data() + static_cast<size_t>(pos) * config_.n_rot; }
+  const float* RopeRow(int32_t pos) const {
+    return rope_.data() + static_cast<size_t>(pos) * config_.n_rot;
+  }
   // A short identity for compatibility checks between nodes.
   std::string Fingerprint() const;
 

@@ -17,8 +17,9 @@ void Scheduler::AddWaiting(Sequence* seq) {
 void Scheduler::AddRunning(Sequence* seq) {
   seq->state = SeqState::kRunning;
   // Keep running_ in arrival order so preemption picks the newest.
-  auto it = std::upper_bound(running_.begin(), running_.end(), seq,
-                             [](const Sequence* a, const Sequence* b) { return a->order < b->order; });
+  auto it =
+      std::upper_bound(running_.begin(), running_.end(), seq,
+                       [](const Sequence* a, const Sequence* b) { return a->order < b->order; });
   running_.insert(it, seq);
 }
 
@@ -120,7 +121,8 @@ Schedule Scheduler::TryNext() {
       // Reuse cached full blocks, but always compute the last token.
       s->prefix_checked = true;
       if (s->blocks.empty() && s->n_computed == 0) {
-        const int32_t matched = cache_->MatchPrefix(s->tokens.data(), s->n_tokens() - 1, &s->blocks);
+        const int32_t matched =
+            cache_->MatchPrefix(s->tokens.data(), s->n_tokens() - 1, &s->blocks);
         s->n_computed = matched;
         s->n_cached = std::min(matched, s->n_prompt);
       }

@@ -24,10 +24,10 @@ enum class SeqMode {
 };
 
 enum class SeqState {
-  kWaiting,    // queued for (re)computation
-  kRunning,    // in the batch loop: prefill chunks or decode steps
-  kAwaitingKv, // imported: blocks reserved, KV not landed yet
-  kHeld,       // prefill-only: done, blocks held until Release
+  kWaiting,     // queued for (re)computation
+  kRunning,     // in the batch loop: prefill chunks or decode steps
+  kAwaitingKv,  // imported: blocks reserved, KV not landed yet
+  kHeld,        // prefill-only: done, blocks held until Release
   kFinished,
 };
 
@@ -57,11 +57,11 @@ struct SeqOutput {
   std::vector<float> logprobs;  // per new token, when asked for
   std::vector<std::vector<TokenLogprob>> top_logprobs;
   FinishReason finish = FinishReason::kNone;
-  absl::Status error;           // set with finish == kError
-  bool prefill_done = false;    // prefill-only: token #1 is here, blocks held
+  absl::Status error;         // set with finish == kError
+  bool prefill_done = false;  // prefill-only: token #1 is here, blocks held
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
-  int32_t cached_tokens = 0;    // prompt tokens served from the prefix cache
+  int32_t cached_tokens = 0;  // prompt tokens served from the prefix cache
   SeqTimes times;
 };
 using OutputCallback = std::function<void(const SeqOutput&)>;
@@ -70,18 +70,18 @@ struct Sequence {
   std::shared_ptr<const RequestSpec> spec;
   SeqMode mode = SeqMode::kFull;
   SeqState state = SeqState::kWaiting;
-  uint64_t order = 0;               // arrival order, for FIFO and preemption
-  std::vector<TokenId> tokens;      // prompt followed by generated tokens
+  uint64_t order = 0;           // arrival order, for FIFO and preemption
+  std::vector<TokenId> tokens;  // prompt followed by generated tokens
   int32_t n_prompt = 0;
-  int32_t n_computed = 0;           // tokens[0, n_computed) have KV in the cache
-  int32_t n_generated = 0;          // counts token #1 even when a prefill node made it
-  int32_t n_cached = 0;             // prompt tokens reused from the prefix cache
+  int32_t n_computed = 0;   // tokens[0, n_computed) have KV in the cache
+  int32_t n_generated = 0;  // counts token #1 even when a prefill node made it
+  int32_t n_cached = 0;     // prompt tokens reused from the prefix cache
   bool prefix_checked = false;
   std::vector<BlockId> blocks;
   std::unique_ptr<Sampler> sampler;
   std::unique_ptr<TextStream> text;
   OutputCallback on_output;
-  KvSink* kv_sink = nullptr;        // prefill-only
+  KvSink* kv_sink = nullptr;  // prefill-only
   SeqTimes times;
 
   int32_t n_tokens() const { return static_cast<int32_t>(tokens.size()); }

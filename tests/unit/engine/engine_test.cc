@@ -26,8 +26,10 @@ TEST(Engine, RejectsBadRequestsWithClearErrors) {
   } cases[] = {
       {"empty", [](RequestSpec& s) { s.prompt.clear(); }, "prompt is empty"},
       {"too long", [](RequestSpec& s) { s.prompt.assign(256, 40); }, "context holds 256"},
-      {"max_tokens 0", [](RequestSpec& s) { s.stop.max_tokens = 0; }, "max_tokens must be at least 1"},
-      {"past context", [](RequestSpec& s) { s.stop.max_tokens = 250; }, "exceeds the context length"},
+      {"max_tokens 0", [](RequestSpec& s) { s.stop.max_tokens = 0; },
+       "max_tokens must be at least 1"},
+      {"past context", [](RequestSpec& s) { s.stop.max_tokens = 250; },
+       "exceeds the context length"},
       {"nan temperature", [](RequestSpec& s) { s.sampling.temperature = NAN; }, "temperature"},
       {"negative temperature", [](RequestSpec& s) { s.sampling.temperature = -1; }, "temperature"},
       {"top_p 0", [](RequestSpec& s) { s.sampling.top_p = 0; }, "top_p must be in (0, 1]"},
@@ -35,7 +37,8 @@ TEST(Engine, RejectsBadRequestsWithClearErrors) {
       {"top_k -1", [](RequestSpec& s) { s.sampling.top_k = -1; }, "top_k must be >= 0"},
       {"bad token", [](RequestSpec& s) { s.prompt[0] = 100000; }, "outside the vocabulary"},
       {"bad stop id", [](RequestSpec& s) { s.stop.stop_token_ids = {-3}; }, "stop token id"},
-      {"empty stop", [](RequestSpec& s) { s.stop.stop_strings = {""}; }, "stop strings must not be empty"},
+      {"empty stop", [](RequestSpec& s) { s.stop.stop_strings = {""}; },
+       "stop strings must not be empty"},
   };
   for (const Case& c : cases) {
     RequestSpec s = Greedy("r", Tokens(10, 1), 8);
@@ -86,13 +89,16 @@ TEST(Engine, StopTokenIdEndsWithoutText) {
   const Result first = run("a", 6, {});
   // Stop on the third greedy token (or its first occurrence).
   const TokenId stop = first.tokens[2];
-  const size_t idx = std::find(first.tokens.begin(), first.tokens.end(), stop) - first.tokens.begin();
+  const size_t idx =
+      std::find(first.tokens.begin(), first.tokens.end(), stop) - first.tokens.begin();
   const Result r = run("b", 6, {stop});
   EXPECT_EQ(r.finish, FinishReason::kStop);
   EXPECT_EQ(r.tokens, std::vector<TokenId>(first.tokens.begin(), first.tokens.begin() + idx + 1));
   // The text is that of the tokens before the stop token.
-  if (idx > 0) EXPECT_EQ(r.text, run("c", static_cast<int>(idx), {}).text);
-  else EXPECT_EQ(r.text, "");
+  if (idx > 0)
+    EXPECT_EQ(r.text, run("c", static_cast<int>(idx), {}).text);
+  else
+    EXPECT_EQ(r.text, "");
 }
 
 TEST(Engine, StopStringIsNotEmitted) {
@@ -149,7 +155,8 @@ TEST(Engine, PreemptsWhenTheCacheRunsOutAndStillFinishesEverything) {
   auto engine = MakeEngine(model, small);
   std::vector<Result> rs(3);
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(engine->Submit(Greedy("r" + std::to_string(i), Tokens(12, i), 28), Collect(&rs[i])).ok());
+    ASSERT_TRUE(
+        engine->Submit(Greedy("r" + std::to_string(i), Tokens(12, i), 28), Collect(&rs[i])).ok());
   }
   RunUntilDone(engine.get(), {&rs[0], &rs[1], &rs[2]});
   EXPECT_GT(engine->Stats().preemptions, 0);
@@ -180,7 +187,8 @@ TEST(Engine, PrefixCacheReusesFullBlocks) {
 // engine's reserved blocks as soon as the layer is stored.
 class CopySink : public KvSink {
  public:
-  CopySink(KvCache* from, KvCache* to, std::vector<BlockId> dest) : from_(from), to_(to), dest_(std::move(dest)) {}
+  CopySink(KvCache* from, KvCache* to, std::vector<BlockId> dest)
+      : from_(from), to_(to), dest_(std::move(dest)) {}
   void OnLayerStored(int32_t layer, const std::vector<BlockId>& blocks) override {
     layers_seen++;
     for (size_t i = 0; i < dest_.size(); ++i) {
@@ -214,12 +222,13 @@ TEST(Engine, PrefillOnlyThenImportedDecodeMatchesFullGeneration) {
   Result pre;
   bool prefill_done = false;
   ASSERT_TRUE(prefill
-                  ->Submit(Greedy("x", prompt, 10),
-                           [&](const SeqOutput& out) {
-                             Collect(&pre)(out);
-                             prefill_done = prefill_done || out.prefill_done;
-                           },
-                           SeqMode::kPrefillOnly, &sink)
+                  ->Submit(
+                      Greedy("x", prompt, 10),
+                      [&](const SeqOutput& out) {
+                        Collect (&pre)(out);
+                        prefill_done = prefill_done || out.prefill_done;
+                      },
+                      SeqMode::kPrefillOnly, &sink)
                   .ok());
   while (!prefill_done) ASSERT_TRUE(prefill->Step());
   EXPECT_EQ(sink.layers_seen, model->config().n_layers);
@@ -269,14 +278,15 @@ TEST(Engine, BackgroundLoopServesConcurrentSubmitters) {
                       ->Submit(Greedy(id, Tokens(10 + i, i), 6),
                                [&, id](const SeqOutput& out) {
                                  std::lock_guard<std::mutex> lock(mu);
-                                 Collect(&results[id])(out);
+                                 Collect (&results[id])(out);
                                  if (out.finish != FinishReason::kNone) done++;
                                })
                       .ok());
     });
   }
   for (auto& t : clients) t.join();
-  for (int i = 0; i < 2000 && done < 8; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  for (int i = 0; i < 2000 && done < 8; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   engine->Stop();
   ASSERT_EQ(done.load(), 8);
   for (auto& [id, r] : results) EXPECT_EQ(r.tokens.size(), 6u) << id;

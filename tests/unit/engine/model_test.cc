@@ -17,8 +17,9 @@ std::vector<TokenId> Encode(const Model& m, const std::string& text) {
   return *t;
 }
 
-std::vector<TokenId> GenerateAlone(std::shared_ptr<const Model> model, const std::vector<TokenId>& prompt,
-                                   int n, EngineOptions o = {}) {
+std::vector<TokenId> GenerateAlone(std::shared_ptr<const Model> model,
+                                   const std::vector<TokenId>& prompt, int n,
+                                   EngineOptions o = {}) {
   auto engine = MakeEngine(model, o);
   Result r;
   EXPECT_TRUE(engine->Submit(Greedy("alone", prompt, n), Collect(&r)).ok());
@@ -37,8 +38,9 @@ TEST(RealModel, CapitalOfFranceIsParis) {
   PDS_REQUIRE_REAL_MODEL(model);
   auto engine = MakeEngine(model);
   Result r;
-  ASSERT_TRUE(engine->Submit(Greedy("paris", Encode(*model, "The capital of France is"), 8, false),
-                             Collect(&r))
+  ASSERT_TRUE(engine
+                  ->Submit(Greedy("paris", Encode(*model, "The capital of France is"), 8, false),
+                           Collect(&r))
                   .ok());
   RunUntilDone(engine.get(), {&r});
   EXPECT_NE(r.text.find("Paris"), std::string::npos) << r.text;
@@ -65,8 +67,13 @@ TEST(RealModel, LogitsMatchLlamaCpp) {
     const std::vector<TokenId> want_tokens = c["tokens"].get<std::vector<TokenId>>();
     EXPECT_EQ(Encode(*model, c["text"].get<std::string>()), want_tokens) << c["text"];
     const int n = static_cast<int>(want_tokens.size());
-    KvCacheConfig kc{model->config().n_layers, model->config().n_kv_heads, model->config().head_dim,
-                     16, kernels::DType::kF16, 64, false};
+    KvCacheConfig kc{model->config().n_layers,
+                     model->config().n_kv_heads,
+                     model->config().head_dim,
+                     16,
+                     kernels::DType::kF16,
+                     64,
+                     false};
     auto cache = std::move(*KvCache::Create(kc));
     kernels::ThreadPool pool(2);
     ModelRunner runner(model.get(), cache.get(), &pool, 128, 128);
@@ -106,8 +113,9 @@ TEST(RealModel, BatchedDecodeMatchesDecodingEachAlone) {
   auto engine = MakeEngine(model);
   std::vector<Result> rs(std::size(kPrompts));
   for (size_t i = 0; i < rs.size(); ++i) {
-    ASSERT_TRUE(engine->Submit(Greedy("b" + std::to_string(i), Encode(*model, kPrompts[i]), 16),
-                               Collect(&rs[i]))
+    ASSERT_TRUE(engine
+                    ->Submit(Greedy("b" + std::to_string(i), Encode(*model, kPrompts[i]), 16),
+                             Collect(&rs[i]))
                     .ok());
   }
   RunUntilDone(engine.get(), {&rs[0], &rs[1], &rs[2], &rs[3]});
@@ -119,10 +127,10 @@ TEST(RealModel, BatchedDecodeMatchesDecodingEachAlone) {
 TEST(RealModel, PrefixCacheHitMatchesColdRun) {
   PDS_REQUIRE_REAL_MODEL(model);
   auto engine = MakeEngine(model);
-  const std::vector<TokenId> prompt = Encode(
-      *model,
-      "You are a careful assistant. Answer in one sentence. Question: why is the sky blue? "
-      "Think about how sunlight scatters in the atmosphere before you answer. Answer:");
+  const std::vector<TokenId> prompt =
+      Encode(*model,
+             "You are a careful assistant. Answer in one sentence. Question: why is the sky blue? "
+             "Think about how sunlight scatters in the atmosphere before you answer. Answer:");
   ASSERT_GE(prompt.size(), 33u);
   Result cold, warm;
   ASSERT_TRUE(engine->Submit(Greedy("cold", prompt, 12), Collect(&cold)).ok());
@@ -150,8 +158,9 @@ TEST(RealModel, PreemptionByRecomputeMatchesUnconstrained) {
   auto engine = MakeEngine(model, small);
   std::vector<Result> rs(std::size(kPrompts));
   for (size_t i = 0; i < rs.size(); ++i) {
-    ASSERT_TRUE(engine->Submit(Greedy("p" + std::to_string(i), Encode(*model, kPrompts[i]), 24),
-                               Collect(&rs[i]))
+    ASSERT_TRUE(engine
+                    ->Submit(Greedy("p" + std::to_string(i), Encode(*model, kPrompts[i]), 24),
+                             Collect(&rs[i]))
                     .ok());
   }
   RunUntilDone(engine.get(), {&rs[0], &rs[1], &rs[2], &rs[3]});

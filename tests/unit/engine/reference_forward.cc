@@ -19,7 +19,8 @@ Matrix Dequant(const kernels::WeightMatrix& w) {
   return m;
 }
 
-std::vector<float> MatVec(const Matrix& m, int64_t n_out, int64_t n_in, const std::vector<float>& x) {
+std::vector<float> MatVec(const Matrix& m, int64_t n_out, int64_t n_in,
+                          const std::vector<float>& x) {
   std::vector<float> y(n_out);
   for (int64_t r = 0; r < n_out; ++r) {
     double acc = 0;
@@ -39,7 +40,8 @@ std::vector<float> RmsNorm(const std::vector<float>& x, const float* w, float ep
 }
 
 // Adjacent-pair rotation, angle pos * base^(-2i/n_rot).
-void Rope(std::vector<float>& v, int n_heads, int head_dim, int n_rot, int pos, const Model& model) {
+void Rope(std::vector<float>& v, int n_heads, int head_dim, int n_rot, int pos,
+          const Model& model) {
   const float* cs = model.RopeRow(pos);
   for (int h = 0; h < n_heads; ++h) {
     for (int i = 0; i < n_rot / 2; ++i) {
@@ -55,7 +57,8 @@ void Rope(std::vector<float>& v, int n_heads, int head_dim, int n_rot, int pos, 
 
 }  // namespace
 
-std::vector<std::vector<float>> ReferenceForward(const Model& model, const std::vector<TokenId>& tokens) {
+std::vector<std::vector<float>> ReferenceForward(const Model& model,
+                                                 const std::vector<TokenId>& tokens) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   const int n = static_cast<int>(tokens.size());
@@ -113,7 +116,8 @@ std::vector<std::vector<float>> ReferenceForward(const Model& model, const std::
       const std::vector<float> xn = RmsNorm(x[t], lw.ffn_norm, c.rms_eps);
       std::vector<float> g = MatVec(wg, c.n_ff, E, xn);
       const std::vector<float> u = MatVec(wu, c.n_ff, E, xn);
-      for (int i = 0; i < c.n_ff; ++i) g[i] = static_cast<float>(g[i] / (1.0 + std::exp(-g[i])) * u[i]);
+      for (int i = 0; i < c.n_ff; ++i)
+        g[i] = static_cast<float>(g[i] / (1.0 + std::exp(-g[i])) * u[i]);
       const std::vector<float> d = MatVec(wd, E, c.n_ff, g);
       for (int i = 0; i < E; ++i) x[t][i] += d[i];
     }

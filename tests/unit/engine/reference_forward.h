@@ -9,6 +9,7 @@
 namespace pdserve::testing {
 
 // Logits (n_tokens, n_vocab) at every position of `tokens`.
-std::vector<std::vector<float>> ReferenceForward(const Model& model, const std::vector<TokenId>& tokens);
+std::vector<std::vector<float>> ReferenceForward(const Model& model,
+                                                 const std::vector<TokenId>& tokens);
 
 }  // namespace pdserve::testing

@@ -39,10 +39,10 @@ inline std::shared_ptr<const Model> LoadRealModel() {
   return cached;
 }
 
-#define PDS_REQUIRE_REAL_MODEL(var)                                                  \
-  auto var = ::pdserve::testing::LoadRealModel();                                     \
-  if (!var) GTEST_SKIP() << "model not found at " PDSERVE_MODEL_PATH                  \
-                            "; run scripts/fetch_model.sh"
+#define PDS_REQUIRE_REAL_MODEL(var)                                           \
+  auto var = ::pdserve::testing::LoadRealModel();                             \
+  if (!var) GTEST_SKIP() << "model not found at " PDSERVE_MODEL_PATH "; run " \
+                                                                     "scripts/fetch_model.sh"
 
 struct Result {
   std::vector<TokenId> tokens;
@@ -80,7 +80,8 @@ inline RequestSpec Greedy(std::string id, std::vector<TokenId> prompt, int max_t
 }
 
 // Steps the engine until every result has finished (or `max_steps`).
-inline void RunUntilDone(Engine* engine, const std::vector<Result*>& results, int max_steps = 100000) {
+inline void RunUntilDone(Engine* engine, const std::vector<Result*>& results,
+                         int max_steps = 100000) {
   for (int i = 0; i < max_steps; ++i) {
     bool all = true;
     for (const Result* r : results) all = all && r->finish != FinishReason::kNone;
@@ -90,7 +91,8 @@ inline void RunUntilDone(Engine* engine, const std::vector<Result*>& results, in
   FAIL() << "requests did not finish";
 }
 
-inline std::unique_ptr<Engine> MakeEngine(std::shared_ptr<const Model> model, EngineOptions o = {}) {
+inline std::unique_ptr<Engine> MakeEngine(std::shared_ptr<const Model> model,
+                                          EngineOptions o = {}) {
   if (o.n_threads == 0) o.n_threads = 2;
   auto e = Engine::Create(std::move(model), o);
   EXPECT_TRUE(e.ok()) << e.status();

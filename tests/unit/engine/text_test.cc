@@ -89,7 +89,8 @@ TEST(ChatTemplate, ChatMLWithTheTemplatesDefaultSystemMessage) {
   auto t = ChatTemplate::Detect(kSmolLm2Template);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->format(), ChatFormat::kChatML);
-  EXPECT_EQ(t->default_system(), "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+  EXPECT_EQ(t->default_system(),
+            "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
   auto text = t->Render({{"user", "Hi"}});
   ASSERT_TRUE(text.ok());
   EXPECT_EQ(*text,
@@ -97,7 +98,8 @@ TEST(ChatTemplate, ChatMLWithTheTemplatesDefaultSystemMessage) {
             "Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   auto with_system = t->Render({{"system", "Be brief."}, {"user", "Hi"}}, false);
   ASSERT_TRUE(with_system.ok());
-  EXPECT_EQ(*with_system, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+  EXPECT_EQ(*with_system,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
 }
 
 TEST(ChatTemplate, Llama3) {
@@ -112,7 +114,8 @@ TEST(ChatTemplate, Llama3) {
 }
 
 TEST(ChatTemplate, UnknownTemplatesAndBadMessagesAreClearErrors) {
-  auto t = ChatTemplate::Detect("{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}");
+  auto t =
+      ChatTemplate::Detect("{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}");
   EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(std::string(t.status().message()).find("supported: chatml, llama3"), std::string::npos);
   EXPECT_FALSE(ChatTemplate::Detect("").ok());
