@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Installs dependencies, fetches the model, builds, and runs every test:
-#   1. the Release build in build/ (unit, integration and end-to-end tests);
+#   0. source checks: forbidden includes (tools/check_includes.py) and
+#      clang-format (every tracked C++ file must be formatted);
+#   1. the Release build in build/ (unit, integration and end-to-end tests),
+#      then a report of every skipped test and why (tools/skip_report.py; in
+#      CI a skip of a test that can run without a GPU fails the run);
 #   2. a clang ASan+UBSan build in build-san/ of the engine-level unit tests
-#      plus a short smoke run of each libFuzzer target.
+#      plus a short smoke run of each libFuzzer target (the HTTP, OpenAI JSON
+#      and KV frame parsers among them).
 # SKIP_SANITIZERS=1 skips step 2.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,10 +17,25 @@ JOBS=${JOBS:-$(nproc)}
 scripts/install_deps.sh
 scripts/fetch_model.sh
 
+echo "== source checks =="
+python3 tools/check_includes.py
+unformatted=$(git ls-files '*.cc' '*.h' '*.cu' '*.cuh' | xargs clang-format --dry-run 2>&1 |
+  grep -oE '^[^:]+:[0-9]+:[0-9]+: (error|warning)' | cut -d: -f1 | sort -u || true)
+if [ -n "$unformatted" ]; then
+  echo "clang-format: these files are not formatted (run clang-format -i on them):" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+echo "clang-format: every tracked C++ file is formatted"
+
 echo "== build (Release) =="
 scripts/build.sh
 echo "== ctest (Release) =="
-ctest --test-dir build --output-on-failure -j "$JOBS" --timeout 900
+ctest --test-dir build --output-on-failure -j "$JOBS" --timeout 900 \
+  --output-junit "$ROOT/build/ctest-junit.xml"
+STRICT_SKIPS=""
+if [ "${CI:-}" = true ]; then STRICT_SKIPS=--strict; fi
+python3 tools/skip_report.py build "$ROOT/build/ctest-junit.xml" $STRICT_SKIPS
 
 if [ "${SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== build (clang, ASan+UBSan, fuzzers) =="
