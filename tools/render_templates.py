@@ -69,9 +69,11 @@ def make_env():
     return env
 
 
-def render(env, source, conv, add_generation_prompt):
+def render(env, source, conv, add_generation_prompt, cache={}):
     try:
-        template = env.from_string(source)
+        if source not in cache:
+            cache[source] = env.from_string(source)
+        template = cache[source]
         kwargs = dict(conv.get("extra", {}))
         kwargs.update(bos_token=BOS, eos_token=EOS)
         return template.render(messages=conv["messages"], tools=conv.get("tools"), documents=None,

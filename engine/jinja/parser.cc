@@ -492,7 +492,7 @@ class Parser {
       if (tok.type == Tok::kEof) {
         if (ends.size() == 0) return body;
         return ErrorAt(tok.pos, absl::StrCat("unexpected end of template, expected '{% ",
-                                             std::string(*ends.begin()), " %}'"));
+                                             std::string(*(ends.end() - 1)), " %}'"));
       }
       if (tok.type == Tok::kText) {
         auto s = std::make_unique<Stmt>();
