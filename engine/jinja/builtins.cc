@@ -431,6 +431,53 @@ absl::StatusOr<Value> StrMethod(Interpreter& in, const Value& obj, const std::st
     if (auto st = in.Charge(args.at, out.s.size()); !st.ok()) return st;
     return Value::String(std::move(out));
   }
+  if (name == "format") {
+    // str.format with {}, {N} and {name} fields (no format specs).
+    Text out;
+    size_t auto_index = 0;
+    bool manual_numbering = false;
+    for (size_t i = 0; i < t.s.size(); ++i) {
+      const char c = t.s[i];
+      if ((c == '{' || c == '}') && i + 1 < t.s.size() && t.s[i + 1] == c) {
+        out.Append(t.Slice(i, i + 1));
+        ++i;
+        continue;
+      }
+      if (c == '}') return in.ErrorAt(args.at, "format(): single '}' in format string");
+      if (c != '{') {
+        out.Append(t.Slice(i, i + 1));
+        continue;
+      }
+      const size_t close = t.s.find('}', i);
+      if (close == std::string::npos) return in.ErrorAt(args.at, "format(): unclosed '{'");
+      const std::string field = t.s.substr(i + 1, close - i - 1);
+      const Value* v = nullptr;
+      const bool numbered = !field.empty() && std::isdigit(static_cast<unsigned char>(field[0]));
+      if (field.empty() ? manual_numbering : (numbered && auto_index > 0)) {
+        return in.ErrorAt(args.at, "format(): cannot mix automatic and manual field numbering");
+      }
+      manual_numbering = manual_numbering || numbered;
+      if (field.empty()) {
+        v = auto_index < args.positional.size() ? &args.positional[auto_index] : nullptr;
+        ++auto_index;
+      } else if (std::all_of(field.begin(), field.end(),
+                             [](char d) { return std::isdigit(static_cast<unsigned char>(d)); })) {
+        const size_t k = field.size() > 6 ? SIZE_MAX : std::stoul(field);
+        v = k < args.positional.size() ? &args.positional[k] : nullptr;
+      } else {
+        for (const auto& [key, x] : args.keyword) {
+          if (key == field) v = &x;
+        }
+      }
+      if (v == nullptr) {
+        return in.ErrorAt(args.at, absl::StrCat("format(): no argument for field '{", field, "}'"));
+      }
+      out.Append(ToText(*v));
+      i = close;
+    }
+    if (auto st = in.Charge(args.at, out.s.size()); !st.ok()) return st;
+    return Value::String(std::move(out));
+  }
   if (name == "splitlines") {
     List out;
     size_t start = 0;
@@ -537,14 +584,14 @@ absl::StatusOr<Value> ApplyFilter(Interpreter& in, const std::string& name, cons
     int n = -1;
     if (indent && indent->is_int())
       n = static_cast<int>(std::clamp<int64_t>(indent->as_int(), 0, 64));
+    bool ascii = false;
     for (const auto& [k, x] : args.keyword) {
       if (k == "sort_keys" && x.Truthy())
         return in.ErrorAt(args.at, "tojson(sort_keys=True) is not supported");
-      if (k == "ensure_ascii" && x.Truthy())
-        return in.ErrorAt(args.at, "tojson(ensure_ascii=True) is not supported");
+      if (k == "ensure_ascii") ascii = x.Truthy();
       if (k == "separators") return in.ErrorAt(args.at, "tojson(separators=...) is not supported");
     }
-    auto j = ToJson(v, n, in.limits().max_nesting);
+    auto j = ToJson(v, n, in.limits().max_nesting, ascii);
     if (!j.ok()) return in.ErrorAt(args.at, std::string(j.status().message()));
     if (auto st = in.Charge(args.at, j->s.size()); !st.ok()) return st;
     return Value::String(std::move(*j));

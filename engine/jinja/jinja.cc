@@ -20,9 +20,11 @@ absl::Status PosError(SourcePos p, std::string_view msg) {
                                                  p.column, ": ", std::string(msg)));
 }
 
-// Unknown filters and tests are errors at load time, as in jinja2.
+// Unknown filters and tests are errors at load time, as in jinja2; inside an
+// if block or a conditional expression jinja2 defers the error until the
+// filter runs, and so do we.
 absl::Status CheckExpr(const Expr* e) {
-  if (e == nullptr) return absl::OkStatus();
+  if (e == nullptr || e->kind == ExprKind::kCondExpr) return absl::OkStatus();
   if (e->kind == ExprKind::kFilter && !IsKnownFilter(e->name)) {
     return PosError(e->pos, absl::StrCat("no filter named '", e->name, "'"));
   }
@@ -46,6 +48,7 @@ absl::Status CheckBody(const Body& body) {
     for (const auto& d : s->defaults) {
       if (auto st = CheckExpr(d.get()); !st.ok()) return st;
     }
+    if (s->kind == StmtKind::kIf) continue;
     if (auto st = CheckBody(s->body); !st.ok()) return st;
     if (auto st = CheckBody(s->else_body); !st.ok()) return st;
   }

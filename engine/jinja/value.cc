@@ -263,7 +263,7 @@ void ReprInto(const Value& v, Text* out, int depth) {
   }
 }
 
-void JsonString(const Text& t, Text* out) {
+void JsonString(const Text& t, bool ascii, Text* out) {
   const std::string& s = t.s;
   out->Append("\"");
   size_t run = 0;  // start of the pending unescaped run
@@ -303,6 +303,24 @@ void JsonString(const Text& t, Text* out) {
           esc = buf;
         }
     }
+    if (ascii && c >= 0x80) {
+      // \uXXXX (a surrogate pair above the BMP), as Python's ensure_ascii.
+      uint32_t cp;
+      const size_t n = DecodeUtf8(s, i, &cp);
+      std::string e;
+      char u[16];
+      if (cp >= 0x10000) {
+        const uint32_t v = cp - 0x10000;
+        std::snprintf(u, sizeof u, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
+      } else {
+        std::snprintf(u, sizeof u, "\\u%04x", cp);
+      }
+      flush(i);
+      out->AppendMarked(u, t.IsUser(i));
+      i += n - 1;
+      run = i + 1;
+      continue;
+    }
     if (esc == nullptr) continue;
     flush(i);
     out->AppendMarked(esc, t.IsUser(i));
@@ -312,7 +330,7 @@ void JsonString(const Text& t, Text* out) {
   out->Append("\"");
 }
 
-absl::Status JsonInto(const Value& v, int indent, int level, int max_depth, Text* out) {
+absl::Status JsonInto(const Value& v, int indent, int level, int max_depth, bool ascii, Text* out) {
   if (v.is_generator()) {
     return absl::InvalidArgumentError("tojson: Object of type generator is not JSON serializable");
   }
@@ -348,7 +366,7 @@ absl::Status JsonInto(const Value& v, int indent, int level, int max_depth, Text
       return absl::OkStatus();
     }
     case Value::Kind::kString:
-      JsonString(v.text(), out);
+      JsonString(v.text(), ascii, out);
       return absl::OkStatus();
     case Value::Kind::kList: {
       if (v.list().empty()) {
@@ -361,7 +379,7 @@ absl::Status JsonInto(const Value& v, int indent, int level, int max_depth, Text
         if (!first) out->Append(item_sep);
         first = false;
         newline(level + 1);
-        if (auto st = JsonInto(e, indent, level + 1, max_depth, out); !st.ok()) return st;
+        if (auto st = JsonInto(e, indent, level + 1, max_depth, ascii, out); !st.ok()) return st;
       }
       newline(level);
       out->Append("]");
@@ -379,9 +397,9 @@ absl::Status JsonInto(const Value& v, int indent, int level, int max_depth, Text
         if (!first) out->Append(item_sep);
         first = false;
         newline(level + 1);
-        JsonString(k, out);
+        JsonString(k, ascii, out);
         out->Append(": ");
-        if (auto st = JsonInto(e, indent, level + 1, max_depth, out); !st.ok()) return st;
+        if (auto st = JsonInto(e, indent, level + 1, max_depth, ascii, out); !st.ok()) return st;
       }
       newline(level);
       out->Append("}");
@@ -425,9 +443,9 @@ Text Repr(const Value& v) {
   return out;
 }
 
-absl::StatusOr<Text> ToJson(const Value& v, int indent, int max_depth) {
+absl::StatusOr<Text> ToJson(const Value& v, int indent, int max_depth, bool ensure_ascii) {
   Text out;
-  if (auto st = JsonInto(v, indent, 0, max_depth, &out); !st.ok()) return st;
+  if (auto st = JsonInto(v, indent, 0, max_depth, ensure_ascii, &out); !st.ok()) return st;
   return out;
 }
 

@@ -184,9 +184,9 @@ Text ToText(const Value& v);
 // Python repr(v).
 Text Repr(const Value& v);
 
-// json.dumps(v, ensure_ascii=False, indent=indent, sort_keys=false) as
-// transformers' tojson does; indent < 0 means None (one line).
-absl::StatusOr<Text> ToJson(const Value& v, int indent, int max_depth);
+// json.dumps(v, ensure_ascii=ensure_ascii, indent=indent, sort_keys=False)
+// as transformers' tojson does; indent < 0 means None (one line).
+absl::StatusOr<Text> ToJson(const Value& v, int indent, int max_depth, bool ensure_ascii = false);
 
 // Python ==.
 bool Equal(const Value& a, const Value& b);

@@ -104,6 +104,11 @@ TEST(JinjaTest, FiltersTestsAndMethods) {
                "{{ 'xxhixx'.lstrip('x') }}"),
             "x|TrueTrue|a-b-c|['a', 'b']|Hello World|hixx");
   EXPECT_EQ(Ok("{{ '\"' | safe + '<b>' }}|{{ '<b>' | e }}"), "\"&lt;b&gt;|&lt;b&gt;");
+  EXPECT_EQ(Ok("{{ '<{}|{}|{k}>{{x}}'.format('a', 'c', k='b') }}{{ '{1}{0}'.format(1, 2) }}"),
+            "<a|c|b>{x}21");
+  EXPECT_FALSE(R("{{ '{}{0}'.format(1) }}").ok());  // Python refuses mixed numbering
+  EXPECT_EQ(Ok("{{ 'h\u00e9 \U0001F642' | tojson(ensure_ascii=True) }}|{{ 'h\u00e9' | tojson }}"),
+            "\"h\\u00e9 \\ud83d\\ude42\"|\"h\xc3\xa9\"");
 }
 
 TEST(JinjaTest, WhitespaceControlAsTransformers) {
