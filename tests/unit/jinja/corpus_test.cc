@@ -103,3 +103,49 @@ TEST(JinjaCorpusTest, MatchesPythonJinja2ByteForByte) {
 
 }  // namespace
 }  // namespace pdserve::jinja
+
+namespace pdserve::jinja {
+namespace {
+
+// Truncated and byte-flipped corpus templates end with a Status (or render),
+// never a crash or a hang: the parser and interpreter are reachable from any
+// GGUF a user loads.
+TEST(JinjaCorpusTest, MutatedTemplatesNeverCrash) {
+  ChatInputs in;
+  in.messages = nlohmann::ordered_json::parse(
+      R"([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a"}, {"role": "user", "content": "v"}])");
+  Limits limits;
+  limits.max_steps = 200000;
+  uint32_t rng = 12345;
+  auto next = [&rng] { return rng = rng * 1103515245u + 12345u; };
+  int n_errors = 0, n_rendered = 0;
+  for (const auto& entry : fs::directory_iterator(kData / "templates")) {
+    const std::string source = ReadFile(entry.path());
+    if (source.empty()) continue;
+    for (int k = 0; k < 24; ++k) {
+      std::string mutated = source;
+      if (k % 2 == 0) {
+        mutated.resize((next() >> 8) % source.size());
+      } else {
+        static constexpr char kBytes[] = "{}%#-+()[]'\"|.,:=~ \nxif";
+        for (int f = 0; f < 3; ++f) {
+          mutated[(next() >> 8) % mutated.size()] = kBytes[(next() >> 8) % (sizeof kBytes - 1)];
+        }
+      }
+      auto t = Template::Parse(mutated, limits);
+      if (!t.ok()) {
+        ++n_errors;
+        EXPECT_TRUE(absl::StrContains(t.status().message(), "line ")) << t.status();
+        continue;
+      }
+      auto r = t->Render(in);
+      r.ok() ? ++n_rendered : ++n_errors;
+    }
+  }
+  EXPECT_GT(n_errors, 0);
+  std::cout << n_rendered << " mutated templates rendered, " << n_errors << " refused\n";
+}
+
+}  // namespace
+}  // namespace pdserve::jinja
