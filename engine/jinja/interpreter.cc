@@ -566,7 +566,12 @@ absl::StatusOr<Value> Interpreter::Eval(const Expr& e) {
         if (!v.ok()) return v;
         l.push_back(std::move(*v));
       }
-      return Value::MakeList(std::move(l));
+      Value list = Value::MakeList(std::move(l));
+      if (list.depth() > limits_.max_nesting) {
+        return ErrorAt(e.pos,
+                       absl::StrCat("a list nested deeper than ", limits_.max_nesting, " levels"));
+      }
+      return list;
     }
     case ExprKind::kDict: {
       Value d = Value::MakeDict();
@@ -579,9 +584,13 @@ absl::StatusOr<Value> Interpreter::Eval(const Expr& e) {
         if (!k->is_string() && !k->is_number() && !k->is_none()) {
           return ErrorAt(e.args[i]->pos, "dict keys must be strings or numbers");
         }
+        if (v->depth() >= limits_.max_nesting) {
+          return ErrorAt(
+              e.pos, absl::StrCat("a dict nested deeper than ", limits_.max_nesting, " levels"));
+        }
         d.Set(ToText(*k), std::move(*v));
       }
-      return d;
+      return Value::MakeDict(std::move(d.dict()));
     }
     case ExprKind::kGetAttr:
     case ExprKind::kGetItem: {

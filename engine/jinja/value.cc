@@ -449,7 +449,18 @@ absl::StatusOr<Text> ToJson(const Value& v, int indent, int max_depth, bool ensu
   return out;
 }
 
-bool Equal(const Value& a, const Value& b) {
+namespace {
+bool EqualAt(const Value& a, const Value& b, int depth);
+}  // namespace
+
+bool Equal(const Value& a, const Value& b) { return EqualAt(a, b, 0); }
+
+namespace {
+bool EqualAt(const Value& a, const Value& b, int depth) {
+  // Values deeper than this (only reachable through namespace cycles) are
+  // unequal rather than a stack overflow.
+  if (depth > 512) return false;
+  if (a.is_namespace() || b.is_namespace()) return &a.dict() == &b.dict();
   if (a.is_number() && b.is_number()) {
     if (a.is_float() || b.is_float()) return a.as_number() == b.as_number();
     return a.as_int() == b.as_int();
@@ -464,7 +475,7 @@ bool Equal(const Value& a, const Value& b) {
     case Value::Kind::kList: {
       if (a.list().size() != b.list().size()) return false;
       for (size_t i = 0; i < a.list().size(); ++i) {
-        if (!Equal(a.list()[i], b.list()[i])) return false;
+        if (!EqualAt(a.list()[i], b.list()[i], depth + 1)) return false;
       }
       return true;
     }
@@ -472,7 +483,7 @@ bool Equal(const Value& a, const Value& b) {
       if (a.dict().size() != b.dict().size()) return false;
       for (const auto& [k, e] : a.dict()) {
         const Value* o = b.Find(k.s);
-        if (o == nullptr || !Equal(e, *o)) return false;
+        if (o == nullptr || !EqualAt(e, *o, depth + 1)) return false;
       }
       return true;
     }
@@ -482,6 +493,7 @@ bool Equal(const Value& a, const Value& b) {
       return false;
   }
 }
+}  // namespace
 
 size_t CodePointCount(std::string_view s) {
   size_t n = 0;

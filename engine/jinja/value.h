@@ -4,6 +4,7 @@
 // as plain text (a user typing "<|im_end|>" must not end the turn).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -87,11 +88,13 @@ class Value {
   static Value String(std::string s) { return String(Text(std::move(s))); }
   static Value MakeList(List items = {}) {
     Value v(Kind::kList);
+    for (const Value& e : items) v.depth_ = std::max(v.depth_, e.depth_ + 1);
     v.list_ = std::make_shared<List>(std::move(items));
     return v;
   }
   static Value MakeDict(Dict items = {}) {
     Value v(Kind::kDict);
+    for (const auto& kv : items) v.depth_ = std::max(v.depth_, kv.second.depth_ + 1);
     v.dict_ = std::make_shared<Dict>(std::move(items));
     return v;
   }
@@ -148,6 +151,9 @@ class Value {
   List& list() const { return *list_; }
   Dict& dict() const { return *dict_; }
   const NativeFn& fn() const { return *fn_; }
+  // Nesting of lists and dicts when built (a namespace's later attribute
+  // assignments are not counted); bounds recursion over values.
+  int depth() const { return depth_; }
   // The name an undefined value was looked up by, or a callable's name.
   const std::string& name() const { return undefined_name_; }
 
@@ -163,6 +169,7 @@ class Value {
   bool is_namespace_ = false;
   bool markup_ = false;
   bool generator_ = false;
+  int depth_ = 0;
   int64_t i_ = 0;
   double f_ = 0;
   std::shared_ptr<Text> str_;

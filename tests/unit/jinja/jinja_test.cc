@@ -187,6 +187,16 @@ TEST(JinjaTest, HostileTemplatesEndWithAnError) {
   r = R(blocks);
   ASSERT_FALSE(r.ok());
 
+  // Values nested by a loop: refused before destruction or comparison could
+  // recurse that deep.
+  r =
+      R("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
+        "{% endfor %}{{ ns.x == ns.x }}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "nested")) << r.status();
+  r = R("{% set ns = namespace(x=1) %}{% set ns.self = [ns] %}{{ ns == ns }}{{ [ns] == [ns] }}");
+  ASSERT_TRUE(r.ok()) << r.status();
+
   Limits few_steps;
   few_steps.max_steps = 1000;
   r = R("{% for i in range(100) %}{% for j in range(100) %}{{ i }}{% endfor %}{% endfor %}",
