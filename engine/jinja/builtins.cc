@@ -953,7 +953,9 @@ void AddGlobals(Dict* g) {
       for (const auto& kv : x.dict()) d.push_back(kv);
     }
     for (const auto& [k, x] : a.keyword) d.emplace_back(Text(k), x);
-    return Value::MakeNamespace(std::move(d));
+    Value ns = Value::MakeNamespace(std::move(d));
+    in.TrackNamespace(ns);
+    return ns;
   });
   add("dict", [](Interpreter& in, CallArgs& a) -> absl::StatusOr<Value> {
     Value d = Value::MakeDict();

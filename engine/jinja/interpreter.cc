@@ -61,6 +61,7 @@ absl::StatusOr<Text> Interpreter::Run(const Body& body, Dict variables) {
   for (auto& [k, v] : variables) frames_[0][k.s] = std::move(v);
   Text out;
   auto flow = ExecBody(body, &out);
+  frames_.clear();
   if (!flow.ok()) return flow.status();
   return out;
 }

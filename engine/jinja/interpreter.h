@@ -37,6 +37,17 @@ struct CallArgs {
 class Interpreter {
  public:
   Interpreter(const Limits& limits, std::time_t now) : limits_(limits), now_(now) {}
+  // Empties every namespace the render made: namespaces are the only mutable
+  // containers, so this breaks any reference cycle a template built through
+  // them (which would otherwise leak).
+  ~Interpreter() {
+    for (const Value& ns : namespaces_) ns.dict().clear();
+  }
+  Interpreter(const Interpreter&) = delete;
+  Interpreter& operator=(const Interpreter&) = delete;
+
+  // Records a namespace() the template made (see ~Interpreter).
+  void TrackNamespace(const Value& ns) { namespaces_.push_back(ns); }
 
   // Renders `body` with `variables` as the template's globals.
   absl::StatusOr<Text> Run(const Body& body, Dict variables);
@@ -76,6 +87,7 @@ class Interpreter {
   const Limits& limits_;
   std::time_t now_;
   std::vector<Frame> frames_;  // frames_[0]: globals and top-level sets
+  std::vector<Value> namespaces_;
   int64_t steps_ = 0;
   int64_t iterations_ = 0;
   int64_t work_bytes_ = 0;
