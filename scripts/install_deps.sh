@@ -37,7 +37,7 @@ PY=${PYTHON:-python3}
 PY_PACKAGES=(grpcio==1.* grpcio-tools==1.* grpcio-reflection==1.* grpcio-health-checking==1.*
              protobuf openai kubernetes-validate jinja2)
 need_py=0
-for mod in grpc grpc_tools grpc_reflection grpc_health google.protobuf openai kubernetes_validate; do
+for mod in grpc grpc_tools grpc_reflection grpc_health google.protobuf openai kubernetes_validate jinja2; do
   if ! "$PY" -c "import $mod" >/dev/null 2>&1; then need_py=1; fi
 done
 if [ $need_py = 1 ]; then
