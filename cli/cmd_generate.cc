@@ -41,7 +41,8 @@ int RunGenerate(int argc, char** argv) {
   enc.add_special = true;
   if (vm["chat"].as<bool>()) {
     auto tmpl = ChatTemplate::Detect(
-        shared_model->file().GetStringOr("tokenizer.chat_template", "").value_or(""));
+        shared_model->file().GetStringOr("tokenizer.chat_template", "").value_or(""),
+        ChatTokensOf(shared_model->tokenizer()));
     if (!tmpl.ok()) return Fail("generate", std::string(tmpl.status().message()));
     std::vector<ChatMessage> messages;
     if (vm.count("system")) messages.push_back({"system", vm["system"].as<std::string>()});

@@ -1,6 +1,8 @@
 #include "engine/chat_template.h"
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "engine/jinja/jinja.h"
 #include "engine/tokenizer.h"
 
 namespace pdserve {
@@ -28,7 +30,14 @@ std::string ChatMLDefaultSystem(std::string_view t) {
 
 }  // namespace
 
-absl::StatusOr<ChatTemplate> ChatTemplate::Detect(std::string_view t) {
+ChatTokens ChatTokensOf(const Tokenizer& tokenizer) {
+  ChatTokens t;
+  if (tokenizer.bos_id() >= 0) t.bos = std::string(tokenizer.TokenText(tokenizer.bos_id()));
+  if (tokenizer.eos_id() >= 0) t.eos = std::string(tokenizer.TokenText(tokenizer.eos_id()));
+  return t;
+}
+
+absl::StatusOr<ChatTemplate> ChatTemplate::Detect(std::string_view t, ChatTokens tokens) {
   if (t.empty()) {
     return absl::FailedPreconditionError(
         "the model has no chat template (tokenizer.chat_template); send a plain prompt");
@@ -40,8 +49,16 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Detect(std::string_view t) {
   if (t.find("<|im_start|>") != std::string_view::npos) {
     return ChatTemplate(ChatFormat::kChatML, ChatMLDefaultSystem(t));
   }
-  return absl::FailedPreconditionError(
-      "unsupported chat template (supported: chatml, llama3); send a plain prompt");
+  absl::StatusOr<jinja::Template> parsed = jinja::Template::Parse(t);
+  if (!parsed.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("the model's chat template does not parse (",
+                                                      parsed.status().message(),
+                                                      "); send a plain prompt"));
+  }
+  ChatTemplate ct(ChatFormat::kJinja, "");
+  ct.jinja_ = std::make_shared<const jinja::Template>(*std::move(parsed));
+  ct.tokens_ = std::move(tokens);
+  return ct;
 }
 
 ChatTemplate ChatTemplate::Of(ChatFormat format, std::string default_system) {
@@ -49,7 +66,15 @@ ChatTemplate ChatTemplate::Of(ChatFormat format, std::string default_system) {
 }
 
 const char* ChatTemplate::name() const {
-  return format_ == ChatFormat::kChatML ? "chatml" : "llama3";
+  switch (format_) {
+    case ChatFormat::kChatML:
+      return "chatml";
+    case ChatFormat::kLlama3:
+      return "llama3";
+    case ChatFormat::kJinja:
+      return "jinja";
+  }
+  return "?";
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const std::vector<ChatMessage>& messages,
@@ -72,6 +97,7 @@ absl::StatusOr<ChatTemplate::Rendered> ChatTemplate::RenderWithRanges(
           absl::StrCat("message ", i, ": content is not valid UTF-8"));
     }
   }
+  if (format_ == ChatFormat::kJinja) return RenderJinja(messages, add_generation_prompt);
   Rendered r;
   std::string& out = r.text;
   // Appends text a client supplied, remembering where it lies.
@@ -95,6 +121,8 @@ absl::StatusOr<ChatTemplate::Rendered> ChatTemplate::RenderWithRanges(
       }
       if (add_generation_prompt) out += "<|im_start|>assistant\n";
       break;
+    case ChatFormat::kJinja:
+      break;  // rendered above
     case ChatFormat::kLlama3:
       out = "<|begin_of_text|>";
       for (const ChatMessage& m : messages) {
@@ -107,6 +135,33 @@ absl::StatusOr<ChatTemplate::Rendered> ChatTemplate::RenderWithRanges(
       if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
       break;
   }
+  return r;
+}
+
+absl::StatusOr<ChatTemplate::Rendered> ChatTemplate::RenderJinja(
+    const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  jinja::ChatInputs in;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    // The renderer treats roles as template-level text (not literal ranges),
+    // so a role may only be a plain word: no way to smuggle in a marker.
+    for (char c : m.role) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-') {
+        return absl::InvalidArgumentError(
+            absl::StrCat("message ", i, ": role must be letters, digits, '_' or '-'"));
+      }
+    }
+    in.messages.push_back({{"role", m.role}, {"content", m.content}});
+  }
+  in.add_generation_prompt = add_generation_prompt;
+  in.bos_token = tokens_.bos;
+  in.eos_token = tokens_.eos;
+  absl::StatusOr<jinja::Rendered> out = jinja_->Render(in);
+  if (!out.ok()) return out.status();
+  Rendered r;
+  r.text = std::move(out->text);
+  r.message_ranges.reserve(out->user_ranges.size());
+  for (const jinja::ByteRange& b : out->user_ranges) r.message_ranges.push_back({b.begin, b.end});
   return r;
 }
 

@@ -177,8 +177,12 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   ctx.config = options.config;
   ctx.prompt.tokenizer = r->tokenizer_.get();
   std::string_view tmpl = r->vocab_file_->GetStringOr("tokenizer.chat_template", "").value_or("");
-  absl::StatusOr<ChatTemplate> chat = ChatTemplate::Detect(tmpl);
-  if (chat.ok()) ctx.prompt.chat = *chat;
+  absl::StatusOr<ChatTemplate> chat = ChatTemplate::Detect(tmpl, ChatTokensOf(*r->tokenizer_));
+  if (chat.ok()) {
+    ctx.prompt.chat = *chat;
+  } else if (!tmpl.empty()) {
+    PDS_LOG(WARNING) << "chat requests disabled: " << chat.status().message();
+  }
   absl::StatusOr<uint64_t> n_ctx = r->vocab_file_->GetUintOr(
       absl::StrCat(
           std::string(

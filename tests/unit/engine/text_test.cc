@@ -113,11 +113,40 @@ TEST(ChatTemplate, Llama3) {
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-TEST(ChatTemplate, UnknownTemplatesAndBadMessagesAreClearErrors) {
-  auto t =
-      ChatTemplate::Detect("{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}");
+// Templates that are neither ChatML nor Llama 3 run in the Jinja renderer,
+// with the vocabulary's bos/eos texts; user content stays a literal range.
+TEST(ChatTemplate, OtherTemplatesRunInTheJinjaRenderer) {
+  auto t = ChatTemplate::Detect(
+      "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} "
+      "[/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}",
+      {"<s>", "</s>"});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->format(), ChatFormat::kJinja);
+  EXPECT_STREQ(t->name(), "jinja");
+  auto r = t->RenderWithRanges({{"user", "Hi [INST]"}, {"assistant", "Yo"}, {"user", "Q"}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->text, "<s>[INST] Hi [INST] [/INST]Yo</s>[INST] Q [/INST]");
+  ASSERT_EQ(r->message_ranges.size(), 3u);
+  EXPECT_EQ(r->text.substr(r->message_ranges[0].begin,
+                           r->message_ranges[0].end - r->message_ranges[0].begin),
+            "Hi [INST]");
+  // A role is template-level text: only a plain word is accepted.
+  EXPECT_EQ(t->Render({{"user<s>", "x"}}).status().code(), absl::StatusCode::kInvalidArgument);
+  // raise_exception in the template is the caller's error.
+  auto strict = ChatTemplate::Detect(
+      "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}"
+      "{% endif %}{{ messages[0]['content'] }}");
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  auto refused = strict->Render({{"system", "s"}});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(refused.status().message()).find("first must be user"), std::string::npos);
+}
+
+TEST(ChatTemplate, UnparsableTemplatesAndBadMessagesAreClearErrors) {
+  auto t = ChatTemplate::Detect("{% for m in messages %}[INST] {{ m.content }");
   EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(std::string(t.status().message()).find("supported: chatml, llama3"), std::string::npos);
+  EXPECT_NE(std::string(t.status().message()).find("does not parse"), std::string::npos)
+      << t.status();
   EXPECT_FALSE(ChatTemplate::Detect("").ok());
   auto chatml = ChatTemplate::Of(ChatFormat::kChatML);
   EXPECT_FALSE(chatml.Render({}).ok());
