@@ -3,8 +3,13 @@
 namespace pdserve::router {
 namespace {
 
+// Draining, failed at the transport, or stalled: no new work.
+bool OutOfRotation(const NodeView& n) {
+  return n.load.draining() || n.suspect || n.load.stalled_ms() > 0;
+}
+
 bool HasRoom(const NodeView& n, const RequestShape& r) {
-  return !n.load.draining() && n.free_blocks() >= r.blocks_needed;
+  return !OutOfRotation(n) && n.free_blocks() >= r.blocks_needed;
 }
 
 // Prompt tokens a prefill node still has to compute, counting this one.
@@ -32,7 +37,7 @@ Selection LeastLoadedPolicy::Select(const RequestShape& r, const std::vector<Nod
         }
         break;
       case v1::NODE_ROLE_PREFILL:
-        if (n.load.draining()) break;
+        if (OutOfRotation(n)) break;
         if (!best_prefill || PrefillCost(n, r, bs) < PrefillCost(*best_prefill, r, bs)) {
           best_prefill = &n;
         }

@@ -40,7 +40,9 @@ class SelectionPolicy {
 //   prefill: the one with the least queued prefill work, counting prompt
 //           tokens its prefix cache would save;
 //   prefers a prefill+decode pair when both pools exist, else a mixed node
-//   with room (least loaded).
+//   with room (least loaded);
+//   never a node that is draining, stalled (NodeLoad.stalled_ms) or out of
+//   rotation after a transport failure (NodeView.suspect).
 class LeastLoadedPolicy : public SelectionPolicy {
  public:
   Selection Select(const RequestShape& request, const std::vector<NodeView>& nodes) override;
