@@ -256,7 +256,13 @@ void GenerateCall::Dispatch(const Selection& sel) {
       return;
     }
     auto attempt = std::make_shared<Attempt>();
-    attempt->number = attempt_ ? attempt_->number + 1 : 0;
+    attempt->number = n_attempts_++;
+    // Each attempt has its own id on the nodes: a node may still be
+    // aborting the failed attempt's request when the retry reaches it.
+    attempt->node_req = node_req_;
+    if (attempt->number > 0) {
+      attempt->node_req.set_request_id(absl::StrCat(spec_.id, "~retry", attempt->number));
+    }
     attempt_ = attempt;
     held_.clear();
     dispatched_ = true;
@@ -301,7 +307,7 @@ void GenerateCall::Dispatch(const Selection& sel) {
         attempt->node_ctx.set_deadline(DeadlineIn(node_budget_ms));
         PostLocked([this, self, attempt, stub] {
           auto* reader = new EventReader(self, attempt);
-          stub->async()->Generate(&attempt->node_ctx, &node_req_, reader);
+          stub->async()->Generate(&attempt->node_ctx, &attempt->node_req, reader);
           reader->Begin();
         });
       }
@@ -322,13 +328,13 @@ void GenerateCall::Dispatch(const Selection& sel) {
         const uint64_t xfer = ctx_->next_transfer_id.fetch_add(1);
         // Admit and Prefill go out together: the decode node reserves blocks while
         // the prefill node computes, and the KV lands straight in those blocks.
-        *attempt->admit_req.mutable_request() = node_req_;
+        *attempt->admit_req.mutable_request() = attempt->node_req;
         attempt->admit_req.set_transfer_id(xfer);
         attempt->admit_req.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
         attempt->node_ctx.AddMetadata("traceparent", traceparent);
         attempt->node_ctx.set_deadline(DeadlineIn(node_budget_ms));
 
-        *attempt->prefill_req.mutable_request() = node_req_;
+        *attempt->prefill_req.mutable_request() = attempt->node_req;
         attempt->prefill_req.set_kv_endpoint(sel.decode->kv_endpoint);
         attempt->prefill_req.set_transfer_id(xfer);
         attempt->prefill_req.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
@@ -471,10 +477,12 @@ void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) 
   }
   ++retries_;
   if (ctx_->retries != nullptr) ctx_->retries->Increment();
-  PDS_LOG(INFO) << spec_.id << ": attempt " << attempt_->number + 1 << " failed (" << status
+  PDS_LOG(INFO) << spec_.id << ": attempt " << n_attempts_ << " failed (" << status
                 << "); retrying on another pair";
   CancelNodeCallsLocked();
   ReleaseNodesLocked();
+  // Whatever the failed attempt's calls still report is stale from now on.
+  attempt_.reset();
   retry_from_ns_ = MonoNowNs();
   held_.clear();
   first_sent_ = false;

@@ -104,6 +104,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     bool released = false;                         // decode blocks given back
     grpc::ClientContext prefill_ctx;
     grpc::ClientContext node_ctx;
+    v1::NodeRequest node_req;  // the request as this attempt's nodes see it
     v1::PrefillRequest prefill_req;
     v1::PrefillResponse prefill_resp;
     v1::AdmitRequest admit_req;
@@ -152,7 +153,10 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   int64_t dispatch_ns_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t retry_from_ns_ ABSL_GUARDED_BY(mu_) = 0;  // when the failed attempt ended
   int32_t retries_ ABSL_GUARDED_BY(mu_) = 0;
-  std::shared_ptr<Attempt> attempt_ ABSL_GUARDED_BY(mu_);  // null until dispatched
+  int32_t n_attempts_ ABSL_GUARDED_BY(mu_) = 0;
+  // The attempt in flight: null while queued (before the first dispatch and
+  // between a failed attempt and its retry).
+  std::shared_ptr<Attempt> attempt_ ABSL_GUARDED_BY(mu_);
   std::string prefill_id_ ABSL_GUARDED_BY(mu_), decode_id_ ABSL_GUARDED_BY(mu_);
   bool mixed_ ABSL_GUARDED_BY(mu_) = false;
   bool first_sent_ ABSL_GUARDED_BY(mu_) = false;            // token #1 is out
