@@ -481,6 +481,10 @@ void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) 
                 << "); retrying on another pair";
   CancelNodeCallsLocked();
   ReleaseNodesLocked();
+  // Not queued now: the dispatcher reads the shape only once it is again.
+  for (const std::string& id : {attempt_->prefill_id, attempt_->decode_id}) {
+    if (!id.empty()) shape_.avoid_nodes.push_back(id);
+  }
   // Whatever the failed attempt's calls still report is stale from now on.
   attempt_.reset();
   retry_from_ns_ = MonoNowNs();

@@ -153,8 +153,8 @@ void KillNodeUnderLoad(Cluster& c, int metrics_port, const std::string& victim,
     }
     EXPECT_EQ(r.token_ids, reference[o.prompt]) << o.prompt;
     ASSERT_TRUE(r.complete.has_value());
+    // (A request may have been prefilled by the victim before it died.)
     EXPECT_NE(r.complete->decode_node(), victim);
-    EXPECT_NE(r.complete->prefill_node(), victim);
   }
   const std::string metrics = HttpGet(metrics_port, "/metrics");
   EXPECT_GE(Metric(metrics, "pdserve:router_retries_total"), 1) << metrics;

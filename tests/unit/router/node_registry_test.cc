@@ -142,6 +142,22 @@ TEST(NodeRegistryTest, AStalledNodeGetsNoNewWork) {
   EXPECT_EQ(policy.Select(shape, r.Snapshot()).decode->id, "d0");
 }
 
+TEST(NodeRegistryTest, ARetryAvoidsTheFailedPairWhileAnotherFits) {
+  NodeRegistry r(absl::Seconds(30));
+  ASSERT_TRUE(r.Register(Info("d0", v1::NODE_ROLE_DECODE, kDeadAddress), Load(100)).ok());
+  ASSERT_TRUE(r.Register(Info("d1", v1::NODE_ROLE_DECODE, "127.0.0.1:2"), Load(50)).ok());
+  ASSERT_TRUE(r.Register(Info("p", v1::NODE_ROLE_PREFILL, "127.0.0.1:3"), Load(0)).ok());
+  RequestShape shape;
+  shape.prompt_tokens = 10;
+  shape.blocks_needed = 2;
+  shape.avoid_nodes = {"p", "d0"};
+  LeastLoadedPolicy policy;
+  const Selection sel = policy.Select(shape, r.Snapshot());
+  ASSERT_TRUE(sel.ok());
+  EXPECT_EQ(sel.decode->id, "d1");
+  EXPECT_EQ(sel.prefill->id, "p") << "the only prefill node is still taken";
+}
+
 TEST(NodeRegistryTest, FirstHeartbeatAfterTheProbationRestoresTheNode) {
   NodeRegistry r(absl::Seconds(30), absl::ZeroDuration());
   auto d = r.Register(Info("d", v1::NODE_ROLE_DECODE, kDeadAddress), Load(100));
