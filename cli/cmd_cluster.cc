@@ -7,14 +7,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -37,7 +40,27 @@ namespace {
 struct Child {
   std::string name;
   pid_t pid = -1;
+  // Supervision (nodes of a role with several nodes): how to start it again.
+  std::vector<std::string> args;
+  std::string role;
+  int64_t started_ns = 0;
+  int restarts = 0;              // in a row: reset once it stays up kStableNs
+  int64_t restart_at_ns = 0;     // > 0: dead, to be started again then
+  int64_t secrets_until_ns = 0;  // > 0: its secret files exist until it registers or then
 };
+
+// A restarted child that stays up this long resets its backoff.
+constexpr int64_t kStableNs = int64_t{60} * 1000000000;
+// Backoff before restart n (0-based): 1 s, 2 s, 4 s, ... at most 30 s.
+int64_t RestartBackoffNs(int n) {
+  return std::min<int64_t>(int64_t{1000000000} << std::min(n, 5), int64_t{30} * 1000000000);
+}
+
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exit code ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
+  return "unknown status";
+}
 
 // Secrets for the children, as files in a private directory (0700, files
 // 0600) that the destructor removes (once the cluster is up, or on a failed
@@ -149,13 +172,14 @@ void StopAll(std::vector<Child>& children, int timeout_s) {
   }
 }
 
-// The first child that exited, or nullptr.
-const Child* Reap(std::vector<Child>& children) {
+// The first child that exited (its wait status in `status`), or nullptr.
+Child* Reap(std::vector<Child>& children, int* status = nullptr) {
   for (Child& c : children) {
     if (c.pid <= 0) continue;
-    int status;
-    if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
+    int st;
+    if (waitpid(c.pid, &st, WNOHANG) == c.pid) {
       c.pid = -1;
+      if (status != nullptr) *status = st;
       return &c;
     }
   }
@@ -287,7 +311,13 @@ int RunCluster(int argc, char** argv) {
     for (const std::string& f : split(node_flags)) args.push_back(f);
     auto pid = Spawn(args);
     if (!pid.ok()) return pid.status();
-    children.push_back({absl::StrCat(role, "-", index), *pid});
+    Child child;
+    child.name = absl::StrCat(role, "-", index);
+    child.pid = *pid;
+    child.args = std::move(args);
+    child.role = role;
+    child.started_ns = MonoNowNs();
+    children.push_back(std::move(child));
     return absl::OkStatus();
   };
   absl::Status started = absl::OkStatus();
@@ -344,7 +374,16 @@ int RunCluster(int argc, char** argv) {
   // remove them now, so not even a SIGKILL of this process leaves them behind.
   secrets->reset();
 
-  // Run until a signal arrives or a child dies.
+  // Run until a signal arrives or a child that cannot be replaced dies. A
+  // node of a role with several nodes is restarted with backoff (the others
+  // keep serving meanwhile: the router retries their requests elsewhere);
+  // the router, or the only node of its role, stops the cluster.
+  absl::flat_hash_map<std::string, int> per_role;
+  for (const Child& c : children) {
+    if (!c.role.empty()) ++per_role[c.role];
+  }
+  // Secret files of restarted children, removed once they registered.
+  absl::flat_hash_map<std::string, std::unique_ptr<SecretDir>> restart_secrets;
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
@@ -354,10 +393,77 @@ int RunCluster(int argc, char** argv) {
     timespec poll = {0, 200 * 1000 * 1000};
     const int sig = sigtimedwait(&set, nullptr, &poll);
     if (sig == SIGINT || sig == SIGTERM) break;
-    if (const Child* dead = Reap(children)) {
-      PDS_LOG(ERROR) << "cluster: " << dead->name << " exited; stopping the cluster";
+    int status = 0;
+    if (Child* dead = Reap(children, &status)) {
+      if (dead->role.empty() || per_role[dead->role] < 2) {
+        PDS_LOG(ERROR) << "cluster: " << dead->name << " exited (" << DescribeExit(status)
+                       << "); stopping the cluster";
+        rc = 1;
+        break;
+      }
+      const int64_t now = MonoNowNs();
+      if (now - dead->started_ns >= kStableNs) dead->restarts = 0;
+      const int64_t backoff = RestartBackoffNs(dead->restarts);
+      dead->restart_at_ns = now + backoff;
+      restart_secrets.erase(dead->name);
+      dead->secrets_until_ns = 0;
+      PDS_LOG(WARNING) << "cluster: " << dead->name << " exited (" << DescribeExit(status)
+                       << "); restarting it in " << backoff / 1000000 << " ms (restart "
+                       << dead->restarts + 1 << "); the other " << dead->role
+                       << " nodes keep serving";
+    }
+    const int64_t now = MonoNowNs();
+    bool start_failed = false;
+    for (Child& c : children) {
+      if (c.restart_at_ns == 0 || now < c.restart_at_ns) continue;
+      c.restart_at_ns = 0;
+      ++c.restarts;
+      // Its secrets were removed after the first start: write them again,
+      // for this start only.
+      absl::StatusOr<std::unique_ptr<SecretDir>> dir = SecretDir::Create();
+      absl::StatusOr<std::string> token =
+          dir.ok() ? (*dir)->Write("node-token", security->node_token + "\n")
+                   : absl::StatusOr<std::string>(dir.status());
+      if (!token.ok()) {
+        PDS_LOG(ERROR) << "cluster: cannot restart " << c.name << ": " << token.status();
+        start_failed = true;
+        break;
+      }
+      for (size_t i = 0; i + 1 < c.args.size(); ++i) {
+        if (c.args[i] == "--node-token-file") c.args[i + 1] = *token;
+      }
+      absl::StatusOr<pid_t> pid = Spawn(c.args);
+      if (!pid.ok()) {
+        PDS_LOG(ERROR) << "cluster: cannot restart " << c.name << ": " << pid.status();
+        start_failed = true;
+        break;
+      }
+      c.pid = *pid;
+      c.started_ns = now;
+      c.secrets_until_ns = now + int64_t{vm["startup-timeout"].as<int>()} * 1000000000;
+      restart_secrets[c.name] = std::move(*dir);
+      PDS_LOG(WARNING) << "cluster: restarted " << c.name << " (pid " << c.pid << ")";
+    }
+    if (start_failed) {
       rc = 1;
       break;
+    }
+    if (!restart_secrets.empty()) {
+      // Remove a restarted child's secrets once it registered (it read them).
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+      v1::ListNodesResponse listed;
+      const bool ok = registry->ListNodes(&ctx, v1::ListNodesRequest(), &listed).ok();
+      for (Child& c : children) {
+        if (c.secrets_until_ns == 0) continue;
+        bool registered = false;
+        for (const auto& e : listed.nodes()) registered |= ok && e.info().node_id() == c.name;
+        if (registered || now > c.secrets_until_ns || c.pid <= 0) {
+          restart_secrets.erase(c.name);
+          c.secrets_until_ns = 0;
+          if (registered) PDS_LOG(INFO) << "cluster: " << c.name << " is back";
+        }
+      }
     }
   }
   StopAll(children, 30);

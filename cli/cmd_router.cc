@@ -28,6 +28,14 @@ void AddRouterFlags(po::options_description* desc) {
       "max-queue", po::value<int>()->default_value(256), "requests waiting for a node, then 429")(
       "queue-timeout-ms", po::value<int64_t>()->default_value(60000),
       "longest a request waits for a node")(
+      "max-retries", po::value<int>()->default_value(2),
+      "retries on another pair when a node fails before token #1 reached the client")(
+      "node-probation-ms", po::value<int64_t>()->default_value(2000),
+      "a node whose call failed at the transport is out of rotation this long (then until it "
+      "heartbeats)")("prefill-ms-per-1k-tokens", po::value<int64_t>()->default_value(60000),
+                     "Prefill call deadline: --kv-deadline-ms plus this per 1,000 prompt tokens")(
+      "decode-ms-per-token", po::value<int64_t>()->default_value(1000),
+      "Admit/Generate call deadline: the Prefill deadline plus this per max_tokens")(
       "trace-file", po::value<std::string>()->default_value(""), "OTLP/JSON span file")(
       "timing-log", po::value<std::string>()->default_value(""),
       "file for one JSON line of stage timings per request")(
@@ -112,6 +120,10 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
   o.config.kv_deadline_ms = vm["kv-deadline-ms"].as<int64_t>();
   o.config.max_queue = vm["max-queue"].as<int>();
   o.config.queue_timeout_ms = vm["queue-timeout-ms"].as<int64_t>();
+  o.config.max_retries = vm["max-retries"].as<int>();
+  o.node_probation_ms = vm["node-probation-ms"].as<int64_t>();
+  o.config.prefill_ms_per_1k_tokens = vm["prefill-ms-per-1k-tokens"].as<int64_t>();
+  o.config.decode_ms_per_token = vm["decode-ms-per-token"].as<int64_t>();
   o.trace_file = vm["trace-file"].as<std::string>();
   o.timing_log = vm["timing-log"].as<std::string>();
   o.http_port = vm["http-port"].as<int>();
@@ -133,7 +145,9 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
     return absl::InvalidArgumentError("HTTP limits must be positive");
   }
   if (o.heartbeat_interval_ms <= 0 || o.node_expiry_ms <= 0 || o.config.kv_deadline_ms <= 0 ||
-      o.config.max_queue < 0 || o.config.queue_timeout_ms <= 0) {
+      o.config.max_queue < 0 || o.config.queue_timeout_ms <= 0 || o.config.max_retries < 0 ||
+      o.node_probation_ms < 0 || o.config.prefill_ms_per_1k_tokens <= 0 ||
+      o.config.decode_ms_per_token <= 0) {
     return absl::InvalidArgumentError("intervals and limits must be positive");
   }
   return o;

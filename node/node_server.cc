@@ -1,5 +1,7 @@
 #include "node/node_server.h"
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -322,6 +324,7 @@ v1::NodeLoad NodeServer::Load() const {
   l.set_prefix_hit_tokens(s.kv.prefix_hit_tokens);
   l.set_prefix_query_tokens(s.kv.prefix_query_tokens);
   l.set_draining(draining_.load());
+  if (stalled_.load()) l.set_stalled_ms(std::max<int64_t>(1, stalled_for_ms_.load()));
   return l;
 }
 
@@ -357,7 +360,7 @@ void NodeServer::Heartbeats() {
     last_prefix_hits_ = s.kv.prefix_hit_tokens;
     last_prefix_queries_ = s.kv.prefix_query_tokens;
     last_prompt_tokens_ = s.prompt_tokens_computed;
-    WatchProgress();
+    WatchProgress();  // before Load(): the heartbeat carries the stall
     if (stub && !draining_.load()) {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -136,10 +136,10 @@ void Dispatcher::DispatchReady() {
     if (!Remove(call.get())) continue;  // cancelled meanwhile
     const int32_t blocks = call->shape().blocks_needed;
     if (sel.mixed) {
-      ctx_->registry->AddWork(sel.mixed->id, blocks, 0);
+      ctx_->registry->AddWork(sel.mixed->id, sel.mixed->epoch, blocks, 0);
     } else {
-      ctx_->registry->AddWork(sel.decode->id, blocks, 0);
-      ctx_->registry->AddWork(sel.prefill->id, 0, call->shape().prompt_tokens);
+      ctx_->registry->AddWork(sel.decode->id, sel.decode->epoch, blocks, 0);
+      ctx_->registry->AddWork(sel.prefill->id, sel.prefill->epoch, 0, call->shape().prompt_tokens);
     }
     call->Dispatch(sel);
   }

@@ -23,23 +23,25 @@ using tracing::Stage;
 // the call. Deletes itself when the stream ends.
 class EventReader : public grpc::ClientReadReactor<v1::DecodeEvent> {
  public:
-  explicit EventReader(std::shared_ptr<GenerateCall> call) : call_(std::move(call)) {}
+  EventReader(std::shared_ptr<GenerateCall> call, std::shared_ptr<GenerateCall::Attempt> attempt)
+      : call_(std::move(call)), attempt_(std::move(attempt)) {}
   void Begin() {
     StartRead(&event_);
     StartCall();
   }
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
-    call_->OnNodeEvent(event_);
+    call_->OnNodeEvent(attempt_.get(), event_);
     StartRead(&event_);
   }
   void OnDone(const grpc::Status& status) override {
-    call_->OnNodeDone(status);
+    call_->OnNodeDone(attempt_.get(), status);
     delete this;
   }
 
  private:
   std::shared_ptr<GenerateCall> call_;
+  std::shared_ptr<GenerateCall::Attempt> attempt_;  // owns the context the call uses
   v1::DecodeEvent event_;
 };
 
@@ -60,6 +62,17 @@ ErrorKind KindFor(const absl::Status& s) {
     default:
       return ErrorKind::kInternal;
   }
+}
+
+// A failure of a node (or of the path between two nodes) rather than of the
+// request: another pair may well serve it.
+bool Retryable(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kAborted ||
+         code == absl::StatusCode::kDataLoss;
+}
+
+std::chrono::system_clock::time_point DeadlineIn(int64_t ms) {
+  return std::chrono::system_clock::now() + std::chrono::milliseconds(ms);
 }
 
 std::optional<std::string_view> Traceparent(const grpc::CallbackServerContext* ctx) {
@@ -144,9 +157,11 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
   const int64_t tokenized = MonoNowNs();
   if (!spec.ok()) {
     ctx->metrics.error(KindFor(spec.status())).Increment();
-    absl::MutexLock lock(&call->mu_);
-    call->done_ = true;
-    call->out_->Finish(rpc::ToGrpc(spec.status()));
+    {
+      absl::MutexLock lock(&call->mu_);
+      call->FinishLocked(rpc::ToGrpc(spec.status()));
+    }
+    call->RunPosted();
     return call;
   }
   call->spec_ = std::move(*spec);
@@ -164,186 +179,349 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
   call->shape_.prefix_hashes = HashFullBlocks(call->spec_.prompt.data(), n_prompt, bs);
   rpc::ToProto(call->spec_, &call->node_req_);
 
+  bool duplicate = false;
   {
     absl::MutexLock lock(&ctx->calls_mu);
     auto [it, inserted] = ctx->calls.try_emplace(call->spec_.id, call);
-    if (!inserted && !it->second.expired()) {
+    duplicate = !inserted && !it->second.expired();
+    if (!duplicate) it->second = call;
+  }
+  if (duplicate) {
+    {
       absl::MutexLock call_lock(&call->mu_);
-      call->done_ = true;
-      call->out_->Finish(
+      call->FinishLocked(
           grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
                        absl::StrCat("request id '", call->client_id_,
                                     "' is in flight (ids are unique among your requests)")));
-      return call;
     }
-    it->second = call;
+    call->RunPosted();
+    return call;
   }
   ctx->metrics.num_requests_waiting->Add(1);
   if (absl::Status s = ctx->dispatcher->Enqueue(call); !s.ok()) {
     ctx->metrics.num_requests_waiting->Add(-1);
-    absl::MutexLock lock(&call->mu_);
-    call->FailLocked(s, KindFor(s));
+    {
+      absl::MutexLock lock(&call->mu_);
+      call->FailLocked(s, KindFor(s));
+    }
+    call->RunPosted();
     return call;
   }
   ctx->dispatcher->Pump();
   return call;
 }
 
-void GenerateCall::Dispatch(const Selection& sel) {
-  std::shared_ptr<GenerateCall> self = shared_from_this();
-  absl::MutexLock lock(&mu_);
-  ctx_->metrics.num_requests_waiting->Add(-1);
-  if (done_) {  // cancelled while the dispatcher chose: give the capacity back
-    if (sel.mixed) ctx_->registry->DoneWork(sel.mixed->id, shape_.blocks_needed);
-    if (sel.decode) ctx_->registry->DoneWork(sel.decode->id, shape_.blocks_needed);
-    if (sel.prefill) ctx_->registry->DonePrefill(sel.prefill->id, shape_.prompt_tokens);
-    return;
-  }
-  dispatched_ = true;
-  ctx_->metrics.num_requests_running->Add(1);
-  dispatch_ns_ = MonoNowNs();
-  const int64_t queued_from = timeline_.Get(Stage::kRouterTokenize)->end_offset_ns();
-  timeline_.Record(Stage::kRouterQueue, {queued_from, dispatch_ns_ - arrival_ns_ - queued_from});
-  ctx_->metrics.request_queue_time_seconds->Observe((dispatch_ns_ - arrival_ns_) * 1e-9 -
-                                                    queued_from * 1e-9);
-  const std::string traceparent = tracing::StartChildSpan(span_).ToTraceparent();
+void GenerateCall::PostLocked(std::function<void()> fn) { posted_.push_back(std::move(fn)); }
 
-  if (sel.mixed) {
-    mixed_ = true;
-    decode_id_ = sel.mixed->id;
-    first_sent_ = true;  // a mixed node streams token #1 itself
-    auto stub = ctx_->registry->Stub(decode_id_);
-    if (!stub) {
-      FailLocked(absl::UnavailableError("node left"), ErrorKind::kUnavailable);
+void GenerateCall::RunPosted() {
+  std::vector<std::function<void()>> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    // Another thread is running them: it picks ours up before it stops.
+    if (running_posted_ || posted_.empty()) return;
+    running_posted_ = true;
+    batch.swap(posted_);
+  }
+  for (;;) {
+    for (std::function<void()>& fn : batch) fn();
+    batch.clear();
+    absl::MutexLock lock(&mu_);
+    if (posted_.empty()) {
+      running_posted_ = false;
       return;
     }
-    node_ctx_.AddMetadata("traceparent", traceparent);
-    auto* reader = new EventReader(self);
-    stub->async()->Generate(&node_ctx_, &node_req_, reader);
-    reader->Begin();
-    return;
+    batch.swap(posted_);
   }
-
-  prefill_id_ = sel.prefill->id;
-  decode_id_ = sel.decode->id;
-  auto p_stub = ctx_->registry->Stub(prefill_id_);
-  auto d_stub = ctx_->registry->Stub(decode_id_);
-  if (!p_stub || !d_stub) {
-    ctx_->registry->DonePrefill(prefill_id_, shape_.prompt_tokens);
-    prefill_id_.clear();
-    FailLocked(absl::UnavailableError("node left"), ErrorKind::kUnavailable);
-    return;
-  }
-  ctx_->registry->RememberPrefix(prefill_id_, shape_.prefix_hashes);
-  // Unguessable id and a fresh secret per attempt: only this prefill node
-  // can open (or block) the transfer into the decode node's blocks.
-  const uint64_t xfer = SecureRandomU64();
-  const std::string kv_secret = SecureRandomSecret128();
-  // Admit and Prefill go out together: the decode node reserves blocks while
-  // the prefill node computes, and the KV lands straight in those blocks.
-  *admit_req_.mutable_request() = node_req_;
-  admit_req_.set_transfer_id(xfer);
-  admit_req_.set_kv_secret(kv_secret);
-  admit_req_.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
-  node_ctx_.AddMetadata("traceparent", traceparent);
-  auto* reader = new EventReader(self);
-  d_stub->async()->Admit(&node_ctx_, &admit_req_, reader);
-  reader->Begin();
-
-  *prefill_req_.mutable_request() = node_req_;
-  prefill_req_.set_kv_endpoint(sel.decode->kv_endpoint);
-  prefill_req_.set_transfer_id(xfer);
-  prefill_req_.set_kv_secret(kv_secret);
-  prefill_req_.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
-  prefill_ctx_.AddMetadata("traceparent", traceparent);
-  prefill_pending_ = true;
-  p_stub->async()->Prefill(&prefill_ctx_, &prefill_req_, &prefill_resp_,
-                           [self](grpc::Status s) { self->OnPrefillDone(s); });
 }
 
-void GenerateCall::OnPrefillDone(const grpc::Status& status) {
-  absl::MutexLock lock(&mu_);
-  prefill_pending_ = false;
-  ctx_->registry->DonePrefill(prefill_id_, shape_.prompt_tokens);
-  if (done_) return;
-  if (!status.ok()) {
-    absl::Status s = rpc::FromGrpc(status);
-    FailLocked(
-        absl::Status(s.code(), absl::StrCat("prefill node ", prefill_id_, ": ", s.message())),
-        s.code() == absl::StatusCode::kInvalidArgument ? ErrorKind::kInvalidRequest
-                                                       : ErrorKind::kPrefillFailed);
-    return;
-  }
-  for (const v1::StageTiming& t : prefill_resp_.stages()) {
-    if (auto stage = tracing::StageFromName(t.stage())) {
-      timeline_.Record(*stage, {dispatch_ns_ - arrival_ns_ + t.start_ns(), t.duration_ns()});
+void GenerateCall::SendLocked(v1::GenerateResponse response) {
+  // Shared: std::function needs a copyable closure, the response is moved once.
+  auto r = std::make_shared<v1::GenerateResponse>(std::move(response));
+  PostLocked([this, r] { out_->Write(std::move(*r)); });
+}
+
+void GenerateCall::Dispatch(const Selection& sel) {
+  std::shared_ptr<GenerateCall> self = shared_from_this();
+  {
+    absl::MutexLock lock(&mu_);
+    ctx_->metrics.num_requests_waiting->Add(-1);
+    if (done_) {  // cancelled while the dispatcher chose: give the capacity back
+      if (sel.mixed)
+        ctx_->registry->DoneWork(sel.mixed->id, sel.mixed->epoch, shape_.blocks_needed);
+      if (sel.decode) {
+        ctx_->registry->DoneWork(sel.decode->id, sel.decode->epoch, shape_.blocks_needed);
+      }
+      if (sel.prefill) {
+        ctx_->registry->DonePrefill(sel.prefill->id, sel.prefill->epoch, shape_.prompt_tokens);
+      }
+      return;
+    }
+    auto attempt = std::make_shared<Attempt>();
+    attempt->number = n_attempts_++;
+    // Each attempt has its own id on the nodes: a node may still be
+    // aborting the failed attempt's request when the retry reaches it.
+    attempt->node_req = node_req_;
+    if (attempt->number > 0) {
+      attempt->node_req.set_request_id(absl::StrCat(spec_.id, "~retry", attempt->number));
+    }
+    attempt_ = attempt;
+    held_.clear();
+    dispatched_ = true;
+    ctx_->metrics.num_requests_running->Add(1);
+    const int64_t now = MonoNowNs();
+    if (attempt->number == 0) {
+      dispatch_ns_ = now;
+      const int64_t queued_from = timeline_.Get(Stage::kRouterTokenize)->end_offset_ns();
+      timeline_.Record(Stage::kRouterQueue,
+                       {queued_from, dispatch_ns_ - arrival_ns_ - queued_from});
+      ctx_->metrics.request_queue_time_seconds->Observe((dispatch_ns_ - arrival_ns_) * 1e-9 -
+                                                        queued_from * 1e-9);
+    } else {
+      // Node stages of this attempt count from its own dispatch.
+      dispatch_ns_ = now;
+      v1::StageTiming t;
+      t.set_stage("router.retry");
+      t.set_start_ns(retry_from_ns_ - arrival_ns_);
+      t.set_duration_ns(now - retry_from_ns_);
+      t.set_node(ctx_->config.node_name);
+      retry_stages_.push_back(std::move(t));
+    }
+    const std::string traceparent = tracing::StartChildSpan(span_).ToTraceparent();
+    const int64_t prefill_budget_ms =
+        ctx_->config.kv_deadline_ms +
+        ctx_->config.prefill_ms_per_1k_tokens * (int64_t{shape_.prompt_tokens} + 999) / 1000;
+    const int64_t node_budget_ms =
+        prefill_budget_ms + ctx_->config.decode_ms_per_token * int64_t{spec_.stop.max_tokens};
+
+    if (sel.mixed) {
+      mixed_ = true;
+      attempt->mixed = true;
+      decode_id_ = sel.mixed->id;
+      attempt->decode_id = decode_id_;
+      attempt->decode_epoch = sel.mixed->epoch;
+      first_sent_ = true;  // a mixed node streams token #1 itself
+      auto stub = ctx_->registry->Stub(decode_id_);
+      if (!stub) {
+        NodeFailedLocked(absl::UnavailableError("node left"), ErrorKind::kUnavailable);
+      } else {
+        attempt->node_ctx.AddMetadata("traceparent", traceparent);
+        attempt->node_ctx.set_deadline(DeadlineIn(node_budget_ms));
+        PostLocked([this, self, attempt, stub] {
+          auto* reader = new EventReader(self, attempt);
+          stub->async()->Generate(&attempt->node_ctx, &attempt->node_req, reader);
+          reader->Begin();
+        });
+      }
+    } else {
+      prefill_id_ = sel.prefill->id;
+      decode_id_ = sel.decode->id;
+      attempt->prefill_id = prefill_id_;
+      attempt->decode_id = decode_id_;
+      attempt->prefill_epoch = sel.prefill->epoch;
+      attempt->decode_epoch = sel.decode->epoch;
+      auto p_stub = ctx_->registry->Stub(prefill_id_);
+      auto d_stub = ctx_->registry->Stub(decode_id_);
+      if (!p_stub || !d_stub) {
+        ctx_->registry->DonePrefill(prefill_id_, attempt->prefill_epoch, shape_.prompt_tokens);
+        NodeFailedLocked(absl::UnavailableError("node left"), ErrorKind::kUnavailable);
+      } else {
+        ctx_->registry->RememberPrefix(prefill_id_, shape_.prefix_hashes);
+        // Unguessable id and a fresh secret per attempt: only this prefill node
+        // can open (or block) the transfer into the decode node's blocks.
+        const uint64_t xfer = SecureRandomU64();
+        const std::string kv_secret = SecureRandomSecret128();
+        // Admit and Prefill go out together: the decode node reserves blocks while
+        // the prefill node computes, and the KV lands straight in those blocks.
+        *attempt->admit_req.mutable_request() = attempt->node_req;
+        attempt->admit_req.set_transfer_id(xfer);
+        attempt->admit_req.set_kv_secret(kv_secret);
+        attempt->admit_req.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
+        attempt->node_ctx.AddMetadata("traceparent", traceparent);
+        attempt->node_ctx.set_deadline(DeadlineIn(node_budget_ms));
+
+        *attempt->prefill_req.mutable_request() = attempt->node_req;
+        attempt->prefill_req.set_kv_endpoint(sel.decode->kv_endpoint);
+        attempt->prefill_req.set_transfer_id(xfer);
+        attempt->prefill_req.set_kv_secret(kv_secret);
+        attempt->prefill_req.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
+        attempt->prefill_ctx.AddMetadata("traceparent", traceparent);
+        attempt->prefill_ctx.set_deadline(DeadlineIn(prefill_budget_ms));
+        PostLocked([self, attempt, d_stub, p_stub] {
+          auto* reader = new EventReader(self, attempt);
+          d_stub->async()->Admit(&attempt->node_ctx, &attempt->admit_req, reader);
+          reader->Begin();
+          p_stub->async()->Prefill(
+              &attempt->prefill_ctx, &attempt->prefill_req, &attempt->prefill_resp,
+              [self, attempt](grpc::Status s) { self->OnPrefillDone(attempt.get(), s); });
+        });
+      }
     }
   }
-  cached_tokens_ = prefill_resp_.cached_prompt_tokens();
-  // Token #1: to the client now (TTFT), then anything the decode node sent early.
-  v1::Chunk first;
-  first.add_token_ids(prefill_resp_.token_id());
-  first.set_text(prefill_resp_.text());
-  if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
-    first.add_logprobs(prefill_resp_.logprob());
-    *first.add_top_logprobs() = prefill_resp_.top_logprobs();
+  RunPosted();
+}
+
+void GenerateCall::OnPrefillDone(Attempt* attempt, const grpc::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    // The prefill tokens come back whatever happened, to the attempt's registration.
+    ctx_->registry->DonePrefill(attempt->prefill_id, attempt->prefill_epoch, shape_.prompt_tokens);
+    if (done_ || !Current(attempt)) {
+      // Fall through to RunPosted: nothing to do.
+    } else if (!status.ok()) {
+      absl::Status s = rpc::FromGrpc(status);
+      absl::Status named(s.code(), absl::StrCat("prefill node ", prefill_id_, ": ", s.message()));
+      if (s.code() == absl::StatusCode::kInvalidArgument) {
+        FailLocked(named, ErrorKind::kInvalidRequest);
+      } else {
+        NodeFailedLocked(named, ErrorKind::kPrefillFailed);
+      }
+    } else {
+      const v1::PrefillResponse& resp = attempt->prefill_resp;
+      for (const v1::StageTiming& t : resp.stages()) {
+        if (auto stage = tracing::StageFromName(t.stage())) {
+          timeline_.Record(*stage, {dispatch_ns_ - arrival_ns_ + t.start_ns(), t.duration_ns()});
+        }
+      }
+      cached_tokens_ = resp.cached_prompt_tokens();
+      // Token #1: to the client now (TTFT), then anything the decode node sent early.
+      v1::Chunk first;
+      first.add_token_ids(resp.token_id());
+      first.set_text(resp.text());
+      if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
+        first.add_logprobs(resp.logprob());
+        *first.add_top_logprobs() = resp.top_logprobs();
+      }
+      first.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+      first.mutable_usage()->set_completion_tokens(1);
+      WriteChunkLocked(std::move(first));
+      first_sent_ = true;
+      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        // Token #1 ended it (EOS, stop, max_tokens 1): the decode side is not needed.
+        v1::Complete c;
+        c.set_finish_reason(resp.finish_reason());
+        c.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+        c.mutable_usage()->set_completion_tokens(1);
+        CancelNodeCallsLocked();
+        CompleteLocked(c);
+      } else {
+        std::vector<v1::DecodeEvent> held;
+        held.swap(held_);
+        for (const v1::DecodeEvent& ev : held) {
+          if (done_) break;
+          if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
+          if (ev.has_complete()) CompleteLocked(ev.complete());
+        }
+      }
+    }
   }
-  first.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-  first.mutable_usage()->set_completion_tokens(1);
-  WriteChunkLocked(std::move(first));
-  first_sent_ = true;
-  if (prefill_resp_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-    // Token #1 ended it (EOS, stop, max_tokens 1): the decode side is not needed.
-    v1::Complete c;
-    c.set_finish_reason(prefill_resp_.finish_reason());
-    c.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-    c.mutable_usage()->set_completion_tokens(1);
-    node_ctx_.TryCancel();
-    CompleteLocked(c);
-    return;
+  RunPosted();
+}
+
+void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (done_ || !Current(attempt) || ev.has_admitted()) {
+      // Nothing to do (a superseded attempt's events are dropped).
+    } else if (ev.has_error()) {
+      const absl::Status s(
+          static_cast<absl::StatusCode>(ev.error().code()),
+          absl::StrCat(mixed_ ? "node " : "decode node ", decode_id_, ": ", ev.error().message()));
+      NodeFailedLocked(s, ev.error().kind() == "kv_transfer" ? ErrorKind::kKvTransfer
+                                                             : ErrorKind::kDecodeFailed);
+    } else if (!first_sent_) {
+      held_.push_back(ev);
+    } else {
+      if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
+      if (ev.has_complete()) CompleteLocked(ev.complete());
+    }
   }
-  std::vector<v1::DecodeEvent> held;
-  held.swap(held_);
-  for (const v1::DecodeEvent& ev : held) {
-    if (done_) break;
-    if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
-    if (ev.has_complete()) CompleteLocked(ev.complete());
+  RunPosted();
+}
+
+void GenerateCall::OnNodeDone(Attempt* attempt, const grpc::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (done_ || !Current(attempt)) {
+      // Over already, or superseded.
+    } else if (!status.ok()) {
+      absl::Status s = rpc::FromGrpc(status);
+      NodeFailedLocked(absl::Status(s.code(), absl::StrCat(mixed_ ? "node " : "decode node ",
+                                                           decode_id_, ": ", s.message())),
+                       s.code() == absl::StatusCode::kResourceExhausted ? ErrorKind::kOverloaded
+                                                                        : ErrorKind::kDecodeFailed);
+    } else if (first_sent_ && held_.empty()) {
+      FailLocked(absl::InternalError("node stream ended without a result"), ErrorKind::kInternal);
+    }
+    // Else the prefill reply will finish it.
+  }
+  RunPosted();
+}
+
+void GenerateCall::ReportNodeFailuresLocked(const absl::Status& status) {
+  if (!attempt_ || !Retryable(status.code())) return;
+  // Both nodes: when the decode node dies, the prefill node's KV send may
+  // fail first; a node whose connection is fine is not marked.
+  if (!attempt_->prefill_id.empty()) {
+    ctx_->registry->ReportFailure(attempt_->prefill_id, attempt_->prefill_epoch);
+  }
+  if (!attempt_->decode_id.empty()) {
+    ctx_->registry->ReportFailure(attempt_->decode_id, attempt_->decode_epoch);
   }
 }
 
-void GenerateCall::OnNodeEvent(const v1::DecodeEvent& ev) {
-  absl::MutexLock lock(&mu_);
+void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) {
   if (done_) return;
-  if (ev.has_admitted()) return;
-  if (ev.has_error()) {
-    const absl::Status s(
-        static_cast<absl::StatusCode>(ev.error().code()),
-        absl::StrCat(mixed_ ? "node " : "decode node ", decode_id_, ": ", ev.error().message()));
-    FailLocked(
-        s, ev.error().kind() == "kv_transfer" ? ErrorKind::kKvTransfer : ErrorKind::kDecodeFailed);
+  ReportNodeFailuresLocked(status);
+  // Only before anything reached the client: after that, a new pair's
+  // output could differ from what the client already has.
+  const bool can_retry = Retryable(status.code()) && first_chunk_ns_ == 0 &&
+                         retries_ < ctx_->config.max_retries &&
+                         (!mixed_ || completion_tokens_ == 0);
+  if (!can_retry) {
+    FailLocked(status, kind);
     return;
   }
-  if (!first_sent_) {
-    held_.push_back(ev);
-    return;
+  ++retries_;
+  if (ctx_->retries != nullptr) ctx_->retries->Increment();
+  PDS_LOG(INFO) << spec_.id << ": attempt " << n_attempts_ << " failed (" << status
+                << "); retrying on another pair";
+  CancelNodeCallsLocked();
+  ReleaseNodesLocked();
+  // Not queued now: the dispatcher reads the shape only once it is again.
+  for (const std::string& id : {attempt_->prefill_id, attempt_->decode_id}) {
+    if (!id.empty()) shape_.avoid_nodes.push_back(id);
   }
-  if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
-  if (ev.has_complete()) CompleteLocked(ev.complete());
+  // Whatever the failed attempt's calls still report is stale from now on.
+  attempt_.reset();
+  retry_from_ns_ = MonoNowNs();
+  held_.clear();
+  first_sent_ = false;
+  mixed_ = false;
+  ctx_->metrics.num_requests_waiting->Add(1);
+  std::shared_ptr<GenerateCall> self = shared_from_this();
+  PostLocked([self, status, kind] {
+    if (absl::Status s = self->ctx_->dispatcher->Enqueue(self); !s.ok()) {
+      self->ctx_->metrics.num_requests_waiting->Add(-1);
+      {
+        absl::MutexLock lock(&self->mu_);
+        self->FailLocked(absl::Status(status.code(),
+                                      absl::StrCat(status.message(), "; no retry: ", s.message())),
+                         kind);
+      }
+      self->RunPosted();
+      return;
+    }
+    self->ctx_->dispatcher->Pump();
+  });
 }
 
-void GenerateCall::OnNodeDone(const grpc::Status& status) {
-  absl::MutexLock lock(&mu_);
-  if (done_) return;
-  if (!status.ok()) {
-    absl::Status s = rpc::FromGrpc(status);
-    FailLocked(absl::Status(s.code(), absl::StrCat(mixed_ ? "node " : "decode node ", decode_id_,
-                                                   ": ", s.message())),
-               s.code() == absl::StatusCode::kResourceExhausted ? ErrorKind::kOverloaded
-                                                                : ErrorKind::kDecodeFailed);
-    return;
-  }
-  if (!first_sent_ || !held_.empty()) return;  // the prefill reply will finish it
-  FailLocked(absl::InternalError("node stream ended without a result"), ErrorKind::kInternal);
+void GenerateCall::CancelNodeCallsLocked() {
+  if (!attempt_) return;
+  // TryCancel can run the node call's callbacks, which take mu_: after unlocking.
+  PostLocked([a = attempt_] {
+    a->prefill_ctx.TryCancel();
+    a->node_ctx.TryCancel();
+  });
 }
 
 void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
@@ -364,7 +542,7 @@ void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
   v1::GenerateResponse r;
   r.set_request_id(client_id_);
   *r.mutable_chunk() = std::move(chunk);
-  out_->Write(std::move(r));
+  SendLocked(std::move(r));
 }
 
 void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
@@ -401,6 +579,7 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
     t->set_node(router_stage ? ctx_->config.node_name
                              : (prefill_stage && !mixed_ ? prefill_id_ : decode_id_));
   }
+  for (const v1::StageTiming& t : retry_stages_) *timings->add_stages() = t;
   timings->set_ttft_ns(first_chunk_ns_ ? first_chunk_ns_ - arrival_ns_ : 0);
   timings->set_e2e_ns(now - arrival_ns_);
 
@@ -448,7 +627,7 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
       ctx_->spans->Export(std::move(s));
     }
   }
-  out_->Write(std::move(r));
+  SendLocked(std::move(r));
   FinishLocked(grpc::Status::OK);
 }
 
@@ -464,21 +643,25 @@ void GenerateCall::FailLocked(const absl::Status& status, ErrorKind kind) {
     e->set_code(static_cast<int>(status.code()));
     e->set_message(std::string(status.message()));
     e->set_kind(std::string(tracing::ErrorKindName(kind)));
-    out_->Write(std::move(r));
+    SendLocked(std::move(r));
   }
-  prefill_ctx_.TryCancel();
-  node_ctx_.TryCancel();
+  CancelNodeCallsLocked();
   FinishLocked(rpc::ToGrpc(status));
 }
 
+// The one place a call ends: frees its nodes, ends the response and leaves
+// the calls map (every outcome, a cancel included, comes through here).
 void GenerateCall::FinishLocked(const grpc::Status& status) {
   if (done_) return;
   done_ = true;
   ReleaseNodesLocked();
-  out_->Finish(status);
+  PostLocked([this, status] { out_->Finish(status); });
   absl::MutexLock lock(&ctx_->calls_mu);
   auto it = ctx_->calls.find(spec_.id);
-  if (it != ctx_->calls.end() && it->second.lock().get() == this) ctx_->calls.erase(it);
+  if (it != ctx_->calls.end()) {
+    std::shared_ptr<GenerateCall> holder = it->second.lock();
+    if (holder == nullptr || holder.get() == this) ctx_->calls.erase(it);
+  }
 }
 
 void GenerateCall::ReleaseNodesLocked() {
@@ -486,40 +669,50 @@ void GenerateCall::ReleaseNodesLocked() {
   dispatched_ = false;
   ctx_->metrics.num_requests_running->Add(-1);
   // Prefill tokens come back in OnPrefillDone, which always runs.
-  if (!decode_id_.empty()) ctx_->registry->DoneWork(decode_id_, shape_.blocks_needed);
+  if (attempt_ && !attempt_->released && !attempt_->decode_id.empty()) {
+    attempt_->released = true;
+    ctx_->registry->DoneWork(attempt_->decode_id, attempt_->decode_epoch, shape_.blocks_needed);
+  }
 }
 
 void GenerateCall::FailQueued(const absl::Status& status, ErrorKind kind) {
-  absl::MutexLock lock(&mu_);
-  ctx_->metrics.num_requests_waiting->Add(-1);
-  FailLocked(status, kind);
+  {
+    absl::MutexLock lock(&mu_);
+    ctx_->metrics.num_requests_waiting->Add(-1);
+    FailLocked(status, kind);
+  }
+  RunPosted();
 }
 
 void GenerateCall::Cancel() {
   const bool was_queued = ctx_->dispatcher->Remove(this);
-  absl::MutexLock lock(&mu_);
-  if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
-  if (done_) return;
-  ctx_->metrics.error(ErrorKind::kCancelled).Increment();
-  // Cancelling the node calls aborts the request on both nodes.
-  prefill_ctx_.TryCancel();
-  node_ctx_.TryCancel();
-  done_ = true;
-  ReleaseNodesLocked();
-  out_->Finish(grpc::Status::CANCELLED);
+  {
+    absl::MutexLock lock(&mu_);
+    if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
+    if (!done_) {
+      ctx_->metrics.error(ErrorKind::kCancelled).Increment();
+      // Cancelling the node calls aborts the request on both nodes.
+      CancelNodeCallsLocked();
+      FinishLocked(grpc::Status::CANCELLED);
+    }
+  }
+  RunPosted();
 }
 
 void GenerateCall::Abort() {
   const bool was_queued = ctx_->dispatcher->Remove(this);
-  absl::MutexLock lock(&mu_);
-  if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
-  if (done_) return;
-  prefill_ctx_.TryCancel();
-  node_ctx_.TryCancel();
-  v1::Complete c;
-  c.set_finish_reason(v1::FINISH_REASON_ABORT);
-  c.mutable_usage()->set_completion_tokens(completion_tokens_);
-  CompleteLocked(c);
+  {
+    absl::MutexLock lock(&mu_);
+    if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
+    if (!done_) {
+      CancelNodeCallsLocked();
+      v1::Complete c;
+      c.set_finish_reason(v1::FINISH_REASON_ABORT);
+      c.mutable_usage()->set_completion_tokens(completion_tokens_);
+      CompleteLocked(c);
+    }
+  }
+  RunPosted();
 }
 
 }  // namespace pdserve::router

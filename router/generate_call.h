@@ -4,8 +4,22 @@
 // token #1 from the prefill reply at once and then the decode node's
 // stream, assemble the per-stage timeline, and on client cancel or deadline
 // cancel both node calls (which aborts the request on both nodes).
+//
+// Attempts: one dispatch is one Attempt (its node calls, contexts and
+// reservations). When a node of the attempt fails (transport UNAVAILABLE,
+// a KV transfer cut off) before any token reached the client, the call is
+// queued again and dispatched to another pair, at most
+// RouterConfig::max_retries times; events of a superseded attempt are
+// ignored. The timeline records each retry as a "router.retry" stage.
+//
+// Locking: mu_ guards the state. Nothing that can call back into the call
+// (the response sink, whose overflow cancels the call; gRPC's StartCall and
+// TryCancel; Dispatcher::Enqueue) runs under mu_: such work is posted with
+// PostLocked and run in order by RunPosted after the lock is released, one
+// thread at a time.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,18 +95,46 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // Abort by id (Generation.Abort): ends the stream with finish ABORT.
   void Abort();
 
-  // Node-call events (gRPC threads).
-  void OnPrefillDone(const grpc::Status& status);
-  void OnNodeEvent(const v1::DecodeEvent& event);
-  void OnNodeDone(const grpc::Status& status);
+  // One dispatch of the call: its nodes, node calls and reservations.
+  struct Attempt {
+    int number = 0;  // 0: the first
+    bool mixed = false;
+    std::string prefill_id, decode_id;             // decode_id: the mixed node when mixed
+    uint64_t prefill_epoch = 0, decode_epoch = 0;  // registrations the work was counted in
+    bool released = false;                         // decode blocks given back
+    grpc::ClientContext prefill_ctx;
+    grpc::ClientContext node_ctx;
+    v1::NodeRequest node_req;  // the request as this attempt's nodes see it
+    v1::PrefillRequest prefill_req;
+    v1::PrefillResponse prefill_resp;
+    v1::AdmitRequest admit_req;
+  };
+
+  // Node-call events (gRPC threads), for the attempt that made the call.
+  void OnPrefillDone(Attempt* attempt, const grpc::Status& status);
+  void OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& event);
+  void OnNodeDone(Attempt* attempt, const grpc::Status& status);
 
  private:
   void WriteChunkLocked(v1::Chunk chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompleteLocked(const v1::Complete& node_complete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailLocked(const absl::Status& status, tracing::ErrorKind kind)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A node of the current attempt failed: retry on another pair when no
+  // token reached the client and retries remain, else fail the call.
+  void NodeFailedLocked(const absl::Status& status, tracing::ErrorKind kind)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes nodes whose channel broke out of rotation (NodeRegistry::ReportFailure).
+  void ReportNodeFailuresLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CancelNodeCallsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseNodesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SendLocked(v1::GenerateResponse response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PostLocked(std::function<void()> fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RunPosted() ABSL_LOCKS_EXCLUDED(mu_);
+  bool Current(const Attempt* a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return attempt_ != nullptr && attempt_.get() == a;
+  }
 
   RouterContext* ctx_;
   const int64_t arrival_ns_;
@@ -107,24 +149,27 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   bool done_ ABSL_GUARDED_BY(mu_) = false;  // complete or error written
   bool dispatched_ ABSL_GUARDED_BY(mu_) = false;
   tracing::StageTimeline timeline_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::StageTiming> retry_stages_ ABSL_GUARDED_BY(mu_);  // "router.retry"
   int64_t dispatch_ns_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t retry_from_ns_ ABSL_GUARDED_BY(mu_) = 0;  // when the failed attempt ended
+  int32_t retries_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t n_attempts_ ABSL_GUARDED_BY(mu_) = 0;
+  // The attempt in flight: null while queued (before the first dispatch and
+  // between a failed attempt and its retry).
+  std::shared_ptr<Attempt> attempt_ ABSL_GUARDED_BY(mu_);
   std::string prefill_id_ ABSL_GUARDED_BY(mu_), decode_id_ ABSL_GUARDED_BY(mu_);
   bool mixed_ ABSL_GUARDED_BY(mu_) = false;
-  bool prefill_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool first_sent_ ABSL_GUARDED_BY(mu_) = false;            // token #1 is out
   std::vector<v1::DecodeEvent> held_ ABSL_GUARDED_BY(mu_);  // decode events before token #1
   int32_t cached_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int32_t completion_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t first_chunk_ns_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t last_chunk_ns_ ABSL_GUARDED_BY(mu_) = 0;
+  // Work to run after mu_ is released, in order (see RunPosted).
+  std::vector<std::function<void()>> posted_ ABSL_GUARDED_BY(mu_);
+  bool running_posted_ ABSL_GUARDED_BY(mu_) = false;
 
-  // Node calls; they live as long as the call.
-  grpc::ClientContext prefill_ctx_;
-  grpc::ClientContext node_ctx_;
-  v1::PrefillRequest prefill_req_;
-  v1::PrefillResponse prefill_resp_;
-  v1::AdmitRequest admit_req_;
-  v1::NodeRequest node_req_;
+  v1::NodeRequest node_req_;  // set before the first dispatch, then read-only
 };
 
 }  // namespace pdserve::router

@@ -1,5 +1,7 @@
 #include "router/node_registry.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/secure_random.h"
@@ -10,7 +12,8 @@ namespace {
 constexpr size_t kMaxPrefixesPerNode = 65536;
 }
 
-NodeRegistry::NodeRegistry(absl::Duration expiry) : expiry_(expiry) {}
+NodeRegistry::NodeRegistry(absl::Duration expiry, absl::Duration probation)
+    : expiry_(expiry), probation_(probation) {}
 
 void NodeRegistry::SetOnChange(std::function<void()> fn) { on_change_ = std::move(fn); }
 
@@ -73,15 +76,25 @@ absl::StatusOr<std::string> NodeRegistry::Register(const v1::NodeInfo& info,
     Node& n = nodes_[info.node_id()];
     // A new registration (first, or after the old one expired) gets a new
     // lease; the old instance's lease stops working.
-    if (!same_instance) n.lease = SecureRandomHex(16);
+    // A new registration is a new process (or one the router forgot): the
+    // work counted against the old one is not its work.
+    if (!same_instance) {
+      n.lease = SecureRandomHex(16);
+      n.epoch = next_epoch_++;
+      n.reserved_blocks = 0;
+      n.inflight_prefill_tokens = 0;
+      n.inflight_requests = 0;
+      n.suspect_since.reset();
+    }
     granted = n.lease;
     const bool address_changed = n.info.address() != info.address();
     n.info = info;
     n.load = load;
     n.last_seen = now;
     if (!n.stub || address_changed) {
-      n.stub = std::make_shared<v1::Node::Stub>(
-          channel_factory_ ? channel_factory_(info.address()) : rpc::MakeChannel(info.address()));
+      n.channel =
+          channel_factory_ ? channel_factory_(info.address()) : rpc::MakeChannel(info.address());
+      n.stub = std::make_shared<v1::Node::Stub>(n.channel);
     }
   }
   PDS_LOG(INFO) << "node " << info.node_id() << " (" << v1::NodeRole_Name(info.role()) << ") at "
@@ -104,8 +117,14 @@ absl::Status NodeRegistry::Heartbeat(const std::string& id, std::string_view lea
                                                       ": only the process that registered it may "
                                                       "heartbeat"));
     }
-    it->second.load = load;
-    it->second.last_seen = absl::Now();
+    Node& n = it->second;
+    n.load = load;
+    n.last_seen = absl::Now();
+    // Heard from after its probation: back in rotation.
+    if (n.suspect_since && n.last_seen - *n.suspect_since >= probation_) {
+      n.suspect_since.reset();
+      PDS_LOG(INFO) << "node " << id << " is back in rotation after its probation";
+    }
   }
   Notify();
   return absl::OkStatus();
@@ -161,6 +180,8 @@ std::vector<NodeView> NodeRegistry::Snapshot() const {
     v.reserved_blocks = n.reserved_blocks;
     v.inflight_prefill_tokens = n.inflight_prefill_tokens;
     v.inflight_requests = n.inflight_requests;
+    v.epoch = n.epoch;
+    v.suspect = n.suspect_since.has_value();
     out.push_back(std::move(v));
   }
   return out;
@@ -191,6 +212,33 @@ size_t NodeRegistry::size() const {
   return nodes_.size();
 }
 
+bool NodeRegistry::ReportFailure(const std::string& id, uint64_t epoch) {
+  std::shared_ptr<grpc::Channel> channel;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = nodes_.find(id);
+    if (it == nodes_.end() || it->second.epoch != epoch || it->second.suspect_since) return false;
+    channel = it->second.channel;
+  }
+  // READY: the node itself answered UNAVAILABLE (draining); the connection is fine.
+  if (channel && channel->GetState(false) == GRPC_CHANNEL_READY) return false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = nodes_.find(id);
+    if (it == nodes_.end() || it->second.epoch != epoch || it->second.suspect_since) return false;
+    it->second.suspect_since = absl::Now();
+  }
+  PDS_LOG(WARNING) << "node " << id << ": a call failed at the transport; out of rotation for "
+                   << absl::FormatDuration(probation_) << " and until it heartbeats";
+  return true;
+}
+
+void NodeRegistry::MarkSuspect(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(id);
+  if (it != nodes_.end()) it->second.suspect_since = absl::Now();
+}
+
 bool NodeRegistry::HasRole(v1::NodeRole role) const {
   absl::MutexLock lock(&mu_);
   for (const auto& [id, n] : nodes_) {
@@ -204,31 +252,36 @@ int32_t NodeRegistry::block_size() const {
   return block_size_;
 }
 
-void NodeRegistry::AddWork(const std::string& id, int32_t blocks, int64_t prefill_tokens) {
+void NodeRegistry::AddWork(const std::string& id, uint64_t epoch, int32_t blocks,
+                           int64_t prefill_tokens) {
   absl::MutexLock lock(&mu_);
   auto it = nodes_.find(id);
-  if (it == nodes_.end()) return;
+  if (it == nodes_.end() || it->second.epoch != epoch) return;
   it->second.reserved_blocks += blocks;
   it->second.inflight_prefill_tokens += prefill_tokens;
   it->second.inflight_requests += blocks > 0 ? 1 : 0;
 }
 
-void NodeRegistry::DonePrefill(const std::string& id, int64_t prefill_tokens) {
+void NodeRegistry::DonePrefill(const std::string& id, uint64_t epoch, int64_t prefill_tokens) {
   {
     absl::MutexLock lock(&mu_);
     auto it = nodes_.find(id);
-    if (it != nodes_.end()) it->second.inflight_prefill_tokens -= prefill_tokens;
+    if (it != nodes_.end() && it->second.epoch == epoch) {
+      Node& n = it->second;
+      n.inflight_prefill_tokens = std::max<int64_t>(0, n.inflight_prefill_tokens - prefill_tokens);
+    }
   }
   Notify();
 }
 
-void NodeRegistry::DoneWork(const std::string& id, int32_t blocks) {
+void NodeRegistry::DoneWork(const std::string& id, uint64_t epoch, int32_t blocks) {
   {
     absl::MutexLock lock(&mu_);
     auto it = nodes_.find(id);
-    if (it != nodes_.end()) {
-      it->second.reserved_blocks -= blocks;
-      it->second.inflight_requests -= 1;
+    if (it != nodes_.end() && it->second.epoch == epoch) {
+      Node& n = it->second;
+      n.reserved_blocks = std::max(0, n.reserved_blocks - blocks);
+      n.inflight_requests = std::max(0, n.inflight_requests - 1);
     }
   }
   Notify();

@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,13 +33,17 @@ struct NodeView {
   int32_t reserved_blocks = 0;          // router's estimate of blocks its in-flight requests hold
   int64_t inflight_prefill_tokens = 0;  // prompt tokens sent for prefill, not answered yet
   int32_t inflight_requests = 0;
+  uint64_t epoch = 0;       // the registration: work is counted per registration
+  bool suspect = false;     // a call to it failed at the transport: out of rotation
   int32_t prefix_hits = 0;  // filled per request by the policy's caller: cached blocks
   int32_t free_blocks() const { return load.total_kv_blocks() - reserved_blocks; }
 };
 
 class NodeRegistry {
  public:
-  explicit NodeRegistry(absl::Duration expiry);
+  // `probation`: how long a node that failed a call stays out of rotation
+  // (it returns with its first heartbeat after that).
+  explicit NodeRegistry(absl::Duration expiry, absl::Duration probation = absl::Seconds(2));
   // How stubs reach nodes (TLS, API key); default: rpc::MakeChannel(address).
   // Set before the first node registers.
   using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::string& address)>;
@@ -76,10 +81,21 @@ class NodeRegistry {
   bool HasRole(v1::NodeRole role) const;
   int32_t block_size() const;  // 0 until the first node registered
 
-  // The router's accounting of work it sent (kept across heartbeats).
-  void AddWork(const std::string& id, int32_t blocks, int64_t prefill_tokens);
-  void DonePrefill(const std::string& id, int64_t prefill_tokens);
-  void DoneWork(const std::string& id, int32_t blocks);
+  // The router's accounting of work it sent (kept across heartbeats). It
+  // belongs to one registration (`epoch`, from NodeView): a node that
+  // expired and registered again starts from zero, and releases of work
+  // counted in an older registration are ignored, so it never goes negative.
+  void AddWork(const std::string& id, uint64_t epoch, int32_t blocks, int64_t prefill_tokens);
+  void DonePrefill(const std::string& id, uint64_t epoch, int64_t prefill_tokens);
+  void DoneWork(const std::string& id, uint64_t epoch, int32_t blocks);
+
+  // A call to the node failed with UNAVAILABLE. If its channel is not
+  // connected (refused, reset, keepalive timeout) the node is taken out of
+  // rotation until its first heartbeat after the probation; returns whether
+  // it was. A node that answered UNAVAILABLE itself (draining) stays.
+  bool ReportFailure(const std::string& id, uint64_t epoch);
+  // Takes the node out of rotation now (tests; operators).
+  void MarkSuspect(const std::string& id);
 
   // Prefix affinity: block hashes recently sent to each prefill node
   // (bounded per node, oldest forgotten first).
@@ -96,7 +112,10 @@ class NodeRegistry {
     std::string lease;
     v1::NodeLoad load;
     absl::Time last_seen;
+    std::shared_ptr<grpc::Channel> channel;
     std::shared_ptr<v1::Node::Stub> stub;
+    uint64_t epoch = 0;
+    std::optional<absl::Time> suspect_since;  // set: out of rotation
     int32_t reserved_blocks = 0;
     int64_t inflight_prefill_tokens = 0;
     int32_t inflight_requests = 0;
@@ -106,7 +125,9 @@ class NodeRegistry {
   void Notify();
 
   const absl::Duration expiry_;
+  const absl::Duration probation_;
   mutable absl::Mutex mu_;
+  uint64_t next_epoch_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<std::string, Node> nodes_ ABSL_GUARDED_BY(mu_);
   std::string model_fingerprint_;  // the router's; set before nodes register
   std::string fingerprint_

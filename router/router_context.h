@@ -10,9 +10,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
-#include "rpc/request_builder.h"
 #include "router/node_registry.h"
 #include "router/selection_policy.h"
+#include "rpc/request_builder.h"
 #include "tracing/otlp_file_exporter.h"
 #include "tracing/pdserve_metrics.h"
 
@@ -22,11 +22,18 @@ class GenerateCall;
 class Dispatcher;
 
 struct RouterConfig {
-  int64_t kv_deadline_ms = 30000;     // budget for one request's KV transfer
-  int32_t max_queue = 256;            // requests waiting for a node
-  int64_t queue_timeout_ms = 60000;   // longest a request waits for a node
-  size_t max_stream_events = 4096;    // per client stream, then it is closed
+  int64_t kv_deadline_ms = 30000;    // budget for one request's KV transfer
+  int32_t max_queue = 256;           // requests waiting for a node
+  int64_t queue_timeout_ms = 60000;  // longest a request waits for a node
+  size_t max_stream_events = 4096;   // per client stream, then it is closed
   std::string node_name = "router";
+  // Retries on another pair when a node fails before token #1 reached the client.
+  int32_t max_retries = 2;
+  // Deadlines of the router's node calls. Prefill: kv_deadline_ms plus
+  // prefill_ms_per_1k_tokens per 1,000 prompt tokens; Admit and mixed
+  // Generate: that plus decode_ms_per_token per max_tokens.
+  int64_t prefill_ms_per_1k_tokens = 60000;
+  int64_t decode_ms_per_token = 1000;
 };
 
 struct RouterContext {
@@ -36,6 +43,7 @@ struct RouterContext {
   rpc::PromptContext prompt;
   tracing::PdserveMetrics metrics;
   tracing::Histogram* selection_seconds = nullptr;  // cost of each node choice
+  tracing::Counter* retries = nullptr;              // requests sent to another pair; may be null
   tracing::OtlpFileExporter* spans = nullptr;       // may be null
   FILE* timing_log = nullptr;                       // one JSON line per request; may be null
   absl::Mutex timing_log_mu;

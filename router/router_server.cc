@@ -197,8 +197,20 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
       "pdserve:router_selection_seconds", "Time the router spends choosing nodes for a request",
       {1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2});
   if (sel.ok()) ctx.selection_seconds = (*sel)->Get();
+  auto retries = r->metrics_registry_.AddCounter(
+      "pdserve:router_retries_total",
+      "Requests sent to another pair after a node failed before their first token");
+  if (retries.ok()) ctx.retries = (*retries)->Get();
+  auto tracked = r->metrics_registry_.AddGauge(
+      "pdserve:router_tracked_requests",
+      "Requests the router holds state for (queued, running or streaming)");
+  if (tracked.ok()) {
+    RouterServer* raw = r.get();
+    (*tracked)->Get()->SetCallback([raw] { return double(raw->tracked_calls()); });
+  }
 
-  r->registry_ = std::make_unique<NodeRegistry>(absl::Milliseconds(options.node_expiry_ms));
+  r->registry_ = std::make_unique<NodeRegistry>(absl::Milliseconds(options.node_expiry_ms),
+                                                absl::Milliseconds(options.node_probation_ms));
   // Nodes must serve the model whose tokenizer the router uses.
   r->fingerprint_ = rpc::ModelFingerprint(*r->vocab_file_);
   r->registry_->SetModelFingerprint(r->fingerprint_);
@@ -327,6 +339,11 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
                         : absl::StrCat(security->api_keys.size(), " API key(s)"))
                 << (security->node_token.empty() ? "" : ", node token");
   return r;
+}
+
+size_t RouterServer::tracked_calls() {
+  absl::MutexLock lock(&ctx_.calls_mu);
+  return ctx_.calls.size();
 }
 
 int RouterServer::metrics_port() const { return http_ ? http_->port() : -1; }

@@ -31,6 +31,7 @@ struct RouterOptions {
   std::vector<std::string> static_nodes;  // host:port of nodes that do not register
   int64_t heartbeat_interval_ms = 1000;   // told to registering nodes
   int64_t node_expiry_ms = 3000;          // dropped after this long without a heartbeat
+  int64_t node_probation_ms = 2000;       // out of rotation after a transport failure
   RouterConfig config;
   std::string trace_file;  // OTLP/JSON spans, one request per line
   std::string timing_log;  // one JSON line of stage timings per request
@@ -65,6 +66,8 @@ class RouterServer {
   // Empty when the router can serve now, else why not (/ready).
   std::string NotReadyReason() const;
   NodeRegistry& registry() { return *registry_; }
+  // Requests the router tracks (for Abort): in flight, queued or streaming.
+  size_t tracked_calls();
   // Stops taking requests (health NOT_SERVING), waits up to `grace` for
   // requests in flight, then stops.
   void Shutdown(absl::Duration grace);

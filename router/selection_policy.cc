@@ -1,10 +1,17 @@
 #include "router/selection_policy.h"
 
+#include <algorithm>
+
 namespace pdserve::router {
 namespace {
 
+// Draining, failed at the transport, or stalled: no new work.
+bool OutOfRotation(const NodeView& n) {
+  return n.load.draining() || n.suspect || n.load.stalled_ms() > 0;
+}
+
 bool HasRoom(const NodeView& n, const RequestShape& r) {
-  return !n.load.draining() && n.free_blocks() >= r.blocks_needed;
+  return !OutOfRotation(n) && n.free_blocks() >= r.blocks_needed;
 }
 
 // Prompt tokens a prefill node still has to compute, counting this one.
@@ -16,6 +23,26 @@ int64_t PrefillCost(const NodeView& n, const RequestShape& r, int32_t block_size
 }  // namespace
 
 Selection LeastLoadedPolicy::Select(const RequestShape& r, const std::vector<NodeView>& nodes) {
+  if (!r.avoid_nodes.empty()) {
+    // Leave out an avoided node only where its role has another node.
+    auto avoided = [&](const NodeView& n) {
+      return std::find(r.avoid_nodes.begin(), r.avoid_nodes.end(), n.id) != r.avoid_nodes.end();
+    };
+    std::vector<NodeView> others;
+    for (const NodeView& n : nodes) {
+      const bool alternative = std::any_of(nodes.begin(), nodes.end(), [&](const NodeView& m) {
+        return m.role == n.role && !avoided(m) && !OutOfRotation(m);
+      });
+      if (!avoided(n) || !alternative) others.push_back(n);
+    }
+    Selection sel = SelectAmong(r, others);
+    if (sel.ok()) return sel;
+  }
+  return SelectAmong(r, nodes);
+}
+
+Selection LeastLoadedPolicy::SelectAmong(const RequestShape& r,
+                                         const std::vector<NodeView>& nodes) {
   Selection sel;
   const NodeView* best_decode = nullptr;
   const NodeView* best_prefill = nullptr;
@@ -32,7 +59,7 @@ Selection LeastLoadedPolicy::Select(const RequestShape& r, const std::vector<Nod
         }
         break;
       case v1::NODE_ROLE_PREFILL:
-        if (n.load.draining()) break;
+        if (OutOfRotation(n)) break;
         if (!best_prefill || PrefillCost(n, r, bs) < PrefillCost(*best_prefill, r, bs)) {
           best_prefill = &n;
         }

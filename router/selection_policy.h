@@ -16,6 +16,9 @@ struct RequestShape {
   int32_t blocks_needed = 0;  // KV blocks the request may grow to on a decode node
   int32_t block_size = 16;
   std::vector<uint64_t> prefix_hashes;  // full-block hash chain of the prompt
+  // Nodes of a failed earlier attempt: taken only when no other node fits
+  // (the failure may not have shown on their own channel yet).
+  std::vector<std::string> avoid_nodes;
 };
 
 struct Selection {
@@ -40,10 +43,15 @@ class SelectionPolicy {
 //   prefill: the one with the least queued prefill work, counting prompt
 //           tokens its prefix cache would save;
 //   prefers a prefill+decode pair when both pools exist, else a mixed node
-//   with room (least loaded).
+//   with room (least loaded);
+//   never a node that is draining, stalled (NodeLoad.stalled_ms) or out of
+//   rotation after a transport failure (NodeView.suspect).
 class LeastLoadedPolicy : public SelectionPolicy {
  public:
   Selection Select(const RequestShape& request, const std::vector<NodeView>& nodes) override;
+
+ private:
+  Selection SelectAmong(const RequestShape& request, const std::vector<NodeView>& nodes);
 };
 
 }  // namespace pdserve::router
