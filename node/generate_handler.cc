@@ -26,26 +26,28 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* GenerateHandler::Generate(
   std::shared_ptr<Writer::Handle> out = writer->handle();
   const std::string node = node_name_;
   const tracing::PdserveMetrics* metrics = metrics_;
-  absl::Status s = engine_->Submit(std::move(spec), [out, origin, node, metrics](const SeqOutput& o) {
-    if (!o.tokens.empty() || !o.text.empty()) {
-      v1::DecodeEvent ev;
-      FillChunk(o, ev.mutable_chunk());
-      out->Write(std::move(ev));
-      if (metrics) metrics->generation_tokens_total->Increment(static_cast<double>(o.tokens.size()));
-    }
-    if (o.finish == FinishReason::kNone) return;
-    v1::DecodeEvent done;
-    v1::Complete* c = done.mutable_complete();
-    c->set_finish_reason(rpc::ToProto(o.finish));
-    FillUsage(o, c->mutable_usage());
-    const tracing::StageTimeline stages = StagesOf(o.times, origin, NodeRole::kMixed);
-    AppendStages(stages, 0, node, c->mutable_timings()->mutable_stages());
-    if (metrics) metrics->ObserveStages(stages);
-    c->set_prefill_node(node);
-    c->set_decode_node(node);
-    out->Write(std::move(done));
-    out->Finish(o.finish == FinishReason::kError ? rpc::ToGrpc(o.error) : grpc::Status::OK);
-  });
+  absl::Status s =
+      engine_->Submit(std::move(spec), [out, origin, node, metrics](const SeqOutput& o) {
+        if (!o.tokens.empty() || !o.text.empty()) {
+          v1::DecodeEvent ev;
+          FillChunk(o, ev.mutable_chunk());
+          out->Write(std::move(ev));
+          if (metrics)
+            metrics->generation_tokens_total->Increment(static_cast<double>(o.tokens.size()));
+        }
+        if (o.finish == FinishReason::kNone) return;
+        v1::DecodeEvent done;
+        v1::Complete* c = done.mutable_complete();
+        c->set_finish_reason(rpc::ToProto(o.finish));
+        FillUsage(o, c->mutable_usage());
+        const tracing::StageTimeline stages = StagesOf(o.times, origin, NodeRole::kMixed);
+        AppendStages(stages, 0, node, c->mutable_timings()->mutable_stages());
+        if (metrics) metrics->ObserveStages(stages);
+        c->set_prefill_node(node);
+        c->set_decode_node(node);
+        out->Write(std::move(done));
+        out->Finish(o.finish == FinishReason::kError ? rpc::ToGrpc(o.error) : grpc::Status::OK);
+      });
   if (!s.ok()) out->Finish(rpc::ToGrpc(s));
   return writer;
 }

@@ -39,10 +39,12 @@ inline std::shared_ptr<const Model> LoadRealModel() {
   return cached;
 }
 
-#define PDS_REQUIRE_REAL_MODEL(var)                                           \
-  auto var = ::pdserve::testing::LoadRealModel();                             \
-  if (!var) GTEST_SKIP() << "model not found at " PDSERVE_MODEL_PATH "; run " \
-                                                                     "scripts/fetch_model.sh"
+#define PDS_REQUIRE_REAL_MODEL(var)                        \
+  auto var = ::pdserve::testing::LoadRealModel();          \
+  if (!var)                                                \
+  GTEST_SKIP() << "model not found at " PDSERVE_MODEL_PATH \
+                  "; run "                                 \
+                  "scripts/fetch_model.sh"
 
 struct Result {
   std::vector<TokenId> tokens;
