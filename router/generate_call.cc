@@ -375,53 +375,65 @@ void GenerateCall::OnPrefillDone(Attempt* attempt, const grpc::Status& status) {
       } else {
         NodeFailedLocked(named, ErrorKind::kPrefillFailed);
       }
+    } else if (!attempt->admitted) {
+      attempt->first_pending = true;  // sent when the decode node admits
     } else {
-      const v1::PrefillResponse& resp = attempt->prefill_resp;
-      for (const v1::StageTiming& t : resp.stages()) {
-        if (auto stage = tracing::StageFromName(t.stage())) {
-          timeline_.Record(*stage, {dispatch_ns_ - arrival_ns_ + t.start_ns(), t.duration_ns()});
-        }
-      }
-      cached_tokens_ = resp.cached_prompt_tokens();
-      // Token #1: to the client now (TTFT), then anything the decode node sent early.
-      v1::Chunk first;
-      first.add_token_ids(resp.token_id());
-      first.set_text(resp.text());
-      if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
-        first.add_logprobs(resp.logprob());
-        *first.add_top_logprobs() = resp.top_logprobs();
-      }
-      first.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-      first.mutable_usage()->set_completion_tokens(1);
-      WriteChunkLocked(std::move(first));
-      first_sent_ = true;
-      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-        // Token #1 ended it (EOS, stop, max_tokens 1): the decode side is not needed.
-        v1::Complete c;
-        c.set_finish_reason(resp.finish_reason());
-        c.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-        c.mutable_usage()->set_completion_tokens(1);
-        CancelNodeCallsLocked();
-        CompleteLocked(c);
-      } else {
-        std::vector<v1::DecodeEvent> held;
-        held.swap(held_);
-        for (const v1::DecodeEvent& ev : held) {
-          if (done_) break;
-          if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
-          if (ev.has_complete()) CompleteLocked(ev.complete());
-        }
-      }
+      FirstTokenLocked(attempt);
     }
   }
   RunPosted();
 }
 
+void GenerateCall::FirstTokenLocked(Attempt* attempt) {
+  const v1::PrefillResponse& resp = attempt->prefill_resp;
+  for (const v1::StageTiming& t : resp.stages()) {
+    if (auto stage = tracing::StageFromName(t.stage())) {
+      timeline_.Record(*stage, {dispatch_ns_ - arrival_ns_ + t.start_ns(), t.duration_ns()});
+    }
+  }
+  cached_tokens_ = resp.cached_prompt_tokens();
+  // Token #1: to the client now (TTFT), then anything the decode node sent early.
+  v1::Chunk first;
+  first.add_token_ids(resp.token_id());
+  first.set_text(resp.text());
+  if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
+    first.add_logprobs(resp.logprob());
+    *first.add_top_logprobs() = resp.top_logprobs();
+  }
+  first.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+  first.mutable_usage()->set_completion_tokens(1);
+  WriteChunkLocked(std::move(first));
+  first_sent_ = true;
+  if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    // Token #1 ended it (EOS, stop, max_tokens 1): the decode side is not needed.
+    v1::Complete c;
+    c.set_finish_reason(resp.finish_reason());
+    c.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+    c.mutable_usage()->set_completion_tokens(1);
+    CancelNodeCallsLocked();
+    CompleteLocked(c);
+  } else {
+    std::vector<v1::DecodeEvent> held;
+    held.swap(held_);
+    for (const v1::DecodeEvent& ev : held) {
+      if (done_) break;
+      if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
+      if (ev.has_complete()) CompleteLocked(ev.complete());
+    }
+  }
+}
+
 void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
   {
     absl::MutexLock lock(&mu_);
-    if (done_ || !Current(attempt) || ev.has_admitted()) {
+    if (done_ || !Current(attempt)) {
       // Nothing to do (a superseded attempt's events are dropped).
+    } else if (ev.has_admitted()) {
+      attempt->admitted = true;
+      if (attempt->first_pending) {
+        attempt->first_pending = false;
+        FirstTokenLocked(attempt);
+      }
     } else if (ev.has_error()) {
       const absl::Status s(
           static_cast<absl::StatusCode>(ev.error().code()),

@@ -108,6 +108,11 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     v1::PrefillRequest prefill_req;
     v1::PrefillResponse prefill_resp;
     v1::AdmitRequest admit_req;
+    // Token #1 reaches the client only once the decode node admitted the
+    // request: a decode node that is gone fails Admit first, and the request
+    // can still be retried elsewhere with nothing streamed.
+    bool admitted = false;
+    bool first_pending = false;  // the prefill reply came before `admitted`
   };
 
   // Node-call events (gRPC threads), for the attempt that made the call.
@@ -116,6 +121,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void OnNodeDone(Attempt* attempt, const grpc::Status& status);
 
  private:
+  // The prefill node's reply (token #1) to the client.
+  void FirstTokenLocked(Attempt* attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WriteChunkLocked(v1::Chunk chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CompleteLocked(const v1::Complete& node_complete) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailLocked(const absl::Status& status, tracing::ErrorKind kind)

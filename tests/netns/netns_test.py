@@ -21,10 +21,12 @@ Checks, as an operator moving pdserve onto real machines would:
     RPCs and token stream (a second host address, `--advertise-host`) --
     that add latency or stall mid-transfer / mid-stream, every request still
     completes with the same tokens;
-  - when a relay cuts its connection mid-request (RST) the request fails with
-    an UNAVAILABLE error naming what broke (no hang, no deadline), both nodes
-    give every KV block back, and the next request succeeds over a new
-    connection;
+  - when a relay cuts its connection mid-request (RST): a cut of the KV link
+    (before token #1 reached the client) is retried by the router and the
+    request completes with the same tokens; a cut of the token stream after
+    token #1 fails the request with an UNAVAILABLE error naming what broke
+    (no hang, no deadline); both nodes give every KV block back, and the next
+    request succeeds over a new connection;
   - prints (and writes to OUT/timings.md) TTFT and e2e per condition.
 No assertion is on time. Exit 0: pass; 77: skipped; anything else: failure.
 Everything created (namespaces with their links, processes) is removed at
@@ -375,15 +377,26 @@ def run_condition(cluster, table, expected, condition, n):
     return results
 
 
-def cut_and_recover(cluster, relay, table, expected, link, direction, at, error_words):
-    """Cuts `relay`'s connection after `at` bytes of `direction`: the request
-    fails with an error naming what broke, no KV block stays taken, and the
-    next request succeeds over a new connection."""
+def cut_and_recover(cluster, relay, table, expected, link, direction, at, error_words,
+                    retried=False):
+    """Cuts `relay`'s connection after `at` bytes of `direction`. A cut before
+    token #1 reached the client (`retried`) is retried by the router on a new
+    connection: the request completes with the same tokens and its timeline
+    shows router.retry. A cut after that fails the request with an error
+    naming what broke. Either way no KV block stays taken, and the next
+    request succeeds over a new connection."""
     connections = relay.stats()["connections"]
     relay.cmd(f"cut {at} {direction}")
     got, err = cluster.generate()
-    check(got is None, f"[{link} cut] the request fails")
-    check(all(w in err for w in error_words), f"[{link} cut] with an error naming it: {err}")
+    if retried:
+        check(got is not None, f"[{link} cut] the request is retried and completes {err}")
+        check(got["token_ids"] == expected[1],
+              f"[{link} cut] the retried request gives the same tokens ({got['token_ids']})")
+        check(any(s["stage"] == "router.retry" for s in got["timings"]["stages"]),
+              f"[{link} cut] its timeline shows the retry")
+    else:
+        check(got is None, f"[{link} cut] the request fails")
+        check(all(w in err for w in error_words), f"[{link} cut] with an error naming it: {err}")
     check(relay.stats()["cuts"] == 1, f"[{link} cut] the cut happened during the request")
     cluster.wait_idle("decode-0", DECODE_IP, DECODE_PORT, "every KV block is free again")
     cluster.wait_idle("prefill-0", PREFILL_IP, PREFILL_PORT, "nothing left on the prefill node")
@@ -443,7 +456,7 @@ def scenario(args, topo, cluster, table):
     run_condition(cluster, table, expected, f"KV link stalls {STALL_S} s mid-transfer", 1)
     check(kv.stats()["stalls"] == 1, "the KV link stalled during the transfer")
     cut_and_recover(cluster, kv, table, expected, "KV", "up", kv_bytes // 2,
-                    ["UNAVAILABLE", "KV transfer"])
+                    ["UNAVAILABLE", "KV transfer"], retried=True)
 
     rpc.cmd(f"delay {DELAY_MS}")
     run_condition(cluster, table, expected, f"router<->decode +{DELAY_MS} ms per chunk each way",
