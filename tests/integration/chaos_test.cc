@@ -270,25 +270,10 @@ TEST(ChaosTest, CancelSoakLeavesNoRouterState) {
   EXPECT_TRUE(Generate(c.generation(), GreedyRequest("Hello", 3)).status.ok());
 }
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The child of `parent` whose command line holds `needle`, or -1.
 pid_t ChildWith(pid_t parent, const std::string& needle) {
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    pid_t pid;
-    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
-    const std::string stat = ReadAll(absl::StrCat("/proc/", pid, "/stat"));
-    const size_t rp = stat.rfind(')');
-    if (rp == std::string::npos) continue;
-    std::vector<std::string> fields = absl::StrSplit(stat.substr(rp + 2), ' ');
-    pid_t ppid;
-    if (fields.size() < 2 || !absl::SimpleAtoi(fields[1], &ppid) || ppid != parent) continue;
-    std::string cmdline = ReadAll(absl::StrCat("/proc/", pid, "/cmdline"));
+  for (pid_t pid : ChildrenOf(parent)) {
+    std::string cmdline = ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
     std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
     if (absl::StrContains(cmdline, needle)) return pid;
   }
@@ -312,8 +297,8 @@ TEST(ChaosTest, ClusterRestartsADeadNodeWhenItsRoleHasAnother) {
       log);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   ChildProcess& sup = **cluster;
-  ASSERT_TRUE(
-      WaitFor([&] { return absl::StrContains(ReadAll(log), "cluster ready"); }, absl::Seconds(120)))
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(ReadFile(log), "cluster ready"); },
+                      absl::Seconds(120)))
       << sup.LogTail();
   const pid_t victim = ChildWith(sup.pid(), "--node-id decode-1");
   ASSERT_GT(victim, 0);
@@ -341,7 +326,7 @@ TEST(ChaosTest, ClusterRestartsADeadNodeWhenItsRoleHasAnother) {
     StreamResult r = Generate(*generation, GreedyRequest("The capital of France is", 4));
     EXPECT_TRUE(r.status.ok()) << r.status.error_message() << "\n" << sup.LogTail();
   }
-  EXPECT_TRUE(WaitFor([&] { return absl::StrContains(ReadAll(log), "restarted decode-1"); },
+  EXPECT_TRUE(WaitFor([&] { return absl::StrContains(ReadFile(log), "restarted decode-1"); },
                       absl::Seconds(60)))
       << sup.LogTail();
   EXPECT_TRUE(sup.Running()) << "the cluster stopped when a node it could replace died";
@@ -353,7 +338,7 @@ TEST(ChaosTest, ClusterRestartsADeadNodeWhenItsRoleHasAnother) {
       },
       absl::Seconds(90)))
       << sup.LogTail();
-  EXPECT_TRUE(WaitFor([&] { return absl::StrContains(ReadAll(log), "decode-1 is back"); },
+  EXPECT_TRUE(WaitFor([&] { return absl::StrContains(ReadFile(log), "decode-1 is back"); },
                       absl::Seconds(30)))
       << "the restarted node's secret files were not removed once it registered";
   // Both decode nodes serve again.

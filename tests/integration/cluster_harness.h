@@ -149,4 +149,9 @@ struct ReferenceOutput {
 };
 absl::StatusOr<ReferenceOutput> ReferenceGenerate(const std::string& prompt, int max_tokens);
 
+// The whole file at `path`; "" when it cannot be read.
+std::string ReadFile(const std::string& path);
+// The live child processes of `parent`, from /proc.
+std::vector<pid_t> ChildrenOf(pid_t parent);
+
 }  // namespace pdserve::itest

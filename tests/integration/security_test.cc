@@ -696,30 +696,6 @@ TEST(SecurityTenancyTest, OpenAiHttpApiTakesClientKeysAndScopesRequests) {
 
 // ---- secrets never on a child's argv ----
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<pid_t> ChildrenOf(pid_t parent) {
-  std::vector<pid_t> out;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    pid_t pid;
-    if (!absl::SimpleAtoi(entry.path().filename().string(), &pid)) continue;
-    const std::string stat = ReadAll(absl::StrCat("/proc/", pid, "/stat"));
-    const size_t rp = stat.rfind(')');
-    if (rp == std::string::npos) continue;
-    std::vector<std::string> fields = absl::StrSplit(stat.substr(rp + 2), ' ');
-    pid_t ppid;
-    if (fields.size() > 1 && absl::SimpleAtoi(fields[1], &ppid) && ppid == parent) {
-      out.push_back(pid);
-    }
-  }
-  return out;
-}
-
 TEST(SecurityClusterTest, ChildrenCommandLinesHoldNoSecret) {
   if (!itest::HaveModel()) GTEST_SKIP() << "model absent: run scripts/fetch_model.sh";
   const std::string secret = "sk-argv-secret-31337";
@@ -732,23 +708,23 @@ TEST(SecurityClusterTest, ChildrenCommandLinesHoldNoSecret) {
       log);
   ASSERT_TRUE(cluster.ok()) << cluster.status();
   const absl::Time deadline = absl::Now() + absl::Seconds(120);
-  while (!absl::StrContains(ReadAll(log), "cluster ready") && absl::Now() < deadline &&
+  while (!absl::StrContains(itest::ReadFile(log), "cluster ready") && absl::Now() < deadline &&
          (*cluster)->Running()) {
     absl::SleepFor(absl::Milliseconds(200));
   }
-  ASSERT_THAT(ReadAll(log), HasSubstr("cluster ready")) << (*cluster)->LogTail();
+  ASSERT_THAT(itest::ReadFile(log), HasSubstr("cluster ready")) << (*cluster)->LogTail();
 
-  const std::vector<pid_t> children = ChildrenOf((*cluster)->pid());
+  const std::vector<pid_t> children = itest::ChildrenOf((*cluster)->pid());
   ASSERT_EQ(children.size(), 3u) << "router, prefill and decode";
   std::string token_file;
   for (pid_t pid : children) {
-    std::string cmdline = ReadAll(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::string cmdline = itest::ReadFile(absl::StrCat("/proc/", pid, "/cmdline"));
     EXPECT_THAT(cmdline, ::testing::Not(HasSubstr(secret))) << "child " << pid;
     std::vector<std::string> args = absl::StrSplit(cmdline, '\0');
     for (size_t i = 0; i + 1 < args.size(); ++i) {
       if (args[i] == "--node-token-file") token_file = args[i + 1];
     }
-    const std::string env = ReadAll(absl::StrCat("/proc/", pid, "/environ"));
+    const std::string env = itest::ReadFile(absl::StrCat("/proc/", pid, "/environ"));
     EXPECT_THAT(env, ::testing::Not(HasSubstr(secret)));
   }
   ASSERT_FALSE(token_file.empty()) << "the children get the node token by file";
