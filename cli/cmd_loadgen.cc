@@ -172,7 +172,15 @@ int RunLoadgen(int argc, char** argv) {
        "at most N requests in flight (closed loop with --request-rate inf); 0: no bound")
       ("sweep", po::value<std::string>()->default_value(""),
        "comma-separated rates, one run each (e.g. 1,2,4,inf); replaces --request-rate")
-      ("num-warmups", po::value<int>()->default_value(0), "requests sent (and awaited) before each run")
+      ("num-warmups", po::value<int>()->default_value(0),
+       "requests sent (and awaited) before each run, with prompts of their own")
+      ("same-prompts-per-rate", po::bool_switch(),
+       "every rate of a --sweep replays the same prompts (default: fresh prompts per rate, so no "
+       "rate sees prefix-cache hits left by an earlier one)")
+      ("warmup-window", po::value<double>()->default_value(0.0),
+       "seconds at the start of each run whose requests count in no figure")
+      ("cooldown-window", po::value<double>()->default_value(0.0),
+       "seconds at the end of each run: requests ending in them count in no figure")
       ("max-duration", po::value<double>()->default_value(600.0),
        "seconds a run may take: later prompts are not sent, requests in flight are cancelled")
       ("percentiles", po::value<std::string>()->default_value("50,90,99"), "latency percentiles")
@@ -238,6 +246,13 @@ int RunLoadgen(int argc, char** argv) {
   }
   const int num_warmups = vm["num-warmups"].as<int>();
   if (num_warmups < 0) return Fail(kCommand, "--num-warmups must be >= 0");
+  const double warmup_window = vm["warmup-window"].as<double>();
+  const double cooldown_window = vm["cooldown-window"].as<double>();
+  if (!(warmup_window >= 0) || !std::isfinite(warmup_window) || !(cooldown_window >= 0) ||
+      !std::isfinite(cooldown_window)) {
+    return Fail(kCommand, "--warmup-window and --cooldown-window must be seconds >= 0");
+  }
+  const bool same_prompts = vm["same-prompts-per-rate"].as<bool>();
   const double temperature = vm["temperature"].as<double>();
   if (!(temperature >= 0) || !std::isfinite(temperature))
     return Fail(kCommand, "--temperature must be >= 0");
@@ -298,13 +313,42 @@ int RunLoadgen(int argc, char** argv) {
       token_count_source = "estimate: 4 bytes per token";
     }
   }
-  absl::StatusOr<std::vector<loadgen::RequestInput>> prompts =
-      loadgen::BuildWorkload(work, counter);
-  if (!prompts.ok()) return fail(prompts.status());
-  if (static_cast<int>(prompts->size()) < work.num_prompts) {
-    std::fprintf(stderr, "pdserve loadgen: only %zu prompts passed the dataset's filters\n",
-                 prompts->size());
+  // One pool of distinct prompts, sliced: the warm-ups first (never a measured
+  // prompt), then each rate's own prompts (or one set for every rate).
+  const int prompt_sets = same_prompts ? 1 : static_cast<int>(rates.size());
+  loadgen::WorkloadOptions pool_options = work;
+  pool_options.num_prompts = num_warmups + work.num_prompts * prompt_sets;
+  absl::StatusOr<std::vector<loadgen::RequestInput>> pool =
+      loadgen::BuildWorkload(pool_options, counter);
+  if (!pool.ok()) return fail(pool.status());
+  std::vector<loadgen::RequestInput> warmup_prompts;
+  std::vector<std::vector<loadgen::RequestInput>> rate_prompts;
+  bool warmups_distinct = true;
+  if (static_cast<int>(pool->size()) < pool_options.num_prompts) {
+    // A dataset too small to give every rate and the warm-ups prompts of
+    // their own: every rate gets the same prompts, and the warm-ups reuse them
+    // only when nothing else is left; said on stderr and in the result JSON.
+    std::fprintf(stderr,
+                 "pdserve loadgen: only %zu prompts passed the dataset's filters (wanted %d for "
+                 "%d warm-ups and %d prompts x %d rate(s)): every rate replays the same prompts\n",
+                 pool->size(), pool_options.num_prompts, num_warmups, work.num_prompts,
+                 prompt_sets);
+    const int n = static_cast<int>(pool->size());
+    const int warm = std::min(num_warmups, std::max(0, n - work.num_prompts));
+    warmup_prompts.assign(pool->begin(), pool->begin() + warm);
+    rate_prompts.emplace_back(pool->begin() + warm, pool->end());
+    for (int i = 0; i < num_warmups - warm && n > 0; ++i) {
+      warmup_prompts.push_back((*pool)[i % n]);
+      warmups_distinct = false;
+    }
+  } else {
+    warmup_prompts.assign(pool->begin(), pool->begin() + num_warmups);
+    for (int i = 0; i < prompt_sets; ++i) {
+      auto first = pool->begin() + num_warmups + static_cast<int64_t>(i) * work.num_prompts;
+      rate_prompts.emplace_back(first, first + work.num_prompts);
+    }
   }
+  const std::vector<loadgen::RequestInput>* prompts = &rate_prompts[0];
 
   const bool progress = !vm["no-progress"].as<bool>() && isatty(STDERR_FILENO);
   SignalWatcher signals;
@@ -319,7 +363,10 @@ int RunLoadgen(int argc, char** argv) {
     run.config.max_concurrency = max_concurrency;
     run.max_duration_s = max_duration;
     run.seed = work.seed;
-    run.num_warmups = num_warmups;
+    run.config.warmup_window_s = warmup_window;
+    run.config.cooldown_window_s = cooldown_window;
+    run.warmup_prompts = warmup_prompts;
+    prompts = &rate_prompts[std::min(i, rate_prompts.size() - 1)];
     run.id_prefix = rates.size() > 1 ? absl::StrCat("r", i, "-") : "";
     run.progress = progress;
     run.label = absl::StrCat("[rate ", loadgen::RateText(rates[i]), "]");
@@ -352,7 +399,10 @@ int RunLoadgen(int argc, char** argv) {
                         {"prompt_format", work.name == "sharegpt" ? "text"
                                           : work.token_ids        ? "random token ids"
                                                                   : "random common words"},
-                        {"token_counts", token_count_source}};
+                        {"token_counts", token_count_source},
+                        {"warmup_prompts", warmups_distinct ? "distinct from every measured prompt"
+                                                            : "some replay measured prompts"},
+                        {"prompts_per_rate", rate_prompts.size() > 1 ? "fresh" : "same"}};
     std::vector<std::string> args(argv, argv + argc);
     meta["command_line"] = absl::StrCat("pdserve ", absl::StrJoin(args, " "));
     meta["arguments"] = ArgumentsJson(vm);

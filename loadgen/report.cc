@@ -72,6 +72,11 @@ void PrintRunTable(const RunSummary& run, const std::vector<double>& percentiles
   std::fprintf(out, "%-22s %d prompts: %d ok, %d failed, %d cancelled, %d not sent\n", "requests",
                run.num_prompts, run.completed, run.failed, run.cancelled, run.not_sent);
   std::fprintf(out, "%-22s %.2f s\n", "duration", run.duration_s);
+  if (run.config.warmup_window_s > 0 || run.config.cooldown_window_s > 0) {
+    std::fprintf(out, "%-22s %.2f s (first %g s and last %g s left out: %d requests)\n",
+                 "measured window", run.window_s, run.config.warmup_window_s,
+                 run.config.cooldown_window_s, run.excluded);
+  }
   std::fprintf(out, "%-22s %lld (usage for %d of %d; planned %lld; prefix-cached %s)\n",
                "input tokens", static_cast<long long>(run.total_input_tokens), run.input_from_usage,
                run.completed, static_cast<long long>(run.planned_input_tokens),
@@ -138,6 +143,10 @@ nlohmann::ordered_json RunToJson(const RunSummary& s) {
   j["max_concurrency"] =
       s.config.max_concurrency > 0 ? nlohmann::ordered_json(s.config.max_concurrency) : nullptr;
   j["duration_s"] = s.duration_s;
+  j["warmup_window_s"] = s.config.warmup_window_s;
+  j["cooldown_window_s"] = s.config.cooldown_window_s;
+  j["window_s"] = s.window_s;
+  j["excluded"] = s.excluded;  // sent outside the window, counted nowhere else
   j["num_prompts"] = s.num_prompts;
   j["completed"] = s.completed;
   j["failed"] = s.failed;

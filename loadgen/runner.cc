@@ -127,13 +127,13 @@ class ProgressLine {
 };
 
 // Sends the warm-up requests (bounded like the run) and waits for them.
-void WarmUp(LoadClient* client, const std::vector<RequestInput>& prompts,
-            const RunOptions& options) {
-  if (options.num_warmups <= 0 || prompts.empty()) return;
+void WarmUp(LoadClient* client, const RunOptions& options) {
+  const std::vector<RequestInput>& prompts = options.warmup_prompts;
+  if (prompts.empty()) return;
   auto tracker = std::make_shared<Tracker>();
   const Stopper stop{MonoNowNs() + static_cast<int64_t>(options.max_duration_s * 1e9),
                      options.interrupted};
-  for (int i = 0; i < options.num_warmups && !stop.now(); ++i) {
+  for (size_t i = 0; i < prompts.size() && !stop.now(); ++i) {
     if (options.config.max_concurrency > 0) {
       absl::MutexLock lock(&tracker->mu);
       auto below = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS {
@@ -141,7 +141,7 @@ void WarmUp(LoadClient* client, const std::vector<RequestInput>& prompts,
       };
       if (!stop.Await(&tracker->mu, absl::Condition(&below))) break;
     }
-    RequestInput input = prompts[i % prompts.size()];
+    RequestInput input = prompts[i];
     input.id = absl::StrCat(options.id_prefix, "warmup-", i);
     Send(client, tracker, std::move(input), -1);
   }
@@ -158,7 +158,7 @@ void WarmUp(LoadClient* client, const std::vector<RequestInput>& prompts,
 
 absl::StatusOr<RunResult> RunLoad(LoadClient* client, const std::vector<RequestInput>& prompts,
                                   const RunOptions& options) {
-  WarmUp(client, prompts, options);
+  WarmUp(client, options);
 
   auto tracker = std::make_shared<Tracker>();
   {

@@ -18,8 +18,10 @@ struct RunOptions {
   // The whole run (warm-ups excluded) ends by this bound: prompts not yet
   // sent are dropped and requests in flight are cancelled.
   double max_duration_s = 600.0;
-  uint64_t seed = 0;      // the arrival process's
-  int num_warmups = 0;    // sent first (each with a prompt of the run), not recorded
+  uint64_t seed = 0;  // the arrival process's
+  // Sent first and awaited, not recorded. Never prompts of the run: a warm-up
+  // that replays a measured prompt would hand it a prefix-cache hit.
+  std::vector<RequestInput> warmup_prompts;
   std::string id_prefix;  // prepended to request ids (unique across runs)
   bool progress = false;  // live status line on stderr
   std::string label;      // shown in the progress line

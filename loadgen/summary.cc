@@ -76,9 +76,20 @@ RunSummary Summarize(const RunConfig& config, const std::vector<RequestRecord>& 
   s.has_slo = !slo.empty();
   std::vector<double> ttft, tpot, itl, e2e, dispatch;
   std::map<std::string, std::vector<double>> stage_ms;
+  const double window_begin_s = std::max(0.0, config.warmup_window_s);
+  const double window_end_s = duration_s - std::max(0.0, config.cooldown_window_s);
+  s.window_s = std::max(0.0, window_end_s - window_begin_s);
+  const bool windowed = config.warmup_window_s > 0 || config.cooldown_window_s > 0;
   for (const RequestRecord& r : records) {
     if (!r.sent) {
       ++s.not_sent;
+      continue;
+    }
+    // A request outside the window counts nowhere (only in `excluded`); one
+    // that never ended (failed, cancelled) is judged by its send time.
+    const double end_s = r.start_offset_s + (r.success ? r.e2e_ms / 1e3 : 0.0);
+    if (windowed && (r.start_offset_s < window_begin_s || end_s > window_end_s)) {
+      ++s.excluded;
       continue;
     }
     if (!std::isnan(r.dispatch_delay_ms)) dispatch.push_back(r.dispatch_delay_ms);
@@ -110,16 +121,17 @@ RunSummary Summarize(const RunConfig& config, const std::vector<RequestRecord>& 
       stage_ms[st.stage].push_back(static_cast<double>(st.duration_ns) / 1e6);
     }
   }
-  if (duration_s > 0) {
-    s.request_throughput = s.completed / duration_s;
-    s.output_throughput = static_cast<double>(s.total_output_tokens) / duration_s;
+  if (s.window_s > 0) {
+    s.request_throughput = s.completed / s.window_s;
+    s.output_throughput = static_cast<double>(s.total_output_tokens) / s.window_s;
     s.total_token_throughput =
-        static_cast<double>(s.total_input_tokens + s.total_output_tokens) / duration_s;
-    if (s.has_slo) s.goodput = s.good_requests / duration_s;
+        static_cast<double>(s.total_input_tokens + s.total_output_tokens) / s.window_s;
+    if (s.has_slo) s.goodput = s.good_requests / s.window_s;
   }
   if (!s.has_slo) s.good_requests = 0;
-  if (s.has_slo && s.num_prompts > 0) {
-    s.slo_attainment = static_cast<double>(s.good_requests) / s.num_prompts;
+  const int counted = s.num_prompts - s.excluded;
+  if (s.has_slo && counted > 0) {
+    s.slo_attainment = static_cast<double>(s.good_requests) / counted;
   }
   s.ttft_ms = Describe(ttft, percentiles);
   s.tpot_ms = Describe(tpot, percentiles);

@@ -57,6 +57,12 @@ struct RunConfig {
   double request_rate = 0.0;  // +inf: all at once
   double burstiness = 1.0;
   int max_concurrency = 0;  // 0: unlimited
+  // Measurement window (GuideLLM's warm-up/cool-down): requests sent in the
+  // first warmup_window_s seconds of the run, or ending in its last
+  // cooldown_window_s seconds, are left out of every figure, and throughput
+  // divides by the window's length rather than the run's.
+  double warmup_window_s = 0.0;
+  double cooldown_window_s = 0.0;
 };
 
 struct RunSummary {
@@ -67,6 +73,8 @@ struct RunSummary {
   int failed = 0;
   int cancelled = 0;
   int not_sent = 0;
+  int excluded = 0;       // sent, but outside the measurement window
+  double window_s = 0.0;  // the window's length: throughputs divide by it
   int64_t total_input_tokens = 0;
   int64_t total_output_tokens = 0;
   int64_t planned_input_tokens = 0;

@@ -43,6 +43,8 @@ TEST(LoadgenCliTest, BadFlagsGetOneClearError) {
   ExpectOneErrorLine(Loadgen({t, "--goodput", "ttft"}), "--goodput");
   ExpectOneErrorLine(Loadgen({t, "--goodput", "latency:5"}), "unknown SLO");
   ExpectOneErrorLine(Loadgen({t, "--max-duration", "0"}), "--max-duration");
+  ExpectOneErrorLine(Loadgen({t, "--warmup-window", "-1"}), "--warmup-window");
+  ExpectOneErrorLine(Loadgen({t, "--cooldown-window", "nan"}), "--cooldown-window");
   ExpectOneErrorLine(Loadgen({t, "--max-concurrency", "-1"}), "--max-concurrency");
   ExpectOneErrorLine(Loadgen({t, "--num-prompts", "0"}), "--num-prompts");
   ExpectOneErrorLine(Loadgen({t, "--random-range-ratio", "1"}), "--random-range-ratio");

@@ -191,7 +191,7 @@ TEST(RunLoadTest, WarmupsAreSentFirstAndNotRecorded) {
   FakeClient client(/*hang=*/false);
   RunOptions options;
   options.config.request_rate = kInf;
-  options.num_warmups = 3;
+  options.warmup_prompts = Prompts(3);
   auto result = RunLoad(&client, Prompts(5), options);
   ASSERT_TRUE(result.ok());
   EXPECT_EQ(result->records.size(), 5u);

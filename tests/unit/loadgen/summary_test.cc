@@ -113,6 +113,43 @@ TEST(SummarizeTest, CountsThroughputAndGoodput) {
   EXPECT_EQ(s.errors, (std::vector<std::string>{"boom"}));
 }
 
+TEST(SummarizeTest, WarmupAndCooldownWindowsLeaveRequestsOut) {
+  // A 10 s run; requests sent at 0.5, 2, 5 and 8 s, each 1 s long (100 ms TTFT).
+  std::vector<RequestRecord> records;
+  const int64_t sends_ms[] = {500, 2000, 5000, 8000};
+  for (int i = 0; i < 4; ++i) {
+    const int64_t t = sends_ms[i];
+    records.push_back(MakeRecord(
+        i, Input(100, 3), Outcome(t, {t + 100 * (i + 1), t + 500, t + 1000}, t + 1000, 3), 0));
+  }
+  RequestOutcome failed;  // sent at 9.5 s: in the cool-down window, left out
+  failed.send_ns = 9500 * kMs;
+  failed.error = "late";
+  records.push_back(MakeRecord(4, Input(100, 3), failed, 0));
+  RunConfig config;
+  config.warmup_window_s = 1.0;    // leaves out the request sent at 0.5 s
+  config.cooldown_window_s = 1.5;  // window [1, 8.5]: the one ending at 9 s is out
+  Slo slo;
+  slo.ttft_ms = 250;  // the 2 s request (200 ms) meets it; the 5 s one (300 ms) does not
+  const RunSummary s = Summarize(config, records, 10.0, {50}, slo);
+  EXPECT_EQ(s.excluded, 3);
+  EXPECT_EQ(s.completed, 2);
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_DOUBLE_EQ(s.window_s, 7.5);
+  EXPECT_DOUBLE_EQ(s.request_throughput, 2 / 7.5);
+  EXPECT_DOUBLE_EQ(s.output_throughput, 6 / 7.5);
+  EXPECT_EQ(s.good_requests, 1);
+  EXPECT_DOUBLE_EQ(s.slo_attainment, 0.5);
+  EXPECT_DOUBLE_EQ(s.ttft_ms.mean, 250);
+
+  // No window: everything counts, over the whole run.
+  const RunSummary all = Summarize({}, records, 10.0, {50}, slo);
+  EXPECT_EQ(all.excluded, 0);
+  EXPECT_EQ(all.completed, 4);
+  EXPECT_EQ(all.failed, 1);
+  EXPECT_DOUBLE_EQ(all.request_throughput, 0.4);
+}
+
 TEST(SummarizeTest, TightTpotSloCutsGoodput) {
   std::vector<RequestRecord> records = {
       MakeRecord(0, Input(1, 3), Outcome(0, {10, 12, 14}, 14, 3), 0),   // tpot 2
