@@ -34,9 +34,12 @@ struct PlanPoint {
 };
 
 // A deployment meets a rate when at least `target_attainment` of the
-// requests meet the SLO and its goodput keeps up with that share of the
-// rate: a finite run at a rate past capacity can keep every request within
-// its SLO while a backlog grows, which only the goodput shows.
+// requests meet the SLO and its steady goodput (SimSummary) keeps up with
+// that share of the rate: a finite run at a rate past capacity can keep
+// every request within its SLO while a backlog grows, which only the goodput
+// shows. The steady goodput, not the whole run's: the drain after the last
+// arrival would otherwise fail a deployment that keeps up whenever requests
+// take long against the run (256-token answers in a 10 s run).
 bool MeetsTarget(const PlanPoint& point, double target_attainment);
 
 struct DeploymentResult {

@@ -1,5 +1,6 @@
 #include "planner/summary.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace pdserve::planner {
@@ -45,6 +46,16 @@ SimSummary Summarize(const std::vector<SimRequest>& requests, const SimResult& r
     s.output_throughput = static_cast<double>(output_tokens) / s.duration_s;
     s.goodput = s.good_requests / s.duration_s;
   }
+  s.steady_goodput = s.goodput;
+  if (!requests.empty() && !e2e.empty()) {
+    std::vector<double> sorted = e2e;
+    std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
+    const double median_e2e_s = sorted[sorted.size() / 2] / 1e3;
+    const double span = requests.back().arrival_s - start;
+    const double steady = std::max(span, s.duration_s - median_e2e_s);
+    if (steady > 0) s.steady_goodput = s.good_requests / steady;
+    s.short_run = span < 4 * median_e2e_s;
+  }
   if (!requests.empty()) s.slo_attainment = static_cast<double>(s.good_requests) / requests.size();
   s.ttft_ms = loadgen::Describe(ttft, percentiles);
   s.tpot_ms = loadgen::Describe(tpot, percentiles);
@@ -62,6 +73,8 @@ nlohmann::ordered_json SummaryToJson(const SimSummary& s) {
   j["output_throughput"] = s.output_throughput;
   j["good_requests"] = s.good_requests;
   j["goodput"] = s.goodput;
+  j["steady_goodput"] = s.steady_goodput;
+  j["short_run"] = s.short_run;
   j["slo_attainment"] = s.slo_attainment;
   j["ttft_ms"] = DistributionJson(s.ttft_ms);
   j["tpot_ms"] = DistributionJson(s.tpot_ms);
