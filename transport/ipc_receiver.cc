@@ -71,8 +71,13 @@ struct IpcRecvLink {
   // Reader thread only: what the sender announced.
   std::vector<uint64_t> region_bytes;
   bool have_event = false;
-  // Worker thread only: the sender's memory and event, opened.
+  // Set by the reader before it queues any work: the Hello carried this
+  // process's nonce, so the sender's pointers are ours to use as they are.
+  bool same_process = false;
+  // Worker thread only: the sender's memory and event, opened (or, within
+  // one process, borrowed: then never closed here).
   std::vector<char*> region_base;
+  bool borrowed = false;
   cudaEvent_t event = nullptr;
   cudaStream_t stream = nullptr;
 };
@@ -203,11 +208,16 @@ class IpcKvReceiver::Impl final : public internal::ReplySink {
 
   void ReadLoop(const std::shared_ptr<IpcRecvLink>& l) {
     NcclFrame hello;
-    absl::Status s = internal::ReadNcclFrame(l->fd.get(), &hello, 256);
-    if (s.ok() && hello.type != NcclFrameType::kHello) {
+    absl::Status s = internal::ReadNcclFrame(l->fd.get(), &hello, 512);
+    if (s.ok() &&
+        (hello.type != NcclFrameType::kHello || hello.payload.size() <= internal::kIpcNonceBytes)) {
       s = absl::InvalidArgumentError("IPC control connection did not start with Hello");
     }
-    if (s.ok() && hello.payload != host_id_) {
+    if (s.ok()) {
+      l->same_process =
+          hello.payload.compare(0, internal::kIpcNonceBytes, internal::ProcessNonce()) == 0;
+    }
+    if (s.ok() && hello.payload.substr(internal::kIpcNonceBytes) != host_id_) {
       // CUDA IPC handles only open on the host that made them.
       s = absl::FailedPreconditionError(
           "the IPC sender runs on another host; use --kv-transport nccl or tcp between hosts");
@@ -249,7 +259,9 @@ class IpcKvReceiver::Impl final : public internal::ReplySink {
         case NcclFrameType::kHandle: {
           // Only a sender that proved a secret may make this node map memory.
           if (!table_.LinkVerified(l->id)) return bad("IPC handle before any verified Begin");
-          if (f.payload.size() != sizeof(cudaIpcMemHandle_t)) return bad("bad IPC handle size");
+          if (f.payload.size() != internal::kIpcHandleFrameBytes) {
+            return bad("bad IPC handle frame size");
+          }
           if (f.arg0 == -1) {
             if (l->have_event) return bad("IPC event handle sent twice");
             l->have_event = true;
@@ -403,6 +415,18 @@ class IpcKvReceiver::Impl final : public internal::ReplySink {
   }
 
   absl::Status OpenHandle(const std::shared_ptr<IpcRecvLink>& l, const IpcRecvWork& w) {
+    if (l->same_process) {
+      // CUDA does not open a process's own handles: use its pointers.
+      uint64_t p;
+      std::memcpy(&p, w.payload.data() + sizeof(cudaIpcMemHandle_t), sizeof(p));
+      l->borrowed = true;
+      if (w.layer == -1) {
+        l->event = reinterpret_cast<cudaEvent_t>(p);
+      } else {
+        l->region_base.push_back(reinterpret_cast<char*>(p));
+      }
+      return absl::OkStatus();
+    }
     if (w.layer == -1) {
       cudaIpcEventHandle_t h;
       std::memcpy(&h, w.payload.data(), sizeof(h));
@@ -459,9 +483,11 @@ class IpcKvReceiver::Impl final : public internal::ReplySink {
   static void Join(const std::shared_ptr<IpcRecvLink>& l) {
     if (l->reader.joinable()) l->reader.join();
     if (l->worker.joinable()) l->worker.join();
-    for (char* p : l->region_base) cudaIpcCloseMemHandle(p);
+    if (!l->borrowed) {
+      for (char* p : l->region_base) cudaIpcCloseMemHandle(p);
+      if (l->event != nullptr) cudaEventDestroy(l->event);
+    }
     l->region_base.clear();
-    if (l->event != nullptr) cudaEventDestroy(l->event);
     if (l->stream != nullptr) cudaStreamDestroy(l->stream);
     l->event = nullptr;
     l->stream = nullptr;

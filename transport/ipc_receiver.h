@@ -8,6 +8,10 @@
 // lease, so Cancel, deadlines and every other guarantee of
 // transport/kv_transport.h hold as for tcp and NCCL.
 //
+// A sender in this very process (tests, gpu_bench) proves it with the
+// process's random nonce in its Hello; its pointers are then used as they
+// are, since CUDA does not open a process's own IPC handles.
+//
 // Hostile senders: a Hello from another host is refused (Nack with
 // FailedPrecondition, then the connection closes); handles are accepted only
 // on a verified link; every block a Layer frame names is checked against

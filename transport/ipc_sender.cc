@@ -42,6 +42,11 @@ std::string HostIdentity() {
   return absl::StrCat("host:", host);
 }
 
+const std::string& ProcessNonce() {
+  static const std::string* nonce = new std::string(TransferSecret::Random().bytes());
+  return *nonce;
+}
+
 }  // namespace internal
 
 namespace {
@@ -438,7 +443,7 @@ class IpcKvSender::Core {
     }
     NcclFrame hello;
     hello.type = NcclFrameType::kHello;
-    hello.payload = host_id_;
+    hello.payload = internal::ProcessNonce() + host_id_;
     if (absl::Status s = internal::WriteNcclFrame(l->fd.get(), hello); !s.ok()) {
       Destroy(*l);
       return absl::UnavailableError(absl::StrCat("IPC sender: ", endpoint, ": ", s.message()));
@@ -525,6 +530,11 @@ class IpcKvSender::Core {
     return false;
   }
 
+  static void AppendPointer(const void* p, std::string* out) {
+    const uint64_t v = reinterpret_cast<uint64_t>(p);
+    out->append(reinterpret_cast<const char*>(&v), sizeof(v));
+  }
+
   // The regions' and the event's handles, once per link, after a Ready.
   absl::Status SendHandles(const std::shared_ptr<IpcSendLink>& l) {
     if (l->handles_sent) return absl::OkStatus();
@@ -537,6 +547,7 @@ class IpcKvSender::Core {
     f.type = NcclFrameType::kHandle;
     f.arg0 = -1;
     f.payload.assign(reinterpret_cast<const char*>(&eh), sizeof(eh));
+    AppendPointer(l->event, &f.payload);
     if (absl::Status s = Write(l, f); !s.ok()) return s;
     std::vector<Region> regions;
     {
@@ -548,6 +559,7 @@ class IpcKvSender::Core {
       f.arg1 = static_cast<int64_t>(regions[r].bytes);
       f.payload.assign(reinterpret_cast<const char*>(&regions[r].handle),
                        sizeof(regions[r].handle));
+      AppendPointer(reinterpret_cast<const void*>(regions[r].base), &f.payload);
       if (absl::Status s = Write(l, f); !s.ok()) return s;
     }
     l->handles_sent = true;

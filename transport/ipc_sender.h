@@ -84,6 +84,16 @@ namespace internal {
 // This host's identity for the same-host check: the kernel's boot id
 // (/proc/sys/kernel/random/boot_id), or the host name where that is missing.
 std::string HostIdentity();
+// 16 random bytes, fixed for this process: a Hello that carries them comes
+// from this very process (sender and receiver in one process, as in tests
+// and gpu_bench), where CUDA refuses to open the process's own IPC handles;
+// the receiver then uses the pointers the Handle frames also carry. Nobody
+// else can know them.
+const std::string& ProcessNonce();
+inline constexpr size_t kIpcNonceBytes = 16;
+// A Handle frame's payload: the 64-byte CUDA handle, then the exporter's
+// pointer (u64; used only within one process).
+inline constexpr size_t kIpcHandleFrameBytes = 64 + 8;
 // One block of an IPC Layer frame's payload.
 inline constexpr size_t kIpcBlockEntryBytes = 24;  // region u32, pad u32, offset u64, bytes u64
 inline constexpr int kIpcMaxRegions = 16;

@@ -293,8 +293,17 @@ class IpcHostileTest : public IpcTransportTest {
     f.payload = std::move(payload);
     ASSERT_TRUE(internal::WriteNcclFrame(fd, f).ok());
   }
-  static void Hello(int fd) {
-    Send(fd, internal::NcclFrameType::kHello, 0, 0, 0, internal::HostIdentity());
+  // A sender on this host: another process (an unknown nonce), or this one.
+  static void Hello(int fd, bool this_process = false) {
+    Send(fd, internal::NcclFrameType::kHello, 0, 0, 0,
+         (this_process ? internal::ProcessNonce() : std::string(internal::kIpcNonceBytes, '\0')) +
+             internal::HostIdentity());
+  }
+  template <typename Handle>
+  static std::string HandleFrame(const Handle& h, const void* p) {
+    const uint64_t v = reinterpret_cast<uint64_t>(p);
+    return std::string(reinterpret_cast<const char*>(&h), sizeof(h)) +
+           std::string(reinterpret_cast<const char*>(&v), sizeof(v));
   }
   static std::string Tag(const AuthTag& t) {
     return std::string(reinterpret_cast<const char*>(t.data()), t.size());
@@ -332,7 +341,7 @@ TEST_F(IpcHostileTest, ForgedBeginIsRefusedAndTheGenuineSenderStillGetsThrough) 
   EXPECT_EQ(static_cast<absl::StatusCode>(nack.arg0), absl::StatusCode::kPermissionDenied);
   // Handles on a link that proved nothing: a protocol error, the link closes.
   Send(fd.get(), internal::NcclFrameType::kHandle, 0, -1, 0,
-       std::string(sizeof(cudaIpcEventHandle_t), '\0'));
+       std::string(internal::kIpcHandleFrameBytes, '\0'));
   EXPECT_TRUE(Closed(fd.get()));
   EXPECT_EQ(receiver_->stats().begins_refused, 1);
   EXPECT_GE(receiver_->stats().protocol_errors, 1);
@@ -362,7 +371,7 @@ TEST_F(IpcHostileTest, AWrongTrailerTagFailsTheTransfer) {
   Received rec;
   Post(TransferId{32}, dst, In(20s), &rec);
   internal::UniqueFd fd = Connect();
-  Hello(fd.get());
+  Hello(fd.get(), /*this_process=*/true);  // its pointers are used: no open on a real GPU
   Begin(fd.get(), 32, 1);
   EXPECT_EQ(Read(fd.get()).type, internal::NcclFrameType::kReady);
   // Handles of a real region and event: the sender's own pool.
@@ -373,10 +382,9 @@ TEST_F(IpcHostileTest, AWrongTrailerTagFailsTheTransfer) {
   ASSERT_EQ(cudaIpcGetEventHandle(&eh, ev), cudaSuccess);
   cudaIpcMemHandle_t mh;
   ASSERT_EQ(cudaIpcGetMemHandle(&mh, src_->dev->get()), cudaSuccess);
-  Send(fd.get(), internal::NcclFrameType::kHandle, 0, -1, 0,
-       std::string(reinterpret_cast<const char*>(&eh), sizeof(eh)));
+  Send(fd.get(), internal::NcclFrameType::kHandle, 0, -1, 0, HandleFrame(eh, ev));
   Send(fd.get(), internal::NcclFrameType::kHandle, 0, 0, int64_t(src_->host.size()),
-       std::string(reinterpret_cast<const char*>(&mh), sizeof(mh)));
+       HandleFrame(mh, src_->dev->get()));
   std::string entry(internal::kIpcBlockEntryBytes, '\0');
   const uint64_t bytes = 256;
   std::memcpy(&entry[16], &bytes, 8);
@@ -404,10 +412,9 @@ TEST_F(IpcHostileTest, ABlockOutsideTheExportedRegionClosesTheLink) {
   ASSERT_EQ(cudaIpcGetEventHandle(&eh, ev), cudaSuccess);
   cudaIpcMemHandle_t mh;
   ASSERT_EQ(cudaIpcGetMemHandle(&mh, src_->dev->get()), cudaSuccess);
-  Send(fd.get(), internal::NcclFrameType::kHandle, 0, -1, 0,
-       std::string(reinterpret_cast<const char*>(&eh), sizeof(eh)));
+  Send(fd.get(), internal::NcclFrameType::kHandle, 0, -1, 0, HandleFrame(eh, ev));
   Send(fd.get(), internal::NcclFrameType::kHandle, 0, 0, 4096,  // claims 4096 bytes only
-       std::string(reinterpret_cast<const char*>(&mh), sizeof(mh)));
+       HandleFrame(mh, src_->dev->get()));
   std::string entry(internal::kIpcBlockEntryBytes, '\0');
   const uint64_t offset = 4096 - 128, bytes = 256;  // runs past the claimed region
   std::memcpy(&entry[8], &offset, 8);
@@ -421,7 +428,8 @@ TEST_F(IpcHostileTest, ABlockOutsideTheExportedRegionClosesTheLink) {
 
 TEST_F(IpcHostileTest, AHelloFromAnotherHostIsRefused) {
   internal::UniqueFd fd = Connect();
-  Send(fd.get(), internal::NcclFrameType::kHello, 0, 0, 0, "boot:some-other-machine");
+  Send(fd.get(), internal::NcclFrameType::kHello, 0, 0, 0,
+       std::string(internal::kIpcNonceBytes, '\0') + "boot:some-other-machine");
   const internal::NcclFrame nack = Read(fd.get());
   EXPECT_EQ(nack.type, internal::NcclFrameType::kNack);
   EXPECT_EQ(static_cast<absl::StatusCode>(nack.arg0), absl::StatusCode::kFailedPrecondition);
