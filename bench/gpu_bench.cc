@@ -11,7 +11,7 @@
 //            NCCL send/recv of the same bytes; one GPU sends to itself in one
 //            communicator group, two GPUs use the transport end to end
 //
-// Usage: gpu_bench [--config llama-3-8b] [--prompt 512] [--decode 64]
+// Usage: gpu_bench [--config llama-3-8b] [--model FILE] [--prompt 512] [--decode 64]
 //                  [--skip-model] [--skip-kv] [--out DIR]
 // Prints a table; writes DIR/gpu_bench.json (DIR defaults to $OUT if set).
 #include <algorithm>
@@ -68,6 +68,7 @@ namespace {
 
 struct Options {
   std::string config = "llama-3-8b";
+  std::string model;  // a GGUF file of --config's shape (the dummy written once), else built here
   int prompt = 512;
   int decode = 64;
   bool skip_model = false;
@@ -187,21 +188,27 @@ double CublasPrefillSeconds(const ModelConfig& c, int n_tokens, cudaStream_t str
 }
 
 int BenchModel(const Options& o, double copy_bw, cudaStream_t stream) {
-  std::printf("model %s: building dummy weights...\n", o.config.c_str());
-  std::fflush(stdout);
-  absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(o.config);
-  if (!spec.ok()) {
-    std::fprintf(stderr, "gpu_bench: %s\n", std::string(spec.status().message()).c_str());
-    return 1;
-  }
   const int32_t n_ctx = o.prompt + o.decode + 64;
-  auto bytes = BuildDummyModelGguf(*spec);
-  if (!bytes.ok()) return 1;
-  auto file = gguf::GgufFile::FromBytes(*bytes);
-  bytes->clear();
-  bytes->shrink_to_fit();
-  if (!file.ok()) return 1;
-  auto model = Model::FromGguf(std::move(*file), n_ctx);
+  absl::StatusOr<std::unique_ptr<Model> > model = absl::UnknownError("no model");
+  if (!o.model.empty()) {
+    std::printf("model %s\n", o.model.c_str());
+    model = Model::Load(o.model, n_ctx);
+  } else {
+    std::printf("model %s: building dummy weights...\n", o.config.c_str());
+    std::fflush(stdout);
+    absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(o.config);
+    if (!spec.ok()) {
+      std::fprintf(stderr, "gpu_bench: %s\n", std::string(spec.status().message()).c_str());
+      return 1;
+    }
+    auto bytes = BuildDummyModelGguf(*spec);
+    if (!bytes.ok()) return 1;
+    auto file = gguf::GgufFile::FromBytes(*bytes);
+    bytes->clear();
+    bytes->shrink_to_fit();
+    if (!file.ok()) return 1;
+    model = Model::FromGguf(std::move(*file), n_ctx);
+  }
   if (!model.ok()) {
     std::fprintf(stderr, "gpu_bench: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -655,6 +662,8 @@ int main(int argc, char** argv) {
     };
     if (a == "--config") {
       o.config = next();
+    } else if (a == "--model") {
+      o.model = next();
     } else if (a == "--prompt") {
       o.prompt = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--decode") {
@@ -667,8 +676,8 @@ int main(int argc, char** argv) {
       o.skip_kv = true;
     } else {
       std::fprintf(stderr,
-                   "usage: gpu_bench [--config NAME] [--prompt N] [--decode N] [--skip-model] "
-                   "[--skip-kv] [--out DIR]\n");
+                   "usage: gpu_bench [--config NAME] [--model FILE] [--prompt N] [--decode N] "
+                   "[--skip-model] [--skip-kv] [--out DIR]\n");
       return 2;
     }
   }

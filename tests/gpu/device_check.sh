@@ -308,7 +308,7 @@ if ((dry)); then
 elif [[ ! -x $bin/gpu_bench ]]; then
   record "7 gpu_bench" FAIL "gpu_bench missing from the bundle"
 else
-  timeout 75 "$bin/gpu_bench" --config llama-3-8b --prompt 512 --decode 32 --out "$OUT" \
+  timeout 75 "$bin/gpu_bench" --config llama-3-8b ${model:+--model "$model"} --prompt 512 --decode 32 --out "$OUT" \
     >"$work/gpu_bench.txt" 2>&1
   rc=$?
   keep "$work/gpu_bench.txt"
