@@ -5,11 +5,13 @@
 //            (bytes read + written), target >= 70%
 //   prefill  prompt tokens/s against cuBLAS running the same GEMMs alone
 //            (f16 in, f32 out, the model's shapes), target >= 50%
-//   kv       NCCL KV transfer (gather blocks, send/recv, scatter) against raw
+//   kv       IPC KV transfer (same GPU, as a 1P1D cluster on one device
+//            runs it) against raw device-to-device copies of the same blocks;
+//            NCCL KV transfer (gather blocks, send/recv, scatter) against raw
 //            NCCL send/recv of the same bytes; one GPU sends to itself in one
 //            communicator group, two GPUs use the transport end to end
 //
-// Usage: gpu_bench [--config llama-3-8b] [--prompt 512] [--decode 64]
+// Usage: gpu_bench [--config llama-3-8b] [--model FILE] [--prompt 512] [--decode 64]
 //                  [--skip-model] [--skip-kv] [--out DIR]
 // Prints a table; writes DIR/gpu_bench.json (DIR defaults to $OUT if set).
 #include <algorithm>
@@ -42,6 +44,10 @@ int main() {
 #include "engine/model.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/kv_pack.h"
+#ifdef PDSERVE_HAVE_CUDA_IPC
+#include "transport/ipc_receiver.h"
+#include "transport/ipc_sender.h"
+#endif
 #ifdef PDSERVE_HAVE_NCCL
 #include "transport/nccl_compat.h"
 #include "transport/nccl_receiver.h"
@@ -62,6 +68,7 @@ namespace {
 
 struct Options {
   std::string config = "llama-3-8b";
+  std::string model;  // a GGUF file of --config's shape (the dummy written once), else built here
   int prompt = 512;
   int decode = 64;
   bool skip_model = false;
@@ -181,21 +188,27 @@ double CublasPrefillSeconds(const ModelConfig& c, int n_tokens, cudaStream_t str
 }
 
 int BenchModel(const Options& o, double copy_bw, cudaStream_t stream) {
-  std::printf("model %s: building dummy weights...\n", o.config.c_str());
-  std::fflush(stdout);
-  absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(o.config);
-  if (!spec.ok()) {
-    std::fprintf(stderr, "gpu_bench: %s\n", std::string(spec.status().message()).c_str());
-    return 1;
-  }
   const int32_t n_ctx = o.prompt + o.decode + 64;
-  auto bytes = BuildDummyModelGguf(*spec);
-  if (!bytes.ok()) return 1;
-  auto file = gguf::GgufFile::FromBytes(*bytes);
-  bytes->clear();
-  bytes->shrink_to_fit();
-  if (!file.ok()) return 1;
-  auto model = Model::FromGguf(std::move(*file), n_ctx);
+  absl::StatusOr<std::unique_ptr<Model> > model = absl::UnknownError("no model");
+  if (!o.model.empty()) {
+    std::printf("model %s\n", o.model.c_str());
+    model = Model::Load(o.model, n_ctx);
+  } else {
+    std::printf("model %s: building dummy weights...\n", o.config.c_str());
+    std::fflush(stdout);
+    absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(o.config);
+    if (!spec.ok()) {
+      std::fprintf(stderr, "gpu_bench: %s\n", std::string(spec.status().message()).c_str());
+      return 1;
+    }
+    auto bytes = BuildDummyModelGguf(*spec);
+    if (!bytes.ok()) return 1;
+    auto file = gguf::GgufFile::FromBytes(*bytes);
+    bytes->clear();
+    bytes->shrink_to_fit();
+    if (!file.ok()) return 1;
+    model = Model::FromGguf(std::move(*file), n_ctx);
+  }
   if (!model.ok()) {
     std::fprintf(stderr, "gpu_bench: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -291,6 +304,95 @@ int BenchModel(const Options& o, double copy_bw, cudaStream_t stream) {
   return 0;
 }
 
+// KV of a prompt as it travels: n_layers layers of n_blocks blocks.
+struct KvShape {
+  int n_layers, n_blocks;
+  int64_t block_bytes;
+  int64_t layer_bytes() const { return n_blocks * block_bytes; }
+  int64_t total() const { return n_layers * layer_bytes(); }
+};
+
+#ifdef PDSERVE_HAVE_CUDA_IPC
+// One GPU, as a 1P1D cluster on one device runs it: the IPC transport
+// (control over loopback TCP, the receiver copying device to device out of
+// the sender's exported pool), end to end per transfer, against the same
+// block copies issued raw on one stream.
+void BenchKvIpc(const KvShape& s, cudaStream_t stream) {
+  const int64_t pool_blocks = 2LL * s.n_blocks;
+  const size_t pool_bytes = s.n_layers * pool_blocks * s.block_bytes;
+  uint8_t *pool_src, *pool_dst;
+  BENCH_CUDA(cudaMalloc(&pool_src, pool_bytes));
+  BENCH_CUDA(cudaMalloc(&pool_dst, pool_bytes));
+  BENCH_CUDA(cudaMemset(pool_src, 7, pool_bytes));
+  BENCH_CUDA(cudaDeviceSynchronize());
+  std::vector<std::vector<transport::ConstBlockView> > src(s.n_layers);
+  std::vector<std::vector<transport::BlockView> > dst(s.n_layers);
+  for (int l = 0; l < s.n_layers; ++l) {
+    for (int b = 0; b < s.n_blocks; ++b) {
+      const int64_t at = (l * pool_blocks + 2 * b) * s.block_bytes;  // every other block
+      src[l].push_back({pool_src + at, static_cast<size_t>(s.block_bytes)});
+      dst[l].push_back({pool_dst + at, static_cast<size_t>(s.block_bytes)});
+    }
+  }
+  const double raw_ms = TimeMs(stream, 3, 10, [&] {
+    for (int l = 0; l < s.n_layers; ++l) {
+      for (int b = 0; b < s.n_blocks; ++b) {
+        BENCH_CUDA(cudaMemcpyAsync(dst[l][b].data, src[l][b].data, s.block_bytes,
+                                   cudaMemcpyDeviceToDevice, stream));
+      }
+    }
+  });
+  auto receiver = transport::IpcKvReceiver::Create({});
+  auto sender = transport::IpcKvSender::Create({});
+  if (!receiver.ok() || !sender.ok() || !(*sender)->RegisterRegion(pool_src, pool_bytes).ok()) {
+    std::fprintf(stderr, "gpu_bench: cannot set up the IPC transport\n");
+    std::exit(1);
+  }
+  const transport::TransferSecret secret = transport::TransferSecret::Random();
+  std::vector<double> ms;
+  for (uint64_t rep = 1; rep <= 8; ++rep) {
+    const auto deadline = MonoClock::now() + std::chrono::seconds(30);
+    std::promise<absl::Status> landed;
+    auto posted = (*receiver)->Post(transport::TransferId{rep}, secret, dst, deadline,
+                                    [&landed](absl::Status st, std::string,
+                                              transport::ReceiveTiming) { landed.set_value(st); });
+    const auto t0 = std::chrono::steady_clock::now();
+    auto h = (*sender)->StartTransfer(transport::TransferId{rep}, secret, (*receiver)->endpoint(),
+                                      s.n_layers, deadline);
+    if (!posted.ok() || !h.ok()) {
+      std::fprintf(stderr, "gpu_bench: IPC transfer did not start\n");
+      std::exit(1);
+    }
+    for (int l = 0; l < s.n_layers; ++l) (*h)->SendLayer(l, src[l]).IgnoreError();
+    (*h)->Finish("").IgnoreError();
+    const absl::Status st = (*h)->Wait();
+    const absl::Status got = landed.get_future().get();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (!st.ok() || !got.ok()) {
+      std::fprintf(stderr, "gpu_bench: IPC transfer failed: %s / %s\n", st.ToString().c_str(),
+                   got.ToString().c_str());
+      std::exit(1);
+    }
+    if (rep > 2) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  const double ipc_ms = Median(ms);
+  std::vector<uint8_t> check(s.block_bytes);
+  BENCH_CUDA(
+      cudaMemcpy(check.data(), dst.back().back().data, s.block_bytes, cudaMemcpyDeviceToHost));
+  if (std::any_of(check.begin(), check.end(), [](uint8_t b) { return b != 7; })) {
+    std::fprintf(stderr, "gpu_bench: IPC KV blocks arrived corrupted\n");
+    std::exit(1);
+  }
+  Record("raw D2D block copies (one stream)", s.total() / (raw_ms * 1e-3) / 1e9, "GB/s");
+  Record("IPC KV transfer, end to end", s.total() / (ipc_ms * 1e-3) / 1e9, "GB/s");
+  Record("IPC KV / raw copy", raw_ms / ipc_ms, "ratio");
+  sender->reset();
+  receiver->reset();
+  cudaFree(pool_src);
+  cudaFree(pool_dst);
+}
+#endif
+
 #ifdef PDSERVE_HAVE_NCCL
 #define BENCH_NCCL(expr)                                                                      \
   do {                                                                                        \
@@ -300,14 +402,6 @@ int BenchModel(const Options& o, double copy_bw, cudaStream_t stream) {
       std::exit(1);                                                                           \
     }                                                                                         \
   } while (false)
-
-// KV of a prompt as it travels: n_layers layers of n_blocks blocks.
-struct KvShape {
-  int n_layers, n_blocks;
-  int64_t block_bytes;
-  int64_t layer_bytes() const { return n_blocks * block_bytes; }
-  int64_t total() const { return n_layers * layer_bytes(); }
-};
 
 // One GPU: pack + self send/recv + unpack per layer, against the raw
 // send/recv of the same messages, in one 1-rank communicator.
@@ -529,7 +623,6 @@ int Run(const Options& o) {
   } else {
     Record("device-to-device copy (read+write)", copy_bw / 1e9, "GB/s");
   }
-#ifdef PDSERVE_HAVE_NCCL
   if (!o.skip_kv) {
     absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(o.config);
     if (spec.ok()) {
@@ -537,13 +630,17 @@ int Run(const Options& o) {
       KvShape s{spec->n_layers, (o.prompt + 15) / 16, 2LL * spec->n_kv_heads * 16 * head_dim * 2};
       std::printf("\nKV transfer of a %d-token prompt: %d layers x %d blocks x %lld bytes:\n",
                   o.prompt, s.n_layers, s.n_blocks, static_cast<long long>(s.block_bytes));
+#ifdef PDSERVE_HAVE_CUDA_IPC
+      BenchKvIpc(s, stream);
+#endif
+#ifdef PDSERVE_HAVE_NCCL
       BenchKvOneGpu(s, stream);
       if (n_gpus >= 2) BenchKvTwoGpus(s);
+#else
+      std::printf("(built without NCCL: no NCCL KV figures)\n");
+#endif
     }
   }
-#else
-  std::printf("(built without NCCL: no KV transfer figures)\n");
-#endif
   WriteJson(o.out_dir, device);
   return 0;
 }
@@ -565,6 +662,8 @@ int main(int argc, char** argv) {
     };
     if (a == "--config") {
       o.config = next();
+    } else if (a == "--model") {
+      o.model = next();
     } else if (a == "--prompt") {
       o.prompt = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--decode") {
@@ -577,8 +676,8 @@ int main(int argc, char** argv) {
       o.skip_kv = true;
     } else {
       std::fprintf(stderr,
-                   "usage: gpu_bench [--config NAME] [--prompt N] [--decode N] [--skip-model] "
-                   "[--skip-kv] [--out DIR]\n");
+                   "usage: gpu_bench [--config NAME] [--model FILE] [--prompt N] [--decode N] "
+                   "[--skip-model] [--skip-kv] [--out DIR]\n");
       return 2;
     }
   }

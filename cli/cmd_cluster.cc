@@ -203,9 +203,11 @@ int RunCluster(int argc, char** argv) {
       "node-flags", po::value<std::string>()->default_value(""),
       "extra flags for every node, e.g. \"--kv-cache-mib 512 --max-batch-tokens 1024\"")(
       "router-flags", po::value<std::string>()->default_value(""), "extra flags for the router")(
-      "startup-timeout", po::value<int>()->default_value(120), "seconds to wait for the nodes")(
-      "http-port", po::value<int>()->default_value(-1),
-      "router's OpenAI-compatible HTTP API (-1: off)");
+      "kv-transport", po::value<std::string>()->default_value("auto"),
+      "KV path between prefill and decode nodes: auto, tcp, nccl or ipc (see pdserve prefill "
+      "--help)")("startup-timeout", po::value<int>()->default_value(120),
+                 "seconds to wait for the nodes")("http-port", po::value<int>()->default_value(-1),
+                                                  "router's OpenAI-compatible HTTP API (-1: off)");
   // The cluster's processes run with the same TLS/mTLS settings; client API
   // keys go to the router and a node token (given, or made here) to all,
   // both by file.
@@ -293,6 +295,10 @@ int RunCluster(int argc, char** argv) {
                                      "--node-id",        absl::StrCat(role, "-", index),
                                      "--threads",        std::to_string(threads),
                                      "--log-level",      log_level};
+    if (role != "mixed") {
+      args.push_back("--kv-transport");
+      args.push_back(vm["kv-transport"].as<std::string>());
+    }
     if (role == "decode") {
       args.push_back("--kv-port");
       args.push_back(std::to_string(port + 100 + index));

@@ -4,6 +4,7 @@
 #include "cli/signals.h"
 #include "common/log.h"
 #include "node/node_server.h"
+#include "transport/kv_transport_factory.h"
 
 namespace pdserve::cli {
 
@@ -19,8 +20,12 @@ void AddNodeFlags(po::options_description* desc) {
       "decode: address the KV receiver binds (default: --advertise-host, not every interface)")(
       "kv-advertise", po::value<std::string>()->default_value(""),
       "decode: host:port prefill nodes ship KV to, when a proxy or NAT sits in between "
-      "(default: advertise-host:kv-port)")("kv-checksum", po::bool_switch(),
-                                           "prefill: crc32 every KV payload")(
+      "(default: advertise-host:kv-port)")(
+      "kv-transport", po::value<std::string>()->default_value("auto"),
+      "KV path: tcp (host memory; with --device cuda staged through pinned buffers), ipc (CUDA "
+      "IPC, prefill and decode on one host), nccl (GPU to GPU), or auto (CPU: tcp; GPU decode: "
+      "ipc when advertised on loopback, else nccl; GPU prefill: whatever the decode node "
+      "offers)")("kv-checksum", po::bool_switch(), "prefill: crc32 every KV payload")(
       "metrics-port", po::value<int>()->default_value(-1),
       "HTTP /metrics, /health, /ready (-1: off)")(
       "drain-timeout", po::value<int>()->default_value(30),
@@ -44,6 +49,8 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.kv_listen_host = vm["kv-listen-host"].as<std::string>();
   o.kv_advertise = vm["kv-advertise"].as<std::string>();
   o.kv_checksum = vm["kv-checksum"].as<bool>();
+  o.kv_transport = vm["kv-transport"].as<std::string>();
+  if (absl::Status k = transport::ParseKvTransportKind(o.kv_transport).status(); !k.ok()) return k;
   o.metrics_port = vm["metrics-port"].as<int>();
   o.engine = ef->options;
   o.kv_dtype_name = vm["kv-dtype"].as<std::string>();

@@ -27,6 +27,17 @@ class SinkFanout : public LayerObserver {
   void OnLayerStored(int32_t layer) override {
     for (Sequence* s : seqs) s->kv_sink->OnLayerStored(layer, s->blocks);
   }
+  // Device events only when every sink takes them (one host wait serves
+  // the others otherwise).
+  bool TakesDeviceEvents() const override {
+    for (const Sequence* s : seqs) {
+      if (!s->kv_sink->TakesDeviceEvents()) return false;
+    }
+    return true;
+  }
+  void OnLayerStoredOnDevice(int32_t layer, void* stored_event) override {
+    for (Sequence* s : seqs) s->kv_sink->OnLayerStoredOnDevice(layer, s->blocks, stored_event);
+  }
 };
 
 }  // namespace

@@ -34,6 +34,16 @@ class LayerObserver {
  public:
   virtual ~LayerObserver() = default;
   virtual void OnLayerStored(int32_t layer) = 0;
+  // GPU runners: when true, the runner calls OnLayerStoredOnDevice with the
+  // device event of the layer's KV store instead of waiting for it on the
+  // host and calling OnLayerStored, so the host never synchronizes per
+  // layer (the consumer orders its own GPU work after the event).
+  virtual bool TakesDeviceEvents() const { return false; }
+  // stored_event: a cudaEvent_t (void* keeps CUDA headers out), valid until
+  // the runner's next Forward records it again.
+  virtual void OnLayerStoredOnDevice(int32_t layer, void* /*stored_event*/) {
+    OnLayerStored(layer);
+  }
 };
 
 // The model's quantized matrices repacked once at load into the kernels'

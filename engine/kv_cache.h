@@ -77,6 +77,10 @@ class KvCache {
   kernels::KvLayerView Layer(int32_t layer) const;
   // Start of layer `layer`'s share of block `block`: LayerBlockBytes() bytes.
   uint8_t* BlockData(int32_t layer, BlockId block) const;
+  // The one allocation every block lives in (device memory with a GPU
+  // allocator): what a same-host KV transport exports (transport/ipc_sender.h).
+  const void* storage() const { return mapping_; }
+  size_t storage_bytes() const { return mapping_bytes_; }
 
   // n new blocks with refcount 1, or nullopt when there is no room (evicts
   // unreferenced prefix-cache blocks, least recently used first).

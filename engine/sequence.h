@@ -37,6 +37,13 @@ class KvSink {
  public:
   virtual ~KvSink() = default;
   virtual void OnLayerStored(int32_t layer, const std::vector<BlockId>& blocks) = 0;
+  // GPU engines (see LayerObserver::TakesDeviceEvents): the layer is final
+  // once stored_event (a cudaEvent_t) completes; the host did not wait.
+  virtual bool TakesDeviceEvents() const { return false; }
+  virtual void OnLayerStoredOnDevice(int32_t layer, const std::vector<BlockId>& blocks,
+                                     void* /*stored_event*/) {
+    OnLayerStored(layer, blocks);
+  }
 };
 
 // Monotonic timestamps (common/clock.h) of a request's life on this node.

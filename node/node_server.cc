@@ -13,12 +13,7 @@
 #include "rpc/message_limits.h"
 #include "rpc/model_fingerprint.h"
 #include "tracing/metrics_handler.h"
-#include "transport/tcp_receiver.h"
-#include "transport/tcp_sender.h"
-#ifdef PDSERVE_HAVE_NCCL
-#include "transport/nccl_receiver.h"
-#include "transport/nccl_sender.h"
-#endif
+#include "transport/kv_transport_factory.h"
 
 namespace pdserve::node {
 namespace {
@@ -190,58 +185,40 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
 
   // Bind the gRPC port first: it names the node.
   const tracing::PdserveMetrics* metrics = &n->metrics_;
-  // A CUDA engine keeps KV in device memory, which only the NCCL transport
-  // can ship; the TCP transport reads host memory.
-  int gpu_device = -1;
+  // Where KV lives decides how it travels: host memory over tcp; device
+  // memory over CUDA IPC (same host), NCCL, or tcp staged through pinned
+  // host buffers (transport/kv_transport_factory.h, --kv-transport).
+  transport::KvTransportConfig kv;
+  PDS_ASSIGN_OR_RETURN(kv.kind, transport::ParseKvTransportKind(options.kv_transport));
   if (absl::StartsWith(options.engine.device, "cuda")) {
-    gpu_device = 0;
+    kv.gpu_device = 0;
     if (options.engine.device.size() > 5 &&
-        !absl::SimpleAtoi(options.engine.device.substr(5), &gpu_device)) {
+        !absl::SimpleAtoi(options.engine.device.substr(5), &kv.gpu_device)) {
       return absl::InvalidArgumentError("--device must be cpu, cuda or cuda:N");
     }
-#ifndef PDSERVE_HAVE_NCCL
-    if (options.role != NodeRole::kMixed) {
-      return absl::FailedPreconditionError(
-          "prefill and decode nodes on CUDA ship KV over NCCL, and this build has no NCCL");
-    }
-#endif
   }
+  kv.checksum = options.kv_checksum;
   switch (options.role) {
     case NodeRole::kPrefill: {
-      if (gpu_device >= 0) {
-#ifdef PDSERVE_HAVE_NCCL
-        // KV blocks live in device memory: ship them GPU to GPU.
-        transport::NcclSenderOptions so;
-        so.device = gpu_device;
-        PDS_ASSIGN_OR_RETURN(n->sender_, transport::NcclKvSender::Create(so));
-        break;
-#endif
-      }
-      transport::TcpSenderOptions so;
-      so.checksum = options.kv_checksum;
-      PDS_ASSIGN_OR_RETURN(n->sender_, transport::TcpKvSender::Create(so));
+      // IPC exports the KV storage itself: one allocation per cache.
+      const KvCache& cache = engine->cache();
+      kv.kv_regions.push_back({cache.storage(), cache.storage_bytes()});
+      PDS_ASSIGN_OR_RETURN(n->sender_, transport::MakeKvSender(kv));
       break;
     }
     case NodeRole::kDecode: {
       // Only the advertised address by default: the KV port is for prefill nodes.
-      const std::string kv_bind =
+      kv.listen_host =
           options.kv_listen_host.empty() ? options.advertise_host : options.kv_listen_host;
-#ifdef PDSERVE_HAVE_NCCL
-      if (gpu_device >= 0) {
-        transport::NcclReceiverOptions ro;
-        ro.device = gpu_device;
-        ro.listen_host = kv_bind;
-        ro.port = static_cast<uint16_t>(options.kv_port);
-        ro.advertise_host = options.advertise_host;
-        PDS_ASSIGN_OR_RETURN(n->receiver_, transport::NcclKvReceiver::Create(ro));
-        break;
-      }
-#endif
-      transport::TcpReceiverOptions ro;
-      ro.listen_host = kv_bind;
-      ro.port = static_cast<uint16_t>(options.kv_port);
-      ro.advertise_host = options.advertise_host;
-      PDS_ASSIGN_OR_RETURN(n->receiver_, transport::TcpKvReceiver::Create(ro));
+      kv.port = static_cast<uint16_t>(options.kv_port);
+      kv.advertise_host = options.advertise_host;
+      PDS_ASSIGN_OR_RETURN(const transport::KvTransportKind resolved,
+                           transport::ResolveReceiverKind(kv));
+      PDS_ASSIGN_OR_RETURN(n->receiver_, transport::MakeKvReceiver(kv));
+      PDS_LOG(INFO) << "decode node: KV over " << transport::KvTransportKindName(resolved)
+                    << (kv.gpu_device >= 0 && resolved == transport::KvTransportKind::kTcp
+                            ? " (host-staged)"
+                            : "");
       break;
     }
     case NodeRole::kMixed:
@@ -436,6 +413,9 @@ void NodeServer::WatchProgress() {
 
 void NodeServer::Shutdown(absl::Duration grace) {
   if (draining_.exchange(true)) return;
+  // Start failed before the gRPC server was up (a bad flag, a KV transport
+  // this device cannot use): nothing was served, nothing to drain.
+  if (!grpc_.server) return;
   rpc::SetServing(grpc_.server.get(), false);
   if (!options_.router.empty()) {
     auto stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router, security_.ForPeers()));

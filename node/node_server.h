@@ -35,6 +35,8 @@ struct NodeOptions {
   // the receiver through a proxy or NAT; empty: advertise_host:<bound kv port>.
   std::string kv_advertise;
   bool kv_checksum = false;
+  // auto, tcp, nccl or ipc (transport/kv_transport_factory.h).
+  std::string kv_transport = "auto";
   std::string router;     // host:port to register with; empty: static
   int metrics_port = -1;  // -1: none; 0: ephemeral
   EngineOptions engine;

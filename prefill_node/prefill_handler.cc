@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "node/engine_events.h"
 #include "rpc/convert.h"
+#include "transport/device_send_handle.h"
 
 namespace pdserve::prefill {
 
@@ -17,6 +18,8 @@ struct PrefillHandler::Call : public KvSink {
   std::string id;
   int64_t origin_ns = 0;
   std::unique_ptr<transport::KvSendHandle> xfer;
+  // xfer, when its backend takes device events (GPU backends); else null.
+  transport::DeviceKvSendHandle* device_xfer = nullptr;
   std::shared_ptr<Call> self;
   std::atomic<int> holds{2};  // the engine's and the transport's
   // The transfer failed. Its Abort may have reached the engine before the
@@ -37,6 +40,26 @@ struct PrefillHandler::Call : public KvSink {
     views.reserve(blocks.size());
     for (BlockId b : blocks) views.push_back({cache.BlockData(layer, b), bytes});
     if (absl::Status s = xfer->SendLayer(layer, views); !s.ok()) {
+      PDS_LOG(DEBUG) << id << ": layer " << layer << " not sent: " << s;
+    }
+    if (handler->metrics_) {
+      handler->metrics_->kv_transfer_bytes_total->Increment(static_cast<double>(bytes) *
+                                                            blocks.size());
+    }
+  }
+
+  // GPU engines: hand the layer over with its device event, so neither the
+  // engine nor this thread waits for the GPU (the transport orders its copy
+  // after the event on its own stream).
+  bool TakesDeviceEvents() const override { return device_xfer != nullptr; }
+  void OnLayerStoredOnDevice(int32_t layer, const std::vector<BlockId>& blocks,
+                             void* stored_event) override {
+    KvCache& cache = handler->engine_->cache();
+    const size_t bytes = static_cast<size_t>(cache.config().LayerBlockBytes());
+    std::vector<transport::ConstBlockView> views;
+    views.reserve(blocks.size());
+    for (BlockId b : blocks) views.push_back({cache.BlockData(layer, b), bytes});
+    if (absl::Status s = device_xfer->SendLayerAfter(layer, views, stored_event); !s.ok()) {
       PDS_LOG(DEBUG) << id << ": layer " << layer << " not sent: " << s;
     }
     if (handler->metrics_) {
@@ -184,6 +207,7 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
   }
   in_flight_.fetch_add(1);
   call->xfer = std::move(*xfer);
+  call->device_xfer = dynamic_cast<transport::DeviceKvSendHandle*>(call->xfer.get());
   call->self = call;
 
   const std::string node = node_name_;

@@ -5,7 +5,8 @@ usage: check_includes.py [ROOT]
 
 The rules (ARCHITECTURE.md, "Dependency direction"):
   kernels/   includes nothing of ours outside kernels/
-  transport/ never includes engine/; kernels/cuda only from the NCCL backend
+  transport/ never includes engine/; kernels/cuda only from the GPU backends
+             (nccl_*, ipc_*, host_staged*: they stage device memory)
              (it stages device memory), nothing else of kernels/
   router/    may include the tokenizer, the GGUF reader (to read the
              tokenizer) and request types of engine/, never model compute
@@ -40,8 +41,9 @@ def rule(src, inc):
         if itop == "engine":
             return "transport/ never includes engine/ (it sees only {pointer, bytes} views)"
         if itop == "kernels" and not (inc.startswith("kernels/cuda/") and
-                                      os.path.basename(src).startswith("nccl_")):
-            return "transport/ includes kernels/cuda only from its NCCL backend"
+                                      os.path.basename(src).startswith(
+                                          ("nccl_", "ipc_", "host_staged"))):
+            return "transport/ includes kernels/cuda only from its GPU backends"
     if top == "router":
         if itop == "kernels":
             return "router/ never includes kernels/"

@@ -43,7 +43,7 @@ absl::Status ValidateKvEndpoint(std::string_view endpoint) {
     if (rest.empty()) return bad("no loopback name");
     return absl::OkStatus();
   }
-  consume("nccl:");
+  if (!consume("nccl:")) consume("ipc:");
   absl::StatusOr<internal::HostPort> hp = internal::ParseHostPort(std::string(rest));
   if (!hp.ok()) return bad("want host:port");
   if (hp->host.empty()) return bad("no host");

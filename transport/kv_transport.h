@@ -224,7 +224,8 @@ inline constexpr std::chrono::milliseconds kMaxKvBudget{600000};
 absl::StatusOr<std::chrono::milliseconds> KvBudgetFromRequest(int64_t kv_deadline_ms);
 
 // Checks a KV endpoint taken from a request before anything connects to it:
-// "host:port" or "[v6]:port" (tcp), "nccl:host:port", or "loopback:NAME";
+// "host:port" or "[v6]:port" (tcp), "nccl:host:port", "ipc:host:port", or
+// "loopback:NAME";
 // at most 256 characters, host names of letters, digits, '.', '-', '_'.
 // InvalidArgument with the reason otherwise.
 absl::Status ValidateKvEndpoint(std::string_view endpoint);

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "transport/device_send_handle.h"
 #include "transport/kv_transport.h"
 
 namespace pdserve::transport {
@@ -32,17 +33,8 @@ struct NcclSenderOptions {
   int stuck_grace_ms = 2000;
 };
 
-// The handle NcclKvSender returns, with one addition for GPU producers.
-class NcclKvSendHandle : public KvSendHandle {
- public:
-  // Like SendLayer, but the blocks are final only once `ready_event` (a
-  // cudaEvent_t, e.g. from cuda::DeviceLayerObserver) completes: the pack
-  // waits for it on the GPU, not on the host. Should the producer record the
-  // event again before the pack ran, the pack waits for the newer work,
-  // which is later and so still safe.
-  virtual absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
-                                      void* ready_event) = 0;
-};
+// The handle NcclKvSender returns (SendLayerAfter: see device_send_handle.h).
+using NcclKvSendHandle = DeviceKvSendHandle;
 
 class NcclKvSender final : public KvSender {
  public:

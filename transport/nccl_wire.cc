@@ -71,7 +71,7 @@ absl::Status ReadNcclFrame(int fd, NcclFrame* f, uint32_t max_payload) {
   if (absl::Status s = ReadAll(fd, h, sizeof(h)); !s.ok()) return s;
   if (Get(h, 4) != kNcclMagic) return absl::InvalidArgumentError("bad NCCL control frame magic");
   const uint8_t type = h[4];
-  if (type < 1 || type > static_cast<uint8_t>(NcclFrameType::kNack)) {
+  if (type < 1 || type > static_cast<uint8_t>(NcclFrameType::kReleased)) {
     return absl::InvalidArgumentError(absl::StrCat("unknown NCCL control frame type ", type));
   }
   f->type = static_cast<NcclFrameType>(type);

@@ -14,6 +14,10 @@
 //   Trailer (S->R) payload: trailer bytes, then their 32-byte tag
 //   Abort   (S->R)
 //   Ready, Ack (R->S); Nack (R->S) arg0 absl::StatusCode, payload message
+// The IPC backend (transport/ipc_sender.h) uses the same frames: its Hello
+// carries the sender's host identity instead of an NCCL id, its Layer
+// payload (region u32, pad u32, offset u64, bytes u64) per block, and it adds
+// Handle and Released.
 // Sockets are blocking; each side has a reader thread per connection, and
 // writes are serialized by the writer's mutex. The receiver caps its
 // connections, and joins a sender's NCCL communicator only once one of the
@@ -46,6 +50,9 @@ enum class NcclFrameType : uint8_t {
   kReady = 6,
   kAck = 7,
   kNack = 8,
+  // IPC backend only (transport/ipc_*.h):
+  kHandle = 9,     // S->R arg0 region (-1: the link's event), arg1 bytes, payload 64-byte handle
+  kReleased = 10,  // R->S after the sender's Abort: the receiver no longer reads its blocks
 };
 
 struct NcclFrame {

@@ -305,8 +305,8 @@ void CudaRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserver
           "RoPE and KV store");
     if (observer != nullptr) {
       Check(cudaEventRecord(layer_events_[il], stream_), "event record");
-      if (auto* device_observer = dynamic_cast<DeviceLayerObserver*>(observer)) {
-        device_observer->OnLayerStoredOnDevice(il, layer_events_[il]);
+      if (observer->TakesDeviceEvents()) {
+        observer->OnLayerStoredOnDevice(il, layer_events_[il]);
       } else {
         Check(cudaEventSynchronize(layer_events_[il]), "layer KV store");
         observer->OnLayerStored(il);

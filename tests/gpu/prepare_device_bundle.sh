@@ -19,7 +19,8 @@ build=${1:-build-cuda}
 carry=.device_carry
 limit_mib=56 # 64 MiB minus the working tree (~6 MiB) and slack
 
-targets=(cuda_kernels_test cuda_runner_test nccl_transport_test gpu_bench pdserve)
+targets=(cuda_kernels_test cuda_runner_test nccl_transport_test ipc_transport_test host_staged_test
+  gpu_bench logit_parity_bench pdserve)
 
 if [[ ! -f $build/build.ninja ]]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release

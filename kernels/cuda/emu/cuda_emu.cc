@@ -8,11 +8,17 @@
 #include <ucontext.h>
 #endif
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <random>
 #include <vector>
 
 namespace pdserve::cuda_emu {
@@ -283,27 +289,36 @@ void RunGrid(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*), void
   run.warp_slots.assign(n_threads, 0);
   run.smem.assign(std::max<size_t>(smem_bytes, 16), static_cast<char>(0xFF));
   g_run = &run;
-  for (unsigned bz = 0; bz < grid.z; ++bz) {
-    for (unsigned by = 0; by < grid.y; ++by) {
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::memset(run.smem.data(), 0xFF, run.smem.size());
-        run.block_arrived = 0;
-        std::fill(run.warp_arrived.begin(), run.warp_arrived.end(), 0);
-        size_t i = 0;
-        for (unsigned tz = 0; tz < block.z; ++tz) {
-          for (unsigned ty = 0; ty < block.y; ++ty) {
-            for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
-              Fiber& f = run.fibers[i];
-              f.coords = {{tx, ty, tz}, {bx, by, bz}, block, grid};
-              f.linear = static_cast<int>(i);
-              f.state = FiberState::kReady;
-              InitFiber(&f, stacks[i].get(), &run);
-            }
-          }
+  // Blocks run in a shuffled order (a different one per launch): a GPU
+  // gives no order between blocks, so a kernel whose result depends on one
+  // fails here instead of passing by the luck of a fixed order.
+  const size_t n_blocks = static_cast<size_t>(grid.x) * grid.y * grid.z;
+  std::vector<uint32_t> order(n_blocks);
+  std::iota(order.begin(), order.end(), 0u);
+  static std::atomic<uint64_t> launches{0};
+  std::mt19937_64 rng(0x9e3779b97f4a7c15ull ^ launches.fetch_add(1));
+  std::shuffle(order.begin(), order.end(), rng);
+  for (const uint32_t linear_block : order) {
+    const unsigned bx = linear_block % grid.x;
+    const unsigned by = linear_block / grid.x % grid.y;
+    const unsigned bz = linear_block / (grid.x * grid.y);
+    // Dynamic shared memory starts as garbage (NaN floats) in every block.
+    std::memset(run.smem.data(), 0xFF, run.smem.size());
+    run.block_arrived = 0;
+    std::fill(run.warp_arrived.begin(), run.warp_arrived.end(), 0);
+    size_t i = 0;
+    for (unsigned tz = 0; tz < block.z; ++tz) {
+      for (unsigned ty = 0; ty < block.y; ++ty) {
+        for (unsigned tx = 0; tx < block.x; ++tx, ++i) {
+          Fiber& f = run.fibers[i];
+          f.coords = {{tx, ty, tz}, {bx, by, bz}, block, grid};
+          f.linear = static_cast<int>(i);
+          f.state = FiberState::kReady;
+          InitFiber(&f, stacks[i].get(), &run);
         }
-        RunBlock(run);
       }
     }
+    RunBlock(run);
   }
   g_run = nullptr;
 }
@@ -533,3 +548,72 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+// ---- IPC: in-process only (see cuda_emu.h) ---------------------------------
+namespace {
+constexpr uint32_t kIpcMagic = 0x43504945;  // "EIPC"
+struct EmuIpcPayload {
+  uint32_t magic;
+  int32_t pid;
+  uint64_t pointer;
+};
+static_assert(sizeof(EmuIpcPayload) <= sizeof(cudaIpcMemHandle_t));
+
+template <typename Handle>
+Handle MakeIpcHandle(const void* p) {
+  Handle h;
+  std::memset(&h, 0, sizeof(h));
+  const EmuIpcPayload payload{kIpcMagic, static_cast<int32_t>(::getpid()),
+                              reinterpret_cast<uint64_t>(p)};
+  std::memcpy(&h, &payload, sizeof(payload));
+  return h;
+}
+// The pointer a handle carries, or null when it is not one of this process.
+template <typename Handle>
+void* ReadIpcHandle(const Handle& h) {
+  EmuIpcPayload payload;
+  std::memcpy(&payload, &h, sizeof(payload));
+  if (payload.magic != kIpcMagic || payload.pid != static_cast<int32_t>(::getpid())) {
+    std::fprintf(stderr,
+                 "cuda_emu: an IPC handle opens only in the process that exported it (the "
+                 "emulation cannot share memory across processes)\n");
+    return nullptr;
+  }
+  return reinterpret_cast<void*>(payload.pointer);
+}
+}  // namespace
+
+cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void* dev_ptr) {
+  {
+    std::lock_guard<std::mutex> lock(MemMu());
+    // The real runtime exports whole allocations: require the base pointer.
+    if (DeviceAllocs().count(reinterpret_cast<uintptr_t>(dev_ptr)) == 0) {
+      return Record(cudaErrorInvalidValue);
+    }
+  }
+  *handle = MakeIpcHandle<cudaIpcMemHandle_t>(dev_ptr);
+  return cudaSuccess;
+}
+cudaError_t cudaIpcOpenMemHandle(void** dev_ptr, cudaIpcMemHandle_t handle, unsigned) {
+  *dev_ptr = nullptr;
+  void* p = ReadIpcHandle(handle);
+  if (p == nullptr || !IsDevicePointer(p)) return Record(cudaErrorInvalidResourceHandle);
+  *dev_ptr = p;
+  return cudaSuccess;
+}
+cudaError_t cudaIpcCloseMemHandle(void* dev_ptr) {
+  return IsDevicePointer(dev_ptr) ? cudaSuccess : Record(cudaErrorInvalidValue);
+}
+cudaError_t cudaIpcGetEventHandle(cudaIpcEventHandle_t* handle, cudaEvent_t event) {
+  if (event == nullptr) return Record(cudaErrorInvalidResourceHandle);
+  *handle = MakeIpcHandle<cudaIpcEventHandle_t>(event);
+  return cudaSuccess;
+}
+cudaError_t cudaIpcOpenEventHandle(cudaEvent_t* event, cudaIpcEventHandle_t handle) {
+  *event = nullptr;
+  if (ReadIpcHandle(handle) == nullptr) return Record(cudaErrorInvalidResourceHandle);
+  // Events are no-ops here (streams run synchronously): a fresh one, which
+  // the caller destroys, stands in for the exported event.
+  *event = new CUevent_st;
+  return cudaSuccess;
+}

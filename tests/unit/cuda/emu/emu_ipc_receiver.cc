@@ -1,0 +1,4 @@
+// transport/ipc_receiver.cc built for the CPU emulation.
+#include "kernels/cuda/cuda_compat.h"  // first: emulated CUDA
+//
+#include "transport/ipc_receiver.cc"

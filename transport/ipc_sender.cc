@@ -1,0 +1,765 @@
+#include "transport/ipc_sender.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/log.h"
+#include "kernels/cuda/cuda_compat.h"
+#include "transport/nccl_wire.h"
+#include "transport/tcp_socket.h"
+#include "transport/transfer_auth.h"
+#include "transport/transfer_counters.h"
+
+namespace pdserve::transport {
+
+using internal::NcclFrame;
+using internal::NcclFrameType;
+
+namespace internal {
+
+std::string HostIdentity() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  if (in && std::getline(in, id) && !id.empty()) return absl::StrCat("boot:", id);
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  return absl::StrCat("host:", host);
+}
+
+const std::string& ProcessNonce() {
+  static const std::string* nonce = new std::string(TransferSecret::Random().bytes());
+  return *nonce;
+}
+
+}  // namespace internal
+
+namespace {
+std::string XferName(TransferId x) { return absl::StrCat("transfer ", x.value); }
+}  // namespace
+
+namespace internal {
+
+absl::Status IpcCuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+struct Region {
+  uintptr_t base = 0;
+  size_t bytes = 0;
+  cudaIpcMemHandle_t handle;
+};
+
+struct IpcSendLink;
+
+// One outgoing transfer. Fields below mu are guarded by it.
+struct IpcSendXfer {
+  TransferId xfer;
+  TransferSecret secret;
+  int32_t n_layers = 0;
+  Deadline deadline;
+  int64_t start_ns = 0;
+  std::shared_ptr<IpcSendLink> link;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  SendDoneCallback on_done;
+  std::vector<bool> given;
+  int32_t n_given = 0;
+  bool finish_called = false;
+  bool ready = false;  // the receiver posted: it may be told where the data is
+  bool trailer_sent = false;
+  bool receiver_reads = false;  // a Layer frame went out, no final word from the receiver yet
+  std::optional<absl::Status> final_status;
+  Deadline decided_at;
+  bool done = false;  // callbacks ran; the receiver no longer reads the views
+};
+
+struct IpcSendJob {
+  std::shared_ptr<IpcSendXfer> t;
+  int32_t layer = -1;   // -1: the trailer
+  std::string entries;  // the Layer payload, computed when enqueued
+  uint64_t bytes = 0;
+  void* event = nullptr;
+  std::string trailer;
+};
+
+struct IpcSendLink {
+  std::string endpoint;
+  internal::UniqueFd fd;
+  std::mutex write_mu;  // control frames
+
+  std::mutex mu;  // guards the fields below
+  std::condition_variable cv;
+  std::deque<IpcSendJob> jobs;
+  std::map<uint64_t, std::shared_ptr<IpcSendXfer>> xfers;
+  bool closing = false;
+  bool handles_sent = false;  // link thread only
+
+  cudaStream_t stream = nullptr;  // link thread only
+  cudaEvent_t event = nullptr;    // interprocess: the receiver waits on it
+  std::atomic<bool> dead{false};
+  std::thread reader, worker;
+};
+
+}  // namespace internal
+
+using internal::IpcCuda;
+using internal::IpcSendJob;
+using internal::IpcSendLink;
+using internal::IpcSendXfer;
+using internal::Region;
+
+class IpcKvSender::Core {
+ public:
+  explicit Core(IpcSenderOptions options) : options_(options), host_id_(internal::HostIdentity()) {}
+
+  void Start() {
+    watchdog_ = std::thread([this] { Watchdog(); });
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    std::vector<std::shared_ptr<IpcSendLink>> links;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [ep, l] : links_) links.push_back(l);
+      links.insert(links.end(), dead_.begin(), dead_.end());
+      links_.clear();
+      dead_.clear();
+    }
+    for (auto& l : links) Kill(l, absl::CancelledError("IPC sender shut down"));
+    for (auto& l : links) Join(l);
+  }
+
+  internal::TransferCounters& counters() { return counters_; }
+
+  absl::Status RegisterRegion(const void* base, size_t bytes) {
+    if (base == nullptr || bytes == 0) return absl::InvalidArgumentError("empty region");
+    Region r;
+    r.base = reinterpret_cast<uintptr_t>(base);
+    r.bytes = bytes;
+    if (absl::Status s = IpcCuda(cudaSetDevice(options_.device), "cudaSetDevice"); !s.ok())
+      return s;
+    if (absl::Status s =
+            IpcCuda(cudaIpcGetMemHandle(&r.handle, const_cast<void*>(base)),
+                    "cudaIpcGetMemHandle (the region must start a cudaMalloc allocation)");
+        !s.ok()) {
+      return s;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!links_.empty() || !dead_.empty()) {
+      return absl::FailedPreconditionError("IPC sender: register regions before any transfer");
+    }
+    if (static_cast<int>(regions_.size()) >= internal::kIpcMaxRegions) {
+      return absl::ResourceExhaustedError("IPC sender: too many regions");
+    }
+    for (const Region& o : regions_) {
+      if (r.base < o.base + o.bytes && o.base < r.base + r.bytes) {
+        return absl::InvalidArgumentError("IPC sender: regions overlap");
+      }
+    }
+    regions_.push_back(r);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::shared_ptr<IpcSendXfer>> Open(TransferId xfer, const TransferSecret& secret,
+                                                    const std::string& peer, int32_t n_layers,
+                                                    Deadline deadline, SendDoneCallback on_done) {
+    if (n_layers < 1) return absl::InvalidArgumentError("n_layers must be >= 1");
+    if (!absl::StartsWith(peer, kIpcScheme)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("IPC sender: endpoint '", peer, "' does not start with ipc:"));
+    }
+    absl::StatusOr<std::shared_ptr<IpcSendLink>> link = GetLink(peer);
+    if (!link.ok()) return link.status();
+    auto t = std::make_shared<IpcSendXfer>();
+    t->xfer = xfer;
+    t->secret = secret;
+    t->n_layers = n_layers;
+    t->deadline = deadline;
+    t->start_ns = MonoNowNs();
+    t->link = *link;
+    t->on_done = std::move(on_done);
+    t->given.assign(n_layers, false);
+    {
+      std::lock_guard<std::mutex> lock((*link)->mu);
+      if (!(*link)->xfers.emplace(xfer.value, t).second) {
+        return absl::AlreadyExistsError(
+            absl::StrCat(XferName(xfer), " is already in flight to ", peer));
+      }
+    }
+    NcclFrame begin;
+    begin.type = NcclFrameType::kBegin;
+    begin.xfer = xfer.value;
+    begin.arg0 = n_layers;
+    begin.arg1 = std::clamp<int64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - MonoClock::now()).count(),
+        0, std::numeric_limits<uint32_t>::max());
+    const AuthTag tag =
+        BeginTag(secret, xfer, static_cast<uint32_t>(n_layers), static_cast<uint32_t>(begin.arg1));
+    begin.payload.assign(reinterpret_cast<const char*>(tag.data()), tag.size());
+    if (absl::Status s = Write(*link, begin); !s.ok()) {
+      {
+        std::lock_guard<std::mutex> lock((*link)->mu);
+        (*link)->xfers.erase(xfer.value);
+      }
+      Kill(*link, s);
+      return absl::UnavailableError(absl::StrCat("IPC sender: ", peer, ": ", s.message()));
+    }
+    counters_.Started();
+    return t;
+  }
+
+  // The Layer payload for views: each must lie in a registered region.
+  absl::Status Describe(absl::Span<const ConstBlockView> views, IpcSendJob* job) {
+    job->entries.resize(views.size() * internal::kIpcBlockEntryBytes);
+    uint64_t total = 0;
+    for (size_t i = 0; i < views.size(); ++i) {
+      const uintptr_t a = reinterpret_cast<uintptr_t>(views[i].data);
+      int region = -1;
+      for (size_t r = 0; r < regions_.size(); ++r) {
+        const Region& g = regions_[r];
+        if (a >= g.base && views[i].bytes <= g.bytes && a - g.base <= g.bytes - views[i].bytes) {
+          region = static_cast<int>(r);
+          break;
+        }
+      }
+      if (region < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("IPC sender: block ", i, " of layer ",
+                                                       job->layer,
+                                                       " lies outside every registered region"));
+      }
+      char* e = &job->entries[i * internal::kIpcBlockEntryBytes];
+      const uint32_t reg = static_cast<uint32_t>(region), pad = 0;
+      const uint64_t offset = a - regions_[region].base, bytes = views[i].bytes;
+      std::memcpy(e, &reg, 4);
+      std::memcpy(e + 4, &pad, 4);
+      std::memcpy(e + 8, &offset, 8);
+      std::memcpy(e + 16, &bytes, 8);
+      total += bytes;
+    }
+    job->bytes = total;
+    return absl::OkStatus();
+  }
+
+  absl::Status Enqueue(const std::shared_ptr<IpcSendXfer>& t, IpcSendJob job) {
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->final_status) return *t->final_status;
+      if (job.layer >= 0) {
+        if (job.layer >= t->n_layers || t->given[job.layer]) {
+          return absl::InvalidArgumentError(absl::StrCat(XferName(t->xfer), ": layer ", job.layer,
+                                                         " is out of range or was already sent"));
+        }
+        t->given[job.layer] = true;
+        ++t->n_given;
+      } else {
+        if (t->finish_called) return absl::FailedPreconditionError("Finish called twice");
+        if (t->n_given != t->n_layers) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              XferName(t->xfer), ": Finish before all ", t->n_layers, " layers were given"));
+        }
+        t->finish_called = true;
+      }
+    }
+    job.t = t;
+    IpcSendLink& l = *t->link;
+    {
+      std::lock_guard<std::mutex> lock(l.mu);
+      l.jobs.push_back(std::move(job));
+    }
+    l.cv.notify_all();
+    return absl::OkStatus();
+  }
+
+  // Decides t's outcome once. It completes at once unless the receiver may
+  // still read this node's blocks; then at its final word (or link death).
+  void Complete(const std::shared_ptr<IpcSendXfer>& t, absl::Status status, bool notify_peer) {
+    bool finalize_now = false;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->final_status) return;
+      t->final_status = std::move(status);
+      t->decided_at = MonoClock::now();
+      finalize_now = !t->receiver_reads || t->link->dead;
+    }
+    t->link->cv.notify_all();
+    if (notify_peer && !t->link->dead) SendAbort(t);
+    if (finalize_now) Finalize(t);
+  }
+
+  // The receiver said it no longer reads t's blocks (Ack, Nack, Released).
+  void ReceiverDone(const std::shared_ptr<IpcSendXfer>& t) {
+    bool finalize = false;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      t->receiver_reads = false;
+      finalize = t->final_status.has_value();
+    }
+    if (finalize) Finalize(t);
+  }
+
+  void Wait(const std::shared_ptr<IpcSendXfer>& t) {
+    std::unique_lock<std::mutex> lock(t->mu);
+    t->cv.wait(lock, [&] { return t->done; });
+  }
+
+  void Kill(const std::shared_ptr<IpcSendLink>& l, const absl::Status& why) {
+    if (l->dead.exchange(true)) return;
+    ::shutdown(l->fd.get(), SHUT_RDWR);
+    std::vector<std::shared_ptr<IpcSendXfer>> ts;
+    std::deque<IpcSendJob> dropped;  // jobs hold their transfers, which hold the link
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      l->closing = true;
+      for (auto& [x, t] : l->xfers) ts.push_back(t);
+      dropped.swap(l->jobs);
+    }
+    l->cv.notify_all();
+    if (!ts.empty()) {
+      PDS_LOG(WARNING) << "IPC sender: link to " << l->endpoint << " failed with " << ts.size()
+                       << " transfers in flight: " << why;
+    }
+    for (auto& t : ts) {
+      Complete(
+          t,
+          absl::Status(why.code() == absl::StatusCode::kCancelled ||
+                               why.code() == absl::StatusCode::kFailedPrecondition
+                           ? why.code()
+                           : absl::StatusCode::kUnavailable,
+                       absl::StrCat(XferName(t->xfer), " to ", l->endpoint, ": ", why.message())),
+          false);
+      Finalize(t);  // decided earlier and waiting for the receiver: it is gone
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(l->endpoint);
+    if (it != links_.end() && it->second == l) links_.erase(it);
+    dead_.push_back(l);
+    cv_.notify_all();
+  }
+
+ private:
+  absl::Status Write(const std::shared_ptr<IpcSendLink>& l, const NcclFrame& f) {
+    if (l->dead) return absl::UnavailableError("link closed");
+    std::lock_guard<std::mutex> lock(l->write_mu);
+    return internal::WriteNcclFrame(l->fd.get(), f);
+  }
+
+  void SendAbort(const std::shared_ptr<IpcSendXfer>& t) {
+    NcclFrame f;
+    f.type = NcclFrameType::kAbort;
+    f.xfer = t->xfer.value;
+    // Under t->mu: a Layer frame the link thread writes for t (also under
+    // t->mu) never follows the Abort.
+    absl::Status s;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->final_status) f.arg0 = static_cast<int64_t>(t->final_status->code());
+      s = Write(t->link, f);
+    }
+    if (!s.ok() && !t->link->dead) Kill(t->link, s);
+  }
+
+  void Finalize(const std::shared_ptr<IpcSendXfer>& t) {
+    SendDoneCallback cb;
+    absl::Status status;
+    {
+      std::lock_guard<std::mutex> lock(t->mu);
+      if (t->done || !t->final_status) return;
+      t->done = true;
+      status = *t->final_status;
+      cb = std::move(t->on_done);
+    }
+    {
+      std::lock_guard<std::mutex> lock(t->link->mu);
+      auto it = t->link->xfers.find(t->xfer.value);
+      if (it != t->link->xfers.end() && it->second == t) t->link->xfers.erase(it);
+    }
+    counters_.Finished(status, MonoNowNs() - t->start_ns);
+    t->cv.notify_all();
+    if (cb) cb(status);
+  }
+
+  absl::StatusOr<std::shared_ptr<IpcSendLink>> GetLink(const std::string& endpoint) {
+    std::lock_guard<std::mutex> create_lock(link_create_mu_);  // one connect at a time
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (stopping_) return absl::CancelledError("IPC sender shut down");
+      if (regions_.empty()) {
+        return absl::FailedPreconditionError("IPC sender: no KV region registered");
+      }
+      auto it = links_.find(endpoint);
+      if (it != links_.end() && !it->second->dead) return it->second;
+    }
+    absl::StatusOr<internal::HostPort> hp =
+        internal::ParseHostPort(endpoint.substr(std::strlen(kIpcScheme)));
+    if (!hp.ok()) return hp.status();
+    absl::StatusOr<internal::UniqueFd> fd =
+        internal::ConnectBlocking(*hp, options_.connect_timeout_ms);
+    if (!fd.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("IPC sender: cannot reach ", endpoint, ": ", fd.status().message()));
+    }
+    auto l = std::make_shared<IpcSendLink>();
+    l->endpoint = endpoint;
+    l->fd = std::move(*fd);
+    if (absl::Status s = IpcCuda(cudaSetDevice(options_.device), "cudaSetDevice"); !s.ok())
+      return s;
+    if (absl::Status s = IpcCuda(cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking),
+                                 "cudaStreamCreate");
+        !s.ok()) {
+      return s;
+    }
+    if (absl::Status s = IpcCuda(
+            cudaEventCreateWithFlags(&l->event, cudaEventDisableTiming | cudaEventInterprocess),
+            "cudaEventCreate (interprocess)");
+        !s.ok()) {
+      cudaStreamDestroy(l->stream);
+      l->stream = nullptr;
+      return s;
+    }
+    NcclFrame hello;
+    hello.type = NcclFrameType::kHello;
+    hello.payload = internal::ProcessNonce() + host_id_;
+    if (absl::Status s = internal::WriteNcclFrame(l->fd.get(), hello); !s.ok()) {
+      Destroy(*l);
+      return absl::UnavailableError(absl::StrCat("IPC sender: ", endpoint, ": ", s.message()));
+    }
+    internal::StartLinkThreads(
+        l, [this](const std::shared_ptr<IpcSendLink>& link) { ReadLoop(link); },
+        [this](const std::shared_ptr<IpcSendLink>& link) { WorkLoop(link); });
+    std::lock_guard<std::mutex> lock(mu_);
+    links_[endpoint] = l;
+    return l;
+  }
+
+  void ReadLoop(const std::shared_ptr<IpcSendLink>& l) {
+    for (;;) {
+      NcclFrame f;
+      absl::Status s = internal::ReadNcclFrame(l->fd.get(), &f, 64 << 10);
+      if (!s.ok()) return Kill(l, s);
+      if (f.xfer == 0 && f.type == NcclFrameType::kNack) {
+        // The receiver refused the link itself (another host, ...).
+        return Kill(l, absl::Status(static_cast<absl::StatusCode>(std::clamp<int64_t>(
+                                        f.arg0, 1, KvTransportStats::kNumCodes - 1)),
+                                    absl::StrCat("receiver ", l->endpoint, ": ", f.payload)));
+      }
+      std::shared_ptr<IpcSendXfer> t;
+      {
+        std::lock_guard<std::mutex> lock(l->mu);
+        auto it = l->xfers.find(f.xfer);
+        if (it != l->xfers.end()) t = it->second;
+      }
+      if (!t) continue;  // already finished here
+      switch (f.type) {
+        case NcclFrameType::kReady: {
+          {
+            std::lock_guard<std::mutex> lock(t->mu);
+            t->ready = true;
+          }
+          l->cv.notify_all();
+          break;
+        }
+        case NcclFrameType::kAck: {
+          bool sent_all;
+          {
+            std::lock_guard<std::mutex> lock(t->mu);
+            sent_all = t->trailer_sent;
+          }
+          if (!sent_all) {
+            return Kill(
+                l, absl::InternalError(absl::StrCat("receiver ", l->endpoint, " acknowledged ",
+                                                    XferName(t->xfer), " before it was sent")));
+          }
+          Complete(t, absl::OkStatus(), false);
+          ReceiverDone(t);
+          break;
+        }
+        case NcclFrameType::kNack: {
+          const int64_t code = std::clamp<int64_t>(f.arg0, 1, KvTransportStats::kNumCodes - 1);
+          Complete(t,
+                   absl::Status(static_cast<absl::StatusCode>(code),
+                                absl::StrCat("receiver ", l->endpoint, ": ", f.payload)),
+                   false);
+          ReceiverDone(t);
+          break;
+        }
+        case NcclFrameType::kReleased:
+          ReceiverDone(t);
+          break;
+        default:
+          return Kill(l,
+                      absl::InvalidArgumentError("unexpected IPC control frame from a receiver"));
+      }
+    }
+  }
+
+  // The first job, in order, that can go now: its transfer is Ready, or
+  // already decided (the job is then dropped).
+  bool TakeJobLocked(IpcSendLink& l, IpcSendJob* out) {
+    for (auto it = l.jobs.begin(); it != l.jobs.end(); ++it) {
+      std::lock_guard<std::mutex> lock(it->t->mu);
+      if (!it->t->final_status && !it->t->ready) continue;
+      *out = std::move(*it);
+      l.jobs.erase(it);
+      return true;
+    }
+    return false;
+  }
+
+  static void AppendPointer(const void* p, std::string* out) {
+    const uint64_t v = reinterpret_cast<uint64_t>(p);
+    out->append(reinterpret_cast<const char*>(&v), sizeof(v));
+  }
+
+  // The regions' and the event's handles, once per link, after a Ready.
+  absl::Status SendHandles(const std::shared_ptr<IpcSendLink>& l) {
+    if (l->handles_sent) return absl::OkStatus();
+    cudaIpcEventHandle_t eh;
+    if (absl::Status s = IpcCuda(cudaIpcGetEventHandle(&eh, l->event), "cudaIpcGetEventHandle");
+        !s.ok()) {
+      return s;
+    }
+    NcclFrame f;
+    f.type = NcclFrameType::kHandle;
+    f.arg0 = -1;
+    f.payload.assign(reinterpret_cast<const char*>(&eh), sizeof(eh));
+    AppendPointer(l->event, &f.payload);
+    if (absl::Status s = Write(l, f); !s.ok()) return s;
+    std::vector<Region> regions;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      regions = regions_;
+    }
+    for (size_t r = 0; r < regions.size(); ++r) {
+      f.arg0 = static_cast<int64_t>(r);
+      f.arg1 = static_cast<int64_t>(regions[r].bytes);
+      f.payload.assign(reinterpret_cast<const char*>(&regions[r].handle),
+                       sizeof(regions[r].handle));
+      AppendPointer(reinterpret_cast<const void*>(regions[r].base), &f.payload);
+      if (absl::Status s = Write(l, f); !s.ok()) return s;
+    }
+    l->handles_sent = true;
+    return absl::OkStatus();
+  }
+
+  void WorkLoop(const std::shared_ptr<IpcSendLink>& l) {
+    absl::Status s = IpcCuda(cudaSetDevice(options_.device), "cudaSetDevice");
+    if (!s.ok()) return Kill(l, s);
+    for (;;) {
+      IpcSendJob job;
+      {
+        std::unique_lock<std::mutex> lock(l->mu);
+        l->cv.wait(lock, [&] { return l->closing || TakeJobLocked(*l, &job); });
+        if (l->closing) return;
+      }
+      s = SendHandles(l);
+      if (s.ok()) s = job.layer >= 0 ? SendLayer(l, job) : SendTrailer(l, job);
+      if (!s.ok()) return Kill(l, s);
+    }
+  }
+
+  absl::Status SendLayer(const std::shared_ptr<IpcSendLink>& l, const IpcSendJob& job) {
+    // The event, recorded after the producer's work, is what the receiver's
+    // copy waits for: no host sync here.
+    if (job.event != nullptr) {
+      if (absl::Status s =
+              IpcCuda(cudaStreamWaitEvent(l->stream, static_cast<cudaEvent_t>(job.event)),
+                      "cudaStreamWaitEvent");
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (absl::Status s = IpcCuda(cudaEventRecord(l->event, l->stream), "cudaEventRecord");
+        !s.ok()) {
+      return s;
+    }
+    NcclFrame f;
+    f.type = NcclFrameType::kLayer;
+    f.xfer = job.t->xfer.value;
+    f.arg0 = job.layer;
+    f.payload = job.entries;
+    std::lock_guard<std::mutex> lock(job.t->mu);
+    if (job.t->final_status) return absl::OkStatus();  // decided: the receiver reads nothing more
+    job.t->receiver_reads = true;
+    if (absl::Status s = Write(l, f); !s.ok()) return s;
+    counters_.AddBytes(static_cast<int64_t>(job.bytes));
+    return absl::OkStatus();
+  }
+
+  absl::Status SendTrailer(const std::shared_ptr<IpcSendLink>& l, const IpcSendJob& job) {
+    NcclFrame f;
+    f.type = NcclFrameType::kTrailer;
+    f.xfer = job.t->xfer.value;
+    const AuthTag tag = TrailerTag(job.t->secret, job.t->xfer, job.trailer);
+    f.payload = job.trailer;
+    f.payload.append(reinterpret_cast<const char*>(tag.data()), tag.size());
+    std::lock_guard<std::mutex> lock(job.t->mu);
+    if (job.t->final_status) return absl::OkStatus();
+    job.t->trailer_sent = true;
+    return Write(l, f);
+  }
+
+  // Deadlines, receivers that never confirm, joining dead links.
+  void Watchdog() {
+    for (;;) {
+      std::vector<std::shared_ptr<IpcSendLink>> links, reap;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, std::chrono::milliseconds(10),
+                     [&] { return stopping_ || !dead_.empty(); });
+        if (stopping_) return;
+        for (auto& [ep, l] : links_) links.push_back(l);
+        reap.swap(dead_);
+      }
+      for (auto& l : reap) Join(l);
+      const Deadline now = MonoClock::now();
+      for (auto& l : links) {
+        std::vector<std::shared_ptr<IpcSendXfer>> expired;
+        std::shared_ptr<IpcSendXfer> stuck;
+        {
+          std::lock_guard<std::mutex> lock(l->mu);
+          for (auto& [x, t] : l->xfers) {
+            std::lock_guard<std::mutex> tl(t->mu);
+            if (!t->final_status && now > t->deadline) expired.push_back(t);
+            if (t->final_status && !t->done &&
+                now > t->decided_at + std::chrono::milliseconds(options_.stuck_grace_ms)) {
+              stuck = t;
+            }
+          }
+        }
+        for (auto& t : expired) {
+          Complete(t,
+                   absl::DeadlineExceededError(absl::StrCat(XferName(t->xfer), " to ", l->endpoint,
+                                                            " missed its deadline")),
+                   true);
+        }
+        if (stuck) {
+          Kill(l, absl::DeadlineExceededError(absl::StrCat(
+                      "the receiver did not confirm it stopped reading ", XferName(stuck->xfer))));
+        }
+      }
+    }
+  }
+
+  static void Destroy(IpcSendLink& l) {
+    if (l.event != nullptr) cudaEventDestroy(l.event);
+    if (l.stream != nullptr) cudaStreamDestroy(l.stream);
+    l.event = nullptr;
+    l.stream = nullptr;
+  }
+
+  static void Join(const std::shared_ptr<IpcSendLink>& l) {
+    if (l->reader.joinable() && l->reader.get_id() != std::this_thread::get_id()) l->reader.join();
+    if (l->worker.joinable() && l->worker.get_id() != std::this_thread::get_id()) l->worker.join();
+    if (!l->reader.joinable() && !l->worker.joinable()) Destroy(*l);
+  }
+
+  const IpcSenderOptions options_;
+  const std::string host_id_;
+  internal::TransferCounters counters_;
+  std::mutex link_create_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::vector<Region> regions_;  // guarded by mu_; fixed once a link exists
+  std::map<std::string, std::shared_ptr<IpcSendLink>> links_;
+  std::vector<std::shared_ptr<IpcSendLink>> dead_;
+  std::thread watchdog_;
+};
+
+namespace {
+
+class IpcSendHandleImpl final : public DeviceKvSendHandle {
+ public:
+  IpcSendHandleImpl(std::shared_ptr<IpcKvSender::Core> core, std::shared_ptr<IpcSendXfer> t)
+      : core_(std::move(core)), t_(std::move(t)) {}
+  ~IpcSendHandleImpl() override { Abort(); }
+
+  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
+    return SendLayerAfter(layer, blocks, nullptr);
+  }
+  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
+                              void* ready_event) override {
+    if (layer < 0) return absl::InvalidArgumentError("negative layer");
+    IpcSendJob job;
+    job.layer = layer;
+    job.event = ready_event;
+    if (absl::Status s = core_->Describe(blocks, &job); !s.ok()) return s;
+    return core_->Enqueue(t_, std::move(job));
+  }
+  absl::Status Finish(std::string trailer) override {
+    IpcSendJob job;
+    job.layer = -1;
+    job.trailer = std::move(trailer);
+    return core_->Enqueue(t_, std::move(job));
+  }
+  absl::Status Wait() override {
+    core_->Wait(t_);
+    std::lock_guard<std::mutex> lock(t_->mu);
+    return *t_->final_status;
+  }
+  std::optional<absl::Status> Poll() override {
+    std::lock_guard<std::mutex> lock(t_->mu);
+    if (!t_->done) return std::nullopt;
+    return *t_->final_status;
+  }
+  void Abort() override {
+    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
+    core_->Wait(t_);
+  }
+
+ private:
+  std::shared_ptr<IpcKvSender::Core> core_;
+  std::shared_ptr<IpcSendXfer> t_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<IpcKvSender>> IpcKvSender::Create(IpcSenderOptions options) {
+  auto core = std::make_shared<Core>(options);
+  core->Start();
+  return std::unique_ptr<IpcKvSender>(new IpcKvSender(std::move(core)));
+}
+
+IpcKvSender::~IpcKvSender() { core_->Stop(); }
+
+absl::Status IpcKvSender::RegisterRegion(const void* base, size_t bytes) {
+  return core_->RegisterRegion(base, bytes);
+}
+
+absl::StatusOr<std::unique_ptr<KvSendHandle>> IpcKvSender::StartTransfer(
+    TransferId xfer_id, const TransferSecret& secret, const std::string& peer, int32_t n_layers,
+    Deadline deadline, SendDoneCallback on_done) {
+  absl::StatusOr<std::shared_ptr<IpcSendXfer>> t =
+      core_->Open(xfer_id, secret, peer, n_layers, deadline, std::move(on_done));
+  if (!t.ok()) return t.status();
+  return std::unique_ptr<KvSendHandle>(new IpcSendHandleImpl(core_, std::move(*t)));
+}
+
+KvTransportStats IpcKvSender::stats() const { return core_->counters().Snapshot(); }
+
+}  // namespace pdserve::transport
