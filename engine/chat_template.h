@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,6 +22,14 @@ class Template;
 }
 
 struct ChatMessage {
+  ChatMessage() = default;
+  ChatMessage(std::string role, std::string content, std::string tool_calls_json = "",
+              std::string tool_call_id = "")
+      : role(std::move(role)),
+        content(std::move(content)),
+        tool_calls_json(std::move(tool_calls_json)),
+        tool_call_id(std::move(tool_call_id)) {}
+
   std::string role;  // system, user, assistant, tool
   std::string content;
   std::string tool_calls_json;  // assistant: OpenAI's tool_calls list (JSON text), or empty
