@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -21,8 +22,18 @@ class Template;
 }
 
 struct ChatMessage {
-  std::string role;  // system, user, assistant (tool: passed through)
+  ChatMessage() = default;
+  ChatMessage(std::string role, std::string content, std::string tool_calls_json = "",
+              std::string tool_call_id = "")
+      : role(std::move(role)),
+        content(std::move(content)),
+        tool_calls_json(std::move(tool_calls_json)),
+        tool_call_id(std::move(tool_call_id)) {}
+
+  std::string role;  // system, user, assistant, tool
   std::string content;
+  std::string tool_calls_json;  // assistant: OpenAI's tool_calls list (JSON text), or empty
+  std::string tool_call_id;     // tool: the call answered
 };
 
 enum class ChatFormat { kChatML, kLlama3, kJinja };
@@ -60,14 +71,19 @@ class ChatTemplate {
     std::string text;
     std::vector<ByteRange> message_ranges;
   };
+  // `tools_json`: OpenAI's tools list (JSON text) or empty. A Jinja
+  // template gets it as `tools`; ChatML and Llama 3 describe the tools in
+  // the system message (Hermes/Qwen2.5 and Llama 3.1 JSON conventions).
   absl::StatusOr<Rendered> RenderWithRanges(const std::vector<ChatMessage>& messages,
-                                            bool add_generation_prompt = true) const;
+                                            bool add_generation_prompt = true,
+                                            const std::string& tools_json = "") const;
 
  private:
   ChatTemplate(ChatFormat format, std::string default_system)
       : format_(format), default_system_(std::move(default_system)) {}
   absl::StatusOr<Rendered> RenderJinja(const std::vector<ChatMessage>& messages,
-                                       bool add_generation_prompt) const;
+                                       bool add_generation_prompt,
+                                       const std::string& tools_json) const;
   ChatFormat format_;
   std::string default_system_;
   std::shared_ptr<const jinja::Template> jinja_;  // kJinja only

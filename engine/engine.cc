@@ -9,6 +9,7 @@
 #include "common/check.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "engine/grammar/tokenizer_vocab.h"
 
 namespace pdserve {
 namespace {
@@ -129,6 +130,24 @@ std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback c
   return seq;
 }
 
+absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> Engine::NewMatcher(const RequestSpec& spec) {
+  if (!spec.sampling.response_format.enabled()) return std::unique_ptr<grammar::TokenMatcher>();
+  grammar::GrammarCompiler* compiler = nullptr;
+  {
+    absl::MutexLock lock(&grammar_mu_);
+    if (grammar_ == nullptr) {
+      absl::StatusOr<std::unique_ptr<grammar::GrammarCompiler>> c =
+          grammar::CompilerForTokenizer(model_->tokenizer(), model_->config().n_vocab);
+      if (!c.ok()) return c.status();
+      grammar_ = std::move(*c);
+    }
+    compiler = grammar_.get();
+  }
+  // Compiling runs on the caller's thread, outside the lock (the compiler
+  // is thread-safe and caches by schema).
+  return compiler->NewMatcher(spec.sampling.response_format);
+}
+
 absl::Status Engine::Submit(RequestSpec spec, OutputCallback on_output, SeqMode mode,
                             KvSink* sink) {
   if (absl::Status s = ValidateRequest(spec, limits_); !s.ok()) return s;
@@ -139,8 +158,11 @@ absl::Status Engine::Submit(RequestSpec spec, OutputCallback on_output, SeqMode 
   if (mode == SeqMode::kPrefillOnly && sink == nullptr) {
     return absl::InvalidArgumentError("prefill-only requests need a KV sink");
   }
+  absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> matcher = NewMatcher(spec);
+  if (!matcher.ok()) return matcher.status();
   const std::string id = spec.id;
   std::unique_ptr<Sequence> seq = NewSequence(std::move(spec), std::move(on_output), mode);
+  seq->matcher = std::move(*matcher);
   seq->kv_sink = sink;
   absl::MutexLock lock(&mu_);
   if (!active_ids_.try_emplace(id, 1).second) {
@@ -156,8 +178,11 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
   const std::string id = spec.id;
   const int32_t bs = cache_->config().block_size;
   const int32_t n_blocks = (static_cast<int32_t>(spec.prompt.size()) + bs - 1) / bs;
+  absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> matcher = NewMatcher(spec);
+  if (!matcher.ok()) return matcher.status();
   std::unique_ptr<Sequence> seq =
       NewSequence(std::move(spec), std::move(on_output), SeqMode::kDecodeImported);
+  seq->matcher = std::move(*matcher);
   absl::MutexLock lock(&mu_);
   if (active_ids_.contains(id)) {
     return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
@@ -211,6 +236,16 @@ void Engine::DrainInbox() {
         s->n_generated = 1;
         s->sampler->AddGenerated(cmd.token);
         s->text->Push(cmd.token);  // the prefill node already emitted its text
+        // The grammar state follows token #1 (the prefill node sampled it
+        // under the same grammar); a token it refuses is a broken peer.
+        if (s->matcher != nullptr) {
+          if (absl::Status st = s->matcher->Accept(cmd.token); !st.ok()) {
+            Finish(s, FinishReason::kError,
+                   absl::InvalidArgumentError(
+                       absl::StrCat("token #1 from the prefill node: ", st.message())));
+            break;
+          }
+        }
         s->times.activated_ns = cmd.time_ns;
         // Token #1 may already end the request (the router normally does
         // not activate then).
@@ -271,8 +306,27 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
 void Engine::ProcessSample(Sequence* seq, const float* logits_row, SeqOutput* out) {
   const int32_t n_vocab = model_->config().n_vocab;
   float* row = const_cast<float*>(logits_row);
-  SampleResult r = seq->sampler->Sample(row, n_vocab);
+  const uint32_t* allowed = nullptr;
+  if (seq->matcher != nullptr) {
+    seq->token_mask.resize(grammar::BitmaskWords(n_vocab));
+    if (absl::Status st = seq->matcher->FillMask(seq->token_mask.data()); !st.ok()) {
+      out->finish = FinishReason::kError;
+      out->error = absl::InternalError(absl::StrCat("structured output: ", st.message()));
+      return;
+    }
+    allowed = seq->token_mask.data();
+  }
+  SampleResult r = seq->sampler->Sample(row, n_vocab, allowed);
   const RequestSpec& spec = *seq->spec;
+  if (seq->matcher != nullptr) {
+    if (absl::Status st = seq->matcher->Accept(r.token); !st.ok()) {
+      // The mask allowed nothing the grammar accepts: a bug, reported to
+      // the client rather than sent as output that breaks the format.
+      out->finish = FinishReason::kError;
+      out->error = absl::InternalError(absl::StrCat("structured output: ", st.message()));
+      return;
+    }
+  }
   seq->tokens.push_back(r.token);
   seq->n_generated++;
   seq->sampler->AddGenerated(r.token);
@@ -284,7 +338,9 @@ void Engine::ProcessSample(Sequence* seq, const float* logits_row, SeqOutput* ou
   const Tokenizer& tok = model_->tokenizer();
   const bool stop_id = std::find(spec.stop.stop_token_ids.begin(), spec.stop.stop_token_ids.end(),
                                  r.token) != spec.stop.stop_token_ids.end();
-  if ((!spec.stop.ignore_eos && tok.IsEog(r.token)) || stop_id) {
+  // A complete structured output ends at its stop token even with ignore_eos.
+  const bool grammar_done = seq->matcher != nullptr && seq->matcher->IsTerminated();
+  if ((!spec.stop.ignore_eos && tok.IsEog(r.token)) || stop_id || grammar_done) {
     out->text += seq->text->Flush();
     out->finish = FinishReason::kStop;
     return;

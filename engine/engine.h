@@ -111,6 +111,9 @@ class Engine {
   void Emit(Sequence* seq, SeqOutput& out);
   void ProcessSample(Sequence* seq, const float* logits, SeqOutput* out);
   std::unique_ptr<Sequence> NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode);
+  // The grammar state for a structured-output request (null for free
+  // text); InvalidArgument for a schema that does not compile.
+  absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> NewMatcher(const RequestSpec& spec);
   absl::Status CheckFits(const RequestSpec& spec) const;
   void PublishStats();
   void Loop();
@@ -131,6 +134,11 @@ class Engine {
   uint64_t next_order_ = 0;
   Rng seed_rng_;
   EngineStats counters_;
+
+  // Structured outputs: built on the first request that asks for one
+  // (indexing the vocabulary takes a moment); thread-safe once built.
+  absl::Mutex grammar_mu_;
+  std::unique_ptr<grammar::GrammarCompiler> grammar_ ABSL_GUARDED_BY(grammar_mu_);
 
   // Commands from other threads.
   mutable absl::Mutex mu_;

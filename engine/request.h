@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/grammar/grammar.h"
 #include "engine/tokenizer.h"
 
 namespace pdserve {
@@ -26,16 +27,17 @@ inline constexpr float kMaxRepetitionPenalty = 100.0f;
 inline constexpr int32_t kMaxStopTokenIds = 256;
 
 struct SamplingParams {
-  float temperature = 1.0f;         // 0 = greedy
-  float top_p = 1.0f;               // (0, 1]
-  int32_t top_k = 0;                // 0 = off
-  float min_p = 0.0f;               // [0, 1]
-  float repetition_penalty = 1.0f;  // [0.01, 100]; 1 = off (prompt + generated tokens)
-  float presence_penalty = 0.0f;    // [-2, 2] (generated tokens)
-  float frequency_penalty = 0.0f;   // [-2, 2] (generated tokens)
-  std::optional<uint64_t> seed;     // reproducible sampling when set
-  int32_t top_logprobs = 0;         // alternatives per position, 0..20
-  bool logprobs = false;            // report the chosen token's logprob
+  float temperature = 1.0f;              // 0 = greedy
+  float top_p = 1.0f;                    // (0, 1]
+  int32_t top_k = 0;                     // 0 = off
+  float min_p = 0.0f;                    // [0, 1]
+  float repetition_penalty = 1.0f;       // [0.01, 100]; 1 = off (prompt + generated tokens)
+  float presence_penalty = 0.0f;         // [-2, 2] (generated tokens)
+  float frequency_penalty = 0.0f;        // [-2, 2] (generated tokens)
+  std::optional<uint64_t> seed;          // reproducible sampling when set
+  int32_t top_logprobs = 0;              // alternatives per position, 0..20
+  bool logprobs = false;                 // report the chosen token's logprob
+  grammar::GrammarSpec response_format;  // structured outputs; kNone: free text
 };
 
 struct StopParams {

@@ -54,6 +54,33 @@ TokenId Argmax(const float* logits, int32_t n_vocab) {
   return best;
 }
 
+void ApplyTokenMask(float* logits, int32_t n_vocab, const uint32_t* allowed) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int32_t n_words = (n_vocab + 31) / 32;
+  for (int32_t w = 0; w < n_words; ++w) {
+    uint32_t banned = ~allowed[w];
+    if (banned == 0) continue;  // structured outputs mostly allow or ban whole words
+    const int32_t base = w * 32;
+    if (banned == ~0u && base + 32 <= n_vocab) {
+      std::fill(logits + base, logits + base + 32, kNegInf);
+      continue;
+    }
+    while (banned != 0) {
+      const int32_t t = base + __builtin_ctz(banned);
+      if (t < n_vocab) logits[t] = kNegInf;
+      banned &= banned - 1;
+    }
+  }
+}
+
+void ApplyTokenMaskNaive(float* logits, int32_t n_vocab, const uint32_t* allowed) {
+  for (int32_t t = 0; t < n_vocab; ++t) {
+    if (((allowed[t / 32] >> (t % 32)) & 1u) == 0) {
+      logits[t] = -std::numeric_limits<float>::infinity();
+    }
+  }
+}
+
 Sampler::Sampler(const SamplingParams& params, uint64_t seed)
     : params_(params), rng_(params.seed.value_or(seed)) {}
 
@@ -83,7 +110,7 @@ void Sampler::ApplyPenalties(float* logits, int32_t n_vocab) const {
   }
 }
 
-SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
+SampleResult Sampler::Sample(float* logits, int32_t n_vocab, const uint32_t* allowed) {
   SampleResult r;
   // Log-probabilities describe the model's raw distribution (before
   // penalties and temperature), as OpenAI-style APIs report them.
@@ -110,6 +137,10 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab) {
   std::vector<float> raw_saved;  // raw logits, kept only when penalties change them
   if (penalized && want_logprobs) raw_saved.assign(logits, logits + n_vocab);
   if (penalized) ApplyPenalties(logits, n_vocab);
+  if (allowed != nullptr) {
+    if (want_logprobs && raw_saved.empty()) raw_saved.assign(logits, logits + n_vocab);
+    ApplyTokenMask(logits, n_vocab, allowed);
+  }
 
   auto finish = [&](TokenId t) {
     r.token = t;

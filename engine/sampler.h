@@ -44,8 +44,11 @@ class Sampler {
   void AddPromptTokens(const std::vector<TokenId>& tokens);
   void AddGenerated(TokenId token);
 
-  // Samples from logits (n_vocab); logits are used as scratch.
-  SampleResult Sample(float* logits, int32_t n_vocab);
+  // Samples from logits (n_vocab); logits are used as scratch. `allowed`
+  // (BitmaskWords(n_vocab) words; bit t set: token t may be chosen) masks
+  // the choice for structured outputs; log-probabilities still describe the
+  // model's unmasked distribution. The caller ensures it allows a token.
+  SampleResult Sample(float* logits, int32_t n_vocab, const uint32_t* allowed = nullptr);
 
  private:
   void ApplyPenalties(float* logits, int32_t n_vocab) const;
@@ -59,5 +62,10 @@ class Sampler {
 
 // Index of the largest logit (lowest id on ties).
 TokenId Argmax(const float* logits, int32_t n_vocab);
+
+// Sets the logit of every token the bitmask does not allow to -inf.
+void ApplyTokenMask(float* logits, int32_t n_vocab, const uint32_t* allowed);
+// Reference for ApplyTokenMask: one bit test per token.
+void ApplyTokenMaskNaive(float* logits, int32_t n_vocab, const uint32_t* allowed);
 
 }  // namespace pdserve

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/grammar/grammar.h"
 #include "engine/kv_cache.h"
 #include "engine/request.h"
 #include "engine/sampler.h"
@@ -86,6 +87,10 @@ struct Sequence {
   bool prefix_checked = false;
   std::vector<BlockId> blocks;
   std::unique_ptr<Sampler> sampler;
+  // Structured outputs: the grammar state and its scratch mask (null and
+  // empty for free text).
+  std::unique_ptr<grammar::TokenMatcher> matcher;
+  std::vector<uint32_t> token_mask;  // (BitmaskWords(n_vocab),)
   std::unique_ptr<TextStream> text;
   OutputCallback on_output;
   KvSink* kv_sink = nullptr;  // prefill-only

@@ -7,6 +7,7 @@
 #include <grpcpp/support/status_code_enum.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/grammar/grammar.h"
 #include "engine/request.h"
 #include "nlohmann/json.hpp"
 
@@ -146,6 +147,27 @@ std::optional<ApiError> ParsePrompt(const json& prompt, int32_t n_vocab, v1::Gen
                     "prompt");
 }
 
+// An assistant message's tool_calls: [{id, type: function, function: {name,
+// arguments: JSON text}}].
+std::optional<ApiError> CheckToolCalls(const json& calls, const std::string& param) {
+  if (!calls.is_array()) return BadRequest(absl::StrCat(param, " must be a list"), param);
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const json& c = calls[i];
+    const std::string p = absl::StrCat(param, "[", i, "]");
+    auto fn = c.is_object() ? c.find("function") : c.end();
+    if (fn == c.end() || !fn->is_object()) {
+      return BadRequest(absl::StrCat(p, ".function must be an object"), p + ".function");
+    }
+    auto name = fn->find("name");
+    auto args = fn->find("arguments");
+    if (name == fn->end() || !name->is_string() || args == fn->end() || !args->is_string()) {
+      return BadRequest(absl::StrCat(p, ".function needs a string name and string arguments"),
+                        p + ".function");
+    }
+  }
+  return std::nullopt;
+}
+
 std::optional<ApiError> ParseMessages(const json& messages, v1::GenerateRequest* req) {
   if (!messages.is_array() || messages.empty()) {
     return BadRequest("'messages' must be a non-empty list", "messages");
@@ -161,10 +183,27 @@ std::optional<ApiError> ParseMessages(const json& messages, v1::GenerateRequest*
     }
     std::string role_name = role->get<std::string>();
     if (role_name == "developer") role_name = "system";  // OpenAI's newer name for it
-    if (role_name != "system" && role_name != "user" && role_name != "assistant") {
-      return BadRequest(absl::StrCat(param, ".role '", role_name,
-                                     "' is not supported (system, developer, user, assistant)"),
-                        param + ".role");
+    if (role_name != "system" && role_name != "user" && role_name != "assistant" &&
+        role_name != "tool") {
+      return BadRequest(
+          absl::StrCat(param, ".role '", role_name,
+                       "' is not supported (system, developer, user, assistant, tool)"),
+          param + ".role");
+    }
+    v1::ChatMessage* out = chat->add_messages();
+    if (role_name == "assistant") {
+      if (auto calls = m.find("tool_calls"); calls != m.end() && !calls->is_null()) {
+        PDS_API_TRY(CheckToolCalls(*calls, param + ".tool_calls"));
+        if (!calls->empty()) out->set_tool_calls_json(calls->dump());
+      }
+    }
+    if (role_name == "tool") {
+      auto id = m.find("tool_call_id");
+      if (id == m.end() || !id->is_string()) {
+        return BadRequest(absl::StrCat(param, ".tool_call_id must be a string"),
+                          param + ".tool_call_id");
+      }
+      out->set_tool_call_id(id->get<std::string>());
     }
     std::string text;
     auto content = m.find("content");
@@ -190,7 +229,6 @@ std::optional<ApiError> ParseMessages(const json& messages, v1::GenerateRequest*
       return BadRequest(absl::StrCat(param, ".content must be a string or a list of text parts"),
                         param + ".content");
     }
-    v1::ChatMessage* out = chat->add_messages();
     out->set_role(role_name);
     out->set_content(std::move(text));
   }
@@ -234,19 +272,78 @@ std::optional<ApiError> RefuseUnsupported(const Reader& r, Endpoint endpoint) {
   if (const json* b = r.Get("logit_bias"); b != nullptr && (!b->is_object() || !b->empty())) {
     return BadRequest("'logit_bias' is not supported", "logit_bias");
   }
-  for (const char* name : {"tools", "functions"}) {
-    if (const json* t = r.Get(name); t != nullptr && (!t->is_array() || !t->empty())) {
-      return BadRequest(absl::StrCat("'", name, "' (tool calling) is not supported"), name);
-    }
+  if (const json* t = r.Get("functions"); t != nullptr && (!t->is_array() || !t->empty())) {
+    return BadRequest("'functions' (the deprecated form) is not supported; send 'tools'",
+                      "functions");
   }
-  if (const json* f = r.Get("response_format")) {
-    auto type = f->is_object() ? f->find("type") : f->end();
-    if (type == f->end() || !type->is_string() || type->get<std::string>() != "text") {
-      return BadRequest("only response_format {\"type\": \"text\"} is supported",
-                        "response_format");
+  if (const json* t = r.Get("function_call")) {
+    return BadRequest("'function_call' (the deprecated form) is not supported; send 'tool_choice'",
+                      "function_call");
+  }
+  if (endpoint == Endpoint::kCompletions) {
+    for (const char* name : {"tools", "tool_choice"}) {
+      if (r.Get(name) != nullptr) {
+        return BadRequest(absl::StrCat("'", name, "' needs /v1/chat/completions"), name);
+      }
     }
   }
   (void)endpoint;
+  return std::nullopt;
+}
+
+// response_format: text, json_object, or json_schema {name, schema, strict}.
+// The schema is checked here (a 400 naming the problem) and travels as JSON
+// text, in the client's key order (the order the properties are generated in).
+std::optional<ApiError> ParseResponseFormat(const json& f, std::string_view body,
+                                            v1::SamplingParams* sp) {
+  constexpr const char* kParam = "response_format";
+  if (!f.is_object()) return BadRequest("'response_format' must be an object", kParam);
+  auto type = f.find("type");
+  if (type == f.end() || !type->is_string()) {
+    return BadRequest("'response_format.type' must be a string", "response_format.type");
+  }
+  const std::string t = type->get<std::string>();
+  if (t == "text") return std::nullopt;
+  if (t == "json_object") {
+    sp->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
+    return std::nullopt;
+  }
+  if (t != "json_schema") {
+    return BadRequest(absl::StrCat("'response_format.type' '", t,
+                                   "' is not supported (text, json_object, json_schema)"),
+                      "response_format.type");
+  }
+  auto js = f.find("json_schema");
+  if (js == f.end() || !js->is_object()) {
+    return BadRequest("'response_format.json_schema' must be an object with a 'schema'",
+                      "response_format.json_schema");
+  }
+  if (auto name = js->find("name"); name != js->end() && !name->is_string()) {
+    return BadRequest("'response_format.json_schema.name' must be a string",
+                      "response_format.json_schema.name");
+  }
+  bool strict = false;
+  if (auto st = js->find("strict"); st != js->end() && !st->is_null()) {
+    if (!st->is_boolean()) {
+      return BadRequest("'response_format.json_schema.strict' must be a boolean",
+                        "response_format.json_schema.strict");
+    }
+    strict = st->get<bool>();
+  }
+  auto schema = js->find("schema");
+  if (schema == js->end() || !schema->is_object()) {
+    return BadRequest("'response_format.json_schema.schema' must be a JSON schema object",
+                      "response_format.json_schema.schema");
+  }
+  // Re-read the schema with its keys in the client's order.
+  ojson ordered = ojson::parse(body, nullptr, /*allow_exceptions=*/false);
+  std::string text = Dump(ordered["response_format"]["json_schema"]["schema"]);
+  if (absl::Status s = grammar::CheckSchema(text, strict); !s.ok()) {
+    return BadRequest(absl::StrCat("response_format.json_schema.schema: ", s.message()),
+                      "response_format.json_schema.schema");
+  }
+  sp->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  sp->mutable_response_format()->set_json_schema(std::move(text));
   return std::nullopt;
 }
 
@@ -464,6 +561,30 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body,
     sp->set_logprobs(out->chat_logprobs);
     sp->set_top_logprobs(out->chat_logprobs ? out->chat_top_logprobs : 0);
   }
+  if (const json* f = r.Get("response_format")) PDS_API_TRY(ParseResponseFormat(*f, body, sp));
+  if (endpoint == Endpoint::kChat &&
+      (r.Get("tools") != nullptr || r.Get("tool_choice") != nullptr)) {
+    // Re-read with the client's key order: the definitions reach the
+    // template, and their properties are generated in that order.
+    const ojson ordered = ojson::parse(body, nullptr, /*allow_exceptions=*/false);
+    auto field = [&](const char* name) -> const ojson* {
+      auto it = ordered.find(name);
+      return it == ordered.end() ? nullptr : &*it;
+    };
+    PDS_API_TRY(ParseTools(field("tools"), field("tool_choice"), &out->tools));
+    std::optional<bool> parallel;
+    PDS_API_TRY(r.Bool("parallel_tool_calls", &parallel));  // accepted; calls are parsed either way
+    if (out->tools.enabled()) req.mutable_chat()->set_tools_json(ToolsJson(out->tools));
+    if (out->tools.forced()) {
+      if (sp->has_response_format()) {
+        return BadRequest("'response_format' and a required tool call cannot be combined",
+                          "response_format");
+      }
+      // The model writes {"name": ..., "arguments": {...}} under this schema.
+      sp->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+      sp->mutable_response_format()->set_json_schema(ForcedCallSchema(out->tools));
+    }
+  }
   std::optional<std::string> user;
   PDS_API_TRY(r.String("user", &user));
   out->user = user.value_or("");
@@ -507,7 +628,8 @@ ResponseBuilder::ResponseBuilder(const ParsedRequest& request, std::string id, i
       include_usage_(request.include_usage),
       want_logprobs_(request.endpoint == Endpoint::kCompletions ? request.completion_logprobs >= 0
                                                                 : request.chat_logprobs),
-      tokenizer_(tokenizer) {}
+      tokenizer_(tokenizer),
+      tools_(request.tools) {}
 
 std::vector<ResponseBuilder::TokenLogprob> ResponseBuilder::LogprobsOf(
     const v1::Chunk& chunk) const {
@@ -599,9 +721,13 @@ ojson UsageJson(const v1::Usage& u) {
 std::vector<std::string> ResponseBuilder::StreamChunk(const v1::Chunk& chunk) {
   std::vector<std::string> out;
   const std::vector<TokenLogprob> lps = LogprobsOf(chunk);
+  // With tools, text that may start a call is held until the end.
+  const std::string text = endpoint_ == Endpoint::kChat && tools_.enabled()
+                               ? tool_streamer_.Push(chunk.text())
+                               : chunk.text();
   // A chunk whose text is withheld (part of a character, a possible stop
   // string) and that carries no logprobs has nothing to tell the client.
-  const bool has_news = !chunk.text().empty() || !lps.empty();
+  const bool has_news = !text.empty() || !lps.empty();
   if (endpoint_ == Endpoint::kChat && !role_sent_) {
     role_sent_ = true;
     ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
@@ -620,7 +746,7 @@ std::vector<std::string> ResponseBuilder::StreamChunk(const v1::Chunk& chunk) {
   ojson choice;
   if (endpoint_ == Endpoint::kChat) {
     choice["index"] = 0;
-    choice["delta"]["content"] = chunk.text();
+    choice["delta"]["content"] = text;
     choice["logprobs"] = ojson::parse(LogprobsJson(lps, 0));
   } else {
     choice["text"] = chunk.text();
@@ -641,6 +767,39 @@ std::vector<std::string> ResponseBuilder::StreamChunk(const v1::Chunk& chunk) {
 std::vector<std::string> ResponseBuilder::StreamComplete(const v1::Complete& complete) {
   std::vector<std::string> out;
   if (endpoint_ == Endpoint::kChat && !role_sent_) out = StreamChunk(v1::Chunk());
+  std::string finish = FinishReasonName(complete.finish_reason());
+  if (endpoint_ == Endpoint::kChat && tools_.enabled()) {
+    // The held text: content, then each call as OpenAI streams them (id,
+    // type and name first, then the arguments).
+    const ParsedOutput parsed = tool_streamer_.Finish(tools_);
+    auto delta_chunk = [&](ojson delta) {
+      ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
+      ojson choice;
+      choice["index"] = 0;
+      choice["delta"] = std::move(delta);
+      choice["logprobs"] = nullptr;
+      choice["finish_reason"] = nullptr;
+      c["choices"] = ojson::array({std::move(choice)});
+      if (include_usage_) c["usage"] = nullptr;
+      out.push_back(Dump(c));
+    };
+    if (!parsed.content.empty()) delta_chunk(ojson{{"content", parsed.content}});
+    for (size_t i = 0; i < parsed.calls.size(); ++i) {
+      const ToolCall& call = parsed.calls[i];
+      ojson head;
+      head["index"] = i;
+      head["id"] = call.id;
+      head["type"] = "function";
+      head["function"]["name"] = call.name;
+      head["function"]["arguments"] = "";
+      delta_chunk(ojson{{"tool_calls", ojson::array({head})}});
+      ojson args;
+      args["index"] = i;
+      args["function"]["arguments"] = call.arguments;
+      delta_chunk(ojson{{"tool_calls", ojson::array({args})}});
+    }
+    if (!parsed.calls.empty() && finish == "stop") finish = "tool_calls";
+  }
   ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
   ojson choice;
   if (endpoint_ == Endpoint::kChat) {
@@ -651,7 +810,7 @@ std::vector<std::string> ResponseBuilder::StreamComplete(const v1::Complete& com
     choice["index"] = 0;
   }
   choice["logprobs"] = nullptr;
-  choice["finish_reason"] = FinishReasonName(complete.finish_reason());
+  choice["finish_reason"] = finish;
   c["choices"] = ojson::array({std::move(choice)});
   if (include_usage_) c["usage"] = nullptr;
   out.push_back(Dump(c));
@@ -676,17 +835,35 @@ std::string ResponseBuilder::FinalBody(const v1::Complete& complete) const {
   r["created"] = created_;
   r["model"] = model_;
   ojson choice;
+  std::string finish = FinishReasonName(complete.finish_reason());
   if (endpoint_ == Endpoint::kChat) {
     choice["index"] = 0;
     choice["message"]["role"] = "assistant";
     choice["message"]["content"] = text_;
     choice["message"]["refusal"] = nullptr;
+    if (tools_.enabled()) {
+      const ParsedOutput parsed = ParseToolCalls(text_, tools_);
+      if (!parsed.calls.empty()) {
+        choice["message"]["content"] =
+            parsed.content.empty() ? ojson(nullptr) : ojson(parsed.content);
+        choice["message"]["tool_calls"] = ojson::array();
+        for (const ToolCall& call : parsed.calls) {
+          ojson tc;
+          tc["id"] = call.id;
+          tc["type"] = "function";
+          tc["function"]["name"] = call.name;
+          tc["function"]["arguments"] = call.arguments;
+          choice["message"]["tool_calls"].push_back(std::move(tc));
+        }
+        if (finish == "stop") finish = "tool_calls";
+      }
+    }
   } else {
     choice["text"] = text_;
     choice["index"] = 0;
   }
   choice["logprobs"] = ojson::parse(LogprobsJson(logprobs_, 0));
-  choice["finish_reason"] = FinishReasonName(complete.finish_reason());
+  choice["finish_reason"] = finish;
   r["choices"] = ojson::array({std::move(choice)});
   r["usage"] = UsageJson(complete.usage());
   r["system_fingerprint"] = nullptr;

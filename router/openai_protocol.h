@@ -5,8 +5,9 @@
 //
 // Unknown request fields are ignored (as OpenAI-compatible servers do, so
 // new client versions keep working); known fields we cannot honour (n > 1,
-// echo, suffix, best_of > 1, logit_bias, tools, JSON response formats) are
-// refused with a 400 that names the parameter. Every number is range-checked
+// echo, suffix, best_of > 1, logit_bias, tools) are refused with a 400 that
+// names the parameter. response_format json_object / json_schema become a
+// grammar the nodes sample under (the schema is checked here: a 400). Every number is range-checked
 // here (a 400 naming the field) before it is narrowed to the proto's type.
 // Extensions: vLLM's sampling fields, and "parse_special" (special tokens in
 // the prompt or messages are recognised; default: they are text).
@@ -21,6 +22,7 @@
 #include "absl/status/status.h"
 #include "engine/tokenizer.h"
 #include "pdserve/v1/generate.pb.h"
+#include "router/openai_tools.h"
 
 namespace pdserve::router::openai {
 
@@ -58,7 +60,8 @@ struct ParsedRequest {
   // Chat: "logprobs": true and "top_logprobs": N.
   bool chat_logprobs = false;
   int32_t chat_top_logprobs = 0;
-  std::string user;  // accepted and logged, nothing else
+  std::string user;   // accepted and logged, nothing else
+  ToolRequest tools;  // chat: tools and tool_choice
   v1::GenerateRequest request;
 };
 
@@ -108,6 +111,8 @@ class ResponseBuilder {
   const bool include_usage_;
   const bool want_logprobs_;
   const Tokenizer* const tokenizer_;
+  ToolRequest tools_;  // tool calls are parsed from the output when enabled
+  ToolCallStreamer tool_streamer_;
   bool role_sent_ = false;      // chat streams open with the assistant role
   int64_t streamed_bytes_ = 0;  // completions: text_offset of the next token
   std::string text_;            // whole response: text so far

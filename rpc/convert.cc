@@ -14,6 +14,17 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
   if (p.has_seed()) s.seed = p.seed();
   s.logprobs = p.logprobs();
   s.top_logprobs = p.top_logprobs();
+  switch (p.response_format().type()) {
+    case v1::ResponseFormat::TYPE_JSON_OBJECT:
+      s.response_format.kind = grammar::GrammarKind::kJsonObject;
+      break;
+    case v1::ResponseFormat::TYPE_JSON_SCHEMA:
+      s.response_format.kind = grammar::GrammarKind::kJsonSchema;
+      s.response_format.schema = p.response_format().json_schema();
+      break;
+    default:
+      break;
+  }
   return s;
 }
 
@@ -37,6 +48,17 @@ void ToProto(const SamplingParams& s, v1::SamplingParams* p) {
   if (s.seed) p->set_seed(*s.seed);
   p->set_logprobs(s.logprobs);
   p->set_top_logprobs(s.top_logprobs);
+  switch (s.response_format.kind) {
+    case grammar::GrammarKind::kJsonObject:
+      p->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);
+      break;
+    case grammar::GrammarKind::kJsonSchema:
+      p->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_SCHEMA);
+      p->mutable_response_format()->set_json_schema(s.response_format.schema);
+      break;
+    case grammar::GrammarKind::kNone:
+      break;
+  }
 }
 
 void ToProto(const StopParams& s, v1::StopParams* p) {

@@ -47,11 +47,14 @@ absl::StatusOr<RequestSpec> BuildRequest(const v1::GenerateRequest& req, const P
       int64_t bytes = 0;
       for (const v1::ChatMessage& m : req.chat().messages()) {
         bytes += static_cast<int64_t>(m.content().size());
-        messages.push_back({m.role(), m.content()});
+        bytes += static_cast<int64_t>(m.tool_calls_json().size());
+        messages.push_back({m.role(), m.content(), m.tool_calls_json(), m.tool_call_id()});
       }
+      bytes += static_cast<int64_t>(req.chat().tools_json().size());
       if (bytes > ctx.max_prompt_bytes)
         return bad("chat is ", bytes, " bytes; the limit is ", ctx.max_prompt_bytes);
-      absl::StatusOr<ChatTemplate::Rendered> rendered = ctx.chat->RenderWithRanges(messages);
+      absl::StatusOr<ChatTemplate::Rendered> rendered = ctx.chat->RenderWithRanges(
+          messages, /*add_generation_prompt=*/true, req.chat().tools_json());
       if (!rendered.ok()) return bad(rendered.status().message());
       // The template writes its special tokens out; what the messages hold
       // stays text unless the request opts in.

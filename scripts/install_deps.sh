@@ -46,3 +46,34 @@ if [ $need_py = 1 ]; then
 else
   echo "install_deps: Python packages present"
 fi
+
+# Structured outputs (issue 16): jsonschema validates what the server
+# returns in the SDK tests.
+if ! "$PY" -c "import jsonschema" >/dev/null 2>&1; then
+  echo "install_deps: installing Python package jsonschema"
+  "$PY" -m pip install -q jsonschema
+fi
+
+# xgrammar's C++ core (JSON schema -> grammar -> per-token bitmask), from its
+# PyPI sdist, pinned by version and sha256. Only cpp/, include/ and
+# 3rdparty/{picojson,dlpack} are compiled, by engine/grammar/CMakeLists.txt;
+# no Python. CMake finds it at PDSERVE_XGRAMMAR_DIR (default below).
+XGRAMMAR_VERSION=0.2.9
+XGRAMMAR_SHA256=87b466bca2475e29bb0323abc62c6c33cbcbcff47e5fb800a3e2099ac9620b90
+XGRAMMAR_URL=https://files.pythonhosted.org/packages/3a/2f/5bf8e8fa6619cff534932f79b0abc81a417d354bc5093252c1a6081d0a93/xgrammar-${XGRAMMAR_VERSION}.tar.gz
+DEPS_DIR=${PDSERVE_DEPS_DIR:-$HOME/.cache/pdserve/deps}
+if [ ! -f "$DEPS_DIR/xgrammar-${XGRAMMAR_VERSION}/include/xgrammar/xgrammar.h" ]; then
+  echo "install_deps: fetching xgrammar ${XGRAMMAR_VERSION} into $DEPS_DIR"
+  mkdir -p "$DEPS_DIR"
+  tmp=$(mktemp "$DEPS_DIR/xgrammar.XXXXXX.tar.gz")
+  curl -fsSL --retry 3 -o "$tmp" "$XGRAMMAR_URL"
+  if ! echo "${XGRAMMAR_SHA256}  $tmp" | sha256sum -c --quiet -; then
+    rm -f "$tmp"
+    echo "install_deps: xgrammar sdist checksum mismatch" >&2
+    exit 1
+  fi
+  tar -xzf "$tmp" -C "$DEPS_DIR"
+  rm -f "$tmp"
+else
+  echo "install_deps: xgrammar ${XGRAMMAR_VERSION} present"
+fi

@@ -193,5 +193,64 @@ TEST(Rng, UniformInRangeAndDeterministic) {
   }
 }
 
+// Structured outputs: the mask bans tokens, whatever the sampling settings.
+TEST(Sampler, TokenMaskBansTokensGreedyAndSampled) {
+  const uint32_t allow_0_2_5 = (1u << 0) | (1u << 2) | (1u << 5);
+  SamplingParams greedy;
+  greedy.temperature = 0;
+  {
+    Sampler s(greedy, 1);
+    std::vector<float> l = Logits();
+    EXPECT_EQ(s.Sample(l.data(), 6, &allow_0_2_5).token, 2);  // best allowed
+  }
+  SamplingParams p;
+  p.top_k = 3;  // top-3 of the raw logits (1, 4, 2) holds only one allowed token
+  std::map<TokenId, int> seen;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    Sampler s(p, seed);
+    std::vector<float> l = Logits();
+    seen[s.Sample(l.data(), 6, &allow_0_2_5).token]++;
+  }
+  for (const auto& [t, n] : seen) EXPECT_TRUE(t == 0 || t == 2 || t == 5) << t;
+}
+
+TEST(Sampler, TokenMaskKeepsTheModelsLogprobs) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.logprobs = true;
+  const uint32_t allow_2 = 1u << 2;
+  Sampler s(p, 1);
+  std::vector<float> l = Logits();
+  SampleResult r = s.Sample(l.data(), 6, &allow_2);
+  EXPECT_EQ(r.token, 2);
+  std::vector<float> raw = Logits();
+  double z = 0;
+  for (float v : raw) z += std::exp(v);
+  EXPECT_NEAR(r.logprob, raw[2] - std::log(z), 1e-5);
+}
+
+// The word-at-a-time mask against its one-bit-per-token reference.
+TEST(Sampler, ApplyTokenMaskMatchesNaive) {
+  Rng rng(7);
+  for (int32_t n_vocab : {1, 31, 32, 33, 64, 100, 1000, 49152}) {
+    std::vector<uint32_t> mask((n_vocab + 31) / 32);
+    for (int pattern = 0; pattern < 4; ++pattern) {
+      for (uint32_t& w : mask) {
+        const uint64_t x = rng.Next();
+        w = pattern == 0   ? 0u
+            : pattern == 1 ? ~0u
+            : pattern == 2 ? static_cast<uint32_t>(x)
+                           : (x & 1 ? ~0u : 0u);
+      }
+      std::vector<float> a(n_vocab), b;
+      for (int32_t i = 0; i < n_vocab; ++i) a[i] = static_cast<float>(rng.Uniform());
+      b = a;
+      ApplyTokenMask(a.data(), n_vocab, mask.data());
+      ApplyTokenMaskNaive(b.data(), n_vocab, mask.data());
+      ASSERT_EQ(a, b) << "n_vocab " << n_vocab << " pattern " << pattern;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pdserve

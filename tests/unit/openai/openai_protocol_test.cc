@@ -7,6 +7,7 @@
 
 #include <grpcpp/support/status_code_enum.h>
 
+#include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve::router::openai {
@@ -102,7 +103,7 @@ TEST(OpenAiParseTest, ChatMessages) {
   EXPECT_EQ(r.request.stop().max_tokens(), 300);  // the configured chat default
 
   EXPECT_EQ(ErrorOf(Endpoint::kChat,
-                    R"({"model": "smol", "messages": [{"role": "tool", "content": "x"}]})")
+                    R"({"model": "smol", "messages": [{"role": "function", "content": "x"}]})")
                 .param,
             "messages[0].role");
   EXPECT_EQ(
@@ -155,6 +156,60 @@ TEST(OpenAiParseTest, BadInputGetsA400NamingTheParameter) {
     const ApiError e = ErrorOf(Endpoint::kCompletions, c.body);
     EXPECT_EQ(e.http_status, 400) << c.body;
     EXPECT_EQ(e.param, c.param) << c.body;
+  }
+}
+
+TEST(OpenAiParseTest, ResponseFormatsBecomeTheRequestsGrammar) {
+  ParsedRequest r;
+  ASSERT_FALSE(Parse(Endpoint::kChat,
+                     R"({"model": "smol", "messages": [{"role": "user", "content": "hi"}],
+                         "response_format": {"type": "json_object"}})",
+                     &r));
+  EXPECT_EQ(r.request.sampling().response_format().type(), v1::ResponseFormat::TYPE_JSON_OBJECT);
+  // The schema keeps the client's key order: properties are generated in it.
+  ParsedRequest s;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions,
+                     R"({"model": "smol", "prompt": "x", "response_format": {"type": "json_schema",
+                         "json_schema": {"name": "p", "strict": true, "schema": {"type": "object",
+                         "properties": {"z": {"type": "integer"}, "a": {"type": "string"}},
+                         "required": ["z", "a"], "additionalProperties": false}}}})",
+                     &s));
+  const v1::ResponseFormat& f = s.request.sampling().response_format();
+  EXPECT_EQ(f.type(), v1::ResponseFormat::TYPE_JSON_SCHEMA);
+  EXPECT_LT(f.json_schema().find("\"z\""), f.json_schema().find("\"a\"")) << f.json_schema();
+  ParsedRequest t;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions,
+                     R"({"model": "smol", "prompt": "x", "response_format": {"type": "text"}})",
+                     &t));
+  EXPECT_FALSE(t.request.sampling().has_response_format());
+}
+
+TEST(OpenAiParseTest, BadResponseFormatsAre400s) {
+  struct Case {
+    const char* format;
+    const char* param;
+    const char* says;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"("json")", "response_format", "must be an object"},
+           {R"({"type": "regex"})", "response_format.type", "not supported"},
+           {R"({"type": "json_schema"})", "response_format.json_schema", "must be an object"},
+           {R"({"type": "json_schema", "json_schema": {"name": "x"}})",
+            "response_format.json_schema.schema", "schema"},
+           {R"({"type": "json_schema", "json_schema": {"schema": {"type": "banana"}}})",
+            "response_format.json_schema.schema", "invalid JSON schema"},
+           {R"({"type": "json_schema", "json_schema": {"strict": true, "schema":
+               {"type": "object", "not": {"type": "null"}}}})",
+            "response_format.json_schema.schema", "not"},
+           {R"({"type": "json_schema", "json_schema": {"strict": "yes", "schema": {}}})",
+            "response_format.json_schema.strict", "boolean"},
+       }) {
+    const std::string body =
+        absl::StrCat(R"({"model": "smol", "prompt": "x", "response_format": )", c.format, "}");
+    const ApiError e = ErrorOf(Endpoint::kCompletions, body);
+    EXPECT_EQ(e.http_status, 400) << body;
+    EXPECT_EQ(e.param, c.param) << body;
+    EXPECT_THAT(e.message, testing::HasSubstr(c.says)) << body;
   }
 }
 
