@@ -111,8 +111,17 @@ std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback c
     seed = seed_rng_.Next();
   }
   seq->sampler = std::make_unique<Sampler>(spec.sampling, seed);
-  seq->sampler->AddPromptTokens(spec.prompt);
   seq->text = std::make_unique<TextStream>(&model_->tokenizer(), spec.stop.stop_strings);
+  // A resumed request (RequestSpec::n_resumed): its last prompt tokens were
+  // generated before; replay them into the sampler and the text stream (whose
+  // text the client has already) so the continuation is token-exact.
+  const auto resumed = spec.prompt.end() - spec.n_resumed;
+  seq->sampler->AddPromptTokens(std::vector<TokenId>(spec.prompt.begin(), resumed));
+  for (auto it = resumed; it != spec.prompt.end(); ++it) {
+    seq->sampler->AddGenerated(*it);
+    seq->text->Push(*it);
+  }
+  seq->sampler->SkipSamples(spec.n_resumed);
   seq->times.arrival_ns = MonoNowNs();
   seq->spec = std::make_shared<const RequestSpec>(std::move(spec));
   return seq;
@@ -199,7 +208,8 @@ void Engine::DrainInbox() {
         s->tokens.push_back(cmd.token);
         s->n_generated = 1;
         s->sampler->AddGenerated(cmd.token);
-        s->text->Push(cmd.token);  // the prefill node already emitted its text
+        s->sampler->SkipSamples(1);  // the prefill node's draw for token #1
+        s->text->Push(cmd.token);    // the prefill node already emitted its text
         s->times.activated_ns = cmd.time_ns;
         // Token #1 may already end the request (the router normally does
         // not activate then).
