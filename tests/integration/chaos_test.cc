@@ -21,6 +21,8 @@
 #include <sstream>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -338,6 +340,74 @@ TEST(ChaosTest, DecodeNodeKilledMidStreamContinuesTokenExact) {
 TEST(ChaosTest, FrozenDecodeNodeLosesItsStreamsToTheOther) {
   REQUIRE_MODEL();
   MigrateMidStream(SIGSTOP);
+}
+
+// A client that stops reading its stream (its HTTP/2 window is kept at a
+// few events) must not hold the router's memory or a node's KV: the router
+// buffers --max-stream-events events, then aborts the request on the nodes
+// and ends the stream with RESOURCE_EXHAUSTED; meanwhile other requests and
+// Abort are served. When the client reads again it gets what was buffered
+// and that status.
+TEST(ChaosTest, ClientThatStopsReadingIsCutOffAndFreesItsKv) {
+  REQUIRE_MODEL();
+  const int metrics_port = transport::internal::FreeLoopbackPort();
+  ClusterOptions o;
+  o.router_flags = {"--metrics-port", absl::StrCat(metrics_port), "--max-stream-events", "8"};
+  auto started = Cluster::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& c = **started;
+  auto tracked = [&] {
+    return Metric(HttpGet(metrics_port, "/metrics"), "pdserve:router_tracked_requests");
+  };
+
+  // Its own connection, announcing a small window and no BDP growth.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto slow_channel =
+      grpc::CreateCustomChannel(c.router_address(), grpc::InsecureChannelCredentials(), args);
+  auto slow_stub = v1::Generation::NewStub(slow_channel);
+  grpc::ClientContext slow_ctx;
+  slow_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(240));
+  v1::GenerateRequest slow_req = GreedyRequest("Tell me a long story about the sea.", 1500);
+  slow_req.set_request_id("never-reads");
+  slow_req.mutable_stop()->set_ignore_eos(true);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      slow_stub->Generate(&slow_ctx, slow_req);
+
+  // Cut off: the router forgets it and the node frees its KV, long before
+  // 1,500 tokens.
+  ASSERT_TRUE(WaitFor([&] { return tracked() == 1; }, absl::Seconds(30))) << tracked();
+  EXPECT_TRUE(WaitFor([&] { return tracked() == 0; }, absl::Seconds(120)))
+      << "the router still tracks a stream nobody reads" << c.Logs();
+  for (const std::string& id : c.node_ids()) {
+    EXPECT_TRUE(c.WaitForIdleKv(id, absl::Seconds(30))) << id << " kept the stream's KV";
+  }
+  // Meanwhile the router serves others and answers Abort.
+  StreamResult other = Generate(c.generation(), GreedyRequest("The capital of France is", 6));
+  EXPECT_TRUE(other.status.ok()) << other.status.error_message();
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::AbortRequest req;
+    req.set_request_id("never-reads");
+    v1::AbortResponse resp;
+    const grpc::Status st = c.generation().Abort(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_FALSE(resp.found());  // over already
+  }
+
+  // Reading again: the buffered events, then the reason.
+  int tokens = 0;
+  v1::GenerateResponse ev;
+  while (reader->Read(&ev)) {
+    if (ev.has_chunk()) tokens += ev.chunk().token_ids_size();
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "not reading")) << st.error_message();
+  EXPECT_GT(tokens, 0);
+  EXPECT_LT(tokens, 1500);
 }
 
 // 2,000 streams cancelled by their clients (half after the first token,
