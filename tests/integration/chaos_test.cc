@@ -239,22 +239,23 @@ bool HasStage(const v1::Complete& c, const std::string& stage) {
   return false;
 }
 
-// Streams MigrationRequests through a router + 1 prefill + 2 decode nodes,
-// once undisturbed (the reference) and once with `signal` sent to decode-1
-// while every stream has tokens and none has ended. Every stream of the
+// Streams MigrationRequests through a router + 1 prefill + 2 decode nodes
+// (or 2 mixed nodes), once undisturbed (the reference) and once with `signal`
+// sent to decode-1 (mixed-1) while every stream has tokens and none has ended. Every stream of the
 // second run must end like its reference: same tokens, text and usage, none
 // duplicated or missing, the moved ones with a router.migrate stage.
-void MigrateMidStream(int signal) {
+void MigrateMidStream(int signal, bool mixed = false) {
   const int metrics_port = transport::internal::FreeLoopbackPort();
   ClusterOptions o;
   o.n_decode = 2;
+  if (mixed) o.n_mixed = 2;
   o.router_flags = {"--metrics-port",   absl::StrCat(metrics_port),
                     "--heartbeat-ms",   "250",
                     "--node-expiry-ms", "1500"};
   auto started = Cluster::Start(o);
   ASSERT_TRUE(started.ok()) << started.status();
   Cluster& c = **started;
-  const std::string victim = "decode-1";
+  const std::string victim = mixed ? "mixed-1" : "decode-1";
   constexpr int kMaxTokens = 160;
   const std::vector<v1::GenerateRequest> requests = MigrationRequests(kMaxTokens);
   const size_t n = requests.size();
@@ -333,6 +334,12 @@ void MigrateMidStream(int signal) {
 TEST(ChaosTest, DecodeNodeKilledMidStreamContinuesTokenExact) {
   REQUIRE_MODEL();
   MigrateMidStream(SIGKILL);
+}
+
+// A colocated (mixed) node dies mid-stream: its streams continue on the other.
+TEST(ChaosTest, MixedNodeKilledMidStreamContinuesTokenExact) {
+  REQUIRE_MODEL();
+  MigrateMidStream(SIGKILL, /*mixed=*/true);
 }
 
 // The decode node freezes (SIGSTOP): its heartbeats stop, the router moves
