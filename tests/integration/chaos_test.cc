@@ -336,6 +336,60 @@ TEST(ChaosTest, DecodeNodeKilledMidStreamContinuesTokenExact) {
   MigrateMidStream(SIGKILL);
 }
 
+// Migrations are bounded by --max-retries: with 0, a stream whose decode node
+// dies fails at once, explicitly, and the others are untouched.
+TEST(ChaosTest, MigrationsAreBoundedByMaxRetries) {
+  REQUIRE_MODEL();
+  const int metrics_port = transport::internal::FreeLoopbackPort();
+  ClusterOptions o;
+  o.n_decode = 2;
+  o.router_flags = {"--metrics-port", absl::StrCat(metrics_port), "--max-retries", "0"};
+  auto started = Cluster::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& c = **started;
+  constexpr int kMaxTokens = 160;
+  const std::vector<v1::GenerateRequest> requests = MigrationRequests(kMaxTokens);
+  const size_t n = requests.size();
+  std::vector<StreamResult> got(n);
+  std::vector<std::atomic<int>> tokens(n);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = Generate(c.generation(), requests[i], absl::Seconds(240),
+                        [&, i](const v1::GenerateResponse& ev) {
+                          if (ev.has_chunk()) tokens[i] += ev.chunk().token_ids_size();
+                          return true;
+                        });
+    });
+  }
+  const bool mid_stream = WaitFor(
+      [&] {
+        for (const std::atomic<int>& t : tokens) {
+          if (t.load() < 2) return false;
+        }
+        absl::StatusOr<v1::NodeLoad> load = c.GetLoad("decode-1");
+        return load.ok() && load->running() > 0;
+      },
+      absl::Seconds(60));
+  c.node_process("decode-1").Signal(SIGKILL);
+  for (std::thread& t : threads) t.join();
+  ASSERT_TRUE(mid_stream) << c.Logs();
+  int failed = 0;
+  for (const StreamResult& r : got) {
+    if (r.status.ok()) {
+      EXPECT_EQ(r.token_ids.size(), static_cast<size_t>(kMaxTokens));
+      continue;
+    }
+    ++failed;
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+    EXPECT_TRUE(absl::StrContains(r.status.error_message(), "after 0 migrations"))
+        << r.status.error_message();
+    EXPECT_LT(r.token_ids.size(), static_cast<size_t>(kMaxTokens));
+  }
+  EXPECT_GE(failed, 1);
+  EXPECT_EQ(Metric(HttpGet(metrics_port, "/metrics"), "pdserve:router_migrations_total"), 0);
+}
+
 // A colocated (mixed) node dies mid-stream: its streams continue on the other.
 TEST(ChaosTest, MixedNodeKilledMidStreamContinuesTokenExact) {
   REQUIRE_MODEL();
