@@ -31,7 +31,10 @@ void AddNodeFlags(po::options_description* desc) {
       "drain-timeout", po::value<int>()->default_value(30),
       "seconds to finish requests on SIGTERM")("stall-timeout", po::value<int>()->default_value(60),
                                                "not ready (health NOT_SERVING, /ready 503) when "
-                                               "queued work saw no engine step for this long");
+                                               "queued work saw no engine step for this long")(
+      "liveness-stall-timeout", po::value<int>()->default_value(300),
+      "HTTP /health answers 503 (a liveness probe restarts the node) once queued work saw no "
+      "engine step for this long; 0: off");
   AddSecurityFlags(desc);
 }
 
@@ -55,6 +58,9 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.engine = ef->options;
   o.kv_dtype_name = vm["kv-dtype"].as<std::string>();
   o.stall_timeout_ms = int64_t{vm["stall-timeout"].as<int>()} * 1000;
+  o.liveness_stall_timeout_ms = int64_t{vm["liveness-stall-timeout"].as<int>()} * 1000;
+  if (o.liveness_stall_timeout_ms < 0)
+    return absl::InvalidArgumentError("--liveness-stall-timeout must be >= 0");
   o.security = ReadSecurityFlags(vm);
   if (o.stall_timeout_ms <= 0)
     return absl::InvalidArgumentError("--stall-timeout must be positive");

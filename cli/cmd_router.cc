@@ -29,7 +29,14 @@ void AddRouterFlags(po::options_description* desc) {
       "queue-timeout-ms", po::value<int64_t>()->default_value(60000),
       "longest a request waits for a node")(
       "max-retries", po::value<int>()->default_value(2),
-      "retries on another pair when a node fails before token #1 reached the client")(
+      "retries on another pair when a node fails before token #1 reached the client; also the "
+      "most migrations of one stream to another pair after its node failed mid-stream")(
+      "migrate-after-stall-ms", po::value<int64_t>()->default_value(3000),
+      "move a node's streams to another pair once its heartbeats report its engine stalled "
+      "this long")(
+      "max-stream-events", po::value<uint64_t>()->default_value(4096),
+      "events buffered per gRPC client stream; a client that stops reading past this is cut off "
+      "(RESOURCE_EXHAUSTED) and its request aborted on the nodes")(
       "node-probation-ms", po::value<int64_t>()->default_value(2000),
       "a node whose call failed at the transport is out of rotation this long (then until it "
       "heartbeats)")("prefill-ms-per-1k-tokens", po::value<int64_t>()->default_value(60000),
@@ -121,6 +128,8 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
   o.config.max_queue = vm["max-queue"].as<int>();
   o.config.queue_timeout_ms = vm["queue-timeout-ms"].as<int64_t>();
   o.config.max_retries = vm["max-retries"].as<int>();
+  o.config.migrate_after_stall_ms = vm["migrate-after-stall-ms"].as<int64_t>();
+  o.config.max_stream_events = vm["max-stream-events"].as<uint64_t>();
   o.node_probation_ms = vm["node-probation-ms"].as<int64_t>();
   o.config.prefill_ms_per_1k_tokens = vm["prefill-ms-per-1k-tokens"].as<int64_t>();
   o.config.decode_ms_per_token = vm["decode-ms-per-token"].as<int64_t>();
@@ -147,7 +156,8 @@ absl::StatusOr<router::RouterOptions> ReadRouterFlags(const po::variables_map& v
   if (o.heartbeat_interval_ms <= 0 || o.node_expiry_ms <= 0 || o.config.kv_deadline_ms <= 0 ||
       o.config.max_queue < 0 || o.config.queue_timeout_ms <= 0 || o.config.max_retries < 0 ||
       o.node_probation_ms < 0 || o.config.prefill_ms_per_1k_tokens <= 0 ||
-      o.config.decode_ms_per_token <= 0) {
+      o.config.decode_ms_per_token <= 0 || o.config.migrate_after_stall_ms <= 0 ||
+      o.config.max_stream_events < 1) {
     return absl::InvalidArgumentError("intervals and limits must be positive");
   }
   return o;

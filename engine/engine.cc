@@ -123,12 +123,39 @@ std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback c
     seed = seed_rng_.Next();
   }
   seq->sampler = std::make_unique<Sampler>(spec.sampling, seed);
-  seq->sampler->AddPromptTokens(spec.prompt);
   seq->text = std::make_unique<TextStream>(&model_->tokenizer(), spec.stop.stop_strings);
+  // A resumed request (RequestSpec::n_resumed): its last prompt tokens were
+  // generated before; replay them into the sampler and the text stream (whose
+  // text the client has already) so the continuation is token-exact.
+  const auto resumed = spec.prompt.end() - spec.n_resumed;
+  seq->sampler->AddPromptTokens(std::vector<TokenId>(spec.prompt.begin(), resumed));
+  for (auto it = resumed; it != spec.prompt.end(); ++it) {
+    seq->sampler->AddGenerated(*it);
+    seq->text->Push(*it);
+  }
+  seq->sampler->SkipSamples(spec.n_resumed);
   seq->times.arrival_ns = MonoNowNs();
   seq->spec = std::make_shared<const RequestSpec>(std::move(spec));
   return seq;
 }
+
+namespace {
+
+// A resumed request's generated tokens already went to the client under the
+// grammar: its matcher continues from after them, as the sampler does.
+absl::Status ReplayResumedIntoGrammar(Sequence& seq) {
+  if (seq.matcher == nullptr || seq.spec->n_resumed == 0) return absl::OkStatus();
+  const std::vector<TokenId>& prompt = seq.spec->prompt;
+  for (auto it = prompt.end() - seq.spec->n_resumed; it != prompt.end(); ++it) {
+    if (absl::Status st = seq.matcher->Accept(*it); !st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the resumed tokens do not follow the response format: ", st.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> Engine::NewMatcher(const RequestSpec& spec) {
   if (!spec.sampling.response_format.enabled()) return std::unique_ptr<grammar::TokenMatcher>();
@@ -163,6 +190,7 @@ absl::Status Engine::Submit(RequestSpec spec, OutputCallback on_output, SeqMode 
   const std::string id = spec.id;
   std::unique_ptr<Sequence> seq = NewSequence(std::move(spec), std::move(on_output), mode);
   seq->matcher = std::move(*matcher);
+  if (absl::Status s = ReplayResumedIntoGrammar(*seq); !s.ok()) return s;
   seq->kv_sink = sink;
   absl::MutexLock lock(&mu_);
   if (!active_ids_.try_emplace(id, 1).second) {
@@ -183,6 +211,7 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
   std::unique_ptr<Sequence> seq =
       NewSequence(std::move(spec), std::move(on_output), SeqMode::kDecodeImported);
   seq->matcher = std::move(*matcher);
+  if (absl::Status s = ReplayResumedIntoGrammar(*seq); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
   if (active_ids_.contains(id)) {
     return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
@@ -235,7 +264,8 @@ void Engine::DrainInbox() {
         s->tokens.push_back(cmd.token);
         s->n_generated = 1;
         s->sampler->AddGenerated(cmd.token);
-        s->text->Push(cmd.token);  // the prefill node already emitted its text
+        s->sampler->SkipSamples(1);  // the prefill node's draw for token #1
+        s->text->Push(cmd.token);    // the prefill node already emitted its text
         // The grammar state follows token #1 (the prefill node sampled it
         // under the same grammar); a token it refuses is a broken peer.
         if (s->matcher != nullptr) {

@@ -19,6 +19,10 @@ absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limit
       return bad("prompt token id ", t, " is outside the vocabulary [0, ", limits.n_vocab, ")");
     }
   }
+  if (spec.n_resumed < 0 || spec.n_resumed >= n_prompt) {
+    return bad("n_resumed (", spec.n_resumed, ") must be in [0, prompt tokens (", n_prompt,
+               ")): at least one prompt token precedes the resumed ones");
+  }
   const StopParams& st = spec.stop;
   if (st.max_tokens < 1) return bad("max_tokens must be at least 1, got ", st.max_tokens);
   if (n_prompt + st.max_tokens > limits.n_ctx) {

@@ -52,6 +52,13 @@ struct RequestSpec {
   std::vector<TokenId> prompt;  // already tokenized (BOS included if wanted)
   SamplingParams sampling;
   StopParams stop;
+  // A request continued on another node after its node failed mid-stream:
+  // the last n_resumed prompt tokens are tokens generated before (the client
+  // has them). They count as generated for the penalties, the seeded
+  // generator's position and the text stream (stop strings, UTF-8), so the
+  // continuation is the one the first node would have produced; max_tokens
+  // and completion counts here cover only the tokens generated from now on.
+  int32_t n_resumed = 0;
 };
 
 // Limits a request is checked against.

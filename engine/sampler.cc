@@ -94,6 +94,11 @@ void Sampler::AddGenerated(TokenId token) {
   if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) ++generated_[token];
 }
 
+void Sampler::SkipSamples(int64_t n_samples) {
+  if (!(params_.temperature >= kMinSamplingTemperature)) return;
+  for (int64_t i = 0; i < n_samples; ++i) rng_.Next();
+}
+
 void Sampler::ApplyPenalties(float* logits, int32_t n_vocab) const {
   // Repetition penalty as in CTRL / HF: shrink positive logits, grow negative.
   const float rp = params_.repetition_penalty;
@@ -171,7 +176,10 @@ SampleResult Sampler::Sample(float* logits, int32_t n_vocab, const uint32_t* all
   const float max_logit = candidates_[0].first;
   // A logit that is NaN or infinite (a broken model, an extreme penalty) has
   // no probability to sample from: fall back to the argmax.
-  if (!std::isfinite(max_logit)) return finish(Argmax(logits, n_vocab));
+  if (!std::isfinite(max_logit)) {
+    rng_.Next();  // one draw per sample all the same (SkipSamples relies on it)
+    return finish(Argmax(logits, n_vocab));
+  }
   // Unnormalized probability of a candidate; NaN (a NaN logit in the tail)
   // and -inf logits weigh 0.
   auto weight = [&](float logit) {

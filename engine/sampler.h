@@ -43,6 +43,11 @@ class Sampler {
   // and each generated token (all three penalties).
   void AddPromptTokens(const std::vector<TokenId>& tokens);
   void AddGenerated(TokenId token);
+  // Moves the generator past `n_samples` samples taken elsewhere (token #1
+  // on a prefill node, tokens before a migration): a seeded request then
+  // draws what it would have drawn on one node. Each Sample with
+  // temperature > 0 takes exactly one draw; greedy takes none.
+  void SkipSamples(int64_t n_samples);
 
   // Samples from logits (n_vocab); logits are used as scratch. `allowed`
   // (BitmaskWords(n_vocab) words; bit t set: token t may be chosen) masks

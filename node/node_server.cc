@@ -259,10 +259,12 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
       }
       return tracing::MetricsResponse(*registry);
     });
-    n->http_->Handle("GET", "/health", [](const http::HttpRequest&) {
-      return http::HttpResponse::Text(200, "ok\n");
-    });
     const NodeServer* raw = n.get();
+    n->http_->Handle("GET", "/health", [raw](const http::HttpRequest&) {
+      const std::string why = raw->NotLiveReason();
+      return why.empty() ? http::HttpResponse::Text(200, "ok\n")
+                         : http::HttpResponse::Text(503, why + "\n");
+    });
     n->http_->Handle("GET", "/ready", [raw](const http::HttpRequest&) {
       const std::string why = raw->NotReadyReason();
       return why.empty() ? http::HttpResponse::Text(200, "ready\n")
@@ -395,6 +397,15 @@ std::string NodeServer::NotReadyReason() const {
                         " ms");
   }
   return "";
+}
+
+std::string NodeServer::NotLiveReason() const {
+  const int64_t stalled_ms = stalled_for_ms_.load();
+  if (!ProgressMonitor::Dead(stalled_ms * 1000000, options_.liveness_stall_timeout_ms * 1000000)) {
+    return "";
+  }
+  return absl::StrCat("engine stalled: queued work saw no step for ", stalled_ms,
+                      " ms (liveness limit ", options_.liveness_stall_timeout_ms, " ms)");
 }
 
 void NodeServer::WatchProgress() {

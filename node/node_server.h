@@ -43,6 +43,9 @@ struct NodeOptions {
   std::string kv_dtype_name = "f16";
   // Not ready when queued work sees no engine step for this long.
   int64_t stall_timeout_ms = 60000;
+  // Not live (HTTP /health 503, so a liveness probe restarts it) once stalled
+  // this long; 0: /health follows the process only.
+  int64_t liveness_stall_timeout_ms = 300000;
   // The node credential (node token, and mTLS with the router and peers:
   // the server requires client certificates when a CA is given). Without a
   // node token, a legacy shared API key is accepted in its place.
@@ -65,6 +68,8 @@ class NodeServer {
   v1::NodeInfo Info() const;
   // Empty when the node can take work now, else why not (/ready).
   std::string NotReadyReason() const;
+  // Why /health fails (ProgressMonitor::Dead), or empty.
+  std::string NotLiveReason() const;
 
   // Graceful drain: NOT_SERVING, deregister, let requests in flight finish
   // for up to `grace`, then stop.

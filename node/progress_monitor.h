@@ -25,6 +25,11 @@ class ProgressMonitor {
   }
 
   bool stalled() const { return stalled_; }
+  // Liveness: a node stalled past `dead_after_ns` (> 0) will not recover by
+  // itself and should be restarted; 0 disables it.
+  static bool Dead(int64_t stalled_for_ns, int64_t dead_after_ns) {
+    return dead_after_ns > 0 && stalled_for_ns >= dead_after_ns;
+  }
   // How long the queued work has waited for a step (0 when progressing).
   int64_t stalled_for_ns(int64_t now_ns) const { return stalled_ ? now_ns - last_progress_ns_ : 0; }
 

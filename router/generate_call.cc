@@ -262,7 +262,16 @@ void GenerateCall::Dispatch(const Selection& sel) {
     // aborting the failed attempt's request when the retry reaches it.
     attempt->node_req = node_req_;
     if (attempt->number > 0) {
-      attempt->node_req.set_request_id(absl::StrCat(spec_.id, "~retry", attempt->number));
+      attempt->node_req.set_request_id(
+          absl::StrCat(spec_.id, migrating_ ? "~migrate" : "~retry", attempt->number));
+    }
+    if (migrating_) {
+      // The new pair starts where the client is: prompt + the tokens it has.
+      const int32_t k = static_cast<int32_t>(sent_tokens_.size());
+      attempt->n_resumed = k;
+      for (int32_t t : sent_tokens_) attempt->node_req.add_prompt(t);
+      attempt->node_req.set_n_resumed(k);
+      attempt->node_req.mutable_stop()->set_max_tokens(spec_.stop.max_tokens - k);
     }
     attempt_ = attempt;
     held_.clear();
@@ -280,18 +289,20 @@ void GenerateCall::Dispatch(const Selection& sel) {
       // Node stages of this attempt count from its own dispatch.
       dispatch_ns_ = now;
       v1::StageTiming t;
-      t.set_stage("router.retry");
+      t.set_stage(migrating_ ? "router.migrate" : "router.retry");
       t.set_start_ns(retry_from_ns_ - arrival_ns_);
       t.set_duration_ns(now - retry_from_ns_);
       t.set_node(ctx_->config.node_name);
       retry_stages_.push_back(std::move(t));
+      migrating_ = false;
     }
     const std::string traceparent = tracing::StartChildSpan(span_).ToTraceparent();
     const int64_t prefill_budget_ms =
-        ctx_->config.kv_deadline_ms +
-        ctx_->config.prefill_ms_per_1k_tokens * (int64_t{shape_.prompt_tokens} + 999) / 1000;
+        ctx_->config.kv_deadline_ms + ctx_->config.prefill_ms_per_1k_tokens *
+                                          (int64_t{attempt->node_req.prompt_size()} + 999) / 1000;
     const int64_t node_budget_ms =
-        prefill_budget_ms + ctx_->config.decode_ms_per_token * int64_t{spec_.stop.max_tokens};
+        prefill_budget_ms +
+        ctx_->config.decode_ms_per_token * int64_t{attempt->node_req.stop().max_tokens()};
 
     if (sel.mixed) {
       mixed_ = true;
@@ -365,6 +376,7 @@ void GenerateCall::OnPrefillDone(Attempt* attempt, const grpc::Status& status) {
     absl::MutexLock lock(&mu_);
     // The prefill tokens come back whatever happened, to the attempt's registration.
     ctx_->registry->DonePrefill(attempt->prefill_id, attempt->prefill_epoch, shape_.prompt_tokens);
+    attempt->prefill_replied = true;
     if (done_ || !Current(attempt)) {
       // Fall through to RunPosted: nothing to do.
     } else if (!status.ok()) {
@@ -391,7 +403,8 @@ void GenerateCall::FirstTokenLocked(Attempt* attempt) {
       timeline_.Record(*stage, {dispatch_ns_ - arrival_ns_ + t.start_ns(), t.duration_ns()});
     }
   }
-  cached_tokens_ = resp.cached_prompt_tokens();
+  // A migrated attempt's cache hits include tokens the client generated.
+  if (attempt->n_resumed == 0) cached_tokens_ = resp.cached_prompt_tokens();
   // Token #1: to the client now (TTFT), then anything the decode node sent early.
   v1::Chunk first;
   first.add_token_ids(resp.token_id());
@@ -484,19 +497,58 @@ void GenerateCall::ReportNodeFailuresLocked(const absl::Status& status) {
 void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) {
   if (done_) return;
   ReportNodeFailuresLocked(status);
-  // Only before anything reached the client: after that, a new pair's
-  // output could differ from what the client already has.
-  const bool can_retry = Retryable(status.code()) && first_chunk_ns_ == 0 &&
-                         retries_ < ctx_->config.max_retries &&
-                         (!mixed_ || completion_tokens_ == 0);
-  if (!can_retry) {
+  if (!Retryable(status.code())) {
     FailLocked(status, kind);
     return;
   }
-  ++retries_;
-  if (ctx_->retries != nullptr) ctx_->retries->Increment();
-  PDS_LOG(INFO) << spec_.id << ": attempt " << n_attempts_ << " failed (" << status
-                << "); retrying on another pair";
+  if (first_chunk_ns_ == 0) {
+    // Nothing reached the client: another pair starts from scratch.
+    if (retries_ >= ctx_->config.max_retries) {
+      FailLocked(status, kind);
+      return;
+    }
+    ++retries_;
+    if (ctx_->retries != nullptr) ctx_->retries->Increment();
+    PDS_LOG(INFO) << spec_.id << ": attempt " << n_attempts_ << " failed (" << status
+                  << "); retrying on another pair";
+  } else {
+    // Mid-stream: another pair continues from the tokens the client has.
+    if (CompleteIfOverLocked()) return;
+    if (migrations_ >= ctx_->config.max_retries) {
+      FailLocked(absl::Status(status.code(), absl::StrCat(status.message(), " (after ", migrations_,
+                                                          " migrations)")),
+                 kind);
+      return;
+    }
+    ++migrations_;
+    migrating_ = true;
+    if (ctx_->migrations != nullptr) ctx_->migrations->Increment();
+    PDS_LOG(INFO) << spec_.id << ": attempt " << n_attempts_ << " failed after "
+                  << sent_tokens_.size() << " tokens (" << status
+                  << "); continuing on another pair";
+  }
+  RequeueLocked(status, kind);
+}
+
+bool GenerateCall::CompleteIfOverLocked() {
+  if (sent_tokens_.empty()) return false;
+  const int32_t last = sent_tokens_.back();
+  const StopParams& stop = spec_.stop;
+  const bool stopped = (!stop.ignore_eos && ctx_->prompt.tokenizer != nullptr &&
+                        ctx_->prompt.tokenizer->IsEog(last)) ||
+                       std::find(stop.stop_token_ids.begin(), stop.stop_token_ids.end(), last) !=
+                           stop.stop_token_ids.end();
+  const bool length = completion_tokens_ >= stop.max_tokens;
+  if (!stopped && !length) return false;
+  CancelNodeCallsLocked();
+  v1::Complete c;
+  c.set_finish_reason(stopped ? v1::FINISH_REASON_STOP : v1::FINISH_REASON_LENGTH);
+  c.mutable_usage()->set_completion_tokens(completion_tokens_);
+  CompleteLocked(c);
+  return true;
+}
+
+void GenerateCall::RequeueLocked(const absl::Status& status, ErrorKind kind) {
   CancelNodeCallsLocked();
   ReleaseNodesLocked();
   // Not queued now: the dispatcher reads the shape only once it is again.
@@ -527,6 +579,23 @@ void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) 
   });
 }
 
+void GenerateCall::NodeLost(const std::string& node_id, const absl::Status& why) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!done_ && attempt_ != nullptr) {
+      const bool decode = attempt_->decode_id == node_id;
+      const bool prefill = !attempt_->prefill_replied && attempt_->prefill_id == node_id;
+      if (decode || prefill) {
+        NodeFailedLocked(absl::UnavailableError(absl::StrCat(
+                             decode ? (mixed_ ? "node " : "decode node ") : "prefill node ",
+                             node_id, ": ", why.message())),
+                         decode ? ErrorKind::kDecodeFailed : ErrorKind::kPrefillFailed);
+      }
+    }
+  }
+  RunPosted();
+}
+
 void GenerateCall::CancelNodeCallsLocked() {
   if (!attempt_) return;
   // TryCancel can run the node call's callbacks, which take mu_: after unlocking.
@@ -546,9 +615,15 @@ void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
   }
   last_chunk_ns_ = now;
   completion_tokens_ += chunk.token_ids_size();
+  sent_tokens_.insert(sent_tokens_.end(), chunk.token_ids().begin(), chunk.token_ids().end());
   // A mixed node reports its own prefix-cache hits; for a P/D pair they
   // come from the prefill reply (the decode node never looks them up).
-  if (mixed_) cached_tokens_ = std::max(cached_tokens_, chunk.usage().cached_prompt_tokens());
+  if (mixed_ && !Resumed()) {
+    cached_tokens_ = std::max(cached_tokens_, chunk.usage().cached_prompt_tokens());
+  }
+  // The client's counts: a migrated attempt's node counts from the migration.
+  chunk.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+  chunk.mutable_usage()->set_completion_tokens(completion_tokens_);
   chunk.mutable_usage()->set_cached_prompt_tokens(cached_tokens_);
   ctx_->metrics.generation_tokens_total->Increment(chunk.token_ids_size());
   v1::GenerateResponse r;
@@ -564,7 +639,7 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
   v1::Complete* c = r.mutable_complete();
   *c = node_complete;
   c->mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-  if (mixed_) {
+  if (mixed_ && !Resumed()) {
     cached_tokens_ = std::max(cached_tokens_, node_complete.usage().cached_prompt_tokens());
   }
   c->mutable_usage()->set_cached_prompt_tokens(cached_tokens_);

@@ -12,6 +12,16 @@
 // RouterConfig::max_retries times; events of a superseded attempt are
 // ignored. The timeline records each retry as a "router.retry" stage.
 //
+// Migration: when the decode (or mixed) node fails after tokens reached the
+// client (its stream breaks, it stops heartbeating, it reports a stall),
+// the call is queued again with prompt + the tokens the client has as the
+// new prompt and NodeRequest.n_resumed set, so the new pair's sampler and
+// text stream continue where the client is: token-exact for greedy and
+// seeded requests (an unseeded sampled request continues with a fresh
+// generator). max_tokens counts down by the tokens already sent; usage
+// stays the client's. At most RouterConfig::max_retries migrations; each is a
+// "router.migrate" stage and counts in pdserve:router_migrations_total.
+//
 // Locking: mu_ guards the state. Nothing that can call back into the call
 // (the response sink, whose overflow cancels the call; gRPC's StartCall and
 // TryCancel; Dispatcher::Enqueue) runs under mu_: such work is posted with
@@ -94,10 +104,15 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void FailQueued(const absl::Status& status, tracing::ErrorKind kind);
   // Abort by id (Generation.Abort): ends the stream with finish ABORT.
   void Abort();
+  // The router gave up on a node (heartbeats stopped, engine stalled): if
+  // the current attempt still needs it, the call retries or migrates.
+  void NodeLost(const std::string& node_id, const absl::Status& why);
 
   // One dispatch of the call: its nodes, node calls and reservations.
   struct Attempt {
-    int number = 0;  // 0: the first
+    int number = 0;                // 0: the first
+    int32_t n_resumed = 0;         // tokens the client had when this attempt started (migration)
+    bool prefill_replied = false;  // the prefill node is no longer needed
     bool mixed = false;
     std::string prefill_id, decode_id;             // decode_id: the mixed node when mixed
     uint64_t prefill_epoch = 0, decode_epoch = 0;  // registrations the work was counted in
@@ -131,6 +146,12 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // token reached the client and retries remain, else fail the call.
   void NodeFailedLocked(const absl::Status& status, tracing::ErrorKind kind)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the stream is over at the tokens the client has (the failed node
+  // sent the last token but not its `complete`): then completes it.
+  bool CompleteIfOverLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues the call again for another pair (a retry or a migration).
+  void RequeueLocked(const absl::Status& status, tracing::ErrorKind kind)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Takes nodes whose channel broke out of rotation (NodeRegistry::ReportFailure).
   void ReportNodeFailuresLocked(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CancelNodeCallsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -139,6 +160,10 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void SendLocked(v1::GenerateResponse response) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PostLocked(std::function<void()> fn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RunPosted() ABSL_LOCKS_EXCLUDED(mu_);
+  // The current attempt continues a migrated stream.
+  bool Resumed() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return attempt_ != nullptr && attempt_->n_resumed > 0;
+  }
   bool Current(const Attempt* a) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return attempt_ != nullptr && attempt_.get() == a;
   }
@@ -156,10 +181,14 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   bool done_ ABSL_GUARDED_BY(mu_) = false;  // complete or error written
   bool dispatched_ ABSL_GUARDED_BY(mu_) = false;
   tracing::StageTimeline timeline_ ABSL_GUARDED_BY(mu_);
-  std::vector<v1::StageTiming> retry_stages_ ABSL_GUARDED_BY(mu_);  // "router.retry"
+  // "router.retry" and "router.migrate"
+  std::vector<v1::StageTiming> retry_stages_ ABSL_GUARDED_BY(mu_);
   int64_t dispatch_ns_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t retry_from_ns_ ABSL_GUARDED_BY(mu_) = 0;  // when the failed attempt ended
   int32_t retries_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t migrations_ ABSL_GUARDED_BY(mu_) = 0;
+  bool migrating_ ABSL_GUARDED_BY(mu_) = false;            // the next dispatch continues a stream
+  std::vector<int32_t> sent_tokens_ ABSL_GUARDED_BY(mu_);  // every token the client has
   int32_t n_attempts_ ABSL_GUARDED_BY(mu_) = 0;
   // The attempt in flight: null while queued (before the first dispatch and
   // between a failed attempt and its retry).

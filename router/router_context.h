@@ -27,13 +27,17 @@ struct RouterConfig {
   int64_t queue_timeout_ms = 60000;  // longest a request waits for a node
   size_t max_stream_events = 4096;   // per client stream, then it is closed
   std::string node_name = "router";
-  // Retries on another pair when a node fails before token #1 reached the client.
+  // Retries on another pair when a node fails before token #1 reached the
+  // client; also the most migrations of one stream after token #1.
   int32_t max_retries = 2;
   // Deadlines of the router's node calls. Prefill: kv_deadline_ms plus
   // prefill_ms_per_1k_tokens per 1,000 prompt tokens; Admit and mixed
   // Generate: that plus decode_ms_per_token per max_tokens.
   int64_t prefill_ms_per_1k_tokens = 60000;
   int64_t decode_ms_per_token = 1000;
+  // A node whose heartbeat reports its engine stalled this long loses its
+  // streams to other pairs (GenerateCall::NodeLost).
+  int64_t migrate_after_stall_ms = 3000;
 };
 
 struct RouterContext {
@@ -44,8 +48,9 @@ struct RouterContext {
   tracing::PdserveMetrics metrics;
   tracing::Histogram* selection_seconds = nullptr;  // cost of each node choice
   tracing::Counter* retries = nullptr;              // requests sent to another pair; may be null
-  tracing::OtlpFileExporter* spans = nullptr;       // may be null
-  FILE* timing_log = nullptr;                       // one JSON line per request; may be null
+  tracing::Counter* migrations = nullptr;      // streams continued on another pair; may be null
+  tracing::OtlpFileExporter* spans = nullptr;  // may be null
+  FILE* timing_log = nullptr;                  // one JSON line per request; may be null
   absl::Mutex timing_log_mu;
 
   // Requests in flight by id, for Abort.

@@ -201,6 +201,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
       "pdserve:router_retries_total",
       "Requests sent to another pair after a node failed before their first token");
   if (retries.ok()) ctx.retries = (*retries)->Get();
+  auto migrations = r->metrics_registry_.AddCounter(
+      "pdserve:router_migrations_total",
+      "Streams continued token-exact on another pair after their node failed mid-stream");
+  if (migrations.ok()) ctx.migrations = (*migrations)->Get();
   auto tracked = r->metrics_registry_.AddGauge(
       "pdserve:router_tracked_requests",
       "Requests the router holds state for (queued, running or streaming)");
@@ -386,7 +390,34 @@ void RouterServer::Housekeeping() {
         }
       }
     }
-    registry_->Expire();
+    // Streams on a node that stopped heartbeating (frozen, partitioned) or
+    // whose engine stalls move to another pair; the rest are left alone.
+    std::vector<std::pair<std::string, absl::Status>> lost;
+    for (const std::string& id : registry_->Expire()) {
+      lost.emplace_back(id, absl::UnavailableError(
+                                absl::StrCat("no heartbeat for ", options_.node_expiry_ms, " ms")));
+    }
+    for (const NodeView& n : registry_->Snapshot()) {
+      if (n.load.stalled_ms() >= ctx_.config.migrate_after_stall_ms) {
+        lost.emplace_back(n.id, absl::UnavailableError(absl::StrCat("engine stalled for ",
+                                                                    n.load.stalled_ms(), " ms")));
+      }
+    }
+    if (!lost.empty()) MoveCallsOff(lost);
+  }
+}
+
+void RouterServer::MoveCallsOff(const std::vector<std::pair<std::string, absl::Status>>& lost) {
+  std::vector<std::shared_ptr<GenerateCall>> calls;
+  {
+    absl::MutexLock lock(&ctx_.calls_mu);
+    for (const auto& [id, weak] : ctx_.calls) {
+      if (std::shared_ptr<GenerateCall> c = weak.lock()) calls.push_back(std::move(c));
+    }
+  }
+  // Outside calls_mu: a call that ends takes it to leave the map.
+  for (const std::shared_ptr<GenerateCall>& c : calls) {
+    for (const auto& [node, why] : lost) c->NodeLost(node, why);
   }
 }
 

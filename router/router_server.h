@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -76,6 +77,8 @@ class RouterServer {
  private:
   RouterServer() = default;
   void Housekeeping();
+  // Tells every call that these nodes are gone (GenerateCall::NodeLost).
+  void MoveCallsOff(const std::vector<std::pair<std::string, absl::Status>>& lost);
 
   RouterOptions options_;
   rpc::Security security_;   // loaded from options_.security

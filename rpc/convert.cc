@@ -74,6 +74,7 @@ RequestSpec FromProto(const v1::NodeRequest& r) {
   spec.prompt.assign(r.prompt().begin(), r.prompt().end());
   spec.sampling = FromProto(r.sampling());
   spec.stop = FromProto(r.stop());
+  spec.n_resumed = r.n_resumed();
   return spec;
 }
 
@@ -82,6 +83,7 @@ void ToProto(const RequestSpec& spec, v1::NodeRequest* r) {
   r->mutable_prompt()->Assign(spec.prompt.begin(), spec.prompt.end());
   ToProto(spec.sampling, r->mutable_sampling());
   ToProto(spec.stop, r->mutable_stop());
+  r->set_n_resumed(spec.n_resumed);
 }
 
 v1::FinishReason ToProto(FinishReason r) {

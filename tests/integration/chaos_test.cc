@@ -1,9 +1,10 @@
-// Chaos on real processes: a node SIGKILLed while requests are in flight, and
-// a soak of cancelled streams. What a client must see: a request that had not
-// streamed a token when its node died is retried on another pair and ends
-// with the tokens an uninterrupted run gives; requests sent after the fault
-// all succeed; the surviving nodes' KV returns to idle; cancelled requests
-// leave no state on the router.
+// Chaos on real processes: a node SIGKILLed or frozen (SIGSTOP) while
+// requests are in flight, and a soak of cancelled streams. What a client must
+// see: a request that had not streamed a token when its node died is retried
+// on another pair, one that had is continued on another pair, and both end
+// with the tokens an uninterrupted run gives (greedy and seeded sampling);
+// requests sent after the fault all succeed; the surviving nodes' KV returns
+// to idle; cancelled requests leave no state on the router.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -19,6 +20,8 @@
 #include <map>
 #include <sstream>
 #include <thread>
+
+#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -144,11 +147,10 @@ void KillNodeUnderLoad(Cluster& c, int metrics_port, const std::string& victim,
   for (const Outcome& o : out) {
     const StreamResult& r = o.result;
     if (!r.status.ok()) {
-      // Only a request that had streamed from the dead node may fail (no
-      // migration after token #1 yet).
-      EXPECT_FALSE(r.token_ids.empty())
-          << "a request that had no token yet was lost: " << r.status.error_code() << ": "
-          << r.status.error_message() << c.Logs();
+      // Retried before token #1, continued after it: none is lost.
+      ADD_FAILURE() << "a request was lost after " << r.token_ids.size()
+                    << " tokens: " << r.status.error_code() << ": " << r.status.error_message()
+                    << c.Logs();
       continue;
     }
     EXPECT_EQ(r.token_ids, reference[o.prompt]) << o.prompt;
@@ -209,6 +211,264 @@ TEST(ChaosTest, PrefillNodeKilledMidPrefillLosesNoRequest) {
   KillNodeUnderLoad(**c, metrics_port, "prefill-1", prompts, 6, [](const v1::NodeLoad& l) {
     return l.queued_prefill_tokens() > 0 || l.running() > 0;
   });
+}
+
+// The requests of the migration tests: greedy ones and seeded sampled ones
+// (temperature, top-p and a frequency penalty: the continuation must carry
+// the generator's position and the penalty history).
+std::vector<v1::GenerateRequest> MigrationRequests(int max_tokens) {
+  std::vector<v1::GenerateRequest> out;
+  for (int i = 0; i < 6; ++i) {
+    v1::GenerateRequest r = GreedyRequest(LongPrompt(i, 40), max_tokens);
+    r.mutable_stop()->set_ignore_eos(true);
+    if (i % 3 == 2) {
+      r.mutable_sampling()->set_temperature(0.9f);
+      r.mutable_sampling()->set_top_p(0.95f);
+      r.mutable_sampling()->set_frequency_penalty(0.4f);
+      r.mutable_sampling()->set_seed(1000 + i);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+bool HasStage(const v1::Complete& c, const std::string& stage) {
+  for (const v1::StageTiming& t : c.timings().stages()) {
+    if (t.stage() == stage) return true;
+  }
+  return false;
+}
+
+// Streams MigrationRequests through a router + 1 prefill + 2 decode nodes
+// (or 2 mixed nodes), once undisturbed (the reference) and once with `signal`
+// sent to decode-1 (mixed-1) while every stream has tokens and none has ended. Every stream of the
+// second run must end like its reference: same tokens, text and usage, none
+// duplicated or missing, the moved ones with a router.migrate stage.
+void MigrateMidStream(int signal, bool mixed = false) {
+  const int metrics_port = transport::internal::FreeLoopbackPort();
+  ClusterOptions o;
+  o.n_decode = 2;
+  if (mixed) o.n_mixed = 2;
+  o.router_flags = {"--metrics-port",   absl::StrCat(metrics_port),
+                    "--heartbeat-ms",   "250",
+                    "--node-expiry-ms", "1500"};
+  auto started = Cluster::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& c = **started;
+  const std::string victim = mixed ? "mixed-1" : "decode-1";
+  constexpr int kMaxTokens = 160;
+  const std::vector<v1::GenerateRequest> requests = MigrationRequests(kMaxTokens);
+  const size_t n = requests.size();
+
+  std::vector<StreamResult> want(n), got(n);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] { want[i] = Generate(c.generation(), requests[i]); });
+  }
+  for (std::thread& t : threads) t.join();
+  threads.clear();
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_TRUE(want[i].status.ok()) << want[i].status.error_message() << c.Logs();
+    ASSERT_EQ(want[i].token_ids.size(), static_cast<size_t>(kMaxTokens));
+  }
+
+  std::vector<std::atomic<int>> tokens(n);
+  std::atomic<int> ended{0};
+  for (size_t i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = Generate(c.generation(), requests[i], absl::Seconds(240),
+                        [&, i](const v1::GenerateResponse& ev) {
+                          if (ev.has_chunk()) tokens[i] += ev.chunk().token_ids_size();
+                          if (ev.has_complete() || ev.has_error()) ++ended;
+                          return true;
+                        });
+    });
+  }
+  const bool mid_stream = WaitFor(
+      [&] {
+        for (const std::atomic<int>& t : tokens) {
+          if (t.load() < 2) return false;
+        }
+        absl::StatusOr<v1::NodeLoad> load = c.GetLoad(victim);
+        return load.ok() && load->running() > 0;
+      },
+      absl::Seconds(60));
+  const bool none_ended = ended.load() == 0;
+  c.node_process(victim).Signal(signal);
+  for (std::thread& t : threads) t.join();
+  if (signal == SIGSTOP) c.node_process(victim).Signal(SIGCONT);
+  ASSERT_TRUE(mid_stream) << victim << " never streamed" << c.Logs();
+  ASSERT_TRUE(none_ended) << "a stream ended before the fault: make them longer";
+
+  int migrated = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const StreamResult& r = got[i];
+    SCOPED_TRACE(absl::StrCat("request ", i, requests[i].sampling().has_seed() ? " (seeded)" : ""));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_code() << ": " << r.status.error_message()
+                               << c.Logs();
+    EXPECT_EQ(r.token_ids, want[i].token_ids);
+    EXPECT_EQ(r.text, want[i].text);
+    ASSERT_TRUE(r.complete.has_value());
+    EXPECT_EQ(r.complete->finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(r.complete->usage().completion_tokens(), kMaxTokens);
+    EXPECT_EQ(r.complete->usage().prompt_tokens(), want[i].complete->usage().prompt_tokens());
+    EXPECT_EQ(r.last_chunk_usage.completion_tokens(), kMaxTokens);
+    EXPECT_NE(r.complete->decode_node(), victim);
+    if (HasStage(*r.complete, "router.migrate")) ++migrated;
+  }
+  EXPECT_GE(migrated, 1) << "no stream was on " << victim << " when it failed";
+  const std::string metrics = HttpGet(metrics_port, "/metrics");
+  EXPECT_EQ(Metric(metrics, "pdserve:router_migrations_total"), migrated) << metrics;
+
+  for (const std::string& id : c.node_ids()) {
+    // A frozen node that wakes up finds its streams cancelled and frees them.
+    if (id == victim && signal == SIGKILL) continue;
+    EXPECT_TRUE(c.WaitForIdleKv(id, absl::Seconds(30))) << id << " kept KV blocks";
+  }
+  // Requests after the fault all succeed.
+  StreamResult after = Generate(c.generation(), GreedyRequest("The capital of France is", 6));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+}
+
+// The decode node serving streams dies: they continue on the other one.
+TEST(ChaosTest, DecodeNodeKilledMidStreamContinuesTokenExact) {
+  REQUIRE_MODEL();
+  MigrateMidStream(SIGKILL);
+}
+
+// Migrations are bounded by --max-retries: with 0, a stream whose decode node
+// dies fails at once, explicitly, and the others are untouched.
+TEST(ChaosTest, MigrationsAreBoundedByMaxRetries) {
+  REQUIRE_MODEL();
+  const int metrics_port = transport::internal::FreeLoopbackPort();
+  ClusterOptions o;
+  o.n_decode = 2;
+  o.router_flags = {"--metrics-port", absl::StrCat(metrics_port), "--max-retries", "0"};
+  auto started = Cluster::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& c = **started;
+  constexpr int kMaxTokens = 160;
+  const std::vector<v1::GenerateRequest> requests = MigrationRequests(kMaxTokens);
+  const size_t n = requests.size();
+  std::vector<StreamResult> got(n);
+  std::vector<std::atomic<int>> tokens(n);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = Generate(c.generation(), requests[i], absl::Seconds(240),
+                        [&, i](const v1::GenerateResponse& ev) {
+                          if (ev.has_chunk()) tokens[i] += ev.chunk().token_ids_size();
+                          return true;
+                        });
+    });
+  }
+  const bool mid_stream = WaitFor(
+      [&] {
+        for (const std::atomic<int>& t : tokens) {
+          if (t.load() < 2) return false;
+        }
+        absl::StatusOr<v1::NodeLoad> load = c.GetLoad("decode-1");
+        return load.ok() && load->running() > 0;
+      },
+      absl::Seconds(60));
+  c.node_process("decode-1").Signal(SIGKILL);
+  for (std::thread& t : threads) t.join();
+  ASSERT_TRUE(mid_stream) << c.Logs();
+  int failed = 0;
+  for (const StreamResult& r : got) {
+    if (r.status.ok()) {
+      EXPECT_EQ(r.token_ids.size(), static_cast<size_t>(kMaxTokens));
+      continue;
+    }
+    ++failed;
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+    EXPECT_TRUE(absl::StrContains(r.status.error_message(), "after 0 migrations"))
+        << r.status.error_message();
+    EXPECT_LT(r.token_ids.size(), static_cast<size_t>(kMaxTokens));
+  }
+  EXPECT_GE(failed, 1);
+  EXPECT_EQ(Metric(HttpGet(metrics_port, "/metrics"), "pdserve:router_migrations_total"), 0);
+}
+
+// A colocated (mixed) node dies mid-stream: its streams continue on the other.
+TEST(ChaosTest, MixedNodeKilledMidStreamContinuesTokenExact) {
+  REQUIRE_MODEL();
+  MigrateMidStream(SIGKILL, /*mixed=*/true);
+}
+
+// The decode node freezes (SIGSTOP): its heartbeats stop, the router moves
+// its streams to the other one.
+TEST(ChaosTest, FrozenDecodeNodeLosesItsStreamsToTheOther) {
+  REQUIRE_MODEL();
+  MigrateMidStream(SIGSTOP);
+}
+
+// A client that stops reading its stream (its HTTP/2 window is kept at a
+// few events) must not hold the router's memory or a node's KV: the router
+// buffers --max-stream-events events, then aborts the request on the nodes
+// and ends the stream with RESOURCE_EXHAUSTED; meanwhile other requests and
+// Abort are served. When the client reads again it gets what was buffered
+// and that status.
+TEST(ChaosTest, ClientThatStopsReadingIsCutOffAndFreesItsKv) {
+  REQUIRE_MODEL();
+  const int metrics_port = transport::internal::FreeLoopbackPort();
+  ClusterOptions o;
+  o.router_flags = {"--metrics-port", absl::StrCat(metrics_port), "--max-stream-events", "8"};
+  auto started = Cluster::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& c = **started;
+  auto tracked = [&] {
+    return Metric(HttpGet(metrics_port, "/metrics"), "pdserve:router_tracked_requests");
+  };
+
+  // Its own connection, announcing a small window and no BDP growth.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto slow_channel =
+      grpc::CreateCustomChannel(c.router_address(), grpc::InsecureChannelCredentials(), args);
+  auto slow_stub = v1::Generation::NewStub(slow_channel);
+  grpc::ClientContext slow_ctx;
+  slow_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(240));
+  v1::GenerateRequest slow_req = GreedyRequest("Tell me a long story about the sea.", 1500);
+  slow_req.set_request_id("never-reads");
+  slow_req.mutable_stop()->set_ignore_eos(true);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
+      slow_stub->Generate(&slow_ctx, slow_req);
+
+  // Cut off: the router forgets it and the node frees its KV, long before
+  // 1,500 tokens.
+  ASSERT_TRUE(WaitFor([&] { return tracked() == 1; }, absl::Seconds(30))) << tracked();
+  EXPECT_TRUE(WaitFor([&] { return tracked() == 0; }, absl::Seconds(120)))
+      << "the router still tracks a stream nobody reads" << c.Logs();
+  for (const std::string& id : c.node_ids()) {
+    EXPECT_TRUE(c.WaitForIdleKv(id, absl::Seconds(30))) << id << " kept the stream's KV";
+  }
+  // Meanwhile the router serves others and answers Abort.
+  StreamResult other = Generate(c.generation(), GreedyRequest("The capital of France is", 6));
+  EXPECT_TRUE(other.status.ok()) << other.status.error_message();
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::AbortRequest req;
+    req.set_request_id("never-reads");
+    v1::AbortResponse resp;
+    const grpc::Status st = c.generation().Abort(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_FALSE(resp.found());  // over already
+  }
+
+  // Reading again: the buffered events, then the reason.
+  int tokens = 0;
+  v1::GenerateResponse ev;
+  while (reader->Read(&ev)) {
+    if (ev.has_chunk()) tokens += ev.chunk().token_ids_size();
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "not reading")) << st.error_message();
+  EXPECT_GT(tokens, 0);
+  EXPECT_LT(tokens, 1500);
 }
 
 // 2,000 streams cancelled by their clients (half after the first token,

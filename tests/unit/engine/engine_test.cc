@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 
+#include "absl/strings/str_cat.h"
 #include "tests/unit/engine/test_util.h"
 
 namespace pdserve::testing {
@@ -133,6 +134,68 @@ TEST(Engine, SeededSamplingIsReproducible) {
   EXPECT_NE(run("c", 42), run("d", 43));
 }
 
+// A request whose node failed mid-stream continues elsewhere as prompt +
+// the tokens the client has, with n_resumed: greedy and seeded sampling
+// with every penalty give the same tokens and text as one uninterrupted run.
+TEST(Engine, ResumedRequestContinuesTokenExact) {
+  auto model = LoadDummy(DummyModelSpec{});
+  auto engine = MakeEngine(model);
+  const std::vector<TokenId> prompt = Tokens(10, 4);
+  for (const bool sampled : {false, true}) {
+    RequestSpec base = Greedy("", prompt, 24);
+    if (sampled) {
+      base.sampling.temperature = 1.5f;
+      base.sampling.seed = 7;
+      base.sampling.repetition_penalty = 1.3f;
+      base.sampling.presence_penalty = 0.5f;
+      base.sampling.frequency_penalty = 0.7f;
+    }
+    // Uninterrupted, one output per token (text as the client got it).
+    std::vector<SeqOutput> outs;
+    RequestSpec whole = base;
+    whole.id = sampled ? "whole-s" : "whole-g";
+    ASSERT_TRUE(engine->Submit(whole, [&](const SeqOutput& o) { outs.push_back(o); }).ok());
+    Result want;
+    while (outs.empty() || outs.back().finish == FinishReason::kNone) engine->Step();
+    for (const SeqOutput& o : outs) Collect (&want)(o);
+    ASSERT_EQ(want.tokens.size(), 24u);
+    for (const int k : {1, 5, 23}) {
+      std::vector<TokenId> had;
+      std::string had_text;
+      for (const SeqOutput& o : outs) {
+        if (static_cast<int>(had.size()) >= k) break;
+        had.insert(had.end(), o.tokens.begin(), o.tokens.end());
+        had_text += o.text;
+      }
+      ASSERT_EQ(static_cast<int>(had.size()), k);
+      RequestSpec rest = base;
+      rest.id = absl::StrCat(sampled ? "rest-s" : "rest-g", k);
+      rest.prompt.insert(rest.prompt.end(), had.begin(), had.end());
+      rest.n_resumed = k;
+      rest.stop.max_tokens = 24 - k;
+      Result got;
+      ASSERT_TRUE(engine->Submit(std::move(rest), Collect(&got)).ok());
+      RunUntilDone(engine.get(), {&got});
+      had.insert(had.end(), got.tokens.begin(), got.tokens.end());
+      EXPECT_EQ(had, want.tokens) << "sampled " << sampled << ", k " << k;
+      EXPECT_EQ(had_text + got.text, want.text) << "sampled " << sampled << ", k " << k;
+      EXPECT_EQ(got.completion_tokens, 24 - k);
+      EXPECT_EQ(got.finish, FinishReason::kLength);
+    }
+  }
+}
+
+TEST(Engine, ResumedCountOutsidePromptIsInvalidArgument) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  for (const int n : {-1, 10, 11}) {
+    RequestSpec s = Greedy(absl::StrCat("r", n), Tokens(10, 1), 4);
+    s.n_resumed = n;
+    absl::Status st = engine->Submit(std::move(s), nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << n;
+    EXPECT_NE(std::string(st.message()).find("n_resumed"), std::string::npos) << st.message();
+  }
+}
+
 TEST(Engine, AbortFreesBlocksAtOnce) {
   auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
   const int total = engine->cache().config().n_blocks;
@@ -204,50 +267,64 @@ class CopySink : public KvSink {
   std::vector<BlockId> dest_;
 };
 
+// Seeded sampling too: the decode node's generator skips the draw the
+// prefill node took for token #1.
 TEST(Engine, PrefillOnlyThenImportedDecodeMatchesFullGeneration) {
-  auto model = LoadDummy(DummyModelSpec{});
-  auto full = MakeEngine(model);
-  auto prefill = MakeEngine(model);
-  auto decode = MakeEngine(model);
-  const std::vector<TokenId> prompt = Tokens(29, 7);
+  for (const bool sampled : {false, true}) {
+    SCOPED_TRACE(sampled ? "seeded sampling" : "greedy");
+    auto model = LoadDummy(DummyModelSpec{});
+    auto full = MakeEngine(model);
+    auto prefill = MakeEngine(model);
+    auto decode = MakeEngine(model);
+    const std::vector<TokenId> prompt = Tokens(29, 7);
+    auto spec_of = [&](const std::string& id) {
+      RequestSpec s = Greedy(id, prompt, 10);
+      if (sampled) {
+        s.sampling.temperature = 1.5f;
+        s.sampling.seed = 11;
+        s.sampling.frequency_penalty = 0.5f;
+      }
+      return s;
+    };
 
-  Result want;
-  ASSERT_TRUE(full->Submit(Greedy("x", prompt, 10), Collect(&want)).ok());
-  RunUntilDone(full.get(), {&want});
+    Result want;
+    ASSERT_TRUE(full->Submit(spec_of("x"), Collect(&want)).ok());
+    RunUntilDone(full.get(), {&want});
 
-  Result dec;
-  auto reserved = decode->Reserve(Greedy("x", prompt, 10), Collect(&dec));
-  ASSERT_TRUE(reserved.ok()) << reserved.status();
-  CopySink sink(&prefill->cache(), &decode->cache(), *reserved);
-  Result pre;
-  bool prefill_done = false;
-  ASSERT_TRUE(prefill
-                  ->Submit(
-                      Greedy("x", prompt, 10),
-                      [&](const SeqOutput& out) {
-                        Collect (&pre)(out);
-                        prefill_done = prefill_done || out.prefill_done;
-                      },
-                      SeqMode::kPrefillOnly, &sink)
-                  .ok());
-  while (!prefill_done) ASSERT_TRUE(prefill->Step());
-  EXPECT_EQ(sink.layers_seen, model->config().n_layers);
-  ASSERT_EQ(pre.tokens.size(), 1u);
-  // The prefill engine holds its blocks until released.
-  EXPECT_LT(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
-  prefill->Release("x");
-  prefill->Step();
-  EXPECT_EQ(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
+    Result dec;
+    auto reserved = decode->Reserve(spec_of("x"), Collect(&dec));
+    ASSERT_TRUE(reserved.ok()) << reserved.status();
+    CopySink sink(&prefill->cache(), &decode->cache(), *reserved);
+    Result pre;
+    bool prefill_done = false;
+    ASSERT_TRUE(prefill
+                    ->Submit(
+                        spec_of("x"),
+                        [&](const SeqOutput& out) {
+                          Collect (&pre)(out);
+                          prefill_done = prefill_done || out.prefill_done;
+                        },
+                        SeqMode::kPrefillOnly, &sink)
+                    .ok());
+    while (!prefill_done) ASSERT_TRUE(prefill->Step());
+    EXPECT_EQ(sink.layers_seen, model->config().n_layers);
+    ASSERT_EQ(pre.tokens.size(), 1u);
+    // The prefill engine holds its blocks until released.
+    EXPECT_LT(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
+    prefill->Release("x");
+    prefill->Step();
+    EXPECT_EQ(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
 
-  decode->Activate("x", pre.tokens[0]);
-  RunUntilDone(decode.get(), {&dec});
-  std::vector<TokenId> got = pre.tokens;
-  got.insert(got.end(), dec.tokens.begin(), dec.tokens.end());
-  EXPECT_EQ(got, want.tokens);
-  EXPECT_EQ(pre.text + dec.text, want.text);
-  EXPECT_EQ(dec.completion_tokens, 10);
-  EXPECT_EQ(dec.finish, FinishReason::kLength);
-  EXPECT_EQ(decode->cache().Stats().free_blocks, decode->cache().config().n_blocks);
+    decode->Activate("x", pre.tokens[0]);
+    RunUntilDone(decode.get(), {&dec});
+    std::vector<TokenId> got = pre.tokens;
+    got.insert(got.end(), dec.tokens.begin(), dec.tokens.end());
+    EXPECT_EQ(got, want.tokens);
+    EXPECT_EQ(pre.text + dec.text, want.text);
+    EXPECT_EQ(dec.completion_tokens, 10);
+    EXPECT_EQ(dec.finish, FinishReason::kLength);
+    EXPECT_EQ(decode->cache().Stats().free_blocks, decode->cache().config().n_blocks);
+  }
 }
 
 TEST(Engine, ReserveSaysNoRoomAsAValue) {

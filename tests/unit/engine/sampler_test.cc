@@ -78,6 +78,36 @@ TEST(Sampler, SameSeedSameTokens) {
   EXPECT_EQ(a, b);
 }
 
+// A sampler that skips n samples draws what one that sampled n times would
+// draw next, including after a sample whose logits were all non-finite.
+TEST(Sampler, SkipSamplesContinuesTheSeededStream) {
+  SamplingParams p;
+  p.seed = 5;
+  std::vector<TokenId> whole;
+  Sampler s(p, 0);
+  for (int i = 0; i < 24; ++i) {
+    std::vector<float> l = Logits();
+    if (i == 3) l.assign(6, std::numeric_limits<float>::infinity());
+    whole.push_back(s.Sample(l.data(), 6).token);
+  }
+  for (int k : {1, 4, 23}) {
+    Sampler rest(p, 0);
+    rest.SkipSamples(k);
+    for (int i = k; i < 24; ++i) {
+      std::vector<float> l = Logits();
+      if (i == 3) l.assign(6, std::numeric_limits<float>::infinity());
+      EXPECT_EQ(rest.Sample(l.data(), 6).token, whole[i]) << "skipped " << k << ", sample " << i;
+    }
+  }
+  // Greedy draws nothing: skipping is a no-op.
+  SamplingParams g;
+  g.temperature = 0;
+  Sampler greedy(g, 0);
+  greedy.SkipSamples(1000);
+  std::vector<float> l = Logits();
+  EXPECT_EQ(greedy.Sample(l.data(), 6).token, 1);
+}
+
 TEST(Sampler, PenaltiesDiscourageRepeats) {
   SamplingParams p;
   p.temperature = 0;

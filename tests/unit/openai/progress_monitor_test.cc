@@ -37,5 +37,20 @@ TEST(ProgressMonitorTest, WorkArrivingAfterIdleCountsFromItsArrival) {
   EXPECT_TRUE(m.stalled());
 }
 
+// Liveness fails only past its own limit (longer than readiness's), and
+// never when it is off.
+TEST(ProgressMonitorTest, DeadOnlyPastTheLivenessLimit) {
+  ProgressMonitor m(5 * kSec);
+  m.Observe(7, true, 0);
+  m.Observe(7, true, 6 * kSec);
+  ASSERT_TRUE(m.stalled());
+  EXPECT_FALSE(ProgressMonitor::Dead(m.stalled_for_ns(6 * kSec), 30 * kSec));
+  m.Observe(7, true, 31 * kSec);
+  EXPECT_TRUE(ProgressMonitor::Dead(m.stalled_for_ns(31 * kSec), 30 * kSec));
+  EXPECT_FALSE(ProgressMonitor::Dead(m.stalled_for_ns(31 * kSec), 0));
+  m.Observe(8, true, 32 * kSec);  // a step: alive again
+  EXPECT_FALSE(ProgressMonitor::Dead(m.stalled_for_ns(32 * kSec), 30 * kSec));
+}
+
 }  // namespace
 }  // namespace pdserve::node
