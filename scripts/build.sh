@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds pdserve into build/ (Release, Ninja, ccache).
-# Extra arguments go to cmake's configure step.
+# Extra arguments go to cmake's configure step; TARGETS="a b" builds only those.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
@@ -14,4 +14,9 @@ export CCACHE_NOHASHDIR=1
 if [ ! -f "$BUILD_DIR/build.ninja" ] || [ $# -gt 0 ]; then
   cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja "$@"
 fi
-cmake --build "$BUILD_DIR" -j "$JOBS"
+if [ -n "${TARGETS:-}" ]; then
+  # shellcheck disable=SC2086  # a list of target names
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target $TARGETS
+else
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+fi
