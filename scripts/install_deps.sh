@@ -32,12 +32,14 @@ else
   echo "install_deps: Debian packages present"
 fi
 
-# Python packages used by tests (real clients we did not write).
+# Python packages used by tests (real clients we did not write) and by the
+# benchmark tools (gguf + numpy: tools/make_dummy_gguf.py).
 PY=${PYTHON:-python3}
 PY_PACKAGES=(grpcio==1.* grpcio-tools==1.* grpcio-reflection==1.* grpcio-health-checking==1.*
-             protobuf openai kubernetes-validate jinja2)
+             protobuf openai kubernetes-validate jinja2 numpy gguf)
 need_py=0
-for mod in grpc grpc_tools grpc_reflection grpc_health google.protobuf openai kubernetes_validate jinja2; do
+for mod in grpc grpc_tools grpc_reflection grpc_health google.protobuf openai kubernetes_validate jinja2 \
+           numpy gguf; do
   if ! "$PY" -c "import $mod" >/dev/null 2>&1; then need_py=1; fi
 done
 if [ $need_py = 1 ]; then
