@@ -15,6 +15,7 @@
 #   PDSERVE   [build/bin/pdserve]   MODELS_DIR [~/.cache/pdserve/models]
 #   OUT       [bench/results/engine_matrix]  writes $OUT.json and $OUT.md
 #   PEER_MIN_BW_FRACTION [0.5] see "Peer check" below
+#   SKIP      [] shape.type pairs not to make or run, e.g. "llama-3.2-1b.Q5_K_M"
 #
 # Peer check. The peer is built by bench/build_llama_cpp.sh (Release,
 # GGML_NATIVE=ON, its record in build_info.json). Before any figure is
@@ -41,6 +42,8 @@ PDSERVE=${PDSERVE:-$ROOT/build/bin/pdserve}
 MODELS_DIR=${MODELS_DIR:-$HOME/.cache/pdserve/models}
 OUT=${OUT:-$ROOT/bench/results/engine_matrix}
 PEER_MIN_BW_FRACTION=${PEER_MIN_BW_FRACTION:-0.5}
+SKIP=${SKIP:-}
+skipped() { [[ " $SKIP " == *" $1 "* ]]; }
 REF_MODEL=${REF_MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 PP=512
 TG=128
@@ -68,6 +71,7 @@ for shape in $SHAPES; do
     nice -n 5 python3 "$ROOT/tools/make_dummy_gguf.py" "$shape" "$src"
   fi
   for t in $TYPES; do
+    skipped "$shape.$t" && continue
     dst=$(model_path "$shape" "$t")
     if [ ! -f "$dst" ]; then
       log "quantizing $shape to $t"
@@ -138,12 +142,13 @@ rows=()
 for shape in $SHAPES; do
   for t in $TYPES; do
     tag="$shape.$t"
+    skipped "$tag" && continue
     run_pair "$tag" "$(model_path "$shape" "$t")"
     rows+=("$tag")
   done
 done
 
-CMD="SHAPES=\"$SHAPES\" TYPES=\"$TYPES\" THREADS=$THREADS REPS=$REPS ROUNDS=$ROUNDS BATCHES=\"$BATCHES\" bench/engine_matrix.sh"
+CMD="SHAPES=\"$SHAPES\" TYPES=\"$TYPES\" THREADS=$THREADS REPS=$REPS ROUNDS=$ROUNDS BATCHES=\"$BATCHES\"${SKIP:+ SKIP=\"$SKIP\"} bench/engine_matrix.sh"
 python3 - "$WORK" "$ROUNDS" "$OUT" "$LLAMA_BIN/build_info.json" "$CMD" "$PP" "$TG" "$THREADS" \
   "$REF_MODEL" "$MODELS_DIR" ref "${rows[@]}" <<'EOF'
 import datetime, json, os, platform, statistics, subprocess, sys
@@ -173,7 +178,7 @@ flags = next((l.split(":", 1)[1].split() for l in lscpu.splitlines() if l.starts
 isa = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
 rows = []
 for tag in tags:
-    shape, _, wtype = tag.partition(".")
+    shape, _, wtype = tag.rpartition(".")  # shapes have dots (llama-3.2-1b)
     model = ref_model if tag == "ref" else os.path.join(models_dir, f"dummy-{tag}.gguf")
     row = {"shape": "smollm2-135m (real weights)" if tag == "ref" else shape,
            "type": "Q4_1" if tag == "ref" else wtype, "model": model,
