@@ -32,7 +32,8 @@ void HalfGroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t
                    const ActQ8* acts, int64_t b_act0, int half, int rows, bool accumulate) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i m4 = _mm256_set1_epi8(0x0F);
-  constexpr int kQuantBytes = T == DType::kQ8_0 ? 512 : 256;
+  constexpr int kQuantBytes = PackedQuantBytes(T);
+  constexpr bool kQ5 = IsQ5(T);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) {
     if (accumulate) {
@@ -51,8 +52,9 @@ void HalfGroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t
     }
     const uint8_t* p = wg + b * pb + 32 * half;
     const __m256 d = HalfToFloat8(wg + b * pb + kQuantBytes + 16 * half);
-    const __m256 off = T == DType::kQ4_1 ? HalfToFloat8(wg + b * pb + kQuantBytes + 32 + 16 * half)
+    const __m256 off = HasMin(T) ? HalfToFloat8(wg + b * pb + kQuantBytes + 32 + 16 * half)
                        : T == DType::kQ4_0 ? _mm256_mul_ps(d, _mm256_set1_ps(-8.0f))
+                       : T == DType::kQ5_0 ? _mm256_mul_ps(d, _mm256_set1_ps(-16.0f))
                                            : _mm256_setzero_ps();
     const int64_t ba = b_act0 + b;
     if constexpr (T == DType::kQ8_0) {
@@ -83,14 +85,42 @@ void HalfGroupTile(float* y, int64_t ldy, const uint8_t* wg, int64_t nb, int64_t
         q[c] = _mm256_and_si256(raw, m4);
         q[4 + c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
       }
+      if constexpr (kQ5) {
+        // Bit c of each high-bit byte is bit 4 of chunk c's low-nibble
+        // element, bit 4 + c that of its high-nibble element.
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 256));
+        const __m256i m16 = _mm256_set1_epi8(0x10);
+        q[0] = _mm256_or_si256(q[0], _mm256_and_si256(_mm256_slli_epi16(h, 4), m16));
+        q[1] = _mm256_or_si256(q[1], _mm256_and_si256(_mm256_slli_epi16(h, 3), m16));
+        q[2] = _mm256_or_si256(q[2], _mm256_and_si256(_mm256_slli_epi16(h, 2), m16));
+        q[3] = _mm256_or_si256(q[3], _mm256_and_si256(_mm256_slli_epi16(h, 1), m16));
+        q[4] = _mm256_or_si256(q[4], _mm256_and_si256(h, m16));
+        q[5] = _mm256_or_si256(q[5], _mm256_and_si256(_mm256_srli_epi16(h, 1), m16));
+        q[6] = _mm256_or_si256(q[6], _mm256_and_si256(_mm256_srli_epi16(h, 2), m16));
+        q[7] = _mm256_or_si256(q[7], _mm256_and_si256(_mm256_srli_epi16(h, 3), m16));
+      }
       for (int t = 0; t < NT; ++t) {
         const int8_t* a = acts[t].qs + ba * kQK;
-        // Eight products of 15 · 127 pairs stay below 2^15 in int16.
-        __m256i s16 = _mm256_maddubs_epi16(q[0], Bcast4(a));
-        for (int c = 1; c < 8; ++c) {
-          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[c], Bcast4(a + 4 * c)));
+        __m256i s32;
+        if constexpr (kQ5) {
+          // Four products of 31 · 127 pairs stay below 2^15 in int16, eight
+          // would not: widen each half separately.
+          __m256i lo = _mm256_maddubs_epi16(q[0], Bcast4(a));
+          __m256i hi = _mm256_maddubs_epi16(q[4], Bcast4(a + 16));
+          for (int c = 1; c < 4; ++c) {
+            lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(q[c], Bcast4(a + 4 * c)));
+            hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(q[4 + c], Bcast4(a + 16 + 4 * c)));
+          }
+          s32 = _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones));
+        } else {
+          // Eight products of 15 · 127 pairs stay below 2^15 in int16.
+          __m256i s16 = _mm256_maddubs_epi16(q[0], Bcast4(a));
+          for (int c = 1; c < 8; ++c) {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(q[c], Bcast4(a + 4 * c)));
+          }
+          s32 = _mm256_madd_epi16(s16, ones);
         }
-        const __m256 s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
+        const __m256 s = _mm256_cvtepi32_ps(s32);
         acc[t] = _mm256_fmadd_ps(s, _mm256_mul_ps(d, _mm256_set1_ps(acts[t].d[ba])), acc[t]);
         acc[t] = _mm256_fmadd_ps(off, _mm256_set1_ps(acts[t].sa[ba]), acc[t]);
       }
@@ -186,6 +216,47 @@ float DotQ4K(const BlockQ4_K* x, const BlockQ8_K* a, int64_t nb) {
   return HSum(acc) - acc_m;
 }
 
+// Q5_K against Q8_K: Q4_K's math with bit 4 of each quant from qh.
+float DotQ5K(const BlockQ5_K* x, const BlockQ8_K* a, int64_t nb) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  float acc_m = 0;
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 8; ++j) GetScaleMinK4(j, x[i].scales, &sc[j], &mn[j]);
+    int min_sum = 0;
+    for (int j = 0; j < 8; ++j) min_sum += mn[j] * (a[i].bsums[2 * j] + a[i].bsums[2 * j + 1]);
+    const __m256i hbits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qh));
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 4; ++j) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[i].qs + 32 * j));
+      // Bit 2j of qh[l] -> bit 4 of the low quant, bit 2j + 1 -> of the high
+      // (masked first, so the 16-bit shifts move nothing across bytes).
+      const __m128i cnt_lo = _mm_cvtsi32_si128(2 * j), cnt_hi = _mm_cvtsi32_si128(2 * j + 1);
+      const __m256i hlo = _mm256_slli_epi16(
+          _mm256_srl_epi16(
+              _mm256_and_si256(hbits, _mm256_set1_epi8(static_cast<char>(1 << (2 * j)))), cnt_lo),
+          4);
+      const __m256i hhi = _mm256_slli_epi16(
+          _mm256_srl_epi16(
+              _mm256_and_si256(hbits, _mm256_set1_epi8(static_cast<char>(2 << (2 * j)))), cnt_hi),
+          4);
+      const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), hlo);
+      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), hhi);
+      const __m256i alo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs + 64 * j));
+      const __m256i ahi =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].qs + 64 * j + 32));
+      sumi = _mm256_add_epi32(
+          sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, alo), _mm256_set1_epi16(sc[2 * j])));
+      sumi = _mm256_add_epi32(
+          sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ahi), _mm256_set1_epi16(sc[2 * j + 1])));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * F16ToF32(x[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    acc_m += a[i].d * F16ToF32(x[i].dmin) * static_cast<float>(min_sum);
+  }
+  return HSum(acc) - acc_m;
+}
+
 // Q6_K against Q8_K: 6-bit quants as unsigned 0..63, the -32 offset taken
 // off afterwards through the 16-element activation sums.
 float DotQ6K(const BlockQ6_K* x, const BlockQ8_K* a, int64_t nb) {
@@ -237,6 +308,8 @@ void MatMulK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64
           reinterpret_cast<const BlockQ8_K*>(static_cast<const uint8_t*>(xq) + t * act_row_bytes);
       if constexpr (T == DType::kQ4_K) {
         y[t * ldy + r] = DotQ4K(reinterpret_cast<const BlockQ4_K*>(wr), a, nb);
+      } else if constexpr (T == DType::kQ5_K) {
+        y[t * ldy + r] = DotQ5K(reinterpret_cast<const BlockQ5_K*>(wr), a, nb);
       } else {
         y[t * ldy + r] = DotQ6K(reinterpret_cast<const BlockQ6_K*>(wr), a, nb);
       }
@@ -293,10 +366,16 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
       return MatMulQ<DType::kQ4_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ4_1:
       return MatMulQ<DType::kQ4_1>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ5_0:
+      return MatMulQ<DType::kQ5_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ5_1:
+      return MatMulQ<DType::kQ5_1>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ8_0:
       return MatMulQ<DType::kQ8_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ4_K:
       return MatMulK<DType::kQ4_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ5_K:
+      return MatMulK<DType::kQ5_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ6_K:
       return MatMulK<DType::kQ6_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kF32:

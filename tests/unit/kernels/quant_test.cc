@@ -78,9 +78,11 @@ TEST_P(QuantRoundTripTest, ErrorIsWithinGgmlBounds) {
 INSTANTIATE_TEST_SUITE_P(
     AllTypes, QuantRoundTripTest,
     ::testing::Values(RoundTripCase{DType::kF16, 1e-7}, RoundTripCase{DType::kQ4_0, 1.3e-2},
-                      RoundTripCase{DType::kQ4_1, 1.1e-2}, RoundTripCase{DType::kQ8_0, 5e-5},
+                      RoundTripCase{DType::kQ4_1, 1.1e-2}, RoundTripCase{DType::kQ5_0, 2.5e-3},
+                      RoundTripCase{DType::kQ5_1, 1.9e-3}, RoundTripCase{DType::kQ8_0, 5e-5},
                       RoundTripCase{DType::kQ8_1, 5e-5}, RoundTripCase{DType::kQ4_K, 1e-2},
-                      RoundTripCase{DType::kQ6_K, 8e-4}, RoundTripCase{DType::kQ8_K, 7e-5}),
+                      RoundTripCase{DType::kQ5_K, 1.7e-3}, RoundTripCase{DType::kQ6_K, 8e-4},
+                      RoundTripCase{DType::kQ8_K, 7e-5}),
     [](const auto& info) { return std::string(GetDType(info.param.type).name); });
 
 TEST(QuantTest, Q8_0IsExactOnItsGrid) {
