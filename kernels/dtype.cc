@@ -32,7 +32,7 @@ constexpr DTypeInfo kTypes[] = {
     {DType::kI64, "i64", 1, 8, false},
     {DType::kF64, "f64", 1, 8, false},
     {DType::kIQ1_M, "iq1_m", 256, 56, false},
-    {DType::kBF16, "bf16", 1, 2, false},
+    {DType::kBF16, "bf16", 1, 2, true},
     {DType::kTQ1_0, "tq1_0", 256, 54, false},
     {DType::kTQ2_0, "tq2_0", 256, 66, false},
     {DType::kMXFP4, "mxfp4", 32, 17, false},
@@ -50,7 +50,7 @@ const DTypeInfo* FindDType(uint32_t id) {
 }
 
 const char* SupportedMatmulTypes() {
-  return "f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K";
+  return "f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K";
 }
 
 }  // namespace pdserve::kernels

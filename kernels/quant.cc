@@ -654,6 +654,14 @@ void QuantizeRow(void* y, const float* x, DType t, int64_t n) {
       }
       break;
     }
+    case DType::kBF16: {
+      uint8_t* p = static_cast<uint8_t*>(y);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = F32ToBF16(x[i]);
+        std::memcpy(p + 2 * i, &h, 2);
+      }
+      break;
+    }
     case DType::kQ4_0:
       QuantQ4_0(static_cast<BlockQ4_0*>(y), x, nb);
       break;

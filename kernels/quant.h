@@ -112,10 +112,10 @@ inline void GetScaleMinK4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
 }
 
 // Reference dequantization of `n` elements (a whole number of blocks) of a
-// type with FindDType(t)->matmul == true, plus BF16.
+// type with FindDType(t)->matmul == true.
 void DequantizeRow(float* y, const void* x, DType t, int64_t n);
 
-// Reference quantization of `n` floats into type `t` (F32, F16, Q4_0, Q4_1,
+// Reference quantization of `n` floats into type `t` (F32, F16, BF16, Q4_0, Q4_1,
 // Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q5_K, Q6_K, Q8_K). Used by tests and the GGUF writer to
 // synthesize models; not on the hot path.
 void QuantizeRow(void* y, const float* x, DType t, int64_t n);

@@ -372,39 +372,69 @@ template <DType T>
 inline __m256 LoadW(const uint8_t* row, int64_t k) {
   if constexpr (T == DType::kF16) {
     return HalfToFloat8(row + 2 * k);
+  } else if constexpr (T == DType::kBF16) {
+    const __m256i h =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
   } else {
     return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
   }
 }
 
-// F32 / F16 weights: 4 rows x 1 token per step, 8 lanes of FMA.
+// F32 / F16 / BF16 weights: 4 rows x NT tokens, one 8-lane FMA accumulator
+// each, so each converted weight vector feeds NT tokens. A (row, token) sum
+// runs in the same order whatever the tile.
+template <DType T, int NT>
+void FloatTile(float* y, int64_t ldy, const uint8_t* w0, int64_t rb, const float* const* x,
+               int64_t n) {
+  __m256 acc[4][NT];
+  for (int i = 0; i < 4; ++i) {
+    for (int t = 0; t < NT; ++t) acc[i][t] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < n; k += 8) {
+    __m256 wv[4];
+    for (int i = 0; i < 4; ++i) wv[i] = LoadW<T>(w0 + i * rb, k);
+    for (int t = 0; t < NT; ++t) {
+      const __m256 xv = _mm256_loadu_ps(x[t] + k);
+      for (int i = 0; i < 4; ++i) acc[i][t] = _mm256_fmadd_ps(wv[i], xv, acc[i][t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    for (int i = 0; i < 4; ++i) y[t * ldy + i] = HSum(acc[i][t]);
+  }
+}
+
+// Rows in groups of 64 (256 KiB of f16 rows of 2048: L2) with tiles of 2
+// tokens inside, so weights stream from memory once per call.
 template <DType T>
 void MatMulFloat(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                  int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
-  const int64_t n = w.n_in, rb = RowBytes(T, n), n8 = n / 8 * 8;
+  constexpr int kTokens = 2;
+  constexpr int64_t kGroupRows = 64;
+  const int64_t n = w.n_in, rb = RowBytes(T, n);
   const uint8_t* wd = static_cast<const uint8_t*>(w.data);  // (n_out, rb)
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const float* x =
-        reinterpret_cast<const float*>(static_cast<const uint8_t*>(xq) + t * act_row_bytes);  // (n)
-    int64_t r = r0;
-    if (n8 == n) {
-      for (; r + 4 <= r1; r += 4) {
-        const uint8_t* w0 = wd + r * rb;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t k = 0; k < n8; k += 8) {
-          const __m256 xv = _mm256_loadu_ps(x + k);
-          a0 = _mm256_fmadd_ps(LoadW<T>(w0, k), xv, a0);
-          a1 = _mm256_fmadd_ps(LoadW<T>(w0 + rb, k), xv, a1);
-          a2 = _mm256_fmadd_ps(LoadW<T>(w0 + 2 * rb, k), xv, a2);
-          a3 = _mm256_fmadd_ps(LoadW<T>(w0 + 3 * rb, k), xv, a3);
+  auto x_row = [&](int64_t t) {
+    return reinterpret_cast<const float*>(static_cast<const uint8_t*>(xq) + t * act_row_bytes);
+  };
+  // Rows past a multiple of 4 (and rows of other lengths) take the portable dot.
+  const int64_t r4 = n % 8 == 0 ? r0 + (r1 - r0) / 4 * 4 : r0;
+  for (int64_t g = r0; g < r4; g += kGroupRows) {
+    const int64_t g1 = g + kGroupRows < r4 ? g + kGroupRows : r4;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokens) {
+      const float* x[kTokens] = {x_row(t0), x_row(t0 + 1 < n_tokens ? t0 + 1 : t0)};
+      for (int64_t r = g; r < g1; r += 4) {
+        if (t0 + 1 < n_tokens) {
+          FloatTile<T, 2>(y + t0 * ldy + r, ldy, wd + r * rb, rb, x, n);
+        } else {
+          FloatTile<T, 1>(y + t0 * ldy + r, ldy, wd + r * rb, rb, x, n);
         }
-        y[t * ldy + r] = HSum(a0);
-        y[t * ldy + r + 1] = HSum(a1);
-        y[t * ldy + r + 2] = HSum(a2);
-        y[t * ldy + r + 3] = HSum(a3);
       }
     }
-    if (r < r1) MatMulScalar(y + t * ldy, ldy, w, x, act_row_bytes, 1, r, r1);
+  }
+  if (r4 < r1) {
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      MatMulScalar(y + t * ldy, ldy, w, x_row(t), act_row_bytes, 1, r4, r1);
+    }
   }
 }
 
@@ -433,6 +463,8 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
       return MatMulFloat<DType::kF32>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kF16:
       return MatMulFloat<DType::kF16>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kBF16:
+      return MatMulFloat<DType::kBF16>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     default:
       return MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
   }

@@ -33,6 +33,14 @@ float DotF16(const void* w, const void* x, int64_t n) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+float DotBF16(const void* w, const void* x, int64_t n) {
+  const uint8_t* wh = static_cast<const uint8_t*>(w);  // (n) bf16
+  const float* xf = static_cast<const float*>(x);      // (n)
+  float acc[4] = {};
+  for (int64_t k = 0; k < n; ++k) acc[k & 3] += BF16ToF32(LoadU16(wh + 2 * k)) * xf[k];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 // Q4_0/Q4_1/Q8_0 against an ActQ8 row: per block d_w·d_a·Σ(q·a) plus the
 // offset term (Q4_0: -8·d_w, Q4_1: m) times the activation block sum.
 float DotQ4_0(const void* w, const void* x, int64_t n) {
@@ -205,6 +213,8 @@ DotFn DotFor(DType t) {
       return DotF32;
     case DType::kF16:
       return DotF16;
+    case DType::kBF16:
+      return DotBF16;
     case DType::kQ4_0:
       return DotQ4_0;
     case DType::kQ4_1:

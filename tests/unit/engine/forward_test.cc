@@ -102,6 +102,7 @@ INSTANTIATE_TEST_SUITE_P(
     AllWeightTypes, ForwardTypes,
     ::testing::Values(TypeCase{kernels::DType::kF32, kernels::DType::kF32, 64, 128, 4, 2},
                       TypeCase{kernels::DType::kF16, kernels::DType::kF16, 64, 128, 4, 2},
+                      TypeCase{kernels::DType::kBF16, kernels::DType::kBF16, 64, 128, 4, 2},
                       TypeCase{kernels::DType::kQ4_0, kernels::DType::kQ8_0, 64, 128, 4, 2},
                       TypeCase{kernels::DType::kQ4_1, kernels::DType::kQ8_0, 96, 160, 3, 1},
                       TypeCase{kernels::DType::kQ5_0, kernels::DType::kQ8_0, 64, 128, 4, 2},

@@ -136,6 +136,9 @@ TEST(GgufPyDequantize, MatMulKernelsMatchGgufPyWeights) {
   int checked = 0;
   for (const TensorInfo& t : f->tensors()) {
     if (t.name.ends_with(".expected") || !kernels::GetDType(t.type).matmul) continue;
+    // Random bf16 bit patterns span float's whole exponent range, so W·x
+    // overflows float by construction; the bit-exact test above covers them.
+    if (t.name == "bf16.random") continue;
     const std::string name(t.name);
     SCOPED_TRACE(name);
     const TensorInfo* want = f->FindTensor(name + ".expected");
@@ -177,7 +180,7 @@ TEST(GgufPyDequantize, MatMulKernelsMatchGgufPyWeights) {
     }
     ++checked;
   }
-  EXPECT_GE(checked, 15);  // F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 twice; Q4_K, Q5_K, Q6_K
+  EXPECT_GE(checked, 16);  // F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 twice; BF16, Q4_K, Q5_K, Q6_K
 }
 
 // The engine's own encoder, decoded by the engine, must reproduce what

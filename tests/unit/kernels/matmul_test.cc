@@ -93,8 +93,8 @@ class MatMulTest : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
 // must mean a missing GPU, nothing else).
 std::vector<std::tuple<DType, bool>> WeightTypeParams() {
   std::vector<std::tuple<DType, bool>> params;
-  for (DType t : {DType::kF32, DType::kF16, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1,
-                  DType::kQ8_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                  DType::kQ5_1, DType::kQ8_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     params.emplace_back(t, false);
     if (PackedWeightBytes({nullptr, t, 16, 256}) > 0) params.emplace_back(t, true);
   }
@@ -168,7 +168,8 @@ TEST(MatMulPackTest, PackedRowsDequantizeLikeGgmlRows) {
       ASSERT_EQ(a, b) << GetDType(type).name << " row " << r;
     }
   }
-  for (DType type : {DType::kF32, DType::kF16, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  for (DType type :
+       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     EXPECT_EQ(PackedWeightBytes(TestWeights(type, 16, 256, 1).w), 0);
   }
 }
@@ -183,6 +184,7 @@ TEST(MatMulApiTest, ActFormats) {
   EXPECT_EQ(ActFormatFor(DType::kQ5_K), ActFormat::kQ8_K);
   EXPECT_EQ(ActFormatFor(DType::kQ6_K), ActFormat::kQ8_K);
   EXPECT_EQ(ActFormatFor(DType::kF16), ActFormat::kF32);
+  EXPECT_EQ(ActFormatFor(DType::kBF16), ActFormat::kF32);
   EXPECT_EQ(ActFormatFor(DType::kF32), ActFormat::kF32);
   EXPECT_EQ(ActRowBytes(ActFormat::kQ8_1, 576), 576 + 18 * 8);
   EXPECT_EQ(ActRowBytes(ActFormat::kQ8_K, 512), 2 * 292);
