@@ -74,8 +74,10 @@ void SwiGluQuantize(void* xq, ActFormat f, const float* gate, const float* up, i
 // y[t * ldy + r] = Σ_k W[r][k] · x[t][k] for t < n_tokens and the output rows
 // r that belong to thread ith of nth (SplitRange(n_out, ith, nth, 16)). xq
 // holds the activations encoded in ActFormatFor(w.type), 4-byte aligned or
-// better. Batches are tiled 16 rows x 8 tokens (AVX-512), so weights stream
-// from memory once per call whatever n_tokens is.
+// better. Batches are tiled: packed 32-block types 16 rows x 8 tokens
+// (AVX-512) or 8 x 4 (AVX2), K-quants 1 row x 4 tokens inside groups of 16
+// rows, float types 4 rows x 2 tokens inside groups of 64 rows; so weights
+// stream from memory once per call whatever n_tokens is.
 void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens, int ith,
             int nth);
 
