@@ -1,9 +1,11 @@
-// Kernel micro-benchmark: matmuls for SmolLM2-135M's shapes in Q4_1 and
-// Q8_0, attention, thread-pool overheads, and a memory-bandwidth reference
-// measured in the same run. Prints a table; asserts nothing.
+// Kernel micro-benchmark: matmuls for SmolLM2-135M's (or Llama-3.2-1B's)
+// shapes in Q4_1 and Q8_0 (or the --types given), attention, thread-pool
+// overheads, and a memory-bandwidth reference measured in the same run.
+// Prints a table; asserts nothing.
 //
 //   kernels_bench [--quick] [--wall] [--hugepages] [--isa=scalar|avx2|avx512]
 //                 [--only=bw|pool|quant|model|matmul|attention]
+//                 [--types=q4_K,q5_K,q6_K,...] [--shapes=smollm2|llama-3.2-1b]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <string>
@@ -141,11 +144,18 @@ constexpr Shape kShapes[] = {{"attn_q/o", 576, 576},
                              {"ffn_gate/up", 1536, 576},
                              {"ffn_down", 576, 1536},
                              {"output", 49152, 576}};
+// Llama-3.2-1B: q/o, k/v, gate/up, down (the 128256-row output left out).
+constexpr Shape kShapes1B[] = {{"attn_q/o", 2048, 2048},
+                               {"attn_k/v", 512, 2048},
+                               {"ffn_gate/up", 8192, 2048},
+                               {"ffn_down", 2048, 8192}};
 
 struct Options {
   bool quick = false;
   std::string only;  // run one section: bw, pool, quant, model, matmul, attention
   double min_s = 0.4;
+  std::vector<DType> types = {DType::kQ4_1, DType::kQ8_0};  // matmul weight types
+  bool shapes_1b = false;                                   // Llama-3.2-1B shapes
 };
 
 // Measured read bandwidth by thread count: DRAM (1 GiB) and model-sized
@@ -537,6 +547,28 @@ int main(int argc, char** argv) {
       g_hugepages = true;
     } else if (a.rfind("--only=", 0) == 0) {
       opt.only = a.substr(7);
+    } else if (a.rfind("--types=", 0) == 0) {
+      opt.types.clear();
+      std::string list = a.substr(8) + ",";
+      for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos;
+           at = comma + 1) {
+        const std::string name = list.substr(at, comma - at);
+        const DTypeInfo* found = nullptr;
+        for (uint32_t id = 0; id < 64 && found == nullptr; ++id) {
+          const DTypeInfo* info = FindDType(id);
+          if (info != nullptr && info->matmul && name == info->name) found = info;
+        }
+        if (found == nullptr) {
+          std::fprintf(stderr, "--types: unknown or unsupported type '%s' (supported: %s)\n",
+                       name.c_str(), SupportedMatmulTypes());
+          return 2;
+        }
+        opt.types.push_back(found->type);
+      }
+    } else if (a == "--shapes=llama-3.2-1b") {
+      opt.shapes_1b = true;
+    } else if (a == "--shapes=smollm2") {
+      opt.shapes_1b = false;
     } else if (a.rfind("--isa=", 0) == 0) {
       const std::string name = a.substr(6);
       for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
@@ -548,7 +580,8 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--quick] [--wall] [--hugepages] [--isa=scalar|avx2|avx512] "
-                   "[--only=bw|pool|quant|model|matmul|attention]\n",
+                   "[--only=bw|pool|quant|model|matmul|attention] [--types=q4_K,...] "
+                   "[--shapes=smollm2|llama-3.2-1b]\n",
                    argv[0]);
       return 2;
     }
@@ -580,11 +613,14 @@ int main(int argc, char** argv) {
       "\nmatmul: GB/s counts weight bytes per call; weights rotate through 1 GiB of copies "
       "(dram), 96 MiB of copies (model: the whole model's bytes, as in a decode step) or stay "
       "in cache (hot)\n");
-  for (DType type : {DType::kQ4_1, DType::kQ8_0}) {
-    for (const Shape& shape : kShapes) {
-      if (opt.quick && shape.n_out == 192) continue;
+  std::vector<Shape> shapes(std::begin(kShapes), std::end(kShapes));
+  if (opt.shapes_1b) shapes.assign(std::begin(kShapes1B), std::end(kShapes1B));
+  for (DType type : opt.types) {
+    for (const Shape& shape : shapes) {
+      if (opt.quick && (shape.n_out == 192 || shape.n_out == 512)) continue;
+      const bool can_pack = PackedWeightBytes({nullptr, type, shape.n_out, shape.n_in}) > 0;
       for (bool packed : {true, false}) {
-        if (opt.quick && !packed) continue;
+        if (packed ? !can_pack : opt.quick && can_pack) continue;
         BenchMatMul(opt, type, shape, packed);
       }
     }

@@ -15,7 +15,10 @@ void AddEngineFlags(po::options_description* desc) {
       "load-format", po::value<std::string>()->default_value("gguf"),
       "gguf, or dummy: random weights of the shape --dummy-config names")(
       "dummy-config", po::value<std::string>()->default_value("tiny"),
-      "shape for --load-format dummy: tiny, smollm2-135m, llama-3-8b")(
+      "shape for --load-format dummy: tiny, smollm2-135m, llama-3.2-1b, llama-3-8b")(
+      "dummy-type", po::value<std::string>()->default_value(""),
+      "weight types for --load-format dummy, as llama-quantize lays out a file type: q4_0, "
+      "q8_0, q6_k, q4_k_m, q5_k_m (default: the shape's own)")(
       "dummy-seed", po::value<uint64_t>()->default_value(1), "seed for dummy weights")(
       "device", po::value<std::string>()->default_value("cpu"), "cpu, cuda or cuda:N")(
       "threads,t", po::value<int>()->default_value(0), "compute threads (0: all CPUs allowed)")(
@@ -42,6 +45,7 @@ absl::Status ReadEngineFlags(const po::variables_map& vm, EngineFlags* out) {
   }
   out->dummy_config = vm["dummy-config"].as<std::string>();
   out->dummy_seed = vm["dummy-seed"].as<uint64_t>();
+  out->dummy_type = vm["dummy-type"].as<std::string>();
   EngineOptions& o = out->options;
   o.device = vm["device"].as<std::string>();
   o.n_threads = vm["threads"].as<int>();
@@ -84,6 +88,9 @@ absl::StatusOr<std::shared_ptr<const Model>> LoadModel(const EngineFlags& flags)
     absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(flags.dummy_config);
     if (!spec.ok()) return spec.status();
     spec->seed = flags.dummy_seed;
+    if (!flags.dummy_type.empty()) {
+      if (absl::Status s = SetDummyFileType(flags.dummy_type, &*spec); !s.ok()) return s;
+    }
     absl::StatusOr<std::string> bytes = BuildDummyModelGguf(*spec);
     if (!bytes.ok()) return bytes.status();
     absl::StatusOr<std::unique_ptr<gguf::GgufFile>> file = gguf::GgufFile::FromBytes(*bytes);

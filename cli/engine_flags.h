@@ -18,6 +18,7 @@ struct EngineFlags {
   std::string model_path;
   std::string load_format = "gguf";  // gguf, or dummy (random weights of a named shape)
   std::string dummy_config;
+  std::string dummy_type;  // llama-quantize file type for dummy weights ("": the shape's own)
   uint64_t dummy_seed = 1;
   int32_t n_ctx = 0;
   EngineOptions options;

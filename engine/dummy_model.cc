@@ -35,9 +35,9 @@ std::vector<std::string> ByteTokens() {
 }
 
 // Uniform weights in [-scale, scale], written to dst (n_out rows of the
-// type's row bytes). The 32-blocks are written as random codes with a fixed
-// scale (fast enough for 8B-parameter shapes); the other types go through
-// the reference quantizer.
+// type's row bytes). Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 and the K-quants are written
+// as random codes with fixed or random scales (fast enough for 8B-parameter
+// shapes); the other types go through the reference quantizer.
 void QuantizedInto(uint8_t* dst, Rng& rng, kernels::DType type, int64_t n_out, int64_t n_in,
                    float scale) {
   const int64_t row_bytes = kernels::RowBytes(type, n_in);
@@ -64,6 +64,73 @@ void QuantizedInto(uint8_t* dst, Rng& rng, kernels::DType type, int64_t n_out, i
       b[i].d = d;
       b[i].m = m;
       random_bytes(b[i].qs, sizeof(b[i].qs));
+    }
+    return;
+  }
+  if (type == kernels::DType::kQ5_0) {
+    auto* b = reinterpret_cast<kernels::BlockQ5_0*>(dst);
+    const uint16_t d = kernels::F32ToF16(scale / 16);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      b[i].d = d;
+      random_bytes(b[i].qh, sizeof(b[i].qh));
+      random_bytes(b[i].qs, sizeof(b[i].qs));
+    }
+    return;
+  }
+  if (type == kernels::DType::kQ5_1) {
+    auto* b = reinterpret_cast<kernels::BlockQ5_1*>(dst);
+    const uint16_t d = kernels::F32ToF16(scale * 2 / 31), m = kernels::F32ToF16(-scale);
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      b[i].d = d;
+      b[i].m = m;
+      random_bytes(b[i].qh, sizeof(b[i].qh));
+      random_bytes(b[i].qs, sizeof(b[i].qs));
+    }
+    return;
+  }
+  if (type == kernels::DType::kQ4_K || type == kernels::DType::kQ5_K) {
+    // w = d·sc·q - dmin·m with random 6-bit sc in [32, 63] and m = sc·mid/16
+    // (dmin = 16·d), so each sub-block spans about ±d·sc·mid around zero.
+    const bool q5 = type == kernels::DType::kQ5_K;
+    const float mid = q5 ? 15.5f : 7.5f;
+    const float d = scale / (63 * mid);
+    const uint16_t d16 = kernels::F32ToF16(d), dmin16 = kernels::F32ToF16(16 * d);
+    const int64_t n_super = n_out * n_in / kernels::kQKK;
+    for (int64_t i = 0; i < n_super; ++i) {
+      uint8_t* blk = dst + i * kernels::GetDType(type).type_size;
+      uint8_t sc[8], m[8], r[8];
+      random_bytes(r, 8);
+      for (int j = 0; j < 8; ++j) {
+        sc[j] = static_cast<uint8_t>(32 + (r[j] & 31));
+        m[j] = static_cast<uint8_t>(std::lround(sc[j] * mid / 16));
+      }
+      uint8_t scales[kernels::kKScaleBytes] = {};
+      for (int j = 0; j < 8; ++j) {
+        if (j < 4) {
+          scales[j] = sc[j];
+          scales[j + 4] = m[j];
+        } else {
+          scales[j + 4] = static_cast<uint8_t>((sc[j] & 0xF) | ((m[j] & 0xF) << 4));
+          scales[j - 4] |= static_cast<uint8_t>((sc[j] >> 4) << 6);
+          scales[j] |= static_cast<uint8_t>((m[j] >> 4) << 6);
+        }
+      }
+      std::memcpy(blk, &d16, 2);
+      std::memcpy(blk + 2, &dmin16, 2);
+      std::memcpy(blk + 4, scales, sizeof(scales));
+      random_bytes(blk + 4 + sizeof(scales), q5 ? 32 + 128 : 128);  // (qh,) qs
+    }
+    return;
+  }
+  if (type == kernels::DType::kQ6_K) {
+    auto* b = reinterpret_cast<kernels::BlockQ6_K*>(dst);
+    const uint16_t d = kernels::F32ToF16(scale / (95 * 32));
+    for (int64_t i = 0; i < n_out * n_in / kernels::kQKK; ++i) {
+      b[i].d = d;
+      random_bytes(b[i].ql, sizeof(b[i].ql));
+      random_bytes(b[i].qh, sizeof(b[i].qh));
+      random_bytes(reinterpret_cast<uint8_t*>(b[i].scales), sizeof(b[i].scales));
+      for (int8_t& sc : b[i].scales) sc = static_cast<int8_t>(32 + (sc & 63));  // [32, 95]
     }
     return;
   }
@@ -138,7 +205,7 @@ std::string SerializeWithTensors(const gguf::GgufWriter& w,
 
 }  // namespace
 
-const char* DummyConfigNames() { return "tiny, smollm2-135m, llama-3-8b"; }
+const char* DummyConfigNames() { return "tiny, smollm2-135m, llama-3.2-1b, llama-3-8b"; }
 
 absl::StatusOr<DummyModelSpec> NamedDummyConfig(std::string_view name) {
   DummyModelSpec s;
@@ -147,6 +214,13 @@ absl::StatusOr<DummyModelSpec> NamedDummyConfig(std::string_view name) {
   if (name == "smollm2-135m") {
     s.n_layers = 30, s.n_embd = 576, s.n_heads = 9, s.n_kv_heads = 3, s.n_ff = 1536;
     s.n_ctx = 8192, s.n_vocab = 49152, s.rope_freq_base = 100000.0f;
+    return s;
+  }
+  if (name == "llama-3.2-1b") {
+    s.n_layers = 16, s.n_embd = 2048, s.n_heads = 32, s.n_kv_heads = 8, s.n_ff = 8192;
+    s.n_ctx = 8192, s.n_vocab = 128256, s.rope_freq_base = 500000.0f;
+    s.matrix_type = kernels::DType::kQ4_0;
+    s.embd_type = kernels::DType::kQ8_0;
     return s;
   }
   if (name == "llama-3-8b") {
@@ -161,17 +235,61 @@ absl::StatusOr<DummyModelSpec> NamedDummyConfig(std::string_view name) {
                                                  "' (known: ", DummyConfigNames(), ")"));
 }
 
+const char* DummyFileTypeNames() { return "q4_0, q8_0, q6_k, q4_k_m, q5_k_m"; }
+
+absl::Status SetDummyFileType(std::string_view name, DummyModelSpec* spec) {
+  using kernels::DType;
+  DType base;
+  bool k_mix = false;
+  if (name == "q4_0") {
+    base = DType::kQ4_0;
+  } else if (name == "q8_0") {
+    base = DType::kQ8_0;
+  } else if (name == "q6_k") {
+    base = DType::kQ6_K;
+  } else if (name == "q4_k_m") {
+    base = DType::kQ4_K, k_mix = true;
+  } else if (name == "q5_k_m") {
+    base = DType::kQ5_K, k_mix = true;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown dummy file type '", std::string(name),
+                                                   "' (known: ", DummyFileTypeNames(), ")"));
+  }
+  // llama.cpp's fallback for rows that are not whole super-blocks.
+  auto fit = [](DType t, int64_t n_in) {
+    if (n_in % kernels::kQKK == 0) return t;
+    switch (t) {
+      case DType::kQ4_K:
+        return DType::kQ5_0;
+      case DType::kQ5_K:
+        return DType::kQ5_1;
+      case DType::kQ6_K:
+        return DType::kQ8_0;
+      default:
+        return t;
+    }
+  };
+  const int32_t n = spec->n_layers;
+  auto more_bits = [n](int32_t i) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; };
+  spec->matrix_type = fit(base, spec->n_embd);
+  // The output matrix: Q6_K unless the file is Q8_0.
+  const DType out = base == DType::kQ8_0 ? DType::kQ8_0 : fit(DType::kQ6_K, spec->n_embd);
+  spec->embd_type = spec->tied_embeddings ? out : fit(base, spec->n_embd);
+  spec->tensor_types.clear();
+  if (!spec->tied_embeddings) spec->tensor_types["output.weight"] = out;
+  for (int32_t l = 0; l < n; ++l) {
+    const std::string p = absl::StrCat("blk.", l, ".");
+    const bool more = k_mix && more_bits(l);
+    spec->tensor_types[p + "attn_v.weight"] = fit(more ? DType::kQ6_K : base, spec->n_embd);
+    spec->tensor_types[p + "ffn_down.weight"] = fit(more ? DType::kQ6_K : base, spec->n_ff);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> BuildDummyModelGguf(const DummyModelSpec& s) {
   if (s.n_layers < 1 || s.n_embd < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.n_ff < 1 ||
       s.n_embd % s.n_heads != 0 || s.n_heads % s.n_kv_heads != 0) {
     return absl::InvalidArgumentError("dummy model: inconsistent shape");
-  }
-  for (kernels::DType t : {s.matrix_type, s.embd_type}) {
-    const kernels::DTypeInfo& info = kernels::GetDType(t);
-    if (s.n_embd % info.block_size != 0 || s.n_ff % info.block_size != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("dummy model: widths must be multiples of ",
-                                                     info.block_size, " for ", info.name));
-    }
   }
   // Vocabulary: the 256 byte tokens, three merges, three specials.
   std::vector<std::string> tokens = ByteTokens();
@@ -227,8 +345,16 @@ absl::StatusOr<std::string> BuildDummyModelGguf(const DummyModelSpec& s) {
   const float ff_scale = 1.0f / std::sqrt(static_cast<float>(s.n_ff));
   const int64_t E = s.n_embd, QD = s.n_embd, KVD = static_cast<int64_t>(s.n_kv_heads) * head_dim;
   std::vector<TensorSpec> tensors;
+  absl::Status status;
   auto matrix = [&](std::string name, kernels::DType type, int64_t n_out, int64_t n_in,
                     float scale) {
+    if (auto it = s.tensor_types.find(name); it != s.tensor_types.end()) type = it->second;
+    const kernels::DTypeInfo& info = kernels::GetDType(type);
+    if (n_in % info.block_size != 0 && status.ok()) {
+      status = absl::InvalidArgumentError(absl::StrCat("dummy model: ", name, " has rows of ", n_in,
+                                                       ", not a multiple of ", info.block_size,
+                                                       " for ", info.name));
+    }
     tensors.push_back({std::move(name),
                        type,
                        {n_in, n_out},
@@ -261,6 +387,7 @@ absl::StatusOr<std::string> BuildDummyModelGguf(const DummyModelSpec& s) {
     matrix(p + "ffn_up.weight", mt, s.n_ff, E, in_scale);
     matrix(p + "ffn_down.weight", mt, E, s.n_ff, ff_scale);
   }
+  if (!status.ok()) return status;
   return SerializeWithTensors(w, tensors);
 }
 

@@ -123,6 +123,14 @@ inline uint16_t F32ToF16(float f) {
   return static_cast<uint16_t>(sign | r);
 }
 
+// Round to nearest even, NaNs kept quiet (as ggml's GGML_FP32_TO_BF16).
+inline uint16_t F32ToBF16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffff) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 64);
+  return static_cast<uint16_t>((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
+
 inline float BF16ToF32(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;

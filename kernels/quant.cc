@@ -38,6 +38,37 @@ void DequantQ4_1(float* y, const BlockQ4_1* x, int64_t nb) {
   }
 }
 
+// Bit 4 of each element of a Q5_0/Q5_1 block: element j's in bit j of qh.
+inline int Q5HighBit(uint32_t qh, int j) { return static_cast<int>((qh >> j) << 4) & 0x10; }
+
+void DequantQ5_0(float* y, const BlockQ5_0* x, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = F16ToF32(x[i].d);
+    uint32_t qh;
+    std::memcpy(&qh, x[i].qh, 4);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int q0 = ((x[i].qs[j] & 0x0F) | Q5HighBit(qh, j)) - 16;
+      const int q1 = ((x[i].qs[j] >> 4) | Q5HighBit(qh, j + kQK / 2)) - 16;
+      y[i * kQK + j] = d * q0;
+      y[i * kQK + j + kQK / 2] = d * q1;
+    }
+  }
+}
+
+void DequantQ5_1(float* y, const BlockQ5_1* x, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = F16ToF32(x[i].d), m = F16ToF32(x[i].m);
+    uint32_t qh;
+    std::memcpy(&qh, x[i].qh, 4);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int q0 = (x[i].qs[j] & 0x0F) | Q5HighBit(qh, j);
+      const int q1 = (x[i].qs[j] >> 4) | Q5HighBit(qh, j + kQK / 2);
+      y[i * kQK + j] = d * q0 + m;
+      y[i * kQK + j + kQK / 2] = d * q1 + m;
+    }
+  }
+}
+
 void DequantQ8_0(float* y, const BlockQ8_0* x, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
     const float d = F16ToF32(x[i].d);
@@ -67,6 +98,29 @@ void DequantQ4_K(float* y, const BlockQ4_K* x, int64_t nb) {
       for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
       q += 32;
       is += 2;
+    }
+  }
+}
+
+void DequantQ5_K(float* y, const BlockQ5_K* x, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = F16ToF32(x[i].d), dmin = F16ToF32(x[i].dmin);
+    const uint8_t* ql = x[i].qs;
+    const uint8_t* qh = x[i].qh;
+    int is = 0;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0; j < kQKK; j += 64) {
+      uint8_t sc, m;
+      GetScaleMinK4(is + 0, x[i].scales, &sc, &m);
+      const float d1 = d * sc, m1 = dmin * m;
+      GetScaleMinK4(is + 1, x[i].scales, &sc, &m);
+      const float d2 = d * sc, m2 = dmin * m;
+      for (int l = 0; l < 32; ++l) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+      for (int l = 0; l < 32; ++l) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+      ql += 32;
+      is += 2;
+      u1 <<= 2;
+      u2 <<= 2;
     }
   }
 }
@@ -142,6 +196,54 @@ void QuantQ4_1(BlockQ4_1* y, const float* x, int64_t nb) {
           std::min(15, static_cast<int>(static_cast<int8_t>((x[j + kQK / 2] - min) * id + 0.5f)));
       y[i].qs[j] = static_cast<uint8_t>(q0 | (q1 << 4));
     }
+  }
+}
+
+void QuantQ5_0(BlockQ5_0* y, const float* x, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -16;
+    const float id = d ? 1.0f / d : 0.0f;
+    y[i].d = F32ToF16(d);
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int q0 = std::min(31, static_cast<int>(static_cast<int8_t>(x[j] * id + 16.5f)));
+      const int q1 =
+          std::min(31, static_cast<int>(static_cast<int8_t>(x[j + kQK / 2] * id + 16.5f)));
+      y[i].qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      qh |= ((static_cast<uint32_t>(q0) & 0x10u) >> 4) << j;
+      qh |= ((static_cast<uint32_t>(q1) & 0x10u) >> 4) << (j + kQK / 2);
+    }
+    std::memcpy(y[i].qh, &qh, 4);
+  }
+}
+
+void QuantQ5_1(BlockQ5_1* y, const float* x, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK) {
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (int j = 0; j < kQK; ++j) {
+      min = std::min(min, x[j]);
+      max = std::max(max, x[j]);
+    }
+    const float d = (max - min) / 31;
+    const float id = d ? 1.0f / d : 0.0f;
+    y[i].d = F32ToF16(d);
+    y[i].m = F32ToF16(min);
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      const uint32_t q0 = static_cast<uint8_t>((x[j] - min) * id + 0.5f);
+      const uint32_t q1 = static_cast<uint8_t>((x[j + kQK / 2] - min) * id + 0.5f);
+      y[i].qs[j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      qh |= ((q0 & 0x10u) >> 4) << j;
+      qh |= ((q1 & 0x10u) >> 4) << (j + kQK / 2);
+    }
+    std::memcpy(y[i].qh, &qh, 4);
   }
 }
 
@@ -357,6 +459,82 @@ void QuantQ4_K(BlockQ4_K* y, const float* x, int64_t nb) {
   }
 }
 
+// Packs 8 sub-block scales and mins (6 bits each) as Q4_K and Q5_K store them.
+void PackScalesK4(uint8_t* scales, const uint8_t* ls, const uint8_t* lm) {
+  std::memset(scales, 0, kKScaleBytes);
+  for (int j = 0; j < kQKK / 32; ++j) {
+    if (j < 4) {
+      scales[j] = ls[j];
+      scales[j + 4] = lm[j];
+    } else {
+      scales[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+      scales[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+      scales[j - 0] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+    }
+  }
+}
+
+void QuantQ5_K(BlockQ5_K* y, const float* x, int64_t nb) {
+  uint8_t L[kQKK], laux[32];
+  float weights[32], mins[kQKK / 32], scales[kQKK / 32];
+  for (int64_t i = 0; i < nb; ++i, x += kQKK) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < kQKK / 32; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+      scales[j] =
+          MakeQkx2Quants(32, 31, x + 32 * j, weights, L + 32 * j, &mins[j], laux, -0.5f, 0.1f, 15);
+      max_scale = std::max(max_scale, scales[j]);
+      max_min = std::max(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    uint8_t ls[kQKK / 32], lm[kQKK / 32];
+    for (int j = 0; j < kQKK / 32; ++j) {
+      ls[j] = static_cast<uint8_t>(std::min(63, NearestInt(inv_scale * scales[j])));
+      lm[j] = static_cast<uint8_t>(std::min(63, NearestInt(inv_min * mins[j])));
+    }
+    PackScalesK4(y[i].scales, ls, lm);
+    y[i].d = F32ToF16(max_scale / 63.f);
+    y[i].dmin = F32ToF16(max_min / 63.f);
+    // Requantize against the rounded scales.
+    for (int j = 0; j < kQKK / 32; ++j) {
+      uint8_t sc, m;
+      GetScaleMinK4(j, y[i].scales, &sc, &m);
+      const float d = F16ToF32(y[i].d) * sc;
+      if (!d) continue;
+      const float dm = F16ToF32(y[i].dmin) * m;
+      for (int l = 0; l < 32; ++l) {
+        L[32 * j + l] =
+            static_cast<uint8_t>(std::clamp(NearestInt((x[32 * j + l] + dm) / d), 0, 31));
+      }
+    }
+    uint8_t* qh = y[i].qh;
+    uint8_t* ql = y[i].qs;
+    std::memset(qh, 0, kQKK / 8);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < kQKK; n += 64, ql += 32) {
+      for (int j = 0; j < 32; ++j) {
+        int l1 = L[n + j];
+        if (l1 > 15) {
+          l1 -= 16;
+          qh[j] |= m1;
+        }
+        int l2 = L[n + j + 32];
+        if (l2 > 15) {
+          l2 -= 16;
+          qh[j] |= m2;
+        }
+        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+      }
+      m1 <<= 2;
+      m2 <<= 2;
+    }
+  }
+}
+
 void QuantQ6_K(BlockQ6_K* y, const float* x, int64_t nb) {
   int8_t L[kQKK];
   float scales[kQKK / 16];
@@ -433,6 +611,12 @@ void DequantizeRow(float* y, const void* x, DType t, int64_t n) {
     case DType::kQ4_1:
       DequantQ4_1(y, static_cast<const BlockQ4_1*>(x), nb);
       break;
+    case DType::kQ5_0:
+      DequantQ5_0(y, static_cast<const BlockQ5_0*>(x), nb);
+      break;
+    case DType::kQ5_1:
+      DequantQ5_1(y, static_cast<const BlockQ5_1*>(x), nb);
+      break;
     case DType::kQ8_0:
       DequantQ8_0(y, static_cast<const BlockQ8_0*>(x), nb);
       break;
@@ -441,6 +625,9 @@ void DequantizeRow(float* y, const void* x, DType t, int64_t n) {
       break;
     case DType::kQ4_K:
       DequantQ4_K(y, static_cast<const BlockQ4_K*>(x), nb);
+      break;
+    case DType::kQ5_K:
+      DequantQ5_K(y, static_cast<const BlockQ5_K*>(x), nb);
       break;
     case DType::kQ6_K:
       DequantQ6_K(y, static_cast<const BlockQ6_K*>(x), nb);
@@ -467,11 +654,25 @@ void QuantizeRow(void* y, const float* x, DType t, int64_t n) {
       }
       break;
     }
+    case DType::kBF16: {
+      uint8_t* p = static_cast<uint8_t*>(y);
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t h = F32ToBF16(x[i]);
+        std::memcpy(p + 2 * i, &h, 2);
+      }
+      break;
+    }
     case DType::kQ4_0:
       QuantQ4_0(static_cast<BlockQ4_0*>(y), x, nb);
       break;
     case DType::kQ4_1:
       QuantQ4_1(static_cast<BlockQ4_1*>(y), x, nb);
+      break;
+    case DType::kQ5_0:
+      QuantQ5_0(static_cast<BlockQ5_0*>(y), x, nb);
+      break;
+    case DType::kQ5_1:
+      QuantQ5_1(static_cast<BlockQ5_1*>(y), x, nb);
       break;
     case DType::kQ8_0:
       QuantQ8_0(static_cast<BlockQ8_0*>(y), x, nb);
@@ -481,6 +682,9 @@ void QuantizeRow(void* y, const float* x, DType t, int64_t n) {
       break;
     case DType::kQ4_K:
       QuantQ4_K(static_cast<BlockQ4_K*>(y), x, nb);
+      break;
+    case DType::kQ5_K:
+      QuantQ5_K(static_cast<BlockQ5_K*>(y), x, nb);
       break;
     case DType::kQ6_K:
       QuantQ6_K(static_cast<BlockQ6_K*>(y), x, nb);

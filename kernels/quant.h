@@ -8,7 +8,7 @@
 
 namespace pdserve::kernels {
 
-inline constexpr int kQK = 32;    // elements per block for Q4_0, Q4_1, Q8_0, Q8_1
+inline constexpr int kQK = 32;    // elements per block for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1
 inline constexpr int kQKK = 256;  // elements per super-block for K-quants
 inline constexpr int kKScaleBytes = 12;
 
@@ -26,6 +26,24 @@ struct BlockQ4_1 {
   uint8_t qs[kQK / 2];
 };
 static_assert(sizeof(BlockQ4_1) == 20);
+
+// w = d * (q - 16), q 5 bits: the low 4 as in Q4_0's qs, bit 4 of element j
+// in bit j of qh (little-endian uint32).
+struct BlockQ5_0 {
+  uint16_t d;  // f16
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_0) == 22);
+
+// w = d * q + m, q 5 bits laid out as in Q5_0.
+struct BlockQ5_1 {
+  uint16_t d;  // f16
+  uint16_t m;  // f16
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(BlockQ5_1) == 24);
 
 // w = d * q.
 struct BlockQ8_0 {
@@ -51,6 +69,18 @@ struct BlockQ4_K {
   uint8_t qs[kQKK / 2];
 };
 static_assert(sizeof(BlockQ4_K) == 144);
+
+// Q4_K's layout plus a fifth bit: for the 64 elements qs[32c..32c+31] covers
+// (chunk c), bit 2c of qh[l] is bit 4 of element 64c + l and bit 2c + 1 that
+// of element 64c + 32 + l. w = d * sc * q - dmin * m.
+struct BlockQ5_K {
+  uint16_t d;     // f16
+  uint16_t dmin;  // f16
+  uint8_t scales[kKScaleBytes];
+  uint8_t qh[kQKK / 8];
+  uint8_t qs[kQKK / 2];
+};
+static_assert(sizeof(BlockQ5_K) == 176);
 
 // 16 sub-blocks of 16; 6-bit quants (low 4 bits in ql, high 2 in qh).
 // w = d * scale * (q - 32).
@@ -82,11 +112,11 @@ inline void GetScaleMinK4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
 }
 
 // Reference dequantization of `n` elements (a whole number of blocks) of a
-// type with FindDType(t)->matmul == true, plus BF16.
+// type with FindDType(t)->matmul == true.
 void DequantizeRow(float* y, const void* x, DType t, int64_t n);
 
-// Reference quantization of `n` floats into type `t` (F32, F16, Q4_0, Q4_1,
-// Q8_0, Q8_1, Q4_K, Q6_K, Q8_K). Used by tests and the GGUF writer to
+// Reference quantization of `n` floats into type `t` (F32, F16, BF16, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q5_K, Q6_K, Q8_K). Used by tests and the GGUF writer to
 // synthesize models; not on the hot path.
 void QuantizeRow(void* y, const float* x, DType t, int64_t n);
 

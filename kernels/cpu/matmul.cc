@@ -19,9 +19,12 @@ ActFormat ActFormatFor(DType weight_type) {
   switch (weight_type) {
     case DType::kQ4_0:
     case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
     case DType::kQ8_0:
       return ActFormat::kQ8_1;
     case DType::kQ4_K:
+    case DType::kQ5_K:
     case DType::kQ6_K:
       return ActFormat::kQ8_K;
     default:

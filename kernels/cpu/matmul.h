@@ -12,12 +12,12 @@ namespace pdserve::kernels {
 // How activations are encoded for a weight type's dot product.
 enum class ActFormat {
   kF32,  // plain float rows (F32, F16 and BF16 weights)
-  // Q4_0, Q4_1, Q8_0 weights: ggml's Q8_1 content (int8 quants per block of
+  // Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights: ggml's Q8_1 content (int8 quants per block of
   // 32, a scale d and the block sum d·Σq), laid out for SIMD: a row is
   // [n_in int8 quants][n_in/32 float d][n_in/32 float d·Σq], the sum in float
   // rather than BlockQ8_1's f16.
   kQ8_1,
-  kQ8_K,  // BlockQ8_K per 256 elements (Q4_K, Q6_K weights)
+  kQ8_K,  // BlockQ8_K per 256 elements (Q4_K, Q5_K, Q6_K weights)
 };
 
 ActFormat ActFormatFor(DType weight_type);
@@ -39,7 +39,7 @@ struct WeightMatrix {
   WeightLayout layout = WeightLayout::kGgml;
 };
 
-// Load-time repacking for faster matmuls (Q4_0, Q4_1, Q8_0): groups of 16
+// Load-time repacking for faster matmuls (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): groups of 16
 // rows whose blocks sit side by side so one 64-byte load feeds 16 output rows
 // of an integer dot product. Same bytes as the ggml rows plus padding of the
 // last group to 16 rows. MatMul accepts both layouts, but ggml rows get
@@ -74,8 +74,10 @@ void SwiGluQuantize(void* xq, ActFormat f, const float* gate, const float* up, i
 // y[t * ldy + r] = Σ_k W[r][k] · x[t][k] for t < n_tokens and the output rows
 // r that belong to thread ith of nth (SplitRange(n_out, ith, nth, 16)). xq
 // holds the activations encoded in ActFormatFor(w.type), 4-byte aligned or
-// better. Batches are tiled 16 rows x 8 tokens (AVX-512), so weights stream
-// from memory once per call whatever n_tokens is.
+// better. Batches are tiled: packed 32-block types 16 rows x 8 tokens
+// (AVX-512) or 8 x 4 (AVX2), K-quants 1 row x 4 tokens inside groups of 16
+// rows, float types 4 rows x 2 tokens inside groups of 64 rows; so weights
+// stream from memory once per call whatever n_tokens is.
 void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens, int ith,
             int nth);
 

@@ -27,25 +27,37 @@ inline ActQ8 ActQ8View(const void* row, int64_t n_in) {
 
 // Packed layout. Rows are grouped by 16 (the last group zero-padded); a
 // group stores its 32-blocks in k order, each block-group as
-//   quants: Q4_0/Q4_1 4 x 64 bytes: chunk c, lane i holds bytes qs[4c..4c+3]
-//           of row i, so the low nibbles are elements 4c..4c+3 and the high
-//           nibbles elements 16+4c..16+4c+3;
+//   quants: Q4_0/Q4_1/Q5_0/Q5_1 4 x 64 bytes: chunk c, lane i holds bytes
+//           qs[4c..4c+3] of row i, so the low nibbles are elements 4c..4c+3
+//           and the high nibbles elements 16+4c..16+4c+3;
 //           Q8_0 8 x 64 bytes: chunk c, lane i holds elements 4c..4c+3 of
 //           row i as unsigned bytes q + 128 (vpdpbusd wants u8 x s8);
-//   d:      16 f16 scales; Q4_1 then 16 f16 mins.
+//   high:   Q5_0/Q5_1 only, 64 bytes: lane i byte j holds bit 4 of row i's
+//           element 4c+j in bit c and of element 16+4c+j in bit 4+c (c < 4),
+//           so one shift and mask per chunk lines them up with the nibbles;
+//   d:      16 f16 scales; Q4_1/Q5_1 then 16 f16 mins.
 // So chunk c of every type pairs with activation bytes 4c..4c+3 of the block.
+constexpr bool IsQ5(DType t) { return t == DType::kQ5_0 || t == DType::kQ5_1; }
+constexpr bool HasMin(DType t) { return t == DType::kQ4_1 || t == DType::kQ5_1; }
+// Bytes before the f16 scales of a packed block-group: quants (and high bits).
+constexpr int PackedQuantBytes(DType t) { return t == DType::kQ8_0 ? 512 : IsQ5(t) ? 320 : 256; }
 inline int64_t PackedBlockBytes(DType t) {
   switch (t) {
     case DType::kQ4_0:
-      return 256 + 32;
     case DType::kQ4_1:
-      return 256 + 64;
+    case DType::kQ5_0:
+    case DType::kQ5_1:
     case DType::kQ8_0:
-      return 512 + 32;
+      return PackedQuantBytes(t) + (HasMin(t) ? 64 : 32);
     default:
       return 0;
   }
 }
+// Offsets inside a ggml block of those types: the quants, and Q5's qh.
+inline int GgmlQsOffset(DType t) {
+  return t == DType::kQ5_1 ? 8 : t == DType::kQ5_0 ? 6 : t == DType::kQ4_1 ? 4 : 2;
+}
+inline int GgmlQhOffset(DType t) { return t == DType::kQ5_1 ? 4 : 2; }
 
 // Packs blocks [b0, b1) of the group whose first row is src (rows_valid <= 16
 // rows of row_bytes each) into dst, which receives (b1 - b0) block-groups.

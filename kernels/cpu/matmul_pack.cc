@@ -1,4 +1,4 @@
-// Load-time repacking of Q4_0/Q4_1/Q8_0 weights into 16-row groups.
+// Load-time repacking of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights into 16-row groups.
 #include <cstring>
 
 #include "kernels/cpu/matmul.h"
@@ -13,9 +13,9 @@ void PackGroup(uint8_t* dst, const uint8_t* src, int64_t row_bytes, int rows_val
                int64_t b0, int64_t b1) {
   const int64_t pb = PackedBlockBytes(t);
   const int64_t type_size = GetDType(t).type_size;
-  const int qs_off = t == DType::kQ4_1 ? 4 : 2;      // quants after d (and m)
-  const int n_chunks = t == DType::kQ8_0 ? 8 : 4;    // 4-byte chunks per row
-  const int quant_bytes = n_chunks * 4 * kPackRows;  // 256 or 512
+  const int qs_off = GgmlQsOffset(t);
+  const int n_chunks = t == DType::kQ8_0 ? 8 : 4;  // 4-byte chunks per row
+  const int scale_off = PackedQuantBytes(t);       // d, then (Q4_1/Q5_1) m
   for (int64_t b = b0; b < b1; ++b, dst += pb) {
     std::memset(dst, 0, pb);
     for (int i = 0; i < rows_valid; ++i) {
@@ -27,8 +27,19 @@ void PackGroup(uint8_t* dst, const uint8_t* src, int64_t row_bytes, int rows_val
           for (int j = 0; j < 4; ++j) out[j] = static_cast<uint8_t>(out[j] ^ 0x80);  // q + 128
         }
       }
-      std::memcpy(dst + quant_bytes + 2 * i, blk, 2);                                  // d
-      if (t == DType::kQ4_1) std::memcpy(dst + quant_bytes + 32 + 2 * i, blk + 2, 2);  // m
+      if (IsQ5(t)) {
+        const uint32_t qh = LoadU32(blk + GgmlQhOffset(t));
+        for (int j = 0; j < 4; ++j) {
+          uint32_t h = 0;
+          for (int c = 0; c < 4; ++c) {
+            h |= ((qh >> (4 * c + j)) & 1) << c;
+            h |= ((qh >> (16 + 4 * c + j)) & 1) << (4 + c);
+          }
+          dst[256 + i * 4 + j] = static_cast<uint8_t>(h);
+        }
+      }
+      std::memcpy(dst + scale_off + 2 * i, blk, 2);                          // d
+      if (HasMin(t)) std::memcpy(dst + scale_off + 32 + 2 * i, blk + 2, 2);  // m
     }
   }
 }
@@ -75,18 +86,29 @@ void DequantizeWeightRow(float* y, const WeightMatrix& w, int64_t row) {
   const int64_t g = row / internal::kPackRows;
   const int i = static_cast<int>(row % internal::kPackRows);
   const int n_chunks = w.type == DType::kQ8_0 ? 8 : 4;
-  const int quant_bytes = n_chunks * 4 * internal::kPackRows;
-  const int qs_off = w.type == DType::kQ4_1 ? 4 : 2;
+  const int scale_off = internal::PackedQuantBytes(w.type);
+  const int qs_off = internal::GgmlQsOffset(w.type);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* src = static_cast<const uint8_t*>(w.data) + (g * nb + b) * pb;
     uint8_t blk[sizeof(BlockQ8_0)];
-    std::memcpy(blk, src + quant_bytes + 2 * i, 2);
-    if (w.type == DType::kQ4_1) std::memcpy(blk + 2, src + quant_bytes + 32 + 2 * i, 2);
+    std::memcpy(blk, src + scale_off + 2 * i, 2);
+    if (internal::HasMin(w.type)) std::memcpy(blk + 2, src + scale_off + 32 + 2 * i, 2);
     for (int c = 0; c < n_chunks; ++c) {
       std::memcpy(blk + qs_off + 4 * c, src + c * 64 + i * 4, 4);
       if (w.type == DType::kQ8_0) {
         for (int j = 0; j < 4; ++j) blk[qs_off + 4 * c + j] ^= 0x80;
       }
+    }
+    if (internal::IsQ5(w.type)) {
+      uint32_t qh = 0;
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t h = src[256 + i * 4 + j];
+        for (int c = 0; c < 4; ++c) {
+          qh |= ((h >> c) & 1) << (4 * c + j);
+          qh |= ((h >> (4 + c)) & 1) << (16 + 4 * c + j);
+        }
+      }
+      std::memcpy(blk + internal::GgmlQhOffset(w.type), &qh, 4);
     }
     DequantizeRow(y + b * kQK, blk, w.type, kQK);
   }

@@ -1,6 +1,7 @@
 // Portable matmul: one dot product per (output row, token), integer sums per
 // block, any CPU. Also the fallback for weight types without a SIMD path.
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/cpu/matmul_internal.h"
 #include "kernels/quant.h"
@@ -29,6 +30,14 @@ float DotF16(const void* w, const void* x, int64_t n) {
     std::memcpy(&h, wh + 2 * k, 2);
     acc[k & 3] += F16ToF32(h) * xf[k];
   }
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+float DotBF16(const void* w, const void* x, int64_t n) {
+  const uint8_t* wh = static_cast<const uint8_t*>(w);  // (n) bf16
+  const float* xf = static_cast<const float*>(x);      // (n)
+  float acc[4] = {};
+  for (int64_t k = 0; k < n; ++k) acc[k & 3] += BF16ToF32(LoadU16(wh + 2 * k)) * xf[k];
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
@@ -65,6 +74,33 @@ float DotQ4_1(const void* w, const void* x, int64_t n) {
   return sum;
 }
 
+// Q5_0/Q5_1: Q4's math on 5-bit quants, offset -16·d_w (Q5_0) or m (Q5_1).
+template <typename Block>
+float DotQ5(const void* w, const void* x, int64_t n) {
+  const Block* wb = static_cast<const Block*>(w);
+  const ActQ8 a = ActQ8View(x, n);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQK; ++i) {
+    const int8_t* qa = a.qs + i * kQK;
+    const uint32_t qh = LoadU32(wb[i].qh);
+    int isum = 0;
+    for (int j = 0; j < kQK / 2; ++j) {
+      const int q0 = (wb[i].qs[j] & 0xF) | (((qh >> j) & 1) << 4);
+      const int q1 = (wb[i].qs[j] >> 4) | (((qh >> (j + kQK / 2)) & 1) << 4);
+      isum += q0 * qa[j] + q1 * qa[j + kQK / 2];
+    }
+    const float dw = F16ToF32(wb[i].d);
+    float off;
+    if constexpr (std::is_same_v<Block, BlockQ5_1>) {
+      off = F16ToF32(wb[i].m);
+    } else {
+      off = -16 * dw;
+    }
+    sum += dw * a.d[i] * static_cast<float>(isum) + off * a.sa[i];
+  }
+  return sum;
+}
+
 float DotQ8_0(const void* w, const void* x, int64_t n) {
   const BlockQ8_0* wb = static_cast<const BlockQ8_0*>(w);
   const ActQ8 a = ActQ8View(x, n);
@@ -94,6 +130,35 @@ float DotQ4_K(const void* w, const void* x, int64_t n) {
       for (int l = 0; l < 32; ++l) {
         s0 += (q[l] & 0xF) * a[l];
         s1 += (q[l] >> 4) * a[l + 32];
+      }
+      sc_sum += sc0 * s0 + sc1 * s1;
+      min_sum += m0 * (xb[i].bsums[4 * j] + xb[i].bsums[4 * j + 1]) +
+                 m1 * (xb[i].bsums[4 * j + 2] + xb[i].bsums[4 * j + 3]);
+      q += 32;
+      a += 64;
+    }
+    sum += xb[i].d * (F16ToF32(wb[i].d) * sc_sum - F16ToF32(wb[i].dmin) * min_sum);
+  }
+  return sum;
+}
+
+float DotQ5_K(const void* w, const void* x, int64_t n) {
+  const BlockQ5_K* wb = static_cast<const BlockQ5_K*>(w);
+  const BlockQ8_K* xb = static_cast<const BlockQ8_K*>(x);
+  float sum = 0;
+  for (int64_t i = 0; i < n / kQKK; ++i) {
+    const uint8_t* q = wb[i].qs;
+    const uint8_t* qh = wb[i].qh;
+    const int8_t* a = xb[i].qs;
+    int sc_sum = 0, min_sum = 0;
+    for (int j = 0; j < kQKK / 64; ++j) {
+      uint8_t sc0, m0, sc1, m1;
+      GetScaleMinK4(2 * j, wb[i].scales, &sc0, &m0);
+      GetScaleMinK4(2 * j + 1, wb[i].scales, &sc1, &m1);
+      int s0 = 0, s1 = 0;
+      for (int l = 0; l < 32; ++l) {
+        s0 += ((q[l] & 0xF) | (((qh[l] >> (2 * j)) & 1) << 4)) * a[l];
+        s1 += ((q[l] >> 4) | (((qh[l] >> (2 * j + 1)) & 1) << 4)) * a[l + 32];
       }
       sc_sum += sc0 * s0 + sc1 * s1;
       min_sum += m0 * (xb[i].bsums[4 * j] + xb[i].bsums[4 * j + 1]) +
@@ -148,14 +213,22 @@ DotFn DotFor(DType t) {
       return DotF32;
     case DType::kF16:
       return DotF16;
+    case DType::kBF16:
+      return DotBF16;
     case DType::kQ4_0:
       return DotQ4_0;
     case DType::kQ4_1:
       return DotQ4_1;
+    case DType::kQ5_0:
+      return DotQ5<BlockQ5_0>;
+    case DType::kQ5_1:
+      return DotQ5<BlockQ5_1>;
     case DType::kQ8_0:
       return DotQ8_0;
     case DType::kQ4_K:
       return DotQ4_K;
+    case DType::kQ5_K:
+      return DotQ5_K;
     case DType::kQ6_K:
       return DotQ6_K;
     default:
@@ -170,7 +243,8 @@ void MatMulPackedScalar(float* y, int64_t ldy, const WeightMatrix& w, const void
   const int64_t nb = w.n_in / kQK;
   const int64_t pb = PackedBlockBytes(w.type);
   const int n_chunks = w.type == DType::kQ8_0 ? 8 : 4;
-  const int quant_bytes = n_chunks * 4 * kPackRows;
+  const int scale_off = PackedQuantBytes(w.type);
+  const bool q5 = IsQ5(w.type);
   for (int64_t g = r0 / kPackRows; g * kPackRows < r1; ++g) {
     const uint8_t* wg = static_cast<const uint8_t*>(w.data) + g * nb * pb;  // (nb, pb)
     const int rows =
@@ -189,13 +263,17 @@ void MatMulPackedScalar(float* y, int64_t ldy, const WeightMatrix& w, const void
               if (w.type == DType::kQ8_0) {
                 isum += q * qa[4 * c + j];
               } else {
-                isum += (q & 0xF) * qa[4 * c + j] + (q >> 4) * qa[16 + 4 * c + j];
+                const int h = q5 ? p[256 + i * 4 + j] : 0;
+                const int lo = (q & 0xF) | (((h >> c) & 1) << 4);
+                const int hi = (q >> 4) | (((h >> (4 + c)) & 1) << 4);
+                isum += lo * qa[4 * c + j] + hi * qa[16 + 4 * c + j];
               }
             }
           }
-          const float dw = F16ToF32(LoadU16(p + quant_bytes + 2 * i));
-          const float off = w.type == DType::kQ4_1 ? F16ToF32(LoadU16(p + quant_bytes + 32 + 2 * i))
+          const float dw = F16ToF32(LoadU16(p + scale_off + 2 * i));
+          const float off = HasMin(w.type)           ? F16ToF32(LoadU16(p + scale_off + 32 + 2 * i))
                             : w.type == DType::kQ4_0 ? -8 * dw
+                            : w.type == DType::kQ5_0 ? -16 * dw
                                                      : -128 * dw;
           sum += dw * a.d[b] * static_cast<float>(isum) + off * a.sa[b];
         }

@@ -78,13 +78,27 @@ __device__ __forceinline__ float DequantElement(DType type, const uint8_t* row, 
       const int q = j < 16 ? (b[4 + j] & 0xF) : (b[4 + j - 16] >> 4);
       return __fadd_rn(__fmul_rn(LoadHalf(b), static_cast<float>(q)), LoadHalf(b + 2));
     }
+    case DType::kQ5_0:
+    case DType::kQ5_1: {
+      const bool has_min = type == DType::kQ5_1;
+      const uint8_t* b = row + (k / kQK) * (has_min ? sizeof(BlockQ5_1) : sizeof(BlockQ5_0));
+      const int j = static_cast<int>(k % kQK);
+      const uint8_t* qh = b + (has_min ? 4 : 2);
+      const uint8_t* qs = qh + 4;
+      const int lo = j < 16 ? (qs[j] & 0xF) : (qs[j - 16] >> 4);
+      const int q = lo | (((qh[j / 8] >> (j % 8)) & 1) << 4);
+      if (has_min) return __fadd_rn(__fmul_rn(LoadHalf(b), static_cast<float>(q)), LoadHalf(b + 2));
+      return __fmul_rn(LoadHalf(b), static_cast<float>(q - 16));
+    }
     case DType::kQ8_0: {
       const uint8_t* b = row + (k / kQK) * sizeof(BlockQ8_0);
       const int j = static_cast<int>(k % kQK);
       return __fmul_rn(LoadHalf(b), static_cast<float>(static_cast<int8_t>(b[2 + j])));
     }
-    case DType::kQ4_K: {
-      const uint8_t* b = row + (k / kQKK) * sizeof(BlockQ4_K);
+    case DType::kQ4_K:
+    case DType::kQ5_K: {
+      const bool q5 = type == DType::kQ5_K;
+      const uint8_t* b = row + (k / kQKK) * (q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
       const int j = static_cast<int>(k % kQKK);
       const int chunk = j / 64, l = j % 32, hi = (j % 64) / 32;
       const int is = 2 * chunk + hi;  // sub-block of 32
@@ -97,8 +111,10 @@ __device__ __forceinline__ float DequantElement(DType type, const uint8_t* row, 
         sc = (scales[is + 4] & 0xF) | ((scales[is - 4] >> 6) << 4);
         m = (scales[is + 4] >> 4) | ((scales[is] >> 6) << 4);
       }
-      const uint8_t qb = b[4 + kKScaleBytes + chunk * 32 + l];
-      const int q = hi ? (qb >> 4) : (qb & 0xF);
+      const uint8_t* qh = b + 4 + kKScaleBytes;  // Q5_K only
+      const uint8_t qb = b[4 + kKScaleBytes + (q5 ? kQKK / 8 : 0) + chunk * 32 + l];
+      int q = hi ? (qb >> 4) : (qb & 0xF);
+      if (q5) q |= ((qh[l] >> is) & 1) << 4;
       const float d1 = __fmul_rn(LoadHalf(b), static_cast<float>(sc));
       const float m1 = __fmul_rn(LoadHalf(b + 2), static_cast<float>(m));
       return __fsub_rn(__fmul_rn(d1, static_cast<float>(q)), m1);

@@ -5,8 +5,8 @@
 // Q4_0, Q4_1 and Q8_0 weights take activations in the CPU's ActFormat::kQ8_1
 // layout (PrepareActivations' q8_1 output) and sum integer products per block
 // with dp4a, as the CPU does: the results differ from the CPU's only by the
-// order of the float block sums. Other types (F32, F16, BF16, Q4_K, Q6_K)
-// take float activations and dequantize each weight.
+// order of the float block sums. Other types (F32, F16, BF16, Q5_0, Q5_1,
+// Q4_K, Q5_K, Q6_K) take float activations and dequantize each weight.
 #pragma once
 
 #include <cstdint>

@@ -54,8 +54,9 @@ bool Finite(const std::vector<float>& v) {
   return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
 }
 
-const DType kWeightTypes[] = {DType::kF32,  DType::kF16,  DType::kQ4_0, DType::kQ4_1,
-                              DType::kQ8_0, DType::kQ4_K, DType::kQ6_K};
+const DType kWeightTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0,
+                              DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                              DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 
 TEST_F(CudaKernelsTest, EmbedRowsMatchesDequantizeRow) {
   for (DType type : kWeightTypes) {
@@ -278,8 +279,11 @@ TEST_F(CudaKernelsTest, MatVecMatchesCpu) {
     const std::vector<uint8_t> w = RandomWeights(type, n_out, n_in, 61);
     DeviceArray<uint8_t> d_w(w);
     const WeightMatrix wm{w.data(), type, n_out, n_in};
-    const ActFormat f = ActFormatFor(type);
-    ASSERT_EQ(cuda::MatVecTakesQ8_1(type), f == ActFormat::kQ8_1);
+    // Q4_0/Q4_1/Q8_0 take the CPU's Q8_1 bytes (dp4a); the other types,
+    // Q5_0/Q5_1 included, float activations.
+    const bool q8 = cuda::MatVecTakesQ8_1(type);
+    if (q8) ASSERT_EQ(ActFormatFor(type), ActFormat::kQ8_1);
+    const ActFormat f = q8 ? ActFormat::kQ8_1 : ActFormat::kF32;
     for (int64_t n_tokens : {1, 2, 3, 5, 8}) {
       SCOPED_TRACE(std::string(GetDType(type).name) + " tokens " + std::to_string(n_tokens));
       // Float activations, or the CPU's encoded ones for the integer path.

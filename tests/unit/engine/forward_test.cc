@@ -102,12 +102,50 @@ INSTANTIATE_TEST_SUITE_P(
     AllWeightTypes, ForwardTypes,
     ::testing::Values(TypeCase{kernels::DType::kF32, kernels::DType::kF32, 64, 128, 4, 2},
                       TypeCase{kernels::DType::kF16, kernels::DType::kF16, 64, 128, 4, 2},
+                      TypeCase{kernels::DType::kBF16, kernels::DType::kBF16, 64, 128, 4, 2},
                       TypeCase{kernels::DType::kQ4_0, kernels::DType::kQ8_0, 64, 128, 4, 2},
                       TypeCase{kernels::DType::kQ4_1, kernels::DType::kQ8_0, 96, 160, 3, 1},
+                      TypeCase{kernels::DType::kQ5_0, kernels::DType::kQ8_0, 64, 128, 4, 2},
+                      TypeCase{kernels::DType::kQ5_1, kernels::DType::kQ5_0, 96, 160, 3, 1},
                       TypeCase{kernels::DType::kQ8_0, kernels::DType::kQ8_0, 64, 128, 4, 4},
                       TypeCase{kernels::DType::kQ4_K, kernels::DType::kQ6_K, 256, 512, 4, 2},
+                      TypeCase{kernels::DType::kQ5_K, kernels::DType::kQ5_1, 256, 512, 4, 2},
                       TypeCase{kernels::DType::kQ6_K, kernels::DType::kQ4_K, 256, 512, 4, 2}),
     [](const auto& info) { return std::string(kernels::GetDType(info.param.matrix).name); });
+
+// Files as llama-quantize lays out Q4_K_M and Q5_K_M: a width that is not a
+// multiple of 256 (320) sends the attention and gate/up matrices and the
+// tied embeddings to the Q5_0/Q5_1/Q8_0 fallbacks, ffn_down (rows of 512)
+// to Q4_K/Q5_K with Q6_K on the layers that get more bits.
+TEST(Forward, KQuantMixesMatchNaiveReference) {
+  for (const char* file_type : {"q4_k_m", "q5_k_m"}) {
+    DummyModelSpec spec;
+    spec.n_layers = 8, spec.n_embd = 320, spec.n_ff = 512, spec.n_heads = 5, spec.n_kv_heads = 1;
+    ASSERT_TRUE(SetDummyFileType(file_type, &spec).ok());
+    const bool q4 = std::string(file_type) == "q4_k_m";
+    EXPECT_EQ(spec.matrix_type, q4 ? kernels::DType::kQ5_0 : kernels::DType::kQ5_1);
+    EXPECT_EQ(spec.embd_type, kernels::DType::kQ8_0);
+    EXPECT_EQ(spec.tensor_types["blk.0.attn_v.weight"], kernels::DType::kQ8_0);
+    EXPECT_EQ(spec.tensor_types["blk.0.ffn_down.weight"], kernels::DType::kQ6_K);
+    EXPECT_EQ(spec.tensor_types["blk.1.ffn_down.weight"],
+              q4 ? kernels::DType::kQ4_K : kernels::DType::kQ5_K);
+    auto model = LoadDummy(spec);
+    const std::vector<TokenId> tokens = Prompt(13, 5, model->config().n_vocab);
+    const auto want = ReferenceForward(*model, tokens);
+    for (int chunk : {13, 1}) {
+      for (bool pack : {false, true}) {
+        Runner r(model, 2, 4, 64, kernels::DType::kF16, pack);
+        const auto got = RunChunked(r, tokens, chunk);
+        for (size_t t = 0; t < tokens.size(); ++t) {
+          EXPECT_LT(Nmse(got[t], want[t]), 2e-3)
+              << file_type << " chunk " << chunk << " packed " << pack << " position " << t;
+        }
+      }
+    }
+  }
+  DummyModelSpec spec;
+  EXPECT_FALSE(SetDummyFileType("q3_k_s", &spec).ok());
+}
 
 TEST(Forward, BatchOfSequencesMatchesEachAlone) {
   auto model = LoadDummy(DummyModelSpec{});

@@ -83,7 +83,7 @@ void CheckMatMul(DType type, Shape s, Isa isa, int nth, bool packed) {
   EXPECT_LT(Nmse(y.data(), yf.data(), y.size()), FloatRefNmse(type));
 }
 
-bool IsKQuant(DType t) { return t == DType::kQ4_K || t == DType::kQ6_K; }
+bool IsKQuant(DType t) { return GetDType(t).block_size == kQKK; }
 
 // Param: weight type, packed layout.
 class MatMulTest : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
@@ -93,8 +93,8 @@ class MatMulTest : public ::testing::TestWithParam<std::tuple<DType, bool>> {};
 // must mean a missing GPU, nothing else).
 std::vector<std::tuple<DType, bool>> WeightTypeParams() {
   std::vector<std::tuple<DType, bool>> params;
-  for (DType t : {DType::kF32, DType::kF16, DType::kQ4_0, DType::kQ4_1, DType::kQ8_0, DType::kQ4_K,
-                  DType::kQ6_K}) {
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                  DType::kQ5_1, DType::kQ8_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     params.emplace_back(t, false);
     if (PackedWeightBytes({nullptr, t, 16, 256}) > 0) params.emplace_back(t, true);
   }
@@ -106,9 +106,11 @@ TEST_P(MatMulTest, MatchesReferencesOnEveryIsaAndShapeClass) {
   // n_in: 576 is a multiple of 32 but not of 256 (the model's width).
   const int64_t n_in = IsKQuant(type) ? 512 : 576;
   for (Isa isa : testing::SupportedIsas()) {
-    for (int64_t n_tokens : {1, 2, 5, 8, 9, 32}) {
+    // Every token-tile remainder (tiles of 4 and 8 tokens), and a long batch.
+    for (int64_t n_tokens = 1; n_tokens <= 17; ++n_tokens) {
       CheckMatMul(type, {37, n_in, n_tokens}, isa, 1, packed);
     }
+    CheckMatMul(type, {37, n_in, 32}, isa, 1, packed);
     CheckMatMul(type, {67, n_in, 4}, isa, 2, packed);
     CheckMatMul(type, {1, n_in, 3}, isa, 2, packed);  // fewer rows than threads
     CheckMatMul(type, {130, IsKQuant(type) ? 256 : 64, 7}, isa, 3, packed);
@@ -154,7 +156,7 @@ TEST_P(MatMulTest, TokenResultsDoNotDependOnTheBatch) {
 }
 
 TEST(MatMulPackTest, PackedRowsDequantizeLikeGgmlRows) {
-  for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+  for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0}) {
     const TestWeights plain(type, 37, 96, 3), packed(type, 37, 96, 3, true);
     EXPECT_EQ(packed.w.layout, WeightLayout::kPacked);
     EXPECT_EQ(PackedWeightBytes(plain.w), 3 * RowBytes(type, 96) * 16);
@@ -166,7 +168,8 @@ TEST(MatMulPackTest, PackedRowsDequantizeLikeGgmlRows) {
       ASSERT_EQ(a, b) << GetDType(type).name << " row " << r;
     }
   }
-  for (DType type : {DType::kF32, DType::kF16, DType::kQ4_K, DType::kQ6_K}) {
+  for (DType type :
+       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
     EXPECT_EQ(PackedWeightBytes(TestWeights(type, 16, 256, 1).w), 0);
   }
 }
@@ -175,9 +178,13 @@ TEST(MatMulApiTest, ActFormats) {
   EXPECT_EQ(ActFormatFor(DType::kQ4_1), ActFormat::kQ8_1);
   EXPECT_EQ(ActFormatFor(DType::kQ8_0), ActFormat::kQ8_1);
   EXPECT_EQ(ActFormatFor(DType::kQ4_0), ActFormat::kQ8_1);
+  EXPECT_EQ(ActFormatFor(DType::kQ5_0), ActFormat::kQ8_1);
+  EXPECT_EQ(ActFormatFor(DType::kQ5_1), ActFormat::kQ8_1);
   EXPECT_EQ(ActFormatFor(DType::kQ4_K), ActFormat::kQ8_K);
+  EXPECT_EQ(ActFormatFor(DType::kQ5_K), ActFormat::kQ8_K);
   EXPECT_EQ(ActFormatFor(DType::kQ6_K), ActFormat::kQ8_K);
   EXPECT_EQ(ActFormatFor(DType::kF16), ActFormat::kF32);
+  EXPECT_EQ(ActFormatFor(DType::kBF16), ActFormat::kF32);
   EXPECT_EQ(ActFormatFor(DType::kF32), ActFormat::kF32);
   EXPECT_EQ(ActRowBytes(ActFormat::kQ8_1, 576), 576 + 18 * 8);
   EXPECT_EQ(ActRowBytes(ActFormat::kQ8_K, 512), 2 * 292);

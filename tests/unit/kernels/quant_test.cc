@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -35,6 +36,19 @@ TEST(F16Test, RoundsToNearestEven) {
   EXPECT_EQ(F32ToF16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
   EXPECT_EQ(F32ToF16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
   EXPECT_EQ(F32ToF16(-0.0f), 0x8000);
+}
+
+TEST(BF16Test, RoundTripsEveryFiniteValueAndRoundsToNearestEven) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7f80) == 0x7f80 && (h & 0x7f) != 0) continue;  // NaN payloads
+    ASSERT_EQ(F32ToBF16(BF16ToF32(static_cast<uint16_t>(h))), h) << std::hex << h;
+  }
+  EXPECT_EQ(F32ToBF16(1.0f), 0x3f80);
+  // 1 + 2^-8 is halfway between 1 and the next bf16: ties to even (1).
+  EXPECT_EQ(F32ToBF16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(F32ToBF16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_EQ(F32ToBF16(-0.0f), 0x8000);
+  EXPECT_EQ(F32ToBF16(std::numeric_limits<float>::quiet_NaN()) & 0x7fc0, 0x7fc0);  // stays NaN
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -77,9 +91,11 @@ TEST_P(QuantRoundTripTest, ErrorIsWithinGgmlBounds) {
 // Bounds: about 1.3x the NMSE ggml's reference quantizers reach on Gaussian data.
 INSTANTIATE_TEST_SUITE_P(
     AllTypes, QuantRoundTripTest,
-    ::testing::Values(RoundTripCase{DType::kF16, 1e-7}, RoundTripCase{DType::kQ4_0, 1.3e-2},
-                      RoundTripCase{DType::kQ4_1, 1.1e-2}, RoundTripCase{DType::kQ8_0, 5e-5},
-                      RoundTripCase{DType::kQ8_1, 5e-5}, RoundTripCase{DType::kQ4_K, 1e-2},
+    ::testing::Values(RoundTripCase{DType::kF16, 1e-7}, RoundTripCase{DType::kBF16, 4e-6},
+                      RoundTripCase{DType::kQ4_0, 1.3e-2}, RoundTripCase{DType::kQ4_1, 1.1e-2},
+                      RoundTripCase{DType::kQ5_0, 2.5e-3}, RoundTripCase{DType::kQ5_1, 1.9e-3},
+                      RoundTripCase{DType::kQ8_0, 5e-5}, RoundTripCase{DType::kQ8_1, 5e-5},
+                      RoundTripCase{DType::kQ4_K, 1e-2}, RoundTripCase{DType::kQ5_K, 1.7e-3},
                       RoundTripCase{DType::kQ6_K, 8e-4}, RoundTripCase{DType::kQ8_K, 7e-5}),
     [](const auto& info) { return std::string(GetDType(info.param.type).name); });
 
