@@ -25,6 +25,7 @@
 
 namespace pdserve::transport {
 
+using internal::MakeBeginFrame;
 using internal::NcclFrame;
 using internal::NcclFrameType;
 
@@ -157,17 +158,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
             absl::StrCat(XferName(xfer), " is already in flight to ", peer));
       }
     }
-    NcclFrame begin;
-    begin.type = NcclFrameType::kBegin;
-    begin.xfer = xfer.value;
-    begin.arg0 = n_layers;
-    begin.arg1 = std::clamp<int64_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - MonoClock::now()).count(),
-        0, std::numeric_limits<uint32_t>::max());
-    // The receiver matches it with its Post only if the tag proves the secret.
-    const AuthTag tag =
-        BeginTag(secret, xfer, static_cast<uint32_t>(n_layers), static_cast<uint32_t>(begin.arg1));
-    begin.payload.assign(reinterpret_cast<const char*>(tag.data()), tag.size());
+    const NcclFrame begin = MakeBeginFrame(secret, xfer, n_layers, deadline);
     if (absl::Status s = Write(*link, begin); !s.ok()) {
       {
         std::lock_guard<std::mutex> lock((*link)->mu);

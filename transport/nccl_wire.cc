@@ -4,8 +4,11 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -51,6 +54,21 @@ absl::Status ReadAll(int fd, void* data, size_t n) {
 }
 
 }  // namespace
+
+NcclFrame MakeBeginFrame(const TransferSecret& secret, TransferId xfer, int32_t n_layers,
+                         MonoClock::time_point deadline) {
+  NcclFrame begin;
+  begin.type = NcclFrameType::kBegin;
+  begin.xfer = xfer.value;
+  begin.arg0 = n_layers;
+  begin.arg1 = std::clamp<int64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(deadline - MonoClock::now()).count(), 0,
+      std::numeric_limits<uint32_t>::max());
+  const AuthTag tag =
+      BeginTag(secret, xfer, static_cast<uint32_t>(n_layers), static_cast<uint32_t>(begin.arg1));
+  begin.payload.assign(reinterpret_cast<const char*>(tag.data()), tag.size());
+  return begin;
+}
 
 absl::Status WriteNcclFrame(int fd, const NcclFrame& f) {
   if (f.payload.size() > kNcclMaxPayload) return absl::InvalidArgumentError("NCCL frame too large");

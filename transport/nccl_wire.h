@@ -32,7 +32,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/clock.h"
 #include "transport/tcp_socket.h"
+#include "transport/transfer_auth.h"
 
 namespace pdserve::transport::internal {
 
@@ -64,6 +66,12 @@ struct NcclFrame {
 };
 
 // Writes one whole frame (blocking).
+// The Begin frame of a transfer (NCCL and IPC control links): n_layers, the
+// milliseconds left until `deadline` (clamped to uint32), and the tag that
+// proves the secret; the receiver matches it with its Post only then.
+NcclFrame MakeBeginFrame(const TransferSecret& secret, TransferId xfer, int32_t n_layers,
+                         MonoClock::time_point deadline);
+
 absl::Status WriteNcclFrame(int fd, const NcclFrame& frame);
 // Reads one whole frame (blocking). Unavailable when the peer closed the
 // connection; InvalidArgument for a corrupt header or a payload over
