@@ -88,8 +88,24 @@ if [ "${COMMITTED:-0}" = 1 ]; then
     IFS=: read -r name file profile <<<"$pair"
     measured=$SWEEP_DIR/$file.sweep.json
     sweep=$(python3 -c "import json;print(json.load(open('$measured'))['metadata']['arguments']['sweep'])")
+    # That loadgen's warm-ups replayed the first measured prompts, so those
+    # were prefix-cache hits at every rate; checked against each run's
+    # cached_input_tokens (full 16-token blocks before the last token).
+    cached=$(python3 - "$measured" "$SWEEP_DIR/$file.sweep.csv" <<'PY'
+import csv, json, sys
+m = json.load(open(sys.argv[1]))
+n = int(m["metadata"]["arguments"].get("num-warmups", 0))
+rows = [r for r in csv.DictReader(open(sys.argv[2])) if r["run"] == "0"]
+first = {int(r["id"].rsplit("-", 1)[1]): int(r["input_tokens"]) for r in rows}
+expect = sum((first[i] - 1) // 16 * 16 for i in range(n))
+ok = all(run["cached_input_tokens"] == expect for run in m["runs"])
+print(n if ok else 0)
+if not ok: print(f"cached tokens are not the {n} replayed warm-ups' ({expect}): simulating none", file=sys.stderr)
+PY
+)
     predicted=$WORK/$name.committed_sweep.predicted.json
     "$BIN" plan --profile "$WORK/$profile.json" --deployments "$name" --seed 0 --num-prompts 100 \
+      --cached-prompts "$cached" \
       --random-input-len 512 --random-output-len 64 --random-range-ratio 0.1 --sweep "$sweep" \
       --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$predicted" >/dev/null
     i=0
@@ -153,7 +169,7 @@ fi
 
 cd "$ROOT"
 python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" <<'PY'
-import json, os, platform, sys
+import csv, json, os, platform, statistics, sys
 points_file, result, committed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 bounds = {"goodput": 0.15, "ttft_p50": 0.20, "ttft_p99": 0.20, "tpot_p50": 0.20, "tpot_p99": 0.20}
 def figures_measured(run):
@@ -169,6 +185,23 @@ out = {"experiment": "pdserve plan predictions against pdserve loadgen measureme
        "slo": {"ttft_ms": float(sys.argv[4]), "tpot_ms": float(sys.argv[5])},
        "bounds_relative": bounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
        "points": []}
+def isolated(mfile, run):
+    # Requests with no other request in flight over their whole life: what
+    # the machine did for one request alone during this run, to set beside
+    # the idle run the profile was calibrated on (drift of the machine, not
+    # of the load).
+    path = mfile.replace(".json", ".csv")
+    if not os.path.exists(path): return {}
+    rows = [r for r in csv.DictReader(open(path)) if r["run"] == str(run) and r["success"] == "true"]
+    span = [(float(r["start_offset_s"]), float(r["start_offset_s"]) + float(r["e2e_ms"]) / 1e3) for r in rows]
+    alone = [r for i, r in enumerate(rows)
+             if not any(j != i and b[0] < span[i][1] and b[1] > span[i][0] for j, b in enumerate(span))
+             and not r["id"].endswith(("-0", "-1"))]  # the two prefix-cache hits
+    if not alone: return {"isolated_requests": {"count": 0}}
+    return {"isolated_requests": {
+        "count": len(alone),
+        "ttft_ms_per_prompt_token_p50": statistics.median(float(r["ttft_ms"]) / int(r["input_tokens"]) for r in alone),
+        "tpot_ms_p50": statistics.median(float(r["tpot_ms"]) for r in alone)}}
 within = {k: 0 for k in bounds}
 total = 0
 for line in open(points_file):
@@ -177,12 +210,17 @@ for line in open(points_file):
         p = json.load(open(pfile))
         measured = figures_measured(m["runs"][int(mi)])
         predicted = figures_predicted(p["deployments"][0]["rates"][int(pi)])
-        errors, ok = {}, {}
+        errors, ok, kinds = {}, {}, {}
         for k in bounds:
             mv, pv = measured[k], predicted[k]
             if mv is None or pv is None:
                 errors[k] = None; ok[k] = False; continue
-            if mv == 0:
+            if mv == 0 and k == "goodput":
+                # No relative error of a measured 0: the difference as a
+                # share of the offered rate instead (marked in the file).
+                errors[k] = (pv - mv) / float(rate)
+                kinds[k] = "absolute, share of the request rate (measured 0)"
+            elif mv == 0:
                 errors[k] = 0.0 if pv == 0 else None
             else:
                 errors[k] = pv / mv - 1
@@ -193,7 +231,9 @@ for line in open(points_file):
                               "seed": m["metadata"]["arguments"].get("seed"),
                               "measured_file": os.path.relpath(mfile), "predicted_file": os.path.relpath(pfile),
                               "measured": measured, "predicted": predicted,
-                              "relative_error": errors, "within_bound": ok})
+                              "relative_error": errors, "within_bound": ok,
+                              **({"error_kind": kinds} if kinds else {}),
+                              **isolated(mfile, int(mi))})
         out.setdefault("profiles", {})[name] = p["profile"]["name"]
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())

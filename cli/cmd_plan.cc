@@ -82,6 +82,8 @@ int RunPlan(int argc, char** argv) {
       ("request-rate", po::value<std::string>()->default_value(""), "one rate (requests/s)")
       ("sweep", po::value<std::string>()->default_value(""), "comma-separated rates")
       ("burstiness", po::value<double>()->default_value(1.0), "gamma shape of the gaps: 1 = Poisson")
+      ("cached-prompts", po::value<int>()->default_value(0),
+       "the first N prompts are prefix-cache hits (sent before the run, e.g. by warm-ups that replayed them)")
       ("goodput", po::value<std::vector<std::string>>()->multitoken(),
        "SLOs, e.g. --goodput ttft:250 tpot:100 (milliseconds), as loadgen")
       ("target-rate", po::value<double>()->default_value(0), "the rate to size for (req/s)")
@@ -166,6 +168,8 @@ int RunPlan(int argc, char** argv) {
   if (!rates.ok()) return fail(rates.status());
   o.rates = *rates;
   o.burstiness = vm["burstiness"].as<double>();
+  o.cached_prompts = vm["cached-prompts"].as<int>();
+  if (o.cached_prompts < 0) return Fail(kCommand, "--cached-prompts must be >= 0");
   if (!(o.burstiness > 0) || !std::isfinite(o.burstiness))
     return Fail(kCommand, "--burstiness must be > 0");
   o.target_rate = vm["target-rate"].as<double>();

@@ -99,11 +99,17 @@ nlohmann::ordered_json Num(double v) {
 
 }  // namespace
 
+int32_t CachedPrefixTokens(int32_t input_tokens, int32_t block_size) {
+  if (input_tokens < 1 || block_size < 1) return 0;
+  return (input_tokens - 1) / block_size * block_size;
+}
+
 absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
   if (o.deployments.empty()) return absl::InvalidArgumentError("no candidate deployments");
   if (o.rates.empty() && !(o.target_rate > 0)) {
     return absl::InvalidArgumentError("give rates to simulate, a target rate, or both");
   }
+  if (o.cached_prompts < 0) return absl::InvalidArgumentError("cached prompts must be >= 0");
   if (!(o.target_attainment > 0 && o.target_attainment <= 1)) {
     return absl::InvalidArgumentError("target attainment must be in (0, 1]");
   }
@@ -125,6 +131,14 @@ absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
         BuildSimRequests(o.workload, rate, o.burstiness);
     if (!requests.ok()) return requests.status();
     for (DeploymentResult& dr : report.results) {
+      // Prefix-cache hits, in blocks of the node that computes the prompt.
+      const int32_t block_size =
+          dr.deployment.disaggregated() ? o.profile.block_size : o.colocated_profile.block_size;
+      const int32_t n_cached = std::min<int32_t>(o.cached_prompts, requests->size());
+      for (int32_t i = 0; i < n_cached; ++i) {
+        SimRequest& r = (*requests)[i];
+        r.cached_tokens = CachedPrefixTokens(r.input_tokens, block_size);
+      }
       SimOptions so;
       so.deployment = dr.deployment;
       so.prefill = so.decode = o.profile;
@@ -163,6 +177,7 @@ nlohmann::ordered_json PlanToJson(const PlanOptions& o, const PlanReport& report
   if (o.workload.name == "sharegpt") w["dataset-path"] = o.workload.dataset_path;
   w["seed"] = o.workload.seed;
   w["burstiness"] = o.burstiness;
+  w["cached_prompts"] = o.cached_prompts;
   j["workload"] = w;
   nlohmann::ordered_json slo = nlohmann::ordered_json::object();
   if (o.slo.ttft_ms) slo["ttft_ms"] = *o.slo.ttft_ms;

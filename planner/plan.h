@@ -22,6 +22,10 @@ struct PlanOptions {
   loadgen::WorkloadOptions workload;
   std::vector<double> rates;  // requests/s
   double burstiness = 1.0;    // gamma shape; 1 is Poisson
+  // The first `cached_prompts` prompts were sent once before the run (a
+  // warm-up that replayed them), so their full KV blocks are prefix-cache
+  // hits: CachedPrefixTokens of each.
+  int32_t cached_prompts = 0;
   loadgen::Slo slo;
   double target_rate = 0;          // 0: none (rank by capacity per node)
   double target_attainment = 0.9;  // share of requests that must meet the SLO
@@ -41,6 +45,11 @@ struct PlanPoint {
 // arrival would otherwise fail a deployment that keeps up whenever requests
 // take long against the run (256-token answers in a 10 s run).
 bool MeetsTarget(const PlanPoint& point, double target_attainment);
+
+// Prompt tokens a prefix cache of `block_size`-token blocks serves for a
+// prompt it has seen whole: its full blocks, less the block holding the last
+// token (the engine always computes that one to sample token #1).
+int32_t CachedPrefixTokens(int32_t input_tokens, int32_t block_size);
 
 struct DeploymentResult {
   Deployment deployment;

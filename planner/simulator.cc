@@ -178,7 +178,9 @@ class Sim {
       ++d.inflight;
       Node& p = nodes_[first];
       if (first != s.decode_node) ++p.inflight;
-      p.queued_prefill_tokens += reqs_[r].input_tokens;
+      // Prefix-cache hits: the node computes only the prompt's uncached tail.
+      s.computed = reqs_[r].cached_tokens;
+      p.queued_prefill_tokens += reqs_[r].input_tokens - reqs_[r].cached_tokens;
       RequestResult& res = result_.requests[r];
       res.dispatch_s = now_;
       res.node_prefill = o_.deployment.disaggregated() ? p.index : -1;
@@ -359,6 +361,11 @@ absl::StatusOr<SimResult> Simulate(const std::vector<SimRequest>& requests, cons
     if (r.input_tokens < 1 || r.output_tokens < 1) {
       return absl::InvalidArgumentError(
           absl::StrCat("request ", i, ": input and output tokens must be >= 1"));
+    }
+    if (r.cached_tokens < 0 || r.cached_tokens >= r.input_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("request ", i, ": cached tokens ",
+                                                     r.cached_tokens, " not in [0, input tokens ",
+                                                     r.input_tokens, ")"));
     }
     prev = r.arrival_s;
   }

@@ -33,6 +33,10 @@ struct SimRequest {
   double arrival_s = 0;
   int32_t input_tokens = 1;
   int32_t output_tokens = 1;  // generated exactly (EOS ignored)
+  // Leading prompt tokens already in the first node's prefix cache (a
+  // prompt sent before): the node computes only the rest. 0 <= cached <
+  // input_tokens (the engine always computes the last prompt token).
+  int32_t cached_tokens = 0;
 };
 
 struct SimOptions {

@@ -51,6 +51,38 @@ TEST(PlanTest, RequestsComeFromLoadgensGenerators) {
   EXPECT_FALSE(BuildSimRequests(w, 1, 0).ok());
 }
 
+// A prompt seen whole is cached in full blocks, less the block of its last
+// token: the committed loadgen sweep's two replayed warm-up prompts (476 and
+// 547 tokens) were 464 + 544 = 1008 cached tokens.
+TEST(PlanTest, CachedPrefixIsFullBlocksBeforeTheLastToken) {
+  EXPECT_EQ(CachedPrefixTokens(476, 16), 464);
+  EXPECT_EQ(CachedPrefixTokens(547, 16), 544);
+  EXPECT_EQ(CachedPrefixTokens(32, 16), 16);
+  EXPECT_EQ(CachedPrefixTokens(33, 16), 32);
+  EXPECT_EQ(CachedPrefixTokens(16, 16), 0);
+  EXPECT_EQ(CachedPrefixTokens(1, 16), 0);
+}
+
+// --cached-prompts: the first prompts are prefix-cache hits, so at a low
+// rate their TTFT is a fraction of an uncached one's.
+TEST(PlanTest, CachedPromptsShortenTheFirstRequests) {
+  PlanOptions o = Options();
+  o.deployments = {Deployment{0, 0, 1}};
+  o.rates = {0.1};
+  absl::StatusOr<PlanReport> plain = RunPlan(o);
+  o.cached_prompts = 200;  // every prompt
+  absl::StatusOr<PlanReport> cached = RunPlan(o);
+  ASSERT_TRUE(plain.ok() && cached.ok());
+  const SimSummary& a = plain->results[0].points[0].summary;
+  const SimSummary& b = cached->results[0].points[0].summary;
+  // 100-token prompts: 110 ms uncached; cached, at most a 15-token tail
+  // (10 + 15 ms) and typically 10 + 1..16 ms.
+  EXPECT_GT(a.ttft_ms.At(50), 80);
+  EXPECT_LT(b.ttft_ms.At(50), 30);
+  o.cached_prompts = -1;
+  EXPECT_FALSE(RunPlan(o).ok());
+}
+
 // One prefill step holds one 100-token prompt (110 ms), so a node prefills
 // about 9 prompts/s: one node cannot serve 20 req/s, and the recommendation
 // is the smallest deployment that does.

@@ -233,7 +233,35 @@ TEST(SimulatorTest, SameInputsSameResults) {
   }
 }
 
+// Prefix-cache hits: a prompt whose first 48 of 50 tokens are cached costs
+// one step of its 2-token tail (10 + 2 ms) and attends over the cached
+// positions; the next prompt queues behind that step, not a full one:
+//   [0, 0.012)      A's last 2 tokens        -> A #1 at 0.012
+//   [0.012, 0.074)  A decode + B's 50 tokens -> A #2 (done), B #1 at 0.074
+// Uncached, A alone would take 0.06.
+TEST(SimulatorTest, CachedPromptTokensAreNotRecomputed) {
+  std::vector<SimRequest> requests = {{0.0, 50, 2, 48}, {0.001, 50, 1}};
+  absl::StatusOr<SimResult> r = Simulate(requests, Colocated(HandProfile()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->requests[0].ttft_s, 0.012, kEps);
+  EXPECT_NEAR(r->requests[0].e2e_s, 0.074, kEps);
+  EXPECT_NEAR(r->requests[1].ttft_s, 0.073, kEps);
+  // The same on a prefill node: the tail alone, then KV to the decode node.
+  r = Simulate(requests, Disaggregated(HandProfile()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->requests[0].ttft_s, 0.012, kEps);
+  EXPECT_NEAR(r->requests[1].ttft_s, 0.071, kEps);
+  // Attention over the cached prefix is still paid: 2 new tokens after 48.
+  DeviceProfile attn = HandProfile();
+  attn.step.attention_pair_s = 1e-5;
+  r = Simulate({{0.0, 50, 1, 48}}, Colocated(attn));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->requests[0].ttft_s, 0.012 + 1e-5 * ChunkAttentionPairs(48, 2), kEps);
+}
+
 TEST(SimulatorTest, RejectsBadInputs) {
+  EXPECT_FALSE(Simulate({{0, 10, 1, 10}}, Disaggregated(HandProfile())).ok());
+  EXPECT_FALSE(Simulate({{0, 10, 1, -1}}, Disaggregated(HandProfile())).ok());
   EXPECT_FALSE(Simulate({{0, 0, 1}}, Disaggregated(HandProfile())).ok());
   EXPECT_FALSE(Simulate({{1, 10, 1}, {0.5, 10, 1}}, Disaggregated(HandProfile())).ok());
   EXPECT_FALSE(Simulate({{NAN, 10, 1}}, Disaggregated(HandProfile())).ok());
