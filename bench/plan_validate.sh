@@ -104,10 +104,13 @@ if not ok: print(f"cached tokens are not the {n} replayed warm-ups' ({expect}): 
 PY
 )
     predicted=$WORK/$name.committed_sweep.predicted.json
-    "$BIN" plan --profile "$WORK/$profile.json" --deployments "$name" --seed 0 --num-prompts 100 \
-      --cached-prompts "$cached" \
-      --random-input-len 512 --random-output-len 64 --random-range-ratio 0.1 --sweep "$sweep" \
-      --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$predicted" >/dev/null
+    # The measured runs replayed as they were sent (start offsets and
+    # lengths from the per-request records): today's loadgen draws other
+    # lengths from seed 0 after the 16th prompt than the one that measured.
+    "$BIN" plan --profile "$WORK/$profile.json" --deployments "$name" \
+      --replay-csv "$SWEEP_DIR/$file.sweep.csv" --cached-prompts "$cached" \
+      --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$predicted" \
+      --detailed-csv "$WORK/$name.committed_sweep.predicted.csv" >/dev/null
     i=0
     for rate in ${sweep//,/ }; do
       echo "$name $rate $measured $i $predicted $i" >>"$POINTS"
@@ -202,6 +205,24 @@ def isolated(mfile, run):
         "count": len(alone),
         "ttft_ms_per_prompt_token_p50": statistics.median(float(r["ttft_ms"]) / int(r["input_tokens"]) for r in alone),
         "tpot_ms_p50": statistics.median(float(r["tpot_ms"]) for r in alone)}}
+def per_request(mfile, run, pfile, rate):
+    # Request by request (a replay simulates the very requests measured):
+    # predicted - measured TTFT and TPOT, and predicted / measured E2E, as
+    # p10/p50/p90 over the run's requests.
+    mpath, ppath = mfile.replace(".json", ".csv"), pfile.replace(".json", ".csv")
+    if not (os.path.exists(mpath) and os.path.exists(ppath)): return {}
+    m = sorted((r for r in csv.DictReader(open(mpath)) if r["run"] == str(run) and r["success"] == "true"),
+               key=lambda r: float(r["start_offset_s"]))
+    p = [r for r in csv.DictReader(open(ppath)) if abs(float(r["request_rate"]) - float(rate)) < 1e-9]
+    if len(m) != len(p) or any(a["input_tokens"] != b["input_tokens"] for a, b in zip(m, p)): return {}
+    def q(v):
+        d = statistics.quantiles(v, n=10)
+        return {"p10": d[0], "p50": statistics.median(v), "p90": d[8]}
+    pairs = [(a, b) for a, b in zip(m, p) if a["tpot_ms"] and b["tpot_ms"]]
+    return {"per_request": {
+        "ttft_ms_predicted_minus_measured": q([float(b["ttft_ms"]) - float(a["ttft_ms"]) for a, b in zip(m, p)]),
+        "tpot_ms_predicted_minus_measured": q([float(b["tpot_ms"]) - float(a["tpot_ms"]) for a, b in pairs]),
+        "e2e_predicted_over_measured": q([float(b["e2e_ms"]) / float(a["e2e_ms"]) for a, b in zip(m, p)])}}
 within = {k: 0 for k in bounds}
 total = 0
 for line in open(points_file):
@@ -233,7 +254,7 @@ for line in open(points_file):
                               "measured": measured, "predicted": predicted,
                               "relative_error": errors, "within_bound": ok,
                               **({"error_kind": kinds} if kinds else {}),
-                              **isolated(mfile, int(mi))})
+                              **isolated(mfile, int(mi)), **per_request(mfile, int(mi), pfile, rate)})
         out.setdefault("profiles", {})[name] = p["profile"]["name"]
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())

@@ -97,6 +97,11 @@ int RunPlan(int argc, char** argv) {
       ("link-latency-ms", po::value<double>(), "override: link latency, ms")
       ("result-json", po::value<std::string>()->default_value(""), "write the plan here")
       ("svg", po::value<std::string>()->default_value(""), "write goodput against rate here")
+      ("replay-csv", po::value<std::string>()->default_value(""),
+       "simulate the runs of this loadgen --detailed-csv file as they were sent (their rates, start "
+       "offsets and lengths) instead of generating a workload; no --sweep/--request-rate")
+      ("detailed-csv", po::value<std::string>()->default_value(""),
+       "write one row per simulated request here (compare with loadgen's --detailed-csv)")
       ("json", po::bool_switch(), "print the JSON instead of the table");
   // clang-format on
   po::variables_map vm;
@@ -164,9 +169,18 @@ int RunPlan(int argc, char** argv) {
                     sweep = vm["sweep"].as<std::string>();
   if (!rate.empty() && !sweep.empty())
     return Fail(kCommand, "give --sweep or --request-rate, not both");
-  absl::StatusOr<std::vector<double>> rates = ParseRates(rate.empty() ? sweep : rate);
-  if (!rates.ok()) return fail(rates.status());
-  o.rates = *rates;
+  if (const std::string replay = vm["replay-csv"].as<std::string>(); !replay.empty()) {
+    if (!rate.empty() || !sweep.empty())
+      return Fail(kCommand, "--replay-csv brings its own rates: no --sweep or --request-rate");
+    absl::StatusOr<std::vector<planner::ReplayRun>> runs = planner::LoadLoadgenCsv(replay);
+    if (!runs.ok()) return fail(runs.status());
+    o.replay = std::move(*runs);
+    o.replay_source = replay;
+  } else {
+    absl::StatusOr<std::vector<double>> rates = ParseRates(rate.empty() ? sweep : rate);
+    if (!rates.ok()) return fail(rates.status());
+    o.rates = *rates;
+  }
   o.burstiness = vm["burstiness"].as<double>();
   o.cached_prompts = vm["cached-prompts"].as<int>();
   if (o.cached_prompts < 0) return Fail(kCommand, "--cached-prompts must be >= 0");
@@ -188,6 +202,9 @@ int RunPlan(int argc, char** argv) {
   if (!percentiles.ok()) return fail(percentiles.status());
   o.percentiles = *percentiles;
 
+  const std::string detailed_csv = vm["detailed-csv"].as<std::string>();
+  o.keep_requests = !detailed_csv.empty();
+
   absl::StatusOr<planner::PlanReport> report = planner::RunPlan(o);
   if (!report.ok()) return fail(report.status());
   const nlohmann::ordered_json j = planner::PlanToJson(o, *report);
@@ -198,6 +215,10 @@ int RunPlan(int argc, char** argv) {
   }
   if (const std::string path = vm["result-json"].as<std::string>(); !path.empty()) {
     if (absl::Status s = WriteFile(path, j.dump(2) + "\n"); !s.ok()) return fail(s);
+  }
+  if (!detailed_csv.empty()) {
+    if (absl::Status s = WriteFile(detailed_csv, planner::PlanRequestsCsv(*report)); !s.ok())
+      return fail(s);
   }
   if (const std::string path = vm["svg"].as<std::string>(); !path.empty()) {
     if (absl::Status s = WriteFile(path, planner::PlanSvg(o, *report)); !s.ok()) return fail(s);

@@ -104,9 +104,35 @@ int32_t CachedPrefixTokens(int32_t input_tokens, int32_t block_size) {
   return (input_tokens - 1) / block_size * block_size;
 }
 
+std::string PlanRequestsCsv(const PlanReport& report) {
+  std::string out =
+      "deployment,request_rate,index,arrival_s,input_tokens,cached_tokens,output_tokens,completed,"
+      "dispatch_ms,ttft_ms,tpot_ms,e2e_ms\n";
+  auto ms = [](double s) { return std::isfinite(s) ? absl::StrFormat("%.3f", s * 1e3) : ""; };
+  for (const DeploymentResult& dr : report.results) {
+    const std::string name = dr.deployment.Name();
+    for (const PlanPoint& p : dr.points) {
+      for (size_t i = 0; i < p.requests.size() && i < p.inputs.size(); ++i) {
+        const SimRequest& in = p.inputs[i];
+        const RequestResult& r = p.requests[i];
+        absl::StrAppend(
+            &out, name, ",", absl::StrFormat("%g", p.rate), ",", i, ",",
+            absl::StrFormat("%.6f", in.arrival_s), ",", in.input_tokens, ",", in.cached_tokens, ",",
+            in.output_tokens, ",", r.completed ? "true" : "false", ",",
+            r.completed ? ms(r.dispatch_s - r.arrival_s) : "", ",", r.completed ? ms(r.ttft_s) : "",
+            ",", r.completed ? ms(r.tpot_s) : "", ",", r.completed ? ms(r.e2e_s) : "", "\n");
+      }
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
   if (o.deployments.empty()) return absl::InvalidArgumentError("no candidate deployments");
-  if (o.rates.empty() && !(o.target_rate > 0)) {
+  if (!o.replay.empty() && (!o.rates.empty() || o.target_rate > 0)) {
+    return absl::InvalidArgumentError("a replay brings its own runs: no rates or target rate");
+  }
+  if (o.replay.empty() && o.rates.empty() && !(o.target_rate > 0)) {
     return absl::InvalidArgumentError("give rates to simulate, a target rate, or both");
   }
   if (o.cached_prompts < 0) return absl::InvalidArgumentError("cached prompts must be >= 0");
@@ -115,20 +141,26 @@ absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
   }
   std::vector<double> rates = o.rates;
   if (o.target_rate > 0) rates.push_back(o.target_rate);
+  for (const ReplayRun& run : o.replay) rates.push_back(run.rate);
   for (double r : rates) {
     if (!(r > 0) || !std::isfinite(r)) {
       return absl::InvalidArgumentError(absl::StrCat("rates must be finite and > 0, got ", r));
     }
   }
-  std::sort(rates.begin(), rates.end());
-  rates.erase(std::unique(rates.begin(), rates.end()), rates.end());
+  if (o.replay.empty()) {
+    std::sort(rates.begin(), rates.end());
+    rates.erase(std::unique(rates.begin(), rates.end()), rates.end());
+  }
 
   PlanReport report;
   for (const Deployment& d : o.deployments) report.results.push_back(DeploymentResult{d, {}, 0});
-  for (double rate : rates) {
-    // One workload per rate, shared by every deployment.
+  for (size_t k = 0; k < rates.size(); ++k) {
+    const double rate = rates[k];
+    // One workload per rate, shared by every deployment: generated, or the
+    // replayed run's requests as they were sent.
     absl::StatusOr<std::vector<SimRequest>> requests =
-        BuildSimRequests(o.workload, rate, o.burstiness);
+        o.replay.empty() ? BuildSimRequests(o.workload, rate, o.burstiness)
+                         : absl::StatusOr<std::vector<SimRequest>>(o.replay[k].requests);
     if (!requests.ok()) return requests.status();
     for (DeploymentResult& dr : report.results) {
       // Prefix-cache hits, in blocks of the node that computes the prompt.
@@ -151,6 +183,10 @@ absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
       PlanPoint p;
       p.rate = rate;
       p.summary = Summarize(*requests, *sim, o.slo, o.percentiles);
+      if (o.keep_requests) {
+        p.inputs = *requests;
+        p.requests = std::move(sim->requests);
+      }
       if (MeetsTarget(p, o.target_attainment)) dr.max_rate_meeting = rate;
       dr.points.push_back(std::move(p));
     }
@@ -178,6 +214,7 @@ nlohmann::ordered_json PlanToJson(const PlanOptions& o, const PlanReport& report
   w["seed"] = o.workload.seed;
   w["burstiness"] = o.burstiness;
   w["cached_prompts"] = o.cached_prompts;
+  if (!o.replay.empty()) w["replay"] = o.replay_source;
   j["workload"] = w;
   nlohmann::ordered_json slo = nlohmann::ordered_json::object();
   if (o.slo.ttft_ms) slo["ttft_ms"] = *o.slo.ttft_ms;

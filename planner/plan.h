@@ -12,6 +12,7 @@
 #include "planner/cost_model.h"
 #include "planner/deployment.h"
 #include "planner/summary.h"
+#include "planner/workload.h"
 
 namespace pdserve::planner {
 
@@ -30,11 +31,21 @@ struct PlanOptions {
   double target_rate = 0;          // 0: none (rank by capacity per node)
   double target_attainment = 0.9;  // share of requests that must meet the SLO
   std::vector<double> percentiles = {50, 90, 99};
+  // Non-empty: simulate these measured runs (their own rates, arrivals and
+  // lengths) instead of a generated workload per rate; rates and target_rate
+  // must then be unset. replay_source names them in the JSON.
+  std::vector<ReplayRun> replay;
+  std::string replay_source;
+  bool keep_requests = false;  // keep each simulated request (PlanPoint::requests)
 };
 
 struct PlanPoint {
   double rate = 0;
   SimSummary summary;
+  // With PlanOptions::keep_requests: what was simulated and what came out,
+  // in arrival order.
+  std::vector<SimRequest> inputs;
+  std::vector<RequestResult> requests;
 };
 
 // A deployment meets a rate when at least `target_attainment` of the
@@ -74,6 +85,11 @@ absl::StatusOr<PlanReport> RunPlan(const PlanOptions& options);
 nlohmann::ordered_json PlanToJson(const PlanOptions& options, const PlanReport& report);
 // One row per deployment and rate.
 std::string PlanTable(const PlanOptions& options, const PlanReport& report);
+// One row per simulated request (needs keep_requests), loadgen's
+// --detailed-csv columns where they mean the same: deployment, request_rate,
+// index, arrival_s, input_tokens, cached_tokens, output_tokens, completed,
+// dispatch_ms (router queue), ttft_ms, tpot_ms, e2e_ms.
+std::string PlanRequestsCsv(const PlanReport& report);
 // Goodput against rate, one line per deployment.
 std::string PlanSvg(const PlanOptions& options, const PlanReport& report);
 

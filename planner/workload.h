@@ -4,9 +4,11 @@
 // `pdserve loadgen` run with the same flags.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "loadgen/workload.h"
 #include "planner/simulator.h"
 
@@ -16,5 +18,22 @@ namespace pdserve::planner {
 // shape (1: Poisson).
 absl::StatusOr<std::vector<SimRequest>> BuildSimRequests(const loadgen::WorkloadOptions& workload,
                                                          double rate, double burstiness);
+
+// One run of a `pdserve loadgen --detailed-csv` file, as it was sent: its
+// offered rate, and each sent request's start offset, prompt length and
+// output length (what the client received; with --ignore-eos that is the
+// requested length for every successful request). Requests loadgen never
+// sent are left out. Replaying a measured run removes the workload from the
+// comparison: the simulator sees the very arrivals and lengths the cluster
+// saw.
+struct ReplayRun {
+  double rate = 0;
+  std::vector<SimRequest> requests;  // by start offset
+};
+
+// Runs by rate, ascending. InvalidArgument naming the line for a missing
+// column, a malformed number, a non-finite rate or a request with no tokens.
+absl::StatusOr<std::vector<ReplayRun>> ParseLoadgenCsv(absl::string_view text);
+absl::StatusOr<std::vector<ReplayRun>> LoadLoadgenCsv(const std::string& path);
 
 }  // namespace pdserve::planner

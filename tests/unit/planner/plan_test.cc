@@ -1,5 +1,9 @@
 #include "planner/plan.h"
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "loadgen/workload.h"
 #include "planner/workload.h"
@@ -80,6 +84,108 @@ TEST(PlanTest, CachedPromptsShortenTheFirstRequests) {
   EXPECT_GT(a.ttft_ms.At(50), 80);
   EXPECT_LT(b.ttft_ms.At(50), 30);
   o.cached_prompts = -1;
+  EXPECT_FALSE(RunPlan(o).ok());
+}
+
+// --detailed-csv: one row per simulated request, the same figures as the
+// summary's (here: the TTFT of request 0 at each rate).
+TEST(PlanTest, RequestsCsvHasARowPerRequestAndRate) {
+  PlanOptions o = Options();
+  o.deployments = {Deployment{0, 0, 1}};
+  o.keep_requests = true;
+  absl::StatusOr<PlanReport> report = RunPlan(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const std::string csv = PlanRequestsCsv(*report);
+  const std::vector<std::string> lines = absl::StrSplit(csv, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 1u + 2 * 200);  // header, 200 requests at each of 2 rates
+  EXPECT_TRUE(absl::StartsWith(lines[0], "deployment,request_rate,index,arrival_s,"));
+  const PlanPoint& p = report->results[0].points[0];
+  ASSERT_EQ(p.requests.size(), 200u);
+  const std::vector<std::string> row0 = absl::StrSplit(lines[1], ',');
+  ASSERT_EQ(row0.size(), 12u);
+  EXPECT_EQ(row0[0], "colocated1");
+  EXPECT_EQ(row0[2], "0");
+  EXPECT_EQ(row0[7], "true");
+  double ttft_ms = 0;
+  ASSERT_TRUE(absl::SimpleAtod(row0[9], &ttft_ms));
+  EXPECT_NEAR(ttft_ms, p.requests[0].ttft_s * 1e3, 1e-3);
+  // Without keep_requests nothing is kept.
+  o.keep_requests = false;
+  report = RunPlan(o);
+  ASSERT_TRUE(report.ok());
+  EXPECT_TRUE(report->results[0].points[0].requests.empty());
+}
+
+constexpr char kCsvHeader[] =
+    "run,request_rate,id,start_offset_s,ttft_ms,tpot_ms,e2e_ms,input_tokens,output_tokens,"
+    "success,status,error\n";
+
+// A loadgen --detailed-csv file replays as it was sent: runs by rate, each
+// run's requests by start offset; not-sent rows are left out; a quoted error
+// with commas and quotes does not shift the columns.
+TEST(PlanTest, ReplayCsvKeepsEachRunAsSent) {
+  const std::string csv =
+      absl::StrCat(kCsvHeader, "0,2,r0-1,0.500,1,1,1,40,5,true,ok,\n",
+                   "0,2,r0-0,0.000,1,1,1,30,4,true,ok,\n", "0,2,r0-2,,,,,50,0,false,not_sent,\n",
+                   "0,2,r0-3,0.700,,,,60,0,false,failed,\"deadline, \"\"x\"\"\"\n",
+                   "1,0.5,r1-0,0.000,1,1,1,70,8,true,ok,\n");
+  absl::StatusOr<std::vector<ReplayRun>> runs = ParseLoadgenCsv(csv);
+  ASSERT_TRUE(runs.ok()) << runs.status();
+  ASSERT_EQ(runs->size(), 2u);
+  EXPECT_EQ((*runs)[0].rate, 0.5);
+  ASSERT_EQ((*runs)[0].requests.size(), 1u);
+  EXPECT_EQ((*runs)[0].requests[0].input_tokens, 70);
+  const ReplayRun& r = (*runs)[1];
+  EXPECT_EQ(r.rate, 2);
+  ASSERT_EQ(r.requests.size(), 3u);
+  EXPECT_EQ(r.requests[0].arrival_s, 0);
+  EXPECT_EQ(r.requests[0].input_tokens, 30);
+  EXPECT_EQ(r.requests[0].output_tokens, 4);
+  EXPECT_EQ(r.requests[1].arrival_s, 0.5);
+  EXPECT_EQ(r.requests[2].input_tokens, 60);
+  EXPECT_EQ(r.requests[2].output_tokens, 1);  // failed with nothing: token #1 at least
+}
+
+TEST(PlanTest, ReplayCsvRefusesWhatItCannotReplay) {
+  EXPECT_FALSE(ParseLoadgenCsv("").ok());
+  EXPECT_FALSE(ParseLoadgenCsv("run,request_rate\n0,1\n").ok());  // columns missing
+  EXPECT_FALSE(ParseLoadgenCsv(kCsvHeader).ok());                 // no request
+  for (const char* row : {"0,inf,a,0.0,1,1,1,10,2,true,ok,\n", "0,1,a,-1,1,1,1,10,2,true,ok,\n",
+                          "0,1,a,x,1,1,1,10,2,true,ok,\n", "0,1,a,0.0,1,1,1,0,2,true,ok,\n",
+                          "0,1,a,0.0,1,1,1,10,2,true,ok\n", "x,1,a,0.0,1,1,1,10,2,true,ok,\n"}) {
+    absl::StatusOr<std::vector<ReplayRun>> runs = ParseLoadgenCsv(absl::StrCat(kCsvHeader, row));
+    EXPECT_FALSE(runs.ok()) << row;
+    if (!runs.ok()) EXPECT_TRUE(absl::StrContains(runs.status().message(), "line 2")) << row;
+  }
+  EXPECT_FALSE(ParseLoadgenCsv(absl::StrCat(kCsvHeader, "0,1,a,0.0,1,1,1,10,2,true,ok,\n",
+                                            "0,2,b,0.1,1,1,1,10,2,true,ok,\n"))
+                   .ok());  // one run, two rates
+}
+
+// With a replay the plan simulates exactly those requests: the same result
+// as the simulator given them directly, at the replayed rate.
+TEST(PlanTest, ReplayedRunsAreSimulatedAsGiven) {
+  PlanOptions o = Options();
+  o.deployments = {Deployment{1, 1, 0}};
+  o.rates.clear();
+  ReplayRun run;
+  run.rate = 3;
+  run.requests = {{0.0, 50, 3}, {0.02, 80, 2}, {0.03, 30, 1}};
+  o.replay = {run};
+  o.keep_requests = true;
+  absl::StatusOr<PlanReport> report = RunPlan(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->results[0].points.size(), 1u);
+  const PlanPoint& p = report->results[0].points[0];
+  EXPECT_EQ(p.rate, 3);
+  SimOptions so;
+  so.deployment = Deployment{1, 1, 0};
+  so.prefill = so.decode = so.mixed = HandProfile();
+  absl::StatusOr<SimResult> direct = Simulate(run.requests, so);
+  ASSERT_TRUE(direct.ok());
+  ASSERT_EQ(p.requests.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(p.requests[i].e2e_s, direct->requests[i].e2e_s);
+  o.rates = {1};  // a replay brings its own rates
   EXPECT_FALSE(RunPlan(o).ok());
 }
 
