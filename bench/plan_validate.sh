@@ -6,14 +6,17 @@
 #      deployments with `pdserve loadgen` at each rate in RATES: Poisson
 #      arrivals, fresh prompts per rate (seed SEED + rate index), a warm-up
 #      run with prompts of another seed before the measured ones;
-#   3. runs `pdserve plan` with the same profile, workload, seed and rate;
+#   3. runs `pdserve plan` with the same profile on each measured run as it
+#      was sent (--replay-csv: loadgen's per-request start offsets and
+#      lengths), writing the simulated requests beside the measured ones;
 #   4. writes $OUT_DIR/plan_validation.json: predicted against measured
 #      goodput, p50/p99 TTFT and TPOT, their relative errors, and whether
 #      each is within the bounds (goodput 15%, latencies 20%).
 #
 # COMMITTED=1 measures nothing: it predicts the committed quiet-machine sweep
-# of bench/disagg_vs_colocated.sh (bench/results/disagg_vs_colocated/, the
-# same workload, seed and rates) with the idle-calibrated profiles in
+# of bench/disagg_vs_colocated.sh (bench/results/disagg_vs_colocated/, its
+# runs replayed from the per-request CSV, the 2 warm-up prompts it replayed
+# as prefix-cache hits) with the idle-calibrated profiles in
 # $OUT_DIR/plan_validation/profile_quiet_t{1,2}.json.
 #
 # Every knob is an environment variable (defaults below); a smoke run:
@@ -157,14 +160,16 @@ for rate in $RATES; do
       >/dev/null
     "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$NUM_PROMPTS" --request-rate "$rate" \
       --label "$name" --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
-      --result-json "$WORK/$name.rate$rate.measured.json" >"$WORK/$name.rate$rate.measured.txt"
+      --result-json "$WORK/$name.rate$rate.measured.json" \
+      --detailed-csv "$WORK/$name.rate$rate.measured.csv" >"$WORK/$name.rate$rate.measured.txt"
     kill -0 "$CLUSTER_PID" 2>/dev/null || die "$name cluster died during the run"
     stop_cluster
-    "$BIN" plan --profile "${PROFILE[$name]}" --deployments "$name" --seed "$seed" \
-      --num-prompts "$NUM_PROMPTS" --random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" \
-      --random-range-ratio "$RANGE_RATIO" --request-rate "$rate" \
+    # The run replayed as it was sent (its start offsets and lengths).
+    "$BIN" plan --profile "${PROFILE[$name]}" --deployments "$name" \
+      --replay-csv "$WORK/$name.rate$rate.measured.csv" \
       --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
-      --result-json "$WORK/$name.rate$rate.predicted.json" >"$WORK/$name.rate$rate.predicted.txt"
+      --result-json "$WORK/$name.rate$rate.predicted.json" \
+      --detailed-csv "$WORK/$name.rate$rate.predicted.csv" >"$WORK/$name.rate$rate.predicted.txt"
     echo "$name $rate $WORK/$name.rate$rate.measured.json 0 $WORK/$name.rate$rate.predicted.json 0" >>"$POINTS"
   done
 done
@@ -199,7 +204,7 @@ def isolated(mfile, run):
     span = [(float(r["start_offset_s"]), float(r["start_offset_s"]) + float(r["e2e_ms"]) / 1e3) for r in rows]
     alone = [r for i, r in enumerate(rows)
              if not any(j != i and b[0] < span[i][1] and b[1] > span[i][0] for j, b in enumerate(span))
-             and not r["id"].endswith(("-0", "-1"))]  # the two prefix-cache hits
+             and not r["id"].endswith(("-0", "-1"))]  # the committed sweep's prefix-cache hits
     if not alone: return {"isolated_requests": {"count": 0}}
     return {"isolated_requests": {
         "count": len(alone),

@@ -79,6 +79,10 @@ int RunPlan(int argc, char** argv) {
       ("vocab-size", po::value<int>()->default_value(49152),
        "vocabulary of the token-id prompts loadgen would draw (only the draw order depends on it)")
       ("seed", po::value<uint64_t>()->default_value(0), "seed of the prompts and arrivals, as loadgen's")
+      ("avoid-token-ids", po::value<std::string>()->default_value(""),
+       "the target's EOS/BOS ids, comma-separated: loadgen redraws them in token-id prompts, which "
+       "moves its later length draws (the committed SmolLM2 sweeps: 0,1); without them the lengths "
+       "match only until one is drawn")
       ("request-rate", po::value<std::string>()->default_value(""), "one rate (requests/s)")
       ("sweep", po::value<std::string>()->default_value(""), "comma-separated rates")
       ("burstiness", po::value<double>()->default_value(1.0), "gamma shape of the gaps: 1 = Poisson")
@@ -159,6 +163,13 @@ int RunPlan(int argc, char** argv) {
   // the lengths follow the same random stream.
   o.workload.token_ids = true;
   o.workload.vocab_size = vm["vocab-size"].as<int>();
+  for (absl::string_view part :
+       absl::StrSplit(vm["avoid-token-ids"].as<std::string>(), ',', absl::SkipWhitespace())) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(part, &id) || id < 0 || id >= o.workload.vocab_size)
+      return Fail(kCommand, "--avoid-token-ids: token ids in [0, --vocab-size), comma-separated");
+    o.workload.avoid_token_ids.push_back(id);
+  }
   if (absl::Status s = loadgen::ValidateWorkloadOptions(o.workload); !s.ok()) return fail(s);
   const int64_t longest = static_cast<int64_t>(o.workload.prefix_len) + o.workload.random_input_len;
   if (longest > 1000000 || o.workload.random_output_len > 1000000) {

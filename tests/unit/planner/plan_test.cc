@@ -189,6 +189,27 @@ TEST(PlanTest, ReplayedRunsAreSimulatedAsGiven) {
   EXPECT_FALSE(RunPlan(o).ok());
 }
 
+// loadgen redraws the target's EOS/BOS ids in token-id prompts, and the
+// redraws move every later length draw: the planner reproduces loadgen's
+// lengths only with the same ids to avoid.
+TEST(PlanTest, AvoidedTokenIdsMoveTheLengthsAsInLoadgen) {
+  loadgen::WorkloadOptions w = Workload();
+  w.vocab_size = 50;  // 100-token prompts: an avoided id is drawn in the first prompt
+  w.avoid_token_ids = {0, 1};
+  absl::StatusOr<std::vector<loadgen::RequestInput>> inputs = loadgen::BuildWorkload(w, nullptr);
+  absl::StatusOr<std::vector<SimRequest>> same = BuildSimRequests(w, 4.0, 1.0);
+  w.avoid_token_ids.clear();
+  absl::StatusOr<std::vector<SimRequest>> without = BuildSimRequests(w, 4.0, 1.0);
+  ASSERT_TRUE(inputs.ok() && same.ok() && without.ok());
+  int differ = 0;
+  for (size_t i = 0; i < inputs->size(); ++i) {
+    EXPECT_EQ((*same)[i].input_tokens, (*inputs)[i].input_tokens);
+    EXPECT_EQ((*same)[i].output_tokens, (*inputs)[i].max_tokens);
+    differ += (*without)[i].input_tokens != (*inputs)[i].input_tokens;
+  }
+  EXPECT_GT(differ, 100);
+}
+
 // One prefill step holds one 100-token prompt (110 ms), so a node prefills
 // about 9 prompts/s: one node cannot serve 20 req/s, and the recommendation
 // is the smallest deployment that does.
