@@ -39,6 +39,9 @@ absl::StatusOr<std::vector<SimRequest>> BuildSimRequests(const loadgen::Workload
 
 namespace {
 
+constexpr int64_t kMaxTokens = 1000000;
+constexpr size_t kMaxRequests = 1000000;
+
 // Splits one CSV record (RFC 4180 quoting: "" is a quote inside quotes).
 // Records never span lines in loadgen's files (CsvField quotes newlines, but
 // its fields hold none), so a line is a record.
@@ -98,11 +101,13 @@ absl::StatusOr<std::vector<ReplayRun>> ParseLoadgenCsv(absl::string_view text) {
       return bad("request_rate is not a finite rate > 0 (a rate-inf run cannot be replayed)");
     if (!absl::SimpleAtod(f[col["start_offset_s"]], &start) || !std::isfinite(start) || start < 0)
       return bad("start_offset_s is not a time >= 0");
-    if (!absl::SimpleAtoi(f[col["input_tokens"]], &input) || input < 1 || input > 10000000)
-      return bad("input_tokens is not in [1, 1e7]");
-    if (!absl::SimpleAtoi(f[col["output_tokens"]], &output) || output < 0 || output > 10000000)
-      return bad("output_tokens is not in [0, 1e7]");
+    // The bounds `pdserve plan` puts on a generated workload.
+    if (!absl::SimpleAtoi(f[col["input_tokens"]], &input) || input < 1 || input > kMaxTokens)
+      return bad("input_tokens is not in [1, 1000000]");
+    if (!absl::SimpleAtoi(f[col["output_tokens"]], &output) || output < 0 || output > kMaxTokens)
+      return bad("output_tokens is not in [0, 1000000]");
     ReplayRun& r = runs[run];
+    if (r.requests.size() >= kMaxRequests) return bad("more than 1000000 requests in one run");
     if (r.requests.empty()) {
       r.rate = rate;
     } else if (r.rate != rate) {

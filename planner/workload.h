@@ -32,7 +32,8 @@ struct ReplayRun {
 };
 
 // Runs by rate, ascending. InvalidArgument naming the line for a missing
-// column, a malformed number, a non-finite rate or a request with no tokens.
+// column, a malformed number, a non-finite rate, a request with no prompt,
+// lengths past 1e6 tokens or runs past 1e6 requests (plan's own bounds).
 absl::StatusOr<std::vector<ReplayRun>> ParseLoadgenCsv(absl::string_view text);
 absl::StatusOr<std::vector<ReplayRun>> LoadLoadgenCsv(const std::string& path);
 

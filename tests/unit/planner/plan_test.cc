@@ -152,7 +152,8 @@ TEST(PlanTest, ReplayCsvRefusesWhatItCannotReplay) {
   EXPECT_FALSE(ParseLoadgenCsv(kCsvHeader).ok());                 // no request
   for (const char* row : {"0,inf,a,0.0,1,1,1,10,2,true,ok,\n", "0,1,a,-1,1,1,1,10,2,true,ok,\n",
                           "0,1,a,x,1,1,1,10,2,true,ok,\n", "0,1,a,0.0,1,1,1,0,2,true,ok,\n",
-                          "0,1,a,0.0,1,1,1,10,2,true,ok\n", "x,1,a,0.0,1,1,1,10,2,true,ok,\n"}) {
+                          "0,1,a,0.0,1,1,1,10,1000001,true,ok,\n", "0,1,a,0.0,1,1,1,10,2,true,ok\n",
+                          "x,1,a,0.0,1,1,1,10,2,true,ok,\n"}) {
     absl::StatusOr<std::vector<ReplayRun>> runs = ParseLoadgenCsv(absl::StrCat(kCsvHeader, row));
     EXPECT_FALSE(runs.ok()) << row;
     if (!runs.ok()) EXPECT_TRUE(absl::StrContains(runs.status().message(), "line 2")) << row;
