@@ -235,8 +235,12 @@ class Sim {
     const LinkModel& link = p.link;
     const int32_t layers = p.n_layers;
     for (const Chunk& c : n->chunks) {
+      // A prompt's first chunk also carries its prefix-cache hits: the
+      // decode node needs the whole prompt's KV.
+      const int32_t cached = reqs_[c.req].cached_tokens;
+      const int32_t tokens = c.n_new + (state_[c.req].computed == cached ? cached : 0);
       const double layer_s =
-          static_cast<double>(p.kv_bytes_per_token) * c.n_new / layers / link.bandwidth_bytes_per_s;
+          static_cast<double>(p.kv_bytes_per_token) * tokens / layers / link.bandwidth_bytes_per_s;
       for (int32_t l = 0; l < layers; ++l) {
         const double ready = now_ + dur * (l + 1) / layers;
         n->link_free_s = std::max(ready, n->link_free_s) + layer_s;

@@ -34,8 +34,9 @@ struct SimRequest {
   int32_t input_tokens = 1;
   int32_t output_tokens = 1;  // generated exactly (EOS ignored)
   // Leading prompt tokens already in the first node's prefix cache (a
-  // prompt sent before): the node computes only the rest. 0 <= cached <
-  // input_tokens (the engine always computes the last prompt token).
+  // prompt sent before): the node computes only the rest, and a prefill
+  // node still ships the whole prompt's KV. 0 <= cached < input_tokens (the
+  // engine always computes the last prompt token).
   int32_t cached_tokens = 0;
 };
 

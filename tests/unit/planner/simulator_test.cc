@@ -251,6 +251,16 @@ TEST(SimulatorTest, CachedPromptTokensAreNotRecomputed) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_NEAR(r->requests[0].ttft_s, 0.012, kEps);
   EXPECT_NEAR(r->requests[1].ttft_s, 0.071, kEps);
+  // The decode node needs the cached prefix's KV too: over a 1 MB/s link,
+  // 50 tokens x 1000 B / 4 layers = 12.5 ms a layer; layers ready every
+  // 3 ms of the 12 ms step, so the last lands at 0.003 + 4 x 0.0125 = 0.053
+  // and token #2 (a 12 ms decode step) at 0.065.
+  SimOptions slow = Disaggregated(HandProfile());
+  slow.prefill.link.bandwidth_bytes_per_s = 1e6;
+  r = Simulate({{0.0, 50, 2, 48}}, slow);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->requests[0].ttft_s, 0.012, kEps);
+  EXPECT_NEAR(r->requests[0].e2e_s, 0.065, kEps);
   // Attention over the cached prefix is still paid: 2 new tokens after 48.
   DeviceProfile attn = HandProfile();
   attn.step.attention_pair_s = 1e-5;
