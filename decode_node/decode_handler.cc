@@ -71,13 +71,13 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
   auto on_output = [call, node, metrics](const SeqOutput& out) {
     if (call->failed.load()) return;
     v1::DecodeEvent ev;
-    if (!out.tokens.empty() || !out.text.empty()) {
+    if (node::WantsChunk(out)) {
       node::FillChunk(out, ev.mutable_chunk());
       call->out->Write(ev);
       if (metrics)
         metrics->generation_tokens_total->Increment(static_cast<double>(out.tokens.size()));
     }
-    if (out.finish == FinishReason::kNone) return;
+    if (!node::EndsRequest(out)) return;
     v1::DecodeEvent done;
     v1::Complete* c = done.mutable_complete();
     c->set_finish_reason(rpc::ToProto(out.finish));
@@ -124,19 +124,27 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
         if (s.ok() && !first.ParseFromString(trailer)) {
           s = absl::DataLossError("KV transfer trailer is malformed");
         }
-        // Token #1 becomes an embedding row and sampler history: it must be
-        // a token of this model.
-        if (s.ok() && (first.token_id() < 0 || first.token_id() >= n_vocab)) {
-          s = absl::InvalidArgumentError(absl::StrCat("KV transfer trailer: token #1 (",
-                                                      first.token_id(), ") is outside [0, ",
-                                                      n_vocab, ")"));
+        // Token #1 (of each sample, n > 1) becomes an embedding row and
+        // sampler history: it must be a token of this model.
+        std::vector<TokenId> firsts;
+        if (first.samples_size() == 0) {
+          firsts.push_back(first.token_id());
+        } else {
+          for (const v1::PrefillResponse::Sample& x : first.samples())
+            firsts.push_back(x.token_id());
+        }
+        for (TokenId t : firsts) {
+          if (s.ok() && (t < 0 || t >= n_vocab)) {
+            s = absl::InvalidArgumentError(absl::StrCat("KV transfer trailer: token #1 (", t,
+                                                        ") is outside [0, ", n_vocab, ")"));
+          }
         }
         if (s.ok()) {
           if (c) {
             c->kv_first_ns = timing.first_layer_ns;
             c->kv_last_ns = timing.last_layer_ns;
           }
-          engine->Activate(id, first.token_id());
+          engine->Activate(id, std::move(firsts));
           return;
         }
         // No more writes into the blocks now: free them and say why.

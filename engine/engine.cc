@@ -101,12 +101,16 @@ Engine::~Engine() { Stop(); }
 
 absl::Status Engine::CheckFits(const RequestSpec& spec) const {
   const int64_t bs = cache_->config().block_size;
-  const int64_t need =
-      (static_cast<int64_t>(spec.prompt.size()) + spec.stop.max_tokens + bs - 1) / bs;
+  // The prompt's full blocks are shared by the samples; each sample has its
+  // own copy of the partial one and the blocks of its output.
+  const int64_t n_prompt = static_cast<int64_t>(spec.prompt.size());
+  const int64_t n = std::max<int32_t>(1, spec.sampling.n);
+  const int64_t need = n_prompt / bs + n * ((n_prompt % bs + spec.stop.max_tokens + bs - 1) / bs);
   if (need > cache_->config().n_blocks) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "request needs ", need, " KV blocks (prompt ", spec.prompt.size(), " + max_tokens ",
-        spec.stop.max_tokens, " tokens) but this node's cache holds ", cache_->config().n_blocks));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request needs ", need, " KV blocks (prompt ", spec.prompt.size(),
+                     " + max_tokens ", spec.stop.max_tokens, " tokens, ", n,
+                     " samples) but this node's cache holds ", cache_->config().n_blocks));
   }
   return absl::OkStatus();
 }
@@ -114,6 +118,9 @@ absl::Status Engine::CheckFits(const RequestSpec& spec) const {
 std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode) {
   auto seq = std::make_unique<Sequence>();
   seq->mode = mode;
+  seq->own_group = std::make_unique<SampleGroup>();
+  seq->own_group->n_samples = std::max<int32_t>(1, spec.sampling.n);
+  seq->group = seq->own_group.get();
   seq->tokens = spec.prompt;
   seq->n_prompt = static_cast<int32_t>(spec.prompt.size());
   seq->on_output = std::move(cb);
@@ -229,7 +236,10 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
 }
 
 void Engine::Activate(const std::string& id, TokenId first_token) {
-  Post(Command{Command::kActivate, nullptr, id, first_token, MonoNowNs()});
+  Activate(id, std::vector<TokenId>{first_token});
+}
+void Engine::Activate(const std::string& id, std::vector<TokenId> first_tokens) {
+  Post(Command{Command::kActivate, nullptr, id, std::move(first_tokens), MonoNowNs()});
 }
 void Engine::Abort(const std::string& id) { Post(Command{Command::kAbort, nullptr, id}); }
 void Engine::Release(const std::string& id) { Post(Command{Command::kRelease, nullptr, id}); }
@@ -257,42 +267,11 @@ void Engine::DrainInbox() {
     if (it == seqs_.end()) continue;  // finished already, or unknown
     Sequence* s = it->second.get();
     switch (cmd.kind) {
-      case Command::kActivate: {
-        if (s->state != SeqState::kAwaitingKv) break;
-        // The prompt's KV is in place; token #1 is the next input.
-        s->n_computed = s->n_prompt;
-        s->tokens.push_back(cmd.token);
-        s->n_generated = 1;
-        s->sampler->AddGenerated(cmd.token);
-        s->sampler->SkipSamples(1);  // the prefill node's draw for token #1
-        s->text->Push(cmd.token);    // the prefill node already emitted its text
-        // The grammar state follows token #1 (the prefill node sampled it
-        // under the same grammar); a token it refuses is a broken peer.
-        if (s->matcher != nullptr) {
-          if (absl::Status st = s->matcher->Accept(cmd.token); !st.ok()) {
-            Finish(s, FinishReason::kError,
-                   absl::InvalidArgumentError(
-                       absl::StrCat("token #1 from the prefill node: ", st.message())));
-            break;
-          }
-        }
-        s->times.activated_ns = cmd.time_ns;
-        // Token #1 may already end the request (the router normally does
-        // not activate then).
-        const StopParams& stop = s->spec->stop;
-        if ((!stop.ignore_eos && model_->tokenizer().IsEog(cmd.token)) ||
-            std::find(stop.stop_token_ids.begin(), stop.stop_token_ids.end(), cmd.token) !=
-                stop.stop_token_ids.end()) {
-          Finish(s, FinishReason::kStop);
-        } else if (s->n_generated >= stop.max_tokens) {
-          Finish(s, FinishReason::kLength);
-        } else {
-          scheduler_->AddRunning(s);
-        }
+      case Command::kActivate:
+        HandleActivate(s, cmd);
         break;
-      }
       case Command::kAbort:
-        Finish(s, FinishReason::kAbort);
+        AbortGroup(s, /*silent=*/false);
         break;
       case Command::kRelease:
         if (s->state == SeqState::kHeld) Finish(s, FinishReason::kNone);
@@ -305,8 +284,17 @@ void Engine::DrainInbox() {
 
 void Engine::Emit(Sequence* seq, SeqOutput& out) {
   out.request_id = seq->id();
+  out.sample_index = seq->sample_index;
+  out.n_samples = seq->group->n_samples;
   out.prompt_tokens = seq->n_prompt;
   out.completion_tokens = seq->n_generated;
+  if (out.finish != FinishReason::kNone && !seq->reported) {
+    SampleGroup* g = seq->group;
+    seq->reported = true;
+    g->completion_tokens += seq->n_generated;
+    out.request_done = --g->n_unreported == 0;
+    if (out.request_done) out.completion_tokens = static_cast<int32_t>(g->completion_tokens);
+  }
   out.cached_tokens = seq->n_cached;
   out.times = seq->times;
   if (seq->on_output) seq->on_output(out);
@@ -315,7 +303,7 @@ void Engine::Emit(Sequence* seq, SeqOutput& out) {
 // Ends a sequence: frees its blocks and, unless it already reported its
 // end (held prefill-only sequences), tells the client why.
 void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
-  const bool reported = seq->state == SeqState::kHeld;
+  const bool reported = seq->reported || seq->state == SeqState::kHeld;
   scheduler_->Remove(seq);
   seq->state = SeqState::kFinished;
   seq->times.finished_ns = MonoNowNs();
@@ -325,6 +313,8 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
     out.error = std::move(error);
     Emit(seq, out);
   }
+  // The root owns its samples: the request goes when all of them have.
+  if (--seq->group->n_unfinished > 0) return;
   const std::string id = seq->id();
   {
     absl::MutexLock lock(&mu_);
@@ -426,6 +416,7 @@ bool Engine::Step() {
   const int32_t bs = cache_->config().block_size;
   int32_t logit_index = 0;
   std::vector<Sequence*> finished;
+  std::vector<std::string> failed;
   for (const ScheduledSeq& it : sched.items) {
     Sequence* s = it.seq;
     const int32_t before = s->n_computed;
@@ -440,13 +431,40 @@ bool Engine::Step() {
     if (!it.want_logits) continue;
     const float* row = logits_.data() + static_cast<size_t>(logit_index++) * n_vocab;
     SeqOutput out;
-    ProcessSample(s, row, &out);
+    // n > 1: the other samples draw token #1 from the same row first (the
+    // prompt's KV is computed once), on this node or, prefill-only, for the
+    // decode node to start from.
+    const bool first_of_many = s->group->n_samples > 1 && !s->group->forked && s->sample_index == 0;
+    absl::Status forked;
+    if (first_of_many && s->mode == SeqMode::kPrefillOnly) {
+      forked = SampleFirstTokens(s, row, &out);
+    } else if (first_of_many) {
+      forked = StartForks(s, row, step_start, step_end, &finished);
+    }
+    if (!forked.ok()) {
+      out.finish = FinishReason::kError;
+      out.error = std::move(forked);
+    } else {
+      ProcessSample(s, row, &out);
+    }
+    if (first_of_many && s->mode == SeqMode::kPrefillOnly && out.finish != FinishReason::kError) {
+      SampleFirstToken& t = out.samples[0];
+      t.token = out.tokens.at(0);
+      t.text = out.text;
+      if (!out.logprobs.empty()) t.logprob = out.logprobs[0];
+      if (!out.top_logprobs.empty()) t.top = out.top_logprobs[0];
+      t.finish = out.finish;
+      // The request ends at token #1 only when every sample does.
+      for (const SampleFirstToken& x : out.samples) {
+        if (x.finish == FinishReason::kNone) out.finish = FinishReason::kNone;
+      }
+    }
     counters_.generated_tokens++;
     if (s->times.first_token_ns == 0) {
       s->times.first_token_ns = step_end;
       s->times.first_step_ns = step_end - step_start;
     }
-    if (s->mode == SeqMode::kPrefillOnly) {
+    if (s->mode == SeqMode::kPrefillOnly && out.finish != FinishReason::kError) {
       // Token #1 is out; the blocks stay until the decode side has them.
       out.prefill_done = true;
       std::vector<BlockId> held = std::move(s->blocks);
@@ -458,12 +476,15 @@ bool Engine::Step() {
       continue;
     }
     if (out.finish != FinishReason::kNone) s->times.finished_ns = step_end;
+    // One sample failing fails the request: its samples go too, silently.
+    if (out.finish == FinishReason::kError && s->group->n_samples > 1) failed.push_back(s->id());
     Emit(s, out);
     if (out.finish != FinishReason::kNone) finished.push_back(s);
   }
-  for (Sequence* s : finished) {
-    s->state = SeqState::kHeld;  // already reported: Finish() must not report again
-    Finish(s, FinishReason::kNone);
+  for (Sequence* s : finished) Finish(s, FinishReason::kNone);  // reported already
+  for (const std::string& id : failed) {
+    auto it = seqs_.find(id);
+    if (it != seqs_.end()) AbortGroup(it->second.get(), /*silent=*/true);
   }
   PublishStats();
   return true;

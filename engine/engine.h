@@ -81,6 +81,12 @@ class Engine {
   // The reserved blocks hold the prompt's KV; `first_token` (sampled by the
   // prefill node) is the next input. Joins the decode loop.
   void Activate(const std::string& id, TokenId first_token);
+  // n > 1 samples: token #1 of each (as many as the request's n). The
+  // samples fork the prompt's blocks copy-on-write; a fork that finds no
+  // block fails the request with ResourceExhausted. A sample that token #1
+  // already ended finishes without an output of its own (the prefill node
+  // reported it).
+  void Activate(const std::string& id, std::vector<TokenId> first_tokens);
   // Ends a request in any state; its callback gets finish = kAbort (unless
   // it already finished) and its blocks are freed before the next step.
   // For imported requests the caller must stop writes into the blocks first.
@@ -102,7 +108,7 @@ class Engine {
     enum Kind { kSubmit, kActivate, kAbort, kRelease } kind;
     std::unique_ptr<Sequence> seq;  // kSubmit
     std::string id;
-    TokenId token = 0;
+    std::vector<TokenId> tokens;  // kActivate: token #1 of each sample
     int64_t time_ns = 0;
   };
   void Post(Command cmd);
@@ -111,6 +117,24 @@ class Engine {
   void Emit(Sequence* seq, SeqOutput& out);
   void ProcessSample(Sequence* seq, const float* logits, SeqOutput* out);
   std::unique_ptr<Sequence> NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode);
+  // Sample `index` of root's request: its own generator, penalties, text
+  // stream and grammar state; no blocks, no tokens past the prompt.
+  absl::StatusOr<std::unique_ptr<Sequence>> NewSample(const Sequence& root, int32_t index);
+  // n > 1: forks samples 1..n-1 off root, whose KV covers its prompt,
+  // sharing its blocks (KvCache::Fork). All or nothing; ResourceExhausted
+  // when the cache has no room for the copies. The forks are not scheduled.
+  absl::StatusOr<std::vector<Sequence*>> ForkSamples(Sequence* root);
+  // Samples 1..n-1 of a full request draw token #1 from root's logits row
+  // (before root does: sampling uses the row as scratch) and join the batch.
+  absl::Status StartForks(Sequence* root, const float* row, int64_t step_start, int64_t step_end,
+                          std::vector<Sequence*>* finished);
+  // Prefill-only with n > 1: token #1 of samples 1..n-1 from root's row.
+  absl::Status SampleFirstTokens(Sequence* root, const float* row, SeqOutput* out);
+  void HandleActivate(Sequence* s, const Command& cmd);
+  // Token #1 from the prefill node: into the sequence's state; the reason it
+  // already ends the sample (kNone: it goes on), or an error.
+  absl::StatusOr<FinishReason> TakeFirstToken(Sequence* s, TokenId token, int64_t time_ns);
+  void AbortGroup(Sequence* root, bool silent);
   // The grammar state for a structured-output request (null for free
   // text); InvalidArgument for a schema that does not compile.
   absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> NewMatcher(const RequestSpec& spec);

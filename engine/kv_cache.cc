@@ -126,6 +126,44 @@ void KvCache::Release(const std::vector<BlockId>& blocks) {
   }
 }
 
+std::optional<std::vector<BlockId>> KvCache::Fork(const std::vector<BlockId>& table,
+                                                  int32_t n_tokens, int32_t* n_shared) {
+  const int32_t bs = config_.block_size;
+  const int32_t n_full = n_tokens / bs;
+  const bool partial = n_tokens % bs != 0;
+  PDS_CHECK(n_tokens >= 0 && n_full + (partial ? 1 : 0) <= static_cast<int32_t>(table.size()))
+      << "fork of " << n_tokens << " tokens from a table of " << table.size() << " blocks";
+  // Host storage copies with memcpy; device storage only through its allocator.
+  const bool can_copy = partial && (allocator_ == nullptr || allocator_->CanCopy());
+  std::vector<BlockId> out;
+  if (can_copy) {
+    std::optional<std::vector<BlockId>> fresh = Allocate(1);
+    if (!fresh) return std::nullopt;
+    const BlockId src = table[n_full];
+    const BlockId dst = (*fresh)[0];
+    const size_t bytes = static_cast<size_t>(config_.LayerBlockBytes());
+    for (int32_t l = 0; l < config_.n_layers; ++l) {
+      if (allocator_ == nullptr) {
+        std::memcpy(BlockData(l, dst), BlockData(l, src), bytes);
+      } else {
+        allocator_->Copy(BlockData(l, dst), BlockData(l, src), bytes);
+      }
+    }
+    out.push_back(dst);
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    for (int32_t i = 0; i < n_full; ++i) {
+      BlockMeta& m = meta_[table[i]];
+      PDS_CHECK_GT(m.refs, 0) << "fork of unreferenced block " << table[i];
+      ++m.refs;
+    }
+  }
+  out.insert(out.begin(), table.begin(), table.begin() + n_full);
+  *n_shared = can_copy || !partial ? n_tokens : n_full * bs;
+  return out;
+}
+
 BlockId KvCache::LookupLocked(uint64_t parent, uint64_t hash, const TokenId* tokens) const {
   auto it = index_.find(hash);
   if (it == index_.end()) return -1;

@@ -49,6 +49,11 @@ class KvAllocator {
   virtual ~KvAllocator() = default;
   virtual absl::StatusOr<void*> Allocate(size_t bytes) = 0;
   virtual void Free(void* ptr, size_t bytes) = 0;
+  // Copying within the storage (a copy-on-write fork's partial block). An
+  // allocator that cannot: forks share full blocks only and the engine
+  // recomputes the partial block's tokens.
+  virtual bool CanCopy() const { return false; }
+  virtual void Copy(void* /*dst*/, const void* /*src*/, size_t /*bytes*/) {}
 };
 
 struct KvCacheStats {
@@ -88,6 +93,17 @@ class KvCache {
   // Drops one reference to each block. Full blocks registered in the prefix
   // index stay there, evictable, once unreferenced.
   void Release(const std::vector<BlockId>& blocks);
+
+  // Copy-on-write fork of a block table whose first n_tokens positions hold
+  // KV (n > 1 samples of one prompt). Full blocks are shared: one more
+  // reference each, never written again by anyone. A last, partially filled
+  // block is the one the fork writes next, so it gets a fresh block with a
+  // copy of its contents. nullopt when there is no block for that copy
+  // (nothing taken). *n_shared: positions whose KV the returned table holds:
+  // n_tokens, or n_tokens rounded down to a block when the storage cannot be
+  // copied here (a device allocator without Copy; the caller recomputes).
+  std::optional<std::vector<BlockId>> Fork(const std::vector<BlockId>& table, int32_t n_tokens,
+                                           int32_t* n_shared);
 
   // Appends to `table` the cached blocks matching the longest prefix of
   // tokens[0, max_tokens) made of full blocks, taking a reference to each;

@@ -6,6 +6,15 @@
 
 namespace pdserve {
 
+uint64_t SampleSeed(uint64_t seed, int32_t index) {
+  if (index == 0) return seed;
+  // splitmix64's finalizer over the seed and the index.
+  uint64_t z = seed + 0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(index);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
 absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limits) {
   auto bad = [](auto&&... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   const int64_t n_prompt = static_cast<int64_t>(spec.prompt.size());
@@ -22,6 +31,12 @@ absl::Status ValidateRequest(const RequestSpec& spec, const RequestLimits& limit
   if (spec.n_resumed < 0 || spec.n_resumed >= n_prompt) {
     return bad("n_resumed (", spec.n_resumed, ") must be in [0, prompt tokens (", n_prompt,
                ")): at least one prompt token precedes the resumed ones");
+  }
+  if (spec.sampling.n < 1 || spec.sampling.n > kMaxSamples) {
+    return bad("n (samples) must be in [1, ", kMaxSamples, "], got ", spec.sampling.n);
+  }
+  if (spec.sampling.n > 1 && spec.n_resumed > 0) {
+    return bad("a resumed request cannot have n > 1 samples");
   }
   const StopParams& st = spec.stop;
   if (st.max_tokens < 1) return bad("max_tokens must be at least 1, got ", st.max_tokens);

@@ -25,6 +25,13 @@ inline constexpr float kMinRepetitionPenalty = 0.01f;
 inline constexpr float kMaxRepetitionPenalty = 100.0f;
 // Every generated token is looked up among the stop ids.
 inline constexpr int32_t kMaxStopTokenIds = 256;
+// Samples of one prompt (OpenAI's n / best_of): they share its KV.
+inline constexpr int32_t kMaxSamples = 16;
+
+// The seed of sample `index` of a seeded request: sample 0 uses the seed
+// itself (n = 1 samples what it always did), the others a mix of both, so
+// every sample is reproducible and they differ.
+uint64_t SampleSeed(uint64_t seed, int32_t index);
 
 struct SamplingParams {
   float temperature = 1.0f;              // 0 = greedy
@@ -38,6 +45,9 @@ struct SamplingParams {
   int32_t top_logprobs = 0;              // alternatives per position, 0..20
   bool logprobs = false;                 // report the chosen token's logprob
   grammar::GrammarSpec response_format;  // structured outputs; kNone: free text
+  // Samples drawn from the prompt (1..kMaxSamples), each with its own
+  // generator (SampleSeed), penalties and grammar state.
+  int32_t n = 1;
 };
 
 struct StopParams {

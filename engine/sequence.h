@@ -57,7 +57,18 @@ struct SeqTimes {
   int64_t finished_ns = 0;
 };
 
-// One update for a request, delivered on the engine thread.
+// Token #1 of one sample, as a prefill-only request with n > 1 reports it.
+struct SampleFirstToken {
+  TokenId token = 0;
+  std::string text;
+  float logprob = 0;
+  std::vector<TokenLogprob> top;
+  FinishReason finish = FinishReason::kNone;
+};
+
+// One update for a request, delivered on the engine thread. With n > 1
+// samples each output belongs to one sample (sample_index); every sample
+// ends with its own finish, and the request is over with request_done.
 struct SeqOutput {
   std::string request_id;
   std::vector<TokenId> tokens;  // new tokens (usually one)
@@ -67,6 +78,13 @@ struct SeqOutput {
   FinishReason finish = FinishReason::kNone;
   absl::Status error;         // set with finish == kError
   bool prefill_done = false;  // prefill-only: token #1 is here, blocks held
+  // Prefill-only with n > 1: token #1 of every sample (index 0 is also in
+  // tokens/text/logprobs above); finish above is set only when all ended.
+  std::vector<SampleFirstToken> samples;
+  int32_t sample_index = 0;
+  int32_t n_samples = 1;
+  // The last sample's finish: completion_tokens then sums all samples.
+  bool request_done = false;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
   int32_t cached_tokens = 0;  // prompt tokens served from the prefix cache
@@ -74,8 +92,26 @@ struct SeqOutput {
 };
 using OutputCallback = std::function<void(const SeqOutput&)>;
 
+struct Sequence;
+
+// The samples of one request (n >= 1). Sample 0 is the sequence the request
+// arrived as; it owns the group, and the group owns the other samples, forked
+// from it once the prompt's KV is there (they share its full blocks).
+struct SampleGroup {
+  int32_t n_samples = 1;
+  bool forked = false;
+  int32_t n_unfinished = 1;                      // members not finished (the root goes last)
+  int32_t n_unreported = 1;                      // members whose finish the client has not had
+  int64_t completion_tokens = 0;                 // over the members that reported their finish
+  std::vector<std::unique_ptr<Sequence>> forks;  // samples 1..n-1
+};
+
 struct Sequence {
   std::shared_ptr<const RequestSpec> spec;
+  int32_t sample_index = 0;
+  SampleGroup* group = nullptr;  // owned by sample 0's own_group
+  std::unique_ptr<SampleGroup> own_group;
+  bool reported = false;  // its finish went out
   SeqMode mode = SeqMode::kFull;
   SeqState state = SeqState::kWaiting;
   uint64_t order = 0;           // arrival order, for FIFO and preemption

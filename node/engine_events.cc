@@ -1,9 +1,21 @@
 #include "node/engine_events.h"
 
+#include "rpc/convert.h"
+
 namespace pdserve::node {
 
 using tracing::Stage;
 using tracing::StageInterval;
+
+bool WantsChunk(const SeqOutput& out) {
+  return !out.tokens.empty() || !out.text.empty() ||
+         (out.n_samples > 1 && out.finish != FinishReason::kNone &&
+          out.finish != FinishReason::kError);
+}
+
+bool EndsRequest(const SeqOutput& out) {
+  return out.finish == FinishReason::kError || out.request_done;
+}
 
 void FillUsage(const SeqOutput& out, v1::Usage* usage) {
   usage->set_prompt_tokens(out.prompt_tokens);
@@ -13,6 +25,12 @@ void FillUsage(const SeqOutput& out, v1::Usage* usage) {
 
 void FillChunk(const SeqOutput& out, v1::Chunk* chunk) {
   chunk->mutable_token_ids()->Assign(out.tokens.begin(), out.tokens.end());
+  if (out.n_samples > 1) {
+    chunk->set_index(out.sample_index);
+    if (out.finish != FinishReason::kNone && out.finish != FinishReason::kError) {
+      chunk->set_finish_reason(rpc::ToProto(out.finish));
+    }
+  }
   chunk->set_text(out.text);
   FillUsage(out, chunk->mutable_usage());
   for (float lp : out.logprobs) chunk->add_logprobs(lp);

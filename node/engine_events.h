@@ -10,8 +10,13 @@
 
 namespace pdserve::node {
 
-// The new tokens, text and logprobs of `out`, with cumulative usage.
+// The new tokens, text and logprobs of `out`, with cumulative usage; with
+// n > 1 samples, its sample index and the sample's finish.
 void FillChunk(const SeqOutput& out, v1::Chunk* chunk);
+// Whether `out` is worth a chunk (tokens, text, or a sample's end).
+bool WantsChunk(const SeqOutput& out);
+// Whether `out` is the request's last word (then a complete or an error).
+bool EndsRequest(const SeqOutput& out);
 void FillUsage(const SeqOutput& out, v1::Usage* usage);
 
 // Appends `timeline`'s stages, shifted by `shift_ns`, to `timings`.

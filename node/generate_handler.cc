@@ -28,14 +28,14 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* GenerateHandler::Generate(
   const tracing::PdserveMetrics* metrics = metrics_;
   absl::Status s =
       engine_->Submit(std::move(spec), [out, origin, node, metrics](const SeqOutput& o) {
-        if (!o.tokens.empty() || !o.text.empty()) {
+        if (WantsChunk(o)) {
           v1::DecodeEvent ev;
           FillChunk(o, ev.mutable_chunk());
           out->Write(std::move(ev));
           if (metrics)
             metrics->generation_tokens_total->Increment(static_cast<double>(o.tokens.size()));
         }
-        if (o.finish == FinishReason::kNone) return;
+        if (!EndsRequest(o)) return;
         v1::DecodeEvent done;
         v1::Complete* c = done.mutable_complete();
         c->set_finish_reason(rpc::ToProto(o.finish));

@@ -239,6 +239,18 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
           }
         }
         r->set_finish_reason(rpc::ToProto(out.finish));
+        for (const SampleFirstToken& x : out.samples) {
+          v1::PrefillResponse::Sample* e = r->add_samples();
+          e->set_token_id(x.token);
+          e->set_text(x.text);
+          e->set_logprob(x.logprob);
+          for (const TokenLogprob& t : x.top) {
+            v1::TopLogprob* tl = e->mutable_top_logprobs()->add_top();
+            tl->set_token_id(t.token);
+            tl->set_logprob(t.logprob);
+          }
+          e->set_finish_reason(rpc::ToProto(x.finish));
+        }
         r->set_cached_prompt_tokens(out.cached_tokens);
         node::AppendStages(node::StagesOf(out.times, c->origin_ns, node::NodeRole::kPrefill), 0,
                            node, r->mutable_stages());

@@ -175,7 +175,10 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
   const int32_t n_prompt = static_cast<int32_t>(call->spec_.prompt.size());
   call->shape_.prompt_tokens = n_prompt;
   call->shape_.block_size = bs;
-  call->shape_.blocks_needed = (n_prompt + call->spec_.stop.max_tokens + bs - 1) / bs;
+  // n > 1 samples share the prompt's full blocks (Engine::CheckFits).
+  call->shape_.blocks_needed =
+      n_prompt / bs +
+      call->spec_.sampling.n * ((n_prompt % bs + call->spec_.stop.max_tokens + bs - 1) / bs);
   call->shape_.prefix_hashes = HashFullBlocks(call->spec_.prompt.data(), n_prompt, bs);
   rpc::ToProto(call->spec_, &call->node_req_);
 
@@ -406,23 +409,40 @@ void GenerateCall::FirstTokenLocked(Attempt* attempt) {
   // A migrated attempt's cache hits include tokens the client generated.
   if (attempt->n_resumed == 0) cached_tokens_ = resp.cached_prompt_tokens();
   // Token #1: to the client now (TTFT), then anything the decode node sent early.
-  v1::Chunk first;
-  first.add_token_ids(resp.token_id());
-  first.set_text(resp.text());
-  if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
-    first.add_logprobs(resp.logprob());
-    *first.add_top_logprobs() = resp.top_logprobs();
+  if (resp.samples_size() > 0) {
+    // n > 1: token #1 of each sample, with the sample's own finish.
+    for (int32_t i = 0; i < resp.samples_size(); ++i) {
+      const v1::PrefillResponse::Sample& x = resp.samples(i);
+      v1::Chunk c;
+      c.set_index(i);
+      c.add_token_ids(x.token_id());
+      c.set_text(x.text());
+      if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
+        c.add_logprobs(x.logprob());
+        *c.add_top_logprobs() = x.top_logprobs();
+      }
+      c.set_finish_reason(x.finish_reason());
+      WriteChunkLocked(std::move(c));
+    }
+  } else {
+    v1::Chunk first;
+    first.add_token_ids(resp.token_id());
+    first.set_text(resp.text());
+    if (spec_.sampling.logprobs || spec_.sampling.top_logprobs > 0) {
+      first.add_logprobs(resp.logprob());
+      *first.add_top_logprobs() = resp.top_logprobs();
+    }
+    first.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
+    first.mutable_usage()->set_completion_tokens(1);
+    WriteChunkLocked(std::move(first));
   }
-  first.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-  first.mutable_usage()->set_completion_tokens(1);
-  WriteChunkLocked(std::move(first));
   first_sent_ = true;
   if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
     // Token #1 ended it (EOS, stop, max_tokens 1): the decode side is not needed.
     v1::Complete c;
     c.set_finish_reason(resp.finish_reason());
     c.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
-    c.mutable_usage()->set_completion_tokens(1);
+    c.mutable_usage()->set_completion_tokens(completion_tokens_);
     CancelNodeCallsLocked();
     CompleteLocked(c);
   } else {
@@ -511,6 +531,14 @@ void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) 
     if (ctx_->retries != nullptr) ctx_->retries->Increment();
     PDS_LOG(INFO) << spec_.id << ": attempt " << n_attempts_ << " failed (" << status
                   << "); retrying on another pair";
+  } else if (spec_.sampling.n > 1) {
+    // The samples' streams cannot be resumed token-exactly on another pair
+    // (docs/openai.md): an explicit error rather than a different answer.
+    FailLocked(absl::Status(status.code(), absl::StrCat(status.message(),
+                                                        " (a request with n > 1 samples is not "
+                                                        "migrated after its first tokens)")),
+               kind);
+    return;
   } else {
     // Mid-stream: another pair continues from the tokens the client has.
     if (CompleteIfOverLocked()) return;

@@ -17,6 +17,8 @@ namespace {
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;  // keys in OpenAI's order
 
+constexpr int64_t kMaxChoices = kMaxSamples;
+
 // Token pieces need not be valid UTF-8 (a byte of a multi-byte character):
 // replace rather than throw.
 std::string Dump(const ojson& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
@@ -251,17 +253,6 @@ std::optional<ApiError> ParseStop(const json& stop, v1::StopParams* out) {
 // Fields we know but cannot honour: refused rather than silently ignored,
 // since ignoring them would change what the client gets.
 std::optional<ApiError> RefuseUnsupported(const Reader& r, Endpoint endpoint) {
-  if (const json* n = r.Get("n")) {
-    if (!n->is_number_integer()) return BadRequest("'n' must be an integer", "n");
-    if (n->get<int64_t>() != 1) {
-      return BadRequest("only n=1 is supported; send n requests for n completions", "n");
-    }
-  }
-  if (const json* b = r.Get("best_of")) {
-    if (!b->is_number_integer() || b->get<int64_t>() != 1) {
-      return BadRequest("only best_of=1 is supported", "best_of");
-    }
-  }
   if (const json* e = r.Get("echo"); e != nullptr && (!e->is_boolean() || e->get<bool>())) {
     return BadRequest("'echo' is not supported", "echo");
   }
@@ -288,6 +279,34 @@ std::optional<ApiError> RefuseUnsupported(const Reader& r, Endpoint endpoint) {
     }
   }
   (void)endpoint;
+  return std::nullopt;
+}
+
+// n (choices returned) and, for completions, best_of (samples generated,
+// the n with the highest cumulative logprob returned). They share one
+// prefill: the nodes fork the prompt's KV (SamplingParams.n).
+std::optional<ApiError> ParseSampleCount(const Reader& r, Endpoint endpoint, ParsedRequest* out) {
+  std::optional<int64_t> n, best_of;
+  PDS_API_TRY(r.Int("n", 1, kMaxChoices, &n));
+  out->n = static_cast<int32_t>(n.value_or(1));
+  if (endpoint == Endpoint::kCompletions) {
+    PDS_API_TRY(r.Int("best_of", 1, kMaxChoices, &best_of));
+  } else if (const json* b = r.Get("best_of"); b != nullptr && !b->is_null()) {
+    return BadRequest("'best_of' is a /v1/completions parameter", "best_of");
+  }
+  out->best_of = static_cast<int32_t>(best_of.value_or(out->n));
+  if (out->best_of < out->n) {
+    return BadRequest(
+        absl::StrCat("'best_of' (", out->best_of, ") must be at least 'n' (", out->n, ")"),
+        "best_of");
+  }
+  if (out->best_of > 1 && best_of.has_value() && out->stream) {
+    return BadRequest("'best_of' cannot be used with 'stream'", "best_of");
+  }
+  v1::SamplingParams* sp = out->request.mutable_sampling();
+  if (out->best_of > 1) sp->set_n(out->best_of);
+  // Choosing the best needs every sample's logprobs, asked for or not.
+  if (out->best_of > out->n) sp->set_logprobs(true);
   return std::nullopt;
 }
 
@@ -585,6 +604,7 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body,
       sp->mutable_response_format()->set_json_schema(ForcedCallSchema(out->tools));
     }
   }
+  PDS_API_TRY(ParseSampleCount(r, endpoint, out));
   std::optional<std::string> user;
   PDS_API_TRY(r.String("user", &user));
   out->user = user.value_or("");
@@ -629,7 +649,9 @@ ResponseBuilder::ResponseBuilder(const ParsedRequest& request, std::string id, i
       want_logprobs_(request.endpoint == Endpoint::kCompletions ? request.completion_logprobs >= 0
                                                                 : request.chat_logprobs),
       tokenizer_(tokenizer),
-      tools_(request.tools) {}
+      tools_(request.tools),
+      n_(request.n),
+      choices_(std::max(request.n, request.best_of)) {}
 
 std::vector<ResponseBuilder::TokenLogprob> ResponseBuilder::LogprobsOf(
     const v1::Chunk& chunk) const {
@@ -718,21 +740,30 @@ ojson UsageJson(const v1::Usage& u) {
 
 }  // namespace
 
+ResponseBuilder::Choice* ResponseBuilder::ChoiceOf(const v1::Chunk& chunk) {
+  // A node's index outside the request's samples is a broken peer: its
+  // tokens go to choice 0 rather than out of bounds.
+  const int32_t i = chunk.index();
+  return &choices_[i >= 0 && i < static_cast<int32_t>(choices_.size()) ? i : 0];
+}
+
 std::vector<std::string> ResponseBuilder::StreamChunk(const v1::Chunk& chunk) {
   std::vector<std::string> out;
+  Choice& ch = *ChoiceOf(chunk);
+  const int32_t index = static_cast<int32_t>(&ch - choices_.data());
   const std::vector<TokenLogprob> lps = LogprobsOf(chunk);
   // With tools, text that may start a call is held until the end.
   const std::string text = endpoint_ == Endpoint::kChat && tools_.enabled()
-                               ? tool_streamer_.Push(chunk.text())
+                               ? ch.tool_streamer.Push(chunk.text())
                                : chunk.text();
   // A chunk whose text is withheld (part of a character, a possible stop
   // string) and that carries no logprobs has nothing to tell the client.
   const bool has_news = !text.empty() || !lps.empty();
-  if (endpoint_ == Endpoint::kChat && !role_sent_) {
-    role_sent_ = true;
+  if (endpoint_ == Endpoint::kChat && !ch.role_sent) {
+    ch.role_sent = true;
     ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
     ojson choice;
-    choice["index"] = 0;
+    choice["index"] = index;
     choice["delta"]["role"] = "assistant";
     choice["delta"]["content"] = "";
     choice["logprobs"] = nullptr;
@@ -741,47 +772,59 @@ std::vector<std::string> ResponseBuilder::StreamChunk(const v1::Chunk& chunk) {
     if (include_usage_) c["usage"] = nullptr;
     out.push_back(Dump(c));
   }
-  if (!has_news) return out;
-  ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
-  ojson choice;
-  if (endpoint_ == Endpoint::kChat) {
-    choice["index"] = 0;
-    choice["delta"]["content"] = text;
-    choice["logprobs"] = ojson::parse(LogprobsJson(lps, 0));
-  } else {
-    choice["text"] = chunk.text();
-    choice["index"] = 0;
-    choice["logprobs"] = ojson::parse(LogprobsJson(lps, streamed_bytes_));
+  if (has_news) {
+    ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
+    ojson choice;
+    if (endpoint_ == Endpoint::kChat) {
+      choice["index"] = index;
+      choice["delta"]["content"] = text;
+      choice["logprobs"] = ojson::parse(LogprobsJson(lps, 0));
+    } else {
+      choice["text"] = chunk.text();
+      choice["index"] = index;
+      choice["logprobs"] = ojson::parse(LogprobsJson(lps, ch.streamed_bytes));
+    }
+    choice["finish_reason"] = nullptr;
+    c["choices"] = ojson::array({std::move(choice)});
+    if (include_usage_) c["usage"] = nullptr;
+    for (const TokenLogprob& t : lps) {
+      ch.streamed_bytes +=
+          tokenizer_ ? static_cast<int64_t>(tokenizer_->TokenToBytes(t.token_id).size()) : 0;
+    }
+    out.push_back(Dump(c));
   }
-  choice["finish_reason"] = nullptr;
-  c["choices"] = ojson::array({std::move(choice)});
-  if (include_usage_) c["usage"] = nullptr;
-  for (const TokenLogprob& t : lps) {
-    streamed_bytes_ +=
-        tokenizer_ ? static_cast<int64_t>(tokenizer_->TokenToBytes(t.token_id).size()) : 0;
+  // n > 1: each sample ends on its own.
+  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    StreamFinish(index, chunk.finish_reason(), &out);
   }
-  out.push_back(Dump(c));
   return out;
 }
 
-std::vector<std::string> ResponseBuilder::StreamComplete(const v1::Complete& complete) {
-  std::vector<std::string> out;
-  if (endpoint_ == Endpoint::kChat && !role_sent_) out = StreamChunk(v1::Chunk());
-  std::string finish = FinishReasonName(complete.finish_reason());
+void ResponseBuilder::StreamFinish(int32_t index, v1::FinishReason reason,
+                                   std::vector<std::string>* out) {
+  Choice& ch = choices_[index];
+  if (ch.finished) return;
+  ch.finished = true;
+  if (endpoint_ == Endpoint::kChat && !ch.role_sent) {
+    v1::Chunk empty;
+    empty.set_index(index);
+    for (std::string& e : StreamChunk(empty)) out->push_back(std::move(e));
+  }
+  std::string finish = FinishReasonName(reason);
   if (endpoint_ == Endpoint::kChat && tools_.enabled()) {
     // The held text: content, then each call as OpenAI streams them (id,
     // type and name first, then the arguments).
-    const ParsedOutput parsed = tool_streamer_.Finish(tools_);
+    const ParsedOutput parsed = ch.tool_streamer.Finish(tools_);
     auto delta_chunk = [&](ojson delta) {
       ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
       ojson choice;
-      choice["index"] = 0;
+      choice["index"] = index;
       choice["delta"] = std::move(delta);
       choice["logprobs"] = nullptr;
       choice["finish_reason"] = nullptr;
       c["choices"] = ojson::array({std::move(choice)});
       if (include_usage_) c["usage"] = nullptr;
-      out.push_back(Dump(c));
+      out->push_back(Dump(c));
     };
     if (!parsed.content.empty()) delta_chunk(ojson{{"content", parsed.content}});
     for (size_t i = 0; i < parsed.calls.size(); ++i) {
@@ -803,17 +846,26 @@ std::vector<std::string> ResponseBuilder::StreamComplete(const v1::Complete& com
   ojson c = ChunkEnvelope(endpoint_, id_, created_, model_);
   ojson choice;
   if (endpoint_ == Endpoint::kChat) {
-    choice["index"] = 0;
+    choice["index"] = index;
     choice["delta"] = ojson::object();
   } else {
     choice["text"] = "";
-    choice["index"] = 0;
+    choice["index"] = index;
   }
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = finish;
   c["choices"] = ojson::array({std::move(choice)});
   if (include_usage_) c["usage"] = nullptr;
-  out.push_back(Dump(c));
+  out->push_back(Dump(c));
+}
+
+std::vector<std::string> ResponseBuilder::StreamComplete(const v1::Complete& complete) {
+  std::vector<std::string> out;
+  // Samples that did not end on their own end with the request (n = 1:
+  // always; n > 1: an abort, say).
+  for (int32_t i = 0; i < static_cast<int32_t>(choices_.size()); ++i) {
+    StreamFinish(i, complete.finish_reason(), &out);
+  }
   if (include_usage_) {
     ojson u = ChunkEnvelope(endpoint_, id_, created_, model_);
     u["choices"] = ojson::array();
@@ -824,8 +876,11 @@ std::vector<std::string> ResponseBuilder::StreamComplete(const v1::Complete& com
 }
 
 void ResponseBuilder::Accumulate(const v1::Chunk& chunk) {
-  text_ += chunk.text();
-  for (TokenLogprob& t : LogprobsOf(chunk)) logprobs_.push_back(std::move(t));
+  Choice& ch = *ChoiceOf(chunk);
+  ch.text += chunk.text();
+  for (float lp : chunk.logprobs()) ch.cumulative_logprob += lp;
+  for (TokenLogprob& t : LogprobsOf(chunk)) ch.logprobs.push_back(std::move(t));
+  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) ch.finish = chunk.finish_reason();
 }
 
 std::string ResponseBuilder::FinalBody(const v1::Complete& complete) const {
@@ -834,37 +889,54 @@ std::string ResponseBuilder::FinalBody(const v1::Complete& complete) const {
   r["object"] = endpoint_ == Endpoint::kChat ? "chat.completion" : "text_completion";
   r["created"] = created_;
   r["model"] = model_;
-  ojson choice;
-  std::string finish = FinishReasonName(complete.finish_reason());
-  if (endpoint_ == Endpoint::kChat) {
-    choice["index"] = 0;
-    choice["message"]["role"] = "assistant";
-    choice["message"]["content"] = text_;
-    choice["message"]["refusal"] = nullptr;
-    if (tools_.enabled()) {
-      const ParsedOutput parsed = ParseToolCalls(text_, tools_);
-      if (!parsed.calls.empty()) {
-        choice["message"]["content"] =
-            parsed.content.empty() ? ojson(nullptr) : ojson(parsed.content);
-        choice["message"]["tool_calls"] = ojson::array();
-        for (const ToolCall& call : parsed.calls) {
-          ojson tc;
-          tc["id"] = call.id;
-          tc["type"] = "function";
-          tc["function"]["name"] = call.name;
-          tc["function"]["arguments"] = call.arguments;
-          choice["message"]["tool_calls"].push_back(std::move(tc));
-        }
-        if (finish == "stop") finish = "tool_calls";
-      }
-    }
-  } else {
-    choice["text"] = text_;
-    choice["index"] = 0;
+  // best_of > n: the n samples with the highest cumulative logprob, best
+  // first (as vLLM orders them); otherwise every sample in index order.
+  std::vector<const Choice*> picked;
+  for (const Choice& ch : choices_) picked.push_back(&ch);
+  if (static_cast<int32_t>(choices_.size()) > n_) {
+    std::stable_sort(picked.begin(), picked.end(), [](const Choice* a, const Choice* b) {
+      return a->cumulative_logprob > b->cumulative_logprob;
+    });
+    picked.resize(n_);
   }
-  choice["logprobs"] = ojson::parse(LogprobsJson(logprobs_, 0));
-  choice["finish_reason"] = finish;
-  r["choices"] = ojson::array({std::move(choice)});
+  r["choices"] = ojson::array();
+  for (size_t index = 0; index < picked.size(); ++index) {
+    const Choice& ch = *picked[index];
+    ojson choice;
+    std::string finish = FinishReasonName(
+        ch.finish != v1::FINISH_REASON_UNSPECIFIED ? ch.finish : complete.finish_reason());
+    if (endpoint_ == Endpoint::kChat) {
+      choice["index"] = index;
+      choice["message"]["role"] = "assistant";
+      choice["message"]["content"] = ch.text;
+      choice["message"]["refusal"] = nullptr;
+      if (tools_.enabled()) {
+        const ParsedOutput parsed = ParseToolCalls(ch.text, tools_);
+        if (!parsed.calls.empty()) {
+          choice["message"]["content"] =
+              parsed.content.empty() ? ojson(nullptr) : ojson(parsed.content);
+          choice["message"]["tool_calls"] = ojson::array();
+          for (const ToolCall& call : parsed.calls) {
+            ojson tc;
+            tc["id"] = call.id;
+            tc["type"] = "function";
+            tc["function"]["name"] = call.name;
+            tc["function"]["arguments"] = call.arguments;
+            choice["message"]["tool_calls"].push_back(std::move(tc));
+          }
+          if (finish == "stop") finish = "tool_calls";
+        }
+      }
+    } else {
+      choice["text"] = ch.text;
+      choice["index"] = index;
+    }
+    choice["logprobs"] = ojson::parse(LogprobsJson(ch.logprobs, 0));
+    choice["finish_reason"] = finish;
+    r["choices"].push_back(std::move(choice));
+  }
+  // Usage counts every generated sample, best_of's unreturned ones too (as
+  // OpenAI bills them).
   r["usage"] = UsageJson(complete.usage());
   r["system_fingerprint"] = nullptr;
   return Dump(r);

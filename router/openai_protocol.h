@@ -4,11 +4,12 @@
 // here, so every shape is unit-tested without sockets.
 //
 // Unknown request fields are ignored (as OpenAI-compatible servers do, so
-// new client versions keep working); known fields we cannot honour (n > 1,
-// echo, suffix, best_of > 1, logit_bias, tools) are refused with a 400 that
-// names the parameter. response_format json_object / json_schema become a
-// grammar the nodes sample under (the schema is checked here: a 400). Every number is range-checked
-// here (a 400 naming the field) before it is narrowed to the proto's type.
+// new client versions keep working); known fields we cannot honour (echo,
+// suffix, logit_bias, the deprecated functions) are refused with a 400 that
+// names the parameter. n (1..16) and completions' best_of (n..16; not with
+// stream) become samples that share one prefill (SamplingParams.n). response_format json_object /
+// json_schema become a grammar the nodes sample under (the schema is checked here: a 400). Every
+// number is range-checked here (a 400 naming the field) before it is narrowed to the proto's type.
 // Extensions: vLLM's sampling fields, and "parse_special" (special tokens in
 // the prompt or messages are recognised; default: they are text).
 #pragma once
@@ -60,8 +61,10 @@ struct ParsedRequest {
   // Chat: "logprobs": true and "top_logprobs": N.
   bool chat_logprobs = false;
   int32_t chat_top_logprobs = 0;
-  std::string user;   // accepted and logged, nothing else
-  ToolRequest tools;  // chat: tools and tool_choice
+  int32_t n = 1;        // choices returned
+  int32_t best_of = 1;  // samples generated (>= n); the best n are returned
+  std::string user;     // accepted and logged, nothing else
+  ToolRequest tools;    // chat: tools and tool_choice
   v1::GenerateRequest request;
 };
 
@@ -100,6 +103,19 @@ class ResponseBuilder {
     float logprob;
     std::vector<std::pair<int32_t, float>> top;
   };
+  // One sample's state (index = its position in choices_).
+  struct Choice {
+    ToolCallStreamer tool_streamer;
+    bool role_sent = false;      // chat streams open with the assistant role
+    bool finished = false;       // its finish chunk went out
+    int64_t streamed_bytes = 0;  // completions: text_offset of the next token
+    std::string text;            // whole response: text so far
+    std::vector<TokenLogprob> logprobs;
+    double cumulative_logprob = 0;  // best_of picks by it
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  };
+  Choice* ChoiceOf(const v1::Chunk& chunk);
+  void StreamFinish(int32_t index, v1::FinishReason reason, std::vector<std::string>* out);
   std::vector<TokenLogprob> LogprobsOf(const v1::Chunk& chunk) const;
   // The "logprobs" value of a choice for these tokens (null when not asked).
   std::string LogprobsJson(const std::vector<TokenLogprob>& tokens, int64_t text_offset) const;
@@ -111,12 +127,9 @@ class ResponseBuilder {
   const bool include_usage_;
   const bool want_logprobs_;
   const Tokenizer* const tokenizer_;
-  ToolRequest tools_;  // tool calls are parsed from the output when enabled
-  ToolCallStreamer tool_streamer_;
-  bool role_sent_ = false;      // chat streams open with the assistant role
-  int64_t streamed_bytes_ = 0;  // completions: text_offset of the next token
-  std::string text_;            // whole response: text so far
-  std::vector<TokenLogprob> logprobs_;
+  ToolRequest tools_;            // tool calls are parsed from the output when enabled
+  const int32_t n_;              // choices returned
+  std::vector<Choice> choices_;  // one per sample generated (best_of of them)
 };
 
 std::string FinishReasonName(v1::FinishReason reason);

@@ -14,6 +14,7 @@ SamplingParams FromProto(const v1::SamplingParams& p) {
   if (p.has_seed()) s.seed = p.seed();
   s.logprobs = p.logprobs();
   s.top_logprobs = p.top_logprobs();
+  s.n = p.n() == 0 ? 1 : p.n();  // out of range: ValidateRequest says so
   switch (p.response_format().type()) {
     case v1::ResponseFormat::TYPE_JSON_OBJECT:
       s.response_format.kind = grammar::GrammarKind::kJsonObject;
@@ -48,6 +49,7 @@ void ToProto(const SamplingParams& s, v1::SamplingParams* p) {
   if (s.seed) p->set_seed(*s.seed);
   p->set_logprobs(s.logprobs);
   p->set_top_logprobs(s.top_logprobs);
+  if (s.n != 1) p->set_n(s.n);
   switch (s.response_format.kind) {
     case grammar::GrammarKind::kJsonObject:
       p->mutable_response_format()->set_type(v1::ResponseFormat::TYPE_JSON_OBJECT);

@@ -5,6 +5,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <functional>
+#include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -269,6 +271,89 @@ TEST(ClusterFaultTest, MixedNodeMatchesSingleProcessAndFreesKvOnCancel) {
                [&](const v1::GenerateResponse& ev) { return !(ev.has_chunk() && ++chunks >= 3); });
   EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
   EXPECT_TRUE(c->WaitForIdleKv("mixed-0", absl::Seconds(30)));
+}
+
+// n > 1 over gRPC: each sample's tokens and its own finish, by chunk index.
+struct SampleStreams {
+  std::map<int32_t, int> tokens;
+  std::map<int32_t, v1::FinishReason> finish;
+  int chunks = 0;
+  std::function<bool(const v1::GenerateResponse&)> Observer(int cancel_after = 0) {
+    return [this, cancel_after](const v1::GenerateResponse& ev) {
+      if (!ev.has_chunk()) return true;
+      tokens[ev.chunk().index()] += ev.chunk().token_ids_size();
+      if (ev.chunk().finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        finish[ev.chunk().index()] = ev.chunk().finish_reason();
+      }
+      return cancel_after == 0 || ++chunks < cancel_after;
+    };
+  }
+};
+
+v1::GenerateRequest SampledRequest(const std::string& prompt, int max_tokens, int n) {
+  v1::GenerateRequest r = GreedyRequest(prompt, max_tokens);
+  r.mutable_sampling()->set_temperature(1.0f);
+  r.mutable_sampling()->set_seed(5);
+  r.mutable_sampling()->set_n(n);
+  r.mutable_stop()->set_ignore_eos(true);
+  return r;
+}
+
+// Colocated: one engine prefills once and forks the samples at token #1;
+// each ends on its own, usage sums them, and cancelling frees every sample.
+TEST(ClusterFaultTest, MixedNodeServesSamplesAndFreesThemOnCancel) {
+  REQUIRE_MODEL();
+  ClusterOptions o;
+  o.n_mixed = 1;
+  std::unique_ptr<Cluster> c = StartOrFail(o);
+  ASSERT_NE(c, nullptr);
+  SampleStreams s;
+  StreamResult got = Generate(c->generation(), SampledRequest("Tell me a story.", 12, 3),
+                              absl::Seconds(120), s.Observer());
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_EQ(s.tokens, (std::map<int32_t, int>{{0, 12}, {1, 12}, {2, 12}}));
+  EXPECT_EQ(s.finish.size(), 3u);
+  for (const auto& [i, f] : s.finish) EXPECT_EQ(f, v1::FINISH_REASON_LENGTH) << i;
+  ASSERT_TRUE(got.complete.has_value());
+  EXPECT_EQ(got.complete->usage().completion_tokens(), 36);
+  SampleStreams cancelled;
+  StreamResult gone = Generate(c->generation(), SampledRequest("Tell me a long story.", 300, 3),
+                               absl::Seconds(120), cancelled.Observer(6));
+  EXPECT_EQ(gone.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(c->WaitForIdleKv("mixed-0", absl::Seconds(30)));
+}
+
+// A request with n > 1 whose decode node dies after its first tokens is not
+// migrated (its samples cannot be resumed token-exactly as one request): it
+// fails with an error that says so, and the surviving nodes hold nothing.
+TEST(ClusterFaultTest, SamplesAreNotMigratedAfterTheirFirstTokens) {
+  REQUIRE_MODEL();
+  ClusterOptions o;
+  o.n_decode = 2;
+  std::unique_ptr<Cluster> c = StartOrFail(o);
+  ASSERT_NE(c, nullptr);
+  SampleStreams s;
+  std::string victim;
+  StreamResult got = Generate(c->generation(), SampledRequest("Tell me a long story.", 400, 2),
+                              absl::Seconds(120), [&](const v1::GenerateResponse& ev) {
+                                s.Observer()(ev);
+                                if (ev.has_chunk() && ++s.chunks == 4) {
+                                  for (const std::string id : {"decode-0", "decode-1"}) {
+                                    absl::StatusOr<v1::NodeLoad> load = c->GetLoad(id);
+                                    if (load.ok() && load->running() > 0) victim = id;
+                                  }
+                                  if (!victim.empty()) c->node_process(victim).Signal(SIGKILL);
+                                }
+                                return true;
+                              });
+  ASSERT_FALSE(victim.empty()) << "no decode node was running the request";
+  const std::string message =
+      got.error.has_value() ? got.error->message() : got.status.error_message();
+  EXPECT_FALSE(got.complete.has_value());
+  EXPECT_THAT(message, HasSubstr("not migrated")) << c->Logs();
+  EXPECT_TRUE(c->WaitForIdleKv("prefill-0", absl::Seconds(30)));
+  const std::string other = victim == "decode-0" ? "decode-1" : "decode-0";
+  EXPECT_TRUE(c->WaitForIdleKv(other, absl::Seconds(30)));
 }
 
 }  // namespace

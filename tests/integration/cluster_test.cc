@@ -245,6 +245,43 @@ TEST_F(ClusterTest, ClientCancelMidStreamReturnsKvBlocks) {
   EXPECT_TRUE(cluster_->WaitForIdleKv("prefill-0", absl::Seconds(30)));
 }
 
+// n > 1 through prefill -> KV transfer -> decode: one prefill, token #1 of
+// every sample from the prefill node, the rest from the decode node's
+// forks. Each sample streams under its index and ends on its own; usage sums
+// the samples; a seeded request reproduces per sample.
+TEST_F(ClusterTest, SamplesStreamByIndexEachWithItsOwnFinish) {
+  auto run = [&](int max_tokens) {
+    v1::GenerateRequest r = GreedyRequest(Prompts()[1], max_tokens);
+    r.mutable_sampling()->set_temperature(1.0f);
+    r.mutable_sampling()->set_seed(9);
+    r.mutable_sampling()->set_n(3);
+    r.mutable_stop()->set_ignore_eos(true);
+    std::map<int32_t, std::vector<int32_t>> tokens;
+    std::map<int32_t, v1::FinishReason> finish;
+    StreamResult got = Generate(
+        cluster_->generation(), r, absl::Seconds(120), [&](const v1::GenerateResponse& ev) {
+          if (!ev.has_chunk()) return true;
+          auto& t = tokens[ev.chunk().index()];
+          t.insert(t.end(), ev.chunk().token_ids().begin(), ev.chunk().token_ids().end());
+          if (ev.chunk().finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+            EXPECT_EQ(finish.count(ev.chunk().index()), 0u) << "finished twice";
+            finish[ev.chunk().index()] = ev.chunk().finish_reason();
+          }
+          return true;
+        });
+    EXPECT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_EQ(finish.size(), 3u);
+    for (const auto& [i, t] : tokens) EXPECT_EQ(t.size(), static_cast<size_t>(max_tokens)) << i;
+    EXPECT_TRUE(got.complete.has_value());
+    if (got.complete) EXPECT_EQ(got.complete->usage().completion_tokens(), 3 * max_tokens);
+    return tokens;
+  };
+  auto first = run(10);
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_NE(first[0], first[1]);
+  EXPECT_EQ(run(10), first);
+}
+
 // Generation.Abort by id ends a running stream with finish ABORT (and the
 // tokens so far in usage), frees its KV, and a second request with the same
 // id while the first is in flight is refused.

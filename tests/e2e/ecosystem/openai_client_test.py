@@ -3,7 +3,7 @@
 real router + prefill + decode cluster, plus the inputs clients get wrong:
   - completions and chat, streaming (include_usage) and not; /v1/models;
   - errors in OpenAI's envelope: wrong key (401), unknown model (404),
-    n=2 and malformed JSON (400), oversized body (413), no node (503),
+    n=17 and malformed JSON (400), oversized body (413), no node (503),
     full queue (429 with Retry-After);
   - a client that disconnects mid-stream, and one that never reads its
     stream, cancel their requests on both nodes (nothing stays running).
@@ -132,11 +132,11 @@ def main():
     except openai.NotFoundError as e:
         check(e.body.get("code") == "model_not_found", "unknown model: 404 model_not_found")
     try:
-        client.completions.create(model=MODEL, prompt="x", n=2)
-        fail("n=2 was accepted")
+        client.completions.create(model=MODEL, prompt="x", n=17)
+        fail("n=17 was accepted")
     except openai.BadRequestError as e:
-        check(e.body.get("param") == "n" and "n=1" in e.body.get("message", ""),
-              "n=2: 400 naming the parameter")
+        check(e.body.get("param") == "n" and "16" in e.body.get("message", ""),
+              f"n=17: 400 naming the parameter and the bound: {e.body.get('message')}")
 
     status, _, body = post(c.url("/v1/completions"), b"{not json", AUTH)
     check(status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error",

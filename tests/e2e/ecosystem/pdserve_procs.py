@@ -44,10 +44,13 @@ def free_port():
     """A port free now, drawn below the kernel's ephemeral range: every bind(0)
     and connect() of the tests running beside this one draws from that range,
     so a port found there can be taken before our server binds it."""
-    hi = min(_ephemeral_low(), 32768)
+    lo, hi = 20000, min(_ephemeral_low(), 32768)
+    # PDSERVE_TEST_PORTS=LO-HI: a range of its own for a run beside others.
+    if os.environ.get("PDSERVE_TEST_PORTS"):
+        lo, hi = (int(x) for x in os.environ["PDSERVE_TEST_PORTS"].split("-"))
     rng = random.SystemRandom()
     for _ in range(200):
-        port = rng.randrange(20000, hi)
+        port = rng.randrange(lo, hi)
         try:
             with socket.socket() as s:
                 s.bind(("0.0.0.0", port))  # metrics and HTTP servers bind every address

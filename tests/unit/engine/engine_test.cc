@@ -3,6 +3,7 @@
 // imported-decode path the cluster uses.
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "tests/unit/engine/test_util.h"
@@ -367,6 +368,218 @@ TEST(Engine, BackgroundLoopServesConcurrentSubmitters) {
   engine->Stop();
   ASSERT_EQ(done.load(), 8);
   for (auto& [id, r] : results) EXPECT_EQ(r.tokens.size(), 6u) << id;
+}
+
+// n > 1 samples: per-sample results, and the request's last word.
+struct SampleResults {
+  std::map<int32_t, Result> by_index;
+  int done = 0;  // outputs with request_done (exactly one expected)
+  int32_t total_completion_tokens = 0;
+  absl::Status error;
+  bool finished() const { return done > 0; }
+};
+
+OutputCallback CollectSamples(SampleResults* r) {
+  return [r](const SeqOutput& out) {
+    Collect (&r->by_index[out.sample_index])(out);
+    if (out.finish == FinishReason::kError) {
+      r->error = out.error;
+      r->done++;
+    }
+    if (out.request_done) {
+      r->done++;
+      r->total_completion_tokens = out.completion_tokens;
+    }
+  };
+}
+
+void RunSamplesUntilDone(Engine* engine, SampleResults* r) {
+  for (int i = 0; i < 100000 && !r->finished(); ++i) engine->Step();
+  ASSERT_TRUE(r->finished()) << "request did not finish";
+}
+
+RequestSpec Samples(std::string id, std::vector<TokenId> prompt, int max_tokens, int n,
+                    std::optional<uint64_t> seed) {
+  RequestSpec s = Greedy(std::move(id), std::move(prompt), max_tokens);
+  s.sampling.n = n;
+  if (seed) {
+    s.sampling.temperature = 1.5f;
+    s.sampling.seed = seed;
+    s.sampling.frequency_penalty = 0.5f;
+  }
+  return s;
+}
+
+TEST(EngineSamples, NOutsideItsRangeIsInvalidArgument) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  for (int n : {0, kMaxSamples + 1}) {
+    absl::Status st = engine->Submit(Samples("r", Tokens(10, 1), 4, n, std::nullopt), nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << n;
+    EXPECT_NE(std::string(st.message()).find("n (samples)"), std::string::npos) << st;
+  }
+}
+
+// Greedy samples are identical (as vLLM's are), each equal to n = 1; usage
+// sums them; every block (shared or copied) comes back exactly once.
+TEST(EngineSamples, GreedySamplesAreIdenticalAndShareThePrompt) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions o;
+  o.block_size = 4;
+  auto engine = MakeEngine(model, o);
+  Result one;
+  ASSERT_TRUE(engine->Submit(Greedy("one", Tokens(10, 3), 6), Collect(&one)).ok());
+  RunUntilDone(engine.get(), {&one});
+
+  SampleResults r;
+  ASSERT_TRUE(
+      engine->Submit(Samples("three", Tokens(10, 3), 6, 3, std::nullopt), CollectSamples(&r)).ok());
+  RunSamplesUntilDone(engine.get(), &r);
+  ASSERT_TRUE(r.error.ok()) << r.error;
+  EXPECT_EQ(r.done, 1);
+  ASSERT_EQ(r.by_index.size(), 3u);
+  for (auto& [i, res] : r.by_index) {
+    EXPECT_EQ(res.tokens, one.tokens) << "sample " << i;
+    EXPECT_EQ(res.text, one.text) << "sample " << i;
+    EXPECT_EQ(res.finish, FinishReason::kLength) << "sample " << i;
+  }
+  EXPECT_EQ(r.total_completion_tokens, 18);
+  EXPECT_EQ(engine->cache().Stats().free_blocks, engine->cache().config().n_blocks);
+  for (BlockId b = 0; b < engine->cache().config().n_blocks; ++b) {
+    EXPECT_EQ(engine->cache().RefCount(b), 0) << b;
+  }
+}
+
+// Sample i of a seeded request draws what an n = 1 request seeded with
+// SampleSeed(seed, i) draws: the forked KV (shared full blocks, copied
+// partial block) is the prompt's own, and samples are reproducible.
+TEST(EngineSamples, SeededSamplesMatchSingleRequestsWithDerivedSeeds) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions o;
+  o.block_size = 4;
+  auto engine = MakeEngine(model, o);
+  const std::vector<TokenId> prompt = Tokens(10, 5);
+  SampleResults r;
+  ASSERT_TRUE(engine->Submit(Samples("n4", prompt, 12, 4, 42), CollectSamples(&r)).ok());
+  RunSamplesUntilDone(engine.get(), &r);
+  ASSERT_TRUE(r.error.ok()) << r.error;
+  ASSERT_EQ(r.by_index.size(), 4u);
+  for (int32_t i = 0; i < 4; ++i) {
+    Result single;
+    RequestSpec s = Samples(absl::StrCat("single", i), prompt, 12, 1, SampleSeed(42, i));
+    ASSERT_TRUE(engine->Submit(std::move(s), Collect(&single)).ok());
+    RunUntilDone(engine.get(), {&single});
+    EXPECT_EQ(r.by_index[i].tokens, single.tokens) << "sample " << i;
+  }
+  EXPECT_NE(r.by_index[0].tokens, r.by_index[1].tokens);
+  SampleResults again;
+  ASSERT_TRUE(engine->Submit(Samples("again", prompt, 12, 4, 42), CollectSamples(&again)).ok());
+  RunSamplesUntilDone(engine.get(), &again);
+  for (int32_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(again.by_index[i].tokens, r.by_index[i].tokens) << "sample " << i;
+  }
+  EXPECT_EQ(engine->cache().Stats().free_blocks, engine->cache().config().n_blocks);
+}
+
+// A fork that finds no block for its copy of the partial block fails the
+// request with ResourceExhausted; everything it held is freed, others keep
+// theirs.
+TEST(EngineSamples, ForkWithoutRoomFailsTheRequestCleanly) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions o;
+  o.block_size = 4;
+  o.kv_blocks = 12;
+  o.prefix_cache = false;
+  auto engine = MakeEngine(model, o);
+  auto held = engine->Reserve(Greedy("other", Tokens(36, 9), 4), nullptr);  // 9 blocks
+  ASSERT_TRUE(held.ok()) << held.status();
+  engine->Step();
+  SampleResults r;
+  // 10 tokens: 3 blocks, all that is left; forking 2 more samples needs 2.
+  ASSERT_TRUE(engine->Submit(Samples("n3", Tokens(10, 2), 2, 3, 7), CollectSamples(&r)).ok());
+  RunSamplesUntilDone(engine.get(), &r);
+  EXPECT_EQ(r.error.code(), absl::StatusCode::kResourceExhausted) << r.error;
+  EXPECT_EQ(r.by_index.size(), 1u);
+  EXPECT_EQ(engine->cache().Stats().free_blocks, 3);
+  engine->Abort("other");
+  engine->Step();
+  EXPECT_EQ(engine->cache().Stats().free_blocks, 12);
+}
+
+TEST(EngineSamples, AbortEndsEverySampleAndFreesTheirBlocks) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  SampleResults r;
+  ASSERT_TRUE(engine->Submit(Samples("n3", Tokens(20, 2), 50, 3, 5), CollectSamples(&r)).ok());
+  for (int i = 0; i < 4; ++i) engine->Step();
+  ASSERT_EQ(r.by_index.size(), 3u);
+  engine->Abort("n3");
+  engine->Step();
+  EXPECT_EQ(r.done, 1);
+  for (auto& [i, res] : r.by_index) EXPECT_EQ(res.finish, FinishReason::kAbort) << i;
+  EXPECT_EQ(engine->cache().Stats().free_blocks, engine->cache().config().n_blocks);
+  // The id is free again.
+  EXPECT_TRUE(engine->Submit(Greedy("n3", Tokens(5, 1), 2), nullptr).ok());
+}
+
+// Disaggregated: the prefill node samples token #1 of every sample from the
+// one prefill; the decode node forks the imported KV. Same tokens as one
+// engine doing it all.
+TEST(EngineSamples, PrefillOnlyThenImportedDecodeMatchesFullGeneration) {
+  auto model = LoadDummy(DummyModelSpec{});
+  EngineOptions o;
+  o.block_size = 4;
+  auto full = MakeEngine(model, o);
+  auto prefill = MakeEngine(model, o);
+  auto decode = MakeEngine(model, o);
+  const std::vector<TokenId> prompt = Tokens(29, 7);
+  SampleResults want;
+  ASSERT_TRUE(full->Submit(Samples("x", prompt, 10, 3, 11), CollectSamples(&want)).ok());
+  RunSamplesUntilDone(full.get(), &want);
+  ASSERT_TRUE(want.error.ok()) << want.error;
+
+  SampleResults dec;
+  auto reserved = decode->Reserve(Samples("x", prompt, 10, 3, 11), CollectSamples(&dec));
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  CopySink sink(&prefill->cache(), &decode->cache(), *reserved);
+  std::optional<SeqOutput> first;
+  ASSERT_TRUE(prefill
+                  ->Submit(
+                      Samples("x", prompt, 10, 3, 11),
+                      [&](const SeqOutput& out) {
+                        if (out.prefill_done) first = out;
+                      },
+                      SeqMode::kPrefillOnly, &sink)
+                  .ok());
+  while (!first) ASSERT_TRUE(prefill->Step());
+  ASSERT_EQ(first->samples.size(), 3u);
+  EXPECT_EQ(first->finish, FinishReason::kNone);
+  prefill->Release("x");
+  prefill->Step();
+  EXPECT_EQ(prefill->cache().Stats().free_blocks, prefill->cache().config().n_blocks);
+
+  std::vector<TokenId> firsts;
+  for (const SampleFirstToken& t : first->samples) firsts.push_back(t.token);
+  decode->Activate("x", firsts);
+  RunSamplesUntilDone(decode.get(), &dec);
+  ASSERT_TRUE(dec.error.ok()) << dec.error;
+  for (int32_t i = 0; i < 3; ++i) {
+    std::vector<TokenId> got = {firsts[i]};
+    got.insert(got.end(), dec.by_index[i].tokens.begin(), dec.by_index[i].tokens.end());
+    EXPECT_EQ(got, want.by_index[i].tokens) << "sample " << i;
+    EXPECT_EQ(first->samples[i].text + dec.by_index[i].text, want.by_index[i].text) << i;
+  }
+  EXPECT_EQ(dec.total_completion_tokens, 30);
+  EXPECT_EQ(decode->cache().Stats().free_blocks, decode->cache().config().n_blocks);
+}
+
+TEST(EngineSamples, ActivateWithTheWrongNumberOfFirstTokensFails) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  SampleResults r;
+  auto reserved = engine->Reserve(Samples("x", Tokens(9, 1), 4, 3, 1), CollectSamples(&r));
+  ASSERT_TRUE(reserved.ok()) << reserved.status();
+  engine->Activate("x", std::vector<TokenId>{40, 41});
+  engine->Step();
+  EXPECT_EQ(r.error.code(), absl::StatusCode::kInvalidArgument) << r.error;
+  EXPECT_EQ(engine->cache().Stats().free_blocks, engine->cache().config().n_blocks);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "engine/kv_cache.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 
 #include "engine/block_hash.h"
@@ -116,6 +118,98 @@ TEST(BlockHash, ChainsParents) {
   EXPECT_NE(h[0], h[1]);  // same tokens, different parent
   EXPECT_EQ(h[0], HashBlock(kRootBlockHash, t.data(), 4));
   EXPECT_EQ(h[1], HashBlock(h[0], t.data() + 4, 4));
+}
+
+// n > 1 samples: full blocks shared by reference, the partial last block
+// copied (its contents too, in every layer); each table is released once.
+TEST(KvCache, ForkSharesFullBlocksAndCopiesThePartialOne) {
+  auto cache = MakeCache(8);        // block_size 4
+  auto table = cache->Allocate(3);  // 10 tokens: 2 full blocks + 2 tokens
+  ASSERT_TRUE(table.has_value());
+  const size_t bytes = static_cast<size_t>(cache->config().LayerBlockBytes());
+  for (int32_t l = 0; l < 2; ++l) {
+    for (size_t i = 0; i < bytes; ++i) cache->BlockData(l, (*table)[2])[i] = (i * 7 + l) & 0xff;
+  }
+  int32_t n_shared = -1;
+  auto fork = cache->Fork(*table, 10, &n_shared);
+  ASSERT_TRUE(fork.has_value());
+  EXPECT_EQ(n_shared, 10);
+  ASSERT_EQ(fork->size(), 3u);
+  EXPECT_EQ((*fork)[0], (*table)[0]);
+  EXPECT_EQ((*fork)[1], (*table)[1]);
+  EXPECT_NE((*fork)[2], (*table)[2]);
+  EXPECT_EQ(cache->RefCount((*table)[0]), 2);
+  EXPECT_EQ(cache->RefCount((*table)[1]), 2);
+  EXPECT_EQ(cache->RefCount((*table)[2]), 1);
+  EXPECT_EQ(cache->RefCount((*fork)[2]), 1);
+  for (int32_t l = 0; l < 2; ++l) {
+    EXPECT_EQ(std::memcmp(cache->BlockData(l, (*fork)[2]), cache->BlockData(l, (*table)[2]), bytes),
+              0)
+        << "layer " << l;
+  }
+  EXPECT_EQ(cache->Stats().free_blocks, 4);
+  cache->Release(*table);
+  EXPECT_EQ(cache->RefCount((*table)[0]), 1);  // the fork still holds the prompt
+  EXPECT_EQ(cache->Stats().free_blocks, 5);
+  cache->Release(*fork);
+  EXPECT_EQ(cache->Stats().free_blocks, 8);
+  for (BlockId b = 0; b < 8; ++b) EXPECT_EQ(cache->RefCount(b), 0) << b;
+}
+
+TEST(KvCache, ForkAtABlockBoundaryCopiesNothing) {
+  auto cache = MakeCache(4);
+  auto table = cache->Allocate(2);
+  ASSERT_TRUE(table.has_value());
+  int32_t n_shared = -1;
+  auto fork = cache->Fork(*table, 8, &n_shared);
+  ASSERT_TRUE(fork.has_value());
+  EXPECT_EQ(*fork, *table);
+  EXPECT_EQ(n_shared, 8);
+  EXPECT_EQ(cache->Stats().free_blocks, 2);
+  cache->Release(*fork);
+  cache->Release(*table);
+  EXPECT_EQ(cache->Stats().free_blocks, 4);
+}
+
+TEST(KvCache, ForkWithoutRoomForTheCopyTakesNothing) {
+  auto cache = MakeCache(3);
+  auto table = cache->Allocate(3);  // 10 tokens; no block left
+  ASSERT_TRUE(table.has_value());
+  int32_t n_shared = -1;
+  EXPECT_FALSE(cache->Fork(*table, 10, &n_shared).has_value());
+  for (BlockId b : *table) EXPECT_EQ(cache->RefCount(b), 1);
+  cache->Release(*table);
+  EXPECT_EQ(cache->Stats().free_blocks, 3);
+}
+
+// Storage the cache cannot copy (a device allocator without Copy): the fork
+// shares the full blocks only and says how far its KV reaches.
+class NoCopyAllocator : public KvAllocator {
+ public:
+  absl::StatusOr<void*> Allocate(size_t bytes) override { return std::calloc(bytes, 1); }
+  void Free(void* ptr, size_t) override { std::free(ptr); }
+};
+
+TEST(KvCache, ForkOfUncopyableStorageSharesFullBlocksOnly) {
+  KvCacheConfig c;
+  c.n_layers = 2;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.block_size = 4;
+  c.n_blocks = 6;
+  NoCopyAllocator alloc;
+  auto cache = KvCache::Create(c, &alloc);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  auto table = (*cache)->Allocate(3);
+  ASSERT_TRUE(table.has_value());
+  int32_t n_shared = -1;
+  auto fork = (*cache)->Fork(*table, 10, &n_shared);
+  ASSERT_TRUE(fork.has_value());
+  EXPECT_EQ(n_shared, 8);
+  EXPECT_EQ(fork->size(), 2u);
+  (*cache)->Release(*fork);
+  (*cache)->Release(*table);
+  EXPECT_EQ((*cache)->Stats().free_blocks, 6);
 }
 
 }  // namespace

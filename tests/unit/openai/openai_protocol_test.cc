@@ -1,6 +1,7 @@
 #include "router/openai_protocol.h"
 
 #include <limits>
+#include <map>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -142,9 +143,12 @@ TEST(OpenAiParseTest, BadInputGetsA400NamingTheParameter) {
            {R"({"model": "smol", "prompt": "x", "top_p": 1.5})", "top_p"},
            {R"({"model": "smol", "prompt": "x", "stop": 5})", "stop"},
            {R"({"model": "smol", "prompt": "x", "stop": ["a", 1]})", "stop"},
-           {R"({"model": "smol", "prompt": "x", "n": 2})", "n"},
+           {R"({"model": "smol", "prompt": "x", "n": 0})", "n"},
+           {R"({"model": "smol", "prompt": "x", "n": 17})", "n"},
+           {R"({"model": "smol", "prompt": "x", "n": 3, "best_of": 2})", "best_of"},
+           {R"({"model": "smol", "prompt": "x", "best_of": 17})", "best_of"},
+           {R"({"model": "smol", "prompt": "x", "best_of": 3, "stream": true})", "best_of"},
            {R"({"model": "smol", "prompt": "x", "echo": true})", "echo"},
-           {R"({"model": "smol", "prompt": "x", "best_of": 3})", "best_of"},
            {R"({"model": "smol", "prompt": "x", "logit_bias": {"1": 5}})", "logit_bias"},
            {R"({"model": "smol", "prompt": "x", "logprobs": 21})", "logprobs"},
            {R"({"model": "smol", "prompt": "x", "stream": "yes"})", "stream"},
@@ -157,6 +161,32 @@ TEST(OpenAiParseTest, BadInputGetsA400NamingTheParameter) {
     EXPECT_EQ(e.http_status, 400) << c.body;
     EXPECT_EQ(e.param, c.param) << c.body;
   }
+}
+
+TEST(OpenAiParseTest, NAndBestOfBecomeSamples) {
+  ParsedRequest r;
+  ASSERT_FALSE(Parse(Endpoint::kChat,
+                     R"({"model": "smol", "messages": [{"role": "user", "content": "x"}], "n": 3,
+                         "stream": true})",
+                     &r));
+  EXPECT_EQ(r.n, 3);
+  EXPECT_EQ(r.request.sampling().n(), 3);
+  EXPECT_FALSE(r.request.sampling().logprobs());
+  ParsedRequest b;
+  ASSERT_FALSE(
+      Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": "x", "best_of": 3})", &b));
+  EXPECT_EQ(b.n, 1);
+  EXPECT_EQ(b.best_of, 3);
+  EXPECT_EQ(b.request.sampling().n(), 3);
+  EXPECT_TRUE(b.request.sampling().logprobs());  // to pick the best
+  EXPECT_EQ(b.completion_logprobs, -1);          // but not shown
+  ParsedRequest one;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions, R"({"model": "smol", "prompt": "x"})", &one));
+  EXPECT_EQ(one.request.sampling().n(), 0);  // unset: one sample
+  const ApiError e =
+      ErrorOf(Endpoint::kChat,
+              R"({"model": "smol", "messages": [{"role": "user", "content": "x"}], "best_of": 2})");
+  EXPECT_EQ(e.param, "best_of");
 }
 
 TEST(OpenAiParseTest, ResponseFormatsBecomeTheRequestsGrammar) {
@@ -423,6 +453,77 @@ TEST(OpenAiResponseTest, WholeBodiesWithLogprobs) {
   EXPECT_EQ(cb["choices"][0]["message"]["content"], "Hello");
   ASSERT_EQ(cb["choices"][0]["logprobs"]["content"].size(), 1u);
   EXPECT_FLOAT_EQ(cb["choices"][0]["logprobs"]["content"][0]["logprob"].get<float>(), -0.25f);
+}
+
+v1::Chunk SampleChunk(int32_t index, std::string text, std::vector<int> ids, float logprob,
+                      v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED) {
+  v1::Chunk c = MakeChunk(std::move(text), std::move(ids));
+  c.set_index(index);
+  for (int i = 0; i < c.logprobs_size(); ++i) c.set_logprobs(i, logprob);
+  c.set_finish_reason(finish);
+  return c;
+}
+
+TEST(OpenAiResponseTest, ChatStreamInterleavesChoicesEachWithItsOwnFinish) {
+  ParsedRequest req;
+  ASSERT_FALSE(Parse(Endpoint::kChat,
+                     R"({"model": "smol", "messages": [{"role": "user", "content": "x"}], "n": 2,
+                         "stream": true, "stream_options": {"include_usage": true}})",
+                     &req));
+  ResponseBuilder b(req, "chatcmpl-3", 1, nullptr);
+  std::vector<std::string> events;
+  auto add = [&](std::vector<std::string> e) { events.insert(events.end(), e.begin(), e.end()); };
+  add(b.StreamChunk(SampleChunk(1, "B", {5}, -1)));
+  add(b.StreamChunk(SampleChunk(0, "A", {6}, -1)));
+  add(b.StreamChunk(SampleChunk(1, "b", {7}, -1, v1::FINISH_REASON_STOP)));
+  add(b.StreamComplete(MakeComplete(v1::FINISH_REASON_LENGTH, 4, 3)));
+  std::map<int, std::string> text;
+  std::map<int, std::string> finish;
+  std::map<int, int> roles;
+  json usage;
+  for (const std::string& e : events) {
+    json j = json::parse(e);
+    if (j["choices"].empty()) {
+      usage = j["usage"];
+      continue;
+    }
+    ASSERT_EQ(j["choices"].size(), 1u);
+    const json& c = j["choices"][0];
+    const int i = c["index"];
+    if (c["delta"].contains("role")) roles[i]++;
+    if (c["delta"].contains("content")) text[i] += c["delta"]["content"].get<std::string>();
+    if (!c["finish_reason"].is_null()) {
+      EXPECT_EQ(finish.count(i), 0u) << "choice " << i << " finished twice";
+      finish[i] = c["finish_reason"];
+    }
+  }
+  EXPECT_EQ(roles, (std::map<int, int>{{0, 1}, {1, 1}}));
+  EXPECT_EQ(text[0], "A");
+  EXPECT_EQ(text[1], "Bb");
+  EXPECT_EQ(finish[1], "stop");    // its own
+  EXPECT_EQ(finish[0], "length");  // the request's, at the end
+  EXPECT_EQ(usage["completion_tokens"], 3);
+}
+
+// best_of: the n samples with the highest cumulative logprob, best first;
+// usage counts every sample generated.
+TEST(OpenAiResponseTest, BestOfReturnsTheMostLikelySamples) {
+  ParsedRequest req;
+  ASSERT_FALSE(Parse(Endpoint::kCompletions,
+                     R"({"model": "smol", "prompt": "x", "n": 2, "best_of": 3})", &req));
+  ResponseBuilder b(req, "cmpl-3", 1, nullptr);
+  b.Accumulate(SampleChunk(0, "zero", {1, 2}, -3, v1::FINISH_REASON_LENGTH));
+  b.Accumulate(SampleChunk(1, "one", {3, 4}, -1, v1::FINISH_REASON_LENGTH));
+  b.Accumulate(SampleChunk(2, "two", {5}, -1.5, v1::FINISH_REASON_STOP));
+  json body = json::parse(b.FinalBody(MakeComplete(v1::FINISH_REASON_LENGTH, 4, 5)));
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["choices"][0]["text"], "two");  // -1.5 in all
+  EXPECT_EQ(body["choices"][0]["index"], 0);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(body["choices"][1]["text"], "one");  // -2
+  EXPECT_EQ(body["choices"][1]["index"], 1);
+  EXPECT_TRUE(body["choices"][0]["logprobs"].is_null());  // not asked for
+  EXPECT_EQ(body["usage"]["completion_tokens"], 5);
 }
 
 TEST(OpenAiModelsTest, ListsTheServedName) {
