@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "common/log.h"
 #include "kernels/cuda/cuda_compat.h"
+#include "transport/control_link.h"
 #include "transport/nccl_wire.h"
 #include "transport/tcp_socket.h"
 #include "transport/transfer_auth.h"
@@ -50,10 +51,6 @@ const std::string& ProcessNonce() {
 
 }  // namespace internal
 
-namespace {
-std::string XferName(TransferId x) { return absl::StrCat("transfer ", x.value); }
-}  // namespace
-
 namespace internal {
 
 absl::Status IpcCuda(cudaError_t e, const char* what) {
@@ -70,27 +67,13 @@ struct Region {
 
 struct IpcSendLink;
 
-// One outgoing transfer. Fields below mu are guarded by it.
-struct IpcSendXfer {
-  TransferId xfer;
-  TransferSecret secret;
-  int32_t n_layers = 0;
-  Deadline deadline;
-  int64_t start_ns = 0;
+// One outgoing transfer (ready: the receiver may be told where the data is;
+// done: the receiver no longer reads the views). Fields below
+// SendXferBase::mu are guarded by it.
+struct IpcSendXfer final : SendXferBase {
   std::shared_ptr<IpcSendLink> link;
-
-  std::mutex mu;
-  std::condition_variable cv;
-  SendDoneCallback on_done;
-  std::vector<bool> given;
-  int32_t n_given = 0;
-  bool finish_called = false;
-  bool ready = false;  // the receiver posted: it may be told where the data is
-  bool trailer_sent = false;
   bool receiver_reads = false;  // a Layer frame went out, no final word from the receiver yet
-  std::optional<absl::Status> final_status;
   Deadline decided_at;
-  bool done = false;  // callbacks ran; the receiver no longer reads the views
 };
 
 struct IpcSendJob {
@@ -102,22 +85,15 @@ struct IpcSendJob {
   std::string trailer;
 };
 
-struct IpcSendLink {
-  std::string endpoint;
-  internal::UniqueFd fd;
-  std::mutex write_mu;  // control frames
-
-  std::mutex mu;  // guards the fields below
-  std::condition_variable cv;
+// One receiver endpoint (`peer`).
+struct IpcSendLink final : ControlLink {
+  // Guarded by mu:
   std::deque<IpcSendJob> jobs;
   std::map<uint64_t, std::shared_ptr<IpcSendXfer>> xfers;
-  bool closing = false;
-  bool handles_sent = false;  // link thread only
 
+  bool handles_sent = false;      // link thread only
   cudaStream_t stream = nullptr;  // link thread only
   cudaEvent_t event = nullptr;    // interprocess: the receiver waits on it
-  std::atomic<bool> dead{false};
-  std::thread reader, worker;
 };
 
 }  // namespace internal
@@ -127,6 +103,7 @@ using internal::IpcSendJob;
 using internal::IpcSendLink;
 using internal::IpcSendXfer;
 using internal::Region;
+using internal::XferName;
 
 class IpcKvSender::Core {
  public:
@@ -197,14 +174,8 @@ class IpcKvSender::Core {
     absl::StatusOr<std::shared_ptr<IpcSendLink>> link = GetLink(peer);
     if (!link.ok()) return link.status();
     auto t = std::make_shared<IpcSendXfer>();
-    t->xfer = xfer;
-    t->secret = secret;
-    t->n_layers = n_layers;
-    t->deadline = deadline;
-    t->start_ns = MonoNowNs();
+    t->Init(xfer, secret, n_layers, deadline, std::move(on_done));
     t->link = *link;
-    t->on_done = std::move(on_done);
-    t->given.assign(n_layers, false);
     {
       std::lock_guard<std::mutex> lock((*link)->mu);
       if (!(*link)->xfers.emplace(xfer.value, t).second) {
@@ -260,22 +231,7 @@ class IpcKvSender::Core {
   absl::Status Enqueue(const std::shared_ptr<IpcSendXfer>& t, IpcSendJob job) {
     {
       std::lock_guard<std::mutex> lock(t->mu);
-      if (t->final_status) return *t->final_status;
-      if (job.layer >= 0) {
-        if (job.layer >= t->n_layers || t->given[job.layer]) {
-          return absl::InvalidArgumentError(absl::StrCat(XferName(t->xfer), ": layer ", job.layer,
-                                                         " is out of range or was already sent"));
-        }
-        t->given[job.layer] = true;
-        ++t->n_given;
-      } else {
-        if (t->finish_called) return absl::FailedPreconditionError("Finish called twice");
-        if (t->n_given != t->n_layers) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              XferName(t->xfer), ": Finish before all ", t->n_layers, " layers were given"));
-        }
-        t->finish_called = true;
-      }
+      if (absl::Status s = t->GiveLocked(job.layer); !s.ok()) return s;
     }
     job.t = t;
     IpcSendLink& l = *t->link;
@@ -314,50 +270,39 @@ class IpcKvSender::Core {
     if (finalize) Finalize(t);
   }
 
-  void Wait(const std::shared_ptr<IpcSendXfer>& t) {
-    std::unique_lock<std::mutex> lock(t->mu);
-    t->cv.wait(lock, [&] { return t->done; });
-  }
-
   void Kill(const std::shared_ptr<IpcSendLink>& l, const absl::Status& why) {
-    if (l->dead.exchange(true)) return;
-    ::shutdown(l->fd.get(), SHUT_RDWR);
+    if (!l->Close()) return;
     std::vector<std::shared_ptr<IpcSendXfer>> ts;
     std::deque<IpcSendJob> dropped;  // jobs hold their transfers, which hold the link
     {
       std::lock_guard<std::mutex> lock(l->mu);
-      l->closing = true;
       for (auto& [x, t] : l->xfers) ts.push_back(t);
       dropped.swap(l->jobs);
     }
-    l->cv.notify_all();
     if (!ts.empty()) {
-      PDS_LOG(WARNING) << "IPC sender: link to " << l->endpoint << " failed with " << ts.size()
+      PDS_LOG(WARNING) << "IPC sender: link to " << l->peer << " failed with " << ts.size()
                        << " transfers in flight: " << why;
     }
     for (auto& t : ts) {
-      Complete(
-          t,
-          absl::Status(why.code() == absl::StatusCode::kCancelled ||
-                               why.code() == absl::StatusCode::kFailedPrecondition
-                           ? why.code()
-                           : absl::StatusCode::kUnavailable,
-                       absl::StrCat(XferName(t->xfer), " to ", l->endpoint, ": ", why.message())),
-          false);
+      Complete(t,
+               absl::Status(why.code() == absl::StatusCode::kCancelled ||
+                                    why.code() == absl::StatusCode::kFailedPrecondition
+                                ? why.code()
+                                : absl::StatusCode::kUnavailable,
+                            absl::StrCat(XferName(t->xfer), " to ", l->peer, ": ", why.message())),
+               false);
       Finalize(t);  // decided earlier and waiting for the receiver: it is gone
     }
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = links_.find(l->endpoint);
+    auto it = links_.find(l->peer);
     if (it != links_.end() && it->second == l) links_.erase(it);
     dead_.push_back(l);
     cv_.notify_all();
   }
 
  private:
-  absl::Status Write(const std::shared_ptr<IpcSendLink>& l, const NcclFrame& f) {
-    if (l->dead) return absl::UnavailableError("link closed");
-    std::lock_guard<std::mutex> lock(l->write_mu);
-    return internal::WriteNcclFrame(l->fd.get(), f);
+  static absl::Status Write(const std::shared_ptr<IpcSendLink>& l, const NcclFrame& f) {
+    return l->Write(f);
   }
 
   void SendAbort(const std::shared_ptr<IpcSendXfer>& t) {
@@ -406,17 +351,11 @@ class IpcKvSender::Core {
       auto it = links_.find(endpoint);
       if (it != links_.end() && !it->second->dead) return it->second;
     }
-    absl::StatusOr<internal::HostPort> hp =
-        internal::ParseHostPort(endpoint.substr(std::strlen(kIpcScheme)));
-    if (!hp.ok()) return hp.status();
     absl::StatusOr<internal::UniqueFd> fd =
-        internal::ConnectBlocking(*hp, options_.connect_timeout_ms);
-    if (!fd.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("IPC sender: cannot reach ", endpoint, ": ", fd.status().message()));
-    }
+        internal::ConnectControl(endpoint, kIpcScheme, options_.connect_timeout_ms, "IPC sender");
+    if (!fd.ok()) return fd.status();
     auto l = std::make_shared<IpcSendLink>();
-    l->endpoint = endpoint;
+    l->peer = endpoint;
     l->fd = std::move(*fd);
     if (absl::Status s = IpcCuda(cudaSetDevice(options_.device), "cudaSetDevice"); !s.ok())
       return s;
@@ -457,7 +396,7 @@ class IpcKvSender::Core {
         // The receiver refused the link itself (another host, ...).
         return Kill(l, absl::Status(static_cast<absl::StatusCode>(std::clamp<int64_t>(
                                         f.arg0, 1, KvTransportStats::kNumCodes - 1)),
-                                    absl::StrCat("receiver ", l->endpoint, ": ", f.payload)));
+                                    absl::StrCat("receiver ", l->peer, ": ", f.payload)));
       }
       std::shared_ptr<IpcSendXfer> t;
       {
@@ -483,7 +422,7 @@ class IpcKvSender::Core {
           }
           if (!sent_all) {
             return Kill(
-                l, absl::InternalError(absl::StrCat("receiver ", l->endpoint, " acknowledged ",
+                l, absl::InternalError(absl::StrCat("receiver ", l->peer, " acknowledged ",
                                                     XferName(t->xfer), " before it was sent")));
           }
           Complete(t, absl::OkStatus(), false);
@@ -494,7 +433,7 @@ class IpcKvSender::Core {
           const int64_t code = std::clamp<int64_t>(f.arg0, 1, KvTransportStats::kNumCodes - 1);
           Complete(t,
                    absl::Status(static_cast<absl::StatusCode>(code),
-                                absl::StrCat("receiver ", l->endpoint, ": ", f.payload)),
+                                absl::StrCat("receiver ", l->peer, ": ", f.payload)),
                    false);
           ReceiverDone(t);
           break;
@@ -603,12 +542,7 @@ class IpcKvSender::Core {
   }
 
   absl::Status SendTrailer(const std::shared_ptr<IpcSendLink>& l, const IpcSendJob& job) {
-    NcclFrame f;
-    f.type = NcclFrameType::kTrailer;
-    f.xfer = job.t->xfer.value;
-    const AuthTag tag = TrailerTag(job.t->secret, job.t->xfer, job.trailer);
-    f.payload = job.trailer;
-    f.payload.append(reinterpret_cast<const char*>(tag.data()), tag.size());
+    const NcclFrame f = internal::MakeTrailerFrame(job.t->secret, job.t->xfer, job.trailer);
     std::lock_guard<std::mutex> lock(job.t->mu);
     if (job.t->final_status) return absl::OkStatus();
     job.t->trailer_sent = true;
@@ -645,8 +579,8 @@ class IpcKvSender::Core {
         }
         for (auto& t : expired) {
           Complete(t,
-                   absl::DeadlineExceededError(absl::StrCat(XferName(t->xfer), " to ", l->endpoint,
-                                                            " missed its deadline")),
+                   absl::DeadlineExceededError(
+                       absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
                    true);
         }
         if (stuck) {
@@ -665,8 +599,7 @@ class IpcKvSender::Core {
   }
 
   static void Join(const std::shared_ptr<IpcSendLink>& l) {
-    if (l->reader.joinable() && l->reader.get_id() != std::this_thread::get_id()) l->reader.join();
-    if (l->worker.joinable() && l->worker.get_id() != std::this_thread::get_id()) l->worker.join();
+    l->JoinThreads();
     if (!l->reader.joinable() && !l->worker.joinable()) Destroy(*l);
   }
 
@@ -710,18 +643,13 @@ class IpcSendHandleImpl final : public DeviceKvSendHandle {
     return core_->Enqueue(t_, std::move(job));
   }
   absl::Status Wait() override {
-    core_->Wait(t_);
-    std::lock_guard<std::mutex> lock(t_->mu);
-    return *t_->final_status;
+    t_->WaitDone();
+    return *t_->PollDone();
   }
-  std::optional<absl::Status> Poll() override {
-    std::lock_guard<std::mutex> lock(t_->mu);
-    if (!t_->done) return std::nullopt;
-    return *t_->final_status;
-  }
+  std::optional<absl::Status> Poll() override { return t_->PollDone(); }
   void Abort() override {
     core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
-    core_->Wait(t_);
+    t_->WaitDone();
   }
 
  private:
