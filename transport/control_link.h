@@ -32,7 +32,10 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "common/clock.h"
+#include "transport/device_send_handle.h"
 #include "transport/kv_transport.h"
 #include "transport/nccl_wire.h"
 #include "transport/receive_table.h"
@@ -96,6 +99,23 @@ struct ControlPortOptions {
   WireLimits limits;
   ReceiveTableOptions table;
 };
+
+// The port options from a receiver's own options (NcclReceiverOptions,
+// IpcReceiverOptions: the same fields).
+template <typename ReceiverOptions>
+ControlPortOptions MakePortOptions(const ReceiverOptions& o, const char* name, const char* scheme) {
+  ControlPortOptions p;
+  p.name = name;
+  p.scheme = scheme;
+  p.listen_host = o.listen_host;
+  p.port = o.port;
+  p.advertise_host = o.advertise_host;
+  p.max_connections = o.max_connections;
+  p.verify_timeout_ms = o.verify_timeout_ms;
+  p.limits = o.limits;
+  p.table = o.table;
+  return p;
+}
 
 class ControlPort : public ReplySink {
  public:
@@ -205,6 +225,45 @@ struct SendXferBase {
 };
 
 std::string XferName(TransferId x);
+
+// The send handle of both backends, over a Core that provides
+//   absl::Status EnqueueLayer(const std::shared_ptr<Xfer>&, int32_t layer,
+//                             absl::Span<const ConstBlockView>, void* ready_event);
+//   absl::Status EnqueueTrailer(const std::shared_ptr<Xfer>&, std::string trailer);
+//   void Complete(const std::shared_ptr<Xfer>&, absl::Status, bool notify_peer);
+// Destroying it aborts the transfer (and waits until the views are free).
+template <typename Core, typename Xfer>
+class ControlSendHandle final : public DeviceKvSendHandle {
+ public:
+  ControlSendHandle(std::shared_ptr<Core> core, std::shared_ptr<Xfer> t)
+      : core_(std::move(core)), t_(std::move(t)) {}
+  ~ControlSendHandle() override { Abort(); }
+
+  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
+    return SendLayerAfter(layer, blocks, nullptr);
+  }
+  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
+                              void* ready_event) override {
+    if (layer < 0) return absl::InvalidArgumentError("negative layer");
+    return core_->EnqueueLayer(t_, layer, blocks, ready_event);
+  }
+  absl::Status Finish(std::string trailer) override {
+    return core_->EnqueueTrailer(t_, std::move(trailer));
+  }
+  absl::Status Wait() override {
+    t_->WaitDone();
+    return *t_->PollDone();
+  }
+  std::optional<absl::Status> Poll() override { return t_->PollDone(); }
+  void Abort() override {
+    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
+    t_->WaitDone();
+  }
+
+ private:
+  std::shared_ptr<Core> core_;
+  std::shared_ptr<Xfer> t_;
+};
 
 // The Trailer frame for `trailer`: its bytes, then their tag.
 NcclFrame MakeTrailerFrame(const TransferSecret& secret, TransferId xfer,

@@ -68,20 +68,6 @@ using internal::SourceBlock;
 
 namespace {
 
-internal::ControlPortOptions PortOptions(const IpcReceiverOptions& o) {
-  internal::ControlPortOptions p;
-  p.name = "IPC receiver";
-  p.scheme = kIpcScheme;
-  p.listen_host = o.listen_host;
-  p.port = o.port;
-  p.advertise_host = o.advertise_host;
-  p.max_connections = o.max_connections;
-  p.verify_timeout_ms = o.verify_timeout_ms;
-  p.limits = o.limits;
-  p.table = o.table;
-  return p;
-}
-
 IpcRecvLink& Ipc(const std::shared_ptr<ControlLink>& l) { return static_cast<IpcRecvLink&>(*l); }
 
 }  // namespace
@@ -89,7 +75,7 @@ IpcRecvLink& Ipc(const std::shared_ptr<ControlLink>& l) { return static_cast<Ipc
 class IpcKvReceiver::Impl final : public internal::ControlPort {
  public:
   explicit Impl(IpcReceiverOptions options)
-      : ControlPort(PortOptions(options)),
+      : ControlPort(internal::MakePortOptions(options, "IPC receiver", kIpcScheme)),
         options_(std::move(options)),
         host_id_(internal::HostIdentity()) {}
 

@@ -228,6 +228,22 @@ class IpcKvSender::Core {
     return absl::OkStatus();
   }
 
+  // For ControlSendHandle.
+  absl::Status EnqueueLayer(const std::shared_ptr<IpcSendXfer>& t, int32_t layer,
+                            absl::Span<const ConstBlockView> blocks, void* ready_event) {
+    IpcSendJob job;
+    job.layer = layer;
+    job.event = ready_event;
+    if (absl::Status s = Describe(blocks, &job); !s.ok()) return s;
+    return Enqueue(t, std::move(job));
+  }
+  absl::Status EnqueueTrailer(const std::shared_ptr<IpcSendXfer>& t, std::string trailer) {
+    IpcSendJob job;
+    job.layer = -1;
+    job.trailer = std::move(trailer);
+    return Enqueue(t, std::move(job));
+  }
+
   absl::Status Enqueue(const std::shared_ptr<IpcSendXfer>& t, IpcSendJob job) {
     {
       std::lock_guard<std::mutex> lock(t->mu);
@@ -616,49 +632,6 @@ class IpcKvSender::Core {
   std::thread watchdog_;
 };
 
-namespace {
-
-class IpcSendHandleImpl final : public DeviceKvSendHandle {
- public:
-  IpcSendHandleImpl(std::shared_ptr<IpcKvSender::Core> core, std::shared_ptr<IpcSendXfer> t)
-      : core_(std::move(core)), t_(std::move(t)) {}
-  ~IpcSendHandleImpl() override { Abort(); }
-
-  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
-    return SendLayerAfter(layer, blocks, nullptr);
-  }
-  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
-                              void* ready_event) override {
-    if (layer < 0) return absl::InvalidArgumentError("negative layer");
-    IpcSendJob job;
-    job.layer = layer;
-    job.event = ready_event;
-    if (absl::Status s = core_->Describe(blocks, &job); !s.ok()) return s;
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Finish(std::string trailer) override {
-    IpcSendJob job;
-    job.layer = -1;
-    job.trailer = std::move(trailer);
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Wait() override {
-    t_->WaitDone();
-    return *t_->PollDone();
-  }
-  std::optional<absl::Status> Poll() override { return t_->PollDone(); }
-  void Abort() override {
-    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
-    t_->WaitDone();
-  }
-
- private:
-  std::shared_ptr<IpcKvSender::Core> core_;
-  std::shared_ptr<IpcSendXfer> t_;
-};
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<IpcKvSender>> IpcKvSender::Create(IpcSenderOptions options) {
   auto core = std::make_shared<Core>(options);
   core->Start();
@@ -677,7 +650,8 @@ absl::StatusOr<std::unique_ptr<KvSendHandle>> IpcKvSender::StartTransfer(
   absl::StatusOr<std::shared_ptr<IpcSendXfer>> t =
       core_->Open(xfer_id, secret, peer, n_layers, deadline, std::move(on_done));
   if (!t.ok()) return t.status();
-  return std::unique_ptr<KvSendHandle>(new IpcSendHandleImpl(core_, std::move(*t)));
+  return std::unique_ptr<KvSendHandle>(
+      new internal::ControlSendHandle<Core, IpcSendXfer>(core_, std::move(*t)));
 }
 
 KvTransportStats IpcKvSender::stats() const { return core_->counters().Snapshot(); }

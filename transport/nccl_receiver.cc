@@ -46,20 +46,6 @@ using internal::NcclRecvWork;
 
 namespace {
 
-internal::ControlPortOptions PortOptions(const NcclReceiverOptions& o) {
-  internal::ControlPortOptions p;
-  p.name = "NCCL receiver";
-  p.scheme = internal::kNcclScheme;
-  p.listen_host = o.listen_host;
-  p.port = o.port;
-  p.advertise_host = o.advertise_host;
-  p.max_connections = o.max_connections;
-  p.verify_timeout_ms = o.verify_timeout_ms;
-  p.limits = o.limits;
-  p.table = o.table;
-  return p;
-}
-
 NcclRecvLink& Nccl(const std::shared_ptr<ControlLink>& l) { return static_cast<NcclRecvLink&>(*l); }
 
 }  // namespace
@@ -67,7 +53,8 @@ NcclRecvLink& Nccl(const std::shared_ptr<ControlLink>& l) { return static_cast<N
 class NcclKvReceiver::Impl final : public internal::ControlPort {
  public:
   explicit Impl(NcclReceiverOptions options)
-      : ControlPort(PortOptions(options)), options_(std::move(options)) {}
+      : ControlPort(internal::MakePortOptions(options, "NCCL receiver", internal::kNcclScheme)),
+        options_(std::move(options)) {}
 
  private:
   std::shared_ptr<ControlLink> NewLink() override { return std::make_shared<NcclRecvLink>(); }

@@ -140,6 +140,22 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     return t;
   }
 
+  // For ControlSendHandle.
+  absl::Status EnqueueLayer(const std::shared_ptr<NcclSendXfer>& t, int32_t layer,
+                            absl::Span<const ConstBlockView> blocks, void* ready_event) {
+    NcclSendJob job;
+    job.layer = layer;
+    job.views.assign(blocks.begin(), blocks.end());
+    job.event = ready_event;
+    return Enqueue(t, std::move(job));
+  }
+  absl::Status EnqueueTrailer(const std::shared_ptr<NcclSendXfer>& t, std::string trailer) {
+    NcclSendJob job;
+    job.layer = -1;
+    job.trailer = std::move(trailer);
+    return Enqueue(t, std::move(job));
+  }
+
   absl::Status Enqueue(const std::shared_ptr<NcclSendXfer>& t, NcclSendJob job) {
     {
       std::lock_guard<std::mutex> lock(t->mu);
@@ -478,49 +494,6 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
   std::thread watchdog_;
 };
 
-namespace {
-
-class NcclSendHandleImpl final : public NcclKvSendHandle {
- public:
-  NcclSendHandleImpl(std::shared_ptr<NcclKvSender::Core> core, std::shared_ptr<NcclSendXfer> t)
-      : core_(std::move(core)), t_(std::move(t)) {}
-  ~NcclSendHandleImpl() override { Abort(); }
-
-  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
-    return SendLayerAfter(layer, blocks, nullptr);
-  }
-  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
-                              void* ready_event) override {
-    if (layer < 0) return absl::InvalidArgumentError("negative layer");
-    NcclSendJob job;
-    job.layer = layer;
-    job.views.assign(blocks.begin(), blocks.end());
-    job.event = ready_event;
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Finish(std::string trailer) override {
-    NcclSendJob job;
-    job.layer = -1;
-    job.trailer = std::move(trailer);
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Wait() override {
-    t_->WaitDone();
-    return *t_->PollDone();
-  }
-  std::optional<absl::Status> Poll() override { return t_->PollDone(); }
-  void Abort() override {
-    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
-    t_->WaitDone();
-  }
-
- private:
-  std::shared_ptr<NcclKvSender::Core> core_;
-  std::shared_ptr<NcclSendXfer> t_;
-};
-
-}  // namespace
-
 absl::StatusOr<std::unique_ptr<NcclKvSender>> NcclKvSender::Create(NcclSenderOptions options) {
   auto core = std::make_shared<Core>(options);
   core->Start();
@@ -535,7 +508,8 @@ absl::StatusOr<std::unique_ptr<KvSendHandle>> NcclKvSender::StartTransfer(
   absl::StatusOr<std::shared_ptr<NcclSendXfer>> t =
       core_->Open(xfer_id, secret, peer, n_layers, deadline, std::move(on_done));
   if (!t.ok()) return t.status();
-  return std::unique_ptr<KvSendHandle>(new NcclSendHandleImpl(core_, std::move(*t)));
+  return std::unique_ptr<KvSendHandle>(
+      new internal::ControlSendHandle<Core, NcclSendXfer>(core_, std::move(*t)));
 }
 
 KvTransportStats NcclKvSender::stats() const { return core_->counters().Snapshot(); }
