@@ -19,9 +19,11 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -190,6 +192,87 @@ class ControlPort : public ReplySink {
 absl::Status SplitTrailer(std::string payload, std::string* trailer, AuthTag* tag);
 // An Abort frame's reason (a status code; 0 when out of range).
 int32_t AbortCode(const NcclFrame& f);
+
+// A sender's links, one per receiver endpoint (ControlLink::peer), and the
+// watchdog thread that every 10 ms (or as soon as a link died) joins dead
+// links and checks the live ones (deadlines, stuck operations).
+template <typename Link>
+class SenderLinks {
+ public:
+  using LinkPtr = std::shared_ptr<Link>;
+
+  // join: a dead link's threads (and what they held); check: one live link.
+  void Start(std::function<void(const LinkPtr&)> join, std::function<void(const LinkPtr&)> check) {
+    watchdog_ = std::thread([this, join = std::move(join), check = std::move(check)] {
+      for (;;) {
+        std::vector<LinkPtr> live, reap;
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait_for(lock, std::chrono::milliseconds(10),
+                       [&] { return stopping_ || !dead_.empty(); });
+          if (stopping_) return;
+          for (auto& [endpoint, l] : links_) live.push_back(l);
+          reap.swap(dead_);
+        }
+        for (auto& l : reap) join(l);
+        for (auto& l : live) check(l);
+      }
+    });
+  }
+  // Stops the watchdog; returns every link, live or dead, now forgotten.
+  std::vector<LinkPtr> Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<LinkPtr> all;
+    for (auto& [endpoint, l] : links_) all.push_back(l);
+    all.insert(all.end(), dead_.begin(), dead_.end());
+    links_.clear();
+    dead_.clear();
+    return all;
+  }
+  // Held while a link to a new endpoint is made: one connect at a time.
+  std::mutex& create_mu() { return create_mu_; }
+  // The live link to `endpoint`, or null; Cancelled ("<who> shut down") once
+  // stopping.
+  absl::StatusOr<LinkPtr> Find(const std::string& endpoint, const char* who) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::CancelledError(absl::StrCat(who, " shut down"));
+    auto it = links_.find(endpoint);
+    if (it != links_.end() && !it->second->dead) return it->second;
+    return LinkPtr();
+  }
+  void Add(const LinkPtr& l) {
+    std::lock_guard<std::mutex> lock(mu_);
+    links_[l->peer] = l;
+  }
+  // l died: no longer its endpoint's link; the watchdog joins it.
+  void Retire(const LinkPtr& l) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = links_.find(l->peer);
+    if (it != links_.end() && it->second == l) links_.erase(it);
+    dead_.push_back(l);
+    cv_.notify_all();
+  }
+  // No link was ever made (or all were forgotten by Stop).
+  bool Empty() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return links_.empty() && dead_.empty();
+  }
+
+ private:
+  std::mutex create_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;                 // guarded by mu_
+  std::map<std::string, LinkPtr> links_;  // guarded by mu_
+  std::vector<LinkPtr> dead_;             // guarded by mu_
+  std::thread watchdog_;
+};
 
 // A sender's state for one transfer; the backend adds its own fields.
 // Fields below mu are guarded by it.

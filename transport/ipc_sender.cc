@@ -110,24 +110,12 @@ class IpcKvSender::Core {
   explicit Core(IpcSenderOptions options) : options_(options), host_id_(internal::HostIdentity()) {}
 
   void Start() {
-    watchdog_ = std::thread([this] { Watchdog(); });
+    links_.Start([](const std::shared_ptr<IpcSendLink>& l) { Join(l); },
+                 [this](const std::shared_ptr<IpcSendLink>& l) { CheckLink(l); });
   }
 
   void Stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    if (watchdog_.joinable()) watchdog_.join();
-    std::vector<std::shared_ptr<IpcSendLink>> links;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [ep, l] : links_) links.push_back(l);
-      links.insert(links.end(), dead_.begin(), dead_.end());
-      links_.clear();
-      dead_.clear();
-    }
+    const std::vector<std::shared_ptr<IpcSendLink>> links = links_.Stop();
     for (auto& l : links) Kill(l, absl::CancelledError("IPC sender shut down"));
     for (auto& l : links) Join(l);
   }
@@ -148,7 +136,7 @@ class IpcKvSender::Core {
       return s;
     }
     std::lock_guard<std::mutex> lock(mu_);
-    if (!links_.empty() || !dead_.empty()) {
+    if (!links_.Empty()) {
       return absl::FailedPreconditionError("IPC sender: register regions before any transfer");
     }
     if (static_cast<int>(regions_.size()) >= internal::kIpcMaxRegions) {
@@ -309,11 +297,7 @@ class IpcKvSender::Core {
                false);
       Finalize(t);  // decided earlier and waiting for the receiver: it is gone
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = links_.find(l->peer);
-    if (it != links_.end() && it->second == l) links_.erase(it);
-    dead_.push_back(l);
-    cv_.notify_all();
+    links_.Retire(l);
   }
 
  private:
@@ -357,15 +341,14 @@ class IpcKvSender::Core {
   }
 
   absl::StatusOr<std::shared_ptr<IpcSendLink>> GetLink(const std::string& endpoint) {
-    std::lock_guard<std::mutex> create_lock(link_create_mu_);  // one connect at a time
+    std::lock_guard<std::mutex> create_lock(links_.create_mu());
+    absl::StatusOr<std::shared_ptr<IpcSendLink>> found = links_.Find(endpoint, "IPC sender");
+    if (!found.ok() || *found) return found;
     {
-      std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) return absl::CancelledError("IPC sender shut down");
+      std::lock_guard<std::mutex> lock(mu_);
       if (regions_.empty()) {
         return absl::FailedPreconditionError("IPC sender: no KV region registered");
       }
-      auto it = links_.find(endpoint);
-      if (it != links_.end() && !it->second->dead) return it->second;
     }
     absl::StatusOr<internal::UniqueFd> fd =
         internal::ConnectControl(endpoint, kIpcScheme, options_.connect_timeout_ms, "IPC sender");
@@ -398,8 +381,7 @@ class IpcKvSender::Core {
     internal::StartLinkThreads(
         l, [this](const std::shared_ptr<IpcSendLink>& link) { ReadLoop(link); },
         [this](const std::shared_ptr<IpcSendLink>& link) { WorkLoop(link); });
-    std::lock_guard<std::mutex> lock(mu_);
-    links_[endpoint] = l;
+    links_.Add(l);
     return l;
   }
 
@@ -565,45 +547,32 @@ class IpcKvSender::Core {
     return Write(l, f);
   }
 
-  // Deadlines, receivers that never confirm, joining dead links.
-  void Watchdog() {
-    for (;;) {
-      std::vector<std::shared_ptr<IpcSendLink>> links, reap;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::milliseconds(10),
-                     [&] { return stopping_ || !dead_.empty(); });
-        if (stopping_) return;
-        for (auto& [ep, l] : links_) links.push_back(l);
-        reap.swap(dead_);
-      }
-      for (auto& l : reap) Join(l);
-      const Deadline now = MonoClock::now();
-      for (auto& l : links) {
-        std::vector<std::shared_ptr<IpcSendXfer>> expired;
-        std::shared_ptr<IpcSendXfer> stuck;
-        {
-          std::lock_guard<std::mutex> lock(l->mu);
-          for (auto& [x, t] : l->xfers) {
-            std::lock_guard<std::mutex> tl(t->mu);
-            if (!t->final_status && now > t->deadline) expired.push_back(t);
-            if (t->final_status && !t->done &&
-                now > t->decided_at + std::chrono::milliseconds(options_.stuck_grace_ms)) {
-              stuck = t;
-            }
-          }
-        }
-        for (auto& t : expired) {
-          Complete(t,
-                   absl::DeadlineExceededError(
-                       absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
-                   true);
-        }
-        if (stuck) {
-          Kill(l, absl::DeadlineExceededError(absl::StrCat(
-                      "the receiver did not confirm it stopped reading ", XferName(stuck->xfer))));
+  // The watchdog's check of a live link: deadlines of its transfers, a
+  // receiver that never confirms it stopped reading.
+  void CheckLink(const std::shared_ptr<IpcSendLink>& l) {
+    const Deadline now = MonoClock::now();
+    std::vector<std::shared_ptr<IpcSendXfer>> expired;
+    std::shared_ptr<IpcSendXfer> stuck;
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      for (auto& [x, t] : l->xfers) {
+        std::lock_guard<std::mutex> tl(t->mu);
+        if (!t->final_status && now > t->deadline) expired.push_back(t);
+        if (t->final_status && !t->done &&
+            now > t->decided_at + std::chrono::milliseconds(options_.stuck_grace_ms)) {
+          stuck = t;
         }
       }
+    }
+    for (auto& t : expired) {
+      Complete(t,
+               absl::DeadlineExceededError(
+                   absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
+               true);
+    }
+    if (stuck) {
+      Kill(l, absl::DeadlineExceededError(absl::StrCat(
+                  "the receiver did not confirm it stopped reading ", XferName(stuck->xfer))));
     }
   }
 
@@ -622,14 +591,9 @@ class IpcKvSender::Core {
   const IpcSenderOptions options_;
   const std::string host_id_;
   internal::TransferCounters counters_;
-  std::mutex link_create_mu_;
   std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
   std::vector<Region> regions_;  // guarded by mu_; fixed once a link exists
-  std::map<std::string, std::shared_ptr<IpcSendLink>> links_;
-  std::vector<std::shared_ptr<IpcSendLink>> dead_;
-  std::thread watchdog_;
+  internal::SenderLinks<IpcSendLink> links_;
 };
 
 absl::StatusOr<std::unique_ptr<IpcKvSender>> IpcKvSender::Create(IpcSenderOptions options) {

@@ -75,24 +75,12 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
   explicit Core(NcclSenderOptions options) : options_(options) {}
 
   void Start() {
-    watchdog_ = std::thread([this] { Watchdog(); });
+    links_.Start([](const std::shared_ptr<NcclSendLink>& l) { l->JoinThreads(); },
+                 [this](const std::shared_ptr<NcclSendLink>& l) { CheckLink(l); });
   }
 
   void Stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    if (watchdog_.joinable()) watchdog_.join();
-    std::vector<std::shared_ptr<NcclSendLink>> links;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [ep, l] : links_) links.push_back(l);
-      links.insert(links.end(), dead_.begin(), dead_.end());
-      links_.clear();
-      dead_.clear();
-    }
+    const std::vector<std::shared_ptr<NcclSendLink>> links = links_.Stop();
     for (auto& l : links) {
       std::vector<std::shared_ptr<NcclSendXfer>> ts;
       {
@@ -102,7 +90,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
       for (auto& t : ts) Complete(t, absl::CancelledError("NCCL sender shut down"), true);
       Kill(l, absl::CancelledError("NCCL sender shut down"));
     }
-    for (auto& l : links) Join(l);
+    for (auto& l : links) l->JoinThreads();
   }
 
   internal::TransferCounters& counters() { return counters_; }
@@ -226,11 +214,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
                    absl::StrCat(XferName(t->xfer), " to ", l->peer, ": ", why.message())),
                false);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = links_.find(l->peer);
-    if (it != links_.end() && it->second == l) links_.erase(it);
-    dead_.push_back(l);
-    cv_.notify_all();
+    links_.Retire(l);
   }
 
  private:
@@ -270,13 +254,9 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
   }
 
   absl::StatusOr<std::shared_ptr<NcclSendLink>> GetLink(const std::string& endpoint) {
-    std::lock_guard<std::mutex> create_lock(link_create_mu_);  // one connect at a time
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) return absl::CancelledError("NCCL sender shut down");
-      auto it = links_.find(endpoint);
-      if (it != links_.end() && !it->second->dead) return it->second;
-    }
+    std::lock_guard<std::mutex> create_lock(links_.create_mu());
+    absl::StatusOr<std::shared_ptr<NcclSendLink>> found = links_.Find(endpoint, "NCCL sender");
+    if (!found.ok() || *found) return found;
     absl::StatusOr<internal::UniqueFd> fd = internal::ConnectControl(
         endpoint, internal::kNcclScheme, options_.connect_timeout_ms, "NCCL sender");
     if (!fd.ok()) return fd.status();
@@ -295,8 +275,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     internal::StartLinkThreads(
         l, [this](const std::shared_ptr<NcclSendLink>& link) { ReadLoop(link); },
         [this](const std::shared_ptr<NcclSendLink>& link) { WorkLoop(link); });
-    std::lock_guard<std::mutex> lock(mu_);
-    links_[endpoint] = l;
+    links_.Add(l);
     return l;
   }
 
@@ -440,58 +419,37 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     return s;
   }
 
-  // Deadlines of transfers, stuck NCCL operations, joining dead links.
-  void Watchdog() {
-    for (;;) {
-      std::vector<std::shared_ptr<NcclSendLink>> links, reap;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::milliseconds(10),
-                     [&] { return stopping_ || !dead_.empty(); });
-        if (stopping_) return;
-        for (auto& [ep, l] : links_) links.push_back(l);
-        reap.swap(dead_);
+  // The watchdog's check of a live link: deadlines of its transfers, a
+  // stuck NCCL operation.
+  void CheckLink(const std::shared_ptr<NcclSendLink>& l) {
+    const Deadline now = MonoClock::now();
+    std::vector<std::shared_ptr<NcclSendXfer>> expired;
+    std::shared_ptr<NcclSendXfer> stuck;
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      for (auto& [x, t] : l->xfers) {
+        if (now > t->deadline) expired.push_back(t);
       }
-      for (auto& l : reap) Join(l);
-      const Deadline now = MonoClock::now();
-      for (auto& l : links) {
-        std::vector<std::shared_ptr<NcclSendXfer>> expired;
-        std::shared_ptr<NcclSendXfer> stuck;
-        {
-          std::lock_guard<std::mutex> lock(l->mu);
-          for (auto& [x, t] : l->xfers) {
-            if (now > t->deadline) expired.push_back(t);
-          }
-          if (l->inflight &&
-              now > l->inflight->deadline + std::chrono::milliseconds(options_.stuck_grace_ms)) {
-            stuck = l->inflight;
-          }
-        }
-        for (auto& t : expired) {
-          Complete(t,
-                   absl::DeadlineExceededError(
-                       absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
-                   true);
-        }
-        if (stuck) {
-          Kill(l, absl::DeadlineExceededError(
-                      absl::StrCat("an NCCL operation of ", XferName(stuck->xfer), " is stuck")));
-        }
+      if (l->inflight &&
+          now > l->inflight->deadline + std::chrono::milliseconds(options_.stuck_grace_ms)) {
+        stuck = l->inflight;
       }
+    }
+    for (auto& t : expired) {
+      Complete(t,
+               absl::DeadlineExceededError(
+                   absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
+               true);
+    }
+    if (stuck) {
+      Kill(l, absl::DeadlineExceededError(
+                  absl::StrCat("an NCCL operation of ", XferName(stuck->xfer), " is stuck")));
     }
   }
 
-  static void Join(const std::shared_ptr<NcclSendLink>& l) { l->JoinThreads(); }
-
   const NcclSenderOptions options_;
   internal::TransferCounters counters_;
-  std::mutex link_create_mu_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::map<std::string, std::shared_ptr<NcclSendLink>> links_;
-  std::vector<std::shared_ptr<NcclSendLink>> dead_;
-  std::thread watchdog_;
+  internal::SenderLinks<NcclSendLink> links_;
 };
 
 absl::StatusOr<std::unique_ptr<NcclKvSender>> NcclKvSender::Create(NcclSenderOptions options) {
