@@ -1,10 +1,7 @@
 #include "engine/backend.h"
 
 #include "absl/strings/str_cat.h"
-
-#ifdef PDSERVE_HAVE_CUDA
-#include "engine/cuda/cuda_backend.h"
-#endif
+#include "engine/cuda_module.h"
 
 namespace pdserve {
 namespace {
@@ -45,12 +42,10 @@ class CpuBackend : public Backend {
 absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(std::string_view device, bool pack_weights) {
   if (device == "cpu") return std::make_unique<CpuBackend>(pack_weights);
   if (device == "cuda" || device.substr(0, 5) == "cuda:") {
-#ifdef PDSERVE_HAVE_CUDA
-    return cuda::CreateCudaBackend(device);
-#else
-    return absl::FailedPreconditionError(
-        "this pdserve was built without CUDA (nvcc was not found at build time); use --device cpu");
-#endif
+    // The CUDA libraries are mapped only now, by the module (engine/cuda_module.h).
+    absl::StatusOr<const CudaBackendModule*> cuda = LoadCudaBackendModule();
+    if (!cuda.ok()) return cuda.status();
+    return (*cuda)->create_backend(device);
   }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown device '", std::string(device), "' (supported: cpu, cuda, cuda:N)"));

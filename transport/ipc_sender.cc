@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "common/log.h"
 #include "kernels/cuda/cuda_compat.h"
+#include "transport/control_link.h"
 #include "transport/nccl_wire.h"
 #include "transport/tcp_socket.h"
 #include "transport/transfer_auth.h"
@@ -50,10 +51,6 @@ const std::string& ProcessNonce() {
 
 }  // namespace internal
 
-namespace {
-std::string XferName(TransferId x) { return absl::StrCat("transfer ", x.value); }
-}  // namespace
-
 namespace internal {
 
 absl::Status IpcCuda(cudaError_t e, const char* what) {
@@ -70,27 +67,13 @@ struct Region {
 
 struct IpcSendLink;
 
-// One outgoing transfer. Fields below mu are guarded by it.
-struct IpcSendXfer {
-  TransferId xfer;
-  TransferSecret secret;
-  int32_t n_layers = 0;
-  Deadline deadline;
-  int64_t start_ns = 0;
+// One outgoing transfer (ready: the receiver may be told where the data is;
+// done: the receiver no longer reads the views). Fields below
+// SendXferBase::mu are guarded by it.
+struct IpcSendXfer final : SendXferBase {
   std::shared_ptr<IpcSendLink> link;
-
-  std::mutex mu;
-  std::condition_variable cv;
-  SendDoneCallback on_done;
-  std::vector<bool> given;
-  int32_t n_given = 0;
-  bool finish_called = false;
-  bool ready = false;  // the receiver posted: it may be told where the data is
-  bool trailer_sent = false;
   bool receiver_reads = false;  // a Layer frame went out, no final word from the receiver yet
-  std::optional<absl::Status> final_status;
   Deadline decided_at;
-  bool done = false;  // callbacks ran; the receiver no longer reads the views
 };
 
 struct IpcSendJob {
@@ -102,22 +85,15 @@ struct IpcSendJob {
   std::string trailer;
 };
 
-struct IpcSendLink {
-  std::string endpoint;
-  internal::UniqueFd fd;
-  std::mutex write_mu;  // control frames
-
-  std::mutex mu;  // guards the fields below
-  std::condition_variable cv;
+// One receiver endpoint (`peer`).
+struct IpcSendLink final : ControlLink {
+  // Guarded by mu:
   std::deque<IpcSendJob> jobs;
   std::map<uint64_t, std::shared_ptr<IpcSendXfer>> xfers;
-  bool closing = false;
-  bool handles_sent = false;  // link thread only
 
+  bool handles_sent = false;      // link thread only
   cudaStream_t stream = nullptr;  // link thread only
   cudaEvent_t event = nullptr;    // interprocess: the receiver waits on it
-  std::atomic<bool> dead{false};
-  std::thread reader, worker;
 };
 
 }  // namespace internal
@@ -127,30 +103,19 @@ using internal::IpcSendJob;
 using internal::IpcSendLink;
 using internal::IpcSendXfer;
 using internal::Region;
+using internal::XferName;
 
 class IpcKvSender::Core {
  public:
   explicit Core(IpcSenderOptions options) : options_(options), host_id_(internal::HostIdentity()) {}
 
   void Start() {
-    watchdog_ = std::thread([this] { Watchdog(); });
+    links_.Start([](const std::shared_ptr<IpcSendLink>& l) { Join(l); },
+                 [this](const std::shared_ptr<IpcSendLink>& l) { CheckLink(l); });
   }
 
   void Stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    if (watchdog_.joinable()) watchdog_.join();
-    std::vector<std::shared_ptr<IpcSendLink>> links;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [ep, l] : links_) links.push_back(l);
-      links.insert(links.end(), dead_.begin(), dead_.end());
-      links_.clear();
-      dead_.clear();
-    }
+    const std::vector<std::shared_ptr<IpcSendLink>> links = links_.Stop();
     for (auto& l : links) Kill(l, absl::CancelledError("IPC sender shut down"));
     for (auto& l : links) Join(l);
   }
@@ -171,7 +136,7 @@ class IpcKvSender::Core {
       return s;
     }
     std::lock_guard<std::mutex> lock(mu_);
-    if (!links_.empty() || !dead_.empty()) {
+    if (!links_.Empty()) {
       return absl::FailedPreconditionError("IPC sender: register regions before any transfer");
     }
     if (static_cast<int>(regions_.size()) >= internal::kIpcMaxRegions) {
@@ -197,14 +162,8 @@ class IpcKvSender::Core {
     absl::StatusOr<std::shared_ptr<IpcSendLink>> link = GetLink(peer);
     if (!link.ok()) return link.status();
     auto t = std::make_shared<IpcSendXfer>();
-    t->xfer = xfer;
-    t->secret = secret;
-    t->n_layers = n_layers;
-    t->deadline = deadline;
-    t->start_ns = MonoNowNs();
+    t->Init(xfer, secret, n_layers, deadline, std::move(on_done));
     t->link = *link;
-    t->on_done = std::move(on_done);
-    t->given.assign(n_layers, false);
     {
       std::lock_guard<std::mutex> lock((*link)->mu);
       if (!(*link)->xfers.emplace(xfer.value, t).second) {
@@ -257,25 +216,26 @@ class IpcKvSender::Core {
     return absl::OkStatus();
   }
 
+  // For ControlSendHandle.
+  absl::Status EnqueueLayer(const std::shared_ptr<IpcSendXfer>& t, int32_t layer,
+                            absl::Span<const ConstBlockView> blocks, void* ready_event) {
+    IpcSendJob job;
+    job.layer = layer;
+    job.event = ready_event;
+    if (absl::Status s = Describe(blocks, &job); !s.ok()) return s;
+    return Enqueue(t, std::move(job));
+  }
+  absl::Status EnqueueTrailer(const std::shared_ptr<IpcSendXfer>& t, std::string trailer) {
+    IpcSendJob job;
+    job.layer = -1;
+    job.trailer = std::move(trailer);
+    return Enqueue(t, std::move(job));
+  }
+
   absl::Status Enqueue(const std::shared_ptr<IpcSendXfer>& t, IpcSendJob job) {
     {
       std::lock_guard<std::mutex> lock(t->mu);
-      if (t->final_status) return *t->final_status;
-      if (job.layer >= 0) {
-        if (job.layer >= t->n_layers || t->given[job.layer]) {
-          return absl::InvalidArgumentError(absl::StrCat(XferName(t->xfer), ": layer ", job.layer,
-                                                         " is out of range or was already sent"));
-        }
-        t->given[job.layer] = true;
-        ++t->n_given;
-      } else {
-        if (t->finish_called) return absl::FailedPreconditionError("Finish called twice");
-        if (t->n_given != t->n_layers) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              XferName(t->xfer), ": Finish before all ", t->n_layers, " layers were given"));
-        }
-        t->finish_called = true;
-      }
+      if (absl::Status s = t->GiveLocked(job.layer); !s.ok()) return s;
     }
     job.t = t;
     IpcSendLink& l = *t->link;
@@ -314,50 +274,35 @@ class IpcKvSender::Core {
     if (finalize) Finalize(t);
   }
 
-  void Wait(const std::shared_ptr<IpcSendXfer>& t) {
-    std::unique_lock<std::mutex> lock(t->mu);
-    t->cv.wait(lock, [&] { return t->done; });
-  }
-
   void Kill(const std::shared_ptr<IpcSendLink>& l, const absl::Status& why) {
-    if (l->dead.exchange(true)) return;
-    ::shutdown(l->fd.get(), SHUT_RDWR);
+    if (!l->Close()) return;
     std::vector<std::shared_ptr<IpcSendXfer>> ts;
     std::deque<IpcSendJob> dropped;  // jobs hold their transfers, which hold the link
     {
       std::lock_guard<std::mutex> lock(l->mu);
-      l->closing = true;
       for (auto& [x, t] : l->xfers) ts.push_back(t);
       dropped.swap(l->jobs);
     }
-    l->cv.notify_all();
     if (!ts.empty()) {
-      PDS_LOG(WARNING) << "IPC sender: link to " << l->endpoint << " failed with " << ts.size()
+      PDS_LOG(WARNING) << "IPC sender: link to " << l->peer << " failed with " << ts.size()
                        << " transfers in flight: " << why;
     }
     for (auto& t : ts) {
-      Complete(
-          t,
-          absl::Status(why.code() == absl::StatusCode::kCancelled ||
-                               why.code() == absl::StatusCode::kFailedPrecondition
-                           ? why.code()
-                           : absl::StatusCode::kUnavailable,
-                       absl::StrCat(XferName(t->xfer), " to ", l->endpoint, ": ", why.message())),
-          false);
+      Complete(t,
+               absl::Status(why.code() == absl::StatusCode::kCancelled ||
+                                    why.code() == absl::StatusCode::kFailedPrecondition
+                                ? why.code()
+                                : absl::StatusCode::kUnavailable,
+                            absl::StrCat(XferName(t->xfer), " to ", l->peer, ": ", why.message())),
+               false);
       Finalize(t);  // decided earlier and waiting for the receiver: it is gone
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = links_.find(l->endpoint);
-    if (it != links_.end() && it->second == l) links_.erase(it);
-    dead_.push_back(l);
-    cv_.notify_all();
+    links_.Retire(l);
   }
 
  private:
-  absl::Status Write(const std::shared_ptr<IpcSendLink>& l, const NcclFrame& f) {
-    if (l->dead) return absl::UnavailableError("link closed");
-    std::lock_guard<std::mutex> lock(l->write_mu);
-    return internal::WriteNcclFrame(l->fd.get(), f);
+  static absl::Status Write(const std::shared_ptr<IpcSendLink>& l, const NcclFrame& f) {
+    return l->Write(f);
   }
 
   void SendAbort(const std::shared_ptr<IpcSendXfer>& t) {
@@ -396,27 +341,20 @@ class IpcKvSender::Core {
   }
 
   absl::StatusOr<std::shared_ptr<IpcSendLink>> GetLink(const std::string& endpoint) {
-    std::lock_guard<std::mutex> create_lock(link_create_mu_);  // one connect at a time
+    std::lock_guard<std::mutex> create_lock(links_.create_mu());
+    absl::StatusOr<std::shared_ptr<IpcSendLink>> found = links_.Find(endpoint, "IPC sender");
+    if (!found.ok() || *found) return found;
     {
-      std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) return absl::CancelledError("IPC sender shut down");
+      std::lock_guard<std::mutex> lock(mu_);
       if (regions_.empty()) {
         return absl::FailedPreconditionError("IPC sender: no KV region registered");
       }
-      auto it = links_.find(endpoint);
-      if (it != links_.end() && !it->second->dead) return it->second;
     }
-    absl::StatusOr<internal::HostPort> hp =
-        internal::ParseHostPort(endpoint.substr(std::strlen(kIpcScheme)));
-    if (!hp.ok()) return hp.status();
     absl::StatusOr<internal::UniqueFd> fd =
-        internal::ConnectBlocking(*hp, options_.connect_timeout_ms);
-    if (!fd.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("IPC sender: cannot reach ", endpoint, ": ", fd.status().message()));
-    }
+        internal::ConnectControl(endpoint, kIpcScheme, options_.connect_timeout_ms, "IPC sender");
+    if (!fd.ok()) return fd.status();
     auto l = std::make_shared<IpcSendLink>();
-    l->endpoint = endpoint;
+    l->peer = endpoint;
     l->fd = std::move(*fd);
     if (absl::Status s = IpcCuda(cudaSetDevice(options_.device), "cudaSetDevice"); !s.ok())
       return s;
@@ -443,8 +381,7 @@ class IpcKvSender::Core {
     internal::StartLinkThreads(
         l, [this](const std::shared_ptr<IpcSendLink>& link) { ReadLoop(link); },
         [this](const std::shared_ptr<IpcSendLink>& link) { WorkLoop(link); });
-    std::lock_guard<std::mutex> lock(mu_);
-    links_[endpoint] = l;
+    links_.Add(l);
     return l;
   }
 
@@ -457,7 +394,7 @@ class IpcKvSender::Core {
         // The receiver refused the link itself (another host, ...).
         return Kill(l, absl::Status(static_cast<absl::StatusCode>(std::clamp<int64_t>(
                                         f.arg0, 1, KvTransportStats::kNumCodes - 1)),
-                                    absl::StrCat("receiver ", l->endpoint, ": ", f.payload)));
+                                    absl::StrCat("receiver ", l->peer, ": ", f.payload)));
       }
       std::shared_ptr<IpcSendXfer> t;
       {
@@ -483,7 +420,7 @@ class IpcKvSender::Core {
           }
           if (!sent_all) {
             return Kill(
-                l, absl::InternalError(absl::StrCat("receiver ", l->endpoint, " acknowledged ",
+                l, absl::InternalError(absl::StrCat("receiver ", l->peer, " acknowledged ",
                                                     XferName(t->xfer), " before it was sent")));
           }
           Complete(t, absl::OkStatus(), false);
@@ -494,7 +431,7 @@ class IpcKvSender::Core {
           const int64_t code = std::clamp<int64_t>(f.arg0, 1, KvTransportStats::kNumCodes - 1);
           Complete(t,
                    absl::Status(static_cast<absl::StatusCode>(code),
-                                absl::StrCat("receiver ", l->endpoint, ": ", f.payload)),
+                                absl::StrCat("receiver ", l->peer, ": ", f.payload)),
                    false);
           ReceiverDone(t);
           break;
@@ -603,57 +540,39 @@ class IpcKvSender::Core {
   }
 
   absl::Status SendTrailer(const std::shared_ptr<IpcSendLink>& l, const IpcSendJob& job) {
-    NcclFrame f;
-    f.type = NcclFrameType::kTrailer;
-    f.xfer = job.t->xfer.value;
-    const AuthTag tag = TrailerTag(job.t->secret, job.t->xfer, job.trailer);
-    f.payload = job.trailer;
-    f.payload.append(reinterpret_cast<const char*>(tag.data()), tag.size());
+    const NcclFrame f = internal::MakeTrailerFrame(job.t->secret, job.t->xfer, job.trailer);
     std::lock_guard<std::mutex> lock(job.t->mu);
     if (job.t->final_status) return absl::OkStatus();
     job.t->trailer_sent = true;
     return Write(l, f);
   }
 
-  // Deadlines, receivers that never confirm, joining dead links.
-  void Watchdog() {
-    for (;;) {
-      std::vector<std::shared_ptr<IpcSendLink>> links, reap;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::milliseconds(10),
-                     [&] { return stopping_ || !dead_.empty(); });
-        if (stopping_) return;
-        for (auto& [ep, l] : links_) links.push_back(l);
-        reap.swap(dead_);
-      }
-      for (auto& l : reap) Join(l);
-      const Deadline now = MonoClock::now();
-      for (auto& l : links) {
-        std::vector<std::shared_ptr<IpcSendXfer>> expired;
-        std::shared_ptr<IpcSendXfer> stuck;
-        {
-          std::lock_guard<std::mutex> lock(l->mu);
-          for (auto& [x, t] : l->xfers) {
-            std::lock_guard<std::mutex> tl(t->mu);
-            if (!t->final_status && now > t->deadline) expired.push_back(t);
-            if (t->final_status && !t->done &&
-                now > t->decided_at + std::chrono::milliseconds(options_.stuck_grace_ms)) {
-              stuck = t;
-            }
-          }
-        }
-        for (auto& t : expired) {
-          Complete(t,
-                   absl::DeadlineExceededError(absl::StrCat(XferName(t->xfer), " to ", l->endpoint,
-                                                            " missed its deadline")),
-                   true);
-        }
-        if (stuck) {
-          Kill(l, absl::DeadlineExceededError(absl::StrCat(
-                      "the receiver did not confirm it stopped reading ", XferName(stuck->xfer))));
+  // The watchdog's check of a live link: deadlines of its transfers, a
+  // receiver that never confirms it stopped reading.
+  void CheckLink(const std::shared_ptr<IpcSendLink>& l) {
+    const Deadline now = MonoClock::now();
+    std::vector<std::shared_ptr<IpcSendXfer>> expired;
+    std::shared_ptr<IpcSendXfer> stuck;
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      for (auto& [x, t] : l->xfers) {
+        std::lock_guard<std::mutex> tl(t->mu);
+        if (!t->final_status && now > t->deadline) expired.push_back(t);
+        if (t->final_status && !t->done &&
+            now > t->decided_at + std::chrono::milliseconds(options_.stuck_grace_ms)) {
+          stuck = t;
         }
       }
+    }
+    for (auto& t : expired) {
+      Complete(t,
+               absl::DeadlineExceededError(
+                   absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
+               true);
+    }
+    if (stuck) {
+      Kill(l, absl::DeadlineExceededError(absl::StrCat(
+                  "the receiver did not confirm it stopped reading ", XferName(stuck->xfer))));
     }
   }
 
@@ -665,71 +584,17 @@ class IpcKvSender::Core {
   }
 
   static void Join(const std::shared_ptr<IpcSendLink>& l) {
-    if (l->reader.joinable() && l->reader.get_id() != std::this_thread::get_id()) l->reader.join();
-    if (l->worker.joinable() && l->worker.get_id() != std::this_thread::get_id()) l->worker.join();
+    l->JoinThreads();
     if (!l->reader.joinable() && !l->worker.joinable()) Destroy(*l);
   }
 
   const IpcSenderOptions options_;
   const std::string host_id_;
   internal::TransferCounters counters_;
-  std::mutex link_create_mu_;
   std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
   std::vector<Region> regions_;  // guarded by mu_; fixed once a link exists
-  std::map<std::string, std::shared_ptr<IpcSendLink>> links_;
-  std::vector<std::shared_ptr<IpcSendLink>> dead_;
-  std::thread watchdog_;
+  internal::SenderLinks<IpcSendLink> links_;
 };
-
-namespace {
-
-class IpcSendHandleImpl final : public DeviceKvSendHandle {
- public:
-  IpcSendHandleImpl(std::shared_ptr<IpcKvSender::Core> core, std::shared_ptr<IpcSendXfer> t)
-      : core_(std::move(core)), t_(std::move(t)) {}
-  ~IpcSendHandleImpl() override { Abort(); }
-
-  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
-    return SendLayerAfter(layer, blocks, nullptr);
-  }
-  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
-                              void* ready_event) override {
-    if (layer < 0) return absl::InvalidArgumentError("negative layer");
-    IpcSendJob job;
-    job.layer = layer;
-    job.event = ready_event;
-    if (absl::Status s = core_->Describe(blocks, &job); !s.ok()) return s;
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Finish(std::string trailer) override {
-    IpcSendJob job;
-    job.layer = -1;
-    job.trailer = std::move(trailer);
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Wait() override {
-    core_->Wait(t_);
-    std::lock_guard<std::mutex> lock(t_->mu);
-    return *t_->final_status;
-  }
-  std::optional<absl::Status> Poll() override {
-    std::lock_guard<std::mutex> lock(t_->mu);
-    if (!t_->done) return std::nullopt;
-    return *t_->final_status;
-  }
-  void Abort() override {
-    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
-    core_->Wait(t_);
-  }
-
- private:
-  std::shared_ptr<IpcKvSender::Core> core_;
-  std::shared_ptr<IpcSendXfer> t_;
-};
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<IpcKvSender>> IpcKvSender::Create(IpcSenderOptions options) {
   auto core = std::make_shared<Core>(options);
@@ -749,7 +614,8 @@ absl::StatusOr<std::unique_ptr<KvSendHandle>> IpcKvSender::StartTransfer(
   absl::StatusOr<std::shared_ptr<IpcSendXfer>> t =
       core_->Open(xfer_id, secret, peer, n_layers, deadline, std::move(on_done));
   if (!t.ok()) return t.status();
-  return std::unique_ptr<KvSendHandle>(new IpcSendHandleImpl(core_, std::move(*t)));
+  return std::unique_ptr<KvSendHandle>(
+      new internal::ControlSendHandle<Core, IpcSendXfer>(core_, std::move(*t)));
 }
 
 KvTransportStats IpcKvSender::stats() const { return core_->counters().Snapshot(); }

@@ -2,10 +2,12 @@
 //
 // The transport sees only {pointer, bytes} views of blocks: it knows nothing
 // of the engine, the cache manager or the model. One layer's share of one
-// block is one view (see kernels/cpu/attention.h for the layout). Backends:
-// tcp (the CPU default, transport/tcp_*.h), loopback (in-process, for tests
-// that run a whole cluster in one process, transport/loopback_transport.h);
-// a GPU backend (NCCL) plugs in behind the same two interfaces.
+// block is one view (see kernels/cpu/attention.h for the layout). Backends,
+// all behind these two interfaces: tcp (the CPU default, transport/tcp_*.h),
+// loopback (in-process, for tests that run a whole cluster in one process,
+// transport/loopback_transport.h), and for device memory NCCL (nccl_*.h),
+// CUDA IPC (ipc_*.h) and host-staged tcp (host_staged.h), which live in the
+// CUDA module (cuda_transports.h). kv_transport_factory.h picks one.
 //
 // Flow for one request R with transfer id X and secret S (both random, from
 // the router):

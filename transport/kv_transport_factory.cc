@@ -5,17 +5,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "transport/cuda_transports.h"
 #include "transport/tcp_receiver.h"
 #include "transport/tcp_sender.h"
-#ifdef PDSERVE_HAVE_CUDA_IPC
-#include "transport/host_staged.h"
-#include "transport/ipc_receiver.h"
-#include "transport/ipc_sender.h"
-#endif
-#ifdef PDSERVE_HAVE_NCCL
-#include "transport/nccl_receiver.h"
-#include "transport/nccl_sender.h"
-#endif
 
 namespace pdserve::transport {
 namespace {
@@ -24,25 +16,39 @@ bool IsLoopbackHost(absl::string_view host) {
   return host == "localhost" || host == "::1" || host == "[::1]" || absl::StartsWith(host, "127.");
 }
 
-absl::Status NotBuilt(KvTransportKind kind) {
-  return absl::FailedPreconditionError(
-      absl::StrCat("--kv-transport ", KvTransportKindName(kind), ": this build has no ",
-                   kind == KvTransportKind::kNccl ? "NCCL" : "CUDA", " (",
-                   KvTransportKindName(kind), " needs it)"));
+// The GPU transports live in the CUDA module (transport/cuda_transports.h):
+// its table, or why this process cannot have them (module missing, a CUDA
+// library missing, a module built without NCCL).
+absl::StatusOr<const CudaTransports*> GpuTransports(KvTransportKind kind) {
+  absl::StatusOr<const CudaTransports*> t = LoadCudaTransports();
+  if (!t.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("--kv-transport ", KvTransportKindName(kind),
+                                                      " on a GPU: ", t.status().message()));
+  }
+  if (kind == KvTransportKind::kNccl &&
+      ((*t)->make_nccl_sender == nullptr || (*t)->make_nccl_receiver == nullptr)) {
+    return absl::FailedPreconditionError(
+        "--kv-transport nccl: this build has no NCCL (nccl.h or libnccl was not found at build "
+        "time); use ipc (same host) or tcp");
+  }
+  return *t;
 }
 
-#ifdef PDSERVE_HAVE_CUDA_IPC
 absl::StatusOr<std::unique_ptr<KvSender>> MakeIpcSender(const KvTransportConfig& c) {
+  absl::StatusOr<const CudaTransports*> t = GpuTransports(KvTransportKind::kIpc);
+  if (!t.ok()) return t.status();
   IpcSenderOptions o;
   o.device = c.gpu_device;
-  absl::StatusOr<std::unique_ptr<IpcKvSender>> s = IpcKvSender::Create(o);
-  if (!s.ok()) return s.status();
-  for (const auto& [base, bytes] : c.kv_regions) {
-    if (absl::Status st = (*s)->RegisterRegion(base, bytes); !st.ok()) return st;
-  }
-  return std::unique_ptr<KvSender>(std::move(*s));
+  return (*t)->make_ipc_sender(o, c.kv_regions);
 }
-#endif
+
+absl::StatusOr<std::unique_ptr<KvSender>> MakeNcclSender(const KvTransportConfig& c) {
+  absl::StatusOr<const CudaTransports*> t = GpuTransports(KvTransportKind::kNccl);
+  if (!t.ok()) return t.status();
+  NcclSenderOptions o;
+  o.device = c.gpu_device;
+  return (*t)->make_nccl_sender(o);
+}
 
 absl::StatusOr<std::unique_ptr<KvSender>> MakeTcpSender(const KvTransportConfig& c) {
   TcpSenderOptions o;
@@ -50,13 +56,11 @@ absl::StatusOr<std::unique_ptr<KvSender>> MakeTcpSender(const KvTransportConfig&
   absl::StatusOr<std::unique_ptr<TcpKvSender>> s = TcpKvSender::Create(o);
   if (!s.ok()) return s.status();
   if (c.gpu_device < 0) return std::unique_ptr<KvSender>(std::move(*s));
-#ifdef PDSERVE_HAVE_CUDA_IPC
+  absl::StatusOr<const CudaTransports*> t = GpuTransports(KvTransportKind::kTcp);
+  if (!t.ok()) return t.status();
   HostStagedOptions ho;
   ho.device = c.gpu_device;
-  return MakeHostStagedSender(std::move(*s), ho);
-#else
-  return NotBuilt(KvTransportKind::kIpc);
-#endif
+  return (*t)->make_host_staged_sender(std::move(*s), ho);
 }
 
 // auto on a GPU prefill node: one backend per endpoint scheme, each made
@@ -104,27 +108,11 @@ class SchemeSender final : public KvSender {
     absl::StatusOr<std::unique_ptr<KvSender>> made = absl::InternalError("unreachable");
     switch (kind) {
       case KvTransportKind::kIpc:
-#ifdef PDSERVE_HAVE_CUDA_IPC
         made = MakeIpcSender(config_);
-#else
-        made = NotBuilt(kind);
-#endif
         break;
-      case KvTransportKind::kNccl: {
-#ifdef PDSERVE_HAVE_NCCL
-        NcclSenderOptions o;
-        o.device = config_.gpu_device;
-        absl::StatusOr<std::unique_ptr<NcclKvSender>> n = NcclKvSender::Create(o);
-        if (n.ok()) {
-          made = std::unique_ptr<KvSender>(std::move(*n));
-        } else {
-          made = n.status();
-        }
-#else
-        made = NotBuilt(kind);
-#endif
+      case KvTransportKind::kNccl:
+        made = MakeNcclSender(config_);
         break;
-      }
       default:
         made = MakeTcpSender(config_);
         break;
@@ -165,22 +153,8 @@ const char* KvTransportKindName(KvTransportKind kind) {
 }
 
 bool KvTransportBuilt(KvTransportKind kind) {
-  switch (kind) {
-    case KvTransportKind::kNccl:
-#ifdef PDSERVE_HAVE_NCCL
-      return true;
-#else
-      return false;
-#endif
-    case KvTransportKind::kIpc:
-#ifdef PDSERVE_HAVE_CUDA_IPC
-      return true;
-#else
-      return false;
-#endif
-    default:
-      return true;
-  }
+  if (kind != KvTransportKind::kNccl && kind != KvTransportKind::kIpc) return true;
+  return GpuTransports(kind).ok();
 }
 
 absl::StatusOr<KvTransportKind> ResolveReceiverKind(const KvTransportConfig& c) {
@@ -201,7 +175,9 @@ absl::StatusOr<KvTransportKind> ResolveReceiverKind(const KvTransportConfig& c) 
     return absl::FailedPreconditionError(absl::StrCat("--kv-transport ", KvTransportKindName(kind),
                                                       " moves GPU memory: it needs --device cuda"));
   }
-  if (!KvTransportBuilt(kind)) return NotBuilt(kind);
+  if (kind == KvTransportKind::kNccl || kind == KvTransportKind::kIpc) {
+    if (absl::StatusOr<const CudaTransports*> t = GpuTransports(kind); !t.ok()) return t.status();
+  }
   return kind;
 }
 
@@ -210,32 +186,24 @@ absl::StatusOr<std::unique_ptr<KvReceiver>> MakeKvReceiver(const KvTransportConf
   if (!kind.ok()) return kind.status();
   switch (*kind) {
     case KvTransportKind::kIpc: {
-#ifdef PDSERVE_HAVE_CUDA_IPC
+      absl::StatusOr<const CudaTransports*> t = GpuTransports(*kind);
+      if (!t.ok()) return t.status();
       IpcReceiverOptions o;
       o.device = c.gpu_device;
       o.listen_host = c.listen_host;
       o.advertise_host = c.advertise_host;
       o.port = c.port;
-      absl::StatusOr<std::unique_ptr<IpcKvReceiver>> r = IpcKvReceiver::Create(o);
-      if (!r.ok()) return r.status();
-      return std::unique_ptr<KvReceiver>(std::move(*r));
-#else
-      return NotBuilt(*kind);
-#endif
+      return (*t)->make_ipc_receiver(o);
     }
     case KvTransportKind::kNccl: {
-#ifdef PDSERVE_HAVE_NCCL
+      absl::StatusOr<const CudaTransports*> t = GpuTransports(*kind);
+      if (!t.ok()) return t.status();
       NcclReceiverOptions o;
       o.device = c.gpu_device;
       o.listen_host = c.listen_host;
       o.advertise_host = c.advertise_host;
       o.port = c.port;
-      absl::StatusOr<std::unique_ptr<NcclKvReceiver>> r = NcclKvReceiver::Create(o);
-      if (!r.ok()) return r.status();
-      return std::unique_ptr<KvReceiver>(std::move(*r));
-#else
-      return NotBuilt(*kind);
-#endif
+      return (*t)->make_nccl_receiver(o);
     }
     default: {
       TcpReceiverOptions o;
@@ -245,13 +213,11 @@ absl::StatusOr<std::unique_ptr<KvReceiver>> MakeKvReceiver(const KvTransportConf
       absl::StatusOr<std::unique_ptr<TcpKvReceiver>> r = TcpKvReceiver::Create(o);
       if (!r.ok()) return r.status();
       if (c.gpu_device < 0) return std::unique_ptr<KvReceiver>(std::move(*r));
-#ifdef PDSERVE_HAVE_CUDA_IPC
+      absl::StatusOr<const CudaTransports*> t = GpuTransports(KvTransportKind::kTcp);
+      if (!t.ok()) return t.status();
       HostStagedOptions ho;
       ho.device = c.gpu_device;
-      return MakeHostStagedReceiver(std::move(*r), ho);
-#else
-      return NotBuilt(KvTransportKind::kIpc);
-#endif
+      return (*t)->make_host_staged_receiver(std::move(*r), ho);
     }
   }
 }
@@ -262,23 +228,12 @@ absl::StatusOr<std::unique_ptr<KvSender>> MakeKvSender(const KvTransportConfig& 
                                                       KvTransportKindName(c.kind),
                                                       " moves GPU memory: it needs --device cuda"));
   }
-  if (!KvTransportBuilt(c.kind)) return NotBuilt(c.kind);
   if (c.gpu_device < 0 || c.kind == KvTransportKind::kTcp) return MakeTcpSender(c);
   if (c.kind == KvTransportKind::kAuto) {
     return std::unique_ptr<KvSender>(std::make_unique<SchemeSender>(c));
   }
-#ifdef PDSERVE_HAVE_CUDA_IPC
   if (c.kind == KvTransportKind::kIpc) return MakeIpcSender(c);
-#endif
-#ifdef PDSERVE_HAVE_NCCL
-  NcclSenderOptions o;
-  o.device = c.gpu_device;
-  absl::StatusOr<std::unique_ptr<NcclKvSender>> n = NcclKvSender::Create(o);
-  if (!n.ok()) return n.status();
-  return std::unique_ptr<KvSender>(std::move(*n));
-#else
-  return NotBuilt(c.kind);
-#endif
+  return MakeNcclSender(c);
 }
 
 }  // namespace pdserve::transport

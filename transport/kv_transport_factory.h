@@ -46,13 +46,16 @@ struct KvTransportConfig {
 };
 
 // What `kind` means for a receiver with this config (never kAuto), or
-// FailedPrecondition when this build or device cannot do it.
+// FailedPrecondition when this build, its CUDA module or the device cannot
+// do it.
 absl::StatusOr<KvTransportKind> ResolveReceiverKind(const KvTransportConfig& config);
 
 absl::StatusOr<std::unique_ptr<KvReceiver>> MakeKvReceiver(const KvTransportConfig& config);
 absl::StatusOr<std::unique_ptr<KvSender>> MakeKvSender(const KvTransportConfig& config);
 
-// Whether this build has the transport (nccl and ipc need CUDA).
+// Whether this process can have the transport: nccl and ipc live in the CUDA
+// module (transport/cuda_transports.h), which this loads on the first ask;
+// nccl needs a module built with NCCL.
 bool KvTransportBuilt(KvTransportKind kind);
 
 }  // namespace pdserve::transport

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "transport/control_link.h"
 #include "transport/nccl_device.h"
 #include "transport/nccl_wire.h"
 #include "transport/tcp_socket.h"
@@ -29,36 +30,17 @@ using internal::MakeBeginFrame;
 using internal::NcclFrame;
 using internal::NcclFrameType;
 
-namespace {
-std::string XferName(TransferId x) { return absl::StrCat("transfer ", x.value); }
-}  // namespace
-
 namespace internal {
 
 struct NcclSendLink;
 
-// One outgoing transfer. Fields below mu are guarded by it.
-struct NcclSendXfer {
-  TransferId xfer;
-  TransferSecret secret;
-  int32_t n_layers = 0;
-  Deadline deadline;
-  int64_t start_ns = 0;
+// One outgoing transfer (done: its views are no longer read). Fields below
+// SendXferBase::mu are guarded by it.
+struct NcclSendXfer final : SendXferBase {
   std::shared_ptr<NcclSendLink> link;
-
-  std::mutex mu;
-  std::condition_variable cv;
-  SendDoneCallback on_done;
-  std::vector<bool> given;
-  int32_t n_given = 0;
-  bool finish_called = false;
-  bool ready = false;  // the receiver posted: data may flow
   int32_t layers_sent = 0;
-  bool trailer_sent = false;
-  bool busy = false;                         // the link thread reads this transfer's views
-  bool abort_pending = false;                // tell the receiver once not busy
-  std::optional<absl::Status> final_status;  // decided, callbacks maybe pending
-  bool done = false;                         // callbacks ran; views are no longer read
+  bool busy = false;           // the link thread reads this transfer's views
+  bool abort_pending = false;  // tell the receiver once not busy
 };
 
 struct NcclSendJob {
@@ -69,24 +51,16 @@ struct NcclSendJob {
   std::string trailer;
 };
 
-// One receiver endpoint: control connection, communicator, link thread.
-struct NcclSendLink {
-  std::string endpoint;
-  internal::UniqueFd fd;
-  internal::NcclDevice dev;
+// One receiver endpoint (`peer`): control connection, communicator, link
+// threads.
+struct NcclSendLink final : ControlLink {
+  NcclDevice dev;
   ncclUniqueId id;
-  std::mutex write_mu;  // control frames
-
-  std::mutex mu;  // guards the fields below
-  std::condition_variable cv;
+  // Guarded by mu:
   std::deque<NcclSendJob> jobs;
   std::map<uint64_t, std::shared_ptr<NcclSendXfer>> xfers;
-  bool closing = false;
   // The transfer whose NCCL operation is in flight, for the watchdog.
   std::shared_ptr<NcclSendXfer> inflight;
-
-  std::atomic<bool> dead{false};
-  std::thread reader, worker;
 };
 
 }  // namespace internal
@@ -94,30 +68,19 @@ struct NcclSendLink {
 using internal::NcclSendJob;
 using internal::NcclSendLink;
 using internal::NcclSendXfer;
+using internal::XferName;
 
 class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
  public:
   explicit Core(NcclSenderOptions options) : options_(options) {}
 
   void Start() {
-    watchdog_ = std::thread([this] { Watchdog(); });
+    links_.Start([](const std::shared_ptr<NcclSendLink>& l) { l->JoinThreads(); },
+                 [this](const std::shared_ptr<NcclSendLink>& l) { CheckLink(l); });
   }
 
   void Stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    if (watchdog_.joinable()) watchdog_.join();
-    std::vector<std::shared_ptr<NcclSendLink>> links;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (auto& [ep, l] : links_) links.push_back(l);
-      links.insert(links.end(), dead_.begin(), dead_.end());
-      links_.clear();
-      dead_.clear();
-    }
+    const std::vector<std::shared_ptr<NcclSendLink>> links = links_.Stop();
     for (auto& l : links) {
       std::vector<std::shared_ptr<NcclSendXfer>> ts;
       {
@@ -127,7 +90,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
       for (auto& t : ts) Complete(t, absl::CancelledError("NCCL sender shut down"), true);
       Kill(l, absl::CancelledError("NCCL sender shut down"));
     }
-    for (auto& l : links) Join(l);
+    for (auto& l : links) l->JoinThreads();
   }
 
   internal::TransferCounters& counters() { return counters_; }
@@ -143,14 +106,8 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     absl::StatusOr<std::shared_ptr<NcclSendLink>> link = GetLink(peer);
     if (!link.ok()) return link.status();
     auto t = std::make_shared<NcclSendXfer>();
-    t->xfer = xfer;
-    t->secret = secret;
-    t->n_layers = n_layers;
-    t->deadline = deadline;
-    t->start_ns = MonoNowNs();
+    t->Init(xfer, secret, n_layers, deadline, std::move(on_done));
     t->link = *link;
-    t->on_done = std::move(on_done);
-    t->given.assign(n_layers, false);
     {
       std::lock_guard<std::mutex> lock((*link)->mu);
       if (!(*link)->xfers.emplace(xfer.value, t).second) {
@@ -171,25 +128,26 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     return t;
   }
 
+  // For ControlSendHandle.
+  absl::Status EnqueueLayer(const std::shared_ptr<NcclSendXfer>& t, int32_t layer,
+                            absl::Span<const ConstBlockView> blocks, void* ready_event) {
+    NcclSendJob job;
+    job.layer = layer;
+    job.views.assign(blocks.begin(), blocks.end());
+    job.event = ready_event;
+    return Enqueue(t, std::move(job));
+  }
+  absl::Status EnqueueTrailer(const std::shared_ptr<NcclSendXfer>& t, std::string trailer) {
+    NcclSendJob job;
+    job.layer = -1;
+    job.trailer = std::move(trailer);
+    return Enqueue(t, std::move(job));
+  }
+
   absl::Status Enqueue(const std::shared_ptr<NcclSendXfer>& t, NcclSendJob job) {
     {
       std::lock_guard<std::mutex> lock(t->mu);
-      if (t->final_status) return *t->final_status;
-      if (job.layer >= 0) {
-        if (job.layer >= t->n_layers || t->given[job.layer]) {
-          return absl::InvalidArgumentError(absl::StrCat(XferName(t->xfer), ": layer ", job.layer,
-                                                         " is out of range or was already sent"));
-        }
-        t->given[job.layer] = true;
-        ++t->n_given;
-      } else {
-        if (t->finish_called) return absl::FailedPreconditionError("Finish called twice");
-        if (t->n_given != t->n_layers) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              XferName(t->xfer), ": Finish before all ", t->n_layers, " layers were given"));
-        }
-        t->finish_called = true;
-      }
+      if (absl::Status s = t->GiveLocked(job.layer); !s.ok()) return s;
     }
     job.t = t;
     NcclSendLink& l = *t->link;
@@ -236,46 +194,32 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     if (finalize) Finalize(t);
   }
 
-  void Wait(const std::shared_ptr<NcclSendXfer>& t) {
-    std::unique_lock<std::mutex> lock(t->mu);
-    t->cv.wait(lock, [&] { return t->done; });
-  }
-
   void Kill(const std::shared_ptr<NcclSendLink>& l, const absl::Status& why) {
-    if (l->dead.exchange(true)) return;
-    l->dev.Abort();
-    ::shutdown(l->fd.get(), SHUT_RDWR);
+    // Aborting the communicator unblocks a worker inside an NCCL operation.
+    if (!l->Close([&] { l->dev.Abort(); })) return;
     std::vector<std::shared_ptr<NcclSendXfer>> ts;
     std::deque<NcclSendJob> dropped;  // jobs hold their transfers, which hold the link
     {
       std::lock_guard<std::mutex> lock(l->mu);
-      l->closing = true;
       for (auto& [x, t] : l->xfers) ts.push_back(t);
       dropped.swap(l->jobs);
     }
-    l->cv.notify_all();
     if (!ts.empty()) {
-      PDS_LOG(WARNING) << "NCCL sender: link to " << l->endpoint << " failed with " << ts.size()
+      PDS_LOG(WARNING) << "NCCL sender: link to " << l->peer << " failed with " << ts.size()
                        << " transfers in flight: " << why;
     }
     for (auto& t : ts) {
       Complete(t,
                absl::UnavailableError(
-                   absl::StrCat(XferName(t->xfer), " to ", l->endpoint, ": ", why.message())),
+                   absl::StrCat(XferName(t->xfer), " to ", l->peer, ": ", why.message())),
                false);
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = links_.find(l->endpoint);
-    if (it != links_.end() && it->second == l) links_.erase(it);
-    dead_.push_back(l);
-    cv_.notify_all();
+    links_.Retire(l);
   }
 
  private:
-  absl::Status Write(const std::shared_ptr<NcclSendLink>& l, const NcclFrame& f) {
-    if (l->dead) return absl::UnavailableError("link closed");
-    std::lock_guard<std::mutex> lock(l->write_mu);
-    return internal::WriteNcclFrame(l->fd.get(), f);
+  static absl::Status Write(const std::shared_ptr<NcclSendLink>& l, const NcclFrame& f) {
+    return l->Write(f);
   }
 
   void SendAbort(const std::shared_ptr<NcclSendXfer>& t) {
@@ -310,24 +254,14 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
   }
 
   absl::StatusOr<std::shared_ptr<NcclSendLink>> GetLink(const std::string& endpoint) {
-    std::lock_guard<std::mutex> create_lock(link_create_mu_);  // one connect at a time
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (stopping_) return absl::CancelledError("NCCL sender shut down");
-      auto it = links_.find(endpoint);
-      if (it != links_.end() && !it->second->dead) return it->second;
-    }
-    absl::StatusOr<internal::HostPort> hp =
-        internal::ParseHostPort(endpoint.substr(std::strlen(internal::kNcclScheme)));
-    if (!hp.ok()) return hp.status();
-    absl::StatusOr<internal::UniqueFd> fd =
-        internal::ConnectBlocking(*hp, options_.connect_timeout_ms);
-    if (!fd.ok()) {
-      return absl::UnavailableError(
-          absl::StrCat("NCCL sender: cannot reach ", endpoint, ": ", fd.status().message()));
-    }
+    std::lock_guard<std::mutex> create_lock(links_.create_mu());
+    absl::StatusOr<std::shared_ptr<NcclSendLink>> found = links_.Find(endpoint, "NCCL sender");
+    if (!found.ok() || *found) return found;
+    absl::StatusOr<internal::UniqueFd> fd = internal::ConnectControl(
+        endpoint, internal::kNcclScheme, options_.connect_timeout_ms, "NCCL sender");
+    if (!fd.ok()) return fd.status();
     auto l = std::make_shared<NcclSendLink>();
-    l->endpoint = endpoint;
+    l->peer = endpoint;
     l->fd = std::move(*fd);
     if (ncclResult_t r = ncclGetUniqueId(&l->id); r != ncclSuccess) {
       return absl::InternalError(absl::StrCat("ncclGetUniqueId: ", ncclGetErrorString(r)));
@@ -341,8 +275,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     internal::StartLinkThreads(
         l, [this](const std::shared_ptr<NcclSendLink>& link) { ReadLoop(link); },
         [this](const std::shared_ptr<NcclSendLink>& link) { WorkLoop(link); });
-    std::lock_guard<std::mutex> lock(mu_);
-    links_[endpoint] = l;
+    links_.Add(l);
     return l;
   }
 
@@ -376,7 +309,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
           if (!sent_all) {
             // An early Ack would let the caller free blocks we still read.
             Complete(t,
-                     absl::InternalError(absl::StrCat("receiver ", l->endpoint, " acknowledged ",
+                     absl::InternalError(absl::StrCat("receiver ", l->peer, " acknowledged ",
                                                       XferName(t->xfer), " before it was sent")),
                      true);
           } else {
@@ -387,7 +320,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
         case NcclFrameType::kNack:
           Complete(t,
                    absl::Status(static_cast<absl::StatusCode>(f.arg0),
-                                absl::StrCat("receiver ", l->endpoint, ": ", f.payload)),
+                                absl::StrCat("receiver ", l->peer, ": ", f.payload)),
                    true);
           break;
         default:
@@ -476,12 +409,7 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
   }
 
   absl::Status SendTrailer(const std::shared_ptr<NcclSendLink>& l, const NcclSendJob& job) {
-    NcclFrame f;
-    f.type = NcclFrameType::kTrailer;
-    f.xfer = job.t->xfer.value;
-    const AuthTag tag = TrailerTag(job.t->secret, job.t->xfer, job.trailer);
-    f.payload = job.trailer;
-    f.payload.append(reinterpret_cast<const char*>(tag.data()), tag.size());
+    const NcclFrame f = internal::MakeTrailerFrame(job.t->secret, job.t->xfer, job.trailer);
     {
       std::lock_guard<std::mutex> lock(job.t->mu);
       job.t->trailer_sent = true;
@@ -491,110 +419,38 @@ class NcclKvSender::Core : public std::enable_shared_from_this<Core> {
     return s;
   }
 
-  // Deadlines of transfers, stuck NCCL operations, joining dead links.
-  void Watchdog() {
-    for (;;) {
-      std::vector<std::shared_ptr<NcclSendLink>> links, reap;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait_for(lock, std::chrono::milliseconds(10),
-                     [&] { return stopping_ || !dead_.empty(); });
-        if (stopping_) return;
-        for (auto& [ep, l] : links_) links.push_back(l);
-        reap.swap(dead_);
+  // The watchdog's check of a live link: deadlines of its transfers, a
+  // stuck NCCL operation.
+  void CheckLink(const std::shared_ptr<NcclSendLink>& l) {
+    const Deadline now = MonoClock::now();
+    std::vector<std::shared_ptr<NcclSendXfer>> expired;
+    std::shared_ptr<NcclSendXfer> stuck;
+    {
+      std::lock_guard<std::mutex> lock(l->mu);
+      for (auto& [x, t] : l->xfers) {
+        if (now > t->deadline) expired.push_back(t);
       }
-      for (auto& l : reap) Join(l);
-      const Deadline now = MonoClock::now();
-      for (auto& l : links) {
-        std::vector<std::shared_ptr<NcclSendXfer>> expired;
-        std::shared_ptr<NcclSendXfer> stuck;
-        {
-          std::lock_guard<std::mutex> lock(l->mu);
-          for (auto& [x, t] : l->xfers) {
-            if (now > t->deadline) expired.push_back(t);
-          }
-          if (l->inflight &&
-              now > l->inflight->deadline + std::chrono::milliseconds(options_.stuck_grace_ms)) {
-            stuck = l->inflight;
-          }
-        }
-        for (auto& t : expired) {
-          Complete(t,
-                   absl::DeadlineExceededError(absl::StrCat(XferName(t->xfer), " to ", l->endpoint,
-                                                            " missed its deadline")),
-                   true);
-        }
-        if (stuck) {
-          Kill(l, absl::DeadlineExceededError(
-                      absl::StrCat("an NCCL operation of ", XferName(stuck->xfer), " is stuck")));
-        }
+      if (l->inflight &&
+          now > l->inflight->deadline + std::chrono::milliseconds(options_.stuck_grace_ms)) {
+        stuck = l->inflight;
       }
     }
-  }
-
-  static void Join(const std::shared_ptr<NcclSendLink>& l) {
-    if (l->reader.joinable() && l->reader.get_id() != std::this_thread::get_id()) l->reader.join();
-    if (l->worker.joinable() && l->worker.get_id() != std::this_thread::get_id()) l->worker.join();
+    for (auto& t : expired) {
+      Complete(t,
+               absl::DeadlineExceededError(
+                   absl::StrCat(XferName(t->xfer), " to ", l->peer, " missed its deadline")),
+               true);
+    }
+    if (stuck) {
+      Kill(l, absl::DeadlineExceededError(
+                  absl::StrCat("an NCCL operation of ", XferName(stuck->xfer), " is stuck")));
+    }
   }
 
   const NcclSenderOptions options_;
   internal::TransferCounters counters_;
-  std::mutex link_create_mu_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  std::map<std::string, std::shared_ptr<NcclSendLink>> links_;
-  std::vector<std::shared_ptr<NcclSendLink>> dead_;
-  std::thread watchdog_;
+  internal::SenderLinks<NcclSendLink> links_;
 };
-
-namespace {
-
-class NcclSendHandleImpl final : public NcclKvSendHandle {
- public:
-  NcclSendHandleImpl(std::shared_ptr<NcclKvSender::Core> core, std::shared_ptr<NcclSendXfer> t)
-      : core_(std::move(core)), t_(std::move(t)) {}
-  ~NcclSendHandleImpl() override { Abort(); }
-
-  absl::Status SendLayer(int32_t layer, absl::Span<const ConstBlockView> blocks) override {
-    return SendLayerAfter(layer, blocks, nullptr);
-  }
-  absl::Status SendLayerAfter(int32_t layer, absl::Span<const ConstBlockView> blocks,
-                              void* ready_event) override {
-    if (layer < 0) return absl::InvalidArgumentError("negative layer");
-    NcclSendJob job;
-    job.layer = layer;
-    job.views.assign(blocks.begin(), blocks.end());
-    job.event = ready_event;
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Finish(std::string trailer) override {
-    NcclSendJob job;
-    job.layer = -1;
-    job.trailer = std::move(trailer);
-    return core_->Enqueue(t_, std::move(job));
-  }
-  absl::Status Wait() override {
-    core_->Wait(t_);
-    std::lock_guard<std::mutex> lock(t_->mu);
-    return *t_->final_status;
-  }
-  std::optional<absl::Status> Poll() override {
-    std::lock_guard<std::mutex> lock(t_->mu);
-    if (!t_->done) return std::nullopt;
-    return *t_->final_status;
-  }
-  void Abort() override {
-    core_->Complete(t_, absl::CancelledError(absl::StrCat(XferName(t_->xfer), " aborted")), true);
-    core_->Wait(t_);
-  }
-
- private:
-  std::shared_ptr<NcclKvSender::Core> core_;
-  std::shared_ptr<NcclSendXfer> t_;
-};
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<NcclKvSender>> NcclKvSender::Create(NcclSenderOptions options) {
   auto core = std::make_shared<Core>(options);
@@ -610,7 +466,8 @@ absl::StatusOr<std::unique_ptr<KvSendHandle>> NcclKvSender::StartTransfer(
   absl::StatusOr<std::shared_ptr<NcclSendXfer>> t =
       core_->Open(xfer_id, secret, peer, n_layers, deadline, std::move(on_done));
   if (!t.ok()) return t.status();
-  return std::unique_ptr<KvSendHandle>(new NcclSendHandleImpl(core_, std::move(*t)));
+  return std::unique_ptr<KvSendHandle>(
+      new internal::ControlSendHandle<Core, NcclSendXfer>(core_, std::move(*t)));
 }
 
 KvTransportStats NcclKvSender::stats() const { return core_->counters().Snapshot(); }

@@ -19,16 +19,14 @@
 // payload (region u32, pad u32, offset u64, bytes u64) per block, and it adds
 // Handle and Released.
 // Sockets are blocking; each side has a reader thread per connection, and
-// writes are serialized by the writer's mutex. The receiver caps its
-// connections, and joins a sender's NCCL communicator only once one of the
-// sender's Begins proved its transfer's secret (or drops it after a timeout).
+// writes are serialized by the writer's mutex (transport/control_link.h, the
+// connection code both backends share). The receiver caps its connections,
+// and joins a sender's NCCL communicator only once one of the sender's
+// Begins proved its transfer's secret (or drops it after a timeout).
 #pragma once
 
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -65,13 +63,13 @@ struct NcclFrame {
   std::string payload;
 };
 
-// Writes one whole frame (blocking).
 // The Begin frame of a transfer (NCCL and IPC control links): n_layers, the
 // milliseconds left until `deadline` (clamped to uint32), and the tag that
 // proves the secret; the receiver matches it with its Post only then.
 NcclFrame MakeBeginFrame(const TransferSecret& secret, TransferId xfer, int32_t n_layers,
                          MonoClock::time_point deadline);
 
+// Writes one whole frame (blocking).
 absl::Status WriteNcclFrame(int fd, const NcclFrame& frame);
 // Reads one whole frame (blocking). Unavailable when the peer closed the
 // connection; InvalidArgument for a corrupt header or a payload over
@@ -80,21 +78,5 @@ absl::Status ReadNcclFrame(int fd, NcclFrame* frame, uint32_t max_payload = kNcc
 
 // Connects to host:port within timeout_ms; the socket is blocking after.
 absl::StatusOr<UniqueFd> ConnectBlocking(const HostPort& peer, int timeout_ms);
-
-// Starts a link's reader and worker threads (Link has mu, reader, worker).
-// Both are assigned before either runs: a reader that fails at once Kills
-// the link, and whoever then joins it reads l->worker.
-template <typename Link, typename Read, typename Work>
-void StartLinkThreads(const std::shared_ptr<Link>& l, Read read, Work work) {
-  std::lock_guard<std::mutex> start(l->mu);
-  l->reader = std::thread([l, read] {
-    { std::lock_guard<std::mutex> started(l->mu); }
-    read(l);
-  });
-  l->worker = std::thread([l, work] {
-    { std::lock_guard<std::mutex> started(l->mu); }
-    work(l);
-  });
-}
 
 }  // namespace pdserve::transport::internal

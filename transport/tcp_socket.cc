@@ -1,7 +1,6 @@
 #include "transport/tcp_socket.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -103,14 +102,6 @@ absl::StatusOr<addrinfo*> Resolve(const std::string& host, uint16_t port, bool p
 }
 
 }  // namespace
-
-absl::Status SetNonBlocking(int fd) {
-  int flags = ::fcntl(fd, F_GETFL, 0);
-  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-    return ErrnoStatus("fcntl(O_NONBLOCK)", errno);
-  }
-  return absl::OkStatus();
-}
 
 void TuneSocket(int fd, int buffer_bytes) {
   int one = 1;

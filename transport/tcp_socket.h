@@ -57,7 +57,6 @@ absl::Status SocketError(int fd, const std::string& what);
 // TCP_NODELAY (latency of small control frames), and SO_SNDBUF/SO_RCVBUF when
 // buffer_bytes > 0 (one layer in flight without stalls).
 void TuneSocket(int fd, int buffer_bytes);
-absl::Status SetNonBlocking(int fd);
 
 absl::Status ErrnoStatus(const std::string& what, int err);
 

@@ -165,6 +165,25 @@ for b in pdserve logit_parity_bench "$(t cuda_kernels_test)" "$(t cuda_runner_te
     exit 1
   fi
 done
+# pdserve links no CUDA library: the CUDA backend and the GPU KV transports
+# are in libpdserve_cuda.so beside it, dlopened at --device cuda
+# (common/dynamic_module.h). On the GPU the module must be there and resolve.
+if ldd "$bin/pdserve" 2>&1 | grep -qE 'libcudart|libcublas|libnccl'; then
+  record "0 setup" FAIL "$bin/pdserve links a CUDA library (it must only dlopen libpdserve_cuda.so)"
+  exit 1
+fi
+if ((!dry)); then
+  if [[ ! -f $bin/libpdserve_cuda.so ]]; then
+    record "0 setup" FAIL "$bin/libpdserve_cuda.so is missing (the bundle must ship it beside pdserve)"
+    exit 1
+  fi
+  if ldd "$bin/libpdserve_cuda.so" >"$work/ldd_module.txt" 2>&1 && ! grep -q "not found" "$work/ldd_module.txt"; then
+    :
+  else
+    record "0 setup" FAIL "libpdserve_cuda.so: unresolved: $(grep "not found" "$work/ldd_module.txt" | awk '{print $1}' | tr '\n' ' ')"
+    exit 1
+  fi
+fi
 record "0 setup" PASS "binaries in $bin, $( ((dry)) && echo "dry run" || echo "$gpus GPU(s)")"
 
 # --- 1-3: test binaries ------------------------------------------------------------

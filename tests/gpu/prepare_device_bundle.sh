@@ -20,7 +20,11 @@ carry=.device_carry
 limit_mib=56 # 64 MiB minus the working tree (~6 MiB) and slack
 
 targets=(cuda_kernels_test cuda_runner_test nccl_transport_test ipc_transport_test host_staged_test
-  gpu_bench logit_parity_bench pdserve)
+  gpu_bench logit_parity_bench pdserve pdserve_cuda_module)
+# What goes into bin/: the programs, and the CUDA module pdserve dlopens at
+# --device cuda (common/dynamic_module.h), which must sit beside it.
+files=(cuda_kernels_test cuda_runner_test nccl_transport_test ipc_transport_test host_staged_test
+  gpu_bench logit_parity_bench pdserve libpdserve_cuda.so)
 
 if [[ ! -f $build/build.ninja ]]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release
@@ -35,7 +39,7 @@ cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$stage/lib"
-for t in "${targets[@]}"; do
+for t in "${files[@]}"; do
   cp "$build/bin/$t" "$stage/bin/"
   strip --strip-unneeded "$stage/bin/$t" 2>/dev/null || true
 done
@@ -45,7 +49,7 @@ done
 # driver, and cuBLAS/NCCL (too large; taken from PyTorch's pip packages).
 skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libutil\.so|libstdc\+\+|libgcc_s|libcuda\.so|libnvidia|libcublas|libcublasLt|libnccl)'
 missing=0
-for t in "${targets[@]}"; do
+for t in "${files[@]}"; do
   while read -r name arrow path _; do
     [[ $arrow == "=>" ]] || continue
     base=$(basename "$name")
@@ -63,7 +67,7 @@ strip --strip-unneeded "$stage"/lib/*.so* 2>/dev/null || true
 
 # What device_check.sh must find on the machine, by soname.
 {
-  for t in "${targets[@]}"; do ldd "$build/bin/$t"; done |
+  for t in "${files[@]}"; do ldd "$build/bin/$t"; done |
     awk '{print $1}' | grep -E '^(libcublas|libcublasLt|libnccl)' | sort -u
 } >"$stage/needs_from_machine.txt"
 git rev-parse HEAD >"$stage/commit.txt"
