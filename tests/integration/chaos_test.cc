@@ -585,6 +585,68 @@ TEST(ChaosTest, OneOfTwoRoutersKilledUnderLoadLosesOnlyItsOwnStreams) {
   EXPECT_EQ(after->nodes_size(), 2);
 }
 
+// Two routers share one decode node of 20 KV blocks; a request may grow to
+// 13 (prompt + 200 tokens). Router 0's request runs; router 1's arrives once
+// the node has reported it: router 1 must see the node's commitment and
+// wait (not admit a second 13 on 7 free blocks), then serve it when the
+// first ends. Before nodes reported commitments, each router counted only
+// its own work and both were admitted.
+TEST(ChaosTest, TwoRoutersDoNotOvercommitASharedDecodeNode) {
+  REQUIRE_MODEL();
+  ClusterOptions o;
+  o.n_routers = 2;
+  o.router_flags = {"--heartbeat-ms", "250"};
+  o.decode_flags = {"--kv-blocks", "20"};
+  auto started = Cluster::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status();
+  Cluster& c = **started;
+  constexpr int kTokens = 200;
+  auto request = [&](int tag) {
+    v1::GenerateRequest r = GreedyRequest(absl::StrCat("Tell me story ", tag, "."), kTokens);
+    r.mutable_stop()->set_ignore_eos(true);
+    return r;
+  };
+  std::atomic<int> first_tokens{0};
+  std::atomic<bool> first_done{false}, second_started_early{false};
+  int64_t max_committed = 0;
+  StreamResult first, second;
+  std::thread t0([&] {
+    first = Generate(c.generation(0), request(0), absl::Seconds(240),
+                     [&](const v1::GenerateResponse& ev) {
+                       if (ev.has_chunk()) first_tokens += ev.chunk().token_ids_size();
+                       return true;
+                     });
+    first_done = true;
+  });
+  // Router 1 has had the node's report of the first request (heartbeats
+  // every 250 ms, corrections kept 500 ms).
+  ASSERT_TRUE(WaitFor([&] { return first_tokens.load() >= 1; }, absl::Seconds(60))) << c.Logs();
+  absl::SleepFor(absl::Milliseconds(1000));
+  ASSERT_FALSE(first_done.load()) << "the first request ended too soon: make it longer";
+  std::thread t1([&] {
+    second = Generate(c.generation(1), request(1), absl::Seconds(240),
+                      [&](const v1::GenerateResponse& ev) {
+                        if (ev.has_chunk() && !first_done.load()) second_started_early = true;
+                        return true;
+                      });
+  });
+  while (!first_done.load()) {
+    absl::StatusOr<v1::NodeLoad> l = c.GetLoad("decode-0");
+    if (l.ok()) max_committed = std::max(max_committed, l->committed_kv_blocks());
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  t0.join();
+  t1.join();
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message() << c.Logs();
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message() << c.Logs();
+  EXPECT_EQ(second.token_ids.size(), static_cast<size_t>(kTokens));
+  EXPECT_FALSE(second_started_early.load())
+      << "router 1 admitted a request the node had no room for";
+  EXPECT_LE(max_committed, 20);
+  EXPECT_GE(max_committed, 12);  // the first request was seen committed (12-13 blocks)
+  EXPECT_TRUE(c.WaitForIdleKv("decode-0", absl::Seconds(30)));
+}
+
 // A client that stops reading its stream (its HTTP/2 window is kept at a
 // few events) must not hold the router's memory or a node's KV: the router
 // buffers --max-stream-events events, then aborts the request on the nodes
