@@ -13,8 +13,17 @@ void AddNodeFlags(po::options_description* desc) {
                       "Node service address")("advertise-host",
                                               po::value<std::string>()->default_value("127.0.0.1"),
                                               "host the router and peers use to reach this node")(
-      "router", po::value<std::string>()->default_value(""), "router host:port to register with")(
-      "node-id", po::value<std::string>()->default_value(""), "default: <role>-<port>")(
+      "router", po::value<std::string>()->default_value(""),
+      "router host:port to register with; several routers over one node pool: a,b")(
+      "router-service", po::value<std::string>()->default_value(""),
+      "host:port whose every address is a router to register with, re-resolved every "
+      "--router-resolve-interval (a Kubernetes headless Service over router replicas)")(
+      "router-resolve-interval", po::value<int>()->default_value(10),
+      "seconds between resolutions of --router-service")(
+      "test-stall-file", po::value<std::string>()->default_value(""),
+      "fault injection for tests: while this file exists the engine takes no step (a stall "
+      "with the process alive)")("node-id", po::value<std::string>()->default_value(""),
+                                 "default: <role>-<port>")(
       "kv-port", po::value<int>()->default_value(0), "decode: KV receiver port (0: any)")(
       "kv-listen-host", po::value<std::string>()->default_value(""),
       "decode: address the KV receiver binds (default: --advertise-host, not every interface)")(
@@ -47,6 +56,11 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.listen = vm["listen"].as<std::string>();
   o.advertise_host = vm["advertise-host"].as<std::string>();
   o.router = vm["router"].as<std::string>();
+  o.router_service = vm["router-service"].as<std::string>();
+  o.router_resolve_ms = int64_t{vm["router-resolve-interval"].as<int>()} * 1000;
+  if (o.router_resolve_ms < 1000)
+    return absl::InvalidArgumentError("--router-resolve-interval must be >= 1 second");
+  o.test_stall_file = vm["test-stall-file"].as<std::string>();
   o.node_id = vm["node-id"].as<std::string>();
   o.kv_port = vm["kv-port"].as<int>();
   o.kv_listen_host = vm["kv-listen-host"].as<std::string>();

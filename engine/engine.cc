@@ -115,6 +115,17 @@ absl::Status Engine::CheckFits(const RequestSpec& spec) const {
   return absl::OkStatus();
 }
 
+int32_t Engine::CommittedBlocks(const RequestSpec& spec, SeqMode mode) const {
+  const int64_t bs = cache_->config().block_size;
+  const int64_t prompt = static_cast<int64_t>(spec.prompt.size());
+  if (mode == SeqMode::kPrefillOnly) return static_cast<int32_t>((prompt + bs - 1) / bs);
+  const int64_t per_sample = (prompt + spec.stop.max_tokens + bs - 1) / bs;
+  // n > 1: samples 1..n-1 share root's full prompt blocks (KvCache::Fork) and
+  // own the rest, the copied partial block included.
+  const int64_t n = std::max<int64_t>(1, spec.sampling.n);
+  return static_cast<int32_t>(per_sample + (n - 1) * (per_sample - prompt / bs));
+}
+
 std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode) {
   auto seq = std::make_unique<Sequence>();
   seq->mode = mode;
@@ -195,14 +206,16 @@ absl::Status Engine::Submit(RequestSpec spec, OutputCallback on_output, SeqMode 
   absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> matcher = NewMatcher(spec);
   if (!matcher.ok()) return matcher.status();
   const std::string id = spec.id;
+  const int32_t committed = CommittedBlocks(spec, mode);
   std::unique_ptr<Sequence> seq = NewSequence(std::move(spec), std::move(on_output), mode);
   seq->matcher = std::move(*matcher);
   if (absl::Status s = ReplayResumedIntoGrammar(*seq); !s.ok()) return s;
   seq->kv_sink = sink;
   absl::MutexLock lock(&mu_);
-  if (!active_ids_.try_emplace(id, 1).second) {
+  if (!active_ids_.try_emplace(id, committed).second) {
     return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
   }
+  committed_blocks_ += committed;
   inbox_.push_back(Command{Command::kSubmit, std::move(seq), id});
   return absl::OkStatus();
 }
@@ -213,6 +226,7 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
   const std::string id = spec.id;
   const int32_t bs = cache_->config().block_size;
   const int32_t n_blocks = (static_cast<int32_t>(spec.prompt.size()) + bs - 1) / bs;
+  const int32_t committed = CommittedBlocks(spec, SeqMode::kDecodeImported);
   absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> matcher = NewMatcher(spec);
   if (!matcher.ok()) return matcher.status();
   std::unique_ptr<Sequence> seq =
@@ -228,7 +242,8 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
     return absl::ResourceExhaustedError(absl::StrCat("no room for ", n_blocks, " KV blocks now (",
                                                      cache_->Stats().free_blocks, " free)"));
   }
-  active_ids_.emplace(id, 1);
+  active_ids_.emplace(id, committed);
+  committed_blocks_ += committed;
   seq->blocks = *blocks;
   seq->state = SeqState::kAwaitingKv;
   inbox_.push_back(Command{Command::kSubmit, std::move(seq), id});
@@ -318,7 +333,11 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
   const std::string id = seq->id();
   {
     absl::MutexLock lock(&mu_);
-    active_ids_.erase(id);
+    auto it = active_ids_.find(id);
+    if (it != active_ids_.end()) {
+      committed_blocks_ -= it->second;
+      active_ids_.erase(it);
+    }
   }
   seqs_.erase(id);
 }
@@ -508,6 +527,7 @@ EngineStats Engine::Stats() const {
   absl::MutexLock lock(&mu_);
   EngineStats s = published_;
   s.kv = cache_->Stats();
+  s.committed_kv_blocks = committed_blocks_;
   return s;
 }
 
@@ -532,6 +552,10 @@ void Engine::Loop() {
     {
       absl::MutexLock lock(&mu_);
       if (stop_) return;
+    }
+    if (paused_for_test_.load(std::memory_order_relaxed)) {
+      absl::SleepFor(absl::Milliseconds(10));  // a stalled engine: no step, no spin
+      continue;
     }
     if (Step()) continue;
     // Idle: sleep until a command arrives (or a short timeout).

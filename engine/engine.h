@@ -55,6 +55,10 @@ struct EngineStats {
   int64_t prompt_tokens_computed = 0;
   int64_t generated_tokens = 0;
   int64_t preemptions = 0;
+  // KV blocks the live requests may grow to (prompt + max_tokens each;
+  // prompt only for prefill-only ones), counted from Submit/Reserve to their
+  // end: what this node has promised, whichever router sent the work.
+  int64_t committed_kv_blocks = 0;
   KvCacheStats kv;
 };
 
@@ -99,6 +103,9 @@ class Engine {
   // Runs steps on a background thread until Stop().
   void Start();
   void Stop();
+  // Test seam (fault injection, `--test-stall-file`): while paused the loop
+  // takes no step, so queued work stalls with the process alive.
+  void SetPausedForTest(bool paused) { paused_for_test_.store(paused); }
 
   EngineStats Stats() const;
 
@@ -135,6 +142,7 @@ class Engine {
   // already ends the sample (kNone: it goes on), or an error.
   absl::StatusOr<FinishReason> TakeFirstToken(Sequence* s, TokenId token, int64_t time_ns);
   void AbortGroup(Sequence* root, bool silent);
+  int32_t CommittedBlocks(const RequestSpec& spec, SeqMode mode) const;
   // The grammar state for a structured-output request (null for free
   // text); InvalidArgument for a schema that does not compile.
   absl::StatusOr<std::unique_ptr<grammar::TokenMatcher>> NewMatcher(const RequestSpec& spec);
@@ -167,9 +175,12 @@ class Engine {
   // Commands from other threads.
   mutable absl::Mutex mu_;
   std::vector<Command> inbox_ ABSL_GUARDED_BY(mu_);
+  // Live request ids, each with the KV blocks it may grow to (CommittedBlocks).
   absl::flat_hash_map<std::string, int> active_ids_ ABSL_GUARDED_BY(mu_);
+  int64_t committed_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   EngineStats published_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> paused_for_test_{false};
   std::thread loop_;
 };
 

@@ -1,6 +1,7 @@
 #include "node/node_server.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -170,6 +171,11 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
   if (std::string warning = n->security_.NodeAuthWarning(); !warning.empty()) {
     PDS_LOG(WARNING) << RoleName(options.role) << " node: " << warning;
   }
+  // Only the syntax here: a Service name may resolve later.
+  PDS_RETURN_IF_ERROR(RouterTargets(options.router, "").status());
+  if (!options.router_service.empty()) {
+    PDS_RETURN_IF_ERROR(RouterTargets("", options.router_service).status());
+  }
   n->fingerprint_ = rpc::ModelFingerprint(n->model_->file());
   n->progress_ = ProgressMonitor(options.stall_timeout_ms * 1000000);
   PDS_ASSIGN_OR_RETURN(n->engine_, Engine::Create(n->model_, options.engine));
@@ -302,6 +308,7 @@ v1::NodeLoad NodeServer::Load() const {
   l.set_kv_usage(s.kv.usage());
   l.set_prefix_hit_tokens(s.kv.prefix_hit_tokens);
   l.set_prefix_query_tokens(s.kv.prefix_query_tokens);
+  l.set_committed_kv_blocks(s.committed_kv_blocks);
   l.set_draining(draining_.load());
   if (stalled_.load()) l.set_stalled_ms(std::max<int64_t>(1, stalled_for_ms_.load()));
   return l;
@@ -320,74 +327,72 @@ v1::NodeInfo NodeServer::Info() const {
   return info;
 }
 
-// Registers with the router, then reports load every interval; registers
-// again whenever the router forgot us. Also feeds the counters.
+// Keeps a RouterLink per router address (they register and heartbeat on
+// their own threads), re-resolving --router-service periodically; feeds the
+// counters and watches the engine's progress.
 void NodeServer::Heartbeats() {
-  std::unique_ptr<v1::Registry::Stub> stub;
-  if (!options_.router.empty()) {
-    stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router, security_.ForPeers()));
-  }
-  bool registered = false;
-  int64_t interval_ms = 1000;
-  int failures = 0;
+  constexpr absl::Duration kTick = absl::Milliseconds(100);
+  absl::Time next_resolve = absl::InfinitePast();
+  absl::Time next_watch = absl::InfinitePast();
   while (!stop_.HasBeenNotified()) {
-    const EngineStats s = engine_->Stats();
-    metrics_.prefix_cache_hits_total->Increment(double(s.kv.prefix_hit_tokens - last_prefix_hits_));
-    metrics_.prefix_cache_queries_total->Increment(
-        double(s.kv.prefix_query_tokens - last_prefix_queries_));
-    metrics_.prompt_tokens_total->Increment(double(s.prompt_tokens_computed - last_prompt_tokens_));
-    last_prefix_hits_ = s.kv.prefix_hit_tokens;
-    last_prefix_queries_ = s.kv.prefix_query_tokens;
-    last_prompt_tokens_ = s.prompt_tokens_computed;
-    WatchProgress();  // before Load(): the heartbeat carries the stall
-    if (stub && !draining_.load()) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      grpc::Status st;
-      if (!registered) {
-        v1::RegisterRequest req;
-        *req.mutable_info() = Info();
-        *req.mutable_load() = Load();
-        req.set_lease(lease());
-        v1::RegisterResponse resp;
-        st = stub->Register(&ctx, req, &resp);
-        if (st.ok()) {
-          registered = true;
-          set_lease(resp.lease());
-          interval_ms = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 1000;
-          PDS_LOG(INFO) << "node " << id_ << " registered with router " << options_.router;
-        }
+    const absl::Time now = absl::Now();
+    if (!options_.test_stall_file.empty()) {
+      std::error_code ec;
+      engine_->SetPausedForTest(std::filesystem::exists(options_.test_stall_file, ec));
+    }
+    if (now >= next_watch) {
+      next_watch = now + absl::Milliseconds(250);
+      const EngineStats s = engine_->Stats();
+      metrics_.prefix_cache_hits_total->Increment(
+          double(s.kv.prefix_hit_tokens - last_prefix_hits_));
+      metrics_.prefix_cache_queries_total->Increment(
+          double(s.kv.prefix_query_tokens - last_prefix_queries_));
+      metrics_.prompt_tokens_total->Increment(
+          double(s.prompt_tokens_computed - last_prompt_tokens_));
+      last_prefix_hits_ = s.kv.prefix_hit_tokens;
+      last_prefix_queries_ = s.kv.prefix_query_tokens;
+      last_prompt_tokens_ = s.prompt_tokens_computed;
+      WatchProgress();  // the links' heartbeats carry the stall
+    }
+    if (now >= next_resolve && !draining_.load()) {
+      next_resolve = now + absl::Milliseconds(std::max<int64_t>(1000, options_.router_resolve_ms));
+      UpdateRouterLinks();
+    }
+    stop_.WaitForNotificationWithTimeout(kTick);
+  }
+}
+
+void NodeServer::UpdateRouterLinks() {
+  // Start() checked the syntax.
+  absl::StatusOr<std::vector<std::string>> targets = RouterTargets(options_.router, "");
+  absl::StatusOr<std::vector<std::string>> resolved = RouterTargets("", options_.router_service);
+  if (!targets.ok() || !resolved.ok()) return;
+  // A name that resolves to nothing right now (a DNS hiccup, every router pod
+  // restarting) drops no link: their routers would expire us meanwhile.
+  const bool prune = options_.router_service.empty() || !resolved->empty();
+  targets->insert(targets->end(), resolved->begin(), resolved->end());
+  std::vector<std::unique_ptr<RouterLink>> gone;
+  {
+    absl::MutexLock lock(&links_mu_);
+    for (auto it = links_.begin(); it != links_.end();) {
+      if (prune && std::find(targets->begin(), targets->end(), it->first) == targets->end()) {
+        PDS_LOG(INFO) << "node " << id_ << ": router " << it->first << " no longer listed";
+        gone.push_back(std::move(it->second));
+        it = links_.erase(it);
       } else {
-        v1::HeartbeatRequest req;
-        req.set_node_id(id_);
-        *req.mutable_load() = Load();
-        req.set_lease(lease());
-        v1::HeartbeatResponse resp;
-        st = stub->Heartbeat(&ctx, req, &resp);
-        if (st.ok() && !resp.known()) {
-          registered = false;  // the router forgot us: a fresh registration
-          set_lease("");
-        }
-      }
-      if (!st.ok()) {
-        if (++failures % 10 == 1) {
-          const bool refused = st.error_code() != grpc::StatusCode::UNAVAILABLE &&
-                               st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED;
-          PDS_LOG(WARNING) << "node " << id_ << ": router " << options_.router
-                           << (refused ? " refused it: " : " unreachable: ") << st.error_message();
-        }
-        // Our registration is gone (or another process's now): register again.
-        if (st.error_code() == grpc::StatusCode::NOT_FOUND ||
-            st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
-          registered = false;
-          set_lease("");
-        }
-      } else {
-        failures = 0;
+        ++it;
       }
     }
-    stop_.WaitForNotificationWithTimeout(absl::Milliseconds(registered ? interval_ms : 200));
+    RouterLink::Hooks hooks;
+    hooks.info = [this] { return Info(); };
+    hooks.load = [this] { return Load(); };
+    hooks.draining = [this] { return draining_.load(); };
+    for (const std::string& t : *targets) {
+      if (links_.contains(t)) continue;
+      links_.emplace(t, std::make_unique<RouterLink>(t, security_.ForPeers(), hooks));
+    }
   }
+  gone.clear();  // joins their threads outside the lock
 }
 
 std::string NodeServer::NotReadyReason() const {
@@ -428,15 +433,15 @@ void NodeServer::Shutdown(absl::Duration grace) {
   // this device cannot use): nothing was served, nothing to drain.
   if (!grpc_.server) return;
   rpc::SetServing(grpc_.server.get(), false);
-  if (!options_.router.empty()) {
-    auto stub = v1::Registry::NewStub(rpc::MakeChannel(options_.router, security_.ForPeers()));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    v1::DeregisterRequest req;
-    req.set_node_id(id_);
-    req.set_lease(lease());
-    v1::DeregisterResponse resp;
-    (void)stub->Deregister(&ctx, req, &resp);
+  {
+    // Each router stops sending us work (links_ is only read here: the
+    // heartbeat thread adds no link once draining).
+    absl::MutexLock lock(&links_mu_);
+    std::vector<std::thread> deregistering;
+    for (auto& [address, link] : links_) {
+      deregistering.emplace_back([l = link.get()] { l->Deregister(); });
+    }
+    for (std::thread& t : deregistering) t.join();
   }
   // Let requests in flight finish: the engine keeps running while gRPC
   // waits for its calls, up to the grace period.
@@ -449,6 +454,10 @@ void NodeServer::Shutdown(absl::Duration grace) {
   grpc_.server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   stop_.Notify();
   if (heartbeats_.joinable()) heartbeats_.join();
+  {
+    absl::MutexLock lock(&links_mu_);
+    links_.clear();
+  }
   if (http_) http_->Stop(absl::Seconds(1));
   engine_->Stop();
 }

@@ -1,8 +1,10 @@
 // A pdserve node process: one engine, the Node gRPC service for its role
 // (prefill, decode or mixed), the KV transport for that role, registration
-// and heartbeats to the router, and metrics/health over HTTP.
+// and heartbeats to every router (node/router_link.h), and metrics/health
+// over HTTP.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -17,6 +19,7 @@
 #include "node/engine_events.h"
 #include "node/generate_handler.h"
 #include "node/progress_monitor.h"
+#include "node/router_link.h"
 #include "prefill_node/prefill_handler.h"
 #include "rpc/server_util.h"
 #include "tracing/metrics.h"
@@ -37,7 +40,18 @@ struct NodeOptions {
   bool kv_checksum = false;
   // auto, tcp, nccl or ipc (transport/kv_transport_factory.h).
   std::string kv_transport = "auto";
-  std::string router;     // host:port to register with; empty: static
+  // Routers to register with and heartbeat to: host:port, comma-separated;
+  // empty: none (a static node list on the router).
+  std::string router;
+  // Also every address this host:port resolves to, re-resolved every
+  // `router_resolve_ms` (a Kubernetes headless Service over the router
+  // replicas); empty: none.
+  std::string router_service;
+  int64_t router_resolve_ms = 10000;
+  // Test seam (fault injection, chaos tests): while this file exists the
+  // engine takes no step, so queued work stalls with the process alive.
+  // Checked every 100 ms; empty: never.
+  std::string test_stall_file;
   int metrics_port = -1;  // -1: none; 0: ephemeral
   EngineOptions engine;
   std::string kv_dtype_name = "f16";
@@ -78,15 +92,9 @@ class NodeServer {
 
  private:
   NodeServer() = default;
+  // Feeds the counters, watches progress, keeps one RouterLink per router.
   void Heartbeats();
-  std::string lease() const {
-    absl::MutexLock lock(&lease_mu_);
-    return lease_;
-  }
-  void set_lease(std::string lease) {
-    absl::MutexLock lock(&lease_mu_);
-    lease_ = std::move(lease);
-  }
+  void UpdateRouterLinks();
   // Samples the engine's progress; flips gRPC health when it stalls or recovers.
   void WatchProgress();
 
@@ -107,9 +115,10 @@ class NodeServer {
   std::atomic<bool> draining_{false};
   rpc::Security security_;
   std::string fingerprint_;  // rpc::ModelFingerprint of the model file
-  // The router's lease on our registration (heartbeat thread; Shutdown reads it).
-  mutable absl::Mutex lease_mu_;
-  std::string lease_ ABSL_GUARDED_BY(lease_mu_);
+  // Our registration with each router, by address (heartbeat thread;
+  // Shutdown deregisters them).
+  absl::Mutex links_mu_;
+  std::map<std::string, std::unique_ptr<RouterLink>> links_ ABSL_GUARDED_BY(links_mu_);
   ProgressMonitor progress_;  // heartbeat thread only
   std::atomic<bool> stalled_{false};
   std::atomic<int64_t> stalled_for_ms_{0};

@@ -12,8 +12,9 @@ namespace {
 constexpr size_t kMaxPrefixesPerNode = 65536;
 }
 
-NodeRegistry::NodeRegistry(absl::Duration expiry, absl::Duration probation)
-    : expiry_(expiry), probation_(probation) {}
+NodeRegistry::NodeRegistry(absl::Duration expiry, absl::Duration probation,
+                           absl::Duration report_lag)
+    : expiry_(expiry), probation_(probation), report_lag_(report_lag) {}
 
 void NodeRegistry::SetOnChange(std::function<void()> fn) { on_change_ = std::move(fn); }
 
@@ -84,6 +85,7 @@ absl::StatusOr<std::string> NodeRegistry::Register(const v1::NodeInfo& info,
       n.reserved_blocks = 0;
       n.inflight_prefill_tokens = 0;
       n.inflight_requests = 0;
+      n.unreported.clear();
       n.suspect_since.reset();
     }
     granted = n.lease;
@@ -120,6 +122,10 @@ absl::Status NodeRegistry::Heartbeat(const std::string& id, std::string_view lea
     Node& n = it->second;
     n.load = load;
     n.last_seen = absl::Now();
+    // Changes older than the lag are in this report.
+    while (!n.unreported.empty() && n.last_seen - n.unreported.front().first >= report_lag_) {
+      n.unreported.pop_front();
+    }
     // Heard from after its probation: back in rotation.
     if (n.suspect_since && n.last_seen - *n.suspect_since >= probation_) {
       n.suspect_since.reset();
@@ -178,6 +184,9 @@ std::vector<NodeView> NodeRegistry::Snapshot() const {
     v.kv_endpoint = n.info.kv_endpoint();
     v.load = n.load;
     v.reserved_blocks = n.reserved_blocks;
+    int64_t committed = n.load.committed_kv_blocks();
+    for (const auto& [when, blocks] : n.unreported) committed += blocks;
+    v.committed_blocks = std::max<int64_t>(0, committed);
     v.inflight_prefill_tokens = n.inflight_prefill_tokens;
     v.inflight_requests = n.inflight_requests;
     v.epoch = n.epoch;
@@ -258,6 +267,7 @@ void NodeRegistry::AddWork(const std::string& id, uint64_t epoch, int32_t blocks
   auto it = nodes_.find(id);
   if (it == nodes_.end() || it->second.epoch != epoch) return;
   it->second.reserved_blocks += blocks;
+  if (blocks > 0) it->second.unreported.emplace_back(absl::Now(), blocks);
   it->second.inflight_prefill_tokens += prefill_tokens;
   it->second.inflight_requests += blocks > 0 ? 1 : 0;
 }
@@ -281,6 +291,7 @@ void NodeRegistry::DoneWork(const std::string& id, uint64_t epoch, int32_t block
     if (it != nodes_.end() && it->second.epoch == epoch) {
       Node& n = it->second;
       n.reserved_blocks = std::max(0, n.reserved_blocks - blocks);
+      if (blocks > 0) n.unreported.emplace_back(absl::Now(), -blocks);
       n.inflight_requests = std::max(0, n.inflight_requests - 1);
     }
   }

@@ -4,6 +4,7 @@
 // misses heartbeats for `expiry` is dropped.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -29,21 +30,32 @@ struct NodeView {
   v1::NodeRole role = v1::NODE_ROLE_UNSPECIFIED;
   std::string address;
   std::string kv_endpoint;
-  v1::NodeLoad load;                    // as last reported
-  int32_t reserved_blocks = 0;          // router's estimate of blocks its in-flight requests hold
+  v1::NodeLoad load;            // as last reported
+  int32_t reserved_blocks = 0;  // blocks this router's in-flight requests may grow to
+  // The node's own count (load.committed_kv_blocks, every router's work)
+  // corrected for what this router did since that report: blocks it
+  // reserved that the report may not show yet, less blocks it released
+  // that the report may still show. Never negative.
+  int64_t committed_blocks = 0;
   int64_t inflight_prefill_tokens = 0;  // prompt tokens sent for prefill, not answered yet
   int32_t inflight_requests = 0;
   uint64_t epoch = 0;       // the registration: work is counted per registration
   bool suspect = false;     // a call to it failed at the transport: out of rotation
   int32_t prefix_hits = 0;  // filled per request by the policy's caller: cached blocks
-  int32_t free_blocks() const { return load.total_kv_blocks() - reserved_blocks; }
+  // Room for new work: the node's commitments when it reports them (other
+  // routers' work included), never less than this router's own.
+  int32_t free_blocks() const {
+    const int64_t used = std::max<int64_t>(reserved_blocks, committed_blocks);
+    return static_cast<int32_t>(std::max<int64_t>(0, load.total_kv_blocks() - used));
+  }
 };
 
 class NodeRegistry {
  public:
   // `probation`: how long a node that failed a call stays out of rotation
   // (it returns with its first heartbeat after that).
-  explicit NodeRegistry(absl::Duration expiry, absl::Duration probation = absl::Seconds(2));
+  explicit NodeRegistry(absl::Duration expiry, absl::Duration probation = absl::Seconds(2),
+                        absl::Duration report_lag = absl::Milliseconds(500));
   // How stubs reach nodes (TLS, API key); default: rpc::MakeChannel(address).
   // Set before the first node registers.
   using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::string& address)>;
@@ -85,6 +97,9 @@ class NodeRegistry {
   // belongs to one registration (`epoch`, from NodeView): a node that
   // expired and registered again starts from zero, and releases of work
   // counted in an older registration are ignored, so it never goes negative.
+  // Each change is also kept as a correction to the node's reported
+  // commitments until a report received `report_lag` after it (by then the
+  // node counted it), so two routers sharing a node see each other's work.
   void AddWork(const std::string& id, uint64_t epoch, int32_t blocks, int64_t prefill_tokens);
   void DonePrefill(const std::string& id, uint64_t epoch, int64_t prefill_tokens);
   void DoneWork(const std::string& id, uint64_t epoch, int32_t blocks);
@@ -119,6 +134,9 @@ class NodeRegistry {
     int32_t reserved_blocks = 0;
     int64_t inflight_prefill_tokens = 0;
     int32_t inflight_requests = 0;
+    // This router's reservations (+) and releases (-) the node's last report
+    // may not reflect yet, oldest first.
+    std::deque<std::pair<absl::Time, int32_t>> unreported;
     absl::flat_hash_set<uint64_t> prefixes;
     std::deque<uint64_t> prefix_order;
   };
@@ -126,6 +144,7 @@ class NodeRegistry {
 
   const absl::Duration expiry_;
   const absl::Duration probation_;
+  const absl::Duration report_lag_;
   mutable absl::Mutex mu_;
   uint64_t next_epoch_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<std::string, Node> nodes_ ABSL_GUARDED_BY(mu_);

@@ -186,27 +186,44 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Start(const ClusterOptions& op
 
 absl::Status Cluster::StartProcesses(const ClusterOptions& o, int port) {
   router_.reset();
+  extra_routers_.clear();
+  extra_ports_.clear();
   nodes_.clear();
   node_ids_.clear();
   port_ = port;
   const std::string bin = PdserveBinary();
   const std::string router_addr = router_address();
-  std::vector<std::string> rargs = {bin,        "router",    "--model",     ModelPath(),
-                                    "--listen", router_addr, "--log-level", "info"};
-  rargs.insert(rargs.end(), o.router_flags.begin(), o.router_flags.end());
-  auto router = ChildProcess::Start("router", rargs, dir_ + "/router.log");
-  if (!router.ok()) return router.status();
-  router_ = std::move(*router);
+  std::string routers_flag = router_addr;  // every node registers with each router
+  for (int i = 0; i < o.n_routers; ++i) {
+    if (i > 0) {
+      extra_ports_.push_back(transport::internal::FreeLoopbackPort());
+      absl::StrAppend(&routers_flag, ",", router_address(i));
+    }
+    std::vector<std::string> rargs = {bin,        "router",          "--model",     ModelPath(),
+                                      "--listen", router_address(i), "--log-level", "info"};
+    rargs.insert(rargs.end(), o.router_flags.begin(), o.router_flags.end());
+    const std::string name = i == 0 ? "router" : absl::StrCat("router-", i);
+    auto router = ChildProcess::Start(name, rargs, absl::StrCat(dir_, "/", name, ".log"));
+    if (!router.ok()) return router.status();
+    if (i == 0) {
+      router_ = std::move(*router);
+    } else {
+      extra_routers_.push_back(std::move(*router));
+    }
+  }
 
   auto start_node = [&](const std::string& role, int index,
                         const std::vector<std::string>& role_flags) -> absl::Status {
     const std::string id = absl::StrCat(role, "-", index);
     std::vector<std::string> args = {bin,         role,          "--model",          ModelPath(),
                                      "--listen",  "127.0.0.1:0", "--advertise-host", "127.0.0.1",
-                                     "--router",  router_addr,   "--node-id",        id,
+                                     "--router",  routers_flag,  "--node-id",        id,
                                      "--threads", "1",           "--log-level",      "info"};
     args.insert(args.end(), o.node_flags.begin(), o.node_flags.end());
     args.insert(args.end(), role_flags.begin(), role_flags.end());
+    if (auto it = o.flags_by_node.find(id); it != o.flags_by_node.end()) {
+      args.insert(args.end(), it->second.begin(), it->second.end());
+    }
     auto p = ChildProcess::Start(id, args, absl::StrCat(dir_, "/", id, ".log"));
     if (!p.ok()) return p.status();
     nodes_.push_back(std::move(*p));
@@ -229,17 +246,33 @@ absl::Status Cluster::StartProcesses(const ClusterOptions& o, int port) {
   router_channel_ = Channel(router_addr);
   generation_ = v1::Generation::NewStub(router_channel_);
   registry_ = v1::Registry::NewStub(router_channel_);
+  extra_generation_.clear();
+  extra_registry_.clear();
+  for (int i = 1; i < o.n_routers; ++i) {
+    auto channel = Channel(router_address(i));
+    extra_generation_.push_back(v1::Generation::NewStub(channel));
+    extra_registry_.push_back(v1::Registry::NewStub(channel));
+  }
 
   // Ready: every node is registered with the router.
   const absl::Time deadline = absl::Now() + o.startup_timeout;
   for (;;) {
     if (!router_->Running()) return absl::UnavailableError("the router exited during startup");
+    for (auto& r : extra_routers_) {
+      if (!r->Running())
+        return absl::UnavailableError(absl::StrCat(r->name(), " exited during startup"));
+    }
     for (auto& n : nodes_) {
       if (!n->Running())
         return absl::UnavailableError(absl::StrCat(n->name(), " exited during startup"));
     }
     absl::StatusOr<v1::ListNodesResponse> list = ListNodes();
-    if (list.ok() && list->nodes_size() == static_cast<int>(node_ids_.size())) {
+    bool everywhere = true;  // every router lists every node
+    for (int i = 1; i < o.n_routers && everywhere; ++i) {
+      absl::StatusOr<v1::ListNodesResponse> other = ListNodes(i);
+      everywhere = other.ok() && other->nodes_size() == static_cast<int>(node_ids_.size());
+    }
+    if (everywhere && list.ok() && list->nodes_size() == static_cast<int>(node_ids_.size())) {
       node_addresses_.assign(node_ids_.size(), "");
       node_stubs_.clear();
       for (const auto& e : list->nodes()) {
@@ -264,15 +297,40 @@ Cluster::~Cluster() {
   // SIGTERM to all at once (each drains on its own), then wait for each.
   for (auto& n : nodes_) n->Signal(SIGCONT), n->Signal(SIGTERM);
   if (router_) router_->Signal(SIGTERM);
+  for (auto& r : extra_routers_) r->Signal(SIGCONT), r->Signal(SIGTERM);
   for (auto& n : nodes_) n->Stop(absl::Seconds(10));
   if (router_) router_->Stop(absl::Seconds(10));
+  for (auto& r : extra_routers_) r->Stop(absl::Seconds(10));
   nodes_.clear();
   router_.reset();
+  extra_routers_.clear();
   std::error_code ec;
   if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
 }
 
 std::string Cluster::router_address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+std::string Cluster::router_address(int i) const {
+  return i == 0 ? router_address() : absl::StrCat("127.0.0.1:", extra_ports_.at(i - 1));
+}
+
+ChildProcess& Cluster::router_process(int i) {
+  return i == 0 ? *router_ : *extra_routers_.at(i - 1);
+}
+
+v1::Generation::Stub& Cluster::generation(int i) {
+  return i == 0 ? *generation_ : *extra_generation_.at(i - 1);
+}
+
+absl::StatusOr<v1::ListNodesResponse> Cluster::ListNodes(int i) {
+  if (i == 0) return ListNodes();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(absl::Seconds(2)));
+  v1::ListNodesResponse resp;
+  grpc::Status s = extra_registry_.at(i - 1)->ListNodes(&ctx, v1::ListNodesRequest(), &resp);
+  if (!s.ok()) return absl::UnavailableError(s.error_message());
+  return resp;
+}
 
 ChildProcess& Cluster::node_process(const std::string& id) {
   for (size_t i = 0; i < node_ids_.size(); ++i) {
@@ -347,6 +405,9 @@ bool Cluster::WaitForIdleKv(const std::string& id, absl::Duration timeout) {
 std::string Cluster::Logs() const {
   std::string out;
   if (router_) absl::StrAppend(&out, "== router ==\n", router_->LogTail(), "\n");
+  for (const auto& r : extra_routers_) {
+    absl::StrAppend(&out, "== ", r->name(), " ==\n", r->LogTail(), "\n");
+  }
   for (const auto& n : nodes_) absl::StrAppend(&out, "== ", n->name(), " ==\n", n->LogTail(), "\n");
   return out;
 }

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,10 +65,14 @@ struct ClusterOptions {
   int n_prefill = 1;
   int n_decode = 1;
   int n_mixed = 0;  // > 0: mixed nodes instead of prefill/decode pools
+  // Routers over the one node pool (every node registers with each); the
+  // first is the one router_address()/generation() talk to.
+  int n_routers = 1;
   std::vector<std::string> router_flags;
-  std::vector<std::string> node_flags;     // every node
-  std::vector<std::string> prefill_flags;  // prefill nodes only
-  std::vector<std::string> decode_flags;   // decode nodes only
+  std::vector<std::string> node_flags;                            // every node
+  std::vector<std::string> prefill_flags;                         // prefill nodes only
+  std::vector<std::string> decode_flags;                          // decode nodes only
+  std::map<std::string, std::vector<std::string>> flags_by_node;  // by node id, e.g. "decode-1"
   absl::Duration startup_timeout = absl::Seconds(60);
 };
 
@@ -89,6 +94,11 @@ class Cluster {
   ~Cluster();  // kills every process, removes the temp dir
 
   std::string router_address() const;
+  // Router `i` (0 .. n_routers-1).
+  std::string router_address(int i) const;
+  ChildProcess& router_process(int i);
+  v1::Generation::Stub& generation(int i);
+  absl::StatusOr<v1::ListNodesResponse> ListNodes(int i);
   v1::Generation::Stub& generation() { return *generation_; }
   v1::Registry::Stub& registry() { return *registry_; }
   std::shared_ptr<grpc::Channel> router_channel() { return router_channel_; }
@@ -126,6 +136,11 @@ class Cluster {
   std::shared_ptr<grpc::Channel> router_channel_;
   std::unique_ptr<v1::Generation::Stub> generation_;
   std::unique_ptr<v1::Registry::Stub> registry_;
+  // Routers 1.. (router 0 is the above).
+  std::vector<int> extra_ports_;
+  std::vector<std::unique_ptr<ChildProcess>> extra_routers_;
+  std::vector<std::unique_ptr<v1::Generation::Stub>> extra_generation_;
+  std::vector<std::unique_ptr<v1::Registry::Stub>> extra_registry_;
 };
 
 // A text request with greedy sampling.

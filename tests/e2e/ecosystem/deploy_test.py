@@ -123,6 +123,31 @@ def check_overlay(overlay, root, pdserve, out_dir):
           and services["pdserve-decode"].get("clusterIP") == "None",
           f"{overlay}: headless Services for the nodes")
     check("pdserve-router" in services, f"{overlay}: a Service for the router")
+    # Router replicas over one node pool: >= 2, a PDB that keeps one, and
+    # nodes that register with every replica through a headless Service
+    # publishing not-ready pods (a router is ready only once nodes registered).
+    router = roles.get("router", {}).get("spec", {})
+    check(router.get("replicas", 1) >= 2, f"{overlay}: the router runs >= 2 replicas")
+    router_pdb = [p["spec"] for p in by_kind.get("PodDisruptionBudget", [])
+                  if p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "router"]
+    check(len(router_pdb) == 1 and (router_pdb[0].get("minAvailable") == 1
+                                    or router_pdb[0].get("maxUnavailable") == 1),
+          f"{overlay}: the router PDB keeps one replica up")
+    for role in ("prefill", "decode"):
+        if role not in roles:
+            continue
+        args = roles[role]["spec"]["template"]["spec"]["containers"][0]["args"]
+        value = next((a.split("=", 1)[1] for a in args if a.startswith("--router-service=")), None)
+        check(value is not None, f"{overlay}/{role}: registers through --router-service")
+        if value is None:
+            continue
+        for var in re.findall(r"\$\(([A-Z_]+)\)", value):
+            value = value.replace(f"$({var})", config.get(var, ""))
+        name = value.split(":")[0].split(".")[0]
+        svc = services.get(name, {})
+        check(svc.get("clusterIP") == "None" and svc.get("publishNotReadyAddresses") is True
+              and svc.get("selector", {}).get("app.kubernetes.io/component") == "router",
+              f"{overlay}/{role}: {name} is a headless Service over the router pods, not-ready ones too")
     exported = metric_names(root)
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in by_kind.get("HorizontalPodAutoscaler", [])}
     for target, want in (("pdserve-prefill", "pdserve_queued_prefill_tokens"),

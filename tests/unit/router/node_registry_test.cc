@@ -179,5 +179,74 @@ TEST(NodeRegistryTest, ANewRegistrationStartsInRotation) {
   EXPECT_FALSE(View(r, "d").suspect);
 }
 
+// Two routers over one node: each sees the other's work only through the
+// node's reported commitments. A router counts its own reservations on top
+// of the last report until a report has had time to include them, and its
+// releases likewise, so neither overcommits nor double counts for long.
+TEST(NodeRegistryTest, CapacityFollowsTheNodesReportedCommitments) {
+  NodeRegistry r(absl::Seconds(30), absl::Seconds(2), /*report_lag=*/absl::Milliseconds(100));
+  auto lease = r.Register(Info("d", v1::NODE_ROLE_DECODE, kDeadAddress), Load(100));
+  ASSERT_TRUE(lease.ok());
+  const uint64_t epoch = View(r, "d").epoch;
+
+  // Another router's requests hold 60 blocks: only 40 are left for ours.
+  v1::NodeLoad other = Load(100);
+  other.set_committed_kv_blocks(60);
+  ASSERT_TRUE(r.Heartbeat("d", *lease, other).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 40);
+  ASSERT_TRUE(r.Register(Info("p", v1::NODE_ROLE_PREFILL, kDeadAddress), Load(100)).ok());
+  RequestShape fits, too_big;
+  fits.blocks_needed = 40;
+  too_big.blocks_needed = 41;
+  LeastLoadedPolicy policy;
+  EXPECT_TRUE(policy.Select(fits, r.Snapshot()).ok());
+  EXPECT_FALSE(policy.Select(too_big, r.Snapshot()).ok()) << "41 blocks on a node with 40 free";
+
+  // Ours: counted at once, before any report shows it.
+  r.AddWork("d", epoch, 30, 0);
+  EXPECT_EQ(View(r, "d").free_blocks(), 10);
+  // A report sent right away may predate our admission: still counted.
+  ASSERT_TRUE(r.Heartbeat("d", *lease, other).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 10);
+  // A later report includes it: counted once, not twice.
+  absl::SleepFor(absl::Milliseconds(150));
+  v1::NodeLoad both = Load(100);
+  both.set_committed_kv_blocks(90);
+  ASSERT_TRUE(r.Heartbeat("d", *lease, both).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 10);
+
+  // Our request ends: free at once, though the node still reports it.
+  r.DoneWork("d", epoch, 30);
+  EXPECT_EQ(View(r, "d").free_blocks(), 40);
+  ASSERT_TRUE(r.Heartbeat("d", *lease, both).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 40);
+  absl::SleepFor(absl::Milliseconds(150));
+  ASSERT_TRUE(r.Heartbeat("d", *lease, other).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 40);
+
+  // The other router's work ends too; a stale release never makes room
+  // the node does not have, nor goes below zero.
+  ASSERT_TRUE(r.Heartbeat("d", *lease, Load(100)).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 100);
+  r.DoneWork("d", epoch, 30);
+  EXPECT_EQ(View(r, "d").committed_blocks, 0);
+  EXPECT_EQ(View(r, "d").free_blocks(), 100);
+  v1::NodeLoad over = Load(100);
+  over.set_committed_kv_blocks(130);  // overcommitted (a router that knew less)
+  ASSERT_TRUE(r.Heartbeat("d", *lease, over).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 0);
+}
+
+TEST(NodeRegistryTest, ANewRegistrationForgetsUnreportedWork) {
+  NodeRegistry r(absl::Milliseconds(50), absl::Seconds(2), absl::Seconds(10));
+  auto lease = r.Register(Info("d", v1::NODE_ROLE_DECODE, kDeadAddress), Load(100));
+  ASSERT_TRUE(lease.ok());
+  r.AddWork("d", View(r, "d").epoch, 30, 0);
+  EXPECT_EQ(View(r, "d").free_blocks(), 70);
+  absl::SleepFor(absl::Milliseconds(100));  // expired: a restarted process registers
+  ASSERT_TRUE(r.Register(Info("d", v1::NODE_ROLE_DECODE, kDeadAddress), Load(100)).ok());
+  EXPECT_EQ(View(r, "d").free_blocks(), 100);
+}
+
 }  // namespace
 }  // namespace pdserve::router
