@@ -223,8 +223,8 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   if (std::string warning = security->NodeAuthWarning(); !warning.empty()) {
     PDS_LOG(WARNING) << "router: " << warning;
   }
-  r->registry_->SetChannelFactory([peer = security->ForPeers()](const std::string& address) {
-    return rpc::MakeChannel(address, peer);
+  r->registry_->SetClientFactory([peer = security->ForPeers()](const std::string& address) {
+    return std::make_shared<GrpcNodeClient>(rpc::MakeChannel(address, peer));
   });
   ctx.registry = r->registry_.get();
   r->dispatcher_ = std::make_unique<Dispatcher>(&ctx, std::make_unique<LeastLoadedPolicy>());
