@@ -357,7 +357,7 @@ void GenerateCall::OnPrefillDone(Attempt* attempt, const absl::Status& status,
       } else {
         NodeFailedLocked(named, ErrorKind::kPrefillFailed);
       }
-    } else if (!attempt->admitted) {
+    } else if (!attempt->admitted && !attempt->node_done) {
       attempt->first_pending = true;  // sent when the decode node admits
     } else {
       FirstTokenLocked(attempt);
@@ -403,6 +403,9 @@ void GenerateCall::FirstTokenLocked(Attempt* attempt) {
       if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
       if (ev.has_complete()) CompleteLocked(ev.complete());
     }
+    if (!done_ && attempt->node_done) {
+      FailLocked(absl::InternalError("node stream ended without a result"), ErrorKind::kInternal);
+    }
   }
 }
 
@@ -425,6 +428,17 @@ void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
                                                              : ErrorKind::kDecodeFailed);
     } else if (!first_sent_) {
       held_.push_back(ev);
+      // Tokens or a result from the decode node mean it admitted the
+      // request: its `admitted` event can come after them, or not at all
+      // when the whole stream ended first (a short request whose KV landed
+      // before the node wrote it).
+      if (!attempt->admitted && (ev.has_chunk() || ev.has_complete())) {
+        attempt->admitted = true;
+        if (attempt->first_pending) {
+          attempt->first_pending = false;
+          FirstTokenLocked(attempt);
+        }
+      }
     } else {
       if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
       if (ev.has_complete()) CompleteLocked(ev.complete());
@@ -446,8 +460,14 @@ void GenerateCall::OnNodeDone(Attempt* attempt, const absl::Status& status) {
                                                                         : ErrorKind::kDecodeFailed);
     } else if (first_sent_ && held_.empty()) {
       FailLocked(absl::InternalError("node stream ended without a result"), ErrorKind::kInternal);
+    } else {
+      // The prefill reply finishes it with the held events.
+      attempt->node_done = true;
+      if (attempt->first_pending) {
+        attempt->first_pending = false;
+        FirstTokenLocked(attempt);
+      }
     }
-    // Else the prefill reply will finish it.
   }
   RunPosted();
 }

@@ -132,6 +132,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     // can still be retried elsewhere with nothing streamed.
     bool admitted = false;
     bool first_pending = false;  // the prefill reply came before `admitted`
+    bool node_done = false;      // the decode stream ended OK before token #1 went out
   };
 
   // Node-call events (NodeClient threads), for the attempt that made the call.

@@ -316,6 +316,54 @@ TEST_F(RouterFixture, PairStreamsTokensInOrderAndReturnsCapacity) {
   ExpectCapacityBack();
 }
 
+// A short request whose KV lands before the decode node writes `admitted`:
+// the node's whole stream (tokens, result, OK) can come before `admitted`,
+// or without it, and before the prefill reply. Seen in-process.
+TEST_F(RouterFixture, DecodeStreamThatEndsBeforeAdmittedAndBeforeTokenOneStillCompletes) {
+  auto p = AddNode("prefill-0", v1::NODE_ROLE_PREFILL);
+  auto d = AddNode("decode-0", v1::NODE_ROLE_DECODE);
+  for (bool prefill_first : {false, true}) {
+    auto sink = std::make_shared<RecordingSink>();
+    auto call = Start(sink, /*max_tokens=*/3);
+    const int i = prefill_first ? 1 : 0;
+    std::shared_ptr<FakeNodeCall> pc = p->WaitForCall(Kind::kPrefill, i);
+    std::shared_ptr<FakeNodeCall> ac = d->WaitForCall(Kind::kAdmit, i);
+    ASSERT_NE(pc, nullptr);
+    ASSERT_NE(ac, nullptr);
+    if (prefill_first) pc->Reply(FirstToken(30));
+    ac->Event(Chunk({31}));
+    ac->Event(Chunk({32}));
+    ac->Event(Done(v1::FINISH_REASON_LENGTH, 3));
+    ac->Finish(absl::OkStatus());
+    if (!prefill_first) pc->Reply(FirstToken(30));
+    std::optional<grpc::Status> s = sink->Wait();
+    ASSERT_TRUE(s.has_value()) << "the call hung (prefill first: " << prefill_first << ")";
+    EXPECT_TRUE(s->ok()) << s->error_message();
+    EXPECT_THAT(sink->tokens(), ElementsAre(30, 31, 32));
+    EXPECT_TRUE(sink->complete().has_value());
+    ExpectCapacityBack();
+  }
+}
+
+// The decode stream ends OK with no result: an error, not a hang.
+TEST_F(RouterFixture, DecodeStreamWithoutAResultFailsTheCall) {
+  auto p = AddNode("prefill-0", v1::NODE_ROLE_PREFILL);
+  auto d = AddNode("decode-0", v1::NODE_ROLE_DECODE);
+  auto sink = std::make_shared<RecordingSink>();
+  auto call = Start(sink);
+  std::shared_ptr<FakeNodeCall> pc = p->WaitForCall(Kind::kPrefill, 0);
+  std::shared_ptr<FakeNodeCall> ac = d->WaitForCall(Kind::kAdmit, 0);
+  ASSERT_NE(pc, nullptr);
+  ASSERT_NE(ac, nullptr);
+  ac->Event(Admitted());
+  ac->Finish(absl::OkStatus());
+  pc->Reply(FirstToken(30));
+  std::optional<grpc::Status> s = sink->Wait();
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->error_code(), grpc::StatusCode::INTERNAL) << s->error_message();
+  ExpectCapacityBack();
+}
+
 TEST_F(RouterFixture, RefusedDecodeNodeIsRetriedOnAnotherPair) {
   auto p = AddNode("prefill-0", v1::NODE_ROLE_PREFILL);
   auto bad = AddNode("decode-a", v1::NODE_ROLE_DECODE);
