@@ -103,6 +103,34 @@ std::shared_ptr<NodeCall> GrpcNodeClient::Generate(const v1::NodeRequest& reques
   return call;
 }
 
+namespace {
+// One unary poll (GetInfo, GetLoad); the gRPC callback holds it.
+template <typename Response>
+struct GrpcPoll {
+  grpc::ClientContext ctx;
+  v1::GetLoadRequest request;
+  Response response;
+};
+}  // namespace
+
+void GrpcNodeClient::GetInfo(const NodeCallOptions& options, InfoDone done) {
+  auto poll = std::make_shared<GrpcPoll<v1::NodeInfo>>();
+  Prepare(options, &poll->ctx);
+  stub_->async()->GetInfo(&poll->ctx, &poll->request, &poll->response,
+                          [poll, done = std::move(done)](grpc::Status status) {
+                            done(rpc::FromGrpc(status), poll->response);
+                          });
+}
+
+void GrpcNodeClient::GetLoad(const NodeCallOptions& options, LoadDone done) {
+  auto poll = std::make_shared<GrpcPoll<v1::NodeLoad>>();
+  Prepare(options, &poll->ctx);
+  stub_->async()->GetLoad(&poll->ctx, &poll->request, &poll->response,
+                          [poll, done = std::move(done)](grpc::Status status) {
+                            done(rpc::FromGrpc(status), poll->response);
+                          });
+}
+
 bool GrpcNodeClient::Connected() const { return channel_->GetState(false) == GRPC_CHANNEL_READY; }
 
 }  // namespace pdserve::router

@@ -54,6 +54,12 @@ class NodeClient {
   virtual std::shared_ptr<NodeCall> Generate(const v1::NodeRequest& request,
                                              const NodeCallOptions& options, OnEvent on_event,
                                              Done done) = 0;
+  // The node's identity and its load now (static nodes, which do not
+  // register, are polled with these).
+  using InfoDone = std::function<void(const absl::Status&, const v1::NodeInfo&)>;
+  using LoadDone = std::function<void(const absl::Status&, const v1::NodeLoad&)>;
+  virtual void GetInfo(const NodeCallOptions& options, InfoDone done) = 0;
+  virtual void GetLoad(const NodeCallOptions& options, LoadDone done) = 0;
   // Whether the connection to the node is up now. A call that failed
   // UNAVAILABLE on a connected node was refused by the node itself
   // (draining), not lost in the network.
@@ -70,6 +76,8 @@ class GrpcNodeClient final : public NodeClient {
                                   OnEvent on_event, Done done) override;
   std::shared_ptr<NodeCall> Generate(const v1::NodeRequest& request, const NodeCallOptions& options,
                                      OnEvent on_event, Done done) override;
+  void GetInfo(const NodeCallOptions& options, InfoDone done) override;
+  void GetLoad(const NodeCallOptions& options, LoadDone done) override;
   bool Connected() const override;
 
  private:

@@ -426,5 +426,42 @@ TEST(InProcessClusterTest, DroppedDecodeNodeLeavesTrafficOnTheOther) {
   EXPECT_TRUE(c->WaitForRouterIdle());
 }
 
+// Nodes that do not register: the router polls them (GetInfo, GetLoad
+// through its NodeClient) and serves with them.
+TEST(InProcessClusterTest, StaticNodesArePolledAndServe) {
+  std::shared_ptr<const Model> model(Model::Load(ModelPath()).value());
+  std::vector<std::unique_ptr<node::NodeServer>> nodes;
+  router::RouterOptions ro;
+  for (node::NodeRole role : {node::NodeRole::kPrefill, node::NodeRole::kDecode}) {
+    node::NodeOptions o;
+    o.role = role;
+    o.listen = "127.0.0.1:0";
+    o.kv_transport = "tcp";
+    o.engine.n_threads = 1;
+    o.engine.kv_cache_bytes = 4 << 20;
+    absl::StatusOr<std::unique_ptr<node::NodeServer>> n = node::NodeServer::Start(o, model);
+    ASSERT_TRUE(n.ok()) << n.status();
+    ro.static_nodes.push_back((*n)->address());
+    nodes.push_back(std::move(*n));
+  }
+  ro.model_path = ModelPath();
+  ro.listen = "127.0.0.1:0";
+  ro.heartbeat_interval_ms = 100;  // polled every 50 ms
+  absl::StatusOr<std::unique_ptr<router::RouterServer>> r = router::RouterServer::Start(ro);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*r)->registry().size() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ((*r)->registry().size(), 2u);
+  auto generation = v1::Generation::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*r)->port()), grpc::InsecureChannelCredentials()));
+  StreamResult got = Generate(*generation, Greedy("Hello", 4), absl::Seconds(30));
+  EXPECT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_EQ(got.token_ids.size(), 4u);
+  (*r)->Shutdown(absl::ZeroDuration());
+  for (auto& n : nodes) n->Shutdown(absl::ZeroDuration());
+}
+
 }  // namespace
 }  // namespace pdserve

@@ -157,6 +157,35 @@ class FakeNodeClient : public NodeClient {
     call->done = std::move(done);
     return Started(call);
   }
+  // Polls answer with what set_info/set_load gave (UNAVAILABLE when refused).
+  void GetInfo(const NodeCallOptions&, InfoDone done) override {
+    absl::Status s;
+    v1::NodeInfo value;
+    {
+      absl::MutexLock lock(&mu_);
+      if (refuse_) s = absl::UnavailableError("Connection refused");
+      value = info_;
+    }
+    done(s, value);
+  }
+  void GetLoad(const NodeCallOptions&, LoadDone done) override {
+    absl::Status s;
+    v1::NodeLoad value;
+    {
+      absl::MutexLock lock(&mu_);
+      if (refuse_) s = absl::UnavailableError("Connection refused");
+      value = load_;
+    }
+    done(s, value);
+  }
+  void set_info(const v1::NodeInfo& info) {
+    absl::MutexLock lock(&mu_);
+    info_ = info;
+  }
+  void set_load(const v1::NodeLoad& load) {
+    absl::MutexLock lock(&mu_);
+    load_ = load;
+  }
   bool Connected() const override {
     absl::MutexLock lock(&mu_);
     return !refuse_;
@@ -205,6 +234,8 @@ class FakeNodeClient : public NodeClient {
   mutable absl::Mutex mu_;
   bool refuse_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  v1::NodeInfo info_ ABSL_GUARDED_BY(mu_);
+  v1::NodeLoad load_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<FakeNodeCall>> calls_ ABSL_GUARDED_BY(mu_);
 };
 
