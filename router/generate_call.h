@@ -22,6 +22,12 @@
 // stays the client's. At most RouterConfig::max_retries migrations; each is a
 // "router.migrate" stage and counts in pdserve:router_migrations_total.
 //
+// Seams: the nodes are reached through NodeClient (router/node_client.h;
+// gRPC in production, a scripted fake in tests/unit/router), the capacity
+// an attempt reserved is its Placement (router/placement.h: given back once),
+// and what a finished call reports is written by CallRecorder
+// (router/call_recorder.h).
+//
 // Locking: mu_ guards the state. Nothing that can call back into the call
 // (the response sink, whose overflow cancels the call; gRPC's StartCall and
 // TryCancel; Dispatcher::Enqueue) runs under mu_: such work is posted with
