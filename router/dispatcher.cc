@@ -6,6 +6,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "router/generate_call.h"
+#include "router/placement.h"
 
 namespace pdserve::router {
 
@@ -134,14 +135,9 @@ void Dispatcher::DispatchReady() {
                    << (sel.mixed ? sel.mixed->id : sel.prefill->id + " -> " + sel.decode->id)
                    << " in " << cost_ns / 1000.0 << " us over " << nodes.size() << " nodes";
     if (!Remove(call.get())) continue;  // cancelled meanwhile
-    const int32_t blocks = call->shape().blocks_needed;
-    if (sel.mixed) {
-      ctx_->registry->AddWork(sel.mixed->id, sel.mixed->epoch, blocks, 0);
-    } else {
-      ctx_->registry->AddWork(sel.decode->id, sel.decode->epoch, blocks, 0);
-      ctx_->registry->AddWork(sel.prefill->id, sel.prefill->epoch, 0, call->shape().prompt_tokens);
-    }
-    call->Dispatch(sel);
+    // The call owns the reservation from here: it gives it back exactly once.
+    call->Dispatch(sel, Placement::Reserve(ctx_->registry, sel, call->shape().blocks_needed,
+                                           call->shape().prompt_tokens));
   }
 }
 

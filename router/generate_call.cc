@@ -5,6 +5,8 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/secure_random.h"
@@ -18,32 +20,6 @@ namespace {
 
 using tracing::ErrorKind;
 using tracing::Stage;
-
-// Reads a node's DecodeEvent stream (decode Admit or mixed Generate) into
-// the call. Deletes itself when the stream ends.
-class EventReader : public grpc::ClientReadReactor<v1::DecodeEvent> {
- public:
-  EventReader(std::shared_ptr<GenerateCall> call, std::shared_ptr<GenerateCall::Attempt> attempt)
-      : call_(std::move(call)), attempt_(std::move(attempt)) {}
-  void Begin() {
-    StartRead(&event_);
-    StartCall();
-  }
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows
-    call_->OnNodeEvent(attempt_.get(), event_);
-    StartRead(&event_);
-  }
-  void OnDone(const grpc::Status& status) override {
-    call_->OnNodeDone(attempt_.get(), status);
-    delete this;
-  }
-
- private:
-  std::shared_ptr<GenerateCall> call_;
-  std::shared_ptr<GenerateCall::Attempt> attempt_;  // owns the context the call uses
-  v1::DecodeEvent event_;
-};
 
 ErrorKind KindFor(const absl::Status& s) {
   switch (s.code()) {
@@ -71,9 +47,7 @@ bool Retryable(absl::StatusCode code) {
          code == absl::StatusCode::kDataLoss;
 }
 
-std::chrono::system_clock::time_point DeadlineIn(int64_t ms) {
-  return std::chrono::system_clock::now() + std::chrono::milliseconds(ms);
-}
+absl::Time DeadlineIn(int64_t ms) { return absl::Now() + absl::Milliseconds(ms); }
 
 std::optional<std::string_view> Traceparent(const grpc::CallbackServerContext* ctx) {
   const auto& md = ctx->client_metadata();
@@ -85,7 +59,7 @@ std::optional<std::string_view> Traceparent(const grpc::CallbackServerContext* c
 }  // namespace
 
 GenerateCall::GenerateCall(RouterContext* ctx, int64_t arrival_ns)
-    : ctx_(ctx), arrival_ns_(arrival_ns) {}
+    : ctx_(ctx), recorder_(ctx), arrival_ns_(arrival_ns) {}
 
 namespace {
 // The gRPC stream as a ResponseSink.
@@ -243,24 +217,16 @@ void GenerateCall::SendLocked(v1::GenerateResponse response) {
   PostLocked([this, r] { out_->Write(std::move(*r)); });
 }
 
-void GenerateCall::Dispatch(const Selection& sel) {
+void GenerateCall::Dispatch(const Selection& sel, Placement placement) {
   std::shared_ptr<GenerateCall> self = shared_from_this();
   {
     absl::MutexLock lock(&mu_);
     ctx_->metrics.num_requests_waiting->Add(-1);
-    if (done_) {  // cancelled while the dispatcher chose: give the capacity back
-      if (sel.mixed)
-        ctx_->registry->DoneWork(sel.mixed->id, sel.mixed->epoch, shape_.blocks_needed);
-      if (sel.decode) {
-        ctx_->registry->DoneWork(sel.decode->id, sel.decode->epoch, shape_.blocks_needed);
-      }
-      if (sel.prefill) {
-        ctx_->registry->DonePrefill(sel.prefill->id, sel.prefill->epoch, shape_.prompt_tokens);
-      }
-      return;
-    }
+    // Cancelled while the dispatcher chose: `placement` gives the capacity back.
+    if (done_) return;
     auto attempt = std::make_shared<Attempt>();
     attempt->number = n_attempts_++;
+    attempt->placement = std::move(placement);
     // Each attempt has its own id on the nodes: a node may still be
     // aborting the failed attempt's request when the retry reaches it.
     attempt->node_req = node_req_;
@@ -286,8 +252,7 @@ void GenerateCall::Dispatch(const Selection& sel) {
       const int64_t queued_from = timeline_.Get(Stage::kRouterTokenize)->end_offset_ns();
       timeline_.Record(Stage::kRouterQueue,
                        {queued_from, dispatch_ns_ - arrival_ns_ - queued_from});
-      ctx_->metrics.request_queue_time_seconds->Observe((dispatch_ns_ - arrival_ns_) * 1e-9 -
-                                                        queued_from * 1e-9);
+      recorder_.Queued(dispatch_ns_ - arrival_ns_ - queued_from);
     } else {
       // Node stages of this attempt count from its own dispatch.
       dispatch_ns_ = now;
@@ -306,24 +271,28 @@ void GenerateCall::Dispatch(const Selection& sel) {
     const int64_t node_budget_ms =
         prefill_budget_ms +
         ctx_->config.decode_ms_per_token * int64_t{attempt->node_req.stop().max_tokens()};
+    NodeCallOptions node_opts;
+    node_opts.traceparent = traceparent;
+    node_opts.deadline = DeadlineIn(node_budget_ms);
+    Attempt* const a = attempt.get();
+    // The node calls' callbacks hold the call and the attempt until they ran.
+    auto on_event = [self, attempt](const v1::DecodeEvent& ev) {
+      self->OnNodeEvent(attempt.get(), ev);
+    };
+    auto on_done = [self, attempt](const absl::Status& st) { self->OnNodeDone(attempt.get(), st); };
 
     if (sel.mixed) {
       mixed_ = true;
       attempt->mixed = true;
       decode_id_ = sel.mixed->id;
       attempt->decode_id = decode_id_;
-      attempt->decode_epoch = sel.mixed->epoch;
       first_sent_ = true;  // a mixed node streams token #1 itself
-      auto stub = ctx_->registry->Stub(decode_id_);
-      if (!stub) {
+      std::shared_ptr<NodeClient> client = ctx_->registry->Client(decode_id_);
+      if (!client) {
         NodeFailedLocked(absl::UnavailableError("node left"), ErrorKind::kUnavailable);
       } else {
-        attempt->node_ctx.AddMetadata("traceparent", traceparent);
-        attempt->node_ctx.set_deadline(DeadlineIn(node_budget_ms));
-        PostLocked([this, self, attempt, stub] {
-          auto* reader = new EventReader(self, attempt);
-          stub->async()->Generate(&attempt->node_ctx, &attempt->node_req, reader);
-          reader->Begin();
+        PostLocked([a, client, node_opts, on_event, on_done] {
+          a->node_call = client->Generate(a->node_req, node_opts, on_event, on_done);
         });
       }
     } else {
@@ -331,12 +300,10 @@ void GenerateCall::Dispatch(const Selection& sel) {
       decode_id_ = sel.decode->id;
       attempt->prefill_id = prefill_id_;
       attempt->decode_id = decode_id_;
-      attempt->prefill_epoch = sel.prefill->epoch;
-      attempt->decode_epoch = sel.decode->epoch;
-      auto p_stub = ctx_->registry->Stub(prefill_id_);
-      auto d_stub = ctx_->registry->Stub(decode_id_);
-      if (!p_stub || !d_stub) {
-        ctx_->registry->DonePrefill(prefill_id_, attempt->prefill_epoch, shape_.prompt_tokens);
+      std::shared_ptr<NodeClient> p_client = ctx_->registry->Client(prefill_id_);
+      std::shared_ptr<NodeClient> d_client = ctx_->registry->Client(decode_id_);
+      if (!p_client || !d_client) {
+        attempt->placement.ReleasePrefill();
         NodeFailedLocked(absl::UnavailableError("node left"), ErrorKind::kUnavailable);
       } else {
         ctx_->registry->RememberPrefix(prefill_id_, shape_.prefix_hashes);
@@ -346,27 +313,28 @@ void GenerateCall::Dispatch(const Selection& sel) {
         const std::string kv_secret = SecureRandomSecret128();
         // Admit and Prefill go out together: the decode node reserves blocks while
         // the prefill node computes, and the KV lands straight in those blocks.
-        *attempt->admit_req.mutable_request() = attempt->node_req;
-        attempt->admit_req.set_transfer_id(xfer);
-        attempt->admit_req.set_kv_secret(kv_secret);
-        attempt->admit_req.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
-        attempt->node_ctx.AddMetadata("traceparent", traceparent);
-        attempt->node_ctx.set_deadline(DeadlineIn(node_budget_ms));
+        auto admit_req = std::make_shared<v1::AdmitRequest>();
+        *admit_req->mutable_request() = attempt->node_req;
+        admit_req->set_transfer_id(xfer);
+        admit_req->set_kv_secret(kv_secret);
+        admit_req->set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
 
-        *attempt->prefill_req.mutable_request() = attempt->node_req;
-        attempt->prefill_req.set_kv_endpoint(sel.decode->kv_endpoint);
-        attempt->prefill_req.set_transfer_id(xfer);
-        attempt->prefill_req.set_kv_secret(kv_secret);
-        attempt->prefill_req.set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
-        attempt->prefill_ctx.AddMetadata("traceparent", traceparent);
-        attempt->prefill_ctx.set_deadline(DeadlineIn(prefill_budget_ms));
-        PostLocked([self, attempt, d_stub, p_stub] {
-          auto* reader = new EventReader(self, attempt);
-          d_stub->async()->Admit(&attempt->node_ctx, &attempt->admit_req, reader);
-          reader->Begin();
-          p_stub->async()->Prefill(
-              &attempt->prefill_ctx, &attempt->prefill_req, &attempt->prefill_resp,
-              [self, attempt](grpc::Status s) { self->OnPrefillDone(attempt.get(), s); });
+        auto prefill_req = std::make_shared<v1::PrefillRequest>();
+        *prefill_req->mutable_request() = attempt->node_req;
+        prefill_req->set_kv_endpoint(sel.decode->kv_endpoint);
+        prefill_req->set_transfer_id(xfer);
+        prefill_req->set_kv_secret(kv_secret);
+        prefill_req->set_kv_deadline_ms(ctx_->config.kv_deadline_ms);
+        NodeCallOptions prefill_opts = node_opts;
+        prefill_opts.deadline = DeadlineIn(prefill_budget_ms);
+        PostLocked([self, attempt, a, d_client, p_client, admit_req, prefill_req, node_opts,
+                    prefill_opts, on_event, on_done] {
+          a->node_call = d_client->Admit(*admit_req, node_opts, on_event, on_done);
+          a->prefill_call = p_client->Prefill(
+              *prefill_req, prefill_opts,
+              [self, attempt](const absl::Status& st, const v1::PrefillResponse& resp) {
+                self->OnPrefillDone(attempt.get(), st, resp);
+              });
         });
       }
     }
@@ -374,23 +342,25 @@ void GenerateCall::Dispatch(const Selection& sel) {
   RunPosted();
 }
 
-void GenerateCall::OnPrefillDone(Attempt* attempt, const grpc::Status& status) {
+void GenerateCall::OnPrefillDone(Attempt* attempt, const absl::Status& status,
+                                 const v1::PrefillResponse& response) {
   {
     absl::MutexLock lock(&mu_);
     // The prefill tokens come back whatever happened, to the attempt's registration.
-    ctx_->registry->DonePrefill(attempt->prefill_id, attempt->prefill_epoch, shape_.prompt_tokens);
+    attempt->placement.ReleasePrefill();
     attempt->prefill_replied = true;
+    attempt->prefill_resp = response;
     if (done_ || !Current(attempt)) {
       // Fall through to RunPosted: nothing to do.
     } else if (!status.ok()) {
-      absl::Status s = rpc::FromGrpc(status);
+      const absl::Status& s = status;
       absl::Status named(s.code(), absl::StrCat("prefill node ", prefill_id_, ": ", s.message()));
       if (s.code() == absl::StatusCode::kInvalidArgument) {
         FailLocked(named, ErrorKind::kInvalidRequest);
       } else {
         NodeFailedLocked(named, ErrorKind::kPrefillFailed);
       }
-    } else if (!attempt->admitted) {
+    } else if (!attempt->admitted && !attempt->node_done) {
       attempt->first_pending = true;  // sent when the decode node admits
     } else {
       FirstTokenLocked(attempt);
@@ -453,6 +423,9 @@ void GenerateCall::FirstTokenLocked(Attempt* attempt) {
       if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
       if (ev.has_complete()) CompleteLocked(ev.complete());
     }
+    if (!done_ && attempt->node_done) {
+      FailLocked(absl::InternalError("node stream ended without a result"), ErrorKind::kInternal);
+    }
   }
 }
 
@@ -475,6 +448,17 @@ void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
                                                              : ErrorKind::kDecodeFailed);
     } else if (!first_sent_) {
       held_.push_back(ev);
+      // Tokens or a result from the decode node mean it admitted the
+      // request: its `admitted` event can come after them, or not at all
+      // when the whole stream ended first (a short request whose KV landed
+      // before the node wrote it).
+      if (!attempt->admitted && (ev.has_chunk() || ev.has_complete())) {
+        attempt->admitted = true;
+        if (attempt->first_pending) {
+          attempt->first_pending = false;
+          FirstTokenLocked(attempt);
+        }
+      }
     } else {
       if (ev.has_chunk()) WriteChunkLocked(ev.chunk());
       if (ev.has_complete()) CompleteLocked(ev.complete());
@@ -483,21 +467,27 @@ void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
   RunPosted();
 }
 
-void GenerateCall::OnNodeDone(Attempt* attempt, const grpc::Status& status) {
+void GenerateCall::OnNodeDone(Attempt* attempt, const absl::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     if (done_ || !Current(attempt)) {
       // Over already, or superseded.
     } else if (!status.ok()) {
-      absl::Status s = rpc::FromGrpc(status);
+      const absl::Status& s = status;
       NodeFailedLocked(absl::Status(s.code(), absl::StrCat(mixed_ ? "node " : "decode node ",
                                                            decode_id_, ": ", s.message())),
                        s.code() == absl::StatusCode::kResourceExhausted ? ErrorKind::kOverloaded
                                                                         : ErrorKind::kDecodeFailed);
     } else if (first_sent_ && held_.empty()) {
       FailLocked(absl::InternalError("node stream ended without a result"), ErrorKind::kInternal);
+    } else {
+      // The prefill reply finishes it with the held events.
+      attempt->node_done = true;
+      if (attempt->first_pending) {
+        attempt->first_pending = false;
+        FirstTokenLocked(attempt);
+      }
     }
-    // Else the prefill reply will finish it.
   }
   RunPosted();
 }
@@ -506,12 +496,9 @@ void GenerateCall::ReportNodeFailuresLocked(const absl::Status& status) {
   if (!attempt_ || !Retryable(status.code())) return;
   // Both nodes: when the decode node dies, the prefill node's KV send may
   // fail first; a node whose connection is fine is not marked.
-  if (!attempt_->prefill_id.empty()) {
-    ctx_->registry->ReportFailure(attempt_->prefill_id, attempt_->prefill_epoch);
-  }
-  if (!attempt_->decode_id.empty()) {
-    ctx_->registry->ReportFailure(attempt_->decode_id, attempt_->decode_epoch);
-  }
+  const Placement& p = attempt_->placement;
+  if (!p.prefill_id().empty()) ctx_->registry->ReportFailure(p.prefill_id(), p.prefill_epoch());
+  if (!p.decode_id().empty()) ctx_->registry->ReportFailure(p.decode_id(), p.decode_epoch());
 }
 
 void GenerateCall::NodeFailedLocked(const absl::Status& status, ErrorKind kind) {
@@ -626,21 +613,19 @@ void GenerateCall::NodeLost(const std::string& node_id, const absl::Status& why)
 
 void GenerateCall::CancelNodeCallsLocked() {
   if (!attempt_) return;
-  // TryCancel can run the node call's callbacks, which take mu_: after unlocking.
+  // Cancel can run the node call's callbacks, which take mu_: after unlocking,
+  // and after the posted work that started the calls.
   PostLocked([a = attempt_] {
-    a->prefill_ctx.TryCancel();
-    a->node_ctx.TryCancel();
+    if (a->prefill_call) a->prefill_call->Cancel();
+    if (a->node_call) a->node_call->Cancel();
   });
 }
 
 void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
   const int64_t now = MonoNowNs();
-  if (first_chunk_ns_ == 0) {
-    first_chunk_ns_ = now;
-    ctx_->metrics.time_to_first_token_seconds->Observe((now - arrival_ns_) * 1e-9);
-  } else {
-    ctx_->metrics.inter_token_latency_seconds->Observe((now - last_chunk_ns_) * 1e-9);
-  }
+  const bool first = first_chunk_ns_ == 0;
+  recorder_.Chunk(first, first ? now - arrival_ns_ : now - last_chunk_ns_, chunk.token_ids_size());
+  if (first) first_chunk_ns_ = now;
   last_chunk_ns_ = now;
   completion_tokens_ += chunk.token_ids_size();
   sent_tokens_.insert(sent_tokens_.end(), chunk.token_ids().begin(), chunk.token_ids().end());
@@ -653,7 +638,6 @@ void GenerateCall::WriteChunkLocked(v1::Chunk chunk) {
   chunk.mutable_usage()->set_prompt_tokens(shape_.prompt_tokens);
   chunk.mutable_usage()->set_completion_tokens(completion_tokens_);
   chunk.mutable_usage()->set_cached_prompt_tokens(cached_tokens_);
-  ctx_->metrics.generation_tokens_total->Increment(chunk.token_ids_size());
   v1::GenerateResponse r;
   r.set_request_id(client_id_);
   *r.mutable_chunk() = std::move(chunk);
@@ -698,57 +682,25 @@ void GenerateCall::CompleteLocked(const v1::Complete& node_complete) {
   timings->set_ttft_ns(first_chunk_ns_ ? first_chunk_ns_ - arrival_ns_ : 0);
   timings->set_e2e_ns(now - arrival_ns_);
 
-  const double e2e = (now - arrival_ns_) * 1e-9;
-  ctx_->metrics.e2e_request_latency_seconds->Observe(e2e);
-  if (completion_tokens_ > 1) {
-    ctx_->metrics.request_time_per_output_token_seconds->Observe((now - first_chunk_ns_) * 1e-9 /
-                                                                 (completion_tokens_ - 1));
-  }
-  ctx_->metrics.prompt_tokens_total->Increment(shape_.prompt_tokens);
-  const v1::FinishReason fr = c->finish_reason();
-  ctx_->metrics
-      .success(fr == v1::FINISH_REASON_LENGTH  ? tracing::FinishReason::kLength
-               : fr == v1::FINISH_REASON_ABORT ? tracing::FinishReason::kAbort
-                                               : tracing::FinishReason::kStop)
-      .Increment();
-  tracing::StageTimeline router_only;
-  for (Stage s : {Stage::kRouterTokenize, Stage::kRouterQueue}) {
-    if (auto iv = timeline_.Get(s)) router_only.Record(s, *iv);
-  }
-  ctx_->metrics.ObserveStages(router_only);
-  const std::string trace_id = span_.trace_id.ToHex();
-  if (ctx_->timing_log != nullptr) {
-    const std::string line = tracing::RequestTimingLogLine(spec_.id, trace_id, timeline_) + "\n";
-    absl::MutexLock log_lock(&ctx_->timing_log_mu);
-    std::fwrite(line.data(), 1, line.size(), ctx_->timing_log);
-    std::fflush(ctx_->timing_log);
-  }
-  if (ctx_->spans != nullptr && span_.sampled()) {
-    tracing::Span root;
-    root.trace_id = span_.trace_id;
-    root.span_id = span_.span_id;
-    root.parent_span_id = span_.parent_span_id;
-    root.name = "pdserve.Generate";
-    root.kind = tracing::SpanKind::kServer;
-    root.start_unix_ns = arrival_unix_ns_;
-    root.end_unix_ns = arrival_unix_ns_ + (now - arrival_ns_);
-    root.attributes.push_back({"pdserve.request_id", spec_.id});
-    root.attributes.push_back(
-        {"pdserve.prompt_tokens", static_cast<int64_t>(shape_.prompt_tokens)});
-    root.attributes.push_back(
-        {"pdserve.completion_tokens", static_cast<int64_t>(completion_tokens_)});
-    ctx_->spans->Export(std::move(root));
-    for (tracing::Span& s : tracing::StageSpans(span_, timeline_, arrival_unix_ns_)) {
-      ctx_->spans->Export(std::move(s));
-    }
-  }
+  FinishedCall finished;
+  finished.request_id = spec_.id;
+  finished.span = &span_;
+  finished.timeline = &timeline_;
+  finished.arrival_ns = arrival_ns_;
+  finished.arrival_unix_ns = arrival_unix_ns_;
+  finished.end_ns = now;
+  finished.first_chunk_ns = first_chunk_ns_;
+  finished.prompt_tokens = shape_.prompt_tokens;
+  finished.completion_tokens = completion_tokens_;
+  finished.finish_reason = c->finish_reason();
+  recorder_.Completed(finished);
   SendLocked(std::move(r));
   FinishLocked(grpc::Status::OK);
 }
 
 void GenerateCall::FailLocked(const absl::Status& status, ErrorKind kind) {
   if (done_) return;
-  ctx_->metrics.error(kind).Increment();
+  recorder_.Failed(kind);
   PDS_LOG(DEBUG) << spec_.id << ": " << status;
   if (first_chunk_ns_ != 0) {
     // Already streaming: say it in the stream too.
@@ -783,11 +735,8 @@ void GenerateCall::ReleaseNodesLocked() {
   if (!dispatched_) return;
   dispatched_ = false;
   ctx_->metrics.num_requests_running->Add(-1);
-  // Prefill tokens come back in OnPrefillDone, which always runs.
-  if (attempt_ && !attempt_->released && !attempt_->decode_id.empty()) {
-    attempt_->released = true;
-    ctx_->registry->DoneWork(attempt_->decode_id, attempt_->decode_epoch, shape_.blocks_needed);
-  }
+  // Prefill tokens come back in OnPrefillDone (or with the attempt).
+  if (attempt_) attempt_->placement.ReleaseDecode();
 }
 
 void GenerateCall::FailQueued(const absl::Status& status, ErrorKind kind) {
@@ -805,7 +754,7 @@ void GenerateCall::Cancel() {
     absl::MutexLock lock(&mu_);
     if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
     if (!done_) {
-      ctx_->metrics.error(ErrorKind::kCancelled).Increment();
+      recorder_.Failed(ErrorKind::kCancelled);
       // Cancelling the node calls aborts the request on both nodes.
       CancelNodeCallsLocked();
       FinishLocked(grpc::Status::CANCELLED);

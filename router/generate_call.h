@@ -22,6 +22,12 @@
 // stays the client's. At most RouterConfig::max_retries migrations; each is a
 // "router.migrate" stage and counts in pdserve:router_migrations_total.
 //
+// Seams: the nodes are reached through NodeClient (router/node_client.h;
+// gRPC in production, a scripted fake in tests/unit/router), the capacity
+// an attempt reserved is its Placement (router/placement.h: given back once),
+// and what a finished call reports is written by CallRecorder
+// (router/call_recorder.h).
+//
 // Locking: mu_ guards the state. Nothing that can call back into the call
 // (the response sink, whose overflow cancels the call; gRPC's StartCall and
 // TryCancel; Dispatcher::Enqueue) runs under mu_: such work is posted with
@@ -42,7 +48,9 @@
 #include "absl/synchronization/mutex.h"
 #include "engine/request.h"
 #include "pdserve/v1/generate.pb.h"
-#include "pdserve/v1/node.grpc.pb.h"
+#include "router/call_recorder.h"
+#include "router/node_client.h"
+#include "router/placement.h"
 #include "router/router_context.h"
 #include "rpc/stream_writer.h"
 #include "tracing/stage_timeline.h"
@@ -98,8 +106,9 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   const std::string& id() const { return spec_.id; }  // scoped by the tenant
   const std::string& client_id() const { return client_id_; }
   int64_t arrival_ns() const { return arrival_ns_; }
-  // The dispatcher found nodes: start the node calls.
-  void Dispatch(const Selection& selection);
+  // The dispatcher found nodes and reserved `placement` on them: start the
+  // node calls. The call owns the placement from here on.
+  void Dispatch(const Selection& selection, Placement placement);
   // The dispatcher gives up on it (queue timeout, nodes gone).
   void FailQueued(const absl::Status& status, tracing::ErrorKind kind);
   // Abort by id (Generation.Abort): ends the stream with finish ABORT.
@@ -114,26 +123,29 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     int32_t n_resumed = 0;         // tokens the client had when this attempt started (migration)
     bool prefill_replied = false;  // the prefill node is no longer needed
     bool mixed = false;
-    std::string prefill_id, decode_id;             // decode_id: the mixed node when mixed
-    uint64_t prefill_epoch = 0, decode_epoch = 0;  // registrations the work was counted in
-    bool released = false;                         // decode blocks given back
-    grpc::ClientContext prefill_ctx;
-    grpc::ClientContext node_ctx;
-    v1::NodeRequest node_req;  // the request as this attempt's nodes see it
-    v1::PrefillRequest prefill_req;
+    std::string prefill_id, decode_id;  // decode_id: the mixed node when mixed
+    // The capacity reserved for this attempt: prefill tokens back when the
+    // prefill node replied, decode blocks when the call leaves the decode
+    // node, the rest when the attempt's last reference goes.
+    Placement placement;
+    // Set by the posted work that starts them (RunPosted), read only there.
+    std::shared_ptr<NodeCall> prefill_call;
+    std::shared_ptr<NodeCall> node_call;  // decode Admit or mixed Generate
+    v1::NodeRequest node_req;             // the request as this attempt's nodes see it
     v1::PrefillResponse prefill_resp;
-    v1::AdmitRequest admit_req;
     // Token #1 reaches the client only once the decode node admitted the
     // request: a decode node that is gone fails Admit first, and the request
     // can still be retried elsewhere with nothing streamed.
     bool admitted = false;
     bool first_pending = false;  // the prefill reply came before `admitted`
+    bool node_done = false;      // the decode stream ended OK before token #1 went out
   };
 
-  // Node-call events (gRPC threads), for the attempt that made the call.
-  void OnPrefillDone(Attempt* attempt, const grpc::Status& status);
+  // Node-call events (NodeClient threads), for the attempt that made the call.
+  void OnPrefillDone(Attempt* attempt, const absl::Status& status,
+                     const v1::PrefillResponse& response);
   void OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& event);
-  void OnNodeDone(Attempt* attempt, const grpc::Status& status);
+  void OnNodeDone(Attempt* attempt, const absl::Status& status);
 
  private:
   // The prefill node's reply (token #1) to the client.
@@ -169,6 +181,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   }
 
   RouterContext* ctx_;
+  const CallRecorder recorder_;
   const int64_t arrival_ns_;
   RequestSpec spec_;       // spec_.id: ScopedId(tenant, client_id_)
   std::string client_id_;  // the id the client sent (or was given), in its responses

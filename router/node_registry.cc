@@ -93,10 +93,10 @@ absl::StatusOr<std::string> NodeRegistry::Register(const v1::NodeInfo& info,
     n.info = info;
     n.load = load;
     n.last_seen = now;
-    if (!n.stub || address_changed) {
-      n.channel =
-          channel_factory_ ? channel_factory_(info.address()) : rpc::MakeChannel(info.address());
-      n.stub = std::make_shared<v1::Node::Stub>(n.channel);
+    if (!n.client || address_changed) {
+      n.client = client_factory_
+                     ? client_factory_(info.address())
+                     : std::make_shared<GrpcNodeClient>(rpc::MakeChannel(info.address()));
     }
   }
   PDS_LOG(INFO) << "node " << info.node_id() << " (" << v1::NodeRole_Name(info.role()) << ") at "
@@ -205,10 +205,10 @@ void NodeRegistry::List(v1::ListNodesResponse* out) const {
   }
 }
 
-std::shared_ptr<v1::Node::Stub> NodeRegistry::Stub(const std::string& id) const {
+std::shared_ptr<NodeClient> NodeRegistry::Client(const std::string& id) const {
   absl::MutexLock lock(&mu_);
   auto it = nodes_.find(id);
-  return it == nodes_.end() ? nullptr : it->second.stub;
+  return it == nodes_.end() ? nullptr : it->second.client;
 }
 
 bool NodeRegistry::Has(const std::string& id) const {
@@ -222,15 +222,15 @@ size_t NodeRegistry::size() const {
 }
 
 bool NodeRegistry::ReportFailure(const std::string& id, uint64_t epoch) {
-  std::shared_ptr<grpc::Channel> channel;
+  std::shared_ptr<NodeClient> client;
   {
     absl::MutexLock lock(&mu_);
     auto it = nodes_.find(id);
     if (it == nodes_.end() || it->second.epoch != epoch || it->second.suspect_since) return false;
-    channel = it->second.channel;
+    client = it->second.client;
   }
-  // READY: the node itself answered UNAVAILABLE (draining); the connection is fine.
-  if (channel && channel->GetState(false) == GRPC_CHANNEL_READY) return false;
+  // Connected: the node itself answered UNAVAILABLE (draining); the connection is fine.
+  if (client && client->Connected()) return false;
   {
     absl::MutexLock lock(&mu_);
     auto it = nodes_.find(id);

@@ -21,6 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "pdserve/v1/node.grpc.pb.h"
+#include "router/node_client.h"
 
 namespace pdserve::router {
 
@@ -56,10 +57,11 @@ class NodeRegistry {
   // (it returns with its first heartbeat after that).
   explicit NodeRegistry(absl::Duration expiry, absl::Duration probation = absl::Seconds(2),
                         absl::Duration report_lag = absl::Milliseconds(500));
-  // How stubs reach nodes (TLS, API key); default: rpc::MakeChannel(address).
-  // Set before the first node registers.
-  using ChannelFactory = std::function<std::shared_ptr<grpc::Channel>(const std::string& address)>;
-  void SetChannelFactory(ChannelFactory factory) { channel_factory_ = std::move(factory); }
+  // How the router reaches a node at `address` (gRPC with TLS and the node
+  // token in production, fakes in tests); default: a GrpcNodeClient over
+  // rpc::MakeChannel(address). Set before the first node registers.
+  using ClientFactory = std::function<std::shared_ptr<NodeClient>(const std::string& address)>;
+  void SetClientFactory(ClientFactory factory) { client_factory_ = std::move(factory); }
 
   // The fingerprint (rpc::ModelFingerprint) of the router's own model: nodes
   // that serve another model are refused. Empty: the first node pins it.
@@ -87,7 +89,8 @@ class NodeRegistry {
 
   std::vector<NodeView> Snapshot() const;
   void List(v1::ListNodesResponse* out) const;
-  std::shared_ptr<v1::Node::Stub> Stub(const std::string& id) const;
+  // Null when the node is unknown.
+  std::shared_ptr<NodeClient> Client(const std::string& id) const;
   bool Has(const std::string& id) const;
   size_t size() const;
   bool HasRole(v1::NodeRole role) const;
@@ -104,7 +107,7 @@ class NodeRegistry {
   void DonePrefill(const std::string& id, uint64_t epoch, int64_t prefill_tokens);
   void DoneWork(const std::string& id, uint64_t epoch, int32_t blocks);
 
-  // A call to the node failed with UNAVAILABLE. If its channel is not
+  // A call to the node failed with UNAVAILABLE. If its client is not
   // connected (refused, reset, keepalive timeout) the node is taken out of
   // rotation until its first heartbeat after the probation; returns whether
   // it was. A node that answered UNAVAILABLE itself (draining) stays.
@@ -121,14 +124,13 @@ class NodeRegistry {
   void SetOnChange(std::function<void()> fn);
 
  private:
-  ChannelFactory channel_factory_;
+  ClientFactory client_factory_;
   struct Node {
     v1::NodeInfo info;
     std::string lease;
     v1::NodeLoad load;
     absl::Time last_seen;
-    std::shared_ptr<grpc::Channel> channel;
-    std::shared_ptr<v1::Node::Stub> stub;
+    std::shared_ptr<NodeClient> client;
     uint64_t epoch = 0;
     std::optional<absl::Time> suspect_since;  // set: out of rotation
     int32_t reserved_blocks = 0;

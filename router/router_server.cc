@@ -6,6 +6,7 @@
 #include "common/status_macros.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "router/generate_call.h"
+#include "router/node_client.h"
 #include "rpc/convert.h"
 #include "rpc/message_limits.h"
 #include "rpc/model_fingerprint.h"
@@ -223,8 +224,8 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   if (std::string warning = security->NodeAuthWarning(); !warning.empty()) {
     PDS_LOG(WARNING) << "router: " << warning;
   }
-  r->registry_->SetChannelFactory([peer = security->ForPeers()](const std::string& address) {
-    return rpc::MakeChannel(address, peer);
+  r->registry_->SetClientFactory([peer = security->ForPeers()](const std::string& address) {
+    return std::make_shared<GrpcNodeClient>(rpc::MakeChannel(address, peer));
   });
   ctx.registry = r->registry_.get();
   r->dispatcher_ = std::make_unique<Dispatcher>(&ctx, std::make_unique<LeastLoadedPolicy>());
@@ -364,25 +365,44 @@ std::string RouterServer::NotReadyReason() const {
   return "";
 }
 
+namespace {
+// Starts one NodeClient poll and waits for its answer (the poll's deadline
+// bounds the wait).
+template <typename T, typename StartFn>
+absl::StatusOr<T> AwaitPoll(StartFn start) {
+  absl::Notification answered;
+  absl::Status status;
+  T value;
+  start([&](const absl::Status& s, const T& v) {
+    status = s;
+    value = v;
+    answered.Notify();
+  });
+  answered.WaitForNotification();
+  if (!status.ok()) return status;
+  return value;
+}
+}  // namespace
+
 // Drops silent nodes and polls statically configured ones.
 void RouterServer::Housekeeping() {
   const absl::Duration period =
       absl::Milliseconds(std::max<int64_t>(50, options_.heartbeat_interval_ms / 2));
   while (!stop_.WaitForNotificationWithTimeout(period)) {
     for (const std::string& addr : options_.static_nodes) {
-      auto stub = v1::Node::NewStub(rpc::MakeChannel(addr, security_.ForPeers()));
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      v1::GetLoadRequest req;
-      v1::NodeInfo info;
-      if (!stub->GetInfo(&ctx, req, &info).ok()) continue;
-      grpc::ClientContext ctx2;
-      ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      v1::NodeLoad load;
-      if (!stub->GetLoad(&ctx2, req, &load).ok()) continue;
+      GrpcNodeClient client(rpc::MakeChannel(addr, security_.ForPeers()));
+      NodeCallOptions poll;
+      poll.deadline = absl::Now() + absl::Seconds(2);
+      absl::StatusOr<v1::NodeInfo> info =
+          AwaitPoll<v1::NodeInfo>([&](auto done) { client.GetInfo(poll, std::move(done)); });
+      if (!info.ok()) continue;
+      poll.deadline = absl::Now() + absl::Seconds(2);
+      absl::StatusOr<v1::NodeLoad> load =
+          AwaitPoll<v1::NodeLoad>([&](auto done) { client.GetLoad(poll, std::move(done)); });
+      if (!load.ok()) continue;
       std::string& lease = static_leases_[addr];
-      if (!registry_->Heartbeat(info.node_id(), lease, load).ok()) {
-        absl::StatusOr<std::string> granted = registry_->Register(info, load, lease);
+      if (!registry_->Heartbeat(info->node_id(), lease, *load).ok()) {
+        absl::StatusOr<std::string> granted = registry_->Register(*info, *load, lease);
         if (granted.ok()) {
           lease = *granted;
         } else {

@@ -1,0 +1,467 @@
+// The cluster scenarios of cluster_test.cc and cluster_fault_test.cc in ONE
+// process, in milliseconds: a RouterServer, prefill and decode NodeServers
+// (their code unchanged) and a tiny random-weight model (dummy_model.h;
+// same seed, same bytes, so every run is the same). The router reaches its
+// nodes through its NodeClient seam (router/node_client.h, gRPC over
+// loopback TCP); KV moves over the TCP transport on ephemeral ports. Every
+// port is ephemeral (port 0). The multi-process tests stay as the
+// end-to-end layer (real binaries, signals, the downloaded model).
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "engine/dummy_model.h"
+#include "engine/model.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "node/node_server.h"
+#include "router/router_server.h"
+#include "tests/integration/cluster_harness.h"
+
+namespace pdserve {
+namespace {
+
+using itest::Generate;
+using itest::StreamResult;
+using ::testing::HasSubstr;
+
+// Tiny model: 2 layers, 64 wide, byte-level vocabulary (the router
+// tokenizes with it too). Written once per process.
+const std::string& ModelPath() {
+  static const std::string* path = [] {
+    DummyModelSpec spec;
+    spec.n_ctx = 512;
+    absl::StatusOr<std::string> bytes = BuildDummyModelGguf(spec);
+    if (!bytes.ok()) return new std::string();
+    auto* p = new std::string(absl::StrCat(::testing::TempDir(), "/inprocess-", getpid(), ".gguf"));
+    std::ofstream(*p, std::ios::binary) << *bytes;
+    return p;
+  }();
+  return *path;
+}
+
+struct ClusterSpec {
+  int prefill = 1;
+  int decode = 1;
+  int64_t kv_deadline_ms = 10000;
+  int64_t decode_kv_cache_bytes = 4 << 20;
+  int32_t max_queue = 256;
+  int64_t queue_timeout_ms = 20000;
+};
+
+// Router + nodes in this process; tears down in reverse.
+class InProcessCluster {
+ public:
+  static std::unique_ptr<InProcessCluster> Start(const ClusterSpec& spec) {
+    auto c = std::unique_ptr<InProcessCluster>(new InProcessCluster());
+    router::RouterOptions ro;
+    ro.model_path = ModelPath();
+    ro.listen = "127.0.0.1:0";
+    ro.heartbeat_interval_ms = 100;
+    ro.node_expiry_ms = 60000;
+    ro.config.kv_deadline_ms = spec.kv_deadline_ms;
+    ro.config.max_queue = spec.max_queue;
+    ro.config.queue_timeout_ms = spec.queue_timeout_ms;
+    absl::StatusOr<std::unique_ptr<router::RouterServer>> r = router::RouterServer::Start(ro);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return nullptr;
+    c->router_ = std::move(*r);
+    absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(ModelPath());
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) return nullptr;
+    c->model_ = std::shared_ptr<const Model>(std::move(*model));
+    for (int i = 0; i < spec.prefill + spec.decode; ++i) {
+      const bool prefill = i < spec.prefill;
+      node::NodeOptions o;
+      o.role = prefill ? node::NodeRole::kPrefill : node::NodeRole::kDecode;
+      o.node_id = prefill ? absl::StrCat("prefill-", i) : absl::StrCat("decode-", i - spec.prefill);
+      o.listen = "127.0.0.1:0";
+      o.kv_transport = "tcp";
+      o.router = absl::StrCat("127.0.0.1:", c->router_->port());
+      o.engine.n_threads = 1;
+      o.engine.kv_cache_bytes = prefill ? (4 << 20) : spec.decode_kv_cache_bytes;
+      absl::StatusOr<std::unique_ptr<Model>> own = Model::Load(ModelPath());
+      EXPECT_TRUE(own.ok()) << own.status();
+      if (!own.ok()) return nullptr;
+      absl::StatusOr<std::unique_ptr<node::NodeServer>> n =
+          node::NodeServer::Start(o, std::shared_ptr<const Model>(std::move(*own)));
+      EXPECT_TRUE(n.ok()) << n.status();
+      if (!n.ok()) return nullptr;
+      c->nodes_.push_back(std::move(*n));
+    }
+    // Registered: every node is in the router's registry.
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (c->router_->registry().size() < c->nodes_.size()) {
+      if (absl::Now() > deadline) {
+        ADD_FAILURE() << "nodes did not register";
+        return nullptr;
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    c->channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", c->router_->port()),
+                                      grpc::InsecureChannelCredentials());
+    c->generation_ = v1::Generation::NewStub(c->channel_);
+    return c;
+  }
+
+  ~InProcessCluster() {
+    for (auto& n : nodes_) {
+      if (n) n->Shutdown(absl::ZeroDuration());
+    }
+    nodes_.clear();
+    if (router_) router_->Shutdown(absl::ZeroDuration());
+  }
+
+  v1::Generation::Stub& generation() { return *generation_; }
+  router::RouterServer& router() { return *router_; }
+  node::NodeServer* node(const std::string& id) {
+    for (auto& n : nodes_) {
+      if (n && n->id() == id) return n.get();
+    }
+    return nullptr;
+  }
+  // Shuts the node down (it deregisters; its streams end) and frees it.
+  void Drop(const std::string& id) {
+    for (auto& n : nodes_) {
+      if (n && n->id() == id) {
+        n->Shutdown(absl::ZeroDuration());
+        n.reset();
+      }
+    }
+  }
+  // Every block free (prefix-cached ones count as free), nothing queued.
+  bool WaitForIdleKv(const std::string& id, absl::Duration timeout = absl::Seconds(5)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      const v1::NodeLoad l = node(id)->Load();
+      if (l.free_kv_blocks() == l.total_kv_blocks() &&
+          l.running() + l.waiting() + l.awaiting_kv() == 0) {
+        return true;
+      }
+      if (absl::Now() > deadline) {
+        ADD_FAILURE() << id << " KV not idle: " << l.ShortDebugString();
+        return false;
+      }
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+  }
+  // The router holds no capacity for finished requests on any node.
+  bool WaitForRouterIdle(absl::Duration timeout = absl::Seconds(5)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      bool idle = router_->tracked_calls() == 0;
+      for (const router::NodeView& v : router_->registry().Snapshot()) {
+        idle = idle && v.reserved_blocks == 0 && v.inflight_prefill_tokens == 0 &&
+               v.inflight_requests == 0;
+      }
+      if (idle) return true;
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+  }
+
+ private:
+  InProcessCluster() = default;
+  std::unique_ptr<router::RouterServer> router_;
+  std::shared_ptr<const Model> model_;
+  std::vector<std::unique_ptr<node::NodeServer>> nodes_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Generation::Stub> generation_;
+};
+
+v1::GenerateRequest Greedy(const std::string& prompt, int max_tokens) {
+  v1::GenerateRequest r = itest::GreedyRequest(prompt, max_tokens);
+  r.mutable_stop()->set_ignore_eos(true);  // random weights: run to max_tokens
+  return r;
+}
+
+// The same request on one mixed node (one engine, no transfer, no router).
+std::vector<int32_t> SingleEngine(const std::shared_ptr<const Model>& model,
+                                  const std::vector<int32_t>& prompt, int max_tokens) {
+  node::NodeOptions o;
+  o.role = node::NodeRole::kMixed;
+  o.node_id = "reference";
+  o.listen = "127.0.0.1:0";
+  o.engine.n_threads = 1;
+  o.engine.kv_cache_bytes = 4 << 20;
+  absl::StatusOr<std::unique_ptr<node::NodeServer>> n = node::NodeServer::Start(o, model);
+  EXPECT_TRUE(n.ok()) << n.status();
+  if (!n.ok()) return {};
+  auto stub = v1::Node::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*n)->port()),
+                                                    grpc::InsecureChannelCredentials()));
+  v1::NodeRequest req;
+  req.set_request_id("reference");
+  for (int32_t t : prompt) req.add_prompt(t);
+  req.mutable_sampling()->set_temperature(0);
+  req.mutable_stop()->set_max_tokens(max_tokens);
+  req.mutable_stop()->set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto reader = stub->Generate(&ctx, req);
+  std::vector<int32_t> out;
+  v1::DecodeEvent ev;
+  while (reader->Read(&ev)) {
+    if (ev.has_chunk())
+      out.insert(out.end(), ev.chunk().token_ids().begin(), ev.chunk().token_ids().end());
+  }
+  grpc::Status s = reader->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  (*n)->Shutdown(absl::ZeroDuration());
+  return out;
+}
+
+TEST(InProcessClusterTest, GreedyOutputMatchesASingleEngine) {
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start({});
+  ASSERT_NE(c, nullptr);
+  std::shared_ptr<const Model> model(Model::Load(ModelPath()).value());
+  // Prompts shorter than a block, across block boundaries, and long enough
+  // for several KV blocks; token ids, so the reference sees the same prompt.
+  for (int n_prompt : {3, 12, 40, 100}) {
+    std::vector<int32_t> prompt;
+    for (int i = 0; i < n_prompt; ++i) prompt.push_back(40 + (i * 7) % 90);
+    v1::GenerateRequest req;
+    for (int32_t t : prompt) req.mutable_token_ids()->add_ids(t);
+    req.mutable_sampling()->set_temperature(0);
+    req.mutable_stop()->set_max_tokens(16);
+    req.mutable_stop()->set_ignore_eos(true);
+    StreamResult got = Generate(c->generation(), req, absl::Seconds(30));
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    ASSERT_EQ(got.token_ids.size(), 16u);
+    EXPECT_EQ(got.token_ids, SingleEngine(model, prompt, 16)) << n_prompt << " prompt tokens";
+    ASSERT_TRUE(got.complete.has_value());
+    EXPECT_EQ(got.complete->usage().completion_tokens(), 16);
+    EXPECT_EQ(got.complete->usage().prompt_tokens(), n_prompt);
+  }
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
+}
+
+TEST(InProcessClusterTest, ConcurrentStreamsAllCompleteWithCorrectUsage) {
+  ClusterSpec spec;
+  spec.decode = 2;
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
+  ASSERT_NE(c, nullptr);
+  constexpr int kStreams = 16;
+  std::vector<StreamResult> results(kStreams);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i) {
+    clients.emplace_back([&, i] {
+      results[i] = Generate(c->generation(), Greedy(absl::StrCat("Request number ", i), 8 + i % 5),
+                            absl::Seconds(30));
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    EXPECT_EQ(results[i].token_ids.size(), static_cast<size_t>(8 + i % 5)) << i;
+    ASSERT_TRUE(results[i].complete.has_value()) << i;
+    EXPECT_EQ(results[i].complete->usage().completion_tokens(), 8 + i % 5) << i;
+  }
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+  EXPECT_TRUE(c->WaitForIdleKv("decode-1"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
+}
+
+TEST(InProcessClusterTest, StageTimingsArePresentOrderedAndWithinTheClientLatency) {
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start({});
+  ASSERT_NE(c, nullptr);
+  StreamResult got = Generate(c->generation(), Greedy("The capital of France is", 8));
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+  ASSERT_TRUE(got.complete.has_value());
+  const v1::Timings& t = got.complete->timings();
+  std::vector<std::string> names;
+  for (const v1::StageTiming& s : t.stages()) {
+    names.push_back(s.stage());
+    EXPECT_GE(s.start_ns(), 0) << s.stage();
+    EXPECT_GE(s.duration_ns(), 0) << s.stage();
+    EXPECT_LE(s.start_ns() + s.duration_ns(), t.e2e_ns()) << s.stage();
+    EXPECT_FALSE(s.node().empty()) << s.stage();
+  }
+  for (const char* stage :
+       {"router.tokenize", "router.queue", "prefill.queue", "prefill.compute", "kv.transfer",
+        "decode.wait_kv", "decode.queue", "decode.first_step", "decode.generate"}) {
+    EXPECT_THAT(names, ::testing::Contains(stage)) << ::testing::PrintToString(names);
+  }
+  // In the order they happened.
+  auto start = [&](const std::string& name) {
+    for (const v1::StageTiming& s : t.stages()) {
+      if (s.stage() == name) return s.start_ns();
+    }
+    return int64_t{-1};
+  };
+  // In the order they happened on each process (each node's stages count
+  // from when the router sent it its RPC: across nodes the offsets are
+  // approximate, so only the router's before the nodes').
+  EXPECT_LE(start("router.tokenize"), start("router.queue"));
+  EXPECT_LE(start("router.queue"), start("prefill.queue"));
+  EXPECT_LE(start("router.queue"), start("decode.wait_kv"));
+  EXPECT_LE(start("prefill.queue"), start("prefill.compute"));
+  EXPECT_LE(start("decode.wait_kv"), start("decode.queue"));
+  EXPECT_LE(start("decode.queue"), start("decode.first_step"));
+  EXPECT_LE(start("decode.first_step"), start("decode.generate"));
+  EXPECT_GT(t.ttft_ns(), 0);
+  EXPECT_LE(t.ttft_ns(), t.e2e_ns());
+  EXPECT_LE(t.e2e_ns(), got.client_e2e_ns);
+}
+
+TEST(InProcessClusterTest, CancelWhileQueuedDuringPrefillAndDuringDecodeFreesEverything) {
+  ClusterSpec spec;
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
+  ASSERT_NE(c, nullptr);
+  // During decode: after the first streamed tokens.
+  StreamResult mid = Generate(c->generation(), Greedy("Once upon a time", 200), absl::Seconds(30),
+                              [](const v1::GenerateResponse& r) { return !r.has_chunk(); });
+  EXPECT_EQ(mid.status.error_code(), grpc::StatusCode::CANCELLED) << mid.status.error_message();
+  EXPECT_GE(mid.token_ids.size(), 1u);
+  EXPECT_LT(mid.token_ids.size(), 200u);
+  // At once (queued, or while the prefill node computes a long prompt, or
+  // while its KV travels): whichever stage the cancel meets.
+  std::string long_prompt;
+  for (int i = 0; i < 12; ++i) absl::StrAppend(&long_prompt, "The quick brown fox jumps. ");
+  for (int delay_us : {0, 200, 1000, 3000, 10000}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    std::thread canceller([&ctx, delay_us] {
+      absl::SleepFor(absl::Microseconds(delay_us));
+      ctx.TryCancel();
+    });
+    StreamResult r =
+        Generate(c->generation(), Greedy(long_prompt, 64), absl::Seconds(30), nullptr, &ctx);
+    canceller.join();
+    EXPECT_TRUE(r.status.error_code() == grpc::StatusCode::CANCELLED || r.status.ok())
+        << r.status.error_message();
+  }
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+  EXPECT_TRUE(c->WaitForIdleKv("prefill-0"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
+  // The pair still serves.
+  StreamResult after = Generate(c->generation(), Greedy("Hello", 4));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.token_ids.size(), 4u);
+}
+
+TEST(InProcessClusterTest, TinyKvDeadlineFailsExplicitlyAndFreesBlocks) {
+  ClusterSpec spec;
+  spec.kv_deadline_ms = 1;
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
+  ASSERT_NE(c, nullptr);
+  std::string prompt;
+  for (int i = 0; i < 12; ++i) absl::StrAppend(&prompt, "The quick brown fox jumps. ");
+  StreamResult got = Generate(c->generation(), Greedy(prompt, 8), absl::Seconds(30));
+  EXPECT_EQ(got.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << got.status.error_message();
+  EXPECT_THAT(got.status.error_message(), HasSubstr("KV transfer"));
+  EXPECT_FALSE(got.complete.has_value());
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+  EXPECT_TRUE(c->WaitForIdleKv("prefill-0"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
+}
+
+TEST(InProcessClusterTest, FullDecodeKvRefusesThenRecovers) {
+  ClusterSpec spec;
+  spec.max_queue = 0;  // what does not fit now is refused
+  spec.decode_kv_cache_bytes = 64 << 10;
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
+  ASSERT_NE(c, nullptr);
+  const int32_t total = c->node("decode-0")->Load().total_kv_blocks();
+  ASSERT_GT(total, 2);
+  // One stream holds most of the cache while the next asks for more.
+  const int max_tokens = (total - 1) * 16 - 8;
+  grpc::ClientContext hold_ctx;
+  hold_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  absl::Notification streaming;
+  StreamResult held;
+  std::thread holder([&] {
+    held = Generate(
+        c->generation(), Greedy("Hi", max_tokens), absl::Seconds(30),
+        [&](const v1::GenerateResponse& r) {
+          if (r.has_chunk() && !streaming.HasBeenNotified()) streaming.Notify();
+          return true;
+        },
+        &hold_ctx);
+  });
+  ASSERT_TRUE(streaming.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  StreamResult refused = Generate(c->generation(), Greedy("Hello there", 32));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << refused.status.error_message();
+  hold_ctx.TryCancel();
+  holder.join();
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
+  // Recovery: the same request fits now.
+  StreamResult after = Generate(c->generation(), Greedy("Hello there", 32));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  // Larger than the whole cache: never fits.
+  StreamResult never = Generate(c->generation(), Greedy("Hi", total * 16 + 16));
+  EXPECT_EQ(never.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << never.status.error_message();
+}
+
+TEST(InProcessClusterTest, DroppedDecodeNodeLeavesTrafficOnTheOther) {
+  ClusterSpec spec;
+  spec.decode = 2;
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
+  ASSERT_NE(c, nullptr);
+  c->Drop("decode-0");
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (c->router().registry().Has("decode-0") && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_FALSE(c->router().registry().Has("decode-0"));
+  for (int i = 0; i < 3; ++i) {
+    StreamResult got = Generate(c->generation(), Greedy("Hello", 4));
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    ASSERT_TRUE(got.complete.has_value());
+    EXPECT_EQ(got.complete->decode_node(), "decode-1");
+  }
+  EXPECT_TRUE(c->WaitForIdleKv("decode-1"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
+}
+
+// Nodes that do not register: the router polls them (GetInfo, GetLoad
+// through its NodeClient) and serves with them.
+TEST(InProcessClusterTest, StaticNodesArePolledAndServe) {
+  std::shared_ptr<const Model> model(Model::Load(ModelPath()).value());
+  std::vector<std::unique_ptr<node::NodeServer>> nodes;
+  router::RouterOptions ro;
+  for (node::NodeRole role : {node::NodeRole::kPrefill, node::NodeRole::kDecode}) {
+    node::NodeOptions o;
+    o.role = role;
+    o.listen = "127.0.0.1:0";
+    o.kv_transport = "tcp";
+    o.engine.n_threads = 1;
+    o.engine.kv_cache_bytes = 4 << 20;
+    absl::StatusOr<std::unique_ptr<node::NodeServer>> n = node::NodeServer::Start(o, model);
+    ASSERT_TRUE(n.ok()) << n.status();
+    ro.static_nodes.push_back((*n)->address());
+    nodes.push_back(std::move(*n));
+  }
+  ro.model_path = ModelPath();
+  ro.listen = "127.0.0.1:0";
+  ro.heartbeat_interval_ms = 100;  // polled every 50 ms
+  absl::StatusOr<std::unique_ptr<router::RouterServer>> r = router::RouterServer::Start(ro);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*r)->registry().size() < 2 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ((*r)->registry().size(), 2u);
+  auto generation = v1::Generation::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", (*r)->port()), grpc::InsecureChannelCredentials()));
+  StreamResult got = Generate(*generation, Greedy("Hello", 4), absl::Seconds(30));
+  EXPECT_TRUE(got.status.ok()) << got.status.error_message();
+  EXPECT_EQ(got.token_ids.size(), 4u);
+  (*r)->Shutdown(absl::ZeroDuration());
+  for (auto& n : nodes) n->Shutdown(absl::ZeroDuration());
+}
+
+}  // namespace
+}  // namespace pdserve
