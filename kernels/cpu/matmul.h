@@ -42,12 +42,14 @@ struct WeightMatrix {
 // Load-time repacking for faster matmuls (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0): groups of 16
 // rows whose blocks sit side by side so one 64-byte load feeds 16 output rows
 // of an integer dot product. Same bytes as the ggml rows plus padding of the
-// last group to 16 rows. MatMul accepts both layouts, but ggml rows get
-// repacked on the fly at every call: pack each matrix once at load (decode
-// matmuls measured ~1.5x faster packed). Memory: one more copy of those
-// weights (92 MiB for SmolLM2-135M); the file's pages then go cold, except
-// token_embd rows read for embedding lookups (or use DequantizeWeightRow on
-// the packed tied output). Returns 0 when w cannot be packed (other types,
+// last group to 16 rows. Q4_K, Q5_K, Q6_K (n_in a multiple of 256): groups
+// of 8 rows, sub-block scales pre-decoded to bytes (Q4_K/Q5_K rows +4 bytes
+// per super-block, 2.8% / 2.3%), so the decode GEMV is one 32-byte load per
+// 8 rows x 4 elements and no per-row horizontal sums. MatMul accepts both layouts, but ggml rows
+// get repacked on the fly at every call: pack each matrix once at load (decode matmuls measured
+// ~1.5x faster packed). Memory: one more copy of those weights (92 MiB for SmolLM2-135M); the
+// file's pages then go cold, except token_embd rows read for embedding lookups (or use
+// DequantizeWeightRow on the packed tied output). Returns 0 when w cannot be packed (other types,
 // or w already packed); then use w as it is.
 int64_t PackedWeightBytes(const WeightMatrix& w);
 // Writes the packed form of w (kGgml) into dst (PackedWeightBytes(w) bytes,
@@ -75,9 +77,9 @@ void SwiGluQuantize(void* xq, ActFormat f, const float* gate, const float* up, i
 // r that belong to thread ith of nth (SplitRange(n_out, ith, nth, 16)). xq
 // holds the activations encoded in ActFormatFor(w.type), 4-byte aligned or
 // better. Batches are tiled: packed 32-block types 16 rows x 8 tokens
-// (AVX-512) or 8 x 4 (AVX2), K-quants 1 row x 4 tokens inside groups of 16
-// rows, float types 4 rows x 2 tokens inside groups of 64 rows; so weights
-// stream from memory once per call whatever n_tokens is.
+// (AVX-512) or 8 x 4 (AVX2), K-quants packed 8 rows x 4 tokens, ggml rows
+// 1 row x 4 tokens inside groups of 16 rows, float types 4 rows x 2 tokens inside groups of 64
+// rows; so weights stream from memory once per call whatever n_tokens is.
 void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens, int ith,
             int nth);
 

@@ -454,10 +454,19 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
     case DType::kQ8_0:
       return MatMulQ<DType::kQ8_0>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ4_K:
+      if (w.layout == WeightLayout::kPacked) {
+        return MatMulPackedKAvx2(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+      }
       return MatMulK<DType::kQ4_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ5_K:
+      if (w.layout == WeightLayout::kPacked) {
+        return MatMulPackedKAvx2(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+      }
       return MatMulK<DType::kQ5_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kQ6_K:
+      if (w.layout == WeightLayout::kPacked) {
+        return MatMulPackedKAvx2(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+      }
       return MatMulK<DType::kQ6_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kF32:
       return MatMulFloat<DType::kF32>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);

@@ -59,6 +59,64 @@ inline int GgmlQsOffset(DType t) {
 }
 inline int GgmlQhOffset(DType t) { return t == DType::kQ5_1 ? 4 : 2; }
 
+// Packed K-quant layout (Q4_K, Q5_K, Q6_K), for decode GEMV with AVX2:
+// rows grouped by 8 (one register of float lanes; the last group
+// zero-padded), each group's super-blocks in k order, each laid out as
+//   qs:   4 parts (64 elements) x 8 chunks x 32 bytes; part j chunk c lane i
+//         holds 4 bytes of row i: the low nibble of byte b is the low 4 bits
+//         of element 64j+4c+b, the high nibble those of element 64j+32+4c+b;
+//   qh:   Q5_K per part 2 x 32 bytes, vector v, lane i byte b: bit c' holds
+//         bit 4 of element 64j+4(4v+c')+b, bit 4+c' that of 64j+32+4(4v+c')+b;
+//         Q6_K per part 4 x 32 bytes, vector 2h+v: bits 2c'..2c'+1 hold bits
+//         4-5 of element 64j+32h+4(4v+c')+b;
+//   sc:   sub-block scales in pairs, 16 bytes per pair, lane i bytes (a, b):
+//         Q4_K/Q5_K pair j = sub-blocks (2j, 2j+1), uint8; Q6_K pair 2j+g =
+//         sub-blocks (4j+g, 4j+2+g), int8 (the low and high nibbles of chunks
+//         4g..4g+3 of part j);
+//   mins: Q4_K/Q5_K, paired like sc;
+//   d:    8 f16; dmin: Q4_K/Q5_K, 8 f16.
+// Quants as unsigned bytes for vpmaddubsw and scales pre-decoded from 6 bits:
+// 148 / 180 / 210 bytes per row and super-block against ggml's 144 / 176 / 210.
+inline constexpr int kKPackRows = 8;
+struct KPackLayout {
+  int qh, sc, mins, d, dmin, bytes;  // byte offsets in a packed super-block group
+};
+constexpr KPackLayout KLayout(DType t) {
+  switch (t) {
+    case DType::kQ4_K:
+      return {1024, 1024, 1088, 1152, 1168, 1184};
+    case DType::kQ5_K:
+      return {1024, 1280, 1344, 1408, 1424, 1440};
+    case DType::kQ6_K:
+      return {1024, 1536, 0, 1664, 0, 1680};
+    default:
+      return {0, 0, 0, 0, 0, 0};
+  }
+}
+
+// One K-quant super-block of one row, decoded to integers: q the unsigned
+// quants (0..15, 0..31, 0..63), sc the sub-block scales (8, or Q6_K's 16
+// signed), m the mins (Q4_K/Q5_K). Value: d·sc·q − dmin·m, or d·sc·(q − 32).
+struct KSuperBlock {
+  uint8_t q[kQKK];
+  int sc[16];
+  int m[8];
+  uint16_t d, dmin;  // f16
+};
+void DecodeGgmlK(KSuperBlock* out, const uint8_t* block, DType t);
+void EncodeGgmlK(uint8_t* block, const KSuperBlock& in, DType t);
+// Lane `row` (< 8) of a packed super-block group.
+void DecodePackedK(KSuperBlock* out, const uint8_t* group_block, DType t, int row);
+// Packs super-blocks [0, nb) of rows_valid (<= 8) ggml rows starting at src.
+void PackKGroup(uint8_t* dst, const uint8_t* src, int64_t row_bytes, int rows_valid, DType t,
+                int64_t nb);
+
+// Packed K-quant GEMV/GEMM over output rows [r0, r1), r0 a multiple of 8.
+void MatMulPackedKScalar(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                         int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1);
+void MatMulPackedKAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                       int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1);
+
 // Packs blocks [b0, b1) of the group whose first row is src (rows_valid <= 16
 // rows of row_bytes each) into dst, which receives (b1 - b0) block-groups.
 void PackGroup(uint8_t* dst, const uint8_t* src, int64_t row_bytes, int rows_valid, DType t,

@@ -1,4 +1,5 @@
-// Load-time repacking of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights into 16-row groups.
+// Load-time repacking of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights into 16-row groups,
+// and of Q4_K/Q5_K/Q6_K weights into 8-row groups (matmul_kpack.cc).
 #include <cstring>
 
 #include "kernels/cpu/matmul.h"
@@ -47,6 +48,12 @@ void PackGroup(uint8_t* dst, const uint8_t* src, int64_t row_bytes, int rows_val
 }  // namespace internal
 
 int64_t PackedWeightBytes(const WeightMatrix& w) {
+  const int64_t kb = internal::KLayout(w.type).bytes;
+  if (kb > 0) {
+    if (w.layout != WeightLayout::kGgml || w.n_in % kQKK != 0) return 0;
+    const int64_t groups = (w.n_out + internal::kKPackRows - 1) / internal::kKPackRows;
+    return groups * (w.n_in / kQKK) * kb;
+  }
   const int64_t pb = internal::PackedBlockBytes(w.type);
   if (pb == 0 || w.layout != WeightLayout::kGgml || w.n_in % kQK != 0) return 0;
   const int64_t groups = (w.n_out + internal::kPackRows - 1) / internal::kPackRows;
@@ -54,6 +61,26 @@ int64_t PackedWeightBytes(const WeightMatrix& w) {
 }
 
 WeightMatrix PackWeights(void* dst, const WeightMatrix& w, int ith, int nth) {
+  WeightMatrix packed = w;
+  packed.data = dst;
+  packed.layout = WeightLayout::kPacked;
+  const int64_t kb = internal::KLayout(w.type).bytes;
+  if (kb > 0) {
+    const int64_t nbk = w.n_in / kQKK;
+    const int64_t row_bytes = RowBytes(w.type, w.n_in);
+    const int64_t groups = (w.n_out + internal::kKPackRows - 1) / internal::kKPackRows;
+    int64_t g0, g1;
+    SplitRange(groups, ith, nth, 1, &g0, &g1);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t r0 = g * internal::kKPackRows;
+      const int rows = static_cast<int>(w.n_out - r0 < internal::kKPackRows ? w.n_out - r0
+                                                                            : internal::kKPackRows);
+      internal::PackKGroup(static_cast<uint8_t*>(dst) + g * nbk * kb,
+                           static_cast<const uint8_t*>(w.data) + r0 * row_bytes, row_bytes, rows,
+                           w.type, nbk);
+    }
+    return packed;
+  }
   const int64_t nb = w.n_in / kQK;
   const int64_t pb = internal::PackedBlockBytes(w.type);
   const int64_t row_bytes = RowBytes(w.type, w.n_in);
@@ -68,9 +95,6 @@ WeightMatrix PackWeights(void* dst, const WeightMatrix& w, int ith, int nth) {
                         static_cast<const uint8_t*>(w.data) + r0 * row_bytes, row_bytes, rows,
                         w.type, 0, nb);
   }
-  WeightMatrix packed = w;
-  packed.data = dst;
-  packed.layout = WeightLayout::kPacked;
   return packed;
 }
 
@@ -78,6 +102,22 @@ void DequantizeWeightRow(float* y, const WeightMatrix& w, int64_t row) {
   if (w.layout == WeightLayout::kGgml) {
     DequantizeRow(y, static_cast<const uint8_t*>(w.data) + row * RowBytes(w.type, w.n_in), w.type,
                   w.n_in);
+    return;
+  }
+  const int64_t kb = internal::KLayout(w.type).bytes;
+  if (kb > 0) {
+    // Rebuild each ggml super-block of the row from its lane of the group.
+    const int64_t nbk = w.n_in / kQKK;
+    const uint8_t* wg =
+        static_cast<const uint8_t*>(w.data) + (row / internal::kKPackRows) * nbk * kb;
+    internal::KSuperBlock k;
+    uint8_t blk[sizeof(BlockQ6_K)];
+    for (int64_t ib = 0; ib < nbk; ++ib) {
+      internal::DecodePackedK(&k, wg + ib * kb, w.type,
+                              static_cast<int>(row % internal::kKPackRows));
+      internal::EncodeGgmlK(blk, k, w.type);
+      DequantizeRow(y + ib * kQKK, blk, w.type, kQKK);
+    }
     return;
   }
   // Rebuild each ggml block of the row from its lane of the packed group.

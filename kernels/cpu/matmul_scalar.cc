@@ -287,6 +287,10 @@ void MatMulPackedScalar(float* y, int64_t ldy, const WeightMatrix& w, const void
 
 void MatMulScalar(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                   int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  if (w.layout == WeightLayout::kPacked && KLayout(w.type).bytes > 0) {
+    MatMulPackedKScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    return;
+  }
   if (w.layout == WeightLayout::kPacked) {
     MatMulPackedScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     return;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -168,9 +169,79 @@ TEST(MatMulPackTest, PackedRowsDequantizeLikeGgmlRows) {
       ASSERT_EQ(a, b) << GetDType(type).name << " row " << r;
     }
   }
-  for (DType type :
-       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+  // K-quants: 8-row groups; 37 rows leave a group of 5 (3 zero-padded).
+  for (DType type : {DType::kQ4_K, DType::kQ5_K, DType::kQ6_K}) {
+    const TestWeights plain(type, 37, 512, 3), packed(type, 37, 512, 3, true);
+    EXPECT_EQ(packed.w.layout, WeightLayout::kPacked);
+    const int64_t per_row = type == DType::kQ4_K ? 148 : type == DType::kQ5_K ? 180 : 210;
+    EXPECT_EQ(PackedWeightBytes(plain.w), 5 * 8 * 2 * per_row);
+    EXPECT_EQ(PackedWeightBytes(packed.w), 0);
+    EXPECT_EQ(PackedWeightBytes({nullptr, type, 8, 320}), 0);  // not whole super-blocks
+    std::vector<float> a(512), b(512);
+    for (int64_t r = 0; r < 37; ++r) {
+      DequantizeWeightRow(a.data(), plain.w, r);
+      DequantizeWeightRow(b.data(), packed.w, r);
+      ASSERT_EQ(a, b) << GetDType(type).name << " row " << r;
+    }
+  }
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16}) {
     EXPECT_EQ(PackedWeightBytes(TestWeights(type, 16, 256, 1).w), 0);
+  }
+}
+
+// Q4_K/Q5_K weights whose mins cancel the scaled quants (the dummy models'
+// recipe: sub-block scales in [32, 63], m = sc·mid/16, dmin = 16·d, random
+// quants): the mins' term and the quants' term are each much larger than
+// their difference, so a kernel that rounds either before subtracting is
+// off by far more than float rounding of the result.
+TEST(MatMulKQuantTest, CancellingMinsMatchTheReference) {
+  const int64_t n_out = 24, n_in = 2048, n_tokens = 5;
+  for (DType type : {DType::kQ4_K, DType::kQ5_K}) {
+    const int64_t row_bytes = RowBytes(type, n_in);
+    std::vector<uint8_t> bytes(n_out * row_bytes);
+    uint32_t state = 12345;
+    auto next = [&] {
+      state = state * 1664525u + 1013904223u;
+      return static_cast<uint8_t>(state >> 24);
+    };
+    const bool q5 = type == DType::kQ5_K;
+    const float mid = q5 ? 15.5f : 7.5f, d = 0.05f / (63 * mid);
+    const int64_t bs = GetDType(type).type_size;
+    for (int64_t i = 0; i < n_out * n_in / kQKK; ++i) {
+      uint8_t* blk = bytes.data() + i * bs;
+      uint8_t sc[8], m[8], scales[kKScaleBytes] = {};
+      for (int j = 0; j < 8; ++j) {
+        sc[j] = static_cast<uint8_t>(32 + (next() & 31));
+        m[j] = static_cast<uint8_t>(std::lround(sc[j] * mid / 16));
+      }
+      for (int j = 0; j < 4; ++j) {
+        scales[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+        scales[j + 4] = static_cast<uint8_t>(m[j] | ((m[j + 4] >> 4) << 6));
+        scales[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
+      }
+      const uint16_t d16 = F32ToF16(d), dmin16 = F32ToF16(16 * d);
+      std::memcpy(blk, &d16, 2);
+      std::memcpy(blk + 2, &dmin16, 2);
+      std::memcpy(blk + 4, scales, sizeof(scales));
+      for (int64_t k = 4 + kKScaleBytes; k < bs; ++k) blk[k] = next();
+    }
+    const WeightMatrix plain{bytes.data(), type, n_out, n_in};
+    std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
+    const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
+    const std::vector<float> x = RandomVector(n_tokens * n_in, 5);
+    std::vector<uint8_t> xq(ActRowBytes(ActFormat::kQ8_K, n_in) * n_tokens);
+    QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
+    std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens);
+    MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
+    for (Isa isa : testing::SupportedIsas()) {
+      ScopedIsa scoped(isa);
+      for (const WeightMatrix& w : {plain, packed}) {
+        MatMul(got.data(), n_out, w, xq.data(), n_tokens, 0, 1);
+        EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel)
+            << GetDType(type).name << " " << IsaName(isa)
+            << (w.layout == WeightLayout::kPacked ? " packed" : " ggml rows");
+      }
+    }
   }
 }
 
