@@ -257,14 +257,13 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
     ho.port = static_cast<uint16_t>(options.metrics_port);
     n->http_ = std::make_unique<http::HttpServer>(ho);
     // Metrics are behind the API key too; only health is open.
-    const tracing::MetricsRegistry* registry = &n->metrics_registry_;
     const rpc::Security* security = &n->security_;
-    n->http_->Handle("GET", "/metrics", [registry, security](const http::HttpRequest& request) {
-      if (!security->AllowsMetrics(rpc::BearerToken(request.Header("Authorization")))) {
-        return http::HttpResponse::Text(401, "missing or invalid node token or API key\n");
-      }
-      return tracing::MetricsResponse(*registry);
-    });
+    tracing::AddMetricsRoute(
+        *n->http_, n->metrics_registry_,
+        [security](const http::HttpRequest& request) {
+          return security->AllowsMetrics(rpc::BearerToken(request.Header("Authorization")));
+        },
+        "missing or invalid node token or API key\n");
     const NodeServer* raw = n.get();
     n->http_->Handle("GET", "/health", [raw](const http::HttpRequest&) {
       const std::string why = raw->NotLiveReason();

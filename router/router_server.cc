@@ -277,13 +277,12 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
     ho.port = static_cast<uint16_t>(options.metrics_port);
     r->http_ = std::make_unique<http::HttpServer>(ho);
     // Metrics are behind the API key too; only health is open.
-    const tracing::MetricsRegistry* metrics = &r->metrics_registry_;
-    r->http_->Handle("GET", "/metrics", [metrics, security](const http::HttpRequest& request) {
-      if (!security->AllowsMetrics(rpc::BearerToken(request.Header("Authorization")))) {
-        return http::HttpResponse::Text(401, "missing or invalid API key\n");
-      }
-      return tracing::MetricsResponse(*metrics);
-    });
+    tracing::AddMetricsRoute(
+        *r->http_, r->metrics_registry_,
+        [security](const http::HttpRequest& request) {
+          return security->AllowsMetrics(rpc::BearerToken(request.Header("Authorization")));
+        },
+        "missing or invalid API key\n");
     r->http_->Handle("GET", "/health", [](const http::HttpRequest&) {
       return http::HttpResponse::Text(200, "ok\n");
     });

@@ -12,9 +12,16 @@ http::HttpResponse MetricsResponse(const MetricsRegistry& registry) {
   return response;
 }
 
-void AddMetricsRoute(http::HttpServer& server, const MetricsRegistry& registry, std::string path) {
+void AddMetricsRoute(http::HttpServer& server, const MetricsRegistry& registry,
+                     MetricsAuthorizer authorize, std::string denied_message, std::string path) {
   server.Handle("GET", std::move(path),
-                [&registry](const http::HttpRequest&) { return MetricsResponse(registry); });
+                [&registry, authorize = std::move(authorize),
+                 denied_message = std::move(denied_message)](const http::HttpRequest& request) {
+                  if (authorize && !authorize(request)) {
+                    return http::HttpResponse::Text(401, denied_message);
+                  }
+                  return MetricsResponse(registry);
+                });
 }
 
 }  // namespace pdserve::tracing

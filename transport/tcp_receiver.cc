@@ -602,8 +602,11 @@ void TcpKvReceiver::Impl::Loop() {
       }
       std::shared_ptr<Conn> c;
       {
+        // epoll_event is packed on x86-64: find() takes a reference, which
+        // must not bind to the misaligned data.u64 (UBSan); copy it out.
+        const uint64_t token = events[i].data.u64;
         absl::MutexLock lock(&mu_);
-        auto it = conns_.find(events[i].data.u64);
+        auto it = conns_.find(token);
         if (it == conns_.end()) continue;
         c = it->second;
       }

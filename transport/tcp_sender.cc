@@ -613,8 +613,11 @@ void TcpKvSender::Core::Loop() {
     for (int i = 0; i < n; ++i) {
       std::shared_ptr<Conn> conn;
       {
+        // epoll_event is packed on x86-64: find() takes a reference, which
+        // must not bind to the misaligned data.u64 (UBSan); copy it out.
+        const uint64_t token = events[i].data.u64;
         absl::MutexLock lock(&mu_);
-        auto it = by_id_.find(events[i].data.u64);
+        auto it = by_id_.find(token);
         if (it == by_id_.end()) continue;  // closed earlier in this batch
         conn = it->second;
       }

@@ -13,6 +13,7 @@
 namespace pdserve::tracing {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 // Runs a shell command and returns its stdout.
@@ -59,6 +60,36 @@ TEST(MetricsHandlerTest, ServesTheRegistryOverHttp) {
   metrics->prompt_tokens_total->Increment(8);
   EXPECT_THAT(RunCommand("curl -sS --max-time 30 " + url),
               HasSubstr("pdserve:prompt_tokens_total 50\n"));
+  server.Stop(absl::Seconds(5));
+}
+
+// Both servers put /metrics behind their API key through the authorizer.
+TEST(MetricsHandlerTest, RefusesWhatTheAuthorizerRefuses) {
+  MetricsRegistry registry;
+  absl::StatusOr<PdserveMetrics> metrics = PdserveMetrics::Register(registry);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  metrics->prompt_tokens_total->Increment(7);
+
+  http::HttpServerOptions options;
+  options.bind_address = "127.0.0.1";
+  http::HttpServer server(options);
+  AddMetricsRoute(
+      server, registry,
+      [](const http::HttpRequest& request) {
+        return request.Header("Authorization") == "Bearer sk-good";
+      },
+      "missing or invalid API key\n");
+  ASSERT_TRUE(server.Start().ok());
+  const std::string url = "http://127.0.0.1:" + std::to_string(server.port()) + "/metrics";
+
+  EXPECT_THAT(RunCommand("curl -sS --max-time 30 -D - " + url),
+              AllOf(HasSubstr("HTTP/1.1 401"), HasSubstr("missing or invalid API key")));
+  EXPECT_THAT(RunCommand("curl -sS --max-time 30 -D - -H 'Authorization: Bearer sk-bad' " + url),
+              HasSubstr("HTTP/1.1 401"));
+  const std::string good =
+      RunCommand("curl -sS --max-time 30 -D - -H 'Authorization: Bearer sk-good' " + url);
+  EXPECT_THAT(good, HasSubstr("HTTP/1.1 200"));
+  EXPECT_THAT(good, HasSubstr("pdserve:prompt_tokens_total 7\n"));
   server.Stop(absl::Seconds(5));
 }
 
