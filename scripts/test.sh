@@ -24,7 +24,10 @@
 #      Why these suites: they own the threads (KV sender/receiver loops, the
 #      HTTP server, metrics, the router's registry, and in openai_protocol_test
 #      a whole RouterServer with its gRPC and HTTP ports, progress monitor and
-#      dispatcher) and run in seconds without the model; the model-compute
+#      dispatcher; in router_generate_call_test the call state machine
+#      against fake nodes; in router_link_test a node's registration threads;
+#      in inprocess_cluster_test a router and prefill/decode nodes with a tiny
+#      model in one process) and run in seconds without the model; the model-compute
 #      suites under TSan would take longer than the rest of CI together.
 #      gRPC itself is not instrumented (Debian's): tests/tsan.supp leaves its
 #      interceptor calls unchecked (the reason is there), and a case whose
@@ -49,7 +52,7 @@ SAN_MODEL_TESTS+='StageTimingsAddUpToClientLatency|InvalidUtf8IsInvalidArgument|
 SAN_MODEL_TESTS+='BadRequestsAreInvalidArgument))$'
 # The suites run under TSan (the binaries, built in build-tsan/).
 TSAN_SUITES="common_test http_test tracing_test router_registry_test transport_test \
-openai_protocol_test"
+openai_protocol_test router_generate_call_test router_link_test inprocess_cluster_test"
 # Cases left out of the TSan run, each with its reason (they run in steps 1-2):
 # RouterPortRefusesOversizeMessages: all 24 reports are inside gRPC's error
 #   path for an oversize message (absl::Status payloads and Cords that
