@@ -27,6 +27,12 @@ using kernels::cuda::AttnWorkItem;
 
 namespace {
 
+// memcpy that copies nothing for n == 0: an empty vector's data() may be
+// null, and memcpy's arguments must not be even then (UBSan: nonnull).
+void CopyBytes(void* dst, const void* src, size_t n) {
+  if (n != 0) std::memcpy(dst, src, n);
+}
+
 // How a weight type's CPU counterpart encodes its input, as the rounding the
 // GPU applies to float or f16 activations (exact mirror on the matvec path).
 ActRounding RoundingFor(DType type) {
@@ -169,7 +175,7 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
 
   // Tokens, positions and KV slots per row.
   const size_t tok_off = take(T * 4), pos_off = take(T * 4), slot_off = take(T * 8);
-  std::memcpy(host + tok_off, batch.tokens.data(), T * 4);
+  CopyBytes(host + tok_off, batch.tokens.data(), T * 4);
   auto* pos = reinterpret_cast<int32_t*>(host + pos_off);
   auto* slots = reinterpret_cast<int64_t*>(host + slot_off);
   // Block tables: the blocks each sequence's positions need.
@@ -181,7 +187,7 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
   for (int32_t si = 0; si < n_seqs; ++si) {
     const AttnSeq& s = batch.seqs[si];
     const int32_t n_blocks = (s.n_past + s.n_new + bs - 1) / bs;
-    std::memcpy(host + table_off + t_at * 4, s.block_table, n_blocks * 4);
+    CopyBytes(host + table_off + t_at * 4, s.block_table, n_blocks * 4);
     host_seqs_[si] = s;
     host_seqs_[si].block_table = reinterpret_cast<const int32_t*>(dev + table_off + t_at * 4);
     t_at += n_blocks;
@@ -192,7 +198,7 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
     }
   }
   const size_t seq_off = take(n_seqs * sizeof(AttnSeq));
-  std::memcpy(host + seq_off, host_seqs_.data(), n_seqs * sizeof(AttnSeq));
+  CopyBytes(host + seq_off, host_seqs_.data(), n_seqs * sizeof(AttnSeq));
 
   // Attention plan.
   const ModelConfig& c = model_->config();
@@ -200,12 +206,12 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
                                          c.head_dim, c.n_kv_heads, n_sm_, max_partials_, &plan_))
       << "attention plan exceeds " << max_partials_ << " partial slots";
   const size_t item_off = take(plan_.items.size() * sizeof(AttnWorkItem));
-  std::memcpy(host + item_off, plan_.items.data(), plan_.items.size() * sizeof(AttnWorkItem));
+  CopyBytes(host + item_off, plan_.items.data(), plan_.items.size() * sizeof(AttnWorkItem));
   const size_t split_off = take(plan_.split_rows.size() * sizeof(AttnSplitRow));
-  std::memcpy(host + split_off, plan_.split_rows.data(),
-              plan_.split_rows.size() * sizeof(AttnSplitRow));
+  CopyBytes(host + split_off, plan_.split_rows.data(),
+            plan_.split_rows.size() * sizeof(AttnSplitRow));
   const size_t logit_off = take(n_logits * 4);
-  std::memcpy(host + logit_off, batch.logit_rows.data(), n_logits * 4);
+  CopyBytes(host + logit_off, batch.logit_rows.data(), n_logits * 4);
 
   Check(cudaMemcpyAsync(dev, host, at, cudaMemcpyHostToDevice, stream_), "batch upload");
   d_tokens_ = reinterpret_cast<const int32_t*>(dev + tok_off);
