@@ -26,7 +26,7 @@
 #      a whole RouterServer with its gRPC and HTTP ports, progress monitor and
 #      dispatcher; in router_generate_call_test the call state machine
 #      against fake nodes) and run in seconds without the model.
-#      Not router_link_test (2 of 9 runs reported gRPC-allocated call state
+#      Not router_link_test (3 of ~14 runs reported gRPC-allocated call state
 #      and Status objects freed or read on gRPC's threads) and not
 #      inprocess_cluster_test (both run in steps 1-2):
 #      under TSan it gave 194 reports; those read (about 20) were on gRPC's callback
