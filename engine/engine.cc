@@ -100,12 +100,9 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& options)
 Engine::~Engine() { Stop(); }
 
 absl::Status Engine::CheckFits(const RequestSpec& spec) const {
-  const int64_t bs = cache_->config().block_size;
-  // The prompt's full blocks are shared by the samples; each sample has its
-  // own copy of the partial one and the blocks of its output.
-  const int64_t n_prompt = static_cast<int64_t>(spec.prompt.size());
   const int64_t n = std::max<int32_t>(1, spec.sampling.n);
-  const int64_t need = n_prompt / bs + n * ((n_prompt % bs + spec.stop.max_tokens + bs - 1) / bs);
+  const int64_t need = KvBlocksNeeded(static_cast<int64_t>(spec.prompt.size()),
+                                      spec.stop.max_tokens, n, cache_->config().block_size);
   if (need > cache_->config().n_blocks) {
     return absl::ResourceExhaustedError(
         absl::StrCat("request needs ", need, " KV blocks (prompt ", spec.prompt.size(),
@@ -116,14 +113,11 @@ absl::Status Engine::CheckFits(const RequestSpec& spec) const {
 }
 
 int32_t Engine::CommittedBlocks(const RequestSpec& spec, SeqMode mode) const {
-  const int64_t bs = cache_->config().block_size;
   const int64_t prompt = static_cast<int64_t>(spec.prompt.size());
-  if (mode == SeqMode::kPrefillOnly) return static_cast<int32_t>((prompt + bs - 1) / bs);
-  const int64_t per_sample = (prompt + spec.stop.max_tokens + bs - 1) / bs;
-  // n > 1: samples 1..n-1 share root's full prompt blocks (KvCache::Fork) and
-  // own the rest, the copied partial block included.
-  const int64_t n = std::max<int64_t>(1, spec.sampling.n);
-  return static_cast<int32_t>(per_sample + (n - 1) * (per_sample - prompt / bs));
+  const bool prefill_only = mode == SeqMode::kPrefillOnly;
+  return static_cast<int32_t>(KvBlocksNeeded(prompt, prefill_only ? 0 : spec.stop.max_tokens,
+                                             prefill_only ? 1 : spec.sampling.n,
+                                             cache_->config().block_size));
 }
 
 std::unique_ptr<Sequence> Engine::NewSequence(RequestSpec spec, OutputCallback cb, SeqMode mode) {

@@ -71,6 +71,17 @@ struct RequestSpec {
   int32_t n_resumed = 0;
 };
 
+// KV blocks of `block_size` tokens that a request may grow to: its prompt
+// plus max_tokens, for each of its n samples. The samples share the prompt's
+// full blocks (KvCache::Fork); each owns a copy of the partial one and the
+// blocks of its output. The router reserves this, a node admits against it.
+inline int64_t KvBlocksNeeded(int64_t prompt_tokens, int64_t max_tokens, int64_t n,
+                              int64_t block_size) {
+  if (n < 1) n = 1;
+  return prompt_tokens / block_size +
+         n * ((prompt_tokens % block_size + max_tokens + block_size - 1) / block_size);
+}
+
 // Limits a request is checked against.
 struct RequestLimits {
   int32_t n_ctx = 0;  // context length served

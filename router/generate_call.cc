@@ -149,10 +149,8 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
   const int32_t n_prompt = static_cast<int32_t>(call->spec_.prompt.size());
   call->shape_.prompt_tokens = n_prompt;
   call->shape_.block_size = bs;
-  // n > 1 samples share the prompt's full blocks (Engine::CheckFits).
-  call->shape_.blocks_needed =
-      n_prompt / bs +
-      call->spec_.sampling.n * ((n_prompt % bs + call->spec_.stop.max_tokens + bs - 1) / bs);
+  call->shape_.blocks_needed = static_cast<int32_t>(
+      KvBlocksNeeded(n_prompt, call->spec_.stop.max_tokens, call->spec_.sampling.n, bs));
   call->shape_.prefix_hashes = HashFullBlocks(call->spec_.prompt.data(), n_prompt, bs);
   rpc::ToProto(call->spec_, &call->node_req_);
 
