@@ -383,7 +383,11 @@ def cut_and_recover(cluster, relay, table, expected, link, direction, at, recove
     recovers the request on a new connection: a cut before token #1 reached
     the client is retried (`recovery` "router.retry"), one after it is
     migrated ("router.migrate": the same node continues from the tokens the
-    client has, the only decode node here). The request completes with the
+    client has, the only decode node here); `recovery` lists the stages
+    that may show. A KV cut halfway through the bytes lands before or after
+    token #1 reached the client depending on the CPU's prefill speed against
+    the relay's pace (on a Zen 4 it lands after: the prefill reply carries
+    token #1 before half the KV has crossed), so it accepts either. The request completes with the
     same tokens and its timeline shows the recovery stage. No KV block stays
     taken, and the next request succeeds over a new connection."""
     connections = relay.stats()["connections"]
@@ -392,8 +396,9 @@ def cut_and_recover(cluster, relay, table, expected, link, direction, at, recove
     check(got is not None, f"[{link} cut] the request is recovered and completes {err}")
     check(got["token_ids"] == expected[1] and got["text"] == expected[0],
           f"[{link} cut] the recovered request gives the same tokens ({got['token_ids']})")
-    check(any(s["stage"] == recovery for s in got["timings"]["stages"]),
-          f"[{link} cut] its timeline shows {recovery}")
+    stages = [s["stage"] for s in got["timings"]["stages"]]
+    check(any(s in recovery for s in stages),
+          f"[{link} cut] its timeline shows one of {recovery} ({sorted(set(stages))})")
     check(relay.stats()["cuts"] == 1, f"[{link} cut] the cut happened during the request")
     cluster.wait_idle("decode-0", DECODE_IP, DECODE_PORT, "every KV block is free again")
     cluster.wait_idle("prefill-0", PREFILL_IP, PREFILL_PORT, "nothing left on the prefill node")
@@ -452,7 +457,8 @@ def scenario(args, topo, cluster, table):
     kv.cmd(f"stall {STALL_S} {kv_bytes // 2} up")
     run_condition(cluster, table, expected, f"KV link stalls {STALL_S} s mid-transfer", 1)
     check(kv.stats()["stalls"] == 1, "the KV link stalled during the transfer")
-    cut_and_recover(cluster, kv, table, expected, "KV", "up", kv_bytes // 2, "router.retry")
+    cut_and_recover(cluster, kv, table, expected, "KV", "up", kv_bytes // 2,
+                    ("router.retry", "router.migrate"))
 
     rpc.cmd(f"delay {DELAY_MS}")
     run_condition(cluster, table, expected, f"router<->decode +{DELAY_MS} ms per chunk each way",
@@ -462,7 +468,7 @@ def scenario(args, topo, cluster, table):
     run_condition(cluster, table, expected, f"router<->decode stalls {STALL_S} s mid-stream", 1)
     check(rpc.stats()["stalls"] == 1, "the router<->decode link stalled during the stream")
     cut_and_recover(cluster, rpc, table, expected, "router<->decode", "down", stream_bytes // 2,
-                    "router.migrate")
+                    ("router.migrate",))
     check(not cluster.dead(), "router, nodes and relays still running")
 
 
