@@ -29,6 +29,11 @@
 # as prefix-cache hits) with the idle-calibrated profiles in
 # $OUT_DIR/plan_validation/profile_quiet_t{1,2}.json.
 #
+# PREDICT_ONLY=1 measures nothing either: it predicts the runs already
+# measured in $OUT_DIR/plan_validation/$TAG/ (at their SLO) again with the
+# profiles in PROFILE_DIR (default: that directory), writing the predictions
+# beside those profiles; for profiles re-measured after a sweep.
+#
 # Files go to $OUT_DIR/plan_validation/$TAG/ (TAG: this machine's CPU model,
 # family/model and CPU count, so sweeps of different machines sit side by
 # side) and the summary to $OUT_DIR/plan_validation.json, with lscpu's model
@@ -153,6 +158,26 @@ PY
     for rate in ${sweep//,/ }; do
       echo "$name $rate $measured $i $predicted $i" >>"$POINTS"
       i=$((i + 1))
+    done
+  done
+elif [ "${PREDICT_ONLY:-0}" = 1 ]; then
+  MEASURED=$WORK/$TAG
+  PDIR=${PROFILE_DIR:-$MEASURED}
+  first=$(find "$MEASURED" -maxdepth 1 -name '*.measured.json' | sort | head -1)
+  [ -n "$first" ] || die "no measured runs in $MEASURED"
+  SLO_TTFT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['slo']['ttft_ms'])" "$first")
+  SLO_TPOT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['slo']['tpot_ms'])" "$first")
+  for name in $DEPLOYMENTS; do
+    profile=${PROFILE[$name]/$WORK/$PDIR}
+    # The measured runs of this deployment, by rate.
+    rates=$(python3 -c "import glob,os,sys
+fs = glob.glob(os.path.join(sys.argv[1], sys.argv[2] + '.rate*.measured.json'))
+print(' '.join(sorted((os.path.basename(f)[len(sys.argv[2]) + 5:-len('.measured.json')] for f in fs), key=float)))" "$MEASURED" "$name")
+    for rate in $rates; do
+      mfile=$MEASURED/$name.rate$rate.measured.json out=$PDIR/$name.rate$rate.predicted
+      "$BIN" plan --profile "$profile" --deployments "$name" --replay-csv "${mfile%.json}.csv" \
+        --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$out.json" --detailed-csv "$out.csv" >"$out.txt"
+      echo "$name $rate $mfile 0 $out.json 0" >>"$POINTS"
     done
   done
 else
