@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Validates `pdserve plan` against measured runs on this machine:
 #   1. profiles this machine's engine (`pdserve bench --profile`): one CPU
-#      thread (a disaggregated node's share) and all CPUs (a colocated node);
+#      thread (a disaggregated node's share) alone, the same again while a
+#      representative load (`pdserve bench` in a loop: 512-token prefills,
+#      then batch-8 decode) runs on the other CPUs, stored as the profile's
+#      co-run cost (the 1P1D nodes share this machine's L3 and memory), and
+#      all CPUs (a colocated node);
 #   2. measures colocated (--mixed 1, all CPUs) and 1P1D (one CPU each)
-#      deployments with `pdserve loadgen` at each rate in RATES: Poisson
-#      arrivals, fresh prompts per rate (seed SEED + rate index), a warm-up
-#      run with prompts of another seed before the measured ones;
+#      deployments with `pdserve loadgen` at each rate: RATES, or with
+#      RATES=auto (default) RATE_FRACTIONS of each deployment's capacity
+#      (the profile's simulated throughput with every request queued at
+#      once); Poisson arrivals, fresh prompts per rate (seed SEED + rate
+#      index), a warm-up run with prompts of another seed first; per rate
+#      rate x RUN_SECONDS prompts (auto: SWEEP_SECONDS of arrivals per
+#      deployment, shared evenly by its rates), at least MIN_PROMPTS and at
+#      most NUM_PROMPTS; SLO_TTFT/SLO_TPOT=auto: 3x the slower deployment's
+#      simulated idle p50 (1P1D's, one thread);
 #   3. runs `pdserve plan` with the same profile on each measured run as it
 #      was sent (--replay-csv: loadgen's per-request start offsets and
 #      lengths), writing the simulated requests beside the measured ones;
@@ -19,8 +29,19 @@
 # as prefix-cache hits) with the idle-calibrated profiles in
 # $OUT_DIR/plan_validation/profile_quiet_t{1,2}.json.
 #
+# PREDICT_ONLY=1 measures nothing either: it predicts the runs already
+# measured in $OUT_DIR/plan_validation/$TAG/ (at their SLO) again with the
+# profiles in PROFILE_DIR (default: that directory), writing the predictions
+# beside those profiles; for profiles re-measured after a sweep.
+#
+# Files go to $OUT_DIR/plan_validation/$TAG/ (TAG: this machine's CPU model,
+# family/model and CPU count, so sweeps of different machines sit side by
+# side) and the summary to $OUT_DIR/plan_validation.json, with lscpu's model
+# and the load average before and after.
+#
 # Every knob is an environment variable (defaults below); a smoke run:
-#   NUM_PROMPTS=8 RATES="1" INPUT_LEN=64 OUTPUT_LEN=8 bench/plan_validate.sh
+#   NUM_PROMPTS=8 MIN_PROMPTS=8 RATE_FRACTIONS="0.5" INPUT_LEN=64 OUTPUT_LEN=8 OUT_DIR=/tmp/pv \
+#     bench/plan_validate.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${PDSERVE_BIN:-$ROOT/build/bin/pdserve}
@@ -28,10 +49,14 @@ MODEL=${MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 INPUT_LEN=${INPUT_LEN:-512}
 OUTPUT_LEN=${OUTPUT_LEN:-64}
 RANGE_RATIO=${RANGE_RATIO:-0.1}
-NUM_PROMPTS=${NUM_PROMPTS:-60}
-RATES=${RATES:-"0.5 1.0 1.5"}
-SLO_TTFT=${SLO_TTFT:-2000}
-SLO_TPOT=${SLO_TPOT:-50}
+NUM_PROMPTS=${NUM_PROMPTS:-40}
+MIN_PROMPTS=${MIN_PROMPTS:-10}
+RUN_SECONDS=${RUN_SECONDS:-auto}
+SWEEP_SECONDS=${SWEEP_SECONDS:-420}
+RATES=${RATES:-auto}
+RATE_FRACTIONS=${RATE_FRACTIONS:-"0.1 0.3 0.5 0.7 0.9 1.2"}
+SLO_TTFT=${SLO_TTFT:-auto}
+SLO_TPOT=${SLO_TPOT:-auto}
 SEED=${SEED:-100}
 PORT=${PORT:-47100}
 MAX_DURATION=${MAX_DURATION:-600}
@@ -41,6 +66,16 @@ THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
 WORK=$OUT_DIR/plan_validation
 RESULT=$OUT_DIR/plan_validation.json
+cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+cpu_fam=$(lscpu | sed -n 's/^CPU family: *//p' | head -1)
+cpu_mod=$(lscpu | sed -n 's/^Model: *//p' | head -1)
+TAG=${TAG:-$(echo "${cpu_model}-f${cpu_fam}m${cpu_mod}-${CPUS}cpu" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9.-')}
+MACHINE_FILE=$(mktemp)
+python3 - "$MACHINE_FILE" "$cpu_model" "$cpu_fam" "$cpu_mod" "$TAG" "$(uptime)" "$(date -u +%FT%TZ)" <<'PY'
+import json, sys
+json.dump({"lscpu_model_name": sys.argv[2], "cpu_family": sys.argv[3], "cpu_model": sys.argv[4], "tag": sys.argv[5],
+           "uptime_before": sys.argv[6], "started_utc": sys.argv[7]}, open(sys.argv[1], "w"))
+PY
 
 die() { echo "plan_validate: $*" >&2; exit 1; }
 [ -x "$BIN" ] || die "no pdserve binary at $BIN (scripts/build.sh, or set PDSERVE_BIN)"
@@ -64,7 +99,12 @@ stop_cluster() {
   fi
   CLUSTER_PID=
 }
-trap 'stop_cluster; rm -f "$POINTS"' EXIT
+CO_LOAD_PID=
+stop_co_load() {
+  if [ -n "$CO_LOAD_PID" ]; then kill -TERM "$CO_LOAD_PID" 2>/dev/null || true; wait "$CO_LOAD_PID" 2>/dev/null || true; fi
+  CO_LOAD_PID=
+}
+trap 'stop_co_load; stop_cluster; rm -f "$POINTS" "$MACHINE_FILE"' EXIT
 
 start_cluster() {
   local name=$1 log=$WORK/$1.cluster.log
@@ -120,37 +160,102 @@ PY
       i=$((i + 1))
     done
   done
+elif [ "${PREDICT_ONLY:-0}" = 1 ]; then
+  MEASURED=$WORK/$TAG
+  PDIR=${PROFILE_DIR:-$MEASURED}
+  first=$(find "$MEASURED" -maxdepth 1 -name '*.measured.json' | sort | head -1)
+  [ -n "$first" ] || die "no measured runs in $MEASURED"
+  SLO_TTFT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['slo']['ttft_ms'])" "$first")
+  SLO_TPOT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['slo']['tpot_ms'])" "$first")
+  for name in $DEPLOYMENTS; do
+    profile=${PROFILE[$name]/$WORK/$PDIR}
+    # The measured runs of this deployment, by rate.
+    rates=$(python3 -c "import glob,os,sys
+fs = glob.glob(os.path.join(sys.argv[1], sys.argv[2] + '.rate*.measured.json'))
+print(' '.join(sorted((os.path.basename(f)[len(sys.argv[2]) + 5:-len('.measured.json')] for f in fs), key=float)))" "$MEASURED" "$name")
+    for rate in $rates; do
+      mfile=$MEASURED/$name.rate$rate.measured.json out=$PDIR/$name.rate$rate.predicted
+      "$BIN" plan --profile "$profile" --deployments "$name" --replay-csv "${mfile%.json}.csv" \
+        --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$out.json" --detailed-csv "$out.csv" >"$out.txt"
+      echo "$name $rate $mfile 0 $out.json 0" >>"$POINTS"
+    done
+  done
 else
 
-# A disaggregated node shares the machine with the other node, which runs
-# flat out under load; with PROFILE_UNDER_LOAD=1 (default) its profile is
-# measured the same way: an engine benchmark keeps the other CPUs busy.
-PROFILE_UNDER_LOAD=${PROFILE_UNDER_LOAD:-1}
-echo "== profiles ($THREADS_PER_NODE and $((2 * THREADS_PER_NODE)) threads) =="
-for threads in "$THREADS_PER_NODE" "$((2 * THREADS_PER_NODE))"; do
-  file=$WORK/profile_t$threads.json
-  if [ -n "${REUSE_PROFILES:-}" ] && [ -f "$file" ]; then continue; fi
-  pin="" load_pid=""
-  if [ "$threads" -lt "$CPUS" ]; then
-    pin="taskset -c 0-$((threads - 1))"
-    if [ "$PROFILE_UNDER_LOAD" = 1 ]; then
-      taskset -c "$threads-$((CPUS - 1))" "$BIN" bench --model "$MODEL" --threads "$((CPUS - threads))" \
-        --reps 1000 --batch 8 >/dev/null 2>&1 &
-      load_pid=$!
-      sleep 2
-    fi
+WORK=$WORK/$TAG
+mkdir -p "$WORK"
+PROFILE[colocated1]=$WORK/profile_t$((2 * THREADS_PER_NODE)).json
+PROFILE[1P1D]=$WORK/profile_t$THREADS_PER_NODE.json
+# The load beside the co-run profile: what the other node of a 1P1D pair
+# does, 512-token prefills and batch-8 decode (about a third of the time in
+# prefill), in a loop, on the CPUs this node leaves.
+CO_LOAD_DESC="pdserve bench --threads $((CPUS - THREADS_PER_NODE)) --prompt-tokens 512 --gen-tokens 64 --batch 8 --reps 3 looped on the other CPUs (cpu $THREADS_PER_NODE-$((CPUS - 1)))"
+profile() {  # threads output [bench flags...]
+  local threads=$1 file=$2
+  shift 2
+  local pin=""
+  [ "$threads" -lt "$CPUS" ] && pin="taskset -c 0-$((threads - 1))"
+  $pin "$BIN" bench --model "$MODEL" --threads "$threads" --profile "$file" "$@" >"${file%.json}.log"
+}
+echo "== profiles ($THREADS_PER_NODE thread alone and beside a load, $((2 * THREADS_PER_NODE)) threads) $(date -u +%T) =="
+t1=$THREADS_PER_NODE t2=$((2 * THREADS_PER_NODE))
+if [ -z "${REUSE_PROFILES:-}" ] || [ ! -f "${PROFILE[1P1D]}" ] || [ ! -f "${PROFILE[colocated1]}" ]; then
+  profile "$t1" "$WORK/profile_t${t1}_alone.json"
+  (
+    child=
+    trap '[ -n "$child" ] && kill "$child" 2>/dev/null; exit 0' TERM
+    while :; do
+      taskset -c "$t1-$((CPUS - 1))" "$BIN" bench --model "$MODEL" --threads $((CPUS - t1)) \
+        --prompt-tokens 512 --gen-tokens 64 --batch 8 --reps 3 --bandwidth-mib 1 >/dev/null 2>&1 &
+      child=$!
+      wait "$child" || exit 1
+    done
+  ) &
+  CO_LOAD_PID=$!
+  sleep 2
+  profile "$t1" "${PROFILE[1P1D]}" --profile-alone "$WORK/profile_t${t1}_alone.json" --co-run-load "$CO_LOAD_DESC"
+  stop_co_load
+  profile "$t2" "${PROFILE[colocated1]}"
+fi
+
+common_plan=(--random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" --random-range-ratio "$RANGE_RATIO"
+             --avoid-token-ids "0,1" --json)
+# The simulated figure at one rate: plan_figure PROFILE DEPLOYMENT RATE PROMPTS EXPR (python on the point p).
+plan_figure() {
+  "$BIN" plan --profile "$1" --deployments "$2" --request-rate "$3" --num-prompts "$4" --seed 1 \
+    --goodput ttft:100000000 tpot:100000000 \
+    "${common_plan[@]}" | python3 -c "import json,sys; p=json.load(sys.stdin)['deployments'][0]['rates'][0]; print($5)"
+}
+if [ "$SLO_TTFT" = auto ] || [ "$SLO_TPOT" = auto ]; then
+  # One request at a time (0.01 req/s): each deployment's idle p50s; the SLO
+  # is 3x the slower one's, so both meet it idle.
+  idle=$(for d in $DEPLOYMENTS; do plan_figure "${PROFILE[$d]}" "$d" 0.01 40 "f\"{p['ttft_ms']['p50']} {p['tpot_ms']['p50']}\""; done)
+  [ "$SLO_TTFT" = auto ] && SLO_TTFT=$(echo "$idle" | awk '{if ($1 > m) m = $1} END {printf "%.0f", 3 * m}')
+  [ "$SLO_TPOT" = auto ] && SLO_TPOT=$(echo "$idle" | awk '{if ($2 > m) m = $2} END {printf "%.1f", 3 * m}')
+fi
+echo "SLO: TTFT <= $SLO_TTFT ms, TPOT <= $SLO_TPOT ms"
+declare -A RATES_OF
+for name in $DEPLOYMENTS; do
+  if [ "$RATES" = auto ]; then
+    cap=$(plan_figure "${PROFILE[$name]}" "$name" 1000 200 "p['request_throughput']")
+    RATES_OF[$name]=$(python3 -c "import sys; c=float(sys.argv[1]); print(' '.join(f'{float(f)*c:.3g}' for f in sys.argv[2].split()))" "$cap" "$RATE_FRACTIONS")
+    echo "$name: simulated capacity $cap req/s; rates ${RATES_OF[$name]}"
+  else
+    RATES_OF[$name]=$RATES
   fi
-  $pin "$BIN" bench --model "$MODEL" --threads "$threads" --profile "$file" >"$WORK/profile_t$threads.log"
-  if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null || true; wait "$load_pid" 2>/dev/null || true; fi
 done
 
-idx=0
-for rate in $RATES; do
-  seed=$((SEED + idx))
-  idx=$((idx + 1))
-  for name in $DEPLOYMENTS; do
-    [ -n "${CLUSTER_FLAGS[$name]:-}" ] || die "unknown deployment $name (colocated1 or 1P1D)"
-    echo "== $name at $rate req/s (seed $seed) =="
+for name in $DEPLOYMENTS; do
+  [ -n "${CLUSTER_FLAGS[$name]:-}" ] || die "unknown deployment $name (colocated1 or 1P1D)"
+  idx=0
+  for rate in ${RATES_OF[$name]}; do
+    seed=$((SEED + idx))
+    idx=$((idx + 1))
+    n_rates=$(echo "${RATES_OF[$name]}" | wc -w)
+    run_s=$RUN_SECONDS
+    [ "$run_s" = auto ] && run_s=$((SWEEP_SECONDS / n_rates))
+    prompts=$(python3 -c "import math,sys; print(max($MIN_PROMPTS, min($NUM_PROMPTS, math.ceil(float(sys.argv[1]) * $run_s))))" "$rate")
+    echo "== $name at $rate req/s, $prompts prompts (seed $seed) $(date -u +%T) =="
     start_cluster "$name"
     common=(--target "grpc://127.0.0.1:$PORT" --random-input-len "$INPUT_LEN"
             --random-output-len "$OUTPUT_LEN" --random-range-ratio "$RANGE_RATIO" --ignore-eos
@@ -158,7 +263,7 @@ for rate in $RATES; do
     # Warm-up: prompts of another seed, so no measured prompt is cached.
     "$BIN" loadgen "${common[@]}" --seed $((seed + 100000)) --num-prompts 2 --max-concurrency 1 \
       >/dev/null
-    "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$NUM_PROMPTS" --request-rate "$rate" \
+    "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$prompts" --request-rate "$rate" \
       --label "$name" --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
       --result-json "$WORK/$name.rate$rate.measured.json" \
       --detailed-csv "$WORK/$name.rate$rate.measured.csv" >"$WORK/$name.rate$rate.measured.txt"
@@ -176,9 +281,11 @@ done
 fi
 
 cd "$ROOT"
-python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" <<'PY'
+python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" "$MACHINE_FILE" "$(uptime)" <<'PY'
 import csv, json, os, platform, statistics, sys
 points_file, result, committed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+machine = json.load(open(sys.argv[6])) if os.path.getsize(sys.argv[6]) else {}
+machine["uptime_after"] = sys.argv[7]
 bounds = {"goodput": 0.15, "ttft_p50": 0.20, "ttft_p99": 0.20, "tpot_p50": 0.20, "tpot_p99": 0.20}
 def figures_measured(run):
     return {"goodput": run["goodput"], "ttft_p50": run["ttft_ms"]["p50"], "ttft_p99": run["ttft_ms"]["p99"],
@@ -191,7 +298,7 @@ def figures_predicted(point):
 out = {"experiment": "pdserve plan predictions against pdserve loadgen measurements" +
        (" (the committed quiet-machine sweep of bench/disagg_vs_colocated.sh)" if committed else ", this machine"),
        "slo": {"ttft_ms": float(sys.argv[4]), "tpot_ms": float(sys.argv[5])},
-       "bounds_relative": bounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+       "bounds_relative": bounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **machine},
        "points": []}
 def isolated(mfile, run):
     # Requests with no other request in flight over their whole life: what

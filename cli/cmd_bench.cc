@@ -174,8 +174,70 @@ class StepProfiler {
   std::vector<planner::StepSample> samples_;
 };
 
+// Each step's shape, measured and fitted time, for the profile's notes;
+// sets the fit's rms and worst relative error.
+nlohmann::json StepsJson(const std::vector<planner::StepSample>& samples,
+                         const planner::StepCost& fit, double* rms, double* worst) {
+  nlohmann::json steps = nlohmann::json::array();
+  double sum_sq = 0;
+  *worst = 0;
+  for (const planner::StepSample& s : samples) {
+    const double predicted = fit.Seconds(s.shape);
+    const double rel = predicted / s.seconds - 1;
+    *worst = std::max(*worst, std::abs(rel));
+    sum_sq += rel * rel;
+    steps.push_back({{"prefill_tokens", s.shape.prefill_tokens},
+                     {"attention_pairs", s.shape.attention_pairs},
+                     {"decode_seqs", s.shape.decode_seqs},
+                     {"decode_context", s.shape.decode_context},
+                     {"measured_s", s.seconds},
+                     {"fitted_s", predicted}});
+  }
+  *rms = std::sqrt(sum_sq / static_cast<double>(samples.size()));
+  return steps;
+}
+
+// --profile-alone: this run timed the node beside a co-running load; its fit
+// becomes the co-run cost of the profile measured alone, written to `path`.
+int WriteCoRunProfile(const std::string& alone_path, const std::string& load,
+                      const std::vector<planner::StepSample>& samples, const planner::StepCost& fit,
+                      int threads, const std::string& model_name, double measure_s,
+                      const std::string& path) {
+  absl::StatusOr<planner::DeviceProfile> alone = planner::LoadProfile(alone_path);
+  if (!alone.ok()) return Fail("bench", std::string(alone.status().message()));
+  if (alone->threads != threads || alone->model != model_name) {
+    return Fail("bench", absl::StrCat("--profile-alone ", alone_path, " is ", alone->model, " on ",
+                                      alone->threads, " threads; this run is ", model_name, " on ",
+                                      threads));
+  }
+  planner::DeviceProfile p = *alone;
+  double rms = 0, worst = 0;
+  nlohmann::json steps = StepsJson(samples, fit, &rms, &worst);
+  p.step_co_run = fit;
+  p.co_run_source = absl::StrCat("pdserve bench --profile --profile-alone: ", samples.size(),
+                                 " engine steps timed while ", load,
+                                 ", fitted by least squares (rms relative error ", rms, ")");
+  p.notes["co_run_fit_rms_relative_error"] = rms;
+  p.notes["co_run_fit_max_relative_error"] = worst;
+  p.notes["co_run_measure_seconds"] = measure_s;
+  p.notes["co_run_steps"] = steps;
+  if (absl::Status s = p.Validate(); !s.ok()) return Fail("bench", std::string(s.message()));
+  if (absl::Status s = planner::SaveProfile(p, path); !s.ok())
+    return Fail("bench", std::string(s.message()));
+  nlohmann::ordered_json summary = planner::ProfileToJson(p);
+  summary.erase("notes");
+  summary["co_run_fit_rms_relative_error"] = rms;
+  summary["co_run_fit_max_relative_error"] = worst;
+  summary["co_run_measure_seconds"] = measure_s;
+  std::cout << summary.dump(2) << std::endl;
+  std::fprintf(stderr, "pdserve bench: wrote %s with its co-run cost to %s\n", alone_path.c_str(),
+               path.c_str());
+  return 0;
+}
+
 int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_t kv_blocks,
-               int reps, const std::string& path) {
+               int reps, const std::string& path, const std::string& alone_path,
+               const std::string& co_run_load) {
   const int64_t start_ns = MonoNowNs();
   StepProfiler prof(engine, reps);
   absl::Status st;
@@ -193,6 +255,7 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
                                    {4, 256, 256},
                                    {16, 32, 0},
                                    {16, 256, 256},
+                                   {8, 512, 256},
                                    {32, 32, 128}}) {
     run(prof.Decode(batch, ctx, 8, mixed));
   }
@@ -201,8 +264,12 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
       prof.samples().begin() + static_cast<std::ptrdiff_t>(warm), prof.samples().end());
   absl::StatusOr<planner::StepCost> fit = planner::FitStepCost(samples);
   if (!fit.ok()) return Fail("bench", std::string(fit.status().message()));
-
   const ModelConfig& c = model.config();
+  if (!alone_path.empty()) {
+    return WriteCoRunProfile(alone_path, co_run_load, samples, *fit, engine->n_threads(), c.name,
+                             (MonoNowNs() - start_ns) / 1e9, path);
+  }
+
   planner::DeviceProfile p;
   p.model = c.name;
   p.threads = engine->n_threads();
@@ -222,24 +289,12 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
   p.link.bandwidth_bytes_per_s = 1e9;
   p.link.latency_s = 0.0002;
   p.router_overhead_s = 0.001;
-  nlohmann::json steps = nlohmann::json::array();
-  double worst = 0, sum_sq = 0;
-  for (const planner::StepSample& s : samples) {
-    const double predicted = p.step.Seconds(s.shape);
-    const double rel = predicted / s.seconds - 1;
-    worst = std::max(worst, std::abs(rel));
-    sum_sq += rel * rel;
-    steps.push_back({{"prefill_tokens", s.shape.prefill_tokens},
-                     {"attention_pairs", s.shape.attention_pairs},
-                     {"decode_seqs", s.shape.decode_seqs},
-                     {"decode_context", s.shape.decode_context},
-                     {"measured_s", s.seconds},
-                     {"fitted_s", predicted}});
-  }
+  double rms = 0, worst = 0;
+  nlohmann::json steps = StepsJson(samples, p.step, &rms, &worst);
   p.notes["device"] = engine->backend_name();
   p.notes["isa"] = kernels::IsaName(kernels::ActiveIsa());
   p.notes["model_path"] = ef.model_path;
-  p.notes["fit_rms_relative_error"] = std::sqrt(sum_sq / samples.size());
+  p.notes["fit_rms_relative_error"] = rms;
   p.notes["fit_max_relative_error"] = worst;
   p.notes["link_and_router"] =
       "not measured by this run: loopback TCP 1 GB/s and 0.2 ms (kv_transfer_bench), router 1 ms "
@@ -251,7 +306,7 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
     return Fail("bench", std::string(s.message()));
   nlohmann::ordered_json summary = planner::ProfileToJson(p);
   summary.erase("notes");
-  summary["fit_rms_relative_error"] = std::sqrt(sum_sq / samples.size());
+  summary["fit_rms_relative_error"] = rms;
   summary["fit_max_relative_error"] = worst;
   summary["measure_seconds"] = p.notes["measure_seconds"].get<double>();
   std::cout << summary.dump(2) << std::endl;
@@ -274,7 +329,13 @@ int RunBench(int argc, char** argv) {
       ("json", po::bool_switch(), "print one JSON object")
       ("profile", po::value<std::string>()->default_value(""),
        "instead: time engine steps of many shapes, fit the planner's cost model, write a device "
-       "profile JSON here (for pdserve plan; about a minute)");
+       "profile JSON here (for pdserve plan; about a minute)")
+      ("profile-alone", po::value<std::string>()->default_value(""),
+       "with --profile: this run times the node while another node's load runs on the host's "
+       "other cores; the profile FILE (the same node measured alone) is written to --profile with "
+       "this run's fit as its co-run cost (step_co_run)")
+      ("co-run-load", po::value<std::string>()->default_value(""),
+       "with --profile-alone: what ran beside this run (recorded in the profile)");
   // clang-format on
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
@@ -298,6 +359,10 @@ int RunBench(int argc, char** argv) {
     return Fail("bench", "prompt or generation longer than the context");
   }
   const std::string profile_path = vm["profile"].as<std::string>();
+  if (!vm["profile-alone"].as<std::string>().empty() &&
+      (profile_path.empty() || vm["co-run-load"].as<std::string>().empty())) {
+    return Fail("bench", "--profile-alone needs --profile and --co-run-load (what ran beside it)");
+  }
   if (!profile_path.empty()) batches.push_back(32);  // the profile's largest decode batch
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   EngineOptions o = ef.options;
@@ -322,7 +387,8 @@ int RunBench(int argc, char** argv) {
     const int64_t block_bytes = engine->cache().config().BlockBytes();
     const int64_t node_blocks =
         ef.options.kv_blocks > 0 ? ef.options.kv_blocks : ef.options.kv_cache_bytes / block_bytes;
-    return RunProfile(engine, *model, ef, node_blocks, reps, profile_path);
+    return RunProfile(engine, *model, ef, node_blocks, reps, profile_path,
+                      vm["profile-alone"].as<std::string>(), vm["co-run-load"].as<std::string>());
   }
 
   // Prefill: one prompt of n_prompt tokens, timed over the step that computes it.

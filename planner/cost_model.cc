@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 
 namespace pdserve::planner {
 namespace {
@@ -56,12 +57,29 @@ bool Solve(std::vector<std::vector<double>>& a, std::vector<double>& b, std::vec
   return true;
 }
 
-absl::Status CheckNonNegative(double v, const char* name) {
+absl::Status CheckNonNegative(double v, absl::string_view name) {
   if (!std::isfinite(v) || v < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("profile: ", name, " must be finite and >= 0, got ", v));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckStepCost(const StepCost& step, absl::string_view prefix) {
+  for (int i = 0; i < kTerms; ++i) {
+    if (absl::Status s =
+            CheckNonNegative(ToCoefficients(step)[i], absl::StrCat(prefix, kTermNames[i]));
+        !s.ok())
+      return s;
+  }
+  return absl::OkStatus();
+}
+
+nlohmann::ordered_json StepCostToJson(const StepCost& step) {
+  nlohmann::ordered_json j;
+  const auto c = ToCoefficients(step);
+  for (int i = 0; i < kTerms; ++i) j[kTermNames[i]] = c[i];
+  return j;
 }
 
 template <typename T>
@@ -93,6 +111,14 @@ double StepCost::Seconds(const StepShape& s) const {
   double t = 0;
   for (int i = 0; i < kTerms; ++i) t += f[i] * c[i];
   return t;
+}
+
+double CoRunSlowdown(const DeviceProfile& profile, const StepShape& shape) {
+  if (!profile.step_co_run.has_value()) return 1.0;
+  const double alone = profile.step.Seconds(shape);
+  const double co = profile.step_co_run->Seconds(shape);
+  if (!(alone > 0) || !(co > alone)) return 1.0;
+  return co / alone;
 }
 
 absl::StatusOr<StepCost> FitStepCost(const std::vector<StepSample>& samples) {
@@ -166,9 +192,9 @@ absl::Status DeviceProfile::Validate() const {
   if (max_batch_tokens < 1)
     return absl::InvalidArgumentError("profile: max_batch_tokens must be >= 1");
   if (max_batch_seqs < 1) return absl::InvalidArgumentError("profile: max_batch_seqs must be >= 1");
-  for (int i = 0; i < kTerms; ++i) {
-    if (absl::Status s = CheckNonNegative(ToCoefficients(step)[i], kTermNames[i]); !s.ok())
-      return s;
+  if (absl::Status s = CheckStepCost(step, ""); !s.ok()) return s;
+  if (step_co_run.has_value()) {
+    if (absl::Status s = CheckStepCost(*step_co_run, "step_co_run."); !s.ok()) return s;
   }
   // Every non-empty step must take time, or the simulation would not advance.
   if (!(step.base_s > 0 || (step.prefill_token_s > 0 && step.decode_seq_s > 0))) {
@@ -194,10 +220,11 @@ nlohmann::ordered_json ProfileToJson(const DeviceProfile& p) {
   j["kv_blocks"] = p.kv_blocks;
   j["max_batch_tokens"] = p.max_batch_tokens;
   j["max_batch_seqs"] = p.max_batch_seqs;
-  nlohmann::ordered_json step;
-  const auto c = ToCoefficients(p.step);
-  for (int i = 0; i < kTerms; ++i) step[kTermNames[i]] = c[i];
-  j["step"] = step;
+  j["step"] = StepCostToJson(p.step);
+  if (p.step_co_run.has_value()) {
+    j["step_co_run"] = StepCostToJson(*p.step_co_run);
+    j["co_run_source"] = p.co_run_source;
+  }
   j["link"] = {{"bandwidth_bytes_per_s", p.link.bandwidth_bytes_per_s},
                {"latency_s", p.link.latency_s}};
   j["router_overhead_s"] = p.router_overhead_s;
@@ -230,6 +257,14 @@ absl::StatusOr<DeviceProfile> ProfileFromJson(const nlohmann::json& j) {
   std::array<double, kTerms> c{};
   for (int i = 0; i < kTerms; ++i) read(Read(*step, kTermNames[i], &c[i], i == 0));
   p.step = FromCoefficients(c);
+  if (auto co = j.find("step_co_run"); co != j.end()) {
+    if (!co->is_object())
+      return absl::InvalidArgumentError("profile: \"step_co_run\" must be an object");
+    std::array<double, kTerms> cc{};
+    for (int i = 0; i < kTerms; ++i) read(Read(*co, kTermNames[i], &cc[i], i == 0));
+    p.step_co_run = FromCoefficients(cc);
+    read(Read(j, "co_run_source", &p.co_run_source, false));
+  }
   if (auto link = j.find("link"); link != j.end()) {
     if (!link->is_object())
       return absl::InvalidArgumentError("profile: \"link\" must be an object");

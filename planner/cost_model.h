@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,13 +70,26 @@ struct DeviceProfile {
   int64_t kv_blocks = 0;           // KV capacity of one node, in blocks
   int32_t max_batch_tokens = 512;  // token budget per step (chunked prefill)
   int32_t max_batch_seqs = 64;
-  StepCost step;
+  StepCost step;  // the node with its host to itself
+  // The same node's steps while another node of the deployment computes on
+  // the same host (CPU nodes pinned to cores of one machine share its L3
+  // and memory bandwidth): measured with a representative load on the
+  // host's other cores (`pdserve bench --profile ... --profile-alone`).
+  // Absent: nodes do not slow each other (separate devices or hosts).
+  std::optional<StepCost> step_co_run;
+  std::string co_run_source;  // how step_co_run was measured
   LinkModel link;
   double router_overhead_s = 0;  // router + RPC time from arrival to a node's queue
   nlohmann::json notes = nlohmann::json::object();  // citations, fit residuals: free form
 
   absl::Status Validate() const;
 };
+
+// How many times longer a step of this shape takes beside a computing
+// node than alone: step_co_run / step, at least 1 (1 without step_co_run).
+// The simulator runs a step at 1/slowdown of its alone speed for as long as
+// another node is mid-step.
+double CoRunSlowdown(const DeviceProfile& profile, const StepShape& shape);
 
 nlohmann::ordered_json ProfileToJson(const DeviceProfile& profile);
 absl::StatusOr<DeviceProfile> ProfileFromJson(const nlohmann::json& json);

@@ -20,6 +20,7 @@ struct Event {
   EventKind kind;
   int32_t node;
   int32_t req;
+  uint64_t version = 0;  // kStepDone: the node's step_version it was timed for
 };
 struct Later {
   bool operator()(const Event& a, const Event& b) const {
@@ -46,6 +47,17 @@ struct Node {
   // The step in progress.
   std::vector<Chunk> chunks;
   std::vector<int32_t> decodes;
+  double step_start_s = 0;
+  // It takes alone_s with the host to itself and co_run_s beside another
+  // computing node; done_frac of it was computed by progress_at_s, at the
+  // speed `contended` says. Each re-timing bumps step_version, which makes
+  // the completion event timed before it stale.
+  double step_alone_s = 0;
+  double step_co_run_s = 0;
+  double step_done_frac = 0;
+  double progress_at_s = 0;
+  bool step_contended = false;
+  uint64_t step_version = 0;
 };
 
 struct ReqState {
@@ -66,6 +78,8 @@ class Sim {
     for (int32_t i = 0; i < d.n_prefill; ++i) AddNode(Role::kPrefill, &o.prefill, i);
     for (int32_t i = 0; i < d.n_decode; ++i) AddNode(Role::kDecode, &o.decode, i);
     for (int32_t i = 0; i < d.n_mixed; ++i) AddNode(Role::kMixed, &o.mixed, i);
+    for (const Node& n : nodes_) co_run_ |= n.profile->step_co_run.has_value();
+    co_run_ &= nodes_.size() > 1;
     state_.resize(reqs_.size());
     result_.requests.resize(reqs_.size());
   }
@@ -87,6 +101,7 @@ class Sim {
           MaybeStart(e.node);
           break;
         case EventKind::kStepDone:
+          if (e.version != nodes_[e.node].step_version) break;  // re-timed since
           OnStepDone(e.node);
           break;
         case EventKind::kKvReady:
@@ -107,8 +122,8 @@ class Sim {
     nodes_.push_back(std::move(n));
   }
 
-  void Push(double t, EventKind kind, int32_t node, int32_t req) {
-    events_.push(Event{t, next_seq_++, kind, node, req});
+  void Push(double t, EventKind kind, int32_t node, int32_t req, uint64_t version = 0) {
+    events_.push(Event{t, next_seq_++, kind, node, req, version});
   }
 
   // The block size the router sizes requests with: the decode (or
@@ -221,16 +236,56 @@ class Sim {
       }
     }
     if (n.chunks.empty() && n.decodes.empty()) return;
-    const double dur = std::max(p.step.Seconds(shape), 1e-9);
-    if (n.role == Role::kPrefill) ShipKv(&n, dur);
+    n.step_alone_s = std::max(p.step.Seconds(shape), 1e-9);
+    n.step_co_run_s = n.step_alone_s * CoRunSlowdown(p, shape);
+    n.step_start_s = n.progress_at_s = now_;
+    n.step_done_frac = 0;
+    n.step_contended = OtherBusy(ni);
     n.busy = true;
     ++result_.steps;
-    Push(now_ + dur, EventKind::kStepDone, ni, -1);
+    ++n.step_version;
+    Push(now_ + (n.step_contended ? n.step_co_run_s : n.step_alone_s), EventKind::kStepDone, ni, -1,
+         n.step_version);
+    Retime(ni);
   }
 
-  // Layer l of a chunk is ready at (l+1)/n_layers of the step and queues on
-  // the node's link behind whatever is still in flight.
-  void ShipKv(Node* n, double dur) {
+  // Nodes sharing a host (profiles with a co-run cost) slow each other:
+  // true when a node other than `ni` is mid-step.
+  bool OtherBusy(int32_t ni) const {
+    if (!co_run_) return false;
+    for (int32_t i = 0; i < static_cast<int32_t>(nodes_.size()); ++i) {
+      if (i != ni && nodes_[i].busy) return true;
+    }
+    return false;
+  }
+
+  // Node `changed` started or ended a step: every other node mid-step whose
+  // speed that changes is credited with what it computed so far and its
+  // completion re-timed at the new speed.
+  void Retime(int32_t changed) {
+    if (!co_run_) return;
+    for (int32_t i = 0; i < static_cast<int32_t>(nodes_.size()); ++i) {
+      Node& n = nodes_[i];
+      if (i == changed || !n.busy || n.step_co_run_s == n.step_alone_s) continue;
+      const bool contended = OtherBusy(i);
+      if (contended == n.step_contended) continue;
+      n.step_done_frac +=
+          (now_ - n.progress_at_s) / (n.step_contended ? n.step_co_run_s : n.step_alone_s);
+      n.progress_at_s = now_;
+      n.step_contended = contended;
+      const double left =
+          std::max(0.0, 1 - n.step_done_frac) * (contended ? n.step_co_run_s : n.step_alone_s);
+      ++n.step_version;
+      Push(now_ + left, EventKind::kStepDone, i, -1, n.step_version);
+    }
+  }
+
+  // Layer l of a chunk is ready at (l+1)/n_layers of the step (evenly over
+  // its wall time, stretched or not by a co-running node) and queues on the
+  // node's link behind whatever is still in flight. Called as the step ends,
+  // before its chunks are counted as computed.
+  void ShipKv(Node* n) {
+    const double start = n->step_start_s, dur = now_ - n->step_start_s;
     const DeviceProfile& p = *n->profile;
     const LinkModel& link = p.link;
     const int32_t layers = p.n_layers;
@@ -242,7 +297,7 @@ class Sim {
       const double layer_s =
           static_cast<double>(p.kv_bytes_per_token) * tokens / layers / link.bandwidth_bytes_per_s;
       for (int32_t l = 0; l < layers; ++l) {
-        const double ready = now_ + dur * (l + 1) / layers;
+        const double ready = start + dur * (l + 1) / layers;
         n->link_free_s = std::max(ready, n->link_free_s) + layer_s;
       }
       state_[c.req].kv_ready_s = n->link_free_s + link.latency_s;
@@ -275,6 +330,8 @@ class Sim {
   void OnStepDone(int32_t ni) {
     Node& n = nodes_[ni];
     n.busy = false;
+    Retime(ni);
+    if (n.role == Role::kPrefill) ShipKv(&n);
     freed_ = false;
     for (int32_t r : n.decodes) {
       ReqState& s = state_[r];
@@ -330,6 +387,7 @@ class Sim {
   uint64_t next_seq_ = 0;
   double now_ = 0;
   bool freed_ = false;
+  bool co_run_ = false;  // some node's profile has a co-run cost, and there are 2+ nodes
   SimResult result_;
 };
 

@@ -14,6 +14,11 @@
 //            one token per step (up to max_batch_seqs, oldest first);
 //   colocated the engine's scheduler: decode tokens first, then prompt
 //            chunks in the rest of the budget (chunked prefill).
+//   step     time from the profile's cost model: base, prompt tokens,
+//            attention pairs, decode sequences and the KV tokens they
+//            attend (context); with a co-run cost (nodes sharing one host),
+//            a step runs at 1/CoRunSlowdown of its speed for as long as
+//            another node is mid-step, and is re-timed when that changes.
 //
 // Time is in seconds from the first arrival's origin (0). Ties between
 // events are broken by insertion order, so a run is a pure function of its

@@ -88,6 +88,47 @@ TEST(CostModelTest, ProfileRoundTripsThroughJson) {
   EXPECT_EQ(back->step.attention_pair_s, p.step.attention_pair_s);
   EXPECT_EQ(back->link.bandwidth_bytes_per_s, p.link.bandwidth_bytes_per_s);
   EXPECT_EQ(back->notes["source"], "test");
+  EXPECT_FALSE(back->step_co_run.has_value());
+}
+
+TEST(CostModelTest, CoRunStepCostRoundTripsThroughJson) {
+  DeviceProfile p = HandProfile();
+  p.step_co_run = StepCost{0.011, 0.0015, 0, 0.004, 1e-6};
+  p.co_run_source = "measured beside a busy twin";
+  absl::StatusOr<DeviceProfile> back =
+      ProfileFromJson(nlohmann::json::parse(ProfileToJson(p).dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->step_co_run.has_value());
+  EXPECT_EQ(back->step_co_run->base_s, 0.011);
+  EXPECT_EQ(back->step_co_run->prefill_token_s, 0.0015);
+  EXPECT_EQ(back->step_co_run->decode_seq_s, 0.004);
+  EXPECT_EQ(back->step_co_run->decode_context_token_s, 1e-6);
+  EXPECT_EQ(back->co_run_source, p.co_run_source);
+
+  nlohmann::json j = nlohmann::json::parse(ProfileToJson(p).dump());
+  j["step_co_run"]["decode_seq_s"] = -0.001;
+  absl::StatusOr<DeviceProfile> bad = ProfileFromJson(j);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("step_co_run.decode_seq_s"), std::string::npos)
+      << bad.status();
+}
+
+// The hand profile's step is 10 ms + 1 ms a prompt token + 2 ms a decode
+// sequence; beside another node it is 10 ms + 1.5 ms + 4 ms:
+//   100 prompt tokens: 110 ms alone, 160 ms co-run: 160/110
+//   4 decode sequences: 18 ms alone, 26 ms co-run: 26/18
+// A co-run cost below the alone one (noise in two fits) is no speed-up: 1.
+TEST(CostModelTest, CoRunSlowdownIsTheRatioOfTheTwoStepCosts) {
+  DeviceProfile p = HandProfile();
+  StepShape prefill, decode;
+  prefill.prefill_tokens = 100;
+  decode.decode_seqs = 4;
+  EXPECT_EQ(CoRunSlowdown(p, prefill), 1.0);  // no co-run cost: no slowdown
+  p.step_co_run = StepCost{0.010, 0.0015, 0, 0.004, 0};
+  EXPECT_NEAR(CoRunSlowdown(p, prefill), 0.160 / 0.110, 1e-12);
+  EXPECT_NEAR(CoRunSlowdown(p, decode), 0.026 / 0.018, 1e-12);
+  p.step_co_run = StepCost{0.005, 0.001, 0, 0.002, 0};
+  EXPECT_EQ(CoRunSlowdown(p, prefill), 1.0);
 }
 
 TEST(CostModelTest, BadProfilesSayWhatIsWrong) {

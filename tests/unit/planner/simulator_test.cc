@@ -143,6 +143,73 @@ TEST(SimulatorTest, HandComputedColocatedTrace) {
   EXPECT_NEAR(q[0].itl_s[1], 0.014, kEps);
 }
 
+// Decode cost against context: the hand profile plus 0.1 ms per KV token a
+// decode sequence attends (its prompt and the tokens generated so far,
+// the one it feeds included).
+// 1P1D, A alone (t=0, 50 in, 3 out): token #1 at 0.06 (10 + 50 ms); token
+// #2 attends 51 positions: 10 + 2 + 5.1 ms -> 0.0771; token #3 52: 17.2 ms
+// -> 0.0943. TPOT (0.0943 - 0.06)/2 = 0.01715.
+// Colocated, A (t=0, 50 in, 3 out) and B (t=0.02, 80 in, 2 out):
+//   [0, 0.06)          A's prompt                                -> A #1
+//   [0.06, 0.1571)     A decode at 51 + B's 80 (10 + 2 + 5.1 + 80 ms)
+//                                                                -> A #2, B #1
+//   [0.1571, 0.1844)   A at 52 and B at 81 (10 + 4 + 13.3 ms)    -> A #3, B #2
+// TTFT B 0.1371; TPOT A (0.1844 - 0.06)/2 = 0.0622, B 0.0273.
+TEST(SimulatorTest, HandComputedDecodeContextTrace) {
+  DeviceProfile p = HandProfile();
+  p.step.decode_context_token_s = 0.0001;
+  absl::StatusOr<SimResult> one = Simulate({{0.0, 50, 3}}, Disaggregated(p));
+  ASSERT_TRUE(one.ok()) << one.status();
+  ASSERT_EQ(one->requests[0].itl_s.size(), 2u);
+  EXPECT_NEAR(one->requests[0].itl_s[0], 0.0171, kEps);
+  EXPECT_NEAR(one->requests[0].itl_s[1], 0.0172, kEps);
+  EXPECT_NEAR(one->requests[0].tpot_s, 0.01715, kEps);
+
+  absl::StatusOr<SimResult> r = Simulate({{0.0, 50, 3}, {0.02, 80, 2}}, Colocated(p));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const auto& q = r->requests;
+  EXPECT_NEAR(q[0].ttft_s, 0.06, kEps);
+  EXPECT_NEAR(q[1].ttft_s, 0.1371, kEps);
+  EXPECT_NEAR(q[0].tpot_s, 0.0622, kEps);
+  EXPECT_NEAR(q[1].tpot_s, 0.0273, kEps);
+  EXPECT_NEAR(r->end_s, 0.1844, kEps);
+}
+
+// Two nodes sharing a host: each step costs the hand profile alone and
+// twice that while the other node is mid-step (step_co_run = 2x every
+// term), so a step progresses at half speed while the other computes.
+// 1P1D, A (t=0, 50 in, 3 out), B (t=0.02, 80 in, 2 out):
+//   0      prefill A (60 ms, decode idle)                    -> A #1 at 0.06
+//   0.06   prefill B starts (90 ms alone); decode A #2 starts beside it:
+//          24 ms -> 0.084; prefill now runs at half speed
+//   0.084  prefill has done 12 of 90 ms; decode A #3 again beside it -> 0.108
+//   0.108  prefill has done 24 of 90 ms; decode idle: the last 66 ms alone
+//          -> B #1 at 0.174
+//   0.174  decode B #2 alone (12 ms)                         -> 0.186
+// TTFT A 0.06, B 0.154; TPOT A 0.024, B 0.012. Without the co-run cost:
+// B #1 at 0.15, A's TPOT 0.012.
+TEST(SimulatorTest, HandComputedCoRunTrace) {
+  DeviceProfile p = HandProfile();
+  p.step_co_run = StepCost{0.020, 0.002, 0, 0.004, 0};
+  absl::StatusOr<SimResult> r = Simulate({{0.0, 50, 3}, {0.02, 80, 2}}, Disaggregated(p));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const auto& q = r->requests;
+  EXPECT_NEAR(q[0].ttft_s, 0.06, kEps);
+  EXPECT_NEAR(q[0].tpot_s, 0.024, kEps);
+  EXPECT_NEAR(q[0].e2e_s, 0.108, kEps);
+  EXPECT_NEAR(q[1].ttft_s, 0.154, kEps);
+  EXPECT_NEAR(q[1].tpot_s, 0.012, kEps);
+  EXPECT_NEAR(r->end_s, 0.186, kEps);
+  EXPECT_EQ(r->steps, 5);  // stale completions of re-timed steps are not steps
+
+  // A single colocated node has nobody to share with: its trace is the
+  // hand profile's (HandComputedColocatedTrace).
+  absl::StatusOr<SimResult> c = Simulate({{0.0, 50, 3}, {0.02, 80, 2}}, Colocated(p));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_NEAR(c->requests[1].ttft_s, 0.132, kEps);
+  EXPECT_NEAR(c->requests[0].tpot_s, 0.053, kEps);
+}
+
 // Layer-wise shipping: 100 prompt tokens, 1000 B/token over 10 layers is
 // 10 kB a layer; the step takes 110 ms, so layer l is ready at 11 ms*(l+1).
 //  - 1 MB/s (10 ms a layer): each layer leaves as it is ready; only the
