@@ -12,7 +12,7 @@
 #   JOBS          parallel compile jobs (default 2)
 #   BUILD_SERVER  1 also builds llama-server (default 0: not needed by the matrix)
 #
-# Output: $LLAMA_CPP_DIR/bin/{llama-bench,llama-quantize} and
+# Output: $LLAMA_CPP_DIR/bin/{llama-bench,llama-quantize,llama-perplexity} and
 # $LLAMA_CPP_DIR/bin/build_info.json (version, compiler, flags, CPU). The last
 # line printed is the bin directory. Idempotent: exits early when build_info.json
 # exists and the binaries run.
@@ -28,7 +28,7 @@ INFO="$BIN/build_info.json"
 log() { echo "build_llama_cpp: $*" >&2; }
 
 if [ -f "$INFO" ] && "$BIN/llama-bench" --help >/dev/null 2>&1 &&
-   [ -x "$BIN/llama-quantize" ]; then
+   [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/llama-perplexity" ]; then
   log "already built ($INFO)"
   echo "$BIN"
   exit 0
@@ -62,7 +62,8 @@ LAUNCHER=()
 if command -v ccache >/dev/null; then
   LAUNCHER=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
-TARGETS=(llama-bench llama-quantize)
+# llama-perplexity: its --kl-divergence scores bench/top1_agreement.sh.
+TARGETS=(llama-bench llama-quantize llama-perplexity)
 SERVER_FLAG=OFF
 if [ "$BUILD_SERVER" = 1 ]; then TARGETS+=(llama-server); SERVER_FLAG=ON; fi
 
@@ -87,6 +88,9 @@ CXX=$(cache_get CMAKE_CXX_COMPILER)
 CXX_VERSION=$("$CXX" --version | head -1)
 CXX_FLAGS_RELEASE=$(cache_get CMAKE_CXX_FLAGS_RELEASE)
 NATIVE_FLAGS=$(grep -o -- '-march=native[^"]*' "$LLAMA_CPP_DIR/build/build.ninja" | head -1 || true)
+# What -march=native turns on here (the ISA ggml-cpu was compiled for).
+NATIVE_ISA=$(echo | "$CXX" -march=native -dM -E - 2>/dev/null |
+  sed -n 's/^#define __\(AVX[A-Z0-9_]*\|FMA\|F16C\|AMX[A-Z0-9_]*\)__ 1$/\1/p' | sort | tr '\n' ' ' || true)
 CPU_MODEL=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 BENCH_VERSION=$("$BIN/llama-bench" --version 2>&1 | head -1 || true)
 
@@ -101,6 +105,7 @@ info = {
     "cxx_version": """$CXX_VERSION""",
     "cxx_flags_release": "$CXX_FLAGS_RELEASE",
     "native_flags": "$NATIVE_FLAGS",
+    "native_isa": """$NATIVE_ISA""".split(),
     "cpu_model": "$CPU_MODEL",
     "targets": """${TARGETS[*]}""".split(),
 }

@@ -12,6 +12,7 @@
 #   TYPES     [Q4_0 Q4_K_M Q5_K_M Q6_K Q8_0]
 #   THREADS   [2]   REPS [3] (each program's repetitions)   ROUNDS [1] (peer, pdserve) pairs
 #   BATCHES   [1 8] pdserve decode batch sizes (the table shows batch 8 / batch 1)
+#   PP, TG    [512, 128] prompt and generated tokens of each program's run
 #   PDSERVE   [build/bin/pdserve]   MODELS_DIR [~/.cache/pdserve/models]
 #   OUT       [bench/results/engine_matrix]  writes $OUT.json and $OUT.md
 #   PEER_MIN_BW_FRACTION [0.5] see "Peer check" below
@@ -45,8 +46,8 @@ PEER_MIN_BW_FRACTION=${PEER_MIN_BW_FRACTION:-0.5}
 SKIP=${SKIP:-}
 skipped() { [[ " $SKIP " == *" $1 "* ]]; }
 REF_MODEL=${REF_MODEL:-$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-PP=512
-TG=128
+PP=${PP:-512}
+TG=${TG:-128}
 # One program run may take this long (8B pp512 on 2 threads is minutes).
 RUN_TIMEOUT=${RUN_TIMEOUT:-1800}
 
@@ -112,6 +113,7 @@ run_pair() {  # tag model
 }
 
 # --- peer check first: no figures from a crippled peer -----------------------
+LOAD_START=$(uptime)
 run_pair ref "$REF_MODEL"
 python3 - "$WORK" "$ROUNDS" "$PEER_MIN_BW_FRACTION" "$TG" <<'EOF' || exit 2
 import json, os, statistics, sys
@@ -148,12 +150,16 @@ for shape in $SHAPES; do
   done
 done
 
-CMD="SHAPES=\"$SHAPES\" TYPES=\"$TYPES\" THREADS=$THREADS REPS=$REPS ROUNDS=$ROUNDS BATCHES=\"$BATCHES\"${SKIP:+ SKIP=\"$SKIP\"} bench/engine_matrix.sh"
+LOAD_END=$(uptime)
+PPTG=""
+[ "$PP" = 512 ] && [ "$TG" = 128 ] || PPTG=" PP=$PP TG=$TG"
+CMD="SHAPES=\"$SHAPES\" TYPES=\"$TYPES\" THREADS=$THREADS REPS=$REPS ROUNDS=$ROUNDS BATCHES=\"$BATCHES\"$PPTG${SKIP:+ SKIP=\"$SKIP\"} bench/engine_matrix.sh"
 python3 - "$WORK" "$ROUNDS" "$OUT" "$LLAMA_BIN/build_info.json" "$CMD" "$PP" "$TG" "$THREADS" \
-  "$REF_MODEL" "$MODELS_DIR" ref "${rows[@]}" <<'EOF'
+  "$REF_MODEL" "$MODELS_DIR" "$LOAD_START" "$LOAD_END" ref "${rows[@]}" <<'EOF'
 import datetime, json, os, platform, statistics, subprocess, sys
 work, rounds, out, info_path, cmd, pp, tg, threads, ref_model, models_dir = sys.argv[1:11]
-tags = sys.argv[11:]
+load_start, load_end = sys.argv[11].strip(), sys.argv[12].strip()
+tags = sys.argv[13:]
 rounds, pp, tg = int(rounds), int(pp), int(tg)
 
 def load(path):
@@ -227,6 +233,7 @@ result = {
     "machine": {"cpu": cpu, "logical_cpus": os.cpu_count(), "isa_flags": isa,
                 "kernel": platform.release()},
     "threads": int(threads), "pp": pp, "tg": tg, "rounds": rounds,
+    "load": {"start": load_start, "end": load_end},
     "peer": info, "peer_check": check, "rows": rows,
 }
 os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -241,9 +248,10 @@ def ratio(a, b):
 lines = [
     f"# Engine matrix: pdserve against llama.cpp ({threads} threads)", "",
     f"`{cmd}`, {result['date_utc']} UTC, on {cpu} ({os.cpu_count()} logical CPUs; "
-    f"{' '.join(isa)}), shared with other jobs (noisy).", "",
+    f"{' '.join(isa)}). Load at start: `{load_start}`; at end: `{load_end}`.", "",
     f"Peer: {info['source']}, {info.get('llama_bench_version', '').strip() or '?'}; "
-    f"{info['cxx_version']}; `{' '.join(info['cmake_flags'])}`; {info.get('native_flags', '')}. "
+    f"{info['cxx_version']}; `{' '.join(info['cmake_flags'])}`; {info.get('native_flags', '')}"
+    f"{'; ISA ' + ' '.join(info['native_isa']) if info.get('native_isa') else ''}. "
     f"Peer check: llama-bench tg{tg} on the real SmolLM2 Q4_1 file {check['peer_tg_tok_s']:.1f} tok/s "
     f">= floor {check['floor_tok_s']:.1f} tok/s ({check['min_bw_fraction']} × "
     f"{check['read_bw_gb_s']:.1f} GB/s read bandwidth / {check['bytes_per_token'] / 1e6:.1f} MB per token): "
