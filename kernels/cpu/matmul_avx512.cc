@@ -234,8 +234,15 @@ void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
       return MatMulFloat<DType::kF32>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     case DType::kF16:
       return MatMulFloat<DType::kF16>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      if (w.layout == WeightLayout::kPacked) {
+        return MatMulPackedKAvx512(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+      }
+      return MatMulAvx2(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
     default:
-      // K-quants share the AVX2 kernels.
+      // Q5_0/Q5_1, BF16 and ggml-row K-quants share the AVX2 kernels.
       return MatMulAvx2(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
   }
 }
