@@ -77,7 +77,8 @@ void SwiGluQuantize(void* xq, ActFormat f, const float* gate, const float* up, i
 // r that belong to thread ith of nth (SplitRange(n_out, ith, nth, 16)). xq
 // holds the activations encoded in ActFormatFor(w.type), 4-byte aligned or
 // better. Batches are tiled: packed 32-block types 16 rows x 8 tokens
-// (AVX-512) or 8 x 4 (AVX2), K-quants packed 8 rows x 4 tokens, ggml rows
+// (AVX-512) or 8 x 4 (AVX2), K-quants packed 16 rows x 8 tokens (AVX-512) or
+// 8 x 4 (AVX2), ggml rows
 // 1 row x 4 tokens inside groups of 16 rows, float types 4 rows x 2 tokens inside groups of 64
 // rows; so weights stream from memory once per call whatever n_tokens is.
 void MatMul(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, int64_t n_tokens, int ith,

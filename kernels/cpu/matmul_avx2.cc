@@ -530,7 +530,7 @@ void MatMulAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq, in
   MatMulScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
 }
 void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
-  QuantizeRowQ8Scalar(y, x, n_in);
+  QuantizeRowQ8Scalar(y, x, n_in, b0, b1);
 }
 }  // namespace pdserve::kernels::internal
 

@@ -116,6 +116,10 @@ void MatMulPackedKScalar(float* y, int64_t ldy, const WeightMatrix& w, const voi
                          int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1);
 void MatMulPackedKAvx2(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                        int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1);
+// AVX-512 VNNI: two groups per register (16 rows), tiles of 8 tokens; r0 a
+// multiple of 16.
+void MatMulPackedKAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                         int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1);
 
 // Packs blocks [b0, b1) of the group whose first row is src (rows_valid <= 16
 // rows of row_bytes each) into dst, which receives (b1 - b0) block-groups.

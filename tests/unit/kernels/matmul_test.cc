@@ -112,6 +112,9 @@ TEST_P(MatMulTest, MatchesReferencesOnEveryIsaAndShapeClass) {
       CheckMatMul(type, {37, n_in, n_tokens}, isa, 1, packed);
     }
     CheckMatMul(type, {37, n_in, 32}, isa, 1, packed);
+    // A last pair of packed K-quant groups with 13 rows (the second one
+    // partial), under a tile of 8 tokens plus 1.
+    CheckMatMul(type, {29, n_in, 9}, isa, 1, packed);
     CheckMatMul(type, {67, n_in, 4}, isa, 2, packed);
     CheckMatMul(type, {1, n_in, 3}, isa, 2, packed);  // fewer rows than threads
     CheckMatMul(type, {130, IsKQuant(type) ? 256 : 64, 7}, isa, 3, packed);
@@ -243,6 +246,24 @@ TEST(MatMulKQuantTest, CancellingMinsMatchTheReference) {
       }
     }
   }
+}
+
+// The kernel tests cover every path SupportedIsas() lists; a path this CPU
+// lacks is refused (and so not covered here), never run.
+TEST(MatMulApiTest, IsaPathsAreTheOnesTheCpuRuns) {
+  ::testing::Test::RecordProperty("detected_isa", IsaName(DetectIsa()));
+  const std::vector<Isa> isas = testing::SupportedIsas();
+  ASSERT_FALSE(isas.empty());
+  EXPECT_EQ(isas.front(), Isa::kScalar);
+  EXPECT_EQ(isas.back(), DetectIsa());
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    const bool runs = static_cast<int>(isa) <= static_cast<int>(DetectIsa());
+    EXPECT_EQ(SetIsa(isa), runs) << IsaName(isa);
+    EXPECT_EQ(ActiveIsa(), runs ? isa : Isa::kScalar) << IsaName(isa);
+    SetIsa(Isa::kScalar);
+  }
+  SetIsa(DetectIsa());
+  EXPECT_EQ(ActiveIsa(), DetectIsa());
 }
 
 TEST(MatMulApiTest, ActFormats) {

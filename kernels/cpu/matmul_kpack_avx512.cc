@@ -1,0 +1,305 @@
+// AVX-512 VNNI matmul over packed K-quant weights (Q4_K, Q5_K, Q6_K in 8-row
+// groups, layout in matmul_internal.h) against Q8_K activations: the decode
+// GEMV and the batched/prefill GEMM. Two neighbouring groups fill one zmm
+// register (rows 0-7 from the first, 8-15 from the second), so every
+// accumulator holds 16 output rows and there are no horizontal sums. Per 4
+// bytes of a row, vpdpbusd against the 4 matching activation bytes broadcast
+// to every lane adds 4 products into the row's int32 lane; a sub-block's
+// int32 dot is then scaled by its 6- or 8-bit scale (vpmulld) into the
+// super-block sum. Tiles of up to 8 tokens reuse each unpacked weight vector,
+// so a decode batch of 8 reads every weight once.
+#include <utility>
+
+#include "kernels/cpu/matmul_internal.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
+    defined(__AVX512VL__)
+#include <immintrin.h>
+
+namespace pdserve::kernels::internal {
+namespace {
+
+constexpr int kMaxTokens = 8;             // tokens per tile: 3 x 8 accumulators of 32 zmm
+constexpr int64_t kPrefetchBytes = 2048;  // weight prefetch distance per group, as on AVX2
+
+inline __m512i Bcast4(const int8_t* p) { return _mm512_set1_epi32(static_cast<int>(LoadU32(p))); }
+
+inline __m128i Load128(const void* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+inline __m256i Load256(const void* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+// 16 bytes of each group: lanes 0-3 from p0, 4-7 from p1 (8 rows each at 2
+// bytes per row).
+inline __m256i Load2x128(const uint8_t* p0, const uint8_t* p1) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(Load128(p0)), Load128(p1), 1);
+}
+// 32 bytes of each group: int32 lanes 0-7 are rows 0-7 of p0, 8-15 those of p1.
+inline __m512i Load2x256(const uint8_t* p0, const uint8_t* p1) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(Load256(p0)), Load256(p1), 1);
+}
+
+// Shifts each 16-bit lane left by S bits (right when S < 0).
+template <int S>
+inline __m512i Shift16(__m512i v) {
+  if constexpr (S > 0) {
+    return _mm512_slli_epi16(v, S);
+  } else if constexpr (S < 0) {
+    return _mm512_srli_epi16(v, -S);
+  } else {
+    return v;
+  }
+}
+
+// A scale pair of both groups (16 bytes each, lane i bytes a_i, b_i) as int32
+// a_i and b_i per row lane; signed for Q6_K.
+template <bool kSigned>
+inline void ScalePair(const uint8_t* p0, const uint8_t* p1, __m512i* first, __m512i* second) {
+  const __m256i raw = Load2x128(p0, p1);
+  if constexpr (kSigned) {
+    const __m512i x = _mm512_cvtepi16_epi32(raw);  // sign-extended b_i · 256 + a_i
+    *first = _mm512_srai_epi32(_mm512_slli_epi32(x, 24), 24);
+    *second = _mm512_srai_epi32(x, 8);
+  } else {
+    const __m512i x = _mm512_cvtepu16_epi32(raw);
+    *first = _mm512_and_si512(x, _mm512_set1_epi32(0xFF));
+    *second = _mm512_srli_epi32(x, 8);
+  }
+}
+
+// Quants of chunk C (4 elements per row) of part j, half H (0: the low
+// nibbles, elements 64j+4C..; 1: the high ones, 64j+32+4C..) as unsigned
+// bytes, high bits merged. The high bits are masked after 16-bit shifts that
+// keep each wanted bit inside its own byte.
+template <DType T, int H, int C>
+inline __m512i Quants(const uint8_t* p0, const uint8_t* p1, int j) {
+  constexpr KPackLayout kL = KLayout(T);
+  constexpr int kV = C / 4, kCc = C % 4;
+  const __m512i raw = Load2x256(p0 + 256 * j + 32 * C, p1 + 256 * j + 32 * C);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512i q = H == 0 ? _mm512_and_si512(raw, m4) : _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+  if constexpr (T == DType::kQ5_K) {
+    // Bit c' of a byte is bit 4 of chunk 4kV+c''s low-nibble element, bit 4+c' that of its
+    // high-nibble element.
+    constexpr int kShift = H == 0 ? 4 - kCc : -kCc;
+    const int off = kL.qh + 64 * j + 32 * kV;
+    const __m512i h = Load2x256(p0 + off, p1 + off);
+    q = _mm512_or_si512(q, _mm512_and_si512(Shift16<kShift>(h), _mm512_set1_epi8(0x10)));
+  } else if constexpr (T == DType::kQ6_K) {
+    const int off = kL.qh + 128 * j + 64 * H + 32 * kV;
+    const __m512i h = Load2x256(p0 + off, p1 + off);
+    q = _mm512_or_si512(q, _mm512_and_si512(Shift16<4 - 2 * kCc>(h), _mm512_set1_epi8(0x30)));
+  }
+  return q;
+}
+
+// Part j (64 elements) of super-block ib for NT tokens: adds Σ_s sc_s · Σ q·a
+// of row i into lane i of sumi[t]. The low-nibble half and the high-nibble
+// half run one after the other, so only one int32 dot per token is live
+// (3 x 8 accumulators fit the 32 registers); the second half reloads the
+// quants from L1.
+template <DType T, int NT>
+inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const BlockQ8_K* const* acts,
+                 int64_t ib, __m512i* sumi) {
+  constexpr KPackLayout kL = KLayout(T);
+  constexpr bool kQ6 = T == DType::kQ6_K;
+  const int8_t* a[NT];
+  for (int t = 0; t < NT; ++t) a[t] = acts[t][ib].qs + 64 * j;
+  // sc[H][g]: the scale of half H's chunks 4g..4g+3. Q4_K/Q5_K: one sub-block
+  // of 32 per half (2j, 2j+1); Q6_K: pair 2j+g = sub-blocks (4j+g, 4j+2+g).
+  __m512i sc[2][2];
+  if constexpr (kQ6) {
+    ScalePair<true>(p0 + kL.sc + 32 * j, p1 + kL.sc + 32 * j, &sc[0][0], &sc[1][0]);
+    ScalePair<true>(p0 + kL.sc + 32 * j + 16, p1 + kL.sc + 32 * j + 16, &sc[0][1], &sc[1][1]);
+  } else {
+    ScalePair<false>(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j, &sc[0][0], &sc[1][0]);
+    sc[0][1] = sc[0][0];
+    sc[1][1] = sc[1][0];
+  }
+  auto half = [&]<int H>() {
+    __m512i dot[NT];
+    for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
+    auto chunk = [&]<int C>() {
+      const __m512i q = Quants<T, H, C>(p0, p1, j);
+      for (int t = 0; t < NT; ++t) {
+        dot[t] = _mm512_dpbusd_epi32(dot[t], q, Bcast4(a[t] + 32 * H + 4 * C));
+      }
+      constexpr int kSubChunks = kQ6 ? 4 : 8;  // chunks per sub-block
+      if constexpr ((C + 1) % kSubChunks == 0) {
+        const __m512i s = sc[H][C / 4];
+        for (int t = 0; t < NT; ++t) {
+          sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(dot[t], s));
+          dot[t] = _mm512_setzero_si512();
+        }
+      }
+    };
+    [&]<int... Cs>(std::integer_sequence<int, Cs...>) { (chunk.template operator()<Cs>(), ...); }
+    (std::make_integer_sequence<int, 8>{});
+  };
+  half.template operator()<0>();
+  half.template operator()<1>();
+}
+
+// Two 8-row groups (g1 may repeat g0 when only one is left) times NT tokens
+// over all nb super-blocks; `rows` masks the valid output rows. A token's
+// result does not depend on NT (integer sums are exact and the float steps run
+// in the same order), so batches match solo decoding.
+template <DType T, int NT>
+void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64_t nb,
+              const BlockQ8_K* const* acts, __mmask16 rows) {
+  const int64_t group_bytes = nb * KLayout(T).bytes;
+  constexpr KPackLayout kL = KLayout(T);
+  constexpr bool kQ6 = T == DType::kQ6_K;
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t ib = 0; ib < nb; ++ib) {
+    const uint8_t* p0 = g0 + ib * kL.bytes;
+    const uint8_t* p1 = g1 + ib * kL.bytes;
+    {
+      // Each group's stream kPrefetchBytes ahead; past the group's end the
+      // stream continues in the same group of the next pair (two groups
+      // on), so the start of both next groups is in cache when the pair
+      // ends (measured: without that, batch-1 streaming ran at half the
+      // AVX2 path's speed). Integer arithmetic: the address may lie past the
+      // matrix, which a prefetch never faults on.
+      int64_t ahead = ib * kL.bytes + kPrefetchBytes;
+      if (ahead >= group_bytes) ahead += group_bytes;
+      const uintptr_t a0 = reinterpret_cast<uintptr_t>(g0) + ahead;
+      const uintptr_t a1 = a0 + group_bytes;
+      for (int off = 0; off < kL.bytes; off += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(a0 + off), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(a1 + off), _MM_HINT_T0);
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(Load2x128(p0 + kL.d, p1 + kL.d));
+    // Per token, pairs of activation sums (int16 x 2 in an int32) lined up
+    // with the weights' scale (Q6_K) or min (Q4_K/Q5_K) pairs, broadcast by
+    // permutes from registers (no store and narrow reload).
+    __m512i pairs[NT];
+    __m512i sumi[NT];
+    if constexpr (kQ6) {
+      // The -32 offset of every quant: -32 · Σ_s sc_s · bsum_s over the
+      // 16-element sums; pair k = 2j+g holds sub-blocks (4j+g, 4j+2+g).
+      const __m256i pair_order =
+          _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3,
+                           6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+      for (int t = 0; t < NT; ++t) {
+        pairs[t] =
+            _mm512_castsi256_si512(_mm256_shuffle_epi8(Load256(acts[t][ib].bsums), pair_order));
+        sumi[t] = _mm512_setzero_si512();
+      }
+      for (int k = 0; k < 8; ++k) {
+        const __m512i sc =
+            _mm512_cvtepi8_epi16(Load2x128(p0 + kL.sc + 16 * k, p1 + kL.sc + 16 * k));
+        const __m512i idx = _mm512_set1_epi32(k);
+        for (int t = 0; t < NT; ++t) {
+          sumi[t] = _mm512_dpwssd_epi32(sumi[t], sc, _mm512_permutexvar_epi32(idx, pairs[t]));
+        }
+      }
+      for (int t = 0; t < NT; ++t) {
+        sumi[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sumi[t], 5));
+      }
+    } else {
+      // The mins: -dmin · Σ_s m_s · bsum32_s, straight into the float sums.
+      // bsum32 of sub-blocks (2j, 2j+1) land in int32 elements 0, 1, 4, 5.
+      const __m512 dmin = _mm512_cvtph_ps(Load2x128(p0 + kL.dmin, p1 + kL.dmin));
+      const __m256i ones = _mm256_set1_epi16(1);
+      for (int t = 0; t < NT; ++t) {
+        const __m256i s32 = _mm256_madd_epi16(Load256(acts[t][ib].bsums), ones);
+        pairs[t] = _mm512_castsi256_si512(_mm256_packs_epi32(s32, s32));
+        sumi[t] = _mm512_setzero_si512();  // the mins' sum first, then the quants'
+      }
+      for (int j = 0; j < 4; ++j) {
+        const __m512i m =
+            _mm512_cvtepu8_epi16(Load2x128(p0 + kL.mins + 16 * j, p1 + kL.mins + 16 * j));
+        const __m512i idx = _mm512_set1_epi32(j < 2 ? j : j + 2);
+        for (int t = 0; t < NT; ++t) {
+          sumi[t] = _mm512_dpwssd_epi32(sumi[t], m, _mm512_permutexvar_epi32(idx, pairs[t]));
+        }
+      }
+      for (int t = 0; t < NT; ++t) {
+        acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(sumi[t]),
+                                  _mm512_mul_ps(dmin, _mm512_set1_ps(acts[t][ib].d)), acc[t]);
+        sumi[t] = _mm512_setzero_si512();
+      }
+    }
+    for (int j = 0; j < 4; ++j) Part<T, NT>(p0, p1, j, acts, ib, sumi);
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]),
+                               _mm512_mul_ps(d, _mm512_set1_ps(acts[t][ib].d)), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, rows, acc[t]);
+}
+
+template <DType T>
+using TileFn = void (*)(float*, int64_t, const uint8_t*, const uint8_t*, int64_t,
+                        const BlockQ8_K* const*, __mmask16);
+
+template <DType T>
+TileFn<T> TileFor(int nt) {
+  static constexpr TileFn<T> kFns[kMaxTokens] = {PairTile<T, 1>, PairTile<T, 2>, PairTile<T, 3>,
+                                                 PairTile<T, 4>, PairTile<T, 5>, PairTile<T, 6>,
+                                                 PairTile<T, 7>, PairTile<T, 8>};
+  return kFns[nt - 1];
+}
+
+// Group pairs in order (the matrix is two neighbouring sequential streams),
+// token tiles inside a pair so its weights (2 x nb super-blocks, L2) are read
+// from memory once.
+template <DType T>
+void MatMulPackedK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                   int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  constexpr KPackLayout kL = KLayout(T);
+  constexpr int kPairRows = 2 * kKPackRows;
+  const int64_t nb = w.n_in / kQKK;
+  const int64_t group_bytes = nb * kL.bytes;
+  const BlockQ8_K* acts[kMaxTokens];
+  for (int64_t r = r0; r < r1; r += kPairRows) {
+    const int rows = static_cast<int>(r1 - r < kPairRows ? r1 - r : kPairRows);
+    const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+    // r0 is a multiple of 16 (MatMul's split), so r starts a group; with 8
+    // rows or fewer left the second group does not exist: compute the first
+    // twice and store its lanes only.
+    const uint8_t* g0 = static_cast<const uint8_t*>(w.data) + (r / kKPackRows) * group_bytes;
+    const uint8_t* g1 = rows > kKPackRows ? g0 + group_bytes : g0;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokens) {
+      const int nt = static_cast<int>(n_tokens - t0 < kMaxTokens ? n_tokens - t0 : kMaxTokens);
+      for (int t = 0; t < nt; ++t) {
+        acts[t] = reinterpret_cast<const BlockQ8_K*>(static_cast<const uint8_t*>(xq) +
+                                                     (t0 + t) * act_row_bytes);
+      }
+      TileFor<T>(nt)(y + t0 * ldy + r, ldy, g0, g1, nb, acts, mask);
+    }
+  }
+}
+
+}  // namespace
+
+void MatMulPackedKAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                         int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  switch (w.type) {
+    case DType::kQ4_K:
+      return MatMulPackedK<DType::kQ4_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ5_K:
+      return MatMulPackedK<DType::kQ5_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    case DType::kQ6_K:
+      return MatMulPackedK<DType::kQ6_K>(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+    default:
+      return MatMulPackedKScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+  }
+}
+
+}  // namespace pdserve::kernels::internal
+
+#else  // no AVX-512 at compile time: never selected at run time.
+
+namespace pdserve::kernels::internal {
+void MatMulPackedKAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
+                         int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
+  MatMulPackedKScalar(y, ldy, w, xq, act_row_bytes, n_tokens, r0, r1);
+}
+}  // namespace pdserve::kernels::internal
+
+#endif
