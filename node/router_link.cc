@@ -52,6 +52,9 @@ void RouterLink::Stop() {
 }
 
 void RouterLink::Deregister() {
+  // A Register in flight may already be in the router's registry while its
+  // reply (our lease) is still on the way: let it land before reading it.
+  Stop();
   const std::string current = lease();
   if (current.empty()) return;
   grpc::ClientContext ctx;

@@ -36,7 +36,8 @@ class RouterLink {
 
   const std::string& router() const { return router_; }
   bool registered() const;
-  // Removes the registration (2 s deadline); a no-op when not registered.
+  // Stops the link's thread (a Register in flight finishes first), then
+  // removes the registration (2 s deadline); a no-op when not registered.
   void Deregister();
   void Stop();
 

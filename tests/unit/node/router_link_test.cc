@@ -50,12 +50,17 @@ class FakeRegistry final : public v1::Registry::Service {
  public:
   grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* req,
                         v1::RegisterResponse* resp) override {
-    absl::MutexLock lock(&mu_);
-    ++registers_;
-    last_load_ = req->load();
-    resp->set_lease(absl::StrCat("lease-", registers_));
-    resp->set_heartbeat_interval_ms(50);
-    forget_ = false;
+    absl::Duration delay;
+    {
+      absl::MutexLock lock(&mu_);
+      ++registers_;
+      last_load_ = req->load();
+      resp->set_lease(absl::StrCat("lease-", registers_));
+      resp->set_heartbeat_interval_ms(50);
+      forget_ = false;
+      delay = register_reply_delay_;
+    }
+    absl::SleepFor(delay);  // registered here, the reply still on its way
     return grpc::Status::OK;
   }
   grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
@@ -78,6 +83,10 @@ class FakeRegistry final : public v1::Registry::Service {
   void Forget() {
     absl::MutexLock lock(&mu_);
     forget_ = true;
+  }
+  void DelayRegisterReplies(absl::Duration d) {
+    absl::MutexLock lock(&mu_);
+    register_reply_delay_ = d;
   }
   int registers() const {
     absl::MutexLock lock(&mu_);
@@ -102,6 +111,7 @@ class FakeRegistry final : public v1::Registry::Service {
   int heartbeats_ ABSL_GUARDED_BY(mu_) = 0;
   int deregisters_ ABSL_GUARDED_BY(mu_) = 0;
   bool forget_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Duration register_reply_delay_ ABSL_GUARDED_BY(mu_);
   v1::NodeLoad last_load_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -155,6 +165,29 @@ TEST(RouterLinkTest, OneLinkPerRouterRegistersHeartbeatsAndDeregisters) {
   const int after_drain = a.heartbeats();
   absl::SleepFor(absl::Milliseconds(200));
   EXPECT_LE(a.heartbeats(), after_drain + 1);  // at most one already on its way
+}
+
+// Shutdown right after the router registered the node but before the
+// reply (the lease) reached it: the registration must still be removed, or
+// the router keeps routing to a node that is gone (CI caught this once).
+TEST(RouterLinkTest, DeregisterWaitsForARegisterInFlight) {
+  FakeRegistry a;
+  a.DelayRegisterReplies(absl::Milliseconds(300));
+  absl::StatusOr<rpc::ServerHandle> sa = rpc::StartServer("127.0.0.1:0", {&a});
+  ASSERT_TRUE(sa.ok());
+  RouterLink::Hooks hooks;
+  hooks.info = [] {
+    v1::NodeInfo info;
+    info.set_node_id("decode-0");
+    return info;
+  };
+  hooks.load = [] { return v1::NodeLoad(); };
+  hooks.draining = [] { return false; };
+  RouterLink link(absl::StrCat("127.0.0.1:", sa->port), rpc::Security(), hooks);
+  ASSERT_TRUE(WaitFor([&] { return a.registers() == 1; }));
+  link.Deregister();
+  EXPECT_EQ(a.deregisters(), 1);
+  EXPECT_EQ(a.registers(), 1);  // and the stopped link registers no more
 }
 
 }  // namespace
