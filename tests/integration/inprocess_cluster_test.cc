@@ -355,7 +355,18 @@ TEST(InProcessClusterTest, TinyKvDeadlineFailsExplicitlyAndFreesBlocks) {
   ASSERT_NE(c, nullptr);
   std::string prompt;
   for (int i = 0; i < 12; ++i) absl::StrAppend(&prompt, "The quick brown fox jumps. ");
+  // The prefill engine is held so the 1 ms budget surely passes before any
+  // layer is given (on a fast CPU the whole transfer fits in 1 ms); it runs
+  // again once the call has ended, or after 2 s should the call wait for it.
+  c->node("prefill-0")->engine().SetPausedForTest(true);
+  absl::Notification ended;
+  std::thread resume([&] {
+    ended.WaitForNotificationWithTimeout(absl::Seconds(2));
+    c->node("prefill-0")->engine().SetPausedForTest(false);
+  });
   StreamResult got = Generate(c->generation(), Greedy(prompt, 8), absl::Seconds(30));
+  ended.Notify();
+  resume.join();
   EXPECT_EQ(got.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
       << got.status.error_message();
   EXPECT_THAT(got.status.error_message(), HasSubstr("KV transfer"));
@@ -373,8 +384,13 @@ TEST(InProcessClusterTest, FullDecodeKvRefusesThenRecovers) {
   ASSERT_NE(c, nullptr);
   const int32_t total = c->node("decode-0")->Load().total_kv_blocks();
   ASSERT_GT(total, 2);
-  // One stream holds most of the cache while the next asks for more.
+  // One stream holds most of the cache while the next asks for more. The
+  // decode engine is paused so the holder cannot finish (and free its
+  // blocks) before the second request arrives: on a fast CPU the tiny model
+  // generates all its tokens in a few milliseconds. Token #1 still reaches
+  // the client (the prefill node makes it).
   const int max_tokens = (total - 1) * 16 - 8;
+  c->node("decode-0")->engine().SetPausedForTest(true);
   grpc::ClientContext hold_ctx;
   hold_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   absl::Notification streaming;
@@ -393,6 +409,7 @@ TEST(InProcessClusterTest, FullDecodeKvRefusesThenRecovers) {
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << refused.status.error_message();
   hold_ctx.TryCancel();
+  c->node("decode-0")->engine().SetPausedForTest(false);
   holder.join();
   EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
   EXPECT_TRUE(c->WaitForRouterIdle());
