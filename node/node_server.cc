@@ -98,8 +98,13 @@ class NodeService final : public v1::Node::CallbackService {
   grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::NodeAbortRequest* req,
                                   v1::NodeAbortResponse* resp) override {
     if (grpc::Status s = Check(*ctx); !s.ok()) return Finish(ctx, std::move(s));
-    server_->engine().Abort(req->request_id());
-    resp->set_found(true);
+    if (prefill_ != nullptr) {
+      // Through the handler: a transfer still reading the blocks stops first.
+      resp->set_found(prefill_->Abort(req->request_id(), req->transfer_id()));
+    } else {
+      server_->engine().Abort(req->request_id());
+      resp->set_found(true);
+    }
     auto* r = ctx->DefaultReactor();
     r->Finish(grpc::Status::OK);
     return r;

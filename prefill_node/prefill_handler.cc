@@ -29,6 +29,11 @@ struct PrefillHandler::Call : public KvSink {
 
   absl::Mutex mu;
   grpc::ServerUnaryReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;  // null once replied
+  // The router cancelled. It may do so before the transfer or the engine
+  // request exist: whoever comes second (OnCancel or the handler, which
+  // sets xfer under mu and then submits) aborts what the other started.
+  bool cancelled ABSL_GUARDED_BY(mu) = false;
+  bool transfer_ended = false;  // guarded by PrefillHandler::calls_mu_
 
   // Engine thread, during the forward pass: ship this layer now. The views
   // stay valid: the engine holds the blocks until Release or Abort, which
@@ -96,6 +101,22 @@ struct PrefillHandler::Call : public KvSink {
   void Drop() {
     if (holds.fetch_sub(1) == 1) self.reset();
   }
+
+  // The router gave up (its RPC cancelled, or Abort after the reply): stop
+  // shipping, then drop the request (the transport no longer reads the
+  // blocks once Abort returns). Before Submit the engine does not know the
+  // request yet: the handler checks `cancelled` after it.
+  void Cancel(Engine* engine) {
+    Reply(grpc::Status::CANCELLED);
+    transport::KvSendHandle* x;
+    {
+      absl::MutexLock lock(&mu);
+      cancelled = true;
+      x = xfer.get();
+    }
+    if (x != nullptr) x->Abort();
+    engine->Abort(id);
+  }
 };
 
 namespace {
@@ -124,24 +145,17 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
   call->handler = this;
   call->response = response;
   call->origin_ns = MonoNowNs();
+  RequestSpec spec = rpc::FromProto(request->request());
+  call->id = spec.id;  // before the reactor exists: OnCancel reads it
   std::weak_ptr<Call> weak = call;
   Engine* engine = engine_;
   auto* reactor = new PrefillReactor([weak, engine] {
-    // The router gave up: stop shipping, then drop the request (the
-    // transport no longer reads the blocks once Abort returns).
-    if (std::shared_ptr<Call> c = weak.lock()) {
-      c->Reply(grpc::Status::CANCELLED);
-      if (c->xfer) c->xfer->Abort();
-      engine->Abort(c->id);
-    }
+    if (std::shared_ptr<Call> c = weak.lock()) c->Cancel(engine);
   });
   {
     absl::MutexLock lock(&call->mu);
     call->reactor = reactor;
   }
-
-  RequestSpec spec = rpc::FromProto(request->request());
-  call->id = spec.id;
   if (absl::Status s = ValidateRequest(spec, engine_->limits()); !s.ok()) {
     call->Reply(rpc::ToGrpc(s));
     return reactor;
@@ -175,7 +189,14 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
   auto xfer = sender_->StartTransfer(
       transport::TransferId{request->transfer_id()}, *secret, request->kv_endpoint(),
       engine_->model().config().n_layers, deadline,
-      [engine, id, metrics, in_flight, weak, start_ns](absl::Status s) {
+      [this, xfer_id = request->transfer_id(), engine, id, metrics, in_flight, weak,
+       start_ns](absl::Status s) {
+        std::shared_ptr<Call> c = weak.lock();
+        Forget(xfer_id, c.get());
+        // Marked before the Abort: an Abort posted before the engine knows
+        // the request is dropped, and then the engine side must see this
+        // once token #1 is out.
+        if (c && !s.ok()) c->transfer_failed.store(true);
         if (s.ok()) {
           engine->Release(id);
         } else {
@@ -185,9 +206,8 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
         }
         if (metrics) metrics->kv_transfer_seconds_total->Increment((MonoNowNs() - start_ns) * 1e-9);
         in_flight->fetch_sub(1);
-        if (std::shared_ptr<Call> c = weak.lock()) {
+        if (c) {
           if (!s.ok()) {
-            c->transfer_failed.store(true);
             // A deadline stays a deadline for the client; anything else
             // means the decode side is unreachable or refused the data.
             c->Reply(grpc::Status(
@@ -206,9 +226,25 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
     return reactor;
   }
   in_flight_.fetch_add(1);
-  call->xfer = std::move(*xfer);
+  bool cancelled;
+  {
+    absl::MutexLock lock(&call->mu);
+    call->xfer = std::move(*xfer);
+    cancelled = call->cancelled;
+  }
   call->device_xfer = dynamic_cast<transport::DeviceKvSendHandle*>(call->xfer.get());
   call->self = call;
+  {
+    // Not if the transfer already ended (its callback ran inside
+    // StartTransfer or since): nothing would remove the entry.
+    absl::MutexLock lock(&calls_mu_);
+    if (!call->transfer_ended) calls_[request->transfer_id()] = call;
+  }
+  if (cancelled) {        // before the transfer existed: nothing reaches the engine
+    call->xfer->Abort();  // its callback drops the transport's hold
+    call->Drop();
+    return reactor;
+  }
 
   const std::string node = node_name_;
   absl::Status submitted = engine_->Submit(
@@ -268,8 +304,52 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
     call->Reply(rpc::ToGrpc(submitted));
     call->xfer->Abort();  // its callback drops the transport's hold
     call->Drop();
+    return reactor;
   }
+  {
+    absl::MutexLock lock(&call->mu);
+    cancelled = call->cancelled;
+  }
+  // Cancelled while submitting: OnCancel's Abort may have reached the engine
+  // before the request did.
+  if (cancelled) engine_->Abort(id);
   return reactor;
+}
+
+void PrefillHandler::Forget(uint64_t transfer_id, Call* call) {
+  absl::MutexLock lock(&calls_mu_);
+  if (call != nullptr) call->transfer_ended = true;
+  calls_.erase(transfer_id);
+}
+
+bool PrefillHandler::Abort(const std::string& request_id, uint64_t transfer_id) {
+  std::vector<std::shared_ptr<Call>> found;
+  {
+    absl::MutexLock lock(&calls_mu_);
+    if (transfer_id != 0) {
+      auto it = calls_.find(transfer_id);
+      if (it != calls_.end()) {
+        if (std::shared_ptr<Call> c = it->second.lock()) found.push_back(std::move(c));
+      }
+    } else {
+      for (const auto& [xfer, weak] : calls_) {
+        std::shared_ptr<Call> c = weak.lock();
+        if (c && c->id == request_id) found.push_back(std::move(c));
+      }
+    }
+  }
+  // A transfer id names one call: the request id must match it too, so an
+  // Abort cannot reach another request's transfer by guessing.
+  bool any = false;
+  for (const std::shared_ptr<Call>& c : found) {
+    if (c->id != request_id) continue;
+    c->Cancel(engine_);  // outside calls_mu_: the transfer's callback takes it
+    any = true;
+  }
+  // By request id alone, and no transfer of it open: the engine may still
+  // hold it (queued, computing before StartTransfer returned) or nothing.
+  if (!any && transfer_id == 0) engine_->Abort(request_id);
+  return any;
 }
 
 }  // namespace pdserve::prefill

@@ -5,9 +5,16 @@
 // whole transfer.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 
 #include "engine/engine.h"
 #include "pdserve/v1/node.pb.h"
@@ -29,8 +36,21 @@ class PrefillHandler {
   // Transfers started and not yet finished (for drain and tests).
   int64_t in_flight() const { return in_flight_.load(); }
 
+  // The router gave up on a request whose Prefill call may already have
+  // replied (token #1 out) while its KV still waits for a decode node that
+  // will never take it (the router cancelled Admit before it arrived):
+  // stops the transfer, then drops the request, as a cancelled call does.
+  // By transfer id when it is non-zero, else every call of `request_id`.
+  // Returns whether a call was found.
+  bool Abort(const std::string& request_id, uint64_t transfer_id);
+
  private:
   struct Call;
+  void Forget(uint64_t transfer_id, Call* call);
+
+  absl::Mutex calls_mu_;
+  // Calls whose transfer has not finished, by transfer id.
+  absl::flat_hash_map<uint64_t, std::weak_ptr<Call>> calls_ ABSL_GUARDED_BY(calls_mu_);
   Engine* engine_;
   transport::KvSender* sender_;
   std::string node_name_;

@@ -309,6 +309,7 @@ void GenerateCall::Dispatch(const Selection& sel, Placement placement) {
         // can open (or block) the transfer into the decode node's blocks.
         const uint64_t xfer = SecureRandomU64();
         const std::string kv_secret = SecureRandomSecret128();
+        attempt->transfer_id = xfer;
         // Admit and Prefill go out together: the decode node reserves blocks while
         // the prefill node computes, and the KV lands straight in those blocks.
         auto admit_req = std::make_shared<v1::AdmitRequest>();
@@ -430,6 +431,9 @@ void GenerateCall::FirstTokenLocked(Attempt* attempt) {
 void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
   {
     absl::MutexLock lock(&mu_);
+    if (!done_ && Current(attempt) && (ev.has_chunk() || ev.has_complete())) {
+      attempt->kv_landed = true;  // the decode node computed from it
+    }
     if (done_ || !Current(attempt)) {
       // Nothing to do (a superseded attempt's events are dropped).
     } else if (ev.has_admitted()) {
@@ -613,9 +617,22 @@ void GenerateCall::CancelNodeCallsLocked() {
   if (!attempt_) return;
   // Cancel can run the node call's callbacks, which take mu_: after unlocking,
   // and after the posted work that started the calls.
-  PostLocked([a = attempt_] {
+  const bool abort_transfer = !attempt_->mixed && attempt_->transfer_id != 0 &&
+                              !attempt_->kv_landed && !attempt_->transfer_abort_sent;
+  if (abort_transfer) attempt_->transfer_abort_sent = true;
+  PostLocked([a = attempt_, abort_transfer, registry = ctx_->registry] {
     if (a->prefill_call) a->prefill_call->Cancel();
     if (a->node_call) a->node_call->Cancel();
+    if (!abort_transfer) return;
+    // Best effort: the transfer's own deadline still bounds the hold.
+    if (std::shared_ptr<NodeClient> client = registry->Client(a->prefill_id)) {
+      v1::NodeAbortRequest req;
+      req.set_request_id(a->node_req.request_id());
+      req.set_transfer_id(a->transfer_id);
+      NodeCallOptions opts;
+      opts.deadline = absl::Now() + absl::Seconds(2);
+      client->Abort(req, opts, [](const absl::Status&) {});
+    }
   });
 }
 

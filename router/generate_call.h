@@ -139,6 +139,14 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
     bool admitted = false;
     bool first_pending = false;  // the prefill reply came before `admitted`
     bool node_done = false;      // the decode stream ended OK before token #1 went out
+    // P/D: the KV transfer's id, and whether the decode node has shown it
+    // landed (a token or a result after token #1). Until then a cancelled
+    // attempt also tells the prefill node by transfer id (Abort): its
+    // Prefill call may have replied while the KV still waits for a decode
+    // node that never saw Admit, and would hold its blocks to the deadline.
+    uint64_t transfer_id = 0;
+    bool kv_landed = false;
+    bool transfer_abort_sent = false;
   };
 
   // Node-call events (NodeClient threads), for the attempt that made the call.

@@ -131,6 +131,21 @@ void GrpcNodeClient::GetLoad(const NodeCallOptions& options, LoadDone done) {
                           });
 }
 
+void GrpcNodeClient::Abort(const v1::NodeAbortRequest& request, const NodeCallOptions& options,
+                           Done done) {
+  struct Unary {
+    grpc::ClientContext ctx;
+    v1::NodeAbortRequest request;
+    v1::NodeAbortResponse response;
+  };
+  auto call = std::make_shared<Unary>();
+  call->request = request;
+  Prepare(options, &call->ctx);
+  stub_->async()->Abort(
+      &call->ctx, &call->request, &call->response,
+      [call, done = std::move(done)](grpc::Status status) { done(rpc::FromGrpc(status)); });
+}
+
 bool GrpcNodeClient::Connected() const { return channel_->GetState(false) == GRPC_CHANNEL_READY; }
 
 }  // namespace pdserve::router

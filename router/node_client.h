@@ -60,6 +60,10 @@ class NodeClient {
   using LoadDone = std::function<void(const absl::Status&, const v1::NodeLoad&)>;
   virtual void GetInfo(const NodeCallOptions& options, InfoDone done) = 0;
   virtual void GetLoad(const NodeCallOptions& options, LoadDone done) = 0;
+  // Drops a request the router gave up on (a prefill node: by transfer id,
+  // once its Prefill call has replied and only the KV transfer is left).
+  virtual void Abort(const v1::NodeAbortRequest& request, const NodeCallOptions& options,
+                     Done done) = 0;
   // Whether the connection to the node is up now. A call that failed
   // UNAVAILABLE on a connected node was refused by the node itself
   // (draining), not lost in the network.
@@ -78,6 +82,8 @@ class GrpcNodeClient final : public NodeClient {
                                      OnEvent on_event, Done done) override;
   void GetInfo(const NodeCallOptions& options, InfoDone done) override;
   void GetLoad(const NodeCallOptions& options, LoadDone done) override;
+  void Abort(const v1::NodeAbortRequest& request, const NodeCallOptions& options,
+             Done done) override;
   bool Connected() const override;
 
  private:

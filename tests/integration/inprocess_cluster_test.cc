@@ -443,6 +443,54 @@ TEST(InProcessClusterTest, DroppedDecodeNodeLeavesTrafficOnTheOther) {
   EXPECT_TRUE(c->WaitForRouterIdle());
 }
 
+// A prefill whose KV no decode node takes (the router cancelled Admit
+// before it reached the decode node): the Prefill call has replied, the
+// transfer waits for a Post that never comes. The router's Abort by
+// transfer id stops it and frees the blocks now, not at the KV deadline.
+TEST(InProcessClusterTest, AbortByTransferIdFreesAPrefillWhoseKvNobodyTakes) {
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start({});
+  ASSERT_NE(c, nullptr);
+  auto stub = v1::Node::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", c->node("prefill-0")->port()),
+                          grpc::InsecureChannelCredentials()));
+  v1::PrefillRequest req;
+  req.mutable_request()->set_request_id("orphan");
+  for (int i = 0; i < 40; ++i) req.mutable_request()->add_prompt(40 + i);
+  req.mutable_request()->mutable_sampling()->set_temperature(0);
+  req.mutable_request()->mutable_stop()->set_max_tokens(8);
+  req.set_kv_endpoint(c->node("decode-0")->kv_endpoint());
+  req.set_transfer_id(0x5eed);
+  req.set_kv_secret(std::string(16, 'k'));
+  req.set_kv_deadline_ms(30000);
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::PrefillResponse resp;
+    grpc::Status s = stub->Prefill(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();  // token #1, KV still waiting
+  }
+  v1::NodeLoad held = c->node("prefill-0")->Load();
+  EXPECT_LT(held.free_kv_blocks(), held.total_kv_blocks());
+  auto abort = [&](const std::string& id, uint64_t xfer) {
+    v1::NodeAbortRequest a;
+    a.set_request_id(id);
+    a.set_transfer_id(xfer);
+    v1::NodeAbortResponse r;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpc::Status s = stub->Abort(&ctx, a, &r);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return r.found();
+  };
+  // Another request's id, or another transfer: nothing happens.
+  EXPECT_FALSE(abort("someone-else", 0x5eed));
+  EXPECT_FALSE(abort("orphan", 0x5eee));
+  EXPECT_EQ(c->node("prefill-0")->Load().free_kv_blocks(), held.free_kv_blocks());
+  EXPECT_TRUE(abort("orphan", 0x5eed));
+  EXPECT_TRUE(c->WaitForIdleKv("prefill-0", absl::Seconds(2)));
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+}
+
 // Nodes that do not register: the router polls them (GetInfo, GetLoad
 // through its NodeClient) and serves with them.
 TEST(InProcessClusterTest, StaticNodesArePolledAndServe) {

@@ -190,6 +190,20 @@ class FakeNodeClient : public NodeClient {
     absl::MutexLock lock(&mu_);
     return !refuse_;
   }
+  // Aborts are recorded and answered OK at once (UNAVAILABLE when refused).
+  void Abort(const v1::NodeAbortRequest& request, const NodeCallOptions&, Done done) override {
+    absl::Status s;
+    {
+      absl::MutexLock lock(&mu_);
+      aborts_.push_back(request);
+      if (refuse_) s = absl::UnavailableError("Connection refused");
+    }
+    done(s);
+  }
+  std::vector<v1::NodeAbortRequest> aborts() const {
+    absl::MutexLock lock(&mu_);
+    return aborts_;
+  }
 
   // The `index`th call of `kind` (0: the first), once the router made it;
   // null if it did not within `timeout`.
@@ -237,6 +251,7 @@ class FakeNodeClient : public NodeClient {
   v1::NodeInfo info_ ABSL_GUARDED_BY(mu_);
   v1::NodeLoad load_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<FakeNodeCall>> calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<v1::NodeAbortRequest> aborts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace pdserve::router::testing

@@ -566,6 +566,53 @@ TEST_F(RouterFixture, CancelDuringDecodeEndsTheStreamOnce) {
   ExpectCapacityBack();
 }
 
+// Cancelled after token #1 but before the decode node showed the KV landed:
+// the prefill node hears by transfer id (its Prefill call is over, and the
+// decode node may never have seen Admit). Once a decode token came, or on a
+// normal end, it does not.
+TEST_F(RouterFixture, CancelBeforeTheKvLandedAbortsTheTransferAtThePrefillNode) {
+  auto p = AddNode("prefill-0", v1::NODE_ROLE_PREFILL);
+  auto d = AddNode("decode-0", v1::NODE_ROLE_DECODE);
+  auto sink = std::make_shared<RecordingSink>();
+  auto call = Start(sink, /*max_tokens=*/8);
+  std::shared_ptr<FakeNodeCall> pc = p->WaitForCall(Kind::kPrefill, 0);
+  std::shared_ptr<FakeNodeCall> ac = d->WaitForCall(Kind::kAdmit, 0);
+  ASSERT_NE(pc, nullptr);
+  ASSERT_NE(ac, nullptr);
+  ac->Event(Admitted());
+  pc->Reply(FirstToken(3));
+  call->Cancel();
+  std::optional<grpc::Status> s = sink->Wait();
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->error_code(), grpc::StatusCode::CANCELLED);
+  std::vector<v1::NodeAbortRequest> aborts = p->aborts();
+  ASSERT_EQ(aborts.size(), 1u);
+  EXPECT_EQ(aborts[0].transfer_id(), pc->prefill.transfer_id());
+  EXPECT_EQ(aborts[0].request_id(), pc->prefill.request().request_id());
+  EXPECT_TRUE(d->aborts().empty());
+  ExpectCapacityBack();
+
+  // A token from the decode node: the KV landed, nothing to abort.
+  auto sink2 = std::make_shared<RecordingSink>();
+  auto call2 = Start(sink2, /*max_tokens=*/8);
+  std::shared_ptr<FakeNodeCall> pc2 = p->WaitForCall(Kind::kPrefill, 1);
+  std::shared_ptr<FakeNodeCall> ac2 = d->WaitForCall(Kind::kAdmit, 1);
+  ASSERT_NE(pc2, nullptr);
+  ASSERT_NE(ac2, nullptr);
+  ac2->Event(Admitted());
+  pc2->Reply(FirstToken(3));
+  ac2->Event(Chunk({4}));
+  call2->Cancel();
+  ASSERT_TRUE(sink2->Wait().has_value());
+  // A whole request: none either.
+  auto sink3 = std::make_shared<RecordingSink>();
+  auto call3 = Start(sink3);
+  Serve(*p, 2, *d, 2, {10, 11, 12, 13});
+  ASSERT_TRUE(sink3->Wait().has_value());
+  EXPECT_EQ(p->aborts().size(), 1u);
+  ExpectCapacityBack();
+}
+
 TEST_F(RouterFixture, MixedNodeStreamsAndReturnsItsBlocks) {
   auto m = AddNode("mixed-0", v1::NODE_ROLE_MIXED);
   auto sink = std::make_shared<RecordingSink>();
