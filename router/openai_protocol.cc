@@ -267,7 +267,7 @@ std::optional<ApiError> RefuseUnsupported(const Reader& r, Endpoint endpoint) {
     return BadRequest("'functions' (the deprecated form) is not supported; send 'tools'",
                       "functions");
   }
-  if (const json* t = r.Get("function_call")) {
+  if (r.Get("function_call") != nullptr) {
     return BadRequest("'function_call' (the deprecated form) is not supported; send 'tool_choice'",
                       "function_call");
   }
