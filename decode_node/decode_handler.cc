@@ -16,6 +16,10 @@ struct DecodeHandler::Call {
   int64_t origin_ns = 0;
   std::shared_ptr<Writer::Handle> out;
   std::atomic<bool> failed{false};  // KV never arrived: the error is already sent
+  // The router cancelled. It may before the blocks are reserved and posted
+  // (then its Cancel and Abort find nothing): the handler checks this after
+  // Post and cancels what it started.
+  std::atomic<bool> cancelled{false};
   // When the first and the last KV layer landed (set before Activate, so
   // before any output).
   int64_t kv_first_ns = 0, kv_last_ns = 0;
@@ -55,7 +59,9 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
 
   // The router cancelling (client gone, deadline) stops the transfer first,
   // so nothing writes into the blocks, then frees them.
-  auto* writer = new Writer(max_stream_events_, [engine, receiver, xfer, id] {
+  std::weak_ptr<Call> weak = call;
+  auto* writer = new Writer(max_stream_events_, [weak, engine, receiver, xfer, id] {
+    if (std::shared_ptr<Call> c = weak.lock()) c->cancelled.store(true);
     receiver->Cancel(xfer).IgnoreError();
     engine->Abort(id);
   });
@@ -67,7 +73,6 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
 
   const std::string node = node_name_;
   const tracing::PdserveMetrics* metrics = metrics_;
-  std::weak_ptr<Call> weak = call;
   auto on_output = [call, node, metrics](const SeqOutput& out) {
     if (call->failed.load()) return;
     v1::DecodeEvent ev;
@@ -164,6 +169,13 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
     call->failed.store(true);
     engine_->Abort(id);
     call->out->Finish(rpc::ToGrpc(posted));
+    return writer;
+  }
+  if (call->cancelled.load()) {
+    // Cancelled while reserving: the blocks are posted now, so this Cancel
+    // finds them (its callback aborts the request as well).
+    receiver_->Cancel(xfer).IgnoreError();
+    engine_->Abort(id);
     return writer;
   }
   v1::DecodeEvent admitted;
