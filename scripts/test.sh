@@ -25,7 +25,10 @@
 #      HTTP server, metrics, the router's registry, and in openai_protocol_test
 #      a whole RouterServer with its gRPC and HTTP ports, progress monitor and
 #      dispatcher; in router_generate_call_test the call state machine
-#      against fake nodes) and run in seconds without the model.
+#      against fake nodes; in the *_emu_test suites the GPU KV transports'
+#      control links, watchdogs and send/receive threads over the CPU
+#      emulation of CUDA, whose fibers announce their switches to TSan) and
+#      run in seconds without the model.
 #      Not router_link_test (3 of ~14 runs reported gRPC-allocated call state
 #      and Status objects freed or read on gRPC's threads) and not
 #      inprocess_cluster_test (both run in steps 1-2):
@@ -59,7 +62,8 @@ SAN_MODEL_TESTS+='StageTimingsAddUpToClientLatency|InvalidUtf8IsInvalidArgument|
 SAN_MODEL_TESTS+='BadRequestsAreInvalidArgument))$'
 # The suites run under TSan (the binaries, built in build-tsan/).
 TSAN_SUITES="common_test http_test tracing_test router_registry_test transport_test \
-openai_protocol_test router_generate_call_test"
+openai_protocol_test router_generate_call_test nccl_transport_emu_test ipc_transport_emu_test \
+host_staged_emu_test"
 # Cases left out of the TSan run, each with its reason (they run in steps 1-2):
 # RouterPortRefusesOversizeMessages: all 24 reports are inside gRPC's error
 #   path for an oversize message (absl::Status payloads and Cords that

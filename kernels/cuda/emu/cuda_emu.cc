@@ -8,6 +8,23 @@
 #include <ucontext.h>
 #endif
 
+// ThreadSanitizer keeps per-thread state on the stack it sees: each fiber
+// switch must be announced (its fiber API), or TSan crashes in its own
+// runtime on the first access after a switch.
+#if defined(__SANITIZE_THREAD__)
+#define PDS_EMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PDS_EMU_TSAN 1
+#endif
+#endif
+#ifndef PDS_EMU_TSAN
+#define PDS_EMU_TSAN 0
+#endif
+#if PDS_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -68,6 +85,7 @@ struct Fiber {
   ThreadCoords coords;
   int linear = 0;
   FiberState state = FiberState::kReady;
+  void* tsan = nullptr;  // TSan's fiber (PDS_EMU_TSAN), one per launch
 };
 
 struct BlockRun {
@@ -77,6 +95,7 @@ struct BlockRun {
 #else
   ucontext_t scheduler;
 #endif
+  void* tsan_scheduler = nullptr;  // the launching thread, as TSan knows it
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   int block_arrived = 0;
@@ -119,6 +138,9 @@ thread_local Fiber* g_fiber = nullptr;
 
 void Yield() {
   Fiber* self = g_fiber;
+#if PDS_EMU_TSAN
+  __tsan_switch_to_fiber(g_run->tsan_scheduler, 0);
+#endif
 #if PDS_EMU_FAST_SWITCH
   pds_emu_swap(&self->sp, g_run->scheduler_sp);
 #else
@@ -134,6 +156,9 @@ void FiberMain() {
   Die("finished fiber resumed");
 #endif
   // ucontext: uc_link returns to the scheduler.
+#if PDS_EMU_TSAN
+  __tsan_switch_to_fiber(g_run->tsan_scheduler, 0);
+#endif
 }
 
 // Out of line so that getcontext's registers never alias the caller's loop
@@ -168,6 +193,9 @@ void RunBlock(BlockRun& run) {
       all_done = false;
       if (f.state != FiberState::kReady) continue;
       g_fiber = &f;
+#if PDS_EMU_TSAN
+      __tsan_switch_to_fiber(f.tsan, 0);
+#endif
 #if PDS_EMU_FAST_SWITCH
       pds_emu_swap(&run.scheduler_sp, f.sp);
 #else
@@ -288,6 +316,10 @@ void RunGrid(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*), void
   run.warp_arrived.assign(n_threads / 32, 0);
   run.warp_slots.assign(n_threads, 0);
   run.smem.assign(std::max<size_t>(smem_bytes, 16), static_cast<char>(0xFF));
+#if PDS_EMU_TSAN
+  run.tsan_scheduler = __tsan_get_current_fiber();
+  for (Fiber& f : run.fibers) f.tsan = __tsan_create_fiber(0);
+#endif
   g_run = &run;
   // Blocks run in a shuffled order (a different one per launch): a GPU
   // gives no order between blocks, so a kernel whose result depends on one
@@ -321,6 +353,9 @@ void RunGrid(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*), void
     RunBlock(run);
   }
   g_run = nullptr;
+#if PDS_EMU_TSAN
+  for (Fiber& f : run.fibers) __tsan_destroy_fiber(f.tsan);
+#endif
 }
 
 }  // namespace pdserve::cuda_emu
