@@ -137,13 +137,16 @@ class InProcessCluster {
       }
     }
   }
-  // Every block free (prefix-cached ones count as free), nothing queued.
+  // Every block free (prefix-cached ones count as free), nothing queued,
+  // nothing promised: a request still in the engine's inbox (submitted, not
+  // yet run, its Abort behind it) holds a commitment, and the node must not
+  // be torn down under it (LSan saw the prefill call of such a request).
   bool WaitForIdleKv(const std::string& id, absl::Duration timeout = absl::Seconds(5)) {
     const absl::Time deadline = absl::Now() + timeout;
     for (;;) {
       const v1::NodeLoad l = node(id)->Load();
       if (l.free_kv_blocks() == l.total_kv_blocks() &&
-          l.running() + l.waiting() + l.awaiting_kv() == 0) {
+          l.running() + l.waiting() + l.awaiting_kv() == 0 && l.committed_kv_blocks() == 0) {
         return true;
       }
       if (absl::Now() > deadline) {
