@@ -323,33 +323,23 @@ void PrefillHandler::Forget(uint64_t transfer_id, Call* call) {
 }
 
 bool PrefillHandler::Abort(const std::string& request_id, uint64_t transfer_id) {
+  // A transfer id names one call, and the request id must match it too, so
+  // an Abort cannot reach another request's transfer by guessing.
   std::vector<std::shared_ptr<Call>> found;
   {
     absl::MutexLock lock(&calls_mu_);
-    if (transfer_id != 0) {
-      auto it = calls_.find(transfer_id);
-      if (it != calls_.end()) {
-        if (std::shared_ptr<Call> c = it->second.lock()) found.push_back(std::move(c));
-      }
-    } else {
-      for (const auto& [xfer, weak] : calls_) {
-        std::shared_ptr<Call> c = weak.lock();
-        if (c && c->id == request_id) found.push_back(std::move(c));
-      }
+    for (const auto& [xfer, weak] : calls_) {
+      if (transfer_id != 0 && xfer != transfer_id) continue;
+      std::shared_ptr<Call> c = weak.lock();
+      if (c && c->id == request_id) found.push_back(std::move(c));
     }
   }
-  // A transfer id names one call: the request id must match it too, so an
-  // Abort cannot reach another request's transfer by guessing.
-  bool any = false;
-  for (const std::shared_ptr<Call>& c : found) {
-    if (c->id != request_id) continue;
-    c->Cancel(engine_);  // outside calls_mu_: the transfer's callback takes it
-    any = true;
-  }
+  // Outside calls_mu_: the transfer's callback takes it.
+  for (const std::shared_ptr<Call>& c : found) c->Cancel(engine_);
   // By request id alone, and no transfer of it open: the engine may still
   // hold it (queued, computing before StartTransfer returned) or nothing.
-  if (!any && transfer_id == 0) engine_->Abort(request_id);
-  return any;
+  if (found.empty() && transfer_id == 0) engine_->Abort(request_id);
+  return !found.empty();
 }
 
 }  // namespace pdserve::prefill

@@ -104,17 +104,17 @@ std::shared_ptr<NodeCall> GrpcNodeClient::Generate(const v1::NodeRequest& reques
 }
 
 namespace {
-// One unary poll (GetInfo, GetLoad); the gRPC callback holds it.
-template <typename Response>
-struct GrpcPoll {
+// One unary call (GetInfo, GetLoad, Abort); the gRPC callback holds it.
+template <typename Response, typename Request = v1::GetLoadRequest>
+struct GrpcUnary {
   grpc::ClientContext ctx;
-  v1::GetLoadRequest request;
+  Request request;
   Response response;
 };
 }  // namespace
 
 void GrpcNodeClient::GetInfo(const NodeCallOptions& options, InfoDone done) {
-  auto poll = std::make_shared<GrpcPoll<v1::NodeInfo>>();
+  auto poll = std::make_shared<GrpcUnary<v1::NodeInfo>>();
   Prepare(options, &poll->ctx);
   stub_->async()->GetInfo(&poll->ctx, &poll->request, &poll->response,
                           [poll, done = std::move(done)](grpc::Status status) {
@@ -123,7 +123,7 @@ void GrpcNodeClient::GetInfo(const NodeCallOptions& options, InfoDone done) {
 }
 
 void GrpcNodeClient::GetLoad(const NodeCallOptions& options, LoadDone done) {
-  auto poll = std::make_shared<GrpcPoll<v1::NodeLoad>>();
+  auto poll = std::make_shared<GrpcUnary<v1::NodeLoad>>();
   Prepare(options, &poll->ctx);
   stub_->async()->GetLoad(&poll->ctx, &poll->request, &poll->response,
                           [poll, done = std::move(done)](grpc::Status status) {
@@ -133,12 +133,7 @@ void GrpcNodeClient::GetLoad(const NodeCallOptions& options, LoadDone done) {
 
 void GrpcNodeClient::Abort(const v1::NodeAbortRequest& request, const NodeCallOptions& options,
                            Done done) {
-  struct Unary {
-    grpc::ClientContext ctx;
-    v1::NodeAbortRequest request;
-    v1::NodeAbortResponse response;
-  };
-  auto call = std::make_shared<Unary>();
+  auto call = std::make_shared<GrpcUnary<v1::NodeAbortResponse, v1::NodeAbortRequest>>();
   call->request = request;
   Prepare(options, &call->ctx);
   stub_->async()->Abort(
