@@ -206,6 +206,7 @@ absl::Status Engine::Submit(RequestSpec spec, OutputCallback on_output, SeqMode 
   if (absl::Status s = ReplayResumedIntoGrammar(*seq); !s.ok()) return s;
   seq->kv_sink = sink;
   absl::MutexLock lock(&mu_);
+  if (stop_) return absl::UnavailableError("the engine has stopped");
   if (!active_ids_.try_emplace(id, committed).second) {
     return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
   }
@@ -228,6 +229,7 @@ absl::StatusOr<std::vector<BlockId>> Engine::Reserve(RequestSpec spec, OutputCal
   seq->matcher = std::move(*matcher);
   if (absl::Status s = ReplayResumedIntoGrammar(*seq); !s.ok()) return s;
   absl::MutexLock lock(&mu_);
+  if (stop_) return absl::UnavailableError("the engine has stopped");
   if (active_ids_.contains(id)) {
     return absl::AlreadyExistsError(absl::StrCat("request id '", id, "' is already in use"));
   }
@@ -539,6 +541,19 @@ void Engine::Stop() {
     stop_ = true;
   }
   if (loop_.joinable()) loop_.join();
+  // No engine thread now: this one owns the engine's state. Queued
+  // commands are applied (a Submit becomes a sequence, an Abort ends one),
+  // then whatever is left is failed through its callback.
+  DrainInbox();
+  std::vector<std::string> ids;
+  ids.reserve(seqs_.size());
+  for (const auto& [id, seq] : seqs_) ids.push_back(id);
+  for (const std::string& id : ids) {
+    auto it = seqs_.find(id);
+    if (it == seqs_.end()) continue;
+    AbortGroup(it->second.get(), /*silent=*/false,
+               absl::UnavailableError("the engine stopped before the request finished"));
+  }
 }
 
 void Engine::Loop() {

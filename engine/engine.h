@@ -102,6 +102,10 @@ class Engine {
   bool Step();
   // Runs steps on a background thread until Stop().
   void Start();
+  // Stops the loop, then ends every request still queued or running with
+  // an Unavailable error through its callback (each callback runs exactly
+  // once: a caller waiting for it is never left holding its request).
+  // Submit and Reserve are refused afterwards. The destructor calls it.
   void Stop();
   // Test seam (fault injection, `--test-stall-file`): while paused the loop
   // takes no step, so queued work stalls with the process alive.
@@ -141,7 +145,9 @@ class Engine {
   // Token #1 from the prefill node: into the sequence's state; the reason it
   // already ends the sample (kNone: it goes on), or an error.
   absl::StatusOr<FinishReason> TakeFirstToken(Sequence* s, TokenId token, int64_t time_ns);
-  void AbortGroup(Sequence* root, bool silent);
+  // Ends root's request, every sample: kAbort, or kError with `error`
+  // when it is not OK.
+  void AbortGroup(Sequence* root, bool silent, absl::Status error = absl::OkStatus());
   int32_t CommittedBlocks(const RequestSpec& spec, SeqMode mode) const;
   // The grammar state for a structured-output request (null for free
   // text); InvalidArgument for a schema that does not compile.

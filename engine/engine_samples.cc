@@ -208,7 +208,7 @@ void Engine::HandleActivate(Sequence* s, const Command& cmd) {
   }
 }
 
-void Engine::AbortGroup(Sequence* root, bool silent) {
+void Engine::AbortGroup(Sequence* root, bool silent, absl::Status error) {
   std::vector<Sequence*> members;
   for (auto& f : root->group->forks) {
     if (f->state != SeqState::kFinished) members.push_back(f.get());
@@ -217,7 +217,11 @@ void Engine::AbortGroup(Sequence* root, bool silent) {
   // Each Finish may end the group (the last one frees every member).
   for (Sequence* m : members) {
     if (silent) m->reported = true;
-    Finish(m, FinishReason::kAbort);
+    if (error.ok()) {
+      Finish(m, FinishReason::kAbort);
+    } else {
+      Finish(m, FinishReason::kError, error);
+    }
   }
 }
 

@@ -211,6 +211,48 @@ TEST(Engine, AbortFreesBlocksAtOnce) {
   EXPECT_EQ(engine->Stats().n_running, 0);
 }
 
+// Whoever waits on a request's callback hears its end even when the engine
+// stops first: queued, running, awaiting KV, or aborted with the Abort
+// still in the inbox. A node that shuts down leaks nothing held for them.
+TEST(Engine, StopEndsEveryRequestThroughItsCallback) {
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+  const int total = engine->cache().config().n_blocks;
+  Result running, queued, aborted, awaiting;
+  absl::Status running_error, awaiting_error;
+  auto with_error = [](Result* r, absl::Status* error) {
+    OutputCallback collect = Collect(r);
+    return [collect, error](const SeqOutput& out) {
+      collect(out);
+      if (!out.error.ok()) *error = out.error;
+    };
+  };
+  ASSERT_TRUE(engine->Submit(Greedy("run", Tokens(30, 1), 50), with_error(&running, &running_error))
+                  .ok());
+  for (int i = 0; i < 3; ++i) engine->Step();
+  ASSERT_EQ(running.finish, FinishReason::kNone);
+  ASSERT_TRUE(engine->Submit(Greedy("queued", Tokens(12, 2), 8), Collect(&queued)).ok());
+  ASSERT_TRUE(engine->Submit(Greedy("aborted", Tokens(12, 3), 8), Collect(&aborted)).ok());
+  engine->Abort("aborted");
+  ASSERT_TRUE(
+      engine->Reserve(Greedy("awaiting", Tokens(20, 4), 8), with_error(&awaiting, &awaiting_error))
+          .ok());
+
+  engine->Stop();
+  EXPECT_EQ(running.finish, FinishReason::kError);
+  EXPECT_EQ(running_error.code(), absl::StatusCode::kUnavailable) << running_error;
+  EXPECT_EQ(queued.finish, FinishReason::kError);
+  EXPECT_EQ(aborted.finish, FinishReason::kAbort);
+  EXPECT_EQ(awaiting.finish, FinishReason::kError);
+  EXPECT_EQ(awaiting_error.code(), absl::StatusCode::kUnavailable) << awaiting_error;
+  EXPECT_EQ(engine->cache().Stats().free_blocks, total);
+  EXPECT_EQ(engine->Stats().committed_kv_blocks, 0);
+  // A stopped engine takes nothing new (it would never run it).
+  EXPECT_EQ(engine->Submit(Greedy("late", Tokens(12, 5), 4), nullptr).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine->Reserve(Greedy("late2", Tokens(12, 5), 4), nullptr).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
 TEST(Engine, PreemptsWhenTheCacheRunsOutAndStillFinishesEverything) {
   auto model = LoadDummy(DummyModelSpec{});
   EngineOptions small;
