@@ -39,7 +39,7 @@ int main() {
 #include "absl/strings/str_format.h"
 #include "engine/cuda/cuda_runner.h"
 #include "engine/dummy_model.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "kernels/cuda/gemm.h"

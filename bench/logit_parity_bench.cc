@@ -28,7 +28,7 @@
 
 #include "engine/backend.h"
 #include "engine/dummy_model.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "kernels/cpu/thread_pool.h"

@@ -37,7 +37,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "pdserve/v1/node.grpc.pb.h"
 #include "rpc/model_fingerprint.h"

@@ -6,8 +6,8 @@
 #include "cli/command.h"
 #include "cli/engine_flags.h"
 #include "common/clock.h"
-#include "engine/chat_template.h"
 #include "engine/engine.h"
+#include "engine/text/chat_template.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve::cli {

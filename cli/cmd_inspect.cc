@@ -13,7 +13,7 @@
 #include "cli/command.h"
 #include "cli/flags.h"
 #include "common/status_macros.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 
 namespace pdserve::cli {
 namespace {

@@ -7,7 +7,7 @@
 #include "absl/status/status.h"
 #include "cli/flags.h"
 #include "engine/engine.h"
-#include "engine/request.h"
+#include "engine/text/request.h"
 
 namespace pdserve::cli {
 

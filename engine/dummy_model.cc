@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/gguf_writer.h"
+#include "engine/gguf/gguf_writer.h"
 #include "engine/sampler.h"
 #include "kernels/quant.h"
 

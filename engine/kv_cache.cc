@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
-#include "engine/block_hash.h"
+#include "engine/text/block_hash.h"
 
 namespace pdserve {
 

@@ -8,10 +8,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace pdserve {
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "engine/model_config.h"
 #include "kernels/cpu/matmul.h"
 

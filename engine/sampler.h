@@ -7,7 +7,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "engine/request.h"
+#include "engine/text/request.h"
 
 namespace pdserve {
 

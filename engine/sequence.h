@@ -11,9 +11,9 @@
 #include "absl/status/status.h"
 #include "engine/grammar/grammar.h"
 #include "engine/kv_cache.h"
-#include "engine/request.h"
 #include "engine/sampler.h"
-#include "engine/text_stream.h"
+#include "engine/text/request.h"
+#include "engine/text/text_stream.h"
 
 namespace pdserve {
 

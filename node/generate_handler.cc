@@ -1,7 +1,7 @@
 #include "node/generate_handler.h"
 
 #include "common/clock.h"
-#include "node/engine_events.h"
+#include "node/events/engine_events.h"
 #include "rpc/convert.h"
 #include "rpc/stream_writer.h"
 

@@ -16,7 +16,7 @@
 #include "decode_node/decode_handler.h"
 #include "engine/engine.h"
 #include "http/http_server.h"
-#include "node/engine_events.h"
+#include "node/events/engine_events.h"
 #include "node/generate_handler.h"
 #include "node/progress_monitor.h"
 #include "node/router_link.h"

@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/clock.h"
 #include "common/log.h"
-#include "node/engine_events.h"
+#include "node/events/engine_events.h"
 #include "rpc/convert.h"
 #include "transport/device_send_handle.h"
 

@@ -10,7 +10,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/secure_random.h"
-#include "engine/block_hash.h"
+#include "engine/text/block_hash.h"
 #include "router/dispatcher.h"
 #include "rpc/convert.h"
 #include "tracing/span.h"

@@ -46,7 +46,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/request.h"
+#include "engine/text/request.h"
 #include "pdserve/v1/generate.pb.h"
 #include "router/call_recorder.h"
 #include "router/node_client.h"

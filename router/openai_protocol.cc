@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/grammar/grammar.h"
-#include "engine/request.h"
+#include "engine/text/request.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve::router::openai {

@@ -7,7 +7,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
-#include "engine/request.h"
+#include "engine/text/request.h"
 #include "pdserve/v1/generate.pb.h"
 #include "pdserve/v1/node.pb.h"
 

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 
 namespace pdserve::rpc {
 

@@ -6,9 +6,9 @@
 #include <optional>
 
 #include "absl/status/statusor.h"
-#include "engine/chat_template.h"
-#include "engine/request.h"
-#include "engine/tokenizer.h"
+#include "engine/text/chat_template.h"
+#include "engine/text/request.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "pdserve/v1/generate.pb.h"
 
 namespace pdserve::rpc {

@@ -8,7 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/grammar/grammar.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace pdserve::grammar {
 

@@ -7,7 +7,7 @@
 #include <string_view>
 
 #include "common/check.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 
 namespace {
 

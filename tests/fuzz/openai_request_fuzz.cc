@@ -11,7 +11,7 @@
 #include <string_view>
 
 #include "common/check.h"
-#include "engine/request.h"
+#include "engine/text/request.h"
 #include "nlohmann/json.hpp"
 #include "router/openai_protocol.h"
 

@@ -12,11 +12,11 @@
 
 #include "absl/strings/str_replace.h"
 #include "common/check.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_pre.h"
-#include "engine/unicode.h"
-#include "engine/unicode_regex.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/tokenizer_pre.h"
+#include "engine/tokenizer/unicode.h"
+#include "engine/tokenizer/unicode_regex.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/secure_random.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cluster_harness.h"

@@ -226,8 +226,8 @@ TEST(Engine, StopEndsEveryRequestThroughItsCallback) {
       if (!out.error.ok()) *error = out.error;
     };
   };
-  ASSERT_TRUE(engine->Submit(Greedy("run", Tokens(30, 1), 50), with_error(&running, &running_error))
-                  .ok());
+  ASSERT_TRUE(
+      engine->Submit(Greedy("run", Tokens(30, 1), 50), with_error(&running, &running_error)).ok());
   for (int i = 0; i < 3; ++i) engine->Step();
   ASSERT_EQ(running.finish, FinishReason::kNone);
   ASSERT_TRUE(engine->Submit(Greedy("queued", Tokens(12, 2), 8), Collect(&queued)).ok());

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <numeric>
 
-#include "engine/block_hash.h"
+#include "engine/text/block_hash.h"
 #include "gtest/gtest.h"
 
 namespace pdserve {

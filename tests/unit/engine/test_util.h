@@ -8,7 +8,7 @@
 
 #include "engine/dummy_model.h"
 #include "engine/engine.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "engine/model.h"
 #include "gtest/gtest.h"
 

@@ -1,6 +1,6 @@
 // Text-facing pieces: the streamed text with stop strings, chat templates.
-#include "engine/chat_template.h"
-#include "engine/text_stream.h"
+#include "engine/text/chat_template.h"
+#include "engine/text/text_stream.h"
 #include "tests/unit/engine/test_util.h"
 
 namespace pdserve::testing {

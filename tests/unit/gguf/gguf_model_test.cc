@@ -3,7 +3,7 @@
 #include <map>
 #include <string>
 
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

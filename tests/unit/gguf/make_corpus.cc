@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <string>
 
-#include "engine/gguf_writer.h"
+#include "engine/gguf/gguf_writer.h"
 #include "tests/unit/gguf/test_files.h"
 
 namespace {

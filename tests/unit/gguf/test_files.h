@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/gguf_writer.h"
+#include "engine/gguf/gguf_writer.h"
 
 namespace pdserve::gguf::testing {
 

@@ -3,8 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "engine/chat_template.h"
 #include "engine/grammar/grammar.h"
+#include "engine/text/chat_template.h"
 #include "router/openai_protocol.h"
 
 namespace pdserve::router::openai {

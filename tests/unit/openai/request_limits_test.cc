@@ -11,8 +11,8 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "pdserve/v1/generate.grpc.pb.h"
 #include "router/router_server.h"
 #include "rpc/message_limits.h"

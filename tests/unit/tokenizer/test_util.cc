@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "absl/strings/str_split.h"
-#include "engine/unicode.h"
+#include "engine/tokenizer/unicode.h"
 #include "gtest/gtest.h"
 
 namespace pdserve::testing {

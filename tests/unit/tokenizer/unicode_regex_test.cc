@@ -1,15 +1,15 @@
 // Pre-tokenizer splits: expected pieces worked out from each regex by hand,
 // the hand-written matchers against ICU's regex engine on random text, and
 // hostile inputs.
-#include "engine/unicode_regex.h"
+#include "engine/tokenizer/unicode_regex.h"
 
 #include <random>
 #include <string>
 #include <vector>
 
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_pre.h"
-#include "engine/unicode.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/tokenizer_pre.h"
+#include "engine/tokenizer/unicode.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -17,7 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/unicode.h"
+#include "engine/tokenizer/unicode.h"
 
 namespace pdserve {
 

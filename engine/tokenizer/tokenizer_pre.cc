@@ -1,6 +1,6 @@
-#include "engine/tokenizer_pre.h"
+#include "engine/tokenizer/tokenizer_pre.h"
 
-#include "engine/unicode_regex.h"
+#include "engine/tokenizer/unicode_regex.h"
 
 namespace pdserve {
 namespace {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "engine/gguf.h"
+#include "engine/gguf/gguf.h"
 #include "kernels/dtype.h"
 
 namespace pdserve::gguf {

@@ -1,4 +1,4 @@
-#include "node/engine_events.h"
+#include "node/events/engine_events.h"
 
 #include "rpc/convert.h"
 

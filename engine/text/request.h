@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "engine/grammar/grammar.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace pdserve {
 

@@ -1,9 +1,9 @@
-#include "engine/chat_template.h"
+#include "engine/text/chat_template.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/jinja/jinja.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace pdserve {

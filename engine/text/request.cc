@@ -1,4 +1,4 @@
-#include "engine/request.h"
+#include "engine/text/request.h"
 
 #include <cmath>
 

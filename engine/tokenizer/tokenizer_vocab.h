@@ -11,9 +11,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_pre.h"
+#include "engine/gguf/gguf.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/tokenizer_pre.h"
 
 namespace pdserve::tokenizer_internal {
 

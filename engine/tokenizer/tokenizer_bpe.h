@@ -13,7 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "engine/tokenizer_vocab.h"
+#include "engine/tokenizer/tokenizer_vocab.h"
 
 namespace pdserve::tokenizer_internal {
 

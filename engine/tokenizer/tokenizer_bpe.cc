@@ -1,11 +1,11 @@
-#include "engine/tokenizer_bpe.h"
+#include "engine/tokenizer/tokenizer_bpe.h"
 
 #include <algorithm>
 #include <string>
 
 #include "absl/strings/str_format.h"
 #include "common/log.h"
-#include "engine/unicode.h"
+#include "engine/tokenizer/unicode.h"
 
 namespace pdserve::tokenizer_internal {
 namespace {

@@ -1,4 +1,4 @@
-#include "engine/tokenizer_vocab.h"
+#include "engine/tokenizer/tokenizer_vocab.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 #include <algorithm>
 #include <array>
@@ -9,10 +9,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/tokenizer_bpe.h"
-#include "engine/tokenizer_vocab.h"
-#include "engine/unicode.h"
-#include "engine/unicode_regex.h"
+#include "engine/tokenizer/tokenizer_bpe.h"
+#include "engine/tokenizer/tokenizer_vocab.h"
+#include "engine/tokenizer/unicode.h"
+#include "engine/tokenizer/unicode_regex.h"
 
 namespace pdserve {
 

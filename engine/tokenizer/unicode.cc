@@ -1,4 +1,4 @@
-#include "engine/unicode.h"
+#include "engine/tokenizer/unicode.h"
 
 #include <unicode/uchar.h>
 #include <unicode/utf8.h>
@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "common/check.h"
-#include "engine/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace pdserve {
 namespace unicode {

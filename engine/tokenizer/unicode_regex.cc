@@ -1,4 +1,4 @@
-#include "engine/unicode_regex.h"
+#include "engine/tokenizer/unicode_regex.h"
 
 #include <unicode/parseerr.h>
 #include <unicode/regex.h>
