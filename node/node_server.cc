@@ -209,31 +209,42 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
     }
   }
   kv.checksum = options.kv_checksum;
-  switch (options.role) {
-    case NodeRole::kPrefill: {
-      // IPC exports the KV storage itself: one allocation per cache.
-      const KvCache& cache = engine->cache();
-      kv.kv_regions.push_back({cache.storage(), cache.storage_bytes()});
-      PDS_ASSIGN_OR_RETURN(n->sender_, transport::MakeKvSender(kv));
-      break;
+  if (options.kv_loopback != nullptr) {
+    if (options.role == NodeRole::kPrefill) {
+      n->sender_ = std::make_unique<transport::LoopbackKvSender>(options.kv_loopback);
+    } else if (options.role == NodeRole::kDecode) {
+      PDS_ASSIGN_OR_RETURN(
+          n->receiver_,
+          transport::LoopbackKvReceiver::Create(
+              options.kv_loopback, absl::StrCat("node-", reinterpret_cast<uintptr_t>(n.get()))));
     }
-    case NodeRole::kDecode: {
-      // Only the advertised address by default: the KV port is for prefill nodes.
-      kv.listen_host =
-          options.kv_listen_host.empty() ? options.advertise_host : options.kv_listen_host;
-      kv.port = static_cast<uint16_t>(options.kv_port);
-      kv.advertise_host = options.advertise_host;
-      PDS_ASSIGN_OR_RETURN(const transport::KvTransportKind resolved,
-                           transport::ResolveReceiverKind(kv));
-      PDS_ASSIGN_OR_RETURN(n->receiver_, transport::MakeKvReceiver(kv));
-      PDS_LOG(INFO) << "decode node: KV over " << transport::KvTransportKindName(resolved)
-                    << (kv.gpu_device >= 0 && resolved == transport::KvTransportKind::kTcp
-                            ? " (host-staged)"
-                            : "");
-      break;
+  } else {
+    switch (options.role) {
+      case NodeRole::kPrefill: {
+        // IPC exports the KV storage itself: one allocation per cache.
+        const KvCache& cache = engine->cache();
+        kv.kv_regions.push_back({cache.storage(), cache.storage_bytes()});
+        PDS_ASSIGN_OR_RETURN(n->sender_, transport::MakeKvSender(kv));
+        break;
+      }
+      case NodeRole::kDecode: {
+        // Only the advertised address by default: the KV port is for prefill nodes.
+        kv.listen_host =
+            options.kv_listen_host.empty() ? options.advertise_host : options.kv_listen_host;
+        kv.port = static_cast<uint16_t>(options.kv_port);
+        kv.advertise_host = options.advertise_host;
+        PDS_ASSIGN_OR_RETURN(const transport::KvTransportKind resolved,
+                             transport::ResolveReceiverKind(kv));
+        PDS_ASSIGN_OR_RETURN(n->receiver_, transport::MakeKvReceiver(kv));
+        PDS_LOG(INFO) << "decode node: KV over " << transport::KvTransportKindName(resolved)
+                      << (kv.gpu_device >= 0 && resolved == transport::KvTransportKind::kTcp
+                              ? " (host-staged)"
+                              : "");
+        break;
+      }
+      case NodeRole::kMixed:
+        break;
     }
-    case NodeRole::kMixed:
-      break;
   }
   // Handlers name the node in the timings they report: the configured id,
   // or the role until the id (which needs the bound port) is known.

@@ -24,6 +24,7 @@
 #include "rpc/server_util.h"
 #include "tracing/metrics.h"
 #include "transport/kv_transport.h"
+#include "transport/loopback_transport.h"
 
 namespace pdserve::node {
 
@@ -40,6 +41,10 @@ struct NodeOptions {
   bool kv_checksum = false;
   // auto, tcp, nccl or ipc (transport/kv_transport_factory.h).
   std::string kv_transport = "auto";
+  // Test seam (the in-process cluster): KV moves over this in-process
+  // network instead of kv_transport; a decode node's receiver registers as
+  // "loopback:<its address in memory>". Must outlive the node. Null: off.
+  transport::LoopbackNetwork* kv_loopback = nullptr;
   // Routers to register with and heartbeat to: host:port, comma-separated;
   // empty: none (a static node list on the router).
   std::string router;

@@ -3,9 +3,10 @@
 // (their code unchanged) and a tiny random-weight model (dummy_model.h;
 // same seed, same bytes, so every run is the same). The router reaches its
 // nodes through its NodeClient seam (router/node_client.h, gRPC over
-// loopback TCP); KV moves over the TCP transport on ephemeral ports. Every
-// port is ephemeral (port 0). The multi-process tests stay as the
-// end-to-end layer (real binaries, signals, the downloaded model).
+// loopback TCP); KV moves over the in-process loopback transport
+// (NodeOptions::kv_loopback), or over TCP on ephemeral ports where a test
+// asks (greedy parity runs on both). Every port is ephemeral (port 0). The multi-process tests stay
+// as the end-to-end layer (real binaries, signals, the downloaded model).
 #include <fstream>
 #include <memory>
 #include <string>
@@ -55,6 +56,7 @@ struct ClusterSpec {
   int64_t decode_kv_cache_bytes = 4 << 20;
   int32_t max_queue = 256;
   int64_t queue_timeout_ms = 20000;
+  bool kv_over_tcp = false;  // default: the in-process loopback transport
 };
 
 // Router + nodes in this process; tears down in reverse.
@@ -85,6 +87,7 @@ class InProcessCluster {
       o.node_id = prefill ? absl::StrCat("prefill-", i) : absl::StrCat("decode-", i - spec.prefill);
       o.listen = "127.0.0.1:0";
       o.kv_transport = "tcp";
+      if (!spec.kv_over_tcp) o.kv_loopback = &c->kv_network_;
       o.router = absl::StrCat("127.0.0.1:", c->router_->port());
       o.engine.n_threads = 1;
       o.engine.kv_cache_bytes = prefill ? (4 << 20) : spec.decode_kv_cache_bytes;
@@ -173,6 +176,7 @@ class InProcessCluster {
 
  private:
   InProcessCluster() = default;
+  transport::LoopbackNetwork kv_network_;  // outlives the nodes (declared first)
   std::unique_ptr<router::RouterServer> router_;
   std::shared_ptr<const Model> model_;
   std::vector<std::unique_ptr<node::NodeServer>> nodes_;
@@ -221,9 +225,15 @@ std::vector<int32_t> SingleEngine(const std::shared_ptr<const Model>& model,
   return out;
 }
 
-TEST(InProcessClusterTest, GreedyOutputMatchesASingleEngine) {
-  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start({});
+class InProcessClusterKvTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(InProcessClusterKvTest, GreedyOutputMatchesASingleEngine) {
+  ClusterSpec spec;
+  spec.kv_over_tcp = GetParam();
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
   ASSERT_NE(c, nullptr);
+  EXPECT_THAT(c->node("decode-0")->kv_endpoint(),
+              ::testing::StartsWith(GetParam() ? "127.0.0.1:" : "loopback:"));
   std::shared_ptr<const Model> model(Model::Load(ModelPath()).value());
   // Prompts shorter than a block, across block boundaries, and long enough
   // for several KV blocks; token ids, so the reference sees the same prompt.
@@ -246,6 +256,11 @@ TEST(InProcessClusterTest, GreedyOutputMatchesASingleEngine) {
   EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
   EXPECT_TRUE(c->WaitForRouterIdle());
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, InProcessClusterKvTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "Tcp" : "Loopback";
+                         });
 
 TEST(InProcessClusterTest, ConcurrentStreamsAllCompleteWithCorrectUsage) {
   ClusterSpec spec;
