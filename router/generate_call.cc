@@ -172,9 +172,7 @@ std::shared_ptr<GenerateCall> GenerateCall::Begin(RouterContext* ctx,
     call->RunPosted();
     return call;
   }
-  ctx->metrics.num_requests_waiting->Add(1);
   if (absl::Status s = ctx->dispatcher->Enqueue(call); !s.ok()) {
-    ctx->metrics.num_requests_waiting->Add(-1);
     {
       absl::MutexLock lock(&call->mu_);
       call->FailLocked(s, KindFor(s));
@@ -219,7 +217,6 @@ void GenerateCall::Dispatch(const Selection& sel, Placement placement) {
   std::shared_ptr<GenerateCall> self = shared_from_this();
   {
     absl::MutexLock lock(&mu_);
-    ctx_->metrics.num_requests_waiting->Add(-1);
     // Cancelled while the dispatcher chose: `placement` gives the capacity back.
     if (done_) return;
     auto attempt = std::make_shared<Attempt>();
@@ -578,11 +575,9 @@ void GenerateCall::RequeueLocked(const absl::Status& status, ErrorKind kind) {
   held_.clear();
   first_sent_ = false;
   mixed_ = false;
-  ctx_->metrics.num_requests_waiting->Add(1);
   std::shared_ptr<GenerateCall> self = shared_from_this();
   PostLocked([self, status, kind] {
     if (absl::Status s = self->ctx_->dispatcher->Enqueue(self); !s.ok()) {
-      self->ctx_->metrics.num_requests_waiting->Add(-1);
       {
         absl::MutexLock lock(&self->mu_);
         self->FailLocked(absl::Status(status.code(),
@@ -757,17 +752,15 @@ void GenerateCall::ReleaseNodesLocked() {
 void GenerateCall::FailQueued(const absl::Status& status, ErrorKind kind) {
   {
     absl::MutexLock lock(&mu_);
-    ctx_->metrics.num_requests_waiting->Add(-1);
     FailLocked(status, kind);
   }
   RunPosted();
 }
 
 void GenerateCall::Cancel() {
-  const bool was_queued = ctx_->dispatcher->Remove(this);
+  ctx_->dispatcher->Remove(this);  // if it is still queued
   {
     absl::MutexLock lock(&mu_);
-    if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
     if (!done_) {
       recorder_.Failed(ErrorKind::kCancelled);
       // Cancelling the node calls aborts the request on both nodes.
@@ -779,10 +772,9 @@ void GenerateCall::Cancel() {
 }
 
 void GenerateCall::Abort() {
-  const bool was_queued = ctx_->dispatcher->Remove(this);
+  ctx_->dispatcher->Remove(this);  // if it is still queued
   {
     absl::MutexLock lock(&mu_);
-    if (was_queued) ctx_->metrics.num_requests_waiting->Add(-1);
     if (!done_) {
       CancelNodeCallsLocked();
       v1::Complete c;

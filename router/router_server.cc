@@ -232,6 +232,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOp
   ctx.dispatcher = r->dispatcher_.get();
   Dispatcher* dispatcher = r->dispatcher_.get();
   r->registry_->SetOnChange([dispatcher] { dispatcher->Pump(); });
+  // Requests waiting are the dispatcher's queue, read when scraped: no
+  // count kept beside it to drift.
+  ctx.metrics.num_requests_waiting->SetCallback(
+      [dispatcher] { return static_cast<double>(dispatcher->queued()); });
 
   if (!options.trace_file.empty()) {
     tracing::OtlpFileExporterOptions eo;
@@ -459,6 +463,7 @@ void RouterServer::Wait() { stop_.WaitForNotification(); }
 
 RouterServer::~RouterServer() {
   Shutdown(absl::ZeroDuration());
+  ctx_.metrics.num_requests_waiting->SetCallback(nullptr);
   dispatcher_.reset();
   if (ctx_.timing_log != nullptr) std::fclose(ctx_.timing_log);
 }

@@ -42,38 +42,6 @@ namespace {
     if (!HaveModel()) GTEST_SKIP() << "model absent: run scripts/fetch_model.sh"; \
   } while (0)
 
-// GET http://127.0.0.1:<port><path>; the body, or empty on any failure.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req =
-        absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
-      char buf[4096];
-      for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) out.append(buf, n);
-    }
-  }
-  ::close(fd);
-  const size_t body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
-
-// The value of an unlabelled metric in the Prometheus text, or -1.
-double Metric(const std::string& text, const std::string& name) {
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    if (!absl::StartsWith(line, name + " ")) continue;
-    double v = -1;
-    if (absl::SimpleAtod(line.substr(name.size() + 1), &v)) return v;
-  }
-  return -1;
-}
-
 int64_t RssKiB(pid_t pid) {
   std::ifstream f(absl::StrCat("/proc/", pid, "/status"));
   std::string line;

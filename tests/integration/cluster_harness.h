@@ -169,4 +169,9 @@ std::string ReadFile(const std::string& path);
 // The live child processes of `parent`, from /proc.
 std::vector<pid_t> ChildrenOf(pid_t parent);
 
+// GET http://127.0.0.1:<port><path>: the body, or "" on any failure.
+std::string HttpGet(int port, const std::string& path);
+// The value of an unlabelled metric in Prometheus text, or -1.
+double Metric(const std::string& text, const std::string& name);
+
 }  // namespace pdserve::itest

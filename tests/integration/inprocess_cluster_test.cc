@@ -67,6 +67,7 @@ class InProcessCluster {
     router::RouterOptions ro;
     ro.model_path = ModelPath();
     ro.listen = "127.0.0.1:0";
+    ro.metrics_port = 0;
     ro.heartbeat_interval_ms = 100;
     ro.node_expiry_ms = 60000;
     ro.config.kv_deadline_ms = spec.kv_deadline_ms;
@@ -438,6 +439,62 @@ TEST(InProcessClusterTest, FullDecodeKvRefusesThenRecovers) {
   StreamResult never = Generate(c->generation(), Greedy("Hi", total * 16 + 16));
   EXPECT_EQ(never.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << never.status.error_message();
+}
+
+// The router's pdserve:num_requests_waiting is its dispatch queue, read when
+// scraped: a request waiting for decode KV shows, and leaves when its client
+// cancels (no count kept beside the queue to drift).
+TEST(InProcessClusterTest, WaitingGaugeIsTheDispatchQueue) {
+  ClusterSpec spec;
+  spec.decode_kv_cache_bytes = 64 << 10;
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
+  ASSERT_NE(c, nullptr);
+  auto waiting = [&] {
+    return itest::Metric(itest::HttpGet(c->router().metrics_port(), "/metrics"),
+                         "pdserve:num_requests_waiting");
+  };
+  auto wait_for = [&](double want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (waiting() != want && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+    return waiting();
+  };
+  EXPECT_EQ(waiting(), 0);
+  // A paused decode node holding most of its cache for one stream.
+  const int32_t total = c->node("decode-0")->Load().total_kv_blocks();
+  ASSERT_GT(total, 2);
+  c->node("decode-0")->engine().SetPausedForTest(true);
+  grpc::ClientContext hold_ctx;
+  hold_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  absl::Notification streaming;
+  std::thread holder([&] {
+    Generate(
+        c->generation(), Greedy("Hi", (total - 1) * 16 - 8), absl::Seconds(30),
+        [&](const v1::GenerateResponse& r) {
+          if (r.has_chunk() && !streaming.HasBeenNotified()) streaming.Notify();
+          return true;
+        },
+        &hold_ctx);
+  });
+  ASSERT_TRUE(streaming.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  // The next request waits for capacity in the router's queue.
+  grpc::ClientContext queued_ctx;
+  queued_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  StreamResult queued;
+  std::thread waiter([&] {
+    queued = Generate(c->generation(), Greedy("Hello there", 32), absl::Seconds(30), nullptr,
+                      &queued_ctx);
+  });
+  EXPECT_EQ(wait_for(1), 1);
+  queued_ctx.TryCancel();
+  waiter.join();
+  EXPECT_EQ(queued.status.error_code(), grpc::StatusCode::CANCELLED)
+      << queued.status.error_message();
+  EXPECT_EQ(wait_for(0), 0);
+  hold_ctx.TryCancel();
+  c->node("decode-0")->engine().SetPausedForTest(false);
+  holder.join();
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+  EXPECT_TRUE(c->WaitForRouterIdle());
 }
 
 TEST(InProcessClusterTest, DroppedDecodeNodeLeavesTrafficOnTheOther) {
