@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs dependencies, fetches the model, builds, and runs every test:
-#   0. source checks: forbidden includes (tools/check_includes.py) and
+#   0. source checks: forbidden includes and directory cycles
+#      (tools/check_includes.py) and
 #      clang-format (every tracked C++ file must be formatted);
 #   1. the Release build in build/ (unit, integration and end-to-end tests),
 #      then a report of every skipped test and why (tools/skip_report.py; in
@@ -19,30 +20,24 @@
 #      build-san/sanitizer-logs and fail the step (LSan suppressions for
 #      uninstrumented third-party code in tests/lsan.supp);
 #   3. a clang TSan build in build-tsan/ of the suites in $TSAN_SUITES, against
-#      an Abseil built with TSan from Debian's source (scripts/build_tsan_deps.sh,
-#      cached outside the repo) so TSan sees every absl::Mutex, gRPC's too.
+#      Abseil and gRPC built with TSan from Debian's own source packages
+#      (scripts/build_tsan_deps.sh, cached outside the repo), so TSan sees
+#      every absl::Mutex and gRPC's own hand-offs between its threads.
 #      Why these suites: they own the threads (KV sender/receiver loops, the
 #      HTTP server, metrics, the router's registry, and in openai_protocol_test
 #      a whole RouterServer with its gRPC and HTTP ports, progress monitor and
 #      dispatcher; in router_generate_call_test the call state machine
-#      against fake nodes; in the *_emu_test suites the GPU KV transports'
-#      control links, watchdogs and send/receive threads over the CPU
-#      emulation of CUDA, whose fibers announce their switches to TSan) and
-#      run in seconds without the model.
-#      Not router_link_test (3 of ~14 runs reported gRPC-allocated call state
-#      and Status objects freed or read on gRPC's threads) and not
-#      inprocess_cluster_test (both run in steps 1-2):
-#      under TSan it gave 194 reports; those read (about 20) were on gRPC's callback
-#      API (CallOpSet, interceptor batches, ByteBuffers, Status payloads,
-#      reactors) created in gRPC's header code on one poller thread and
-#      finished on another, ordered by libgrpc's uninstrumented completion
-#      queue; it needs a TSan-built gRPC, not a blanket suppression. The
-#      model-compute suites under TSan would take longer than the rest of CI together.
-#      gRPC itself is not instrumented (Debian's): tests/tsan.supp leaves its
-#      interceptor calls unchecked (the reason is there), and a case whose
-#      reports are all on gRPC's own absl objects (Status payloads, Cords it
-#      builds and frees across its threads) is left out by tsan_filter with
-#      its reason. Measured: the six suites took ~22 s under TSan (seven now);
+#      against fake nodes; in router_link_test a node's registration links;
+#      in inprocess_cluster_test a router, a prefill and a decode node over
+#      real gRPC and TCP KV transfers in one process; in the *_emu_test suites
+#      the GPU KV transports' control links, watchdogs and send/receive
+#      threads over the CPU emulation of CUDA, whose fibers announce their
+#      switches to TSan) and run in seconds without the model. The
+#      model-compute suites under TSan would take longer than the rest of CI
+#      together. With Debian's uninstrumented gRPC, inprocess_cluster_test
+#      gave 194 reports and router_link_test 3 in ~14 runs, all on objects
+#      gRPC hands between its poller threads; against the instrumented gRPC
+#      both are clean, with no suppression for gRPC.
 #   Each sanitizer step's skipped tests are reported like step 1's.
 # SKIP_SANITIZERS=1 skips steps 2 and 3; SKIP_TSAN=1 only step 3.
 set -euo pipefail
@@ -62,20 +57,8 @@ SAN_MODEL_TESTS+='StageTimingsAddUpToClientLatency|InvalidUtf8IsInvalidArgument|
 SAN_MODEL_TESTS+='BadRequestsAreInvalidArgument))$'
 # The suites run under TSan (the binaries, built in build-tsan/).
 TSAN_SUITES="common_test http_test tracing_test router_registry_test transport_test \
-openai_protocol_test router_generate_call_test nccl_transport_emu_test ipc_transport_emu_test \
-host_staged_emu_test"
-# Cases left out of the TSan run, each with its reason (they run in steps 1-2):
-# RouterPortRefusesOversizeMessages: all 24 reports are inside gRPC's error
-#   path for an oversize message (absl::Status payloads and Cords that
-#   libgrpc builds on the caller's thread and frees on its poller threads,
-#   ordered by gRPC's own uninstrumented combiner); none touches our memory.
-tsan_filter() {
-  case $1 in
-    openai_protocol_test) echo "-MessageLimitsTest.RouterPortRefusesOversizeMessages" ;;
-    *) echo "*" ;;
-  esac
-}
-
+openai_protocol_test router_generate_call_test router_link_test inprocess_cluster_test \
+nccl_transport_emu_test ipc_transport_emu_test host_staged_emu_test"
 scripts/install_deps.sh
 scripts/fetch_model.sh
 
@@ -153,7 +136,8 @@ fi
 if [ "${SKIP_SANITIZERS:-0}" != 1 ] && [ "${SKIP_TSAN:-0}" != 1 ]; then
   t0=$(date +%s)
   echo "== build (clang, TSan, server-side suites) =="
-  ABSL_TSAN=$(scripts/build_tsan_deps.sh)
+  TSAN_DEPS=$(scripts/build_tsan_deps.sh)  # "abseil-prefix grpc-prefix"
+  read -r ABSL_TSAN GRPC_TSAN <<<"$TSAN_DEPS"
   TARGETS="$TSAN_SUITES" BUILD_DIR="$ROOT/build-tsan" scripts/build.sh \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DPDSERVE_CUDA=OFF -DPDSERVE_BENCHMARKS=OFF -DPDSERVE_SANITIZE=thread \
@@ -165,10 +149,10 @@ if [ "${SKIP_SANITIZERS:-0}" != 1 ] && [ "${SKIP_TSAN:-0}" != 1 ]; then
   rm -rf "$TSAN_LOGS" "$ROOT/build-tsan/gtest-xml" && mkdir -p "$TSAN_LOGS" "$ROOT/build-tsan/gtest-xml"
   for suite in $TSAN_SUITES; do
     echo "-- $suite"
-    # gRPC links libabsl dynamically: the instrumented build goes first.
-    LD_LIBRARY_PATH="$ABSL_TSAN/lib" \
+    # The instrumented Abseil and gRPC go ahead of Debian's (same sonames).
+    LD_LIBRARY_PATH="$ABSL_TSAN/lib:$GRPC_TSAN/lib" \
       TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$ROOT/tests/tsan.supp log_path=$TSAN_LOGS/tsan" \
-      timeout 900 "$ROOT/build-tsan/bin/$suite" --gtest_brief=1 "--gtest_filter=$(tsan_filter "$suite")" \
+      timeout 900 "$ROOT/build-tsan/bin/$suite" --gtest_brief=1 \
       "--gtest_output=xml:$ROOT/build-tsan/gtest-xml/$suite.xml" ||
       { sanitizer_reports "$TSAN_LOGS"; exit 1; }
   done
