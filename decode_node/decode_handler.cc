@@ -4,6 +4,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "node/events/engine_events.h"
+#include "node/events/kv_trailer.h"
 #include "rpc/convert.h"
 #include "rpc/stream_writer.h"
 
@@ -125,23 +126,14 @@ grpc::ServerWriteReactor<v1::DecodeEvent>* DecodeHandler::Admit(grpc::CallbackSe
       [weak, engine, id, metrics, n_vocab](absl::Status s, std::string trailer,
                                            transport::ReceiveTiming timing) {
         std::shared_ptr<Call> c = weak.lock();
-        v1::PrefillResponse first;
-        if (s.ok() && !first.ParseFromString(trailer)) {
-          s = absl::DataLossError("KV transfer trailer is malformed");
-        }
-        // Token #1 (of each sample, n > 1) becomes an embedding row and
-        // sampler history: it must be a token of this model.
+        // Token #1 (of each sample, n > 1), from a peer: checked before use.
         std::vector<TokenId> firsts;
-        if (first.samples_size() == 0) {
-          firsts.push_back(first.token_id());
-        } else {
-          for (const v1::PrefillResponse::Sample& x : first.samples())
-            firsts.push_back(x.token_id());
-        }
-        for (TokenId t : firsts) {
-          if (s.ok() && (t < 0 || t >= n_vocab)) {
-            s = absl::InvalidArgumentError(absl::StrCat("KV transfer trailer: token #1 (", t,
-                                                        ") is outside [0, ", n_vocab, ")"));
+        if (s.ok()) {
+          absl::StatusOr<std::vector<TokenId>> parsed = node::ParseKvTrailer(trailer, n_vocab);
+          if (parsed.ok()) {
+            firsts = *std::move(parsed);
+          } else {
+            s = parsed.status();
           }
         }
         if (s.ok()) {

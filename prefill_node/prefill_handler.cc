@@ -4,6 +4,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "node/events/engine_events.h"
+#include "node/events/kv_trailer.h"
 #include "rpc/convert.h"
 #include "transport/device_send_handle.h"
 
@@ -291,7 +292,8 @@ grpc::ServerUnaryReactor* PrefillHandler::Prefill(grpc::CallbackServerContext* c
         node::AppendStages(node::StagesOf(out.times, c->origin_ns, node::NodeRole::kPrefill), 0,
                            node, r->mutable_stages());
         // Token #1 rides with the last layer: the decode node starts from it.
-        if (absl::Status fin = c->xfer->Finish(r->SerializeAsString()); !fin.ok()) {
+        if (absl::Status fin = c->xfer->Finish(node::MakeKvTrailer(out).SerializeAsString());
+            !fin.ok()) {
           PDS_LOG(DEBUG) << c->id << ": trailer not sent: " << fin;
         }
         c->ReplyWith(std::move(reply));
