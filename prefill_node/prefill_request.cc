@@ -75,7 +75,8 @@ void PrefillRequest::OpenTransfer(grpc::ServerUnaryReactor* reactor) {
     transfer_live_ = true;
   }
   // Before the transfer exists, so an Abort by transfer id finds the
-  // request while it opens (Cancel then waits for OnTransferOpened).
+  // request while it opens (Cancel then waits for OnTransferOpened). An id
+  // in use stays its first request's (the transport refuses a duplicate).
   node_->transfers.Add(params_.transfer_id, weak_from_this());
   node_->in_flight.fetch_add(1);
   std::weak_ptr<PrefillRequest> weak = weak_from_this();
