@@ -1,15 +1,19 @@
-// The decode node's Admit RPC: reserves KV blocks for a request (or says
-// there is no room), posts them to the KV receiver so the prefill node's
-// layers land directly in them, then joins the request to the continuous-
-// batching decode loop with token #1 from the transfer's trailer and streams
-// tokens #2.. back. A transfer that fails or passes its deadline ends the
-// request with an explicit error and frees its blocks at once.
+// The decode node's Admit RPC: checks the request and hands it to a
+// DecodeRequest (decode_node/decode_request.h), which reserves KV blocks
+// (or says there is no room), posts them to the KV receiver so the prefill
+// node's layers land directly in them, then joins the request to the
+// continuous-batching decode loop with token #1 from the transfer's trailer
+// and streams tokens #2.. back. A transfer that fails or passes its
+// deadline ends the request with an explicit error and frees its blocks at
+// once.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
+#include "decode_node/decode_request.h"
 #include "engine/engine.h"
 #include "pdserve/v1/node.pb.h"
 #include "tracing/pdserve_metrics.h"
@@ -27,12 +31,7 @@ class DecodeHandler {
                                                    const v1::AdmitRequest* request);
 
  private:
-  struct Call;
-  Engine* engine_;
-  transport::KvReceiver* receiver_;
-  std::string node_name_;
-  const tracing::PdserveMetrics* metrics_;
-  size_t max_stream_events_;
+  DecodeContext node_;
 };
 
 }  // namespace pdserve::decode

@@ -601,6 +601,49 @@ TEST(InProcessClusterTest, AdmitsCancelledAtAnyPointFreeTheirBlocks) {
   EXPECT_TRUE(after.status.ok()) << after.status.error_message();
 }
 
+// Prefill calls cancelled at different points of their life (while the
+// transfer opens, while the request is submitted, while it waits in the
+// engine): the prefill node frees every block and forgets every promise
+// now, not at the KV deadline (30 s here). The engine is paused so token #1
+// never beats the cancel, then runs the aborts it was sent.
+TEST(InProcessClusterTest, PrefillsCancelledAtAnyPointFreeTheirBlocks) {
+  std::unique_ptr<InProcessCluster> c = InProcessCluster::Start({});
+  ASSERT_NE(c, nullptr);
+  auto stub = v1::Node::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", c->node("prefill-0")->port()),
+                          grpc::InsecureChannelCredentials()));
+  c->node("prefill-0")->engine().SetPausedForTest(true);
+  for (int i = 0; i < 40; ++i) {
+    v1::PrefillRequest req;
+    req.mutable_request()->set_request_id(absl::StrCat("prefill-", i));
+    for (int t = 0; t < 40; ++t) req.mutable_request()->add_prompt(40 + t);
+    req.mutable_request()->mutable_sampling()->set_temperature(0);
+    req.mutable_request()->mutable_stop()->set_max_tokens(8);
+    req.set_kv_endpoint(c->node("decode-0")->kv_endpoint());
+    req.set_transfer_id(2000 + i);
+    req.set_kv_secret(std::string(16, 'p'));
+    req.set_kv_deadline_ms(30000);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::PrefillResponse resp;
+    absl::Notification replied;
+    grpc::Status s;
+    stub->async()->Prefill(&ctx, &req, &resp, [&](grpc::Status st) {
+      s = std::move(st);
+      replied.Notify();
+    });
+    absl::SleepFor(absl::Microseconds((i % 8) * 100));  // 0 to 700 us
+    ctx.TryCancel();
+    ASSERT_TRUE(replied.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  }
+  c->node("prefill-0")->engine().SetPausedForTest(false);
+  EXPECT_TRUE(c->WaitForIdleKv("prefill-0", absl::Seconds(3)));
+  StreamResult after = Generate(c->generation(), Greedy("Hello", 4));
+  EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
+}
+
 // Nodes that do not register: the router polls them (GetInfo, GetLoad
 // through its NodeClient) and serves with them.
 TEST(InProcessClusterTest, StaticNodesArePolledAndServe) {

@@ -108,7 +108,7 @@ grpc::Status AdmitAndShip(Cluster& c, const KvShape& shape, const std::string& i
                        static_cast<size_t>(shape.layer_block_bytes)});
     }
     for (int32_t l = 0; l < shape.n_layers; ++l) EXPECT_TRUE((*h)->SendLayer(l, views).ok());
-    v1::PrefillResponse first;
+    v1::KvTrailer first;
     first.set_token_id(token);
     EXPECT_TRUE((*h)->Finish(first.SerializeAsString()).ok());
     absl::Status shipped = (*h)->Wait();
