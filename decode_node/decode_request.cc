@@ -90,7 +90,11 @@ bool DecodeRequest::Post(std::vector<BlockId> blocks) {
       if (state_ != State::kDone) {
         state_ = State::kDone;
         calls.finish = true;
-        calls.status = rpc::ToGrpc(posted);
+        // The receiving half of the transfer refused it (the sender gave
+        // up first, an id in use): said as a KV transfer failure, as when
+        // it fails later.
+        calls.status = grpc::Status(static_cast<grpc::StatusCode>(posted.code()),
+                                    absl::StrCat("KV transfer failed: ", posted.ToString()));
       }
       AbortEngineIfDueLocked(calls);
     } else if (cancelled_ || state_ == State::kDone) {
