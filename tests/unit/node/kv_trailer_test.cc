@@ -71,8 +71,11 @@ TEST(KvTrailerTest, RefusesATokenOutsideTheVocabulary) {
 }
 
 TEST(KvTrailerTest, MalformedBytesAreDataLoss) {
-  for (const std::string& bytes :
-       {std::string("\xff\xff\xff", 3), std::string("\x0a\x05ab", 4), std::string(1, '\x08')}) {
+  for (const std::string& bytes : {std::string("\xff\xff\xff", 3),
+                                   std::string("\x0a\x05"
+                                               "ab",
+                                               4),
+                                   std::string(1, '\x08')}) {
     absl::StatusOr<std::vector<TokenId>> got = ParseKvTrailer(bytes, kVocab);
     EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss);
   }
