@@ -395,6 +395,48 @@ TEST(InProcessClusterTest, TinyKvDeadlineFailsExplicitlyAndFreesBlocks) {
   EXPECT_TRUE(c->WaitForRouterIdle());
 }
 
+// One stream holding all but about one of the decode node's KV blocks, its
+// engine paused so the holder cannot finish (and free its blocks) while a
+// test asks for more: on a fast CPU the tiny model generates all its tokens
+// in a few milliseconds. Token #1 still reaches the client (the prefill node
+// makes it); Start returns once it has. Release cancels the stream, resumes
+// the engine and waits for the holder.
+class DecodeKvHolder {
+ public:
+  explicit DecodeKvHolder(InProcessCluster* c) : c_(c) {}
+  ~DecodeKvHolder() { Release(); }
+
+  bool Start() {
+    const int32_t total = c_->node("decode-0")->Load().total_kv_blocks();
+    if (total <= 2) return false;
+    c_->node("decode-0")->engine().SetPausedForTest(true);
+    ctx_.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    thread_ = std::thread([this, total] {
+      Generate(
+          c_->generation(), Greedy("Hi", (total - 1) * 16 - 8), absl::Seconds(30),
+          [this](const v1::GenerateResponse& r) {
+            if (r.has_chunk() && !streaming_.HasBeenNotified()) streaming_.Notify();
+            return true;
+          },
+          &ctx_);
+    });
+    return streaming_.WaitForNotificationWithTimeout(absl::Seconds(20));
+  }
+
+  void Release() {
+    if (!thread_.joinable()) return;
+    ctx_.TryCancel();
+    c_->node("decode-0")->engine().SetPausedForTest(false);
+    thread_.join();
+  }
+
+ private:
+  InProcessCluster* c_;
+  grpc::ClientContext ctx_;
+  absl::Notification streaming_;
+  std::thread thread_;
+};
+
 TEST(InProcessClusterTest, FullDecodeKvRefusesThenRecovers) {
   ClusterSpec spec;
   spec.max_queue = 0;  // what does not fit now is refused
@@ -402,34 +444,13 @@ TEST(InProcessClusterTest, FullDecodeKvRefusesThenRecovers) {
   std::unique_ptr<InProcessCluster> c = InProcessCluster::Start(spec);
   ASSERT_NE(c, nullptr);
   const int32_t total = c->node("decode-0")->Load().total_kv_blocks();
-  ASSERT_GT(total, 2);
-  // One stream holds most of the cache while the next asks for more. The
-  // decode engine is paused so the holder cannot finish (and free its
-  // blocks) before the second request arrives: on a fast CPU the tiny model
-  // generates all its tokens in a few milliseconds. Token #1 still reaches
-  // the client (the prefill node makes it).
-  const int max_tokens = (total - 1) * 16 - 8;
-  c->node("decode-0")->engine().SetPausedForTest(true);
-  grpc::ClientContext hold_ctx;
-  hold_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  absl::Notification streaming;
-  StreamResult held;
-  std::thread holder([&] {
-    held = Generate(
-        c->generation(), Greedy("Hi", max_tokens), absl::Seconds(30),
-        [&](const v1::GenerateResponse& r) {
-          if (r.has_chunk() && !streaming.HasBeenNotified()) streaming.Notify();
-          return true;
-        },
-        &hold_ctx);
-  });
-  ASSERT_TRUE(streaming.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  // One stream holds most of the cache while the next asks for more.
+  DecodeKvHolder holder(c.get());
+  ASSERT_TRUE(holder.Start());
   StreamResult refused = Generate(c->generation(), Greedy("Hello there", 32));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << refused.status.error_message();
-  hold_ctx.TryCancel();
-  c->node("decode-0")->engine().SetPausedForTest(false);
-  holder.join();
+  holder.Release();
   EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
   EXPECT_TRUE(c->WaitForRouterIdle());
   // Recovery: the same request fits now.
@@ -460,22 +481,8 @@ TEST(InProcessClusterTest, WaitingGaugeIsTheDispatchQueue) {
   };
   EXPECT_EQ(waiting(), 0);
   // A paused decode node holding most of its cache for one stream.
-  const int32_t total = c->node("decode-0")->Load().total_kv_blocks();
-  ASSERT_GT(total, 2);
-  c->node("decode-0")->engine().SetPausedForTest(true);
-  grpc::ClientContext hold_ctx;
-  hold_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  absl::Notification streaming;
-  std::thread holder([&] {
-    Generate(
-        c->generation(), Greedy("Hi", (total - 1) * 16 - 8), absl::Seconds(30),
-        [&](const v1::GenerateResponse& r) {
-          if (r.has_chunk() && !streaming.HasBeenNotified()) streaming.Notify();
-          return true;
-        },
-        &hold_ctx);
-  });
-  ASSERT_TRUE(streaming.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  DecodeKvHolder holder(c.get());
+  ASSERT_TRUE(holder.Start());
   // The next request waits for capacity in the router's queue.
   grpc::ClientContext queued_ctx;
   queued_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
@@ -490,9 +497,7 @@ TEST(InProcessClusterTest, WaitingGaugeIsTheDispatchQueue) {
   EXPECT_EQ(queued.status.error_code(), grpc::StatusCode::CANCELLED)
       << queued.status.error_message();
   EXPECT_EQ(wait_for(0), 0);
-  hold_ctx.TryCancel();
-  c->node("decode-0")->engine().SetPausedForTest(false);
-  holder.join();
+  holder.Release();
   EXPECT_TRUE(c->WaitForIdleKv("decode-0"));
   EXPECT_TRUE(c->WaitForRouterIdle());
 }
