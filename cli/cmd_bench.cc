@@ -91,7 +91,7 @@ absl::Status StartRequests(Engine* engine, Run* run, int n, const std::vector<To
 // step cost model to them and writes a device profile.
 class StepProfiler {
  public:
-  StepProfiler(Engine* engine, int reps) : engine_(engine), reps_(reps) {}
+  StepProfiler(Engine* engine, int reps, int vocab) : engine_(engine), reps_(reps), vocab_(vocab) {}
 
   // `batch` prompts of `n` tokens computed in one step.
   absl::Status Prefill(int n, int batch) {
@@ -156,9 +156,12 @@ class StepProfiler {
   const std::vector<planner::StepSample>& samples() const { return samples_; }
 
  private:
-  static std::vector<TokenId> Prompt(int n) {
+  // Ids 100.. (past most special tokens), inside the vocabulary.
+  std::vector<TokenId> Prompt(int n) const {
+    const int first = vocab_ > 200 ? 100 : 0;
+    const int span = std::min(20000, vocab_ - first);
     std::vector<TokenId> prompt(n);
-    for (int i = 0; i < n; ++i) prompt[i] = 100 + (i * 37) % 20000;
+    for (int i = 0; i < n; ++i) prompt[i] = first + (i * 37) % span;
     return prompt;
   }
   std::string Tag(const char* kind) {
@@ -169,6 +172,7 @@ class StepProfiler {
 
   Engine* engine_;
   int reps_;
+  int vocab_;
   int next_ = 0;
   std::string last_tag_;
   std::vector<planner::StepSample> samples_;
@@ -239,7 +243,7 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
                int reps, const std::string& path, const std::string& alone_path,
                const std::string& co_run_load) {
   const int64_t start_ns = MonoNowNs();
-  StepProfiler prof(engine, reps);
+  StepProfiler prof(engine, reps, model.config().n_vocab);
   absl::Status st;
   auto run = [&](absl::Status s) {
     if (st.ok()) st = s;

@@ -59,6 +59,35 @@ absl::Status IpcCuda(cudaError_t e, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
 }
 
+// The start and size of the cudaMalloc allocation holding p: the driver's
+// cuMemGetAddressRange, looked up through the runtime so that the module
+// links no libcuda (the emulation answers from its allocation table).
+absl::Status AllocationRange(const void* p, uintptr_t* start, size_t* bytes) {
+  using GetRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+  static const GetRange get_range = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &fn, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<GetRange>(nullptr);
+    }
+    return reinterpret_cast<GetRange>(fn);
+  }();
+  if (get_range == nullptr) {
+    return absl::InternalError("the CUDA driver has no cuMemGetAddressRange");
+  }
+  CUdeviceptr base = 0;
+  size_t size = 0;
+  if (get_range(&base, &size, reinterpret_cast<CUdeviceptr>(p)) != CUDA_SUCCESS) {
+    return absl::InvalidArgumentError("the region is not device memory from cudaMalloc");
+  }
+  *start = static_cast<uintptr_t>(base);
+  *bytes = size;
+  return absl::OkStatus();
+}
+
 struct Region {
   uintptr_t base = 0;
   size_t bytes = 0;
@@ -129,6 +158,22 @@ class IpcKvSender::Core {
     r.bytes = bytes;
     if (absl::Status s = IpcCuda(cudaSetDevice(options_.device), "cudaSetDevice"); !s.ok())
       return s;
+    // A handle exports the whole allocation and the receiver maps its start,
+    // so a region must be one allocation's start (the real runtime accepts a
+    // pointer inside one, and the receiver would then read the wrong bytes).
+    uintptr_t alloc = 0;
+    size_t alloc_bytes = 0;
+    if (absl::Status s = internal::AllocationRange(base, &alloc, &alloc_bytes); !s.ok()) return s;
+    if (alloc != r.base) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("IPC sender: the region starts ", r.base - alloc,
+                       " bytes into a cudaMalloc allocation; it must start one"));
+    }
+    if (bytes > alloc_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("IPC sender: the region (", bytes,
+                                                     " bytes) runs past its allocation (",
+                                                     alloc_bytes, " bytes)"));
+    }
     if (absl::Status s =
             IpcCuda(cudaIpcGetMemHandle(&r.handle, const_cast<void*>(base)),
                     "cudaIpcGetMemHandle (the region must start a cudaMalloc allocation)");

@@ -19,6 +19,7 @@
 #define PDS_DYNAMIC_SMEM(type, name) \
   type* name = static_cast<type*>(::pdserve::cuda_emu::DynamicSmem())
 #else
+#include <cuda.h>  // driver API types, for cudaGetDriverEntryPointByVersion lookups
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #define PDS_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>

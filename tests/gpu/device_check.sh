@@ -9,7 +9,7 @@
 #                                             # the CPU, emulated binaries and
 #                                             # tiny shapes, in seconds (CI)
 #
-# Steps (per-step timeouts on a GPU, 450 s in all):
+# Steps (per-step timeouts on a GPU, 525 s in all):
 #   1 kernels vs CPU references         cuda_kernels_test             45 s
 #   2 CUDA runner vs CPU runner         cuda_runner_test              45 s
 #   3 KV transports                     ipc_/host_staged_/nccl_transport_test 45 s
@@ -17,11 +17,12 @@
 #   5 logit parity with the CPU runner  top-1 >= 95%, NMSE <= 1e-2     75 s
 #   6 1P1D cluster on one GPU over IPC  pdserve cluster + loadgen: TTFT, TPOT, stages 120 s
 #   7 gpu_bench                         decode/copy, prefill/cuBLAS, KV vs raw 75 s
-# $OUT (default /tmp/pdserve_device_check) receives at most three files, far
+#   8 device profile for pdserve plan   pdserve bench --profile        75 s
+# $OUT (default /tmp/pdserve_device_check) receives at most four files, far
 # under the device tool's 64 MiB: summary.txt (one line per step, appended
 # as each step ends, so a run cut short still says how far it got),
 # device_check.log (every step's output, each capped at 400 lines), and
-# gpu_bench.json. Exit status 0 when no step failed.
+# gpu_bench.json, profile_DEVICE_CONFIG.json. Exit status 0 when no step failed.
 set -uo pipefail
 
 dry=${DRY_RUN:-0}
@@ -85,12 +86,12 @@ if ((dry)); then
   config=tiny
   kv_transport=tcp
   gpus=0
-  T_GTEST=60 T_WEIGHTS=20 T_PARITY=20 T_CLUSTER=60
+  T_GTEST=60 T_WEIGHTS=20 T_PARITY=20 T_CLUSTER=60 T_PROFILE=60
 else
   device=cuda
   config=llama-3-8b
   kv_transport=ipc
-  T_GTEST=45 T_WEIGHTS=45 T_PARITY=75 T_CLUSTER=120
+  T_GTEST=45 T_WEIGHTS=45 T_PARITY=75 T_CLUSTER=120 T_PROFILE=75
   carry=$root/.device_carry
   if [[ -f $carry/bundle.tar.xz ]]; then
     unpacked=${TMPDIR:-/tmp}/pdserve_device_carry
@@ -187,10 +188,10 @@ fi
 record "0 setup" PASS "binaries in $bin, $( ((dry)) && echo "dry run" || echo "$gpus GPU(s)")"
 
 # --- 1-3: test binaries ------------------------------------------------------------
-run_gtests() { # step timeout binary... : PASS when every binary passes
+run_gtests() { # step timeout binary... : PASS when every binary passes (all run)
   local step=$1 limit=$2
   shift 2
-  local passed=0 skipped=0 detail="" b out rc
+  local passed=0 skipped=0 detail="" fails="" b out rc
   local deadline=$(($(date +%s) + limit))
   for b in "$@"; do
     if [[ ! -x $bin/$b ]]; then
@@ -206,14 +207,14 @@ run_gtests() { # step timeout binary... : PASS when every binary passes
     passed=$((passed + $(grep -c '^\[       OK \]' "$out")))
     skipped=$((skipped + $(grep -c '^\[  SKIPPED \] .*(' "$out")))
     if ((rc == 124)); then
-      record "$step" FAIL "$b timed out (the step has ${limit}s)"
-      return
+      fails+=" $b timed out (the step has ${limit}s);"
     elif ((rc != 0)); then
-      record "$step" FAIL "$b rc $rc: $(grep -m3 '^\[  FAILED  \] .*(' "$out" | tr '\n' ' ' | cut -c1-200)"
-      return
+      fails+=" $b rc $rc: $(grep -m3 '^\[  FAILED  \] .*(' "$out" | tr '\n' ' ' | cut -c1-200);"
     fi
   done
-  if [[ -n $detail ]]; then
+  if [[ -n $fails ]]; then
+    record "$step" FAIL "$passed passed;$fails$detail"
+  elif [[ -n $detail ]]; then
     record "$step" FAIL "$passed passed;$detail"
   else
     record "$step" PASS "$passed passed, $skipped skipped"
@@ -339,6 +340,26 @@ else
     kv=$(grep -E 'KV transfer / raw|KV transport / raw|IPC KV / raw' "$work/gpu_bench.txt" | awk '{print $(NF-1)}' | tr '\n' ' ')
     record "7 gpu_bench" PASS "decode/copy $dec (target 0.70), prefill/cuBLAS $pre (target 0.50), KV/raw $kv"
     grep -E 'GB/s|tok/s|ratio| ms$|TFLOP' "$work/gpu_bench.txt" | sed 's/^/    /' >>"$summary"
+  fi
+fi
+
+# --- 8: device profile for pdserve plan ---------------------------------------------
+say "== 8. pdserve bench --profile ($config on $device)"
+if [[ -z $model ]]; then
+  record "8 profile" FAIL "no weights (step 4)"
+else
+  prof_flags=(--device "$device" --kv-cache-mib 32768)
+  ((dry)) && prof_flags=(--device cpu --threads 1 --kv-cache-mib 64 --ctx-size 2048)
+  timeout "$T_PROFILE" "$bin/pdserve" bench --model "$model" "${prof_flags[@]}" \
+    --profile "$OUT/profile_${device}_${config}.json" >"$work/profile.txt" 2>&1
+  rc=$?
+  keep "$work/profile.txt"
+  if ((rc != 0)); then
+    record "8 profile" FAIL "rc $rc: $(tail -1 "$work/profile.txt" | cut -c1-160)"
+  else
+    rms=$(grep -m1 '"fit_rms_relative_error"' "$work/profile.txt" | tr -d ' ,')
+    secs=$(grep -m1 '"measure_seconds"' "$work/profile.txt" | tr -d ' ,')
+    record "8 profile" PASS "profile_${device}_${config}.json: $rms $secs"
   fi
 fi
 

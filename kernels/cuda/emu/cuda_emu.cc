@@ -618,15 +618,52 @@ void* ReadIpcHandle(const Handle& h) {
 }
 }  // namespace
 
-cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void* dev_ptr) {
-  {
-    std::lock_guard<std::mutex> lock(MemMu());
-    // The real runtime exports whole allocations: require the base pointer.
-    if (DeviceAllocs().count(reinterpret_cast<uintptr_t>(dev_ptr)) == 0) {
-      return Record(cudaErrorInvalidValue);
-    }
+namespace {
+// The allocation holding `a`: its start and size, or false.
+bool FindAllocation(uintptr_t a, uintptr_t* start, size_t* bytes) {
+  std::lock_guard<std::mutex> lock(MemMu());
+  auto& m = DeviceAllocs();
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return false;
+  --it;
+  if (a >= it->first + std::max<size_t>(it->second, 1)) return false;
+  *start = it->first;
+  *bytes = it->second;
+  return true;
+}
+
+CUresult EmuMemGetAddressRange(CUdeviceptr* base, size_t* size, CUdeviceptr p) {
+  uintptr_t start = 0;
+  size_t bytes = 0;
+  if (!FindAllocation(static_cast<uintptr_t>(p), &start, &bytes)) return CUDA_ERROR_INVALID_VALUE;
+  if (base != nullptr) *base = start;
+  if (size != nullptr) *size = bytes;
+  return CUDA_SUCCESS;
+}
+}  // namespace
+
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int,
+                                             unsigned long long,
+                                             cudaDriverEntryPointQueryResult* status) {
+  *fn = nullptr;
+  if (symbol != nullptr && std::strcmp(symbol, "cuMemGetAddressRange") == 0) {
+    *fn = reinterpret_cast<void*>(&EmuMemGetAddressRange);
+    if (status != nullptr) *status = cudaDriverEntryPointSuccess;
+    return cudaSuccess;
   }
-  *handle = MakeIpcHandle<cudaIpcMemHandle_t>(dev_ptr);
+  if (status != nullptr) *status = cudaDriverEntryPointSymbolNotFound;
+  return cudaSuccess;
+}
+
+cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void* dev_ptr) {
+  // The real runtime exports the whole allocation holding dev_ptr (seen on an
+  // H200: a pointer 256 bytes in is accepted), and the importer gets its start.
+  uintptr_t start = 0;
+  size_t bytes = 0;
+  if (!FindAllocation(reinterpret_cast<uintptr_t>(dev_ptr), &start, &bytes)) {
+    return Record(cudaErrorInvalidValue);
+  }
+  *handle = MakeIpcHandle<cudaIpcMemHandle_t>(reinterpret_cast<void*>(start));
   return cudaSuccess;
 }
 cudaError_t cudaIpcOpenMemHandle(void** dev_ptr, cudaIpcMemHandle_t handle, unsigned) {

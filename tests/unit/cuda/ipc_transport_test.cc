@@ -19,6 +19,7 @@
 #include <vector>
 
 // First: selects the real or the emulated CUDA runtime.
+#include "gmock/gmock.h"
 #include "tests/unit/cuda/cuda_test_util.h"
 //
 #include "transport/device_send_handle.h"
@@ -266,7 +267,16 @@ TEST_F(IpcTransportTest, BadArgumentsAreErrors) {
                 .code(),
             absl::StatusCode::kFailedPrecondition);
   DeviceArray<uint8_t> a(4096);
-  EXPECT_FALSE((*unregistered)->RegisterRegion(a.get() + 256, 1024).ok());  // not an allocation
+  // Not an allocation's start (the real runtime exports the whole allocation
+  // for a pointer inside one, so the sender must refuse it itself).
+  absl::Status inside = (*unregistered)->RegisterRegion(a.get() + 256, 1024);
+  EXPECT_EQ(inside.code(), absl::StatusCode::kInvalidArgument) << inside;
+  EXPECT_THAT(inside.message(), testing::HasSubstr("256 bytes into"));
+  absl::Status past = (*unregistered)->RegisterRegion(a.get(), 8192);  // past its allocation
+  EXPECT_EQ(past.code(), absl::StatusCode::kInvalidArgument) << past;
+  int host = 0;
+  EXPECT_FALSE((*unregistered)->RegisterRegion(&host, sizeof(host)).ok());  // not device memory
+  EXPECT_TRUE((*unregistered)->RegisterRegion(a.get(), 4096).ok());
   EXPECT_TRUE(ValidateKvEndpoint(receiver_->endpoint()).ok());
 }
 
