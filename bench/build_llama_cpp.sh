@@ -28,7 +28,8 @@ INFO="$BIN/build_info.json"
 log() { echo "build_llama_cpp: $*" >&2; }
 
 if [ -f "$INFO" ] && "$BIN/llama-bench" --help >/dev/null 2>&1 &&
-   [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/llama-perplexity" ]; then
+   [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/llama-perplexity" ] &&
+   { [ "$BUILD_SERVER" != 1 ] || [ -x "$BIN/llama-server" ]; }; then
   log "already built ($INFO)"
   echo "$BIN"
   exit 0
