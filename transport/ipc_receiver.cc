@@ -1,5 +1,6 @@
 #include "transport/ipc_receiver.h"
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -7,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_compat.h"
+#include "kernels/cuda/kv_pack.h"
 #include "transport/control_link.h"
 #include "transport/ipc_sender.h"
 #include "transport/nccl_wire.h"
@@ -57,6 +59,10 @@ struct IpcRecvLink final : ControlLink {
   bool borrowed = false;
   cudaEvent_t event = nullptr;
   cudaStream_t stream = nullptr;
+  // A layer's block copies, listed here and run as one kernel.
+  std::vector<kernels::cuda::CopySpan> spans;
+  kernels::cuda::CopySpan* spans_dev = nullptr;
+  size_t spans_cap = 0;
 };
 
 }  // namespace internal
@@ -91,8 +97,11 @@ class IpcKvReceiver::Impl final : public internal::ControlPort {
     }
     l.region_base.clear();
     if (l.stream != nullptr) cudaStreamDestroy(l.stream);
+    if (l.spans_dev != nullptr) cudaFree(l.spans_dev);
     l.event = nullptr;
     l.stream = nullptr;
+    l.spans_dev = nullptr;
+    l.spans_cap = 0;
   }
 
   void ReadLoop(const std::shared_ptr<ControlLink>& link) override {
@@ -310,11 +319,36 @@ class IpcKvReceiver::Impl final : public internal::ControlPort {
     const std::vector<BlockView>* views = table_.AcquireWrite(w.xfer, w.layer);
     if (views == nullptr) return absl::OkStatus();  // ended meanwhile
     absl::Status s = IpcRecvCuda(cudaStreamWaitEvent(l.stream, l.event, 0), "cudaStreamWaitEvent");
-    for (size_t i = 0; s.ok() && i < w.blocks.size(); ++i) {
+    // One kernel for the layer's blocks: one cudaMemcpyAsync per block (a
+    // few KiB to 64 KiB each) ran at ~11 GB/s on an H200, bound by launches.
+    l.spans.clear();
+    int64_t widest = 0;
+    for (size_t i = 0; i < w.blocks.size(); ++i) {
       const SourceBlock& b = w.blocks[i];
-      s = IpcRecvCuda(cudaMemcpyAsync((*views)[i].data, l.region_base[b.region] + b.offset, b.bytes,
-                                      cudaMemcpyDeviceToDevice, l.stream),
-                      "cudaMemcpyAsync (IPC)");
+      l.spans.push_back(
+          {l.region_base[b.region] + b.offset, (*views)[i].data, static_cast<int64_t>(b.bytes)});
+      widest = std::max(widest, static_cast<int64_t>(b.bytes));
+    }
+    const size_t n = l.spans.size();
+    if (s.ok() && n > l.spans_cap) {
+      if (l.spans_dev != nullptr) cudaFree(l.spans_dev);
+      l.spans_dev = nullptr;
+      l.spans_cap = 0;
+      s = IpcRecvCuda(cudaMalloc(reinterpret_cast<void**>(&l.spans_dev),
+                                 std::max<size_t>(n, 64) * sizeof(kernels::cuda::CopySpan)),
+                      "cudaMalloc (IPC copy list)");
+      if (s.ok()) l.spans_cap = std::max<size_t>(n, 64);
+    }
+    if (s.ok() && n > 0) {
+      s = IpcRecvCuda(
+          cudaMemcpyAsync(l.spans_dev, l.spans.data(), n * sizeof(kernels::cuda::CopySpan),
+                          cudaMemcpyHostToDevice, l.stream),
+          "cudaMemcpyAsync (IPC copy list)");
+      if (s.ok()) {
+        s = IpcRecvCuda(
+            kernels::cuda::CopySpans(l.spans_dev, static_cast<int64_t>(n), widest, l.stream),
+            "IPC block copy");
+      }
     }
     if (s.ok()) s = IpcRecvCuda(cudaStreamSynchronize(l.stream), "cudaStreamSynchronize");
     table_.ReleaseWrite(w.xfer);

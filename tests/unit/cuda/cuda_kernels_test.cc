@@ -10,7 +10,9 @@
 // Inputs are fresh random numbers; outputs are poisoned (NaN) first so an
 // element the kernel never writes fails the comparison.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -619,6 +621,39 @@ TEST(CudaAttentionPlanTest, CoversEveryPositionOnce) {
     EXPECT_EQ(covered, want);
     for (int c : seen) EXPECT_EQ(c, 1);
   }
+}
+
+// Spans of different sizes and alignments (16-byte and byte paths), in one
+// launch, into a poisoned pool: each lands where it should and nothing else
+// is written.
+TEST_F(CudaKernelsTest, CopySpansMovesEverySpanAndNothingElse) {
+  const int64_t pool_bytes = 1 << 16;
+  std::vector<uint8_t> src(pool_bytes);
+  std::mt19937 rng(17);
+  for (uint8_t& b : src) b = static_cast<uint8_t>(rng());
+  DeviceArray<uint8_t> d_src(src), d_dst(pool_bytes);
+  PDS_CUDA_OK(cudaMemset(d_dst.get(), 0xAB, pool_bytes));
+  // (src offset, dst offset, bytes)
+  const std::vector<std::array<int64_t, 3>> plan = {{0, 8192, 4096},      {4096, 0, 4096},
+                                                    {20000, 30000, 1000}, {13, 40001, 77},
+                                                    {50000, 60000, 1},    {32768, 12288, 16384}};
+  std::vector<cuda::CopySpan> spans;
+  int64_t widest = 0;
+  for (const auto& [so, dof, n] : plan) {
+    spans.push_back({d_src.get() + so, d_dst.get() + dof, n});
+    widest = std::max(widest, n);
+  }
+  DeviceArray<uint8_t> d_spans(spans.size() * sizeof(cuda::CopySpan));
+  PDS_CUDA_OK(cudaMemcpy(d_spans.get(), spans.data(), spans.size() * sizeof(cuda::CopySpan),
+                         cudaMemcpyHostToDevice));
+  PDS_CUDA_OK(cuda::CopySpans(reinterpret_cast<const cuda::CopySpan*>(d_spans.get()),
+                              static_cast<int64_t>(spans.size()), widest, nullptr));
+  const std::vector<uint8_t> got = d_dst.Download();
+  std::vector<uint8_t> want(pool_bytes, 0xAB);
+  for (const auto& [so, dof, n] : plan) std::memcpy(&want[dof], &src[so], n);
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(cuda::CopySpans(nullptr, 0, 0, nullptr), cudaSuccess);
+  EXPECT_EQ(cuda::CopySpans(nullptr, -1, 16, nullptr), cudaErrorInvalidValue);
 }
 
 TEST_F(CudaKernelsTest, GatherScatterBlocksRoundTrip) {
