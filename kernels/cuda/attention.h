@@ -1,6 +1,6 @@
 // Attention over the paged KV cache on the GPU: storing new K/V rows and
 // attending for prefill chunks (causal over the new tokens plus the cached
-// prefix) and decode tokens of many sequences in one launch. KV layout and
+// prefix) and decode tokens of many sequences in one call. KV layout and
 // AttnSeq as in kernels/cpu/attention.h (the CPU reference): kv.base and
 // every AttnSeq::block_table point to device memory here.
 //
@@ -94,8 +94,9 @@ inline int64_t AttnPartialFloats(int n_heads, int head_dim) {
 // sequences with at least kMinTiledRows new tokens become tiles (when
 // AttnTiledSupported), the others chunk-kernel items. Picks the longest
 // chunk that still gives about two blocks per SM, within max_partials, and
-// splits tiles only when there are fewer of them than SMs. False when even
-// the longest chunk needs more partial slots.
+// cuts tiles into key ranges only while there are fewer than two (tile, KV
+// head) blocks per SM. False when even the longest chunk needs more partial
+// slots.
 bool PlanAttention(const AttnSeq* seqs, int n_seqs, int group, int head_dim, int n_kv_heads,
                    int n_sm, int32_t max_partials, AttnPlan* plan);
 

@@ -75,10 +75,13 @@ bool PlanAttention(const AttnSeq* seqs, int n_seqs, int group, int head_dim, int
     }
   }
 
-  // Tiles: whole contexts, unless there are fewer tiles than SMs (a short
-  // prompt, or a few new tokens after a long cached prefix); then key ranges
-  // of tile_chunk positions, halved until the blocks cover the SMs or the
-  // partial slots left run out.
+  // Tiles: whole contexts, unless the (tile, KV head) blocks are fewer than
+  // two per SM (a short prompt, or a few new tokens after a long cached
+  // prefix); then key ranges of tile_chunk positions, halved until there are
+  // two blocks per SM or the partial slots left run out. Two per SM is also
+  // what fits (83 KiB of shared memory each at head_dim 128): with exactly
+  // that many, every block starts at once and the SM holding two long ones
+  // finishes last; cut into key ranges, the short ones fill in behind.
   const int32_t tile_rows = can_tile ? AttnTileRows(group) : 1;
   auto count_tiles = [&](int32_t tc, int64_t* blocks, int64_t* partials) {
     *blocks = *partials = 0;
@@ -95,7 +98,8 @@ bool PlanAttention(const AttnSeq* seqs, int n_seqs, int group, int head_dim, int
   int64_t blocks, partials;
   count_tiles(0, &blocks, &partials);
   plan->tile_chunk = 0;
-  for (int32_t tc = kMaxTileChunk; tc >= kMinTileChunk && blocks * n_kv_heads < n_sm; tc /= 2) {
+  for (int32_t tc = kMaxTileChunk; tc >= kMinTileChunk && blocks * n_kv_heads < 2LL * n_sm;
+       tc /= 2) {
     int64_t b, p;
     count_tiles(tc, &b, &p);
     if (p > max_partials - plan->n_partials) break;
