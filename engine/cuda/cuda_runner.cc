@@ -23,6 +23,7 @@ using kernels::cuda::ActOutputs;
 using kernels::cuda::ActRounding;
 using kernels::cuda::ActSource;
 using kernels::cuda::AttnSplitRow;
+using kernels::cuda::AttnTile;
 using kernels::cuda::AttnWorkItem;
 
 namespace {
@@ -55,7 +56,8 @@ size_t MetaBytes(int64_t T, int64_t R, int64_t n_ctx, int32_t block_size) {
   const int64_t max_table = T * ((n_ctx + block_size - 1) / block_size);
   return AlignUp(T * 4) + AlignUp(T * 4) + AlignUp(R * 4) + AlignUp(T * 8) +
          AlignUp(T * sizeof(AttnSeq)) + AlignUp(max_items * sizeof(AttnWorkItem)) +
-         AlignUp(T * sizeof(AttnSplitRow)) + AlignUp(max_table * 4);
+         AlignUp(max_items * sizeof(AttnTile)) + AlignUp(T * sizeof(AttnSplitRow)) +
+         AlignUp(max_table * 4);
 }
 
 }  // namespace
@@ -207,6 +209,8 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
       << "attention plan exceeds " << max_partials_ << " partial slots";
   const size_t item_off = take(plan_.items.size() * sizeof(AttnWorkItem));
   CopyBytes(host + item_off, plan_.items.data(), plan_.items.size() * sizeof(AttnWorkItem));
+  const size_t tile_off = take(plan_.tiles.size() * sizeof(AttnTile));
+  CopyBytes(host + tile_off, plan_.tiles.data(), plan_.tiles.size() * sizeof(AttnTile));
   const size_t split_off = take(plan_.split_rows.size() * sizeof(AttnSplitRow));
   CopyBytes(host + split_off, plan_.split_rows.data(),
             plan_.split_rows.size() * sizeof(AttnSplitRow));
@@ -219,6 +223,7 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
   d_slots_ = reinterpret_cast<const int64_t*>(dev + slot_off);
   d_seqs_ = reinterpret_cast<const AttnSeq*>(dev + seq_off);
   d_items_ = reinterpret_cast<const AttnWorkItem*>(dev + item_off);
+  d_tiles_ = reinterpret_cast<const AttnTile*>(dev + tile_off);
   d_split_ = reinterpret_cast<const AttnSplitRow*>(dev + split_off);
   d_logit_rows_ = reinterpret_cast<const int32_t*>(dev + logit_off);
 }
@@ -321,7 +326,8 @@ void CudaRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserver
 
     // Attention over the paged cache.
     Check(kernels::cuda::PagedAttention(attn, QD, qkv, QKVD, kv, d_seqs_, d_items_,
-                                        static_cast<int32_t>(plan_.items.size()), d_split_,
+                                        static_cast<int32_t>(plan_.items.size()), d_tiles_,
+                                        static_cast<int32_t>(plan_.tiles.size()), d_split_,
                                         static_cast<int32_t>(plan_.split_rows.size()), plan_.chunk,
                                         partials_.as<float>(), c.n_heads, attn_scale, stream_),
           "attention");

@@ -92,6 +92,7 @@ class CudaRunner final : public Runner {
   const int64_t* d_slots_ = nullptr;
   const kernels::AttnSeq* d_seqs_ = nullptr;
   const kernels::cuda::AttnWorkItem* d_items_ = nullptr;
+  const kernels::cuda::AttnTile* d_tiles_ = nullptr;
   const kernels::cuda::AttnSplitRow* d_split_ = nullptr;
 };
 

@@ -500,8 +500,11 @@ TEST_F(CudaKernelsTest, RopeStoreKvMatchesCpu) {
   }
 }
 
+// Plans the fixture's batch for n_sm multiprocessors (force_chunk > 0: every
+// row a chunk-kernel item of that chunk length instead), runs PagedAttention
+// and compares with the CPU reference. The plan it ran goes to *ran.
 void RunAttention(const PagedFixture& f, int n_heads, int32_t max_partials, int32_t force_chunk,
-                  double tolerance) {
+                  double tolerance, int n_sm = 132, cuda::AttnPlan* ran = nullptr) {
   const int head_dim = f.kv.head_dim;
   const int64_t qd = static_cast<int64_t>(n_heads) * head_dim, ldq = qd + 7;
   const std::vector<float> q = RandomVector(f.n_rows * ldq, 101);
@@ -512,7 +515,7 @@ void RunAttention(const PagedFixture& f, int n_heads, int32_t max_partials, int3
   cuda::AttnPlan plan;
   const int group = n_heads / f.kv.n_kv_heads;
   ASSERT_TRUE(cuda::PlanAttention(f.seqs.data(), static_cast<int>(f.seqs.size()), group, head_dim,
-                                  f.kv.n_kv_heads, 132, max_partials, &plan));
+                                  f.kv.n_kv_heads, n_sm, max_partials, &plan));
   if (force_chunk > 0) {  // rebuild with a given chunk: many splits
     cuda::AttnPlan forced;
     forced.chunk = force_chunk;
@@ -548,6 +551,12 @@ void RunAttention(const PagedFixture& f, int n_heads, int32_t max_partials, int3
   ASSERT_EQ(cudaMemcpy(d_items.get(), plan.items.data(),
                        plan.items.size() * sizeof(cuda::AttnWorkItem), cudaMemcpyHostToDevice),
             cudaSuccess);
+  DeviceArray<uint8_t> d_tiles(std::max<size_t>(1, plan.tiles.size()) * sizeof(cuda::AttnTile));
+  if (!plan.tiles.empty()) {
+    ASSERT_EQ(cudaMemcpy(d_tiles.get(), plan.tiles.data(),
+                         plan.tiles.size() * sizeof(cuda::AttnTile), cudaMemcpyHostToDevice),
+              cudaSuccess);
+  }
   DeviceArray<uint8_t> d_split(std::max<size_t>(1, plan.split_rows.size()) *
                                sizeof(cuda::AttnSplitRow));
   if (!plan.split_rows.empty()) {
@@ -564,6 +573,8 @@ void RunAttention(const PagedFixture& f, int n_heads, int32_t max_partials, int3
                                    reinterpret_cast<const AttnSeq*>(d_seqs.get()),
                                    reinterpret_cast<const cuda::AttnWorkItem*>(d_items.get()),
                                    static_cast<int32_t>(plan.items.size()),
+                                   reinterpret_cast<const cuda::AttnTile*>(d_tiles.get()),
+                                   static_cast<int32_t>(plan.tiles.size()),
                                    reinterpret_cast<const cuda::AttnSplitRow*>(d_split.get()),
                                    static_cast<int32_t>(plan.split_rows.size()), plan.chunk,
                                    d_part.get(), n_heads, 0.125f, nullptr));
@@ -571,6 +582,7 @@ void RunAttention(const PagedFixture& f, int n_heads, int32_t max_partials, int3
   for (auto* t : d_tables) delete t;
   ASSERT_TRUE(Finite(got));
   EXPECT_LT(Nmse(got.data(), ref.data(), got.size()), tolerance);
+  if (ran != nullptr) *ran = plan;
 }
 
 TEST_F(CudaKernelsTest, PagedAttentionPrefillAndDecodeMatchReference) {
@@ -589,37 +601,152 @@ TEST_F(CudaKernelsTest, PagedAttentionSplitsLongContexts) {
   RunAttention(f, 8, 4096, 0, 1e-10);
 }
 
+// Tiled prefill attention (AttnTileKernel) across the shapes it takes:
+// group 1, 3 and 4, head_dim 64 and 128, f16 and f32 KV.
+struct TileShape {
+  int group, n_kv_heads, head_dim;
+};
+const TileShape kTileShapes[] = {{1, 2, 64},  {3, 3, 64},  {4, 2, 64},
+                                 {1, 2, 128}, {3, 1, 128}, {4, 2, 128}};
+
+TEST_F(CudaKernelsTest, PagedAttentionTiledPrefillMatchesReference) {
+  // Prompts around the tile's 16 rows (group 4), 21 (group 3) and 64
+  // (group 1), and past a 64-key tile; 1 token is a chunk-kernel row.
+  for (const TileShape& t : kTileShapes) {
+    for (DType kv_type : {DType::kF16, DType::kF32}) {
+      for (int32_t n_new : {1, 15, 16, 17, 100, 300}) {
+        // The emulation is slow: 300 tokens for two shapes, one KV type each.
+        if (n_new == 300 && !(t.group == 3 && kv_type == DType::kF16) &&
+            !(t.group == 4 && t.head_dim == 128 && kv_type == DType::kF32)) {
+          continue;
+        }
+        SCOPED_TRACE(::testing::Message() << "group " << t.group << " head_dim " << t.head_dim
+                                          << " " << GetDType(kv_type).name << " n_new " << n_new);
+        PagedFixture f(kv_type, t.n_kv_heads, t.head_dim, 16, {{0, n_new}}, 141 + n_new);
+        cuda::AttnPlan plan;
+        // One SM: whole contexts per tile; 132: prompts past 128 tokens split.
+        for (int n_sm : {1, 132}) {
+          if (n_sm == 1 && n_new <= 128) continue;  // the same plan
+          RunAttention(f, t.group * t.n_kv_heads, 4096, 0, 1e-10, n_sm, &plan);
+          EXPECT_EQ(plan.tiles.empty(), n_new < cuda::kMinTiledRows);
+          EXPECT_EQ(plan.tile_chunk > 0, n_sm == 132 && n_new > 128);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaKernelsTest, PagedAttentionTiledAfterCachedPrefix) {
+  // A chunked prefill continuing a cached prefix; a few tokens after a long
+  // prefix (tiles cut into key ranges, rows straddling a range boundary).
+  for (const TileShape& t : kTileShapes) {
+    for (DType kv_type : {DType::kF16, DType::kF32}) {
+      SCOPED_TRACE(::testing::Message() << "group " << t.group << " head_dim " << t.head_dim << " "
+                                        << GetDType(kv_type).name);
+      PagedFixture f(kv_type, t.n_kv_heads, t.head_dim, 16, {{37, 50}}, 151);
+      RunAttention(f, t.group * t.n_kv_heads, 4096, 0, 1e-10);
+      PagedFixture g(kv_type, t.n_kv_heads, t.head_dim, 16, {{120, 20}, {400, 9}}, 152);
+      cuda::AttnPlan plan;
+      RunAttention(g, t.group * t.n_kv_heads, 4096, 0, 1e-10, 132, &plan);
+      EXPECT_EQ(plan.tile_chunk, 128);
+      EXPECT_TRUE(plan.items.empty());
+    }
+  }
+}
+
+TEST_F(CudaKernelsTest, PagedAttentionMixesTilesAndDecodeRows) {
+  // Prefills (tiles) and decode rows (chunk-kernel items) in one batch; head
+  // dim 96 leaves a quarter of the tile kernel's float4 columns idle.
+  for (const TileShape& t : {kTileShapes[1], kTileShapes[5], TileShape{2, 2, 96}}) {
+    for (DType kv_type : {DType::kF16, DType::kF32}) {
+      SCOPED_TRACE(::testing::Message() << "group " << t.group << " head_dim " << t.head_dim << " "
+                                        << GetDType(kv_type).name);
+      PagedFixture f(kv_type, t.n_kv_heads, t.head_dim, 16,
+                     {{0, 40}, {70, 1}, {37, 50}, {3, 1}, {0, 5}, {130, 9}, {300, 1}}, 161);
+      cuda::AttnPlan plan;
+      for (int n_sm : {1, 132}) {
+        RunAttention(f, t.group * t.n_kv_heads, 4096, 0, 1e-10, n_sm, &plan);
+        EXPECT_FALSE(plan.tiles.empty());
+        EXPECT_FALSE(plan.items.empty());
+      }
+    }
+  }
+}
+
 TEST(CudaAttentionPlanTest, CoversEveryPositionOnce) {
-  std::vector<AttnSeq> seqs(3);
+  std::vector<AttnSeq> seqs(5);
   seqs[0].n_past = 1000, seqs[0].n_new = 1, seqs[0].row0 = 0;
-  seqs[1].n_past = 0, seqs[1].n_new = 200, seqs[1].row0 = 1;
+  seqs[1].n_past = 0, seqs[1].n_new = 200, seqs[1].row0 = 1;  // tiles
   seqs[2].n_past = 5000, seqs[2].n_new = 2, seqs[2].row0 = 201;
-  for (int32_t max_partials : {100000, 20000, 5}) {
-    cuda::AttnPlan plan;
-    const bool ok = cuda::PlanAttention(seqs.data(), 3, 4, 128, 8, 132, max_partials, &plan);
-    if (max_partials == 5) {
-      EXPECT_FALSE(ok);  // even the longest chunk splits 5000 positions
-      continue;
+  seqs[3].n_past = 3000, seqs[3].n_new = 9, seqs[3].row0 = 203;  // tiles, split when few
+  seqs[4].n_past = 100, seqs[4].n_new = 7, seqs[4].row0 = 212;   // below kMinTiledRows
+  const int32_t n_rows = 219;
+  for (int n_sm : {132, 4}) {
+    for (int32_t max_partials : {100000, 20000, 5}) {
+      SCOPED_TRACE(::testing::Message() << "n_sm " << n_sm << " max_partials " << max_partials);
+      cuda::AttnPlan plan;
+      const bool ok = cuda::PlanAttention(seqs.data(), 5, 4, 128, 8, n_sm, max_partials, &plan);
+      if (max_partials == 5) {
+        EXPECT_FALSE(ok);  // even the longest chunk splits 5000 positions
+        continue;
+      }
+      ASSERT_TRUE(ok);
+      EXPECT_GE(plan.chunk, 64);
+      EXPECT_LE(plan.chunk, cuda::MaxAttnChunk(4, 128));
+      EXPECT_LE(plan.n_partials, max_partials);
+      EXPECT_EQ(plan.tile_chunk > 0, n_sm == 132);  // 14 tiles · 8 KV heads cover 4 SMs
+      // Each row's positions are covered once, by items or by tiles; each
+      // partial slot is written once, by the row whose split entry names it.
+      std::vector<int64_t> covered(n_rows, 0);
+      std::vector<int> slot_row(plan.n_partials, -1), writes(plan.n_partials, 0);
+      for (const cuda::AttnWorkItem& it : plan.items) {
+        const AttnSeq& s = seqs[it.seq];
+        EXPECT_LT(s.n_new, cuda::kMinTiledRows);
+        const int32_t ctx = s.n_past + it.i + 1;
+        ASSERT_LT(it.chunk * plan.chunk, ctx);
+        covered[s.row0 + it.i] +=
+            std::min(ctx, (it.chunk + 1) * plan.chunk) - it.chunk * plan.chunk;
+        if (it.partial >= 0) {
+          ++writes[it.partial];
+          slot_row[it.partial] = s.row0 + it.i;
+        }
+      }
+      for (size_t k = 0; k < plan.tiles.size(); ++k) {
+        const cuda::AttnTile& t = plan.tiles[k];
+        const AttnSeq& s = seqs[t.seq];
+        EXPECT_GE(s.n_new, cuda::kMinTiledRows);
+        ASSERT_LE(t.n_rows, cuda::AttnTileRows(4));
+        ASSERT_LE(t.key1, s.n_past + t.i0 + t.n_rows);
+        if (k > 0) {  // longest key range first
+          EXPECT_GE(plan.tiles[k - 1].key1 - plan.tiles[k - 1].key0, t.key1 - t.key0);
+        }
+        for (int32_t r = 0; r < t.n_rows; ++r) {
+          const int32_t pos = s.n_past + t.i0 + r;
+          if (t.key0 > pos) continue;
+          covered[s.row0 + t.i0 + r] += std::min(t.key1, pos + 1) - t.key0;
+          if (t.partial >= 0) {
+            const int32_t slot = t.partial + r * t.n_chunks;
+            ASSERT_LT(slot, plan.n_partials);
+            ++writes[slot];
+            slot_row[slot] = s.row0 + t.i0 + r;
+          }
+        }
+      }
+      for (const AttnSeq& s : seqs) {
+        for (int32_t i = 0; i < s.n_new; ++i) EXPECT_EQ(covered[s.row0 + i], s.n_past + i + 1);
+      }
+      int64_t named = 0;
+      for (const cuda::AttnSplitRow& sr : plan.split_rows) {
+        for (int32_t c = 0; c < sr.n_chunks; ++c) {
+          EXPECT_EQ(slot_row[sr.partial0 + c], sr.row);
+          EXPECT_EQ(writes[sr.partial0 + c], 1);
+        }
+        named += sr.n_chunks;
+      }
+      int64_t written = 0;
+      for (int w : writes) written += w;
+      EXPECT_EQ(written, named);
     }
-    ASSERT_TRUE(ok);
-    EXPECT_GE(plan.chunk, 64);
-    EXPECT_LE(plan.chunk, cuda::MaxAttnChunk(4, 128));
-    EXPECT_LE(plan.n_partials, max_partials);
-    // Each row's chunks tile [0, ctx) and partial slots are distinct.
-    std::vector<int> seen(plan.n_partials, 0);
-    int64_t covered = 0;
-    for (const cuda::AttnWorkItem& it : plan.items) {
-      const int32_t ctx = seqs[it.seq].n_past + it.i + 1;
-      ASSERT_LT(it.chunk * plan.chunk, ctx);
-      covered += std::min(ctx, (it.chunk + 1) * plan.chunk) - it.chunk * plan.chunk;
-      if (it.partial >= 0) ++seen[it.partial];
-    }
-    int64_t want = 0;
-    for (const AttnSeq& s : seqs) {
-      for (int32_t i = 0; i < s.n_new; ++i) want += s.n_past + i + 1;
-    }
-    EXPECT_EQ(covered, want);
-    for (int c : seen) EXPECT_EQ(c, 1);
   }
 }
 
