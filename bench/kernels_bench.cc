@@ -308,7 +308,7 @@ void BenchAttention(const Options& opt) {
           [&] {
             pool.Run([&](int ith, int n) {
               PagedAttention(out.data(), q_dim, q.data(), q_dim, kv, seqs.data(), c.n_seqs, n_heads,
-                             0.125f, max_ctx, scratch.data(), ith, n);
+                             0.125f, max_ctx, scratch.data(), &pool, ith, n);
             });
           },
           opt.min_s / 2, nth == 1);
@@ -422,7 +422,7 @@ class SimModel {
         pool.Barrier();
         const AttnSeq seq{table_.data(), n_past, n_tokens, 0};
         PagedAttention(attn_.data(), q_dim, q_.data(), q_dim, kv, &seq, 1, kHeads, scale, kMaxCtx,
-                       scratch->data(), ith, nth);
+                       scratch->data(), &pool, ith, nth);
         pool.Barrier();
         QuantizeActivations(xq_->p, ActFormat::kQ8_1, attn_.data(), q_dim, n_tokens, ith, nth);
         pool.Barrier();

@@ -85,7 +85,8 @@ double RunBatchOnIsa(DType kv_type, const std::vector<SeqSpec>& specs, int n_hea
   ThreadPool pool(nth);
   pool.Run([&](int ith, int n) {
     PagedAttention(out.data(), ldo, q.data(), ldq, cache.kv, seqs.data(),
-                   static_cast<int>(seqs.size()), n_heads, scale, max_ctx, scratch.data(), ith, n);
+                   static_cast<int>(seqs.size()), n_heads, scale, max_ctx, scratch.data(), &pool,
+                   ith, n);
   });
   PagedAttentionRef(ref.data(), ldo, q.data(), ldq, cache.kv, seqs.data(),
                     static_cast<int>(seqs.size()), n_heads, scale);
@@ -171,7 +172,7 @@ TEST_P(AttentionTest, RowResultsDoNotDependOnBatching) {
         StoreKv(cache.kv, seqs[1], k.data() + done * kv_dim, v.data() + done * kv_dim, kv_dim);
         for (int ith = 0; ith < 2; ++ith) {
           PagedAttention(ob.data(), q_dim, qb.data(), q_dim, cache.kv, seqs, 2, n_heads, scale, 64,
-                         scratch.data(), ith, 2);
+                         scratch.data(), nullptr, ith, 2);
         }
         std::copy(ob.begin() + q_dim, ob.end(), out.begin() + done * q_dim);
         done += c;
