@@ -269,12 +269,12 @@ void BenchQuantize(const Options& opt) {
 void BenchAttention(const Options& opt) {
   // SmolLM2: 9 q heads, 3 kv heads of 64, F16 KV, blocks of 16.
   const int n_heads = 9, n_kv_heads = 3, head_dim = 64, block_size = 16;
-  const int32_t max_ctx = 1024;
+  const int32_t max_ctx = 2048;
   KvLayerView kv;
   kv.block_size = block_size;
   kv.n_kv_heads = n_kv_heads;
   kv.head_dim = head_dim;
-  const int n_blocks = 64 * (max_ctx / block_size);
+  const int n_blocks = 16 * (max_ctx / block_size);  // 16 sequences of max_ctx
   std::vector<uint8_t> cache(n_blocks * kv.BlockBytes());
   kv.base = cache.data();
   std::vector<int32_t> table(n_blocks);
@@ -287,7 +287,11 @@ void BenchAttention(const Options& opt) {
     int n_seqs;
     int32_t n_past, n_new;
   };
-  const Case cases[] = {{"decode 1 seq ctx 512", 1, 511, 1},
+  // One sequence's decode at growing context: its 3 KV heads are fewer items
+  // than 2 threads can share evenly.
+  const Case cases[] = {{"decode 1 seq ctx 128", 1, 127, 1},
+                        {"decode 1 seq ctx 512", 1, 511, 1},
+                        {"decode 1 seq ctx 2048", 1, 2047, 1},
                         {"decode 16 seqs ctx 512", 16, 511, 1},
                         {"prefill 512 tokens", 1, 0, 512}};
   for (const Case& c : cases) {
@@ -304,7 +308,7 @@ void BenchAttention(const Options& opt) {
           [&] {
             pool.Run([&](int ith, int n) {
               PagedAttention(out.data(), q_dim, q.data(), q_dim, kv, seqs.data(), c.n_seqs, n_heads,
-                             0.125f, max_ctx, scratch.data(), ith, n);
+                             0.125f, max_ctx, scratch.data(), &pool, ith, n);
             });
           },
           opt.min_s / 2, nth == 1);
@@ -418,7 +422,7 @@ class SimModel {
         pool.Barrier();
         const AttnSeq seq{table_.data(), n_past, n_tokens, 0};
         PagedAttention(attn_.data(), q_dim, q_.data(), q_dim, kv, &seq, 1, kHeads, scale, kMaxCtx,
-                       scratch->data(), ith, nth);
+                       scratch->data(), &pool, ith, nth);
         pool.Barrier();
         QuantizeActivations(xq_->p, ActFormat::kQ8_1, attn_.data(), q_dim, n_tokens, ith, nth);
         pool.Barrier();

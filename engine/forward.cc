@@ -232,7 +232,7 @@ void ModelRunner::Forward(const ForwardBatch& batch, float* logits, LayerObserve
 
       // Attention over the paged cache; output into xn (as (T, QD)).
       kernels::PagedAttention(xn, QD, q, QD, kv, batch.seqs.data(), n_seqs, c.n_heads, attn_scale,
-                              model_->n_ctx(), attn_scratch_.data(), ith, nth);
+                              model_->n_ctx(), attn_scratch_.data(), pool_, ith, nth);
       pool_->Barrier();
 
       // Output projection.

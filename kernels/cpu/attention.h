@@ -10,8 +10,18 @@
 // PagedAttention splits work into items of (sequence, KV head, chunk of up
 // to 64 / group query rows), interleaved across threads; each item converts
 // tiles of 16 keys to float once for all its query heads and runs an online
-// softmax over them. A single decoding sequence is split further by query
-// head so that two threads both get work.
+// softmax over them. A row's context is walked in segments of 64 keys at
+// fixed positions: an online softmax within each segment, whose partial
+// (max, sum of exponentials, unnormalized output) is folded into the row's
+// result in position order with a log-sum-exp rescale.
+//
+// When a batch has few items per thread and long contexts (one decoding
+// sequence: n_kv_heads items), each decode row's segments become work items
+// of their own, spread over the threads ("flash-decoding"); after a barrier
+// the partials are folded in the same order. A row's result is therefore
+// bit-identical whether it was split or not, decoded or prefilled, alone or
+// in a batch. With short contexts a single decoding sequence is split by
+// query head instead.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +29,8 @@
 #include "kernels/dtype.h"
 
 namespace pdserve::kernels {
+
+class ThreadPool;
 
 struct KvLayerView {
   void* base = nullptr;         // (n_blocks, 2, n_kv_heads, block_size, head_dim)
@@ -55,9 +67,12 @@ int64_t AttentionScratchFloats(int32_t max_ctx);
 // q and out: (n_rows, n_heads * head_dim) with row strides ldq and ldo.
 // scratch: nth * AttentionScratchFloats(max_ctx) floats; the caller has
 // already stored this batch's K and V. Thread ith of nth does its share.
+// pool: the pool whose Run() makes this call on all nth threads; splitting
+// along the context meets its threads at pool->Barrier() once. Null (the
+// threads may then run one after another) splits nothing along the context.
 void PagedAttention(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
                     const AttnSeq* seqs, int n_seqs, int n_heads, float scale, int32_t max_ctx,
-                    float* scratch, int ith, int nth);
+                    float* scratch, ThreadPool* pool, int ith, int nth);
 
 // Naive reference: gathers K and V to float and loops in double.
 void PagedAttentionRef(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLayerView& kv,
