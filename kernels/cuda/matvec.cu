@@ -216,7 +216,7 @@ __device__ __forceinline__ void DecodeBlock(const uint32_t* g, int j, float* d, 
   };
   *d = half(start);
   if constexpr (kType == DType::kQ4_1) *m = half(start + 2);
-#pragma unroll
+  PDS_UNROLL
   for (int i = 0; i < L::kWords; ++i) {
     const int at = start + L::kQsOffset + 4 * i;
     q[i] = at % 4 == 0 ? g[at / 4] : (g[at / 4] >> 16) | (g[at / 4 + 1] << 16);
@@ -235,7 +235,7 @@ __device__ __forceinline__ void DotGroup(float (&sum)[kLaneRows][kTokens], const
                                          const uint8_t* ads, int ads_token_stride, int n_valid) {
   using L = Q8Layout<kType>;
   uint32_t g[kLaneRows][kGroupBytes<kType> / 4];  // the group's words, as loaded
-#pragma unroll
+  PDS_UNROLL
   for (int j = 0; j < kGroupBlocks; ++j) {
     if (!kFull && j >= n_valid) break;
     // The 16-byte words block j needs and the previous block did not load.
@@ -243,16 +243,16 @@ __device__ __forceinline__ void DotGroup(float (&sum)[kLaneRows][kTokens], const
     const int last = (j * L::kBlockBytes + L::kBlockBytes - 1) / 16;
     float dw[kLaneRows], mw[kLaneRows];
     uint32_t wq[kLaneRows][8];  // quants matching activation words 0..7
-#pragma unroll
+    PDS_UNROLL
     for (int k = 0; k < kLaneRows; ++k) {
-#pragma unroll
+      PDS_UNROLL
       for (int i = first; i <= last; ++i) {
         const uint4 x = reinterpret_cast<const uint4*>(w + k * w_row_stride)[i];
         g[k][4 * i] = x.x, g[k][4 * i + 1] = x.y, g[k][4 * i + 2] = x.z, g[k][4 * i + 3] = x.w;
       }
       uint32_t raw[L::kWords];
       DecodeBlock<kType>(g[k], j, &dw[k], &mw[k], raw);
-#pragma unroll
+      PDS_UNROLL
       for (int i = 0; i < 4; ++i) {
         if constexpr (kType == DType::kQ8_0) {
           wq[k][i] = raw[i], wq[k][4 + i] = raw[4 + i];
@@ -263,16 +263,16 @@ __device__ __forceinline__ void DotGroup(float (&sum)[kLaneRows][kTokens], const
         }
       }
     }
-#pragma unroll
+    PDS_UNROLL
     for (int t = 0; t < kTokens; ++t) {
       const int4* a = reinterpret_cast<const int4*>(aq + t * aq_token_stride + j * kQK);
       const int4 a0 = a[0], a1 = a[1];
       const float2 ds = *reinterpret_cast<const float2*>(ads + t * ads_token_stride + j * 8);
       const int av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-#pragma unroll
+      PDS_UNROLL
       for (int k = 0; k < kLaneRows; ++k) {
         int isum = 0;
-#pragma unroll
+        PDS_UNROLL
         for (int i = 0; i < 8; ++i) isum = __dp4a(static_cast<int>(wq[k][i]), av[i], isum);
         // The CPU's per-block expression (kernels/cpu/matmul_scalar.cc).
         float block = __fmul_rn(__fmul_rn(dw[k], ds.x), static_cast<float>(isum));
@@ -318,9 +318,9 @@ __global__ void __launch_bounds__(kMvThreads, 4)
     __syncthreads();
     for (; task < n_tasks; task += task_step) {
       float sum[kLaneRows][kTokens];
-#pragma unroll
+      PDS_UNROLL
       for (int k = 0; k < kLaneRows; ++k) {
-#pragma unroll
+        PDS_UNROLL
         for (int t = 0; t < kTokens; ++t) sum[k][t] = 0.0f;
       }
       for (int64_t c = c0; c < c1; ++c) {
@@ -349,13 +349,13 @@ __global__ void __launch_bounds__(kMvThreads, 4)
       }
       // Each row's sum over the 16 lanes of its slot; lane k * kTokens + t of
       // the slot writes row k, token t.
-#pragma unroll
+      PDS_UNROLL
       for (int k = 0; k < kLaneRows; ++k) {
         const int64_t r = task * kTaskRows + slot * kLaneRows + k;
-#pragma unroll
+        PDS_UNROLL
         for (int t = 0; t < kTokens; ++t) {
           float s = sum[k][t];
-#pragma unroll
+          PDS_UNROLL
           for (int m = kSlotLanes / 2; m > 0; m >>= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
           if (gl == k * kTokens + t && r < n_out) {
             float* out = y + t * ldy + r;
