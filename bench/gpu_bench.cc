@@ -5,6 +5,10 @@
 //            (bytes read + written), target >= 70%
 //   prefill  prompt tokens/s against cuBLAS running the same GEMMs alone
 //            (f16 in, f32 out, the model's shapes), target >= 50%
+//   sweep    decode step time at batch 1, 2, 4, 8, 16, through MatVec (up
+//            to kMaxMatVecTokens rows) and through cuBLAS on f16 weights
+//   matvec   MatVec alone on llama-3-8b's shapes at 1 and 4 tokens: GB/s of
+//            weight bytes (gpu_bench_decode.cc)
 //   kv       IPC KV transfer (same GPU, as a 1P1D cluster on one device
 //            runs it) against raw device-to-device copies of the same blocks;
 //            NCCL KV transfer (gather blocks, send/recv, scatter) against raw
@@ -12,7 +16,7 @@
 //            communicator group, two GPUs use the transport end to end
 //
 // Usage: gpu_bench [--config llama-3-8b] [--model FILE] [--prompt 512] [--decode 64]
-//                  [--skip-model] [--skip-kv] [--out DIR]
+//                  [--skip-model] [--skip-matvec] [--skip-kv] [--out DIR]
 // Prints a table; writes DIR/gpu_bench.json (DIR defaults to $OUT if set).
 #include <algorithm>
 #include <cstdio>
@@ -37,6 +41,8 @@ int main() {
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "bench/gpu_bench_decode.h"
+#include "bench/gpu_bench_util.h"
 #include "engine/cuda/cuda_runner.h"
 #include "engine/dummy_model.h"
 #include "engine/gguf/gguf.h"
@@ -54,27 +60,7 @@ int main() {
 #include "transport/nccl_sender.h"
 #endif
 
-namespace pdserve {
-namespace {
-
-#define BENCH_CUDA(expr)                                                                      \
-  do {                                                                                        \
-    const cudaError_t bench_e = (expr);                                                       \
-    if (bench_e != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "gpu_bench: %s failed: %s\n", #expr, cudaGetErrorString(bench_e)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (false)
-
-struct Options {
-  std::string config = "llama-3-8b";
-  std::string model;  // a GGUF file of --config's shape (the dummy written once), else built here
-  int prompt = 512;
-  int decode = 64;
-  bool skip_model = false;
-  bool skip_kv = false;
-  std::string out_dir;
-};
+namespace pdserve::gpu_bench {
 
 struct Result {
   std::string name;
@@ -89,33 +75,18 @@ void Record(std::string name, double value, std::string unit) {
   std::fflush(stdout);
 }
 
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+namespace {
 
-// Median milliseconds of fn() over reps runs on stream, after warm-ups,
-// timed with events.
-template <typename F>
-double TimeMs(cudaStream_t stream, int warmup, int reps, F fn) {
-  cudaEvent_t a, b;
-  BENCH_CUDA(cudaEventCreate(&a));
-  BENCH_CUDA(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    BENCH_CUDA(cudaEventRecord(a, stream));
-    fn();
-    BENCH_CUDA(cudaEventRecord(b, stream));
-    BENCH_CUDA(cudaEventSynchronize(b));
-    float t = 0;
-    BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return Median(ms);
-}
+struct Options {
+  std::string config = "llama-3-8b";
+  std::string model;  // a GGUF file of --config's shape (the dummy written once), else built here
+  int prompt = 512;
+  int decode = 64;
+  bool skip_model = false;
+  bool skip_kv = false;
+  bool skip_matvec = false;
+  std::string out_dir;
+};
 
 // Random f16 values in [-1, 1] (never zeros: they run faster than data).
 void FillRandomHalves(__half* dev, size_t n, uint64_t seed) {
@@ -224,14 +195,15 @@ int BenchModel(const Options& o, double copy_bw, cudaStream_t stream) {
   kc.n_kv_heads = c.n_kv_heads;
   kc.head_dim = c.head_dim;
   kc.block_size = 16;
-  kc.n_blocks = (n_ctx + 15) / 16;
+  const int32_t sweep_block0 = (n_ctx + 15) / 16;  // then 16 for the decode sweep
+  kc.n_blocks = sweep_block0 + 16;
   kc.prefix_cache = false;
   auto cache = KvCache::Create(kc, (*backend)->kv_allocator());
   if (!cache.ok()) {
     std::fprintf(stderr, "gpu_bench: %s\n", std::string(cache.status().message()).c_str());
     return 1;
   }
-  auto runner = cuda::CudaRunner::Create(0, model->get(), cache->get(), o.prompt, 1,
+  auto runner = cuda::CudaRunner::Create(0, model->get(), cache->get(), std::max(o.prompt, 16), 16,
                                          cuda::CudaRunnerOptions{});
   if (!runner.ok()) {
     std::fprintf(stderr, "gpu_bench: %s\n", std::string(runner.status().message()).c_str());
@@ -301,6 +273,7 @@ int BenchModel(const Options& o, double copy_bw, cudaStream_t stream) {
   Record("prefill / cuBLAS (target 0.50)", prefill_tps / cublas_tps, "ratio");
   Record("weights on GPU (quantized)", dw.quant_bytes / 1e9, "GB");
   Record("f16 weight copies (prefill)", dw.f16_bytes / 1e9, "GB");
+  BenchDecodeSweep(**runner, c.n_vocab, table.data(), o.prompt / 16 * 16, 16, sweep_block0);
   return 0;
 }
 
@@ -623,6 +596,7 @@ int Run(const Options& o) {
   } else {
     Record("device-to-device copy (read+write)", copy_bw / 1e9, "GB/s");
   }
+  if (!o.skip_matvec) BenchMatVec(stream, copy_bw);
   if (!o.skip_kv) {
     absl::StatusOr<DummyModelSpec> spec = NamedDummyConfig(o.config);
     if (spec.ok()) {
@@ -646,10 +620,10 @@ int Run(const Options& o) {
 }
 
 }  // namespace
-}  // namespace pdserve
+}  // namespace pdserve::gpu_bench
 
 int main(int argc, char** argv) {
-  pdserve::Options o;
+  pdserve::gpu_bench::Options o;
   if (const char* out = std::getenv("OUT"); out != nullptr) o.out_dir = out;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -674,14 +648,16 @@ int main(int argc, char** argv) {
       o.skip_model = true;
     } else if (a == "--skip-kv") {
       o.skip_kv = true;
+    } else if (a == "--skip-matvec") {
+      o.skip_matvec = true;
     } else {
       std::fprintf(stderr,
                    "usage: gpu_bench [--config NAME] [--model FILE] [--prompt N] [--decode N] "
-                   "[--skip-model] [--skip-kv] [--out DIR]\n");
+                   "[--skip-model] [--skip-matvec] [--skip-kv] [--out DIR]\n");
       return 2;
     }
   }
-  return pdserve::Run(o);
+  return pdserve::gpu_bench::Run(o);
 }
 
 #endif  // PDSERVE_HAVE_CUDA

@@ -85,6 +85,11 @@ absl::StatusOr<std::unique_ptr<CudaRunner>> CudaRunner::Create(int device, const
   if (max_tokens < 1 || max_logit_rows < 0) {
     return absl::InvalidArgumentError("CUDA runner: max_tokens must be >= 1");
   }
+  if (options.max_matvec_rows < 0 || options.max_matvec_rows > kernels::cuda::kMaxMatVecTokens) {
+    return absl::InvalidArgumentError(absl::StrCat("CUDA runner: max_matvec_rows ",
+                                                   options.max_matvec_rows, " is outside 0..",
+                                                   kernels::cuda::kMaxMatVecTokens));
+  }
   const ModelConfig& c = model->config();
   if (c.head_dim > kernels::cuda::kMaxAttnHeadDim || c.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("CUDA runner: head_dim ", c.head_dim,
@@ -97,6 +102,7 @@ absl::StatusOr<std::unique_ptr<CudaRunner>> CudaRunner::Create(int device, const
                                                  "' (or Q/K/V biases) runs on the CPU only"));
   }
   std::unique_ptr<CudaRunner> r(new CudaRunner(device, model, cache, max_tokens, max_logit_rows));
+  r->max_matvec_rows_ = options.max_matvec_rows;
   PDS_RETURN_IF_ERROR(r->Init(options));
   return r;
 }
@@ -153,6 +159,12 @@ absl::Status CudaRunner::Init(const CudaRunnerOptions& options) {
                         ? absl::StrCat(" + ", FormatBytes(weights_->f16_bytes), " f16 copies")
                         : std::string(" (f16 per product, not cached)"));
   return absl::OkStatus();
+}
+
+void CudaRunner::set_max_matvec_rows(int rows) {
+  PDS_CHECK(rows >= 0 && rows <= kernels::cuda::kMaxMatVecTokens)
+      << "max_matvec_rows " << rows << " is outside 0.." << kernels::cuda::kMaxMatVecTokens;
+  max_matvec_rows_ = rows;
 }
 
 void CudaRunner::Check(cudaError_t e, const char* what) const {
@@ -230,7 +242,7 @@ void CudaRunner::UploadBatch(const ForwardBatch& batch) {
 
 void CudaRunner::Apply(const DeviceLinear& lin, const ActSource& src, int64_t n_rows, float* y,
                        int64_t ldy, bool accumulate) {
-  const bool matvec = n_rows <= kernels::cuda::kMaxMatVecTokens;
+  const bool matvec = n_rows <= max_matvec_rows_;
   // Parts sharing an encoding share one PrepareActivations.
   bool done[3] = {false, false, false};
   for (size_t i = 0; i < lin.parts.size(); ++i) {

@@ -1,8 +1,9 @@
 // The forward pass on one GPU: the same steps and semantics as ModelRunner
 // (engine/forward.h), over weights uploaded once and a KV cache in device
-// memory. Decode-sized batches (<= kMaxMatVecTokens rows) multiply against
-// the quantized weights with integer dot products on activations encoded
-// exactly as the CPU encodes them; larger batches use cuBLAS on f16 copies.
+// memory. Decode-sized batches (at most max_matvec_rows rows, by default
+// kMaxMatVecTokens) multiply against the quantized weights with integer dot
+// products on activations encoded exactly as the CPU encodes them; larger
+// batches use cuBLAS on f16 copies.
 // Every step ends with the logits copied to the host buffer the engine
 // passes.
 #pragma once
@@ -17,6 +18,7 @@
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/device_weights.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/matvec.h"
 #include "kernels/cuda/quantize.h"
 
 namespace pdserve::cuda {
@@ -25,6 +27,15 @@ struct CudaRunnerOptions {
   F16Weights f16_weights = F16Weights::kAuto;
   // Free memory left after the f16 copies under kAuto (activations, cuBLAS).
   size_t reserve_bytes = size_t{2} << 30;
+  // The most batch rows whose products run as MatVec on the quantized
+  // weights (0 to kMaxMatVecTokens); more rows run cuBLAS on f16 weights.
+  // Default: every size MatVec supports. Our estimate puts the crossover
+  // above 8 rows: MatVec reads 4.5 bits per weight where cuBLAS reads 16,
+  // and its dp4a work (which grows with the rows while the bytes do not)
+  // still fits under the weight stream at 8 rows on an H200; cuBLAS also
+  // pays a poorly shaped GEMM at so few rows. gpu_bench's decode sweep
+  // measures both paths at 1-8 rows.
+  int max_matvec_rows = kernels::cuda::kMaxMatVecTokens;
 };
 
 class CudaRunner final : public Runner {
@@ -39,6 +50,11 @@ class CudaRunner final : public Runner {
   // A CUDA error here means a broken device or a bug: it aborts with the
   // error (Runner::Forward cannot return one).
   void Forward(const ForwardBatch& batch, float* logits, LayerObserver* observer) override;
+
+  // Changes CudaRunnerOptions::max_matvec_rows between steps (benchmarks
+  // compare both paths on one copy of the weights). 0..kMaxMatVecTokens.
+  void set_max_matvec_rows(int rows);
+  int max_matvec_rows() const { return max_matvec_rows_; }
 
   const DeviceWeights& weights() const { return *weights_; }
   cudaStream_t stream() const { return stream_; }
@@ -62,6 +78,7 @@ class CudaRunner final : public Runner {
   const int32_t max_tokens_;
   const int32_t max_logit_rows_;
   int n_sm_ = 0;
+  int max_matvec_rows_ = kernels::cuda::kMaxMatVecTokens;
 
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

@@ -18,6 +18,10 @@
 // Dynamic shared memory of the running kernel, as an array of `type`.
 #define PDS_DYNAMIC_SMEM(type, name) \
   type* name = static_cast<type*>(::pdserve::cuda_emu::DynamicSmem())
+// Unrolls the next loop on the GPU only: clang would honour it in the
+// emulation too, and deeply nested unrolled kernels then take minutes to
+// compile under the sanitizers.
+#define PDS_UNROLL
 #else
 #include <cuda.h>  // driver API types, for cudaGetDriverEntryPointByVersion lookups
 #include <cuda_fp16.h>
@@ -26,4 +30,5 @@
 #define PDS_DYNAMIC_SMEM(type, name)                                \
   extern __shared__ __align__(16) unsigned char pds_dynamic_smem[]; \
   type* name = reinterpret_cast<type*>(pds_dynamic_smem)
+#define PDS_UNROLL _Pragma("unroll")
 #endif

@@ -342,6 +342,83 @@ TEST_F(CudaKernelsTest, MatVecAccumulates) {
   EXPECT_LT(Nmse(d_y.Download().data(), ref.data(), ref.size()), 1e-10);
 }
 
+// The integer path's edges (kernels/cuda/matvec.cu): output rows that fill
+// neither a warp's task of 4 nor a thread block's 16; rows of one or two
+// blocks, of a partial last group (384: 12 blocks, Q4_1 rows still 16-byte
+// aligned), and 4128 and 14336 inputs (a chunk of one block after whole
+// chunks; 3.5 chunks, in four activation tiles at 5-8 tokens) with rows
+// that are and are not 16-byte aligned; every token count; accumulate on
+// and off.
+TEST_F(CudaKernelsTest, MatVecQ8EdgeShapesMatchCpu) {
+  for (DType type : {DType::kQ4_0, DType::kQ4_1, DType::kQ8_0}) {
+    for (int64_t n_in : {32, 64, 384, 4096 + 32, 14336}) {
+      const int64_t n_out = n_in >= 4096 ? 21 : 37;
+      const std::vector<uint8_t> w = RandomWeights(type, n_out, n_in, 91);
+      DeviceArray<uint8_t> d_w(w);
+      const WeightMatrix wm{w.data(), type, n_out, n_in};
+      for (int64_t n_tokens = 1; n_tokens <= cuda::kMaxMatVecTokens; ++n_tokens) {
+        const bool accumulate = n_tokens % 2 == 0;
+        SCOPED_TRACE(std::string(GetDType(type).name) + " n_in " + std::to_string(n_in) +
+                     " tokens " + std::to_string(n_tokens) + (accumulate ? " accumulate" : ""));
+        const std::vector<float> x =
+            RandomVector(n_tokens * n_in, 92 + static_cast<uint32_t>(n_tokens));
+        std::vector<uint8_t> xq(n_tokens * ActRowBytes(ActFormat::kQ8_1, n_in));
+        QuantizeActivations(xq.data(), ActFormat::kQ8_1, x.data(), n_in, n_tokens, 0, 1);
+        const int64_t ld = n_out + 5;
+        const std::vector<float> y0 = RandomVector(n_tokens * ld, 93);
+        std::vector<float> ref(n_tokens * ld, 0.0f);
+        MatMulQuantRef(ref.data(), ld, wm, xq.data(), n_tokens);
+        DeviceArray<uint8_t> d_a(xq);
+        DeviceArray<float> d_y(y0);
+        if (!accumulate) d_y.Poison();
+        PDS_CUDA_OK(cuda::MatVec(d_y.get(), ld, d_w.get(), type, n_out, n_in, d_a.get(), n_tokens,
+                                 accumulate, nullptr));
+        const std::vector<float> got = d_y.Download();
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          std::vector<float> want(ref.begin() + t * ld, ref.begin() + t * ld + n_out);
+          if (accumulate) {
+            for (int64_t r = 0; r < n_out; ++r) want[r] += y0[t * ld + r];
+          }
+          EXPECT_LT(Nmse(&got[t * ld], want.data(), n_out), 1e-10) << "token " << t;
+          // The padding between rows of y is never written.
+          for (int64_t r = n_out; r < ld; ++r) {
+            if (accumulate) {
+              ASSERT_EQ(got[t * ld + r], y0[t * ld + r]) << "token " << t << " pad " << r;
+            } else {
+              ASSERT_TRUE(std::isnan(got[t * ld + r])) << "token " << t << " pad " << r;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// More rows than the grid has warps at once (the emulation has 4 SMs): the
+// warps loop over several tasks each, with every token count.
+TEST_F(CudaKernelsTest, MatVecQ8ManyRowsMatchCpu) {
+  const int64_t n_out = 2053, n_in = 64;
+  for (DType type : {DType::kQ4_0, DType::kQ8_0}) {
+    const std::vector<uint8_t> w = RandomWeights(type, n_out, n_in, 95);
+    DeviceArray<uint8_t> d_w(w);
+    for (int64_t n_tokens : {1, 4, 8}) {
+      SCOPED_TRACE(std::string(GetDType(type).name) + " tokens " + std::to_string(n_tokens));
+      const std::vector<float> x = RandomVector(n_tokens * n_in, 96);
+      std::vector<uint8_t> xq(n_tokens * ActRowBytes(ActFormat::kQ8_1, n_in));
+      QuantizeActivations(xq.data(), ActFormat::kQ8_1, x.data(), n_in, n_tokens, 0, 1);
+      std::vector<float> ref(n_tokens * n_out);
+      MatMulQuantRef(ref.data(), n_out, WeightMatrix{w.data(), type, n_out, n_in}, xq.data(),
+                     n_tokens);
+      DeviceArray<uint8_t> d_a(xq);
+      DeviceArray<float> d_y(n_tokens * n_out);
+      d_y.Poison();
+      PDS_CUDA_OK(cuda::MatVec(d_y.get(), n_out, d_w.get(), type, n_out, n_in, d_a.get(), n_tokens,
+                               false, nullptr));
+      EXPECT_LT(Nmse(d_y.Download().data(), ref.data(), ref.size()), 1e-10);
+    }
+  }
+}
+
 TEST_F(CudaKernelsTest, GemmF16MatchesReference) {
   const int64_t n_out = 96, n_in = 320, n_tokens = 37;
   const std::vector<uint8_t> w = RandomWeights(DType::kQ4_0, n_out, n_in, 81);

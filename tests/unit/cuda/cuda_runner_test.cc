@@ -296,6 +296,65 @@ TEST_P(CudaRunnerTest, ObserversSeeEveryLayerInOrder) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaRunnerTest, ::testing::ValuesIn(Shapes()),
                          [](const ::testing::TestParamInfo<Shape>& i) { return i.param.name; });
 
+// CudaRunnerOptions::max_matvec_rows picks the path of decode-sized
+// products, not the outcome: greedy decoding from a short prompt picks the
+// same tokens with every product on cuBLAS (0) and with the prompt and each
+// decode step on MatVec (kMaxMatVecTokens).
+TEST(CudaRunnerMatVecRowsTest, GreedyTokensAgreeAtEveryThreshold) {
+  PDS_SKIP_WITHOUT_GPU();
+  DummyModelSpec spec;  // tiny: Q4_1 layers, tied Q8_0 embeddings
+  spec.n_ctx = 512;
+  const std::shared_ptr<const Model> model = testing::LoadDummy(spec);
+  const ModelConfig& c = model->config();
+  auto backend = cuda::CreateCudaBackend("cuda");
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  KvCacheConfig kc;
+  kc.n_layers = c.n_layers;
+  kc.n_kv_heads = c.n_kv_heads;
+  kc.head_dim = c.head_dim;
+  kc.block_size = 16;
+  kc.n_blocks = 8;
+  kc.prefix_cache = false;
+  std::vector<TokenId> produced[2];
+  std::vector<float> first_logits[2];
+  const int rows[2] = {0, kernels::cuda::kMaxMatVecTokens};
+  for (int side = 0; side < 2; ++side) {
+    SCOPED_TRACE("max_matvec_rows " + std::to_string(rows[side]));
+    auto cache = KvCache::Create(kc, (*backend)->kv_allocator());
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    cuda::CudaRunnerOptions options;
+    options.max_matvec_rows = rows[side];
+    auto runner = cuda::CudaRunner::Create(0, model.get(), cache->get(), 16, 1, options);
+    ASSERT_TRUE(runner.ok()) << runner.status();
+    SeqState s{TableFor(0), RandomTokens(6, c.n_vocab, 21)};
+    std::vector<float> logits(c.n_vocab);
+    int32_t pending = 6;
+    for (int step = 0; step < (cuda_testing::Emulated() ? 6 : 16); ++step) {
+      ForwardBatch batch;
+      AddToBatch(&batch, &s, pending);
+      (*runner)->Forward(batch, logits.data(), nullptr);
+      if (step == 0) first_logits[side] = logits;
+      const TokenId next = Argmax(logits.data(), c.n_vocab);
+      produced[side].push_back(next);
+      s.tokens.push_back(next);
+      pending = 1;
+    }
+  }
+  EXPECT_EQ(produced[0], produced[1]);
+  // Two paths indeed (f16 GEMM against int8 dot products): close logits,
+  // not the same bits.
+  EXPECT_NE(first_logits[0], first_logits[1]);
+  EXPECT_LT(kernels::testing::Nmse(first_logits[0].data(), first_logits[1].data(), c.n_vocab),
+            1e-3);
+
+  cuda::CudaRunnerOptions bad;
+  bad.max_matvec_rows = kernels::cuda::kMaxMatVecTokens + 1;
+  auto cache = KvCache::Create(kc, (*backend)->kv_allocator());
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  auto refused = cuda::CudaRunner::Create(0, model.get(), cache->get(), 16, 1, bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+}
+
 TEST(CudaBackendTest, BadDeviceNamesAreErrors) {
   auto b = cuda::CreateCudaBackend("cuda:x");
   EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
