@@ -294,6 +294,28 @@ void BadPointerArg(int index, const void* p) {
 
 void SetLastError(cudaError_t e) { Record(e); }
 
+namespace {
+std::mutex& SmemMu() {
+  static std::mutex mu;
+  return mu;
+}
+std::map<const void*, int>& SmemLimits() {
+  static std::map<const void*, int> m;
+  return m;
+}
+}  // namespace
+
+void SetMaxDynamicSmem(const void* kernel, int bytes) {
+  std::lock_guard<std::mutex> lock(SmemMu());
+  SmemLimits()[kernel] = bytes;
+}
+
+int MaxDynamicSmem(const void* kernel) {
+  std::lock_guard<std::mutex> lock(SmemMu());
+  auto it = SmemLimits().find(kernel);
+  return it == SmemLimits().end() ? kDefaultDynamicSmem : std::max(it->second, kDefaultDynamicSmem);
+}
+
 void RunGrid(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*), void* ctx) {
   const size_t n_threads = static_cast<size_t>(block.x) * block.y * block.z;
   if (n_threads == 0 || n_threads > 1024 || n_threads % 32 != 0 || grid.x == 0 || grid.y == 0 ||

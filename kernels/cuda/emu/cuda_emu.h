@@ -264,8 +264,22 @@ inline constexpr unsigned long long cudaEnableDefault = 0;
 cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int version,
                                              unsigned long long flags,
                                              cudaDriverEntryPointQueryResult* status);
+namespace pdserve::cuda_emu {
+// Dynamic shared memory a kernel may launch with: 48 KiB unless
+// cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) raised
+// it, as on a GPU (up to 227 KiB on sm_90), where a launch that asks for
+// more fails.
+inline constexpr int kDefaultDynamicSmem = 48 << 10;
+inline constexpr int kMaxDynamicSmem = 227 << 10;
+void SetMaxDynamicSmem(const void* kernel, int bytes);
+int MaxDynamicSmem(const void* kernel);
+}  // namespace pdserve::cuda_emu
 template <typename F>
-cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute, int) {
+cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || value > pdserve::cuda_emu::kMaxDynamicSmem) return cudaErrorInvalidValue;
+    pdserve::cuda_emu::SetMaxDynamicSmem(reinterpret_cast<const void*>(kernel), value);
+  }
   return cudaSuccess;
 }
 
@@ -313,6 +327,10 @@ class Launcher {
   template <typename... Args>
   void operator()(Args&&... args) {
     static_assert(sizeof...(Args) == sizeof...(KArgs), "kernel argument count");
+    if (smem_ > static_cast<size_t>(MaxDynamicSmem(reinterpret_cast<const void*>(kernel_)))) {
+      SetLastError(cudaErrorInvalidValue);  // the GPU refuses the launch
+      return;
+    }
     std::tuple<KArgs...> params(std::forward<Args>(args)...);
     CheckArgs(params, std::index_sequence_for<KArgs...>{});
     struct Ctx {

@@ -893,5 +893,35 @@ TEST_F(CudaKernelsTest, GatherScatterBlocksRoundTrip) {
   }
 }
 
+#ifdef PDS_CUDA_EMU
+// The emulation refuses a launch with more than 48 KiB of dynamic shared
+// memory unless the kernel's limit was raised, as a GPU does (which is what
+// would catch a kernel missing its cudaFuncSetAttribute only on a device).
+__global__ void TouchDynamicSmem(int* out) {
+  PDS_DYNAMIC_SMEM(int, smem);
+  smem[threadIdx.x] = static_cast<int>(threadIdx.x);
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = smem[31];
+}
+
+TEST(CudaEmulationTest, DynamicSharedMemoryOver48KiBNeedsTheAttribute) {
+  DeviceArray<int> out(1);
+  cudaGetLastError();
+  PDS_LAUNCH(dim3(1), dim3(32), 64 << 10, nullptr, TouchDynamicSmem)(out.get());
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  PDS_LAUNCH(dim3(1), dim3(32), 48 << 10, nullptr, TouchDynamicSmem)(out.get());
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(cudaFuncSetAttribute(TouchDynamicSmem, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 300 << 10),
+            cudaErrorInvalidValue);
+  ASSERT_EQ(
+      cudaFuncSetAttribute(TouchDynamicSmem, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 << 10),
+      cudaSuccess);
+  PDS_LAUNCH(dim3(1), dim3(32), 64 << 10, nullptr, TouchDynamicSmem)(out.get());
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(out.Download()[0], 31);
+}
+#endif
+
 }  // namespace
 }  // namespace pdserve::kernels
