@@ -6,22 +6,34 @@
 #      then batch-8 decode) runs on the other CPUs, stored as the profile's
 #      co-run cost (the 1P1D nodes share this machine's L3 and memory), and
 #      all CPUs (a colocated node);
-#   2. measures colocated (--mixed 1, all CPUs) and 1P1D (one CPU each)
-#      deployments with `pdserve loadgen` at each rate: RATES, or with
+#   2. sizes the deployments with `pdserve plan` (DEPLOYMENTS=auto): every
+#      deployment that fits this machine's CPUs (colocated1: one node on all
+#      CPUs; colocated2: two nodes, half each; 1P1D: half each) gets a
+#      simulated goodput-against-rate sweep at the comparison SLO
+#      (CMP_TTFT_SCALE x and CMP_TPOT_SCALE x the slower candidate's idle
+#      p50s: bench/disagg_vs_colocated.sh's rule), written to sizing.json;
+#      the best colocated and the best disaggregated one are measured;
+#   3. measures those deployments with `pdserve loadgen` at each rate, REPS
+#      times (repetitions interleaved: every deployment and rate once, then
+#      again), each rate: RATES, or with
 #      RATES=auto (default) RATE_FRACTIONS of each deployment's capacity
 #      (the profile's simulated throughput with every request queued at
-#      once); Poisson arrivals, fresh prompts per rate (seed SEED + rate
-#      index), a warm-up run with prompts of another seed first; per rate
+#      once); Poisson arrivals, fresh prompts per run (seed SEED + rate
+#      index + 1000 x repetition), a warm-up run with prompts of another seed first; per rate
 #      rate x RUN_SECONDS prompts (auto: SWEEP_SECONDS of arrivals per
 #      deployment, shared evenly by its rates), at least MIN_PROMPTS and at
 #      most NUM_PROMPTS; SLO_TTFT/SLO_TPOT=auto: 3x the slower deployment's
 #      simulated idle p50 (1P1D's, one thread);
-#   3. runs `pdserve plan` with the same profile on each measured run as it
+#   4. runs `pdserve plan` with the same profile on each measured run as it
 #      was sent (--replay-csv: loadgen's per-request start offsets and
 #      lengths), writing the simulated requests beside the measured ones;
-#   4. writes $OUT_DIR/plan_validation.json: predicted against measured
-#      goodput, p50/p99 TTFT and TPOT, their relative errors, and whether
-#      each is within the issue's bounds (goodput 15%, latencies 20%).
+#   5. writes $OUT_DIR/plan_validation.json: for each deployment and rate,
+#      the medians over its repetitions of predicted and measured goodput,
+#      p50/p99 TTFT and TPOT, their relative errors, whether each is within
+#      the issue's bounds (goodput 15%, latencies 20%), the measured range,
+#      and every run's own figures; and, at the comparison SLO, each
+#      measured deployment's best goodput (measured and predicted, from the
+#      per-request records) and the disaggregated/colocated goodput ratio.
 #
 # COMMITTED=1 measures nothing: it predicts the committed quiet-machine sweep
 # of bench/disagg_vs_colocated.sh (bench/results/disagg_vs_colocated/, its
@@ -60,7 +72,10 @@ SLO_TPOT=${SLO_TPOT:-auto}
 SEED=${SEED:-100}
 PORT=${PORT:-47100}
 MAX_DURATION=${MAX_DURATION:-600}
-DEPLOYMENTS=${DEPLOYMENTS:-"colocated1 1P1D"}
+DEPLOYMENTS=${DEPLOYMENTS:-auto}
+REPS=${REPS:-3}
+CMP_TTFT_SCALE=${CMP_TTFT_SCALE:-3}
+CMP_TPOT_SCALE=${CMP_TPOT_SCALE:-1.5}
 CPUS=$(nproc)
 THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
@@ -85,12 +100,16 @@ mkdir -p "$WORK"
 
 declare -A CLUSTER_FLAGS=(
   [colocated1]="--mixed 1 --threads $((2 * THREADS_PER_NODE)) --pin"
+  [colocated2]="--mixed 2 --threads $THREADS_PER_NODE --pin"
   [1P1D]="--prefill 1 --decode 1 --threads $THREADS_PER_NODE --pin"
 )
 declare -A PROFILE=(
   [colocated1]=$WORK/profile_t$((2 * THREADS_PER_NODE)).json
+  [colocated2]=$WORK/profile_t$THREADS_PER_NODE.json
   [1P1D]=$WORK/profile_t$THREADS_PER_NODE.json
 )
+# The deployments that fit this machine's CPUs, as `pdserve plan` names them.
+CANDIDATES="colocated1 colocated2 1P1D"
 CLUSTER_PID=
 stop_cluster() {
   if [ -n "$CLUSTER_PID" ] && kill -0 "$CLUSTER_PID" 2>/dev/null; then
@@ -167,24 +186,29 @@ elif [ "${PREDICT_ONLY:-0}" = 1 ]; then
   [ -n "$first" ] || die "no measured runs in $MEASURED"
   SLO_TTFT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['slo']['ttft_ms'])" "$first")
   SLO_TPOT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['slo']['tpot_ms'])" "$first")
-  for name in $DEPLOYMENTS; do
+  [ -f "$MEASURED/sizing.json" ] && SIZING=$MEASURED/sizing.json
+  # The measured runs: NAME.rateRATE[.repK].measured.json.
+  python3 - "$MEASURED" >"$POINTS.runs" <<'PY'
+import glob, os, re, sys
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.measured.json"))):
+    m = re.fullmatch(r"(.+)\.rate([0-9.]+)(?:\.rep([0-9]+))?\.measured\.json", os.path.basename(f))
+    if m: print(m.group(1), m.group(2), m.group(3) or 0, f[:-len(".measured.json")])
+PY
+  while read -r name rate rep base; do
+    [ "$DEPLOYMENTS" = auto ] || [[ " $DEPLOYMENTS " == *" $name "* ]] || continue
     profile=${PROFILE[$name]/$WORK/$PDIR}
-    # The measured runs of this deployment, by rate.
-    rates=$(python3 -c "import glob,os,sys
-fs = glob.glob(os.path.join(sys.argv[1], sys.argv[2] + '.rate*.measured.json'))
-print(' '.join(sorted((os.path.basename(f)[len(sys.argv[2]) + 5:-len('.measured.json')] for f in fs), key=float)))" "$MEASURED" "$name")
-    for rate in $rates; do
-      mfile=$MEASURED/$name.rate$rate.measured.json out=$PDIR/$name.rate$rate.predicted
-      "$BIN" plan --profile "$profile" --deployments "$name" --replay-csv "${mfile%.json}.csv" \
-        --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$out.json" --detailed-csv "$out.csv" >"$out.txt"
-      echo "$name $rate $mfile 0 $out.json 0" >>"$POINTS"
-    done
-  done
+    out=$PDIR/$(basename "$base").predicted
+    "$BIN" plan --profile "$profile" --deployments "$name" --replay-csv "$base.measured.csv" \
+      --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" --result-json "$out.json" --detailed-csv "$out.csv" >"$out.txt"
+    echo "$name $rate $base.measured.json 0 $out.json 0 $rep" >>"$POINTS"
+  done <"$POINTS.runs"
+  rm -f "$POINTS.runs"
 else
 
 WORK=$WORK/$TAG
 mkdir -p "$WORK"
 PROFILE[colocated1]=$WORK/profile_t$((2 * THREADS_PER_NODE)).json
+PROFILE[colocated2]=$WORK/profile_t$THREADS_PER_NODE.json
 PROFILE[1P1D]=$WORK/profile_t$THREADS_PER_NODE.json
 # The load beside the co-run profile: what the other node of a 1P1D pair
 # does, 512-token prefills and batch-8 decode (about a third of the time in
@@ -226,10 +250,54 @@ plan_figure() {
     --goodput ttft:100000000 tpot:100000000 \
     "${common_plan[@]}" | python3 -c "import json,sys; p=json.load(sys.stdin)['deployments'][0]['rates'][0]; print($5)"
 }
+# Idle p50s (one request at a time, 0.01 req/s) of every candidate.
+declare -A IDLE_TTFT IDLE_TPOT
+for d in $CANDIDATES; do
+  read -r IDLE_TTFT[$d] IDLE_TPOT[$d] < <(plan_figure "${PROFILE[$d]}" "$d" 0.01 40 "f\"{p['ttft_ms']['p50']} {p['tpot_ms']['p50']}\"")
+done
+# Sizing: the comparison SLO is the disaggregated-versus-colocated
+# experiment's rule (CMP_TTFT_SCALE x the slower candidate's idle TTFT p50,
+# CMP_TPOT_SCALE x its idle TPOT p50). `pdserve plan` predicts each
+# candidate's goodput against rate at that SLO; DEPLOYMENTS=auto measures the
+# best colocated and the best disaggregated deployment it finds.
+CMP_TTFT=$(for d in $CANDIDATES; do echo "${IDLE_TTFT[$d]}"; done | awk -v s="$CMP_TTFT_SCALE" '{if ($1 > m) m = $1} END {printf "%.0f", s * m}')
+CMP_TPOT=$(for d in $CANDIDATES; do echo "${IDLE_TPOT[$d]}"; done | awk -v s="$CMP_TPOT_SCALE" '{if ($1 > m) m = $1} END {printf "%.1f", s * m}')
+SIZING=$WORK/sizing.json
+: >"$SIZING.lines"
+for d in $CANDIDATES; do
+  cap=$(plan_figure "${PROFILE[$d]}" "$d" 1000 200 "p['request_throughput']")
+  sweep=$(python3 -c "import sys; c=float(sys.argv[1]); print(','.join(f'{c*i/10:.3g}' for i in range(1, 13)))" "$cap")
+  "$BIN" plan --profile "${PROFILE[$d]}" --deployments "$d" --sweep "$sweep" --num-prompts 400 --seed 1 \
+    --goodput "ttft:$CMP_TTFT" "tpot:$CMP_TPOT" "${common_plan[@]}" >"$WORK/sizing.$d.json"
+  echo "$d $WORK/sizing.$d.json" >>"$SIZING.lines"
+done
+picked=$(python3 - "$SIZING.lines" "$SIZING" "$CMP_TTFT" "$CMP_TPOT" "$CPUS" <<'PY'
+import json, sys
+cands = {}
+for line in open(sys.argv[1]):
+    name, path = line.split()
+    rates = json.load(open(path))["deployments"][0]["rates"]
+    best = max(rates, key=lambda r: r["goodput"])
+    cands[name] = {"predicted_best_goodput": best["goodput"], "at_rate": best["request_rate"],
+                   "goodput_by_rate": {str(r["request_rate"]): r["goodput"] for r in rates}}
+colo = max((n for n in cands if n.startswith("colocated")), key=lambda n: cands[n]["predicted_best_goodput"])
+disagg = max((n for n in cands if not n.startswith("colocated")), key=lambda n: cands[n]["predicted_best_goodput"])
+json.dump({"rule": "pdserve plan: each deployment that fits this machine's CPUs, goodput against rate at the "
+                   "comparison SLO; the best colocated and the best disaggregated one are measured",
+           "cpus": int(sys.argv[5]), "slo": {"ttft_ms": float(sys.argv[3]), "tpot_ms": float(sys.argv[4])},
+           "candidates": cands, "best_colocated": colo, "best_disaggregated": disagg,
+           "predicted_goodput_ratio": cands[disagg]["predicted_best_goodput"] / cands[colo]["predicted_best_goodput"]},
+          open(sys.argv[2], "w"), indent=2)
+print(colo, disagg)
+PY
+)
+rm -f "$SIZING.lines"
+echo "sizing at TTFT <= $CMP_TTFT ms, TPOT <= $CMP_TPOT ms: plan picks $picked ($SIZING)"
+[ "$DEPLOYMENTS" = auto ] && DEPLOYMENTS=$picked
 if [ "$SLO_TTFT" = auto ] || [ "$SLO_TPOT" = auto ]; then
-  # One request at a time (0.01 req/s): each deployment's idle p50s; the SLO
-  # is 3x the slower one's, so both meet it idle.
-  idle=$(for d in $DEPLOYMENTS; do plan_figure "${PROFILE[$d]}" "$d" 0.01 40 "f\"{p['ttft_ms']['p50']} {p['tpot_ms']['p50']}\""; done)
+  # The validation SLO: 3x the slower measured deployment's idle p50s, so
+  # both meet it idle.
+  idle=$(for d in $DEPLOYMENTS; do echo "${IDLE_TTFT[$d]} ${IDLE_TPOT[$d]}"; done)
   [ "$SLO_TTFT" = auto ] && SLO_TTFT=$(echo "$idle" | awk '{if ($1 > m) m = $1} END {printf "%.0f", 3 * m}')
   [ "$SLO_TPOT" = auto ] && SLO_TPOT=$(echo "$idle" | awk '{if ($2 > m) m = $2} END {printf "%.1f", 3 * m}')
 fi
@@ -245,17 +313,25 @@ for name in $DEPLOYMENTS; do
   fi
 done
 
-for name in $DEPLOYMENTS; do
-  [ -n "${CLUSTER_FLAGS[$name]:-}" ] || die "unknown deployment $name (colocated1 or 1P1D)"
+# REPS repetitions, interleaved (every deployment and rate once, then again,
+# the deployments' order reversed on odd repetitions), so a drift of the
+# machine spreads over all points instead of landing on one; fresh prompts
+# per run (seed SEED + rate index + 1000 x repetition).
+for rep in $(seq 0 $((REPS - 1))); do
+  order=$DEPLOYMENTS
+  [ $((rep % 2)) = 1 ] && order=$(echo "$DEPLOYMENTS" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for name in $order; do
+  [ -n "${CLUSTER_FLAGS[$name]:-}" ] || die "unknown deployment $name (${!CLUSTER_FLAGS[*]})"
   idx=0
   for rate in ${RATES_OF[$name]}; do
-    seed=$((SEED + idx))
+    seed=$((SEED + idx + 1000 * rep))
     idx=$((idx + 1))
     n_rates=$(echo "${RATES_OF[$name]}" | wc -w)
     run_s=$RUN_SECONDS
     [ "$run_s" = auto ] && run_s=$((SWEEP_SECONDS / n_rates))
     prompts=$(python3 -c "import math,sys; print(max($MIN_PROMPTS, min($NUM_PROMPTS, math.ceil(float(sys.argv[1]) * $run_s))))" "$rate")
-    echo "== $name at $rate req/s, $prompts prompts (seed $seed) $(date -u +%T) =="
+    base=$WORK/$name.rate$rate.rep$rep
+    echo "== $name at $rate req/s, repetition $((rep + 1))/$REPS, $prompts prompts (seed $seed) $(date -u +%T) =="
     start_cluster "$name"
     common=(--target "grpc://127.0.0.1:$PORT" --random-input-len "$INPUT_LEN"
             --random-output-len "$OUTPUT_LEN" --random-range-ratio "$RANGE_RATIO" --ignore-eos
@@ -265,27 +341,28 @@ for name in $DEPLOYMENTS; do
       >/dev/null
     "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$prompts" --request-rate "$rate" \
       --label "$name" --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
-      --result-json "$WORK/$name.rate$rate.measured.json" \
-      --detailed-csv "$WORK/$name.rate$rate.measured.csv" >"$WORK/$name.rate$rate.measured.txt"
+      --result-json "$base.measured.json" --detailed-csv "$base.measured.csv" >"$base.measured.txt"
     kill -0 "$CLUSTER_PID" 2>/dev/null || die "$name cluster died during the run"
     stop_cluster
     # The run replayed as it was sent (its start offsets and lengths).
     "$BIN" plan --profile "${PROFILE[$name]}" --deployments "$name" \
-      --replay-csv "$WORK/$name.rate$rate.measured.csv" \
+      --replay-csv "$base.measured.csv" \
       --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
-      --result-json "$WORK/$name.rate$rate.predicted.json" \
-      --detailed-csv "$WORK/$name.rate$rate.predicted.csv" >"$WORK/$name.rate$rate.predicted.txt"
-    echo "$name $rate $WORK/$name.rate$rate.measured.json 0 $WORK/$name.rate$rate.predicted.json 0" >>"$POINTS"
+      --result-json "$base.predicted.json" \
+      --detailed-csv "$base.predicted.csv" >"$base.predicted.txt"
+    echo "$name $rate $base.measured.json 0 $base.predicted.json 0 $rep" >>"$POINTS"
+  done
   done
 done
 fi
 
 cd "$ROOT"
-python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" "$MACHINE_FILE" "$(uptime)" <<'PY'
-import csv, json, os, platform, statistics, sys
+python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" "$MACHINE_FILE" "$(uptime)" "${SIZING:-}" <<'PY'
+import csv, json, math, os, platform, statistics, sys
 points_file, result, committed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 machine = json.load(open(sys.argv[6])) if os.path.getsize(sys.argv[6]) else {}
 machine["uptime_after"] = sys.argv[7]
+sizing_file = sys.argv[8]
 bounds = {"goodput": 0.15, "ttft_p50": 0.20, "ttft_p99": 0.20, "tpot_p50": 0.20, "tpot_p99": 0.20}
 def figures_measured(run):
     return {"goodput": run["goodput"], "ttft_p50": run["ttft_ms"]["p50"], "ttft_p99": run["ttft_ms"]["p99"],
@@ -298,7 +375,11 @@ def figures_predicted(point):
 out = {"experiment": "pdserve plan predictions against pdserve loadgen measurements" +
        (" (the committed quiet-machine sweep of bench/disagg_vs_colocated.sh)" if committed else ", this machine"),
        "slo": {"ttft_ms": float(sys.argv[4]), "tpot_ms": float(sys.argv[5])},
-       "bounds_relative": bounds, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **machine},
+       "bounds_relative": bounds,
+       "comparison": "each point's figures are the medians over its repetitions (each repetition a fresh run with "
+                     "fresh prompts, replayed by the simulator as it was sent); relative error = predicted median / "
+                     "measured median - 1; each point's runs keep their own figures and errors",
+       "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **machine},
        "points": []}
 def isolated(mfile, run):
     # Requests with no other request in flight over their whole life: what
@@ -335,50 +416,128 @@ def per_request(mfile, run, pfile, rate):
         "ttft_ms_predicted_minus_measured": q([float(b["ttft_ms"]) - float(a["ttft_ms"]) for a, b in zip(m, p)]),
         "tpot_ms_predicted_minus_measured": q([float(b["tpot_ms"]) - float(a["tpot_ms"]) for a, b in pairs]),
         "e2e_predicted_over_measured": q([float(b["e2e_ms"]) / float(a["e2e_ms"]) for a, b in zip(m, p)])}}
-within = {k: 0 for k in bounds}
-total = 0
+def compare(measured, predicted, rate):
+    errors, ok, kinds = {}, {}, {}
+    for k in bounds:
+        mv, pv = measured[k], predicted[k]
+        if mv is None or pv is None:
+            errors[k] = None; ok[k] = False; continue
+        if mv == 0 and k == "goodput":
+            # No relative error of a measured 0: the difference as a share
+            # of the offered rate instead (marked in the file).
+            errors[k] = (pv - mv) / float(rate)
+            kinds[k] = "absolute, share of the request rate (measured 0)"
+        elif mv == 0:
+            errors[k] = 0.0 if pv == 0 else None
+        else:
+            errors[k] = pv / mv - 1
+        ok[k] = errors[k] is not None and abs(errors[k]) <= bounds[k]
+    return errors, ok, kinds
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+groups = {}
 for line in open(points_file):
-        name, rate, mfile, mi, pfile, pi = line.split()
-        m = json.load(open(mfile))
-        p = json.load(open(pfile))
-        measured = figures_measured(m["runs"][int(mi)])
-        predicted = figures_predicted(p["deployments"][0]["rates"][int(pi)])
-        errors, ok, kinds = {}, {}, {}
-        for k in bounds:
-            mv, pv = measured[k], predicted[k]
-            if mv is None or pv is None:
-                errors[k] = None; ok[k] = False; continue
-            if mv == 0 and k == "goodput":
-                # No relative error of a measured 0: the difference as a
-                # share of the offered rate instead (marked in the file).
-                errors[k] = (pv - mv) / float(rate)
-                kinds[k] = "absolute, share of the request rate (measured 0)"
-            elif mv == 0:
-                errors[k] = 0.0 if pv == 0 else None
-            else:
-                errors[k] = pv / mv - 1
-            ok[k] = errors[k] is not None and abs(errors[k]) <= bounds[k]
-            within[k] += ok[k]
-        total += 1
-        out["points"].append({"deployment": name, "request_rate": float(rate),
-                              "seed": m["metadata"]["arguments"].get("seed"),
-                              "measured_file": os.path.relpath(mfile), "predicted_file": os.path.relpath(pfile),
-                              "measured": measured, "predicted": predicted,
-                              "relative_error": errors, "within_bound": ok,
-                              **({"error_kind": kinds} if kinds else {}),
-                              **isolated(mfile, int(mi)), **per_request(mfile, int(mi), pfile, rate)})
-        out.setdefault("profiles", {})[name] = p["profile"]["name"]
+    f = line.split()
+    name, rate, mfile, mi, pfile, pi = f[:6]
+    rep = int(f[6]) if len(f) > 6 else 0
+    m = json.load(open(mfile))
+    p = json.load(open(pfile))
+    run = m["runs"][int(mi)]
+    measured = figures_measured(run)
+    predicted = figures_predicted(p["deployments"][0]["rates"][int(pi)])
+    errors, ok, kinds = compare(measured, predicted, rate)
+    groups.setdefault((name, rate), []).append({
+        "repetition": rep, "seed": m["metadata"]["arguments"].get("seed"),
+        "measured_file": os.path.relpath(mfile), "predicted_file": os.path.relpath(pfile),
+        "window_s": run.get("window_s"), "measured": measured, "predicted": predicted,
+        "relative_error": errors, "within_bound": ok, **({"error_kind": kinds} if kinds else {}),
+        **isolated(mfile, int(mi)), **per_request(mfile, int(mi), pfile, rate)})
+    out.setdefault("profiles", {})[name] = p["profile"]["name"]
+within = {k: 0 for k in bounds}
+within_runs = {k: 0 for k in bounds}
+total = total_runs = 0
+for (name, rate), runs in groups.items():
+    keys = list(runs[0]["measured"])
+    measured = {k: med([r["measured"][k] for r in runs]) for k in keys}
+    predicted = {k: med([r["predicted"][k] for r in runs]) for k in keys}
+    errors, ok, kinds = compare(measured, predicted, rate)
+    total += 1
+    for k in bounds:
+        within[k] += ok[k]
+        within_runs[k] += sum(r["within_bound"][k] for r in runs)
+    total_runs += len(runs)
+    spread = {k: [min(v), max(v)] for k in keys
+              if (v := [r["measured"][k] for r in runs if r["measured"][k] is not None])}
+    out["points"].append({"deployment": name, "request_rate": float(rate), "repetitions": len(runs),
+                          "measured": measured, "predicted": predicted, "measured_range": spread,
+                          "relative_error": errors, "within_bound": ok,
+                          **({"error_kind": kinds} if kinds else {}), "runs": runs})
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
+out["within_bound_count_single_runs"] = {k: f"{v}/{total_runs}" for k, v in within_runs.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())
+
+# Disaggregated against colocated, at the sizing step's comparison SLO: each
+# run's goodput recomputed from its per-request records (measured: loadgen's
+# --detailed-csv over the run's window; predicted: the replay's), the median
+# over repetitions at each rate, and each deployment's best rate.
+if sizing_file and os.path.exists(sizing_file):
+    sizing = json.load(open(sizing_file))
+    slo = sizing["slo"]
+    def good(rows, ok_key):
+        n = 0
+        for r in rows:
+            if r[ok_key] != "true": continue
+            tpot = r["tpot_ms"]
+            if float(r["ttft_ms"]) <= slo["ttft_ms"] and (not tpot or float(tpot) <= slo["tpot_ms"]): n += 1
+        return n
+    cmp = {}
+    for (name, rate), runs in groups.items():
+        mg, pg = [], []
+        for r in runs:
+            mrows = list(csv.DictReader(open(r["measured_file"].replace(".json", ".csv"))))
+            prows = list(csv.DictReader(open(r["predicted_file"].replace(".json", ".csv"))))
+            if r["window_s"]: mg.append(good(mrows, "success") / r["window_s"])
+            thr = r["predicted"]["request_throughput"]
+            done = sum(1 for x in prows if x["completed"] == "true")
+            if thr: pg.append(good(prows, "completed") * thr / done)
+        cmp.setdefault(name, []).append({"request_rate": float(rate), "measured_goodput": med(mg),
+                                         "measured_range": [min(mg), max(mg)] if mg else None,
+                                         "predicted_goodput": med(pg)})
+    best = {}
+    for name, rates in cmp.items():
+        bm = max(rates, key=lambda r: r["measured_goodput"] or 0)
+        bp = max(rates, key=lambda r: r["predicted_goodput"] or 0)
+        best[name] = {"measured_best_goodput": bm["measured_goodput"], "measured_at_rate": bm["request_rate"],
+                      "predicted_best_goodput": bp["predicted_goodput"], "predicted_at_rate": bp["request_rate"],
+                      "by_rate": sorted(rates, key=lambda r: r["request_rate"])}
+    d, c = sizing["best_disaggregated"], sizing["best_colocated"]
+    res = {"slo": slo, "sizing": sizing, "deployments": best}
+    if d in best and c in best and best[c]["measured_best_goodput"]:
+        res["measured_goodput_ratio"] = best[d]["measured_best_goodput"] / best[c]["measured_best_goodput"]
+        res["predicted_goodput_ratio_at_measured_rates"] = (
+            best[d]["predicted_best_goodput"] / best[c]["predicted_best_goodput"])
+    out["disagg_vs_colocated"] = res
 json.dump(out, open(result, "w"), indent=2)
-print(f"{'deployment':<11} {'rate':>5} | {'goodput m/p':>13} {'err':>6} | {'TTFT p50 m/p':>15} {'err':>6} | "
+print(f"{'deployment':<11} {'rate':>5} {'n':>2} | {'goodput m/p':>13} {'err':>6} | {'TTFT p50 m/p':>15} {'err':>6} | "
       f"{'TTFT p99 m/p':>15} {'err':>6} | {'TPOT p50 m/p':>13} {'err':>6} | {'TPOT p99 m/p':>13} {'err':>6}")
 def e(v): return "   n/a" if v is None else f"{100*v:+5.0f}%"
 for pt in out["points"]:
     m, p, r = pt["measured"], pt["predicted"], pt["relative_error"]
-    print(f"{pt['deployment']:<11} {pt['request_rate']:>5} | {m['goodput']:6.3f}/{p['goodput']:6.3f} {e(r['goodput'])} | "
+    print(f"{pt['deployment']:<11} {pt['request_rate']:>5} {pt['repetitions']:>2} | {m['goodput']:6.3f}/{p['goodput']:6.3f} {e(r['goodput'])} | "
           f"{m['ttft_p50']:7.0f}/{p['ttft_p50']:7.0f} {e(r['ttft_p50'])} | {m['ttft_p99']:7.0f}/{p['ttft_p99']:7.0f} {e(r['ttft_p99'])} | "
           f"{m['tpot_p50']:6.1f}/{p['tpot_p50']:6.1f} {e(r['tpot_p50'])} | {m['tpot_p99']:6.1f}/{p['tpot_p99']:6.1f} {e(r['tpot_p99'])}")
-print("within bounds:", out["within_bound_count"])
+print("within bounds (medians over repetitions):", out["within_bound_count"])
+print("within bounds (single runs):", out["within_bound_count_single_runs"])
+if "disagg_vs_colocated" in out:
+    res = out["disagg_vs_colocated"]
+    print(f"disaggregated vs colocated at TTFT <= {res['slo']['ttft_ms']} ms, TPOT <= {res['slo']['tpot_ms']} ms:")
+    for name, b in res["deployments"].items():
+        print(f"  {name:<11} best goodput measured {b['measured_best_goodput']:.3f} (at {b['measured_at_rate']}), "
+              f"predicted {b['predicted_best_goodput']:.3f} (at {b['predicted_at_rate']})")
+    if "measured_goodput_ratio" in res:
+        print(f"  goodput ratio measured {res['measured_goodput_ratio']:.2f}, predicted at the measured rates "
+              f"{res['predicted_goodput_ratio_at_measured_rates']:.2f}, "
+              f"plan's sizing sweep {res['sizing']['predicted_goodput_ratio']:.2f}")
 PY
 echo "wrote $RESULT"
