@@ -12,6 +12,8 @@
 #   TYPES     [Q4_0 Q4_K_M Q5_K_M Q6_K Q8_0]
 #   THREADS   [2]   REPS [3] (each program's repetitions)   ROUNDS [1] (peer, pdserve) pairs
 #   BATCHES   [1 8] pdserve decode batch sizes (the table shows batch 8 / batch 1)
+#   SCALING   [1]   also time pdserve's batch-1 decode on 1 thread (the table's
+#                   "Nt/1t" column: THREADS threads over 1, when THREADS > 1)
 #   PP, TG    [512, 128] prompt and generated tokens of each program's run
 #   PDSERVE   [build/bin/pdserve]   MODELS_DIR [~/.cache/pdserve/models]
 #   OUT       [bench/results/engine_matrix]  writes $OUT.json and $OUT.md
@@ -39,6 +41,7 @@ THREADS=${THREADS:-2}
 REPS=${REPS:-3}
 ROUNDS=${ROUNDS:-1}
 BATCHES=${BATCHES:-1 8}
+SCALING=${SCALING:-1}
 PDSERVE=${PDSERVE:-$ROOT/build/bin/pdserve}
 MODELS_DIR=${MODELS_DIR:-$HOME/.cache/pdserve/models}
 OUT=${OUT:-$ROOT/bench/results/engine_matrix}
@@ -103,12 +106,23 @@ run_pdserve() {  # tag model
   [ $rc = 0 ] && return 0
   echo "exit $rc: $(grep -v '^\s*$' "$WORK/$1.pds.log" | tail -1)" >"$WORK/$1.pds.err"
 }
+# Batch-1 decode on one thread, for the thread-scaling column: writes
+# $WORK/<tag>.pds1t.json (a short prompt: only the decode figure is used).
+run_pdserve_1t() {  # tag model
+  timeout "$RUN_TIMEOUT" "$PDSERVE" bench --model "$2" --prompt-tokens 16 --gen-tokens "$TG" \
+    --threads 1 --reps "$REPS" --batch 1 --bandwidth-mib 1 --json --log-level warning \
+    >"$WORK/$1.pds1t.json" 2>"$WORK/$1.pds1t.log" || rm -f "$WORK/$1.pds1t.json"
+}
 run_pair() {  # tag model
   for r in $(seq 1 "$ROUNDS"); do
     log "$1 round $r: llama-bench"
     run_peer "$1.$r" "$2" || true
     log "$1 round $r: pdserve bench"
     run_pdserve "$1.$r" "$2" || true
+    if [ "$THREADS" -gt 1 ] && [ "$SCALING" = 1 ] && [ -f "$WORK/$1.$r.pds.json" ]; then
+      log "$1 round $r: pdserve bench, 1 thread"
+      run_pdserve_1t "$1.$r" "$2" || true
+    fi
   done
 }
 
@@ -222,6 +236,9 @@ for tag in tags:
         row["pdserve_peak_rss_mib"] = med([d["peak_rss_mib"] for d in pds])
         row["pdserve_isa"] = pds[0]["isa"]
         row["pdserve_runs"] = {"pp": [d["prefill_tok_s"] for d in pds], "tg": [d["decode_tok_s"] for d in pds]}
+        one = [d for d in (load(f"{work}/{tag}.{r}.pds1t.json") for r in range(1, rounds + 1)) if d]
+        if one:
+            row["pdserve_tg_1t_tok_s"] = med([d["decode_tok_s"] for d in one])
         row.pop("pdserve_error", None)
     rows.append(row)
 
@@ -259,10 +276,11 @@ lines = [
     f"pp{pp}/tg{tg}: tokens/s, median over {rounds} round(s) of each program's figure "
     "(llama-bench: mean of its -r repetitions; pdserve bench: median of its --reps). "
     "% BW: pdserve's batch-1 decode bytes per token × tok/s over the read bandwidth it measures. "
-    "b8/b1: pdserve's batch-8 aggregate decode over batch 1. RSS: peak, MiB.", "",
+    "b8/b1: pdserve's batch-8 aggregate decode over batch 1. "
+    f"{threads}t/1t: pdserve's batch-1 decode on {threads} threads over 1 thread. RSS: peak, MiB.", "",
     "| shape | type | MiB | llama.cpp pp | pdserve pp | ratio | llama.cpp tg | pdserve tg | ratio "
-    "| pdserve % BW | b8/b1 | RSS llama.cpp | RSS pdserve |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    f"| pdserve % BW | b8/b1 | {threads}t/1t | RSS llama.cpp | RSS pdserve |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
     if "pdserve_error" in r:
@@ -270,17 +288,18 @@ for r in rows:
         # 124: timed out; >= 128: killed by a signal.
         code = r["pdserve_error"].split(":", 1)[0]
         pds_pp = pds_tg = {"exit 1": "unsupported", "exit 124": "timeout"}.get(code, "failed")
-        bwf = b81 = rss = "–"
+        bwf = b81 = rss = scale = "–"
     else:
         pds_pp, pds_tg = f(r["pdserve_pp_tok_s"]), f(r["pdserve_tg_tok_s"])
         bwf = f(100 * r["pdserve_bw_fraction"], "{:.0f}%")
         by = r.get("pdserve_tg_by_batch", {})
         b81 = ratio(by.get("8"), by.get("1"))
+        scale = ratio(r.get("pdserve_tg_tok_s"), r.get("pdserve_tg_1t_tok_s"))
         rss = f(r["pdserve_peak_rss_mib"], "{:.0f}")
     lines.append(
         f"| {r['shape']} | {r['type']} | {r['file_mib']:.0f} | {f(r['peer_pp_tok_s'])} | {pds_pp} | "
         f"{ratio(r.get('pdserve_pp_tok_s'), r['peer_pp_tok_s'])} | {f(r['peer_tg_tok_s'])} | {pds_tg} | "
-        f"{ratio(r.get('pdserve_tg_tok_s'), r['peer_tg_tok_s'])} | {bwf} | {b81} | "
+        f"{ratio(r.get('pdserve_tg_tok_s'), r['peer_tg_tok_s'])} | {bwf} | {b81} | {scale} | "
         f"{f(r['peer_peak_rss_mib'], '{:.0f}')} | {rss} |")
 errors = [r for r in rows if "pdserve_error" in r or "peer_error" in r]
 if errors:
