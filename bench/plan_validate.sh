@@ -44,7 +44,9 @@
 # PREDICT_ONLY=1 measures nothing either: it predicts the runs already
 # measured in $OUT_DIR/plan_validation/$TAG/ (at their SLO) again with the
 # profiles in PROFILE_DIR (default: that directory), writing the predictions
-# beside those profiles; for profiles re-measured after a sweep.
+# beside those profiles; for profiles re-measured after a sweep
+# (PROFILES_ONLY=1 measures them into $TAG/$PROFILES_SUBDIR). RESULT names
+# the summary file (default $OUT_DIR/plan_validation.json).
 #
 # Files go to $OUT_DIR/plan_validation/$TAG/ (TAG: this machine's CPU model,
 # family/model and CPU count, so sweeps of different machines sit side by
@@ -80,7 +82,7 @@ CPUS=$(nproc)
 THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
 WORK=$OUT_DIR/plan_validation
-RESULT=$OUT_DIR/plan_validation.json
+RESULT=${RESULT:-$OUT_DIR/plan_validation.json}
 cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 cpu_fam=$(lscpu | sed -n 's/^CPU family: *//p' | head -1)
 cpu_mod=$(lscpu | sed -n 's/^Model: *//p' | head -1)
@@ -206,6 +208,10 @@ PY
 else
 
 WORK=$WORK/$TAG
+# PROFILES_ONLY=1: measure the profiles into $WORK/$PROFILES_SUBDIR and stop
+# (then PREDICT_ONLY=1 PROFILE_DIR=that directory predicts the measured runs
+# with them).
+[ "${PROFILES_ONLY:-0}" = 1 ] && WORK=$WORK/${PROFILES_SUBDIR:-reprofiled}
 mkdir -p "$WORK"
 PROFILE[colocated1]=$WORK/profile_t$((2 * THREADS_PER_NODE)).json
 PROFILE[colocated2]=$WORK/profile_t$THREADS_PER_NODE.json
@@ -240,6 +246,10 @@ if [ -z "${REUSE_PROFILES:-}" ] || [ ! -f "${PROFILE[1P1D]}" ] || [ ! -f "${PROF
   profile "$t1" "${PROFILE[1P1D]}" --profile-alone "$WORK/profile_t${t1}_alone.json" --co-run-load "$CO_LOAD_DESC"
   stop_co_load
   profile "$t2" "${PROFILE[colocated1]}"
+fi
+if [ "${PROFILES_ONLY:-0}" = 1 ]; then
+  echo "profiles in $WORK"
+  exit 0
 fi
 
 common_plan=(--random-input-len "$INPUT_LEN" --random-output-len "$OUTPUT_LEN" --random-range-ratio "$RANGE_RATIO"

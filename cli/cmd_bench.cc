@@ -112,29 +112,49 @@ class StepProfiler {
     return absl::OkStatus();
   }
 
-  // `batch` sequences with prompts of `ctx` tokens; times `steps` decode
-  // steps once all are decoding, then one step that also computes a
+  // `batch` sequences with prompts of `ctx` tokens. Once all are decoding
+  // (their prefill just ended), times `post_steps` decode steps as
+  // post-prefill samples; then decodes untimed until `settle_s` has passed
+  // since the prefill (at most `settle_steps` steps) and times `steps` more
+  // as steady samples; then one step that also computes a
   // `mixed_prompt`-token prompt (0: none).
-  absl::Status Decode(int batch, int ctx, int steps, int mixed_prompt) {
+  absl::Status Decode(int batch, int ctx, int post_steps, double settle_s, int settle_steps,
+                      int steps, int mixed_prompt) {
     Run run;
     const int slack = 16;  // sequences that start early must not finish in the timed steps
-    PDS_RETURN_IF_ERROR(
-        StartRequests(engine_, &run, batch, Prompt(ctx), 1 + steps + slack, Tag("d")));
+    PDS_RETURN_IF_ERROR(StartRequests(engine_, &run, batch, Prompt(ctx),
+                                      1 + post_steps + settle_steps + steps + slack, Tag("d")));
     while (std::count(run.tokens.begin(), run.tokens.end(), 0) > 0) {
       if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
     }
+    const int64_t prefill_end = MonoNowNs();
     auto decode_shape = [&] {
       planner::StepShape shape;
       shape.decode_seqs = batch;
       for (int t : run.tokens) shape.decode_context += ctx + t;
       return shape;
     };
+    PostPrefillRun post;
+    for (int i = 0; i < post_steps; ++i) {
+      planner::PostPrefillSample x;
+      x.shape = decode_shape();
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      x.since_s = (t0 - prefill_end) / 1e9;
+      x.seconds = (MonoNowNs() - t0) / 1e9;
+      post.steps.push_back(x);
+    }
+    for (int i = 0; i < settle_steps && (MonoNowNs() - prefill_end) / 1e9 < settle_s; ++i) {
+      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
+    }
     for (int i = 0; i < steps; ++i) {
       const planner::StepShape shape = decode_shape();
       const int64_t t0 = MonoNowNs();
       engine_->Step();
       samples_.push_back({shape, (MonoNowNs() - t0) / 1e9});
+      post.steady.push_back(samples_.back());
     }
+    post_prefill_.push_back(std::move(post));
     if (mixed_prompt > 0) {
       Run extra;
       PDS_RETURN_IF_ERROR(StartRequests(engine_, &extra, 1, Prompt(mixed_prompt), 1, Tag("m")));
@@ -154,6 +174,13 @@ class StepProfiler {
   }
 
   const std::vector<planner::StepSample>& samples() const { return samples_; }
+  // One decode configuration's steps timed right after its prefill, and
+  // its steady steps.
+  struct PostPrefillRun {
+    std::vector<planner::PostPrefillSample> steps;
+    std::vector<planner::StepSample> steady;
+  };
+  const std::vector<PostPrefillRun>& post_prefill() const { return post_prefill_; }
 
  private:
   // Ids 100.. (past most special tokens), inside the vocabulary.
@@ -176,6 +203,7 @@ class StepProfiler {
   int next_ = 0;
   std::string last_tag_;
   std::vector<planner::StepSample> samples_;
+  std::vector<PostPrefillRun> post_prefill_;
 };
 
 // Each step's shape, measured and fitted time, for the profile's notes;
@@ -239,6 +267,11 @@ int WriteCoRunProfile(const std::string& alone_path, const std::string& load,
   return 0;
 }
 
+// How long after a prefill decode steps count as steady (see
+// planner::PostPrefillCost): on a 2-vCPU Xeon VM a batch-1 decode step right
+// after a prefill ran slower than a steady one for a few hundred ms.
+constexpr double kSettleS = 0.5;
+
 int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_t kv_blocks,
                int reps, const std::string& path, const std::string& alone_path,
                const std::string& co_run_load) {
@@ -261,7 +294,8 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
                                    {16, 256, 256},
                                    {8, 512, 256},
                                    {32, 32, 128}}) {
-    run(prof.Decode(batch, ctx, 8, mixed));
+    run(prof.Decode(batch, ctx, /*post_steps=*/8, kSettleS, /*settle_steps=*/64, /*steps=*/8,
+                    mixed));
   }
   if (!st.ok()) return Fail("bench", std::string(st.message()));
   std::vector<planner::StepSample> samples(
@@ -287,6 +321,28 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
   p.max_batch_tokens = ef.options.max_batch_tokens;
   p.max_batch_seqs = ef.options.max_batch_seqs;
   p.step = *fit;
+  // Each step right after a prefill against its configuration's steady
+  // steps, moved to the step's own context with the fitted per-token cost.
+  std::vector<planner::PostPrefillSample> post_samples;
+  for (const StepProfiler::PostPrefillRun& run : prof.post_prefill()) {
+    double steady_s = 0, steady_fit = 0;
+    for (const planner::StepSample& x : run.steady) {
+      steady_s += x.seconds / static_cast<double>(run.steady.size());
+      steady_fit += p.step.Seconds(x.shape) / static_cast<double>(run.steady.size());
+    }
+    for (planner::PostPrefillSample x : run.steps) {
+      x.steady_s = std::max(1e-9, steady_s + p.step.Seconds(x.shape) - steady_fit);
+      post_samples.push_back(x);
+    }
+  }
+  absl::StatusOr<planner::PostPrefillCost> post = planner::FitPostPrefillCost(post_samples);
+  if (!post.ok()) return Fail("bench", std::string(post.status().message()));
+  p.post_prefill = *post;
+  p.post_prefill_source = absl::StrCat(
+      "pdserve bench --profile: ", post_samples.size(),
+      " decode steps timed right after their prompts' prefill (the first 8 of each decode "
+      "configuration), each against its configuration's steps timed ",
+      kSettleS, " s (or 64 steps) after the prefill; least squares");
   // Loopback TCP as kv_transfer_bench measures it (docs/performance.md:
   // 0.9-2.2 GB/s) and the router's added latency (router_overhead_bench:
   // 0.7-1 ms p50); neither is measured here.
@@ -295,6 +351,17 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
   p.router_overhead_s = 0.001;
   double rms = 0, worst = 0;
   nlohmann::json steps = StepsJson(samples, p.step, &rms, &worst);
+  nlohmann::json post_steps = nlohmann::json::array();
+  for (const planner::PostPrefillSample& x : post_samples) {
+    post_steps.push_back(
+        {{"decode_seqs", x.shape.decode_seqs},
+         {"decode_context", x.shape.decode_context},
+         {"since_prefill_s", x.since_s},
+         {"measured_s", x.seconds},
+         {"steady_s", x.steady_s},
+         {"fitted_s", x.steady_s + p.post_prefill->ExtraSeconds(x.since_s, x.shape.decode_seqs)}});
+  }
+  p.notes["post_prefill_steps"] = post_steps;
   p.notes["device"] = engine->backend_name();
   p.notes["isa"] = kernels::IsaName(kernels::ActiveIsa());
   p.notes["model_path"] = ef.model_path;

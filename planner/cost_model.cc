@@ -4,6 +4,8 @@
 #include <array>
 #include <cmath>
 #include <fstream>
+#include <limits>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -121,6 +123,74 @@ double CoRunSlowdown(const DeviceProfile& profile, const StepShape& shape) {
   return co / alone;
 }
 
+double PostPrefillCost::ExtraSeconds(double since_s, int32_t decode_seqs) const {
+  if (!(excess_s > 0) || !(decay_s > 0) || decode_seqs > max_decode_seqs) return 0.0;
+  return excess_s * std::exp(-std::max(0.0, since_s) / decay_s);
+}
+
+namespace {
+
+// Least squares of extra = a * exp(-since / decay) over a log grid of decays;
+// a >= 0. Returns the sum of squared residuals.
+double FitDecay(const std::vector<const PostPrefillSample*>& xs, double* a, double* decay) {
+  double best_sse = std::numeric_limits<double>::infinity();
+  constexpr int kGrid = 161;  // 1 ms .. 10 s, 40 points per decade
+  for (int g = 0; g < kGrid; ++g) {
+    const double d = 1e-3 * std::pow(10.0, g / 40.0);
+    double re = 0, ee = 0;
+    for (const PostPrefillSample* x : xs) {
+      const double e = std::exp(-std::max(0.0, x->since_s) / d);
+      re += (x->seconds - x->steady_s) * e;
+      ee += e * e;
+    }
+    const double amp = ee > 0 ? std::max(0.0, re / ee) : 0.0;
+    double sse = 0;
+    for (const PostPrefillSample* x : xs) {
+      const double r = x->seconds - x->steady_s - amp * std::exp(-std::max(0.0, x->since_s) / d);
+      sse += r * r;
+    }
+    if (sse < best_sse) {
+      best_sse = sse;
+      *a = amp;
+      *decay = d;
+    }
+  }
+  return best_sse;
+}
+
+}  // namespace
+
+absl::StatusOr<PostPrefillCost> FitPostPrefillCost(const std::vector<PostPrefillSample>& samples) {
+  if (samples.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("fit: need 2 or more steps timed after a prefill; got ", samples.size()));
+  }
+  std::map<int32_t, std::vector<const PostPrefillSample*>> by_batch;
+  for (const PostPrefillSample& s : samples) {
+    if (!std::isfinite(s.seconds) || s.seconds <= 0 || !std::isfinite(s.since_s) ||
+        !std::isfinite(s.steady_s) || s.steady_s <= 0 || s.shape.decode_seqs < 1 ||
+        s.shape.prefill_tokens != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("fit: a decode step after a prefill took ", s.seconds, " s at ", s.since_s,
+                       " s (steady ", s.steady_s, " s, ", s.shape.decode_seqs, " sequences, ",
+                       s.shape.prefill_tokens, " prompt tokens)"));
+    }
+    by_batch[s.shape.decode_seqs].push_back(&s);
+  }
+  PostPrefillCost cost;
+  std::vector<const PostPrefillSample*> included;
+  for (const auto& [batch, xs] : by_batch) {
+    double a = 0, decay = 1, steady = 0;
+    FitDecay(xs, &a, &decay);
+    for (const PostPrefillSample* x : xs) steady += x->steady_s / static_cast<double>(xs.size());
+    if (!(a >= 0.1 * steady)) break;
+    cost.max_decode_seqs = batch;
+    included.insert(included.end(), xs.begin(), xs.end());
+  }
+  if (!included.empty()) FitDecay(included, &cost.excess_s, &cost.decay_s);
+  return cost;
+}
+
 absl::StatusOr<StepCost> FitStepCost(const std::vector<StepSample>& samples) {
   bool has_prefill = false, has_decode = false;
   for (const StepSample& s : samples) {
@@ -196,6 +266,16 @@ absl::Status DeviceProfile::Validate() const {
   if (step_co_run.has_value()) {
     if (absl::Status s = CheckStepCost(*step_co_run, "step_co_run."); !s.ok()) return s;
   }
+  if (post_prefill.has_value()) {
+    if (absl::Status s = CheckNonNegative(post_prefill->excess_s, "post_prefill.excess_s"); !s.ok())
+      return s;
+    if (post_prefill->max_decode_seqs < 0) {
+      return absl::InvalidArgumentError("profile: post_prefill.max_decode_seqs must be >= 0");
+    }
+    if (!(post_prefill->decay_s > 0) || !std::isfinite(post_prefill->decay_s)) {
+      return absl::InvalidArgumentError("profile: post_prefill.decay_s must be > 0");
+    }
+  }
   // Every non-empty step must take time, or the simulation would not advance.
   if (!(step.base_s > 0 || (step.prefill_token_s > 0 && step.decode_seq_s > 0))) {
     return absl::InvalidArgumentError(
@@ -224,6 +304,12 @@ nlohmann::ordered_json ProfileToJson(const DeviceProfile& p) {
   if (p.step_co_run.has_value()) {
     j["step_co_run"] = StepCostToJson(*p.step_co_run);
     j["co_run_source"] = p.co_run_source;
+  }
+  if (p.post_prefill.has_value()) {
+    j["post_prefill"] = {{"excess_s", p.post_prefill->excess_s},
+                         {"decay_s", p.post_prefill->decay_s},
+                         {"max_decode_seqs", p.post_prefill->max_decode_seqs}};
+    j["post_prefill_source"] = p.post_prefill_source;
   }
   j["link"] = {{"bandwidth_bytes_per_s", p.link.bandwidth_bytes_per_s},
                {"latency_s", p.link.latency_s}};
@@ -264,6 +350,16 @@ absl::StatusOr<DeviceProfile> ProfileFromJson(const nlohmann::json& j) {
     for (int i = 0; i < kTerms; ++i) read(Read(*co, kTermNames[i], &cc[i], i == 0));
     p.step_co_run = FromCoefficients(cc);
     read(Read(j, "co_run_source", &p.co_run_source, false));
+  }
+  if (auto pp = j.find("post_prefill"); pp != j.end()) {
+    if (!pp->is_object())
+      return absl::InvalidArgumentError("profile: \"post_prefill\" must be an object");
+    PostPrefillCost c;
+    read(Read(*pp, "excess_s", &c.excess_s, true));
+    read(Read(*pp, "decay_s", &c.decay_s, true));
+    read(Read(*pp, "max_decode_seqs", &c.max_decode_seqs, true));
+    p.post_prefill = c;
+    read(Read(j, "post_prefill_source", &p.post_prefill_source, false));
   }
   if (auto link = j.find("link"); link != j.end()) {
     if (!link->is_object())

@@ -53,6 +53,41 @@ struct StepSample {
 // coefficients, with prefill and decode steps among them.
 absl::StatusOr<StepCost> FitStepCost(const std::vector<StepSample>& samples);
 
+// Decode steps after a prefill. On the CPUs measured (docs/performance.md,
+// "Disaggregated vs colocated under load"), a node's memory-bound decode
+// steps (small batches) run slower for a few hundred milliseconds after it
+// computed a prompt, by about the same time whatever the context, and reach
+// their steady cost as that fades; large, compute-bound batches do not.
+// A decode-only step of at most max_decode_seqs sequences that starts
+// `since_s` seconds after the end of the node's last step with prefill
+// tokens costs
+//   steady + excess_s × exp(-since_s / decay_s).
+// A node that never prefills (a decode node) runs at the steady cost.
+struct PostPrefillCost {
+  double excess_s = 0;          // extra seconds right after a prefill (>= 0)
+  double decay_s = 1;           // time constant of its fading (> 0)
+  int32_t max_decode_seqs = 0;  // the largest batch it was measured at
+
+  double ExtraSeconds(double since_s, int32_t decode_seqs) const;
+};
+
+// One decode-only step timed right after a prefill, for fitting
+// PostPrefillCost, with the steady time of the same configuration.
+struct PostPrefillSample {
+  StepShape shape;
+  double since_s = 0;   // from the end of the prefill to the start of this step
+  double seconds = 0;   // measured
+  double steady_s = 0;  // the same batch's steps timed once the effect faded
+};
+
+// Fits PostPrefillCost to steps timed after a prefill: each batch size's
+// extra time (seconds - steady_s) on its own first; max_decode_seqs is the
+// largest batch such that it and every smaller one measured show an extra
+// of at least 10% of their steady time right after the prefill; then
+// excess_s and decay_s by least squares over those batches (decay_s on a
+// log grid from 1 ms to 10 s). No batch showing it: excess_s 0.
+absl::StatusOr<PostPrefillCost> FitPostPrefillCost(const std::vector<PostPrefillSample>& samples);
+
 // The link KV travels over from a prefill node to a decode node.
 struct LinkModel {
   double bandwidth_bytes_per_s = 1e9;
@@ -78,6 +113,10 @@ struct DeviceProfile {
   // Absent: nodes do not slow each other (separate devices or hosts).
   std::optional<StepCost> step_co_run;
   std::string co_run_source;  // how step_co_run was measured
+  // Absent: decode steps cost the same whenever the node last prefilled
+  // (a published GPU profile, or one measured before this term existed).
+  std::optional<PostPrefillCost> post_prefill;
+  std::string post_prefill_source;  // how post_prefill was measured
   LinkModel link;
   double router_overhead_s = 0;  // router + RPC time from arrival to a node's queue
   nlohmann::json notes = nlohmann::json::object();  // citations, fit residuals: free form

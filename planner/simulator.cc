@@ -58,6 +58,9 @@ struct Node {
   double progress_at_s = 0;
   bool step_contended = false;
   uint64_t step_version = 0;
+  // When the node's last step with prefill tokens ended (decode steps after
+  // it cost more: PostPrefillCost); never, for a decode node.
+  double last_prefill_end_s = -std::numeric_limits<double>::infinity();
 };
 
 struct ReqState {
@@ -237,6 +240,10 @@ class Sim {
     }
     if (n.chunks.empty() && n.decodes.empty()) return;
     n.step_alone_s = std::max(p.step.Seconds(shape), 1e-9);
+    if (shape.prefill_tokens == 0 && p.post_prefill.has_value()) {
+      n.step_alone_s +=
+          p.post_prefill->ExtraSeconds(now_ - n.last_prefill_end_s, shape.decode_seqs);
+    }
     n.step_co_run_s = n.step_alone_s * CoRunSlowdown(p, shape);
     n.step_start_s = n.progress_at_s = now_;
     n.step_done_frac = 0;
@@ -330,6 +337,7 @@ class Sim {
   void OnStepDone(int32_t ni) {
     Node& n = nodes_[ni];
     n.busy = false;
+    if (!n.chunks.empty()) n.last_prefill_end_s = now_;
     Retime(ni);
     if (n.role == Role::kPrefill) ShipKv(&n);
     freed_ = false;

@@ -18,7 +18,10 @@
 //            attention pairs, decode sequences and the KV tokens they
 //            attend (context); with a co-run cost (nodes sharing one host),
 //            a step runs at 1/CoRunSlowdown of its speed for as long as
-//            another node is mid-step, and is re-timed when that changes.
+//            another node is mid-step, and is re-timed when that changes;
+//            with a post-prefill cost, a small decode-only step costs
+//            PostPrefillCost::ExtraSeconds(time since the node's last step
+//            with prefill tokens ended) more than its steady cost.
 //
 // Time is in seconds from the first arrival's origin (0). Ties between
 // events are broken by insertion order, so a run is a pure function of its

@@ -1,7 +1,10 @@
 #include "planner/cost_model.h"
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/unit/planner/test_profiles.h"
@@ -129,6 +132,92 @@ TEST(CostModelTest, CoRunSlowdownIsTheRatioOfTheTwoStepCosts) {
   EXPECT_NEAR(CoRunSlowdown(p, decode), 0.026 / 0.018, 1e-12);
   p.step_co_run = StepCost{0.005, 0.001, 0, 0.002, 0};
   EXPECT_EQ(CoRunSlowdown(p, prefill), 1.0);
+}
+
+TEST(CostModelTest, PostPrefillExtraFadesAndSparesLargeBatches) {
+  const PostPrefillCost c{0.004, 0.05, 4};
+  EXPECT_DOUBLE_EQ(c.ExtraSeconds(0, 1), 0.004);
+  EXPECT_DOUBLE_EQ(c.ExtraSeconds(-1, 4), 0.004);  // a step cannot start before the prefill ended
+  EXPECT_NEAR(c.ExtraSeconds(0.05, 2), 0.004 / std::exp(1.0), 1e-15);
+  EXPECT_EQ(c.ExtraSeconds(0, 5), 0.0);  // larger than measured: compute-bound, unaffected
+  EXPECT_EQ(c.ExtraSeconds(std::numeric_limits<double>::infinity(), 1), 0.0);  // never prefilled
+  EXPECT_EQ((PostPrefillCost{0, 0.05, 4}).ExtraSeconds(0, 1), 0.0);
+}
+
+// Steps timed after a prefill, made from a known cost on the fit's grid of
+// decays (1 ms x 10^(g/40)) at batches 1 and 4, and with no extra at
+// batches 8 and 16: the fit gives the cost back and stops at batch 4.
+// Without any extra, nothing is fitted; a batch showing it above one that
+// does not is not counted.
+TEST(CostModelTest, PostPrefillFitRecoversExcessDecayAndBatchLimit) {
+  const StepCost steady{0.004, 0.001, 0, 0.0005, 2e-6};
+  const PostPrefillCost truth{0.0035, 1e-3 * std::pow(10.0, 68 / 40.0), 4};  // ~50 ms
+  std::vector<PostPrefillSample> samples, flat;
+  for (int batch : {1, 4, 8, 16}) {
+    double since = 0;
+    for (int i = 0; i < 8; ++i) {
+      StepShape shape;
+      shape.decode_seqs = batch;
+      shape.decode_context = batch * (100 + i);
+      const double s = steady.Seconds(shape);
+      const double extra = batch <= 4 ? truth.ExtraSeconds(since, batch) : 0.0;
+      samples.push_back({shape, since, s + extra, s});
+      flat.push_back({shape, since, s, s});
+      since += s + extra;
+    }
+  }
+  absl::StatusOr<PostPrefillCost> fit = FitPostPrefillCost(samples);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_NEAR(fit->excess_s, truth.excess_s, 1e-12);
+  EXPECT_NEAR(fit->decay_s, truth.decay_s, 1e-12);
+  EXPECT_EQ(fit->max_decode_seqs, 4);
+
+  fit = FitPostPrefillCost(flat);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(fit->excess_s, 0.0);
+  EXPECT_EQ(fit->max_decode_seqs, 0);
+
+  // Batch 1 unaffected: batch 4's extra alone does not start the range.
+  std::vector<PostPrefillSample> gap = samples;
+  for (PostPrefillSample& x : gap) {
+    if (x.shape.decode_seqs == 1) x.seconds = x.steady_s;
+  }
+  fit = FitPostPrefillCost(gap);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(fit->max_decode_seqs, 0);
+
+  EXPECT_FALSE(FitPostPrefillCost({samples[0]}).ok());
+  samples[3].seconds = -1;
+  EXPECT_FALSE(FitPostPrefillCost(samples).ok());
+  samples[3].seconds = 0.01;
+  samples[3].shape.prefill_tokens = 16;  // not a decode-only step
+  EXPECT_FALSE(FitPostPrefillCost(samples).ok());
+}
+
+TEST(CostModelTest, PostPrefillCostRoundTripsThroughJson) {
+  DeviceProfile p = HandProfile();
+  p.post_prefill = PostPrefillCost{0.0045, 0.12, 4};
+  p.post_prefill_source = "decode steps timed after a prefill";
+  absl::StatusOr<DeviceProfile> back =
+      ProfileFromJson(nlohmann::json::parse(ProfileToJson(p).dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->post_prefill.has_value());
+  EXPECT_EQ(back->post_prefill->excess_s, 0.0045);
+  EXPECT_EQ(back->post_prefill->decay_s, 0.12);
+  EXPECT_EQ(back->post_prefill->max_decode_seqs, 4);
+  EXPECT_EQ(back->post_prefill_source, p.post_prefill_source);
+
+  nlohmann::json j = nlohmann::json::parse(ProfileToJson(p).dump());
+  j["post_prefill"]["decay_s"] = 0;
+  absl::StatusOr<DeviceProfile> bad = ProfileFromJson(j);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("post_prefill.decay_s"), std::string::npos) << bad.status();
+  j = nlohmann::json::parse(ProfileToJson(p).dump());
+  j["post_prefill"]["excess_s"] = -0.1;
+  EXPECT_FALSE(ProfileFromJson(j).ok());
+  j = nlohmann::json::parse(ProfileToJson(p).dump());
+  j["post_prefill"].erase("max_decode_seqs");
+  EXPECT_FALSE(ProfileFromJson(j).ok());
 }
 
 TEST(CostModelTest, BadProfilesSayWhatIsWrong) {

@@ -210,6 +210,45 @@ TEST(SimulatorTest, HandComputedCoRunTrace) {
   EXPECT_NEAR(c->requests[0].tpot_s, 0.053, kEps);
 }
 
+// Decode after a prefill: the hand profile plus 12 ms extra fading with a
+// 12 ms time constant, for batches up to 1. One request (50 in, 3 out).
+//  - Colocated: token #1 at 0.06; the first decode step starts as the
+//    prefill ends: 12 + 12 ms -> 0.084; the second 24 ms after it:
+//    12 + 12 e^-2 ms -> 0.0976. TPOT 0.0188 against 0.012 without.
+//  - 1P1D: the decode node never prefills: 12 ms steps, TPOT 0.012.
+//  - Colocated, two requests decoding together (batch 2 > 1): no extra
+//    (below).
+TEST(SimulatorTest, HandComputedPostPrefillTrace) {
+  DeviceProfile p = HandProfile();
+  p.post_prefill = PostPrefillCost{0.012, 0.012, 1};
+  absl::StatusOr<SimResult> c = Simulate({{0.0, 50, 3}}, Colocated(p));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const RequestResult& a = c->requests[0];
+  EXPECT_NEAR(a.ttft_s, 0.06, kEps);
+  ASSERT_EQ(a.itl_s.size(), 2u);
+  EXPECT_NEAR(a.itl_s[0], 0.024, kEps);
+  EXPECT_NEAR(a.itl_s[1], 0.012 + 0.012 * std::exp(-2.0), kEps);
+  EXPECT_NEAR(a.tpot_s, (0.024 + 0.012 + 0.012 * std::exp(-2.0)) / 2, kEps);
+
+  absl::StatusOr<SimResult> d = Simulate({{0.0, 50, 3}}, Disaggregated(p));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_NEAR(d->requests[0].ttft_s, 0.06, kEps);
+  EXPECT_NEAR(d->requests[0].tpot_s, 0.012, kEps);
+
+  // A and B (both 50 in, 3 out, at 0): A's prompt [0, 0.06); A's decode
+  // and B's prompt [0.06, 0.122) (a prefill step: no extra); A and B decode
+  // as a batch of 2 > 1, right after that prefill: 14 ms, no extra ->
+  // 0.136, A done (TPOT 0.038); B alone 14 ms after the prefill:
+  // 12 + 12 e^(-14/12) ms.
+  absl::StatusOr<SimResult> two = Simulate({{0.0, 50, 3}, {0.0, 50, 3}}, Colocated(p));
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_NEAR(two->requests[0].tpot_s, 0.038, kEps);
+  EXPECT_NEAR(two->requests[1].ttft_s, 0.122, kEps);
+  ASSERT_EQ(two->requests[1].itl_s.size(), 2u);
+  EXPECT_NEAR(two->requests[1].itl_s[0], 0.014, kEps);
+  EXPECT_NEAR(two->requests[1].itl_s[1], 0.012 + 0.012 * std::exp(-0.014 / 0.012), kEps);
+}
+
 // Layer-wise shipping: 100 prompt tokens, 1000 B/token over 10 layers is
 // 10 kB a layer; the step takes 110 ms, so layer l is ready at 11 ms*(l+1).
 //  - 1 MB/s (10 ms a layer): each layer leaves as it is ready; only the
