@@ -5,9 +5,10 @@
 // accumulator holds 16 output rows and there are no horizontal sums. Per 4
 // bytes of a row, vpdpbusd against the 4 matching activation bytes broadcast
 // to every lane adds 4 products into the row's int32 lane; a sub-block's
-// int32 dot is then scaled by its 6- or 8-bit scale (vpmulld) into the
-// super-block sum. Tiles of up to 8 tokens reuse each unpacked weight vector,
-// so a decode batch of 8 reads every weight once.
+// int32 dot is then scaled by its 6-bit scale (vpmulld) into the super-block
+// sum, or for Q6_K two int16 half-sub-block dots by one vpdpwssd. Tiles of up
+// to 8 tokens reuse each unpacked weight vector, so a decode batch of 8 reads
+// every weight once.
 #include <utility>
 
 #include "kernels/cpu/matmul_internal.h"
@@ -23,6 +24,16 @@ constexpr int kMaxTokens = 8;             // tokens per tile: 3 x 8 accumulators
 constexpr int64_t kPrefetchBytes = 2048;  // weight prefetch distance per group, as on AVX2
 
 inline __m512i Bcast4(const int8_t* p) { return _mm512_set1_epi32(static_cast<int>(LoadU32(p))); }
+
+// acc + vpdpbusd(q, the 4 bytes at p broadcast), the broadcast folded into
+// the instruction's memory operand (GCC keeps a separate vpbroadcastd, and
+// the tiles' speed follows their instruction count).
+inline __m512i DotBcast4(__m512i acc, __m512i q, const int8_t* p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0"
+      : "+v"(acc)
+      : "v"(q), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
 
 inline __m128i Load128(const void* p) {
   return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -53,19 +64,11 @@ inline __m512i Shift16(__m512i v) {
 }
 
 // A scale pair of both groups (16 bytes each, lane i bytes a_i, b_i) as int32
-// a_i and b_i per row lane; signed for Q6_K.
-template <bool kSigned>
+// a_i and b_i per row lane (Q4_K/Q5_K: unsigned).
 inline void ScalePair(const uint8_t* p0, const uint8_t* p1, __m512i* first, __m512i* second) {
-  const __m256i raw = Load2x128(p0, p1);
-  if constexpr (kSigned) {
-    const __m512i x = _mm512_cvtepi16_epi32(raw);  // sign-extended b_i · 256 + a_i
-    *first = _mm512_srai_epi32(_mm512_slli_epi32(x, 24), 24);
-    *second = _mm512_srai_epi32(x, 8);
-  } else {
-    const __m512i x = _mm512_cvtepu16_epi32(raw);
-    *first = _mm512_and_si512(x, _mm512_set1_epi32(0xFF));
-    *second = _mm512_srli_epi32(x, 8);
-  }
+  const __m512i x = _mm512_cvtepu16_epi32(Load2x128(p0, p1));
+  *first = _mm512_and_si512(x, _mm512_set1_epi32(0xFF));
+  *second = _mm512_srli_epi32(x, 8);
 }
 
 // Quants of chunk C (4 elements per row) of part j, half H (0: the low
@@ -94,29 +97,19 @@ inline __m512i Quants(const uint8_t* p0, const uint8_t* p1, int j) {
   return q;
 }
 
-// Part j (64 elements) of super-block ib for NT tokens: adds Σ_s sc_s · Σ q·a
-// of row i into lane i of sumi[t]. The low-nibble half and the high-nibble
-// half run one after the other, so only one int32 dot per token is live
-// (3 x 8 accumulators fit the 32 registers); the second half reloads the
-// quants from L1.
+// Q4_K/Q5_K part j (64 elements) of super-block ib for NT tokens: adds
+// Σ_s sc_s · Σ q·a of row i into lane i of sumi[t]. The low-nibble half and
+// the high-nibble half (one 32-element sub-block each) run one after the
+// other, so only one int32 dot per token is live (3 x 8 accumulators fit the
+// 32 registers); the second half reloads the quants from L1.
 template <DType T, int NT>
 inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const BlockQ8_K* const* acts,
                  int64_t ib, __m512i* sumi) {
   constexpr KPackLayout kL = KLayout(T);
-  constexpr bool kQ6 = T == DType::kQ6_K;
   const int8_t* a[NT];
   for (int t = 0; t < NT; ++t) a[t] = acts[t][ib].qs + 64 * j;
-  // sc[H][g]: the scale of half H's chunks 4g..4g+3. Q4_K/Q5_K: one sub-block
-  // of 32 per half (2j, 2j+1); Q6_K: pair 2j+g = sub-blocks (4j+g, 4j+2+g).
-  __m512i sc[2][2];
-  if constexpr (kQ6) {
-    ScalePair<true>(p0 + kL.sc + 32 * j, p1 + kL.sc + 32 * j, &sc[0][0], &sc[1][0]);
-    ScalePair<true>(p0 + kL.sc + 32 * j + 16, p1 + kL.sc + 32 * j + 16, &sc[0][1], &sc[1][1]);
-  } else {
-    ScalePair<false>(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j, &sc[0][0], &sc[1][0]);
-    sc[0][1] = sc[0][0];
-    sc[1][1] = sc[1][0];
-  }
+  __m512i sc[2];  // sub-blocks 2j and 2j+1
+  ScalePair(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j, &sc[0], &sc[1]);
   auto half = [&]<int H>() {
     __m512i dot[NT];
     for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
@@ -125,20 +118,77 @@ inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const BlockQ8_K* c
       for (int t = 0; t < NT; ++t) {
         dot[t] = _mm512_dpbusd_epi32(dot[t], q, Bcast4(a[t] + 32 * H + 4 * C));
       }
-      constexpr int kSubChunks = kQ6 ? 4 : 8;  // chunks per sub-block
-      if constexpr ((C + 1) % kSubChunks == 0) {
-        const __m512i s = sc[H][C / 4];
-        for (int t = 0; t < NT; ++t) {
-          sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(dot[t], s));
-          dot[t] = _mm512_setzero_si512();
-        }
-      }
     };
     [&]<int... Cs>(std::integer_sequence<int, Cs...>) { (chunk.template operator()<Cs>(), ...); }
     (std::make_integer_sequence<int, 8>{});
+    for (int t = 0; t < NT; ++t) {
+      sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(dot[t], sc[H]));
+    }
   };
   half.template operator()<0>();
   half.template operator()<1>();
+}
+
+// Q6_K. The -32 offset of every quant starts each dot (from the activation
+// sums), so a dot over 8 elements, Σ(q−32)·a, lies within ±8·32·127 = 32512
+// (QuantQ8_K keeps activations in [-127, 127]) and the two halves of a
+// 16-element sub-block each take the scale by one vpdpwssd (the dot in the
+// low int16 of its lane) straight into the super-block sum, where vpmulld on
+// a 16-element dot (two uops) plus an add did that before, and the offset
+// needed its own pass over the sums.
+
+// -32 · Σa over each run of 8 activations of a block: int32 2m (and 2m+1)
+// of starts for elements 8m..8m+7.
+// (The odd ones are not used: the second load runs 4 bytes past the quants,
+// into the block's sums.)
+inline void OffsetStarts(int32_t* starts, const int8_t* qs) {
+  const __m512i k32 = _mm512_set1_epi8(32);
+  for (int k = 0; k < 4; ++k) {
+    // 32·Σ of each 4 plus 32·Σ of the 4 after them.
+    const __m512i s8 = _mm512_dpbusd_epi32(
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), k32, _mm512_loadu_si512(qs + 64 * k)), k32,
+        _mm512_loadu_si512(qs + 64 * k + 4));
+    _mm512_store_si512(starts + 16 * k, _mm512_sub_epi32(_mm512_setzero_si512(), s8));
+  }
+}
+
+// Part j (64 elements) of a Q6_K super-block for NT tokens; a[t] points at
+// token t's 256 activations, starts[t] at its OffsetStarts.
+template <int NT>
+inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* const* a,
+                   const int32_t (*starts)[64], __m512i* sumi) {
+  constexpr KPackLayout kL = KLayout(DType::kQ6_K);
+  // Scale pair 2j+g holds sub-blocks (4j+g, 4j+2+g) as bytes (a_i, b_i) of
+  // row i; as int16 pairs (sc, 0) per row lane, s[H][g] is sub-block 4j+2H+g.
+  __m512i s[2][2];
+  for (int g = 0; g < 2; ++g) {
+    const int off = kL.sc + 32 * j + 16 * g;
+    const __m512i x = _mm512_cvtepi8_epi16(Load2x128(p0 + off, p1 + off));
+    s[0][g] = _mm512_and_si512(x, _mm512_set1_epi32(0xFFFF));
+    s[1][g] = _mm512_srli_epi32(x, 16);
+  }
+  // Sub-block g of half H: chunks 4g..4g+3 (elements 64j+32H+16g..), whose
+  // quants are unpacked once for all tokens; per token, the 8-element runs
+  // 8j+4H+2g (chunks 4g, 4g+1) and the next (4g+2, 4g+3), each scaled by
+  // vpdpwssd against (sc, 0) (its upper int16 is the sign).
+  auto sub_block = [&]<int H, int G>() {
+    constexpr int kRun = 4 * H + 2 * G;
+    const __m512i q0 = Quants<DType::kQ6_K, H, 4 * G>(p0, p1, j);
+    const __m512i q1 = Quants<DType::kQ6_K, H, 4 * G + 1>(p0, p1, j);
+    const __m512i q2 = Quants<DType::kQ6_K, H, 4 * G + 2>(p0, p1, j);
+    const __m512i q3 = Quants<DType::kQ6_K, H, 4 * G + 3>(p0, p1, j);
+    for (int t = 0; t < NT; ++t) {
+      const int8_t* x = a[t] + 64 * j + 32 * H + 16 * G;
+      const int32_t* st = starts[t] + 2 * (8 * j + kRun);
+      const __m512i lo = DotBcast4(DotBcast4(_mm512_set1_epi32(st[0]), q0, x), q1, x + 4);
+      const __m512i hi = DotBcast4(DotBcast4(_mm512_set1_epi32(st[2]), q2, x + 8), q3, x + 12);
+      sumi[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[t], lo, s[H][G]), hi, s[H][G]);
+    }
+  };
+  sub_block.template operator()<0, 0>();
+  sub_block.template operator()<0, 1>();
+  sub_block.template operator()<1, 0>();
+  sub_block.template operator()<1, 1>();
 }
 
 // Two 8-row groups (g1 may repeat g0 when only one is left) times NT tokens
@@ -173,36 +223,22 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
       }
     }
     const __m512 d = _mm512_cvtph_ps(Load2x128(p0 + kL.d, p1 + kL.d));
-    // Per token, pairs of activation sums (int16 x 2 in an int32) lined up
-    // with the weights' scale (Q6_K) or min (Q4_K/Q5_K) pairs, broadcast by
-    // permutes from registers (no store and narrow reload).
-    __m512i pairs[NT];
     __m512i sumi[NT];
     if constexpr (kQ6) {
-      // The -32 offset of every quant: -32 · Σ_s sc_s · bsum_s over the
-      // 16-element sums; pair k = 2j+g holds sub-blocks (4j+g, 4j+2+g).
-      const __m256i pair_order =
-          _mm256_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15, 0, 1, 4, 5, 2, 3,
-                           6, 7, 8, 9, 12, 13, 10, 11, 14, 15);
+      alignas(64) int32_t starts[NT][64];
+      const int8_t* a[NT];
       for (int t = 0; t < NT; ++t) {
-        pairs[t] =
-            _mm512_castsi256_si512(_mm256_shuffle_epi8(Load256(acts[t][ib].bsums), pair_order));
+        a[t] = acts[t][ib].qs;
+        OffsetStarts(starts[t], a[t]);
         sumi[t] = _mm512_setzero_si512();
       }
-      for (int k = 0; k < 8; ++k) {
-        const __m512i sc =
-            _mm512_cvtepi8_epi16(Load2x128(p0 + kL.sc + 16 * k, p1 + kL.sc + 16 * k));
-        const __m512i idx = _mm512_set1_epi32(k);
-        for (int t = 0; t < NT; ++t) {
-          sumi[t] = _mm512_dpwssd_epi32(sumi[t], sc, _mm512_permutexvar_epi32(idx, pairs[t]));
-        }
-      }
-      for (int t = 0; t < NT; ++t) {
-        sumi[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sumi[t], 5));
-      }
+      for (int j = 0; j < 4; ++j) PartQ6<NT>(p0, p1, j, a, starts, sumi);
     } else {
       // The mins: -dmin · Σ_s m_s · bsum32_s, straight into the float sums.
-      // bsum32 of sub-blocks (2j, 2j+1) land in int32 elements 0, 1, 4, 5.
+      // Per token, pairs of activation sums (int16 x 2 in an int32) lined up
+      // with the min pairs, broadcast by permutes from registers: bsum32 of
+      // sub-blocks (2j, 2j+1) land in int32 elements 0, 1, 4, 5.
+      __m512i pairs[NT];
       const __m512 dmin = _mm512_cvtph_ps(Load2x128(p0 + kL.dmin, p1 + kL.dmin));
       const __m256i ones = _mm256_set1_epi16(1);
       for (int t = 0; t < NT; ++t) {
@@ -223,8 +259,8 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
                                   _mm512_mul_ps(dmin, _mm512_set1_ps(acts[t][ib].d)), acc[t]);
         sumi[t] = _mm512_setzero_si512();
       }
+      for (int j = 0; j < 4; ++j) Part<T, NT>(p0, p1, j, acts, ib, sumi);
     }
-    for (int j = 0; j < 4; ++j) Part<T, NT>(p0, p1, j, acts, ib, sumi);
     for (int t = 0; t < NT; ++t) {
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]),
                                _mm512_mul_ps(d, _mm512_set1_ps(acts[t][ib].d)), acc[t]);

@@ -248,6 +248,58 @@ TEST(MatMulKQuantTest, CancellingMinsMatchTheReference) {
   }
 }
 
+// Q6_K and activations at the ends of their ranges: quants all 0 (value -32)
+// or all 63, scales -128 or 127, activations all -127 or all 127. A dot over
+// 8 elements then reaches 8·32·127 = 32512, the most the AVX-512 kernel's
+// int16 half-sub-block sums hold. Every token must match the reference, and
+// its solo (AVX2) result bit for bit.
+TEST(MatMulKQuantTest, ExtremeQ6KSumsMatchTheReference) {
+  const int64_t n_out = 32, n_in = 512, n_tokens = 9;
+  const int64_t nb = n_in / kQKK;
+  std::vector<BlockQ6_K> blocks(n_out * nb);
+  uint32_t state = 777;
+  auto next = [&] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<uint8_t>(state >> 24);
+  };
+  for (int64_t r = 0; r < n_out; ++r) {
+    for (int64_t ib = 0; ib < nb; ++ib) {
+      BlockQ6_K& b = blocks[r * nb + ib];
+      const int kind = static_cast<int>(r % 4);  // 0, 1: quants 0; 2: 63; 3: random
+      for (uint8_t& v : b.ql) v = kind == 2 ? 0xFF : kind == 3 ? next() : 0;
+      for (uint8_t& v : b.qh) v = kind == 2 ? 0xFF : kind == 3 ? next() : 0;
+      for (int s = 0; s < 16; ++s) {
+        b.scales[s] = static_cast<int8_t>(kind == 1 || (kind == 3 && s % 2) ? 127 : -128);
+      }
+      b.d = F32ToF16(1e-3f);
+    }
+  }
+  const WeightMatrix plain{blocks.data(), DType::kQ6_K, n_out, n_in};
+  std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
+  const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
+  std::vector<float> x = RandomVector(n_tokens * n_in, 6);
+  for (int64_t k = 0; k < n_in; ++k) {
+    x[k] = -1;                               // token 0: all -127
+    x[n_in + k] = 1;                         // token 1: all 127
+    x[2 * n_in + k] = (k / 8) % 2 ? 1 : -1;  // token 2: runs of 8 of each
+  }
+  const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
+  std::vector<uint8_t> xq(rb * n_tokens);
+  QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
+  std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
+  MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
+  for (Isa isa : testing::SupportedIsas()) {
+    SCOPED_TRACE(IsaName(isa));
+    ScopedIsa scoped(isa);
+    MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
+    EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
+      for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
+    }
+  }
+}
+
 // The kernel tests cover every path SupportedIsas() lists; a path this CPU
 // lacks is refused (and so not covered here), never run.
 TEST(MatMulApiTest, IsaPathsAreTheOnesTheCpuRuns) {
