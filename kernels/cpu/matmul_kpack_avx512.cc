@@ -4,11 +4,11 @@
 // register (rows 0-7 from the first, 8-15 from the second), so every
 // accumulator holds 16 output rows and there are no horizontal sums. Per 4
 // bytes of a row, vpdpbusd against the 4 matching activation bytes broadcast
-// to every lane adds 4 products into the row's int32 lane; a sub-block's
-// int32 dot is then scaled by its 6-bit scale (vpmulld) into the super-block
-// sum, or for Q6_K two int16 half-sub-block dots by one vpdpwssd. Tiles of up
-// to 8 tokens reuse each unpacked weight vector, so a decode batch of 8 reads
-// every weight once.
+// to every lane adds 4 products into the row's int32 lane. Each run of 8
+// (Q6_K) or 16 (Q4_K, Q5_K) elements of a row has its own dot, small enough
+// for int16, which one vpdpwssd scales by the sub-block's scale into the
+// super-block sum. Tiles of up to 8 tokens reuse each unpacked weight vector,
+// so a decode batch of 8 reads every weight once.
 #include <utility>
 
 #include "kernels/cpu/matmul_internal.h"
@@ -63,14 +63,6 @@ inline __m512i Shift16(__m512i v) {
   }
 }
 
-// A scale pair of both groups (16 bytes each, lane i bytes a_i, b_i) as int32
-// a_i and b_i per row lane (Q4_K/Q5_K: unsigned).
-inline void ScalePair(const uint8_t* p0, const uint8_t* p1, __m512i* first, __m512i* second) {
-  const __m512i x = _mm512_cvtepu16_epi32(Load2x128(p0, p1));
-  *first = _mm512_and_si512(x, _mm512_set1_epi32(0xFF));
-  *second = _mm512_srli_epi32(x, 8);
-}
-
 // Quants of chunk C (4 elements per row) of part j, half H (0: the low
 // nibbles, elements 64j+4C..; 1: the high ones, 64j+32+4C..) as unsigned
 // bytes, high bits merged. The high bits are masked after 16-bit shifts that
@@ -97,32 +89,36 @@ inline __m512i Quants(const uint8_t* p0, const uint8_t* p1, int j) {
   return q;
 }
 
-// Q4_K/Q5_K part j (64 elements) of super-block ib for NT tokens: adds
-// Σ_s sc_s · Σ q·a of row i into lane i of sumi[t]. The low-nibble half and
-// the high-nibble half (one 32-element sub-block each) run one after the
-// other, so only one int32 dot per token is live (3 x 8 accumulators fit the
-// 32 registers); the second half reloads the quants from L1.
+// Q4_K/Q5_K part j (64 elements): sub-blocks 2j (the low nibbles, H = 0)
+// and 2j+1 (the high ones) of 32 elements, each as two 16-element runs
+// (chunks 0-3 and 4-7) whose dots fit int16: Σ q·a within ±16·15·127 = 30480
+// for Q4_K; for Q5_K Σ(q−16)·a within ±16·16·127 = 32512, the offset started
+// from the activation sums (starts[t][k] = -16 · bsums[k]) and added back
+// once per super-block (PairTile). Each run takes its sub-block's scale by
+// one vpdpwssd, as for Q6_K below. A half's 8 quant vectors are unpacked once
+// for all NT tokens.
 template <DType T, int NT>
-inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const BlockQ8_K* const* acts,
-                 int64_t ib, __m512i* sumi) {
+inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* const* a,
+                 const int32_t (*starts)[16], __m512i* sumi) {
   constexpr KPackLayout kL = KLayout(T);
-  const int8_t* a[NT];
-  for (int t = 0; t < NT; ++t) a[t] = acts[t][ib].qs + 64 * j;
-  __m512i sc[2];  // sub-blocks 2j and 2j+1
-  ScalePair(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j, &sc[0], &sc[1]);
+  constexpr bool kQ5 = T == DType::kQ5_K;
+  // Scale pair j: bytes (sc_2j, sc_2j+1) of row i, as int16 pairs (sc, 0).
+  const __m512i x = _mm512_cvtepu8_epi16(Load2x128(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j));
+  const __m512i s[2] = {_mm512_and_si512(x, _mm512_set1_epi32(0xFFFF)), _mm512_srli_epi32(x, 16)};
   auto half = [&]<int H>() {
-    __m512i dot[NT];
-    for (int t = 0; t < NT; ++t) dot[t] = _mm512_setzero_si512();
-    auto chunk = [&]<int C>() {
-      const __m512i q = Quants<T, H, C>(p0, p1, j);
-      for (int t = 0; t < NT; ++t) {
-        dot[t] = _mm512_dpbusd_epi32(dot[t], q, Bcast4(a[t] + 32 * H + 4 * C));
-      }
-    };
-    [&]<int... Cs>(std::integer_sequence<int, Cs...>) { (chunk.template operator()<Cs>(), ...); }
-    (std::make_integer_sequence<int, 8>{});
+    const __m512i q[8] = {Quants<T, H, 0>(p0, p1, j), Quants<T, H, 1>(p0, p1, j),
+                          Quants<T, H, 2>(p0, p1, j), Quants<T, H, 3>(p0, p1, j),
+                          Quants<T, H, 4>(p0, p1, j), Quants<T, H, 5>(p0, p1, j),
+                          Quants<T, H, 6>(p0, p1, j), Quants<T, H, 7>(p0, p1, j)};
     for (int t = 0; t < NT; ++t) {
-      sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(dot[t], sc[H]));
+      const int8_t* xa = a[t] + 64 * j + 32 * H;
+      __m512i lo = kQ5 ? _mm512_set1_epi32(starts[t][4 * j + 2 * H]) : _mm512_setzero_si512();
+      __m512i hi = kQ5 ? _mm512_set1_epi32(starts[t][4 * j + 2 * H + 1]) : _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) {
+        lo = DotBcast4(lo, q[c], xa + 4 * c);
+        hi = DotBcast4(hi, q[4 + c], xa + 16 + 4 * c);
+      }
+      sumi[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[t], lo, s[H]), hi, s[H]);
     }
   };
   half.template operator()<0>();
@@ -237,29 +233,42 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
       // The mins: -dmin · Σ_s m_s · bsum32_s, straight into the float sums.
       // Per token, pairs of activation sums (int16 x 2 in an int32) lined up
       // with the min pairs, broadcast by permutes from registers: bsum32 of
-      // sub-blocks (2j, 2j+1) land in int32 elements 0, 1, 4, 5.
-      __m512i pairs[NT];
+      // sub-blocks (2j, 2j+1) land in int32 elements 0, 1, 4, 5. Q5_K's
+      // offset comes back the same way: 16 · Σ_s sc_s · bsum32_s.
+      __m512i pairs[NT], back[NT];
       const __m512 dmin = _mm512_cvtph_ps(Load2x128(p0 + kL.dmin, p1 + kL.dmin));
       const __m256i ones = _mm256_set1_epi16(1);
       for (int t = 0; t < NT; ++t) {
         const __m256i s32 = _mm256_madd_epi16(Load256(acts[t][ib].bsums), ones);
         pairs[t] = _mm512_castsi256_si512(_mm256_packs_epi32(s32, s32));
-        sumi[t] = _mm512_setzero_si512();  // the mins' sum first, then the quants'
+        sumi[t] = back[t] = _mm512_setzero_si512();  // the mins' sum first, then the quants'
       }
       for (int j = 0; j < 4; ++j) {
         const __m512i m =
             _mm512_cvtepu8_epi16(Load2x128(p0 + kL.mins + 16 * j, p1 + kL.mins + 16 * j));
+        const __m512i sc =
+            _mm512_cvtepu8_epi16(Load2x128(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j));
         const __m512i idx = _mm512_set1_epi32(j < 2 ? j : j + 2);
         for (int t = 0; t < NT; ++t) {
-          sumi[t] = _mm512_dpwssd_epi32(sumi[t], m, _mm512_permutexvar_epi32(idx, pairs[t]));
+          const __m512i b = _mm512_permutexvar_epi32(idx, pairs[t]);
+          sumi[t] = _mm512_dpwssd_epi32(sumi[t], m, b);
+          if constexpr (T == DType::kQ5_K) back[t] = _mm512_dpwssd_epi32(back[t], sc, b);
         }
       }
+      alignas(64) int32_t starts[NT][16];
+      const int8_t* a[NT];
       for (int t = 0; t < NT; ++t) {
         acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(sumi[t]),
                                   _mm512_mul_ps(dmin, _mm512_set1_ps(acts[t][ib].d)), acc[t]);
-        sumi[t] = _mm512_setzero_si512();
+        sumi[t] = _mm512_slli_epi32(back[t], 4);
+        a[t] = acts[t][ib].qs;
+        if constexpr (T == DType::kQ5_K) {
+          const __m512i b16 = _mm512_cvtepi16_epi32(Load256(acts[t][ib].bsums));
+          _mm512_store_si512(starts[t],
+                             _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(b16, 4)));
+        }
       }
-      for (int j = 0; j < 4; ++j) Part<T, NT>(p0, p1, j, acts, ib, sumi);
+      for (int j = 0; j < 4; ++j) Part<T, NT>(p0, p1, j, a, starts, sumi);
     }
     for (int t = 0; t < NT; ++t) {
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]),

@@ -300,6 +300,62 @@ TEST(MatMulKQuantTest, ExtremeQ6KSumsMatchTheReference) {
   }
 }
 
+// Q4_K/Q5_K at the ends of their ranges: quants all 0 or all 15/31, scales
+// and mins 63, activations all -127 or all 127. A dot over 16 elements then
+// reaches 16·15·127 = 30480 (Q4_K) or, offset by -16, 16·16·127 = 32512
+// (Q5_K), the most the AVX-512 kernel's int16 run sums hold. Every token
+// must match the reference, and its solo (AVX2) result bit for bit.
+TEST(MatMulKQuantTest, ExtremeQ4KQ5KSumsMatchTheReference) {
+  const int64_t n_out = 24, n_in = 512, n_tokens = 9;
+  for (DType type : {DType::kQ4_K, DType::kQ5_K}) {
+    SCOPED_TRACE(GetDType(type).name);
+    const int64_t bs = GetDType(type).type_size, nb = n_in / kQKK;
+    std::vector<uint8_t> bytes(n_out * nb * bs);
+    uint32_t state = 99;
+    auto next = [&] {
+      state = state * 1664525u + 1013904223u;
+      return static_cast<uint8_t>(state >> 24);
+    };
+    for (int64_t r = 0; r < n_out; ++r) {
+      for (int64_t ib = 0; ib < nb; ++ib) {
+        uint8_t* blk = bytes.data() + (r * nb + ib) * bs;
+        const int kind = static_cast<int>(r % 3);  // quants 0, max, random
+        const uint16_t d16 = F32ToF16(1e-3f), dmin16 = F32ToF16(2e-3f);
+        std::memcpy(blk, &d16, 2);
+        std::memcpy(blk + 2, &dmin16, 2);
+        std::memset(blk + 4, 0xFF, kKScaleBytes);  // every scale and min 63
+        for (int64_t k = 4 + kKScaleBytes; k < bs; ++k) {
+          blk[k] = kind == 0 ? 0 : kind == 1 ? 0xFF : next();
+        }
+      }
+    }
+    const WeightMatrix plain{bytes.data(), type, n_out, n_in};
+    std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
+    const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
+    std::vector<float> x = RandomVector(n_tokens * n_in, 7);
+    for (int64_t k = 0; k < n_in; ++k) {
+      x[k] = -1;                                // token 0: all -127
+      x[n_in + k] = 1;                          // token 1: all 127
+      x[2 * n_in + k] = (k / 16) % 2 ? 1 : -1;  // token 2: runs of 16 of each
+    }
+    const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
+    std::vector<uint8_t> xq(rb * n_tokens);
+    QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
+    std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
+    MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
+    for (Isa isa : testing::SupportedIsas()) {
+      SCOPED_TRACE(IsaName(isa));
+      ScopedIsa scoped(isa);
+      MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
+      EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
+        for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
+      }
+    }
+  }
+}
+
 // The kernel tests cover every path SupportedIsas() lists; a path this CPU
 // lacks is refused (and so not covered here), never run.
 TEST(MatMulApiTest, IsaPathsAreTheOnesTheCpuRuns) {
