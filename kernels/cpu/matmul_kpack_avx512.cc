@@ -82,9 +82,18 @@ inline __m512i Quants(const uint8_t* p0, const uint8_t* p1, int j) {
     const __m512i h = Load2x256(p0 + off, p1 + off);
     q = _mm512_or_si512(q, _mm512_and_si512(Shift16<kShift>(h), _mm512_set1_epi8(0x10)));
   } else if constexpr (T == DType::kQ6_K) {
+    // Bits 2kCc..2kCc+1 of each byte to bits 4-5. For chunks 0 and 1 a byte
+    // lookup on the low nibble rather than a shift and mask each: one AND
+    // serves both, and the shuffles run on the port the shifts do not.
     const int off = kL.qh + 128 * j + 64 * H + 32 * kV;
     const __m512i h = Load2x256(p0 + off, p1 + off);
-    q = _mm512_or_si512(q, _mm512_and_si512(Shift16<4 - 2 * kCc>(h), _mm512_set1_epi8(0x30)));
+    if constexpr (kCc < 2) {
+      const __m512i lut = kCc == 0 ? _mm512_set1_epi32(0x30201000)
+                                   : _mm512_set4_epi32(0x30303030, 0x20202020, 0x10101010, 0);
+      q = _mm512_or_si512(q, _mm512_shuffle_epi8(lut, _mm512_and_si512(h, m4)));
+    } else {
+      q = _mm512_or_si512(q, _mm512_and_si512(Shift16<4 - 2 * kCc>(h), _mm512_set1_epi8(0x30)));
+    }
   }
   return q;
 }
