@@ -142,10 +142,9 @@ inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* cons
 // a 16-element dot (two uops) plus an add did that before, and the offset
 // needed its own pass over the sums.
 
-// -32 · Σa over each run of 8 activations of a block: int32 2m (and 2m+1)
-// of starts for elements 8m..8m+7.
-// (The odd ones are not used: the second load runs 4 bytes past the quants,
-// into the block's sums.)
+// -32 · Σa over each run of 8 activations of a block: starts[m] for
+// elements 8m..8m+7. (The second load runs 4 bytes past the quants, into the
+// block's sums, for the odd 4-element sums that are dropped.)
 inline void OffsetStarts(int32_t* starts, const int8_t* qs) {
   const __m512i k32 = _mm512_set1_epi8(32);
   for (int k = 0; k < 4; ++k) {
@@ -153,7 +152,8 @@ inline void OffsetStarts(int32_t* starts, const int8_t* qs) {
     const __m512i s8 = _mm512_dpbusd_epi32(
         _mm512_dpbusd_epi32(_mm512_setzero_si512(), k32, _mm512_loadu_si512(qs + 64 * k)), k32,
         _mm512_loadu_si512(qs + 64 * k + 4));
-    _mm512_store_si512(starts + 16 * k, _mm512_sub_epi32(_mm512_setzero_si512(), s8));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(starts + 8 * k),
+                        _mm512_cvtepi64_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), s8)));
   }
 }
 
@@ -161,7 +161,7 @@ inline void OffsetStarts(int32_t* starts, const int8_t* qs) {
 // token t's 256 activations, starts[t] at its OffsetStarts.
 template <int NT>
 inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* const* a,
-                   const int32_t (*starts)[64], __m512i* sumi) {
+                   const int32_t* starts, __m512i* sumi) {
   constexpr KPackLayout kL = KLayout(DType::kQ6_K);
   // Scale pair 2j+g holds sub-blocks (4j+g, 4j+2+g) as bytes (a_i, b_i) of
   // row i; as int16 pairs (sc, 0) per row lane, s[H][g] is sub-block 4j+2H+g.
@@ -184,9 +184,9 @@ inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* co
     const __m512i q3 = Quants<DType::kQ6_K, H, 4 * G + 3>(p0, p1, j);
     for (int t = 0; t < NT; ++t) {
       const int8_t* x = a[t] + 64 * j + 32 * H + 16 * G;
-      const int32_t* st = starts[t] + 2 * (8 * j + kRun);
+      const int32_t* st = starts + 32 * t + 8 * j + kRun;
       const __m512i lo = DotBcast4(DotBcast4(_mm512_set1_epi32(st[0]), q0, x), q1, x + 4);
-      const __m512i hi = DotBcast4(DotBcast4(_mm512_set1_epi32(st[2]), q2, x + 8), q3, x + 12);
+      const __m512i hi = DotBcast4(DotBcast4(_mm512_set1_epi32(st[1]), q2, x + 8), q3, x + 12);
       sumi[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[t], lo, s[H][G]), hi, s[H][G]);
     }
   };
@@ -204,7 +204,8 @@ inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* co
 // in the same order), so batches match solo decoding.
 template <DType T, int NT>
 void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64_t nb,
-              const BlockQ8_K* const* acts, __mmask16 rows, bool prefetch) {
+              const BlockQ8_K* const* acts, __mmask16 rows, bool prefetch,
+              const int32_t* q6_starts) {
   const int64_t group_bytes = nb * KLayout(T).bytes;
   constexpr KPackLayout kL = KLayout(T);
   constexpr bool kQ6 = T == DType::kQ6_K;
@@ -232,13 +233,14 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
     const __m512 d = _mm512_cvtph_ps(Load2x128(p0 + kL.d, p1 + kL.d));
     __m512i sumi[NT];
     if constexpr (kQ6) {
-      alignas(64) int32_t starts[NT][64];
+      alignas(64) int32_t own[NT * 32];  // when not shared
       const int8_t* a[NT];
       for (int t = 0; t < NT; ++t) {
         a[t] = acts[t][ib].qs;
-        OffsetStarts(starts[t], a[t]);
+        if (!q6_starts) OffsetStarts(own + 32 * t, a[t]);
         sumi[t] = _mm512_setzero_si512();
       }
+      const int32_t* starts = q6_starts ? q6_starts + ib * NT * 32 : own;
       for (int j = 0; j < 4; ++j) PartQ6<NT>(p0, p1, j, a, starts, sumi);
     } else {
       // The mins: -dmin · Σ_s m_s · bsum32_s, straight into the float sums.
@@ -291,7 +293,7 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
 
 template <DType T>
 using TileFn = void (*)(float*, int64_t, const uint8_t*, const uint8_t*, int64_t,
-                        const BlockQ8_K* const*, __mmask16, bool);
+                        const BlockQ8_K* const*, __mmask16, bool, const int32_t*);
 
 template <DType T>
 TileFn<T> TileFor(int nt) {
@@ -303,7 +305,12 @@ TileFn<T> TileFor(int nt) {
 
 // Group pairs in order (the matrix is two neighbouring sequential streams),
 // token tiles inside a pair so its weights (2 x nb super-blocks, L2) are read
-// from memory once.
+// from memory once. Q6_K runs blocks of kQ6BlockPairs pairs per token tile
+// (their weights stay in L2) so the tile's dot starts, which depend on the
+// tokens only, are computed once for the block: each was ~14% of the tile.
+constexpr int kQ6BlockPairs = 4;
+constexpr int64_t kQ6MaxBlocks = 64;  // super-blocks of starts on the stack (64 KiB)
+
 template <DType T>
 void MatMulPackedK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
                    int64_t act_row_bytes, int64_t n_tokens, int64_t r0, int64_t r1) {
@@ -311,22 +318,34 @@ void MatMulPackedK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
   constexpr int kPairRows = 2 * kKPackRows;
   const int64_t nb = w.n_in / kQKK;
   const int64_t group_bytes = nb * kL.bytes;
+  const bool shared_starts = T == DType::kQ6_K && nb <= kQ6MaxBlocks;
+  const int64_t block_rows = shared_starts ? kQ6BlockPairs * kPairRows : kPairRows;
+  alignas(64) int32_t starts[T == DType::kQ6_K ? kQ6MaxBlocks * kMaxTokens * 32 : 1];
   const BlockQ8_K* acts[kMaxTokens];
-  for (int64_t r = r0; r < r1; r += kPairRows) {
-    const int rows = static_cast<int>(r1 - r < kPairRows ? r1 - r : kPairRows);
-    const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
-    // r0 is a multiple of 16 (MatMul's split), so r starts a group; with 8
-    // rows or fewer left the second group does not exist: compute the first
-    // twice and store its lanes only.
-    const uint8_t* g0 = static_cast<const uint8_t*>(w.data) + (r / kKPackRows) * group_bytes;
-    const uint8_t* g1 = rows > kKPackRows ? g0 + group_bytes : g0;
+  for (int64_t rb = r0; rb < r1; rb += block_rows) {
+    const int64_t rb1 = r1 - rb < block_rows ? r1 : rb + block_rows;
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokens) {
       const int nt = static_cast<int>(n_tokens - t0 < kMaxTokens ? n_tokens - t0 : kMaxTokens);
       for (int t = 0; t < nt; ++t) {
         acts[t] = reinterpret_cast<const BlockQ8_K*>(static_cast<const uint8_t*>(xq) +
                                                      (t0 + t) * act_row_bytes);
       }
-      TileFor<T>(nt)(y + t0 * ldy + r, ldy, g0, g1, nb, acts, mask, t0 == 0);
+      if (shared_starts) {
+        for (int64_t ib = 0; ib < nb; ++ib) {
+          for (int t = 0; t < nt; ++t) OffsetStarts(starts + (ib * nt + t) * 32, acts[t][ib].qs);
+        }
+      }
+      for (int64_t r = rb; r < rb1; r += kPairRows) {
+        const int rows = static_cast<int>(r1 - r < kPairRows ? r1 - r : kPairRows);
+        const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+        // r0 is a multiple of 16 (MatMul's split), so r starts a group; with 8
+        // rows or fewer left the second group does not exist: compute the first
+        // twice and store its lanes only.
+        const uint8_t* g0 = static_cast<const uint8_t*>(w.data) + (r / kKPackRows) * group_bytes;
+        const uint8_t* g1 = rows > kKPackRows ? g0 + group_bytes : g0;
+        TileFor<T>(nt)(y + t0 * ldy + r, ldy, g0, g1, nb, acts, mask, t0 == 0,
+                       shared_starts ? starts : nullptr);
+      }
     }
   }
 }
