@@ -120,6 +120,9 @@ TEST_P(MatMulTest, MatchesReferencesOnEveryIsaAndShapeClass) {
     CheckMatMul(type, {130, IsKQuant(type) ? 256 : 64, 7}, isa, 3, packed);
     // Long rows: the on-the-fly packing of ggml rows works in k chunks.
     CheckMatMul(type, {20, IsKQuant(type) ? 1024 : 2080, 3}, isa, 1, packed);
+    // K-quant rows past 64 super-blocks: the AVX-512 Q6_K tile then computes
+    // its dot starts itself rather than once per block of group pairs.
+    if (IsKQuant(type)) CheckMatMul(type, {40, 65 * kQKK, 9}, isa, 1, packed);
   }
 }
 
@@ -243,6 +246,114 @@ TEST(MatMulKQuantTest, CancellingMinsMatchTheReference) {
         EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel)
             << GetDType(type).name << " " << IsaName(isa)
             << (w.layout == WeightLayout::kPacked ? " packed" : " ggml rows");
+      }
+    }
+  }
+}
+
+// Q6_K and activations at the ends of their ranges: quants all 0 (value -32)
+// or all 63, scales -128 or 127, activations all -127 or all 127. A dot over
+// 8 elements then reaches 8·32·127 = 32512, the most the AVX-512 kernel's
+// int16 half-sub-block sums hold. Every token must match the reference, and
+// its solo (AVX2) result bit for bit.
+TEST(MatMulKQuantTest, ExtremeQ6KSumsMatchTheReference) {
+  const int64_t n_out = 32, n_in = 512, n_tokens = 9;
+  const int64_t nb = n_in / kQKK;
+  std::vector<BlockQ6_K> blocks(n_out * nb);
+  uint32_t state = 777;
+  auto next = [&] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<uint8_t>(state >> 24);
+  };
+  for (int64_t r = 0; r < n_out; ++r) {
+    for (int64_t ib = 0; ib < nb; ++ib) {
+      BlockQ6_K& b = blocks[r * nb + ib];
+      const int kind = static_cast<int>(r % 4);  // 0, 1: quants 0; 2: 63; 3: random
+      for (uint8_t& v : b.ql) v = kind == 2 ? 0xFF : kind == 3 ? next() : 0;
+      for (uint8_t& v : b.qh) v = kind == 2 ? 0xFF : kind == 3 ? next() : 0;
+      for (int s = 0; s < 16; ++s) {
+        b.scales[s] = static_cast<int8_t>(kind == 1 || (kind == 3 && s % 2) ? 127 : -128);
+      }
+      b.d = F32ToF16(1e-3f);
+    }
+  }
+  const WeightMatrix plain{blocks.data(), DType::kQ6_K, n_out, n_in};
+  std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
+  const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
+  std::vector<float> x = RandomVector(n_tokens * n_in, 6);
+  for (int64_t k = 0; k < n_in; ++k) {
+    x[k] = -1;                               // token 0: all -127
+    x[n_in + k] = 1;                         // token 1: all 127
+    x[2 * n_in + k] = (k / 8) % 2 ? 1 : -1;  // token 2: runs of 8 of each
+  }
+  const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
+  std::vector<uint8_t> xq(rb * n_tokens);
+  QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
+  std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
+  MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
+  for (Isa isa : testing::SupportedIsas()) {
+    SCOPED_TRACE(IsaName(isa));
+    ScopedIsa scoped(isa);
+    MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
+    EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
+      for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
+    }
+  }
+}
+
+// Q4_K/Q5_K at the ends of their ranges: quants all 0 or all 15/31, scales
+// and mins 63, activations all -127 or all 127. A dot over 16 elements then
+// reaches 16·15·127 = 30480 (Q4_K) or, offset by -16, 16·16·127 = 32512
+// (Q5_K), the most the AVX-512 kernel's int16 run sums hold. Every token
+// must match the reference, and its solo (AVX2) result bit for bit.
+TEST(MatMulKQuantTest, ExtremeQ4KQ5KSumsMatchTheReference) {
+  const int64_t n_out = 24, n_in = 512, n_tokens = 9;
+  for (DType type : {DType::kQ4_K, DType::kQ5_K}) {
+    SCOPED_TRACE(GetDType(type).name);
+    const int64_t bs = GetDType(type).type_size, nb = n_in / kQKK;
+    std::vector<uint8_t> bytes(n_out * nb * bs);
+    uint32_t state = 99;
+    auto next = [&] {
+      state = state * 1664525u + 1013904223u;
+      return static_cast<uint8_t>(state >> 24);
+    };
+    for (int64_t r = 0; r < n_out; ++r) {
+      for (int64_t ib = 0; ib < nb; ++ib) {
+        uint8_t* blk = bytes.data() + (r * nb + ib) * bs;
+        const int kind = static_cast<int>(r % 3);  // quants 0, max, random
+        const uint16_t d16 = F32ToF16(1e-3f), dmin16 = F32ToF16(2e-3f);
+        std::memcpy(blk, &d16, 2);
+        std::memcpy(blk + 2, &dmin16, 2);
+        std::memset(blk + 4, 0xFF, kKScaleBytes);  // every scale and min 63
+        for (int64_t k = 4 + kKScaleBytes; k < bs; ++k) {
+          blk[k] = kind == 0 ? 0 : kind == 1 ? 0xFF : next();
+        }
+      }
+    }
+    const WeightMatrix plain{bytes.data(), type, n_out, n_in};
+    std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
+    const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
+    std::vector<float> x = RandomVector(n_tokens * n_in, 7);
+    for (int64_t k = 0; k < n_in; ++k) {
+      x[k] = -1;                                // token 0: all -127
+      x[n_in + k] = 1;                          // token 1: all 127
+      x[2 * n_in + k] = (k / 16) % 2 ? 1 : -1;  // token 2: runs of 16 of each
+    }
+    const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
+    std::vector<uint8_t> xq(rb * n_tokens);
+    QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
+    std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
+    MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
+    for (Isa isa : testing::SupportedIsas()) {
+      SCOPED_TRACE(IsaName(isa));
+      ScopedIsa scoped(isa);
+      MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
+      EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
+        for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
       }
     }
   }
