@@ -274,9 +274,10 @@ CMP_TTFT=$(for d in $CANDIDATES; do echo "${IDLE_TTFT[$d]}"; done | awk -v s="$C
 CMP_TPOT=$(for d in $CANDIDATES; do echo "${IDLE_TPOT[$d]}"; done | awk -v s="$CMP_TPOT_SCALE" '{if ($1 > m) m = $1} END {printf "%.1f", s * m}')
 SIZING=$WORK/sizing.json
 : >"$SIZING.lines"
+declare -A CAP  # simulated capacity: every request queued at once
 for d in $CANDIDATES; do
-  cap=$(plan_figure "${PROFILE[$d]}" "$d" 1000 200 "p['request_throughput']")
-  sweep=$(python3 -c "import sys; c=float(sys.argv[1]); print(','.join(f'{c*i/10:.3g}' for i in range(1, 13)))" "$cap")
+  CAP[$d]=$(plan_figure "${PROFILE[$d]}" "$d" 1000 200 "p['request_throughput']")
+  sweep=$(python3 -c "import sys; c=float(sys.argv[1]); print(','.join(f'{c*i/10:.3g}' for i in range(1, 13)))" "${CAP[$d]}")
   "$BIN" plan --profile "${PROFILE[$d]}" --deployments "$d" --sweep "$sweep" --num-prompts 400 --seed 1 \
     --goodput "ttft:$CMP_TTFT" "tpot:$CMP_TPOT" "${common_plan[@]}" >"$WORK/sizing.$d.json"
   echo "$d $WORK/sizing.$d.json" >>"$SIZING.lines"
@@ -304,6 +305,9 @@ PY
 rm -f "$SIZING.lines"
 echo "sizing at TTFT <= $CMP_TTFT ms, TPOT <= $CMP_TPOT ms: plan picks $picked ($SIZING)"
 [ "$DEPLOYMENTS" = auto ] && DEPLOYMENTS=$picked
+for name in $DEPLOYMENTS; do
+  [[ " $CANDIDATES " == *" $name "* ]] || die "unknown deployment $name ($CANDIDATES)"
+done
 if [ "$SLO_TTFT" = auto ] || [ "$SLO_TPOT" = auto ]; then
   # The validation SLO: 3x the slower measured deployment's idle p50s, so
   # both meet it idle.
@@ -315,7 +319,7 @@ echo "SLO: TTFT <= $SLO_TTFT ms, TPOT <= $SLO_TPOT ms"
 declare -A RATES_OF
 for name in $DEPLOYMENTS; do
   if [ "$RATES" = auto ]; then
-    cap=$(plan_figure "${PROFILE[$name]}" "$name" 1000 200 "p['request_throughput']")
+    cap=${CAP[$name]}
     RATES_OF[$name]=$(python3 -c "import sys; c=float(sys.argv[1]); print(' '.join(f'{float(f)*c:.3g}' for f in sys.argv[2].split()))" "$cap" "$RATE_FRACTIONS")
     echo "$name: simulated capacity $cap req/s; rates ${RATES_OF[$name]}"
   else
@@ -331,7 +335,6 @@ for rep in $(seq 0 $((REPS - 1))); do
   order=$DEPLOYMENTS
   [ $((rep % 2)) = 1 ] && order=$(echo "$DEPLOYMENTS" | tr ' ' '\n' | tac | tr '\n' ' ')
   for name in $order; do
-  [ -n "${CLUSTER_FLAGS[$name]:-}" ] || die "unknown deployment $name (${!CLUSTER_FLAGS[*]})"
   idx=0
   for rate in ${RATES_OF[$name]}; do
     seed=$((SEED + idx + 1000 * rep))

@@ -251,6 +251,38 @@ TEST(MatMulKQuantTest, CancellingMinsMatchTheReference) {
   }
 }
 
+// Packs `plain` and runs n_tokens tokens through it: token 0 all -127,
+// token 1 all 127, token 2 alternating runs of `run` elements of each, the
+// rest random (seed). Every ISA path must match the reference, and each
+// token's solo (AVX2) result bit for bit.
+void ExpectExtremeSumsMatch(const WeightMatrix& plain, int64_t n_tokens, int64_t run,
+                            uint32_t seed) {
+  const int64_t n_out = plain.n_out, n_in = plain.n_in;
+  std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
+  const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
+  std::vector<float> x = RandomVector(n_tokens * n_in, seed);
+  for (int64_t k = 0; k < n_in; ++k) {
+    x[k] = -1;
+    x[n_in + k] = 1;
+    x[2 * n_in + k] = (k / run) % 2 ? 1 : -1;
+  }
+  const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
+  std::vector<uint8_t> xq(rb * n_tokens);
+  QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
+  std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
+  MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
+  for (Isa isa : testing::SupportedIsas()) {
+    SCOPED_TRACE(IsaName(isa));
+    ScopedIsa scoped(isa);
+    MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
+    EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
+      for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
+    }
+  }
+}
+
 // Q6_K and activations at the ends of their ranges: quants all 0 (value -32)
 // or all 63, scales -128 or 127, activations all -127 or all 127. A dot over
 // 8 elements then reaches 8·32·127 = 32512, the most the AVX-512 kernel's
@@ -277,30 +309,8 @@ TEST(MatMulKQuantTest, ExtremeQ6KSumsMatchTheReference) {
       b.d = F32ToF16(1e-3f);
     }
   }
-  const WeightMatrix plain{blocks.data(), DType::kQ6_K, n_out, n_in};
-  std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
-  const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
-  std::vector<float> x = RandomVector(n_tokens * n_in, 6);
-  for (int64_t k = 0; k < n_in; ++k) {
-    x[k] = -1;                               // token 0: all -127
-    x[n_in + k] = 1;                         // token 1: all 127
-    x[2 * n_in + k] = (k / 8) % 2 ? 1 : -1;  // token 2: runs of 8 of each
-  }
-  const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
-  std::vector<uint8_t> xq(rb * n_tokens);
-  QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
-  std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
-  MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
-  for (Isa isa : testing::SupportedIsas()) {
-    SCOPED_TRACE(IsaName(isa));
-    ScopedIsa scoped(isa);
-    MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
-    EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
-      for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
-    }
-  }
+  ExpectExtremeSumsMatch(WeightMatrix{blocks.data(), DType::kQ6_K, n_out, n_in}, n_tokens,
+                         /*run=*/8, /*seed=*/6);
 }
 
 // Q4_K/Q5_K at the ends of their ranges: quants all 0 or all 15/31, scales
@@ -332,30 +342,8 @@ TEST(MatMulKQuantTest, ExtremeQ4KQ5KSumsMatchTheReference) {
         }
       }
     }
-    const WeightMatrix plain{bytes.data(), type, n_out, n_in};
-    std::vector<uint8_t> packed_bytes(PackedWeightBytes(plain));
-    const WeightMatrix packed = PackWeights(packed_bytes.data(), plain, 0, 1);
-    std::vector<float> x = RandomVector(n_tokens * n_in, 7);
-    for (int64_t k = 0; k < n_in; ++k) {
-      x[k] = -1;                                // token 0: all -127
-      x[n_in + k] = 1;                          // token 1: all 127
-      x[2 * n_in + k] = (k / 16) % 2 ? 1 : -1;  // token 2: runs of 16 of each
-    }
-    const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
-    std::vector<uint8_t> xq(rb * n_tokens);
-    QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_tokens, 0, 1);
-    std::vector<float> want(n_out * n_tokens), got(n_out * n_tokens), one(n_out);
-    MatMulQuantRef(want.data(), n_out, plain, xq.data(), n_tokens);
-    for (Isa isa : testing::SupportedIsas()) {
-      SCOPED_TRACE(IsaName(isa));
-      ScopedIsa scoped(isa);
-      MatMul(got.data(), n_out, packed, xq.data(), n_tokens, 0, 1);
-      EXPECT_LT(MaxRelErr(got.data(), want.data(), got.size()), kQuantRefMaxRel);
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        MatMul(one.data(), n_out, packed, xq.data() + t * rb, 1, 0, 1);
-        for (int64_t r = 0; r < n_out; ++r) ASSERT_EQ(one[r], got[t * n_out + r]) << t << " " << r;
-      }
-    }
+    ExpectExtremeSumsMatch(WeightMatrix{bytes.data(), type, n_out, n_in}, n_tokens,
+                           /*run=*/16, /*seed=*/7);
   }
 }
 
