@@ -60,7 +60,7 @@ void QuantizeActivations(void* xq, ActFormat f, const float* x, int64_t n_in, in
         internal::QuantizeRowQ8(out + r * row_bytes, row, n_in, 0, n_in / kQK);
         break;
       case ActFormat::kQ8_K:
-        QuantizeRow(out + r * row_bytes, row, DType::kQ8_K, n_in);
+        internal::QuantizeRowQ8K(out + r * row_bytes, row, n_in);
         break;
     }
   }
@@ -86,7 +86,7 @@ void EncodeChunked(void* xq, ActFormat f, int64_t n, Produce produce) {
         internal::QuantizeRowQ8(xq, chunk, n, k0 / kQK, (k0 + len) / kQK);
         break;
       case ActFormat::kQ8_K:
-        QuantizeRow(out + k0 / kQKK * sizeof(BlockQ8_K), chunk, DType::kQ8_K, len);
+        internal::QuantizeRowQ8K(out + k0 / kQKK * sizeof(BlockQ8_K), chunk, len);
         break;
     }
   }
@@ -202,6 +202,13 @@ void QuantizeRowQ8(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1
     case Isa::kScalar:
       return QuantizeRowQ8Scalar(y, x, n_in, b0, b1);
   }
+}
+
+void QuantizeRowQ8K(void* y, const float* x, int64_t n) {
+  if (ActiveIsa() == Isa::kAvx512) {
+    return QuantizeRowQ8KAvx512(static_cast<BlockQ8_K*>(y), x, n / kQKK);
+  }
+  QuantizeRow(y, x, DType::kQ8_K, n);
 }
 
 }  // namespace internal

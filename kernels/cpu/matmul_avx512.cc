@@ -351,6 +351,44 @@ void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in, int64_t b0, int6
   }
 }
 
+// As QuantQ8_K (kernels/quant.cc), bit for bit: the scale from the first
+// element of largest magnitude (its sign included), quants rounded half to
+// even (the scalar path's 1.5·2^23 trick, cvtps_epi32 here) and capped at 127.
+void QuantizeRowQ8KAvx512(BlockQ8_K* y, const float* x, int64_t nb) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t i = 0; i < nb; ++i, x += kQKK) {
+    __m512 v[16];
+    __m512 amax_v = _mm512_setzero_ps();
+    for (int k = 0; k < 16; ++k) {
+      v[k] = _mm512_loadu_ps(x + 16 * k);
+      amax_v = _mm512_max_ps(amax_v, _mm512_andnot_ps(sign, v[k]));
+    }
+    const float amax = _mm512_reduce_max_ps(amax_v);
+    if (!(amax > 0)) {  // all zero (or NaN, which the scalar loop also skips)
+      std::memset(&y[i], 0, sizeof(BlockQ8_K));
+      continue;
+    }
+    float max = 0;
+    const __m512 amax_b = _mm512_set1_ps(amax);
+    for (int k = 0; k < 16; ++k) {
+      const __mmask16 m = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, v[k]), amax_b, _CMP_EQ_OQ);
+      if (m) {
+        max = x[16 * k + __builtin_ctz(m)];
+        break;
+      }
+    }
+    const float iscale = -127.f / max;
+    const __m512 is = _mm512_set1_ps(iscale);
+    const __m512i cap = _mm512_set1_epi32(127);
+    for (int k = 0; k < 16; ++k) {
+      const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(is, v[k])), cap);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs + 16 * k), _mm512_cvtepi32_epi8(q));
+      y[i].bsums[k] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    y[i].d = 1 / iscale;
+  }
+}
+
 }  // namespace pdserve::kernels::internal
 
 #else  // no AVX-512 at compile time: never selected at run time.
@@ -362,6 +400,9 @@ void MatMulAvx512(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
 }
 void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1) {
   QuantizeRowQ8Scalar(y, x, n_in, b0, b1);
+}
+void QuantizeRowQ8KAvx512(BlockQ8_K* y, const float* x, int64_t nb) {
+  QuantizeRow(y, x, DType::kQ8_K, nb * kQKK);
 }
 }  // namespace pdserve::kernels::internal
 

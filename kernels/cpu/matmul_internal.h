@@ -143,6 +143,10 @@ void QuantizeRowQ8Avx2(void* y, const float* x, int64_t n_in, int64_t b0, int64_
 void QuantizeRowQ8Avx512(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1);
 // Dispatches to the active ISA's QuantizeRowQ8*.
 void QuantizeRowQ8(void* y, const float* x, int64_t n_in, int64_t b0, int64_t b1);
+// nb super-blocks of Q8_K activations; the same bytes as QuantizeRow(kQ8_K).
+void QuantizeRowQ8KAvx512(BlockQ8_K* y, const float* x, int64_t nb);
+// Dispatches: AVX-512 when active, QuantizeRow otherwise.
+void QuantizeRowQ8K(void* y, const float* x, int64_t n);
 
 inline uint32_t LoadU32(const void* p) {
   uint32_t v;

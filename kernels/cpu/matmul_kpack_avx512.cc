@@ -8,8 +8,11 @@
 // (Q6_K) or 16 (Q4_K, Q5_K) elements of a row has its own dot, small enough
 // for int16, which one vpdpwssd scales by the sub-block's scale into the
 // super-block sum. Tiles of up to 8 tokens reuse each unpacked weight vector,
-// so a decode batch of 8 reads every weight once.
+// so a decode batch of 8 reads every weight once; past 8 tokens (prefill) a
+// block of pairs is unpacked once into a per-thread buffer that every tile
+// loads from.
 #include <algorithm>
+#include <new>
 #include <utility>
 
 #include "kernels/cpu/matmul_internal.h"
@@ -22,6 +25,7 @@ namespace pdserve::kernels::internal {
 namespace {
 
 constexpr int kMaxTokens = 8;             // tokens per tile
+constexpr int kUnpackedVectors = 64;      // a pair's super-block, unpacked: 256 bytes x 16 rows
 constexpr int64_t kPrefetchBytes = 2048;  // weight prefetch distance per group, as on AVX2
 
 // acc + vpdpbusd(q, the 4 bytes at p broadcast), the broadcast folded into
@@ -105,19 +109,24 @@ inline __m512i Quants(const uint8_t* p0, const uint8_t* p1, int j) {
 // once per super-block (PairTile). Each run takes its sub-block's scale by
 // one vpdpwssd, as for Q6_K below. A half's 8 quant vectors are unpacked once
 // for all NT tokens.
-template <DType T, int NT>
+template <DType T, int NT, bool kU>
 inline void Part(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* const* a,
-                 const int32_t (*starts)[16], __m512i* sumi) {
+                 const int32_t (*starts)[16], __m512i* sumi, const __m512i* uq) {
   constexpr KPackLayout kL = KLayout(T);
   constexpr bool kQ5 = T == DType::kQ5_K;
   // Scale pair j: bytes (sc_2j, sc_2j+1) of row i, as int16 pairs (sc, 0).
   const __m512i x = _mm512_cvtepu8_epi16(Load2x128(p0 + kL.sc + 16 * j, p1 + kL.sc + 16 * j));
   const __m512i s[2] = {_mm512_and_si512(x, _mm512_set1_epi32(0xFFFF)), _mm512_srli_epi32(x, 16)};
   auto half = [&]<int H>() {
-    const __m512i q[8] = {Quants<T, H, 0>(p0, p1, j), Quants<T, H, 1>(p0, p1, j),
-                          Quants<T, H, 2>(p0, p1, j), Quants<T, H, 3>(p0, p1, j),
-                          Quants<T, H, 4>(p0, p1, j), Quants<T, H, 5>(p0, p1, j),
-                          Quants<T, H, 6>(p0, p1, j), Quants<T, H, 7>(p0, p1, j)};
+    __m512i q[8];
+    if constexpr (kU) {
+      for (int c = 0; c < 8; ++c) q[c] = _mm512_load_si512(uq + 16 * j + 8 * H + c);
+    } else {
+      q[0] = Quants<T, H, 0>(p0, p1, j), q[1] = Quants<T, H, 1>(p0, p1, j);
+      q[2] = Quants<T, H, 2>(p0, p1, j), q[3] = Quants<T, H, 3>(p0, p1, j);
+      q[4] = Quants<T, H, 4>(p0, p1, j), q[5] = Quants<T, H, 5>(p0, p1, j);
+      q[6] = Quants<T, H, 6>(p0, p1, j), q[7] = Quants<T, H, 7>(p0, p1, j);
+    }
     for (int t = 0; t < NT; ++t) {
       const int8_t* xa = a[t] + 64 * j + 32 * H;
       __m512i lo = kQ5 ? _mm512_set1_epi32(starts[t][4 * j + 2 * H]) : _mm512_setzero_si512();
@@ -158,9 +167,9 @@ inline void OffsetStarts(int32_t* starts, const int8_t* qs) {
 
 // Part j (64 elements) of a Q6_K super-block for NT tokens; a[t] points at
 // token t's 256 activations, starts[t] at its OffsetStarts.
-template <int NT>
+template <int NT, bool kU>
 inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* const* a,
-                   const int32_t* starts, __m512i* sumi) {
+                   const int32_t* starts, __m512i* sumi, const __m512i* uq) {
   constexpr KPackLayout kL = KLayout(DType::kQ6_K);
   // Scale pair 2j+g holds sub-blocks (4j+g, 4j+2+g) as bytes (a_i, b_i) of
   // row i; as int16 pairs (sc, 0) per row lane, s[H][g] is sub-block 4j+2H+g.
@@ -177,10 +186,17 @@ inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* co
   // vpdpwssd against (sc, 0) (its upper int16 is the sign).
   auto sub_block = [&]<int H, int G>() {
     constexpr int kRun = 4 * H + 2 * G;
-    const __m512i q0 = Quants<DType::kQ6_K, H, 4 * G>(p0, p1, j);
-    const __m512i q1 = Quants<DType::kQ6_K, H, 4 * G + 1>(p0, p1, j);
-    const __m512i q2 = Quants<DType::kQ6_K, H, 4 * G + 2>(p0, p1, j);
-    const __m512i q3 = Quants<DType::kQ6_K, H, 4 * G + 3>(p0, p1, j);
+    __m512i q0, q1, q2, q3;
+    if constexpr (kU) {
+      const __m512i* u = uq + 16 * j + 8 * H + 4 * G;
+      q0 = _mm512_load_si512(u), q1 = _mm512_load_si512(u + 1);
+      q2 = _mm512_load_si512(u + 2), q3 = _mm512_load_si512(u + 3);
+    } else {
+      q0 = Quants<DType::kQ6_K, H, 4 * G>(p0, p1, j);
+      q1 = Quants<DType::kQ6_K, H, 4 * G + 1>(p0, p1, j);
+      q2 = Quants<DType::kQ6_K, H, 4 * G + 2>(p0, p1, j);
+      q3 = Quants<DType::kQ6_K, H, 4 * G + 3>(p0, p1, j);
+    }
     for (int t = 0; t < NT; ++t) {
       const int8_t* x = a[t] + 64 * j + 32 * H + 16 * G;
       const int32_t* st = starts + 32 * t + 8 * j + kRun;
@@ -201,10 +217,10 @@ inline void PartQ6(const uint8_t* p0, const uint8_t* p1, int j, const int8_t* co
 // in cache, and the prefetches cost them ~5% at 512 tokens). A token's
 // result does not depend on NT (integer sums are exact and the float steps run
 // in the same order), so batches match solo decoding.
-template <DType T, int NT>
+template <DType T, int NT, bool kU>
 void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64_t nb,
-              const BlockQ8_K* const* acts, __mmask16 rows, bool prefetch,
-              const int32_t* q6_starts) {
+              const BlockQ8_K* const* acts, __mmask16 rows, bool prefetch, const int32_t* q6_starts,
+              const __m512i* unpacked) {
   const int64_t group_bytes = nb * KLayout(T).bytes;
   constexpr KPackLayout kL = KLayout(T);
   constexpr bool kQ6 = T == DType::kQ6_K;
@@ -213,6 +229,8 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
   for (int64_t ib = 0; ib < nb; ++ib) {
     const uint8_t* p0 = g0 + ib * kL.bytes;
     const uint8_t* p1 = g1 + ib * kL.bytes;
+    const __m512i* uq = nullptr;
+    if constexpr (kU) uq = unpacked + kUnpackedVectors * ib;
     if (prefetch) {
       // Each group's stream kPrefetchBytes ahead; past the group's end the
       // stream continues in the same group of the next pair (two groups
@@ -240,7 +258,7 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
         sumi[t] = _mm512_setzero_si512();
       }
       const int32_t* starts = q6_starts ? q6_starts + ib * NT * 32 : own;
-      for (int j = 0; j < 4; ++j) PartQ6<NT>(p0, p1, j, a, starts, sumi);
+      for (int j = 0; j < 4; ++j) PartQ6<NT, kU>(p0, p1, j, a, starts, sumi, uq);
     } else {
       // The mins: -dmin · Σ_s m_s · bsum32_s, straight into the float sums.
       // Per token, pairs of activation sums (int16 x 2 in an int32) lined up
@@ -280,7 +298,7 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
                              _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(b16, 4)));
         }
       }
-      for (int j = 0; j < 4; ++j) Part<T, NT>(p0, p1, j, a, starts, sumi);
+      for (int j = 0; j < 4; ++j) Part<T, NT, kU>(p0, p1, j, a, starts, sumi, uq);
     }
     for (int t = 0; t < NT; ++t) {
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]),
@@ -292,23 +310,66 @@ void PairTile(float* y, int64_t ldy, const uint8_t* g0, const uint8_t* g1, int64
 
 template <DType T>
 using TileFn = void (*)(float*, int64_t, const uint8_t*, const uint8_t*, int64_t,
-                        const BlockQ8_K* const*, __mmask16, bool, const int32_t*);
+                        const BlockQ8_K* const*, __mmask16, bool, const int32_t*, const __m512i*);
+
+template <DType T, bool kU>
+TileFn<T> TileFor(int nt) {
+  static constexpr TileFn<T> kFns[kMaxTokens] = {
+      PairTile<T, 1, kU>, PairTile<T, 2, kU>, PairTile<T, 3, kU>, PairTile<T, 4, kU>,
+      PairTile<T, 5, kU>, PairTile<T, 6, kU>, PairTile<T, 7, kU>, PairTile<T, 8, kU>};
+  return kFns[nt - 1];
+}
+
+// A pair's quant vectors, as Part/PartQ6 take them (vector 16j + 8H + C of
+// each super-block), written once so that every token tile after the first
+// loads them instead of unpacking them again: the unpacking (shifts, masks
+// and the high-bit merge) was 1.5-4.5 vector ops per 8 vpdpbusd.
+template <DType T, int H, int... C>
+inline void UnpackHalf(__m512i* o, const uint8_t* p0, const uint8_t* p1, int j,
+                       std::integer_sequence<int, C...>) {
+  ((_mm512_store_si512(o + C, Quants<T, H, C>(p0, p1, j))), ...);
+}
 
 template <DType T>
-TileFn<T> TileFor(int nt) {
-  static constexpr TileFn<T> kFns[kMaxTokens] = {PairTile<T, 1>, PairTile<T, 2>, PairTile<T, 3>,
-                                                 PairTile<T, 4>, PairTile<T, 5>, PairTile<T, 6>,
-                                                 PairTile<T, 7>, PairTile<T, 8>};
-  return kFns[nt - 1];
+void UnpackPair(__m512i* dst, const uint8_t* g0, const uint8_t* g1, int64_t nb) {
+  constexpr KPackLayout kL = KLayout(T);
+  for (int64_t ib = 0; ib < nb; ++ib, dst += kUnpackedVectors) {
+    const uint8_t* p0 = g0 + ib * kL.bytes;
+    const uint8_t* p1 = g1 + ib * kL.bytes;
+    for (int j = 0; j < 4; ++j) {
+      UnpackHalf<T, 0>(dst + 16 * j, p0, p1, j, std::make_integer_sequence<int, 8>());
+      UnpackHalf<T, 1>(dst + 16 * j + 8, p0, p1, j, std::make_integer_sequence<int, 8>());
+    }
+  }
+}
+
+// This thread's buffer of at least n vectors (grown, never shrunk: its
+// largest size is a few pairs of the widest matrix, under 2 MiB).
+__m512i* UnpackBuffer(int64_t n) {
+  struct Buffer {
+    void* p = nullptr;
+    int64_t cap = 0;
+    ~Buffer() { ::operator delete (p, std::align_val_t{64}); }
+  };
+  thread_local Buffer buf;
+  if (buf.cap < n) {
+    ::operator delete (buf.p, std::align_val_t{64});
+    buf.p = ::operator new (static_cast<size_t>(n) * sizeof(__m512i), std::align_val_t{64});
+    buf.cap = n;
+  }
+  return static_cast<__m512i*>(buf.p);
 }
 
 // Group pairs in order (the matrix is two neighbouring sequential streams),
 // token tiles inside a pair so its weights (2 x nb super-blocks, L2) are read
 // from memory once. Q6_K runs blocks of up to 8 pairs per token tile, as
-// many as kQ6BlockBytes of weights (so they stay in L2), and computes the
+// many as kBlockBytes of weights (so they stay in L2), and computes the
 // tile's dot starts, which depend on the tokens only, once for the block:
 // per pair they were ~14% of the tile (8 pairs measured 2-3% faster than 4).
-constexpr int64_t kQ6BlockBytes = 512 << 10;
+// With more than one token tile (prefill), every type runs in blocks of
+// pairs whose quants are unpacked once into a per-thread buffer (at most
+// kBlockBytes, or one pair) and loaded by every tile.
+constexpr int64_t kBlockBytes = 512 << 10;
 constexpr int64_t kQ6MaxBlocks = 64;  // super-blocks of starts on the stack (64 KiB)
 
 template <DType T>
@@ -318,13 +379,31 @@ void MatMulPackedK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
   constexpr int kPairRows = 2 * kKPackRows;
   const int64_t nb = w.n_in / kQKK;
   const int64_t group_bytes = nb * kL.bytes;
+  const bool unpack = n_tokens > kMaxTokens;
+  const int64_t pair_vectors = nb * kUnpackedVectors;
   const bool shared_starts = T == DType::kQ6_K && nb <= kQ6MaxBlocks;
-  const int64_t block_pairs = std::clamp<int64_t>(kQ6BlockBytes / (2 * group_bytes), 1, 8);
-  const int64_t block_rows = shared_starts ? block_pairs * kPairRows : kPairRows;
+  const int64_t block_pairs = unpack ? std::clamp<int64_t>(kBlockBytes / (pair_vectors * 64), 1, 8)
+                                     : std::clamp<int64_t>(kBlockBytes / (2 * group_bytes), 1, 8);
+  const int64_t block_rows = shared_starts || unpack ? block_pairs * kPairRows : kPairRows;
+  __m512i* const buf = unpack ? UnpackBuffer(block_pairs * pair_vectors) : nullptr;
   alignas(64) int32_t starts[T == DType::kQ6_K ? kQ6MaxBlocks * kMaxTokens * 32 : 1];
   const BlockQ8_K* acts[kMaxTokens];
   for (int64_t rb = r0; rb < r1; rb += block_rows) {
     const int64_t rb1 = r1 - rb < block_rows ? r1 : rb + block_rows;
+    // r0 is a multiple of 16 (MatMul's split), so r starts a group; with 8
+    // rows or fewer left the second group does not exist: compute the first
+    // twice and store its lanes only.
+    auto groups = [&](int64_t r, const uint8_t** g0, const uint8_t** g1) {
+      *g0 = static_cast<const uint8_t*>(w.data) + (r / kKPackRows) * group_bytes;
+      *g1 = r1 - r > kKPackRows ? *g0 + group_bytes : *g0;
+    };
+    if (unpack) {
+      for (int64_t r = rb, k = 0; r < rb1; r += kPairRows, ++k) {
+        const uint8_t *g0, *g1;
+        groups(r, &g0, &g1);
+        UnpackPair<T>(buf + k * pair_vectors, g0, g1, nb);
+      }
+    }
     for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxTokens) {
       const int nt = static_cast<int>(n_tokens - t0 < kMaxTokens ? n_tokens - t0 : kMaxTokens);
       for (int t = 0; t < nt; ++t) {
@@ -336,16 +415,19 @@ void MatMulPackedK(float* y, int64_t ldy, const WeightMatrix& w, const void* xq,
           for (int t = 0; t < nt; ++t) OffsetStarts(starts + (ib * nt + t) * 32, acts[t][ib].qs);
         }
       }
-      for (int64_t r = rb; r < rb1; r += kPairRows) {
+      for (int64_t r = rb, k = 0; r < rb1; r += kPairRows, ++k) {
         const int rows = static_cast<int>(r1 - r < kPairRows ? r1 - r : kPairRows);
         const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
-        // r0 is a multiple of 16 (MatMul's split), so r starts a group; with 8
-        // rows or fewer left the second group does not exist: compute the first
-        // twice and store its lanes only.
-        const uint8_t* g0 = static_cast<const uint8_t*>(w.data) + (r / kKPackRows) * group_bytes;
-        const uint8_t* g1 = rows > kKPackRows ? g0 + group_bytes : g0;
-        TileFor<T>(nt)(y + t0 * ldy + r, ldy, g0, g1, nb, acts, mask, t0 == 0,
-                       shared_starts ? starts : nullptr);
+        const uint8_t *g0, *g1;
+        groups(r, &g0, &g1);
+        const int32_t* st = shared_starts ? starts : nullptr;
+        if (unpack) {
+          TileFor<T, true>(nt)(y + t0 * ldy + r, ldy, g0, g1, nb, acts, mask, false, st,
+                               buf + k * pair_vectors);
+        } else {
+          TileFor<T, false>(nt)(y + t0 * ldy + r, ldy, g0, g1, nb, acts, mask, t0 == 0, st,
+                                nullptr);
+        }
       }
     }
   }

@@ -118,6 +118,9 @@ TEST_P(MatMulTest, MatchesReferencesOnEveryIsaAndShapeClass) {
     CheckMatMul(type, {67, n_in, 4}, isa, 2, packed);
     CheckMatMul(type, {1, n_in, 3}, isa, 2, packed);  // fewer rows than threads
     CheckMatMul(type, {130, IsKQuant(type) ? 256 : 64, 7}, isa, 3, packed);
+    // More than 8 group pairs under several token tiles: the AVX-512 K-quant
+    // prefill unpacks blocks of at most 8 pairs, the last one partial.
+    CheckMatMul(type, {150, n_in, 12}, isa, 1, packed);
     // Long rows: the on-the-fly packing of ggml rows works in k chunks.
     CheckMatMul(type, {20, IsKQuant(type) ? 1024 : 2080, 3}, isa, 1, packed);
     // K-quant rows past 64 super-blocks: the AVX-512 Q6_K tile then computes
@@ -412,6 +415,46 @@ TEST(MatMulApiTest, EncodedActivationsAreTheSameOnEveryIsa) {
     std::vector<uint8_t> xq(rb * n_rows);
     QuantizeActivations(xq.data(), ActFormat::kQ8_1, x.data(), n_in, n_rows, 0, 1);
     EXPECT_EQ(xq, ref);
+  }
+}
+
+// Q8_K (the K-quants' activations): every ISA writes the scalar encoder's
+// bytes, including the sign of the scale when the largest magnitude occurs
+// with both signs (the first one wins), rounding ties and all-zero blocks.
+TEST(MatMulApiTest, EncodedQ8KActivationsAreTheSameOnEveryIsa) {
+  const int64_t n_in = 1024, n_rows = 4;
+  std::vector<float> x = RandomVector(n_in * n_rows, 9, 3.0f);
+  for (int j = 0; j < 256; ++j) x[256 + j] = 0.0f;  // row 0, block 1: all zero
+  x[512 + 40] = 50.0f, x[512 + 200] = -50.0f;       // row 0, block 2: +50 first
+  x[768 + 17] = -50.0f, x[768 + 90] = 50.0f;        // row 0, block 3: -50 first
+  // Row 1, block 0: multiples of the step's half (ties round to even).
+  x[n_in + 0] = 127.0f;
+  for (int j = 1; j < 256; ++j) x[n_in + j] = 0.5f * static_cast<float>(j % 200 - 100);
+  const int64_t rb = ActRowBytes(ActFormat::kQ8_K, n_in);
+  std::vector<uint8_t> ref(rb * n_rows);
+  {
+    ScopedIsa scoped(Isa::kScalar);
+    QuantizeActivations(ref.data(), ActFormat::kQ8_K, x.data(), n_in, n_rows, 0, 1);
+  }
+  const BlockQ8_K* b = reinterpret_cast<const BlockQ8_K*>(ref.data());
+  EXPECT_EQ(b[1].d, 0.0f);
+  EXPECT_LT(b[2].d, 0.0f);  // scale -127/max: max = +50
+  EXPECT_GT(b[3].d, 0.0f);
+  for (Isa isa : testing::SupportedIsas()) {
+    SCOPED_TRACE(IsaName(isa));
+    ScopedIsa scoped(isa);
+    std::vector<uint8_t> xq(rb * n_rows);
+    QuantizeActivations(xq.data(), ActFormat::kQ8_K, x.data(), n_in, n_rows, 0, 1);
+    EXPECT_EQ(xq, ref);
+    // The fused path (RMS norm, then encode in chunks) too.
+    std::vector<float> w(n_in, 1.0f);
+    std::vector<uint8_t> fused(rb), fused_ref(rb);
+    RmsNormQuantize(fused.data(), ActFormat::kQ8_K, x.data() + n_in, w.data(), n_in, 1e-5f);
+    {
+      ScopedIsa scalar(Isa::kScalar);
+      RmsNormQuantize(fused_ref.data(), ActFormat::kQ8_K, x.data() + n_in, w.data(), n_in, 1e-5f);
+    }
+    EXPECT_EQ(fused, fused_ref);
   }
 }
 
