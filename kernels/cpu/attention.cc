@@ -22,8 +22,8 @@ using internal::WorkUnit;
 
 // Per thread: the scalar path's scores (max_ctx) and the SIMD paths' queries,
 // outputs, K/V tiles and softmax state (AVX-512: 64 query heads of up to 256
-// dims, three copies; tiled: two).
-int64_t WorkFloats(int32_t max_ctx) { return int64_t{max_ctx} + 65536; }
+// dims, three copies, and four K tiles; tiled: two).
+int64_t WorkFloats(int32_t max_ctx) { return int64_t{max_ctx} + 81920; }
 
 // Per thread, for the partials of split decode rows: one query head's
 // segment takes head_dim + 2 floats, a split sequence n_heads of them per 64

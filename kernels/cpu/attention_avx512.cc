@@ -25,11 +25,13 @@ namespace pdserve::kernels::internal {
 namespace {
 
 constexpr int kTile = 16;       // keys per tile
+constexpr int kSuper = 4;       // tiles whose decode scores are computed together
 constexpr int kMaxQHeads = 64;  // query heads (rows x group) per item
 constexpr int kMaxHeadDim = 256;
 
 struct Scratch {
-  float* k;   // (kTile, head_dim) K tile as floats
+  float* k;   // (kTile, head_dim) K tile as floats; the rows kernel: kSuper
+              // transposed K tiles, (kSuper, head_dim, kTile)
   float* v;   // (kTile, head_dim) V tile as floats
   float* qt;  // (kMaxQHeads / 16, head_dim, 16) scaled queries, transposed
   float* ot;  // (kMaxQHeads / 16, head_dim, 16) unnormalized outputs, transposed
@@ -39,6 +41,7 @@ struct Scratch {
   float* p;   // (kMaxQHeads, kTile) probabilities of the tile
   float* am;  // (kMaxQHeads) folded max (rows kernel; its outputs are in ot)
   float* al;  // (kMaxQHeads) folded sum
+  float* sc;  // (kMaxQHeads, kSuper, kTile) scores (rows kernel)
 };
 
 float ExpScalar(float x) { return _mm512_cvtss_f32(Exp512(_mm512_set1_ps(x))); }
@@ -286,52 +289,84 @@ void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLa
       s.l[g] = 0.0f;
     }
     std::memset(s.o, 0, sizeof(float) * ng_heads * hd);
-    for (int32_t p0 = seg_begin; p0 < seg_end; p0 += kTile) {
-      const int nk = seg_end - p0 < kTile ? seg_end - p0 : kTile;
-      const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
-      LoadKTransposed(s.k, kv, seq, h, p0, nk);
-      LoadTile(s.v, kv, seq, 1, h, p0, nk);
-      float corr[kMaxQHeads];
+    for (int32_t ps = seg_begin; ps < seg_end; ps += kSuper * kTile) {
+      // Scores of up to kSuper tiles at once: their FMA chains interleave
+      // (one chain alone waits on the FMA latency every step) and share
+      // each query broadcast. Each lane's chain is the same as tile by tile.
+      const int nt =
+          static_cast<int>(std::min<int32_t>(kSuper, (seg_end - ps + kTile - 1) / kTile));
+      for (int t = 0; t < nt; ++t) {
+        const int32_t p0 = ps + t * kTile;
+        LoadKTransposed(s.k + t * kTile * hd, kv, seq, h, p0,
+                        seg_end - p0 < kTile ? seg_end - p0 : kTile);
+      }
       for (int g = 0; g < ng_heads; ++g) {
         const float* qv = qs + g * hd;
-        // One FMA chain per key lane in d order, as in the lanes kernel.
-        __m512 sc0 = _mm512_setzero_ps();
-        for (int d = 0; d < hd; ++d) {
-          sc0 = _mm512_fmadd_ps(_mm512_set1_ps(qv[d]), _mm512_loadu_ps(s.k + d * kTile), sc0);
-        }
-        const float m_old = s.m[g];
-        const float tmax = _mm512_mask_reduce_max_ps(kmask, sc0);
-        const float m_new = m_old > tmax ? m_old : tmax;
-        corr[g] = ExpScalar(m_old - m_new);
-        const __m512 pv =
-            _mm512_maskz_mov_ps(kmask, Exp512(_mm512_sub_ps(sc0, _mm512_set1_ps(m_new))));
-        _mm512_storeu_ps(s.p + g * kTile, pv);
-        float lsum = 0.0f;
-        for (int j = 0; j < kTile; ++j) lsum += s.p[g * kTile + j];
-        s.l[g] = std::fma(s.l[g], corr[g], lsum);
-        s.m[g] = m_new;
-      }
-      // P·V for all heads: each V load feeds every head; even and odd keys in
-      // two accumulators added at the end, as the lanes kernel does.
-      for (int c = 0; c < nc; ++c) {
-        for (int g0 = 0; g0 < ng_heads; g0 += 4) {
-          const int ng = ng_heads - g0 < 4 ? ng_heads - g0 : 4;
-          __m512 o0[4], o1[4];
-          for (int g = 0; g < ng; ++g) {
-            o0[g] = _mm512_mul_ps(_mm512_loadu_ps(s.o + (g0 + g) * hd + 16 * c),
-                                  _mm512_set1_ps(corr[g0 + g]));
-            o1[g] = _mm512_setzero_ps();
-          }
-          for (int j = 0; j < kTile; j += 2) {  // p and V are zero past nk
-            const __m512 v0 = _mm512_loadu_ps(s.v + j * hd + 16 * c);
-            const __m512 v1 = _mm512_loadu_ps(s.v + (j + 1) * hd + 16 * c);
-            for (int g = 0; g < ng; ++g) {
-              o0[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j]), v0, o0[g]);
-              o1[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j + 1]), v1, o1[g]);
+        float* scores = s.sc + g * kSuper * kTile;
+        if (nt == kSuper) {
+          __m512 sc[kSuper];
+          for (int t = 0; t < kSuper; ++t) sc[t] = _mm512_setzero_ps();
+          for (int d = 0; d < hd; ++d) {
+            const __m512 qd = _mm512_set1_ps(qv[d]);
+            for (int t = 0; t < kSuper; ++t) {
+              sc[t] = _mm512_fmadd_ps(qd, _mm512_loadu_ps(s.k + (t * hd + d) * kTile), sc[t]);
             }
           }
-          for (int g = 0; g < ng; ++g) {
-            _mm512_storeu_ps(s.o + (g0 + g) * hd + 16 * c, _mm512_add_ps(o0[g], o1[g]));
+          for (int t = 0; t < kSuper; ++t) _mm512_storeu_ps(scores + t * kTile, sc[t]);
+        } else {
+          for (int t = 0; t < nt; ++t) {
+            __m512 sc0 = _mm512_setzero_ps();
+            for (int d = 0; d < hd; ++d) {
+              sc0 = _mm512_fmadd_ps(_mm512_set1_ps(qv[d]),
+                                    _mm512_loadu_ps(s.k + (t * hd + d) * kTile), sc0);
+            }
+            _mm512_storeu_ps(scores + t * kTile, sc0);
+          }
+        }
+      }
+      for (int t = 0; t < nt; ++t) {
+        const int32_t p0 = ps + t * kTile;
+        const int nk = seg_end - p0 < kTile ? seg_end - p0 : kTile;
+        const __mmask16 kmask = static_cast<__mmask16>((1u << nk) - 1);
+        LoadTile(s.v, kv, seq, 1, h, p0, nk);
+        float corr[kMaxQHeads];
+        for (int g = 0; g < ng_heads; ++g) {
+          // One FMA chain per key lane in d order, as in the lanes kernel.
+          const __m512 sc0 = _mm512_loadu_ps(s.sc + (g * kSuper + t) * kTile);
+          const float m_old = s.m[g];
+          const float tmax = _mm512_mask_reduce_max_ps(kmask, sc0);
+          const float m_new = m_old > tmax ? m_old : tmax;
+          corr[g] = ExpScalar(m_old - m_new);
+          const __m512 pv =
+              _mm512_maskz_mov_ps(kmask, Exp512(_mm512_sub_ps(sc0, _mm512_set1_ps(m_new))));
+          _mm512_storeu_ps(s.p + g * kTile, pv);
+          float lsum = 0.0f;
+          for (int j = 0; j < kTile; ++j) lsum += s.p[g * kTile + j];
+          s.l[g] = std::fma(s.l[g], corr[g], lsum);
+          s.m[g] = m_new;
+        }
+        // P·V for all heads: each V load feeds every head; even and odd keys in
+        // two accumulators added at the end, as the lanes kernel does.
+        for (int c = 0; c < nc; ++c) {
+          for (int g0 = 0; g0 < ng_heads; g0 += 4) {
+            const int ng = ng_heads - g0 < 4 ? ng_heads - g0 : 4;
+            __m512 o0[4], o1[4];
+            for (int g = 0; g < ng; ++g) {
+              o0[g] = _mm512_mul_ps(_mm512_loadu_ps(s.o + (g0 + g) * hd + 16 * c),
+                                    _mm512_set1_ps(corr[g0 + g]));
+              o1[g] = _mm512_setzero_ps();
+            }
+            for (int j = 0; j < kTile; j += 2) {  // p and V are zero past nk
+              const __m512 v0 = _mm512_loadu_ps(s.v + j * hd + 16 * c);
+              const __m512 v1 = _mm512_loadu_ps(s.v + (j + 1) * hd + 16 * c);
+              for (int g = 0; g < ng; ++g) {
+                o0[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j]), v0, o0[g]);
+                o1[g] = _mm512_fmadd_ps(_mm512_set1_ps(s.p[(g0 + g) * kTile + j + 1]), v1, o1[g]);
+              }
+            }
+            for (int g = 0; g < ng; ++g) {
+              _mm512_storeu_ps(s.o + (g0 + g) * hd + 16 * c, _mm512_add_ps(o0[g], o1[g]));
+            }
           }
         }
       }
@@ -388,12 +423,13 @@ void PagedAttentionAvx512(float* out, int64_t ldo, const float* q, int64_t ldq,
   s.ot = s.qt + kMaxQHeads * hd;
   s.o = s.ot + kMaxQHeads * hd;
   s.k = s.o + kMaxQHeads * hd;
-  s.v = s.k + kTile * hd;
+  s.v = s.k + kSuper * kTile * hd;
   s.m = s.v + kTile * hd;
   s.l = s.m + kMaxQHeads;
   s.p = s.l + kMaxQHeads;
   s.am = s.p + kMaxQHeads * kTile;
   s.al = s.am + kMaxQHeads;
+  s.sc = s.al + kMaxQHeads;
   // Runs rows [i0, i1) of KV head h of seq whole: the lanes kernel when
   // they fill its lanes, else row by row over query heads [g0, g0 + ng).
   auto run_item = [&](const AttnSeq& seq, int h, int32_t i0, int32_t i1, int g0, int ng) {
