@@ -5,7 +5,9 @@
 #      representative load (`pdserve bench` in a loop: 512-token prefills,
 #      then batch-8 decode) runs on the other CPUs, stored as the profile's
 #      co-run cost (the 1P1D nodes share this machine's L3 and memory), and
-#      all CPUs (a colocated node);
+#      all CPUs (a colocated node); with PROFILE_EACH_REP=1 (default) measured
+#      again before every repetition after the first, into rep<K>/, and that
+#      repetition's runs are predicted with them (the machine drifts);
 #   2. sizes the deployments with `pdserve plan` (DEPLOYMENTS=auto): every
 #      deployment that fits this machine's CPUs (colocated1: one node on all
 #      CPUs; colocated2: two nodes, half each; 1P1D: half each) gets a
@@ -78,6 +80,7 @@ DEPLOYMENTS=${DEPLOYMENTS:-auto}
 REPS=${REPS:-3}
 CMP_TTFT_SCALE=${CMP_TTFT_SCALE:-3}
 CMP_TPOT_SCALE=${CMP_TPOT_SCALE:-1.5}
+PROFILE_EACH_REP=${PROFILE_EACH_REP:-1}
 CPUS=$(nproc)
 THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
@@ -227,10 +230,12 @@ profile() {  # threads output [bench flags...]
   [ "$threads" -lt "$CPUS" ] && pin="taskset -c 0-$((threads - 1))"
   $pin "$BIN" bench --model "$MODEL" --threads "$threads" --profile "$file" "$@" >"${file%.json}.log"
 }
-echo "== profiles ($THREADS_PER_NODE thread alone and beside a load, $((2 * THREADS_PER_NODE)) threads) $(date -u +%T) =="
-t1=$THREADS_PER_NODE t2=$((2 * THREADS_PER_NODE))
-if [ -z "${REUSE_PROFILES:-}" ] || [ ! -f "${PROFILE[1P1D]}" ] || [ ! -f "${PROFILE[colocated1]}" ]; then
-  profile "$t1" "$WORK/profile_t${t1}_alone.json"
+# Measures the three profiles into directory $1 (the 1P1D node's alone and
+# beside the co-load, the colocated node's).
+measure_profiles() {
+  local dir=$1
+  mkdir -p "$dir"
+  profile "$t1" "$dir/profile_t${t1}_alone.json"
   (
     child=
     trap '[ -n "$child" ] && kill "$child" 2>/dev/null; exit 0' TERM
@@ -243,9 +248,14 @@ if [ -z "${REUSE_PROFILES:-}" ] || [ ! -f "${PROFILE[1P1D]}" ] || [ ! -f "${PROF
   ) &
   CO_LOAD_PID=$!
   sleep 2
-  profile "$t1" "${PROFILE[1P1D]}" --profile-alone "$WORK/profile_t${t1}_alone.json" --co-run-load "$CO_LOAD_DESC"
+  profile "$t1" "$dir/profile_t${t1}.json" --profile-alone "$dir/profile_t${t1}_alone.json" --co-run-load "$CO_LOAD_DESC"
   stop_co_load
-  profile "$t2" "${PROFILE[colocated1]}"
+  profile "$t2" "$dir/profile_t${t2}.json"
+}
+echo "== profiles ($THREADS_PER_NODE thread alone and beside a load, $((2 * THREADS_PER_NODE)) threads) $(date -u +%T) =="
+t1=$THREADS_PER_NODE t2=$((2 * THREADS_PER_NODE))
+if [ -z "${REUSE_PROFILES:-}" ] || [ ! -f "${PROFILE[1P1D]}" ] || [ ! -f "${PROFILE[colocated1]}" ]; then
+  measure_profiles "$WORK"
 fi
 if [ "${PROFILES_ONLY:-0}" = 1 ]; then
   echo "profiles in $WORK"
@@ -332,6 +342,15 @@ done
 # machine spreads over all points instead of landing on one; fresh prompts
 # per run (seed SEED + rate index + 1000 x repetition).
 for rep in $(seq 0 $((REPS - 1))); do
+  if [ "$PROFILE_EACH_REP" = 1 ] && [ "$rep" -gt 0 ]; then
+    # This machine drifts (profiles 50 minutes apart differed by 25%): each
+    # repetition's runs are predicted with profiles measured right before it.
+    echo "== profiles for repetition $((rep + 1)) $(date -u +%T) =="
+    measure_profiles "$WORK/rep$rep"
+    PROFILE[colocated1]=$WORK/rep$rep/profile_t$t2.json
+    PROFILE[colocated2]=$WORK/rep$rep/profile_t$t1.json
+    PROFILE[1P1D]=$WORK/rep$rep/profile_t$t1.json
+  fi
   order=$DEPLOYMENTS
   [ $((rep % 2)) = 1 ] && order=$(echo "$DEPLOYMENTS" | tr ' ' '\n' | tac | tr '\n' ' ')
   for name in $order; do
