@@ -7,7 +7,12 @@
 #      co-run cost (the 1P1D nodes share this machine's L3 and memory), and
 #      all CPUs (a colocated node); with PROFILE_EACH_REP=1 (default) measured
 #      again before every repetition after the first, into rep<K>/, and that
-#      repetition's runs are predicted with them (the machine drifts);
+#      repetition's runs are predicted with them (the machine drifts),
+#      and once more after the last: a repetition whose profiles before and
+#      after differ by more than DRIFT_MAX (10%: the fitted 512-token
+#      prefill and batch-1 decode at 512 tokens of context) is marked as
+#      drifted in drift.json, and the summary adds the bounds over the
+#      repetitions that did not drift, beside those over all of them;
 #   2. sizes the deployments with `pdserve plan` (DEPLOYMENTS=auto): every
 #      deployment that fits this machine's CPUs (colocated1: one node on all
 #      CPUs; colocated2: two nodes, half each; 1P1D: half each) gets a
@@ -81,6 +86,7 @@ REPS=${REPS:-3}
 CMP_TTFT_SCALE=${CMP_TTFT_SCALE:-3}
 CMP_TPOT_SCALE=${CMP_TPOT_SCALE:-1.5}
 PROFILE_EACH_REP=${PROFILE_EACH_REP:-1}
+DRIFT_MAX=${DRIFT_MAX:-0.1}
 CPUS=$(nproc)
 THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
@@ -388,8 +394,45 @@ for rep in $(seq 0 $((REPS - 1))); do
 done
 fi
 
+DRIFT_FILE=
+if [ "${COMMITTED:-0}" != 1 ] && [ "${PREDICT_ONLY:-0}" != 1 ] && [ "$PROFILE_EACH_REP" = 1 ]; then
+  # Profiles once more after the last repetition: each repetition then has
+  # profiles from right before and right after it. Their difference is how
+  # far the machine drifted during it (DRIFT_MAX: a repetition whose
+  # profiles differ by more is reported as drifted, beside the rest).
+  echo "== profiles after the last repetition $(date -u +%T) =="
+  measure_profiles "$WORK/after"
+  DRIFT_FILE=$WORK/drift.json
+  dirs=("$WORK")
+  for rep in $(seq 1 $((REPS - 1))); do dirs+=("$WORK/rep$rep"); done
+  dirs+=("$WORK/after")
+  python3 - "$DRIFT_FILE" "$DRIFT_MAX" "$t1" "$t2" "${dirs[@]}" <<'PY'
+import json, sys
+out_file, limit, t1, t2, dirs = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
+def figures(d):
+    # Each profile's fitted 512-token prefill step and batch-1 decode step
+    # at 512 tokens of context.
+    f = {}
+    for t in (t1, t2):
+        s = json.load(open(f"{d}/profile_t{t}.json"))["step"]
+        f[f"prefill512_t{t}_s"] = s["base_s"] + 512 * s["prefill_token_s"] + s["attention_pair_s"] * 512 * 513 / 2
+        f[f"decode_ctx512_t{t}_s"] = s["base_s"] + s["decode_seq_s"] + 512 * s["decode_context_token_s"]
+    return f
+reps = {}
+for k in range(len(dirs) - 1):
+    a, b = figures(dirs[k]), figures(dirs[k + 1])
+    change = {key: b[key] / a[key] - 1 for key in a}
+    drift = max(abs(v) for v in change.values())
+    reps[str(k)] = {"profiles_before": dirs[k], "profiles_after": dirs[k + 1], "before": a, "after": b,
+                    "relative_change": change, "drift": drift, "stable": drift <= limit}
+json.dump({"rule": f"a repetition is stable when every figure of its profiles before and after it differs by at most {limit:.0%}",
+           "repetitions": reps}, open(out_file, "w"), indent=2)
+print("drift per repetition:", {k: f"{v['drift']:+.0%}{'' if v['stable'] else ' (drifted)'}" for k, v in reps.items()})
+PY
+fi
+
 cd "$ROOT"
-python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" "$MACHINE_FILE" "$(uptime)" "${SIZING:-}" <<'PY'
+python3 - "$POINTS" "$RESULT" "${COMMITTED:-0}" "$SLO_TTFT" "$SLO_TPOT" "$MACHINE_FILE" "$(uptime)" "${SIZING:-}" "${DRIFT_FILE:-}" <<'PY'
 import csv, json, math, os, platform, statistics, sys
 points_file, result, committed = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 machine = json.load(open(sys.argv[6])) if os.path.getsize(sys.argv[6]) else {}
@@ -508,6 +551,30 @@ for (name, rate), runs in groups.items():
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
 out["within_bound_count_single_runs"] = {k: f"{v}/{total_runs}" for k, v in within_runs.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())
+drift_file = sys.argv[9] if len(sys.argv) > 9 else ""
+if drift_file:
+    # The same comparison over the repetitions the machine did not drift
+    # through (profiles before and after within the drift limit): how well
+    # the simulator predicts when its profile describes the machine.
+    drift = json.load(open(drift_file))
+    stable = {int(k) for k, v in drift["repetitions"].items() if v["stable"]}
+    out["drift"] = drift
+    out["stable_repetitions"] = sorted(stable)
+    sw = {k: 0 for k in bounds}; swr = {k: 0 for k in bounds}; st_total = st_runs = 0
+    for pt in out["points"]:
+        runs = [r for r in pt["runs"] if r["repetition"] in stable]
+        if not runs: continue
+        keys = list(runs[0]["measured"])
+        m = {k: med([r["measured"][k] for r in runs]) for k in keys}
+        p = {k: med([r["predicted"][k] for r in runs]) for k in keys}
+        errors, ok, kinds = compare(m, p, pt["request_rate"])
+        pt["stable"] = {"repetitions": len(runs), "measured": m, "predicted": p, "relative_error": errors,
+                        "within_bound": ok}
+        st_total += 1; st_runs += len(runs)
+        for k in bounds:
+            sw[k] += ok[k]; swr[k] += sum(r["within_bound"][k] for r in runs)
+    out["within_bound_count_stable"] = {k: f"{v}/{st_total}" for k, v in sw.items()}
+    out["within_bound_count_single_runs_stable"] = {k: f"{v}/{st_runs}" for k, v in swr.items()}
 
 # Disaggregated against colocated, at the sizing step's comparison SLO: each
 # run's goodput recomputed from its per-request records (measured: loadgen's
@@ -561,6 +628,10 @@ for pt in out["points"]:
           f"{m['tpot_p50']:6.1f}/{p['tpot_p50']:6.1f} {e(r['tpot_p50'])} | {m['tpot_p99']:6.1f}/{p['tpot_p99']:6.1f} {e(r['tpot_p99'])}")
 print("within bounds (medians over repetitions):", out["within_bound_count"])
 print("within bounds (single runs):", out["within_bound_count_single_runs"])
+if "stable_repetitions" in out:
+    print("repetitions without drift:", out["stable_repetitions"] or "none")
+    print("within bounds (medians over those):", out["within_bound_count_stable"])
+    print("within bounds (their single runs):", out["within_bound_count_single_runs_stable"])
 if "disagg_vs_colocated" in out:
     res = out["disagg_vs_colocated"]
     print(f"disaggregated vs colocated at TTFT <= {res['slo']['ttft_ms']} ms, TPOT <= {res['slo']['tpot_ms']} ms:")
