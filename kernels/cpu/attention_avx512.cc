@@ -292,7 +292,8 @@ void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLa
     for (int32_t ps = seg_begin; ps < seg_end; ps += kSuper * kTile) {
       // Scores of up to kSuper tiles at once: their FMA chains interleave
       // (one chain alone waits on the FMA latency every step) and share
-      // each query broadcast. Each lane's chain is the same as tile by tile.
+      // each query broadcast. One FMA chain per key lane in d order, as in
+      // the lanes kernel and as tile by tile.
       const int nt =
           static_cast<int>(std::min<int32_t>(kSuper, (seg_end - ps + kTile - 1) / kTile));
       for (int t = 0; t < nt; ++t) {
@@ -331,7 +332,6 @@ void ProcessRow(float* out, int64_t ldo, const float* q, int64_t ldq, const KvLa
         LoadTile(s.v, kv, seq, 1, h, p0, nk);
         float corr[kMaxQHeads];
         for (int g = 0; g < ng_heads; ++g) {
-          // One FMA chain per key lane in d order, as in the lanes kernel.
           const __m512 sc0 = _mm512_loadu_ps(s.sc + (g * kSuper + t) * kTile);
           const float m_old = s.m[g];
           const float tmax = _mm512_mask_reduce_max_ps(kmask, sc0);
