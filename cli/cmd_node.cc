@@ -37,6 +37,9 @@ void AddNodeFlags(po::options_description* desc) {
       "offers)")("kv-checksum", po::bool_switch(), "prefill: crc32 every KV payload")(
       "metrics-port", po::value<int>()->default_value(-1),
       "HTTP /metrics, /health, /ready (-1: off)")(
+      "step-log-dir", po::value<std::string>()->default_value(""),
+      "write a JSON line per engine step (shape and timings) to DIR/<node-id>.steps.jsonl, to "
+      "compare a running node with its profile (bench/step_log_report.py)")(
       "drain-timeout", po::value<int>()->default_value(30),
       "seconds to finish requests on SIGTERM")("stall-timeout", po::value<int>()->default_value(60),
                                                "not ready (health NOT_SERVING, /ready 503) when "
@@ -69,6 +72,7 @@ absl::StatusOr<node::NodeOptions> ReadNodeFlags(const po::variables_map& vm, nod
   o.kv_transport = vm["kv-transport"].as<std::string>();
   if (absl::Status k = transport::ParseKvTransportKind(o.kv_transport).status(); !k.ok()) return k;
   o.metrics_port = vm["metrics-port"].as<int>();
+  o.step_log_dir = vm["step-log-dir"].as<std::string>();
   o.engine = ef->options;
   o.kv_dtype_name = vm["kv-dtype"].as<std::string>();
   o.stall_timeout_ms = int64_t{vm["stall-timeout"].as<int>()} * 1000;

@@ -391,6 +391,7 @@ void Engine::ProcessSample(Sequence* seq, const float* logits_row, SeqOutput* ou
 }
 
 bool Engine::Step() {
+  const int64_t entry = MonoNowNs();
   DrainInbox();
   Schedule sched = scheduler_->Next();
   counters_.preemptions += static_cast<int64_t>(sched.preempted.size());
@@ -406,8 +407,20 @@ bool Engine::Step() {
   // Flatten the schedule into one batch.
   batch_.Clear();
   SinkFanout fanout;
+  StepRecord rec;
+  rec.start_ns = step_start;
+  rec.schedule_ns = step_start - entry;
+  rec.idle_before_ns = last_step_end_ns_ > 0 ? step_start - last_step_end_ns_ : 0;
   for (const ScheduledSeq& it : sched.items) {
     Sequence* s = it.seq;
+    if (s->n_computed < s->n_prompt) {
+      const double past = s->n_computed, n = it.n_new;
+      rec.prefill_tokens += it.n_new;
+      rec.attention_pairs += n * past + n * (n + 1) / 2;  // token i attends to past + i
+    } else {
+      rec.decode_seqs++;
+      rec.decode_context += s->n_computed + it.n_new;
+    }
     if (s->times.scheduled_ns == 0) s->times.scheduled_ns = step_start;
     kernels::AttnSeq a;
     a.block_table = s->blocks.data();
@@ -425,6 +438,7 @@ bool Engine::Step() {
   runner_->Forward(batch_, logits_.data(), fanout.seqs.empty() ? nullptr : &fanout);
   const int64_t step_end = MonoNowNs();
   counters_.steps++;
+  rec.forward_ns = step_end - step_start;
 
   // Sample, stream, and retire.
   const int32_t n_vocab = model_->config().n_vocab;
@@ -502,6 +516,11 @@ bool Engine::Step() {
     if (it != seqs_.end()) AbortGroup(it->second.get(), /*silent=*/true);
   }
   PublishStats();
+  last_step_end_ns_ = MonoNowNs();
+  if (step_observer_ != nullptr) {
+    rec.total_ns = last_step_end_ns_ - step_start;
+    step_observer_->OnStep(rec);
+  }
   return true;
 }
 

@@ -62,6 +62,30 @@ struct EngineStats {
   KvCacheStats kv;
 };
 
+// One engine step as it ran: its shape in the planner's terms (a prompt
+// chunk is prefill, a sequence past its prompt computing one token is
+// decode) and where its time went. For step logs (`--step-log-dir`) that
+// compare a running node with its profile.
+struct StepRecord {
+  int64_t start_ns = 0;        // MonoNowNs as the batch is built (after scheduling)
+  int64_t schedule_ns = 0;     // commands applied and the batch scheduled, before start
+  int64_t forward_ns = 0;      // the model's forward pass
+  int64_t total_ns = 0;        // start to the end of sampling and output callbacks
+  int64_t idle_before_ns = 0;  // from the previous step's end to this one's start (0: first)
+  int32_t prefill_tokens = 0;
+  double attention_pairs = 0;  // over prefill tokens: the positions each attends to
+  int32_t decode_seqs = 0;
+  int64_t decode_context = 0;  // over decode sequences: the positions they attend to
+};
+
+// Sees every step, on the engine thread, after its outputs were emitted;
+// must not block or call into the engine.
+class StepObserver {
+ public:
+  virtual ~StepObserver() = default;
+  virtual void OnStep(const StepRecord& step) = 0;
+};
+
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
@@ -112,6 +136,10 @@ class Engine {
   void SetPausedForTest(bool paused) { paused_for_test_.store(paused); }
 
   EngineStats Stats() const;
+
+  // Set before Start() (or between Step() calls of the thread that calls
+  // them); null: none. The observer must outlive the engine's steps.
+  void SetStepObserver(StepObserver* observer) { step_observer_ = observer; }
 
  private:
   Engine(std::shared_ptr<const Model> model, const EngineOptions& options);
@@ -172,6 +200,8 @@ class Engine {
   uint64_t next_order_ = 0;
   Rng seed_rng_;
   EngineStats counters_;
+  StepObserver* step_observer_ = nullptr;
+  int64_t last_step_end_ns_ = 0;
 
   // Structured outputs: built on the first request that asks for one
   // (indexing the vocabulary takes a moment); thread-safe once built.

@@ -265,6 +265,11 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Start(const NodeOptions&
                                         rpc::ClientCerts::kRequireAndVerify,
                                         rpc::NodeApiMaxMessageBytes(engine->limits().n_ctx)));
   if (n->id_.empty()) n->id_ = absl::StrCat(RoleName(options.role), "-", n->grpc_.port);
+  if (!options.step_log_dir.empty()) {
+    PDS_ASSIGN_OR_RETURN(n->step_log_, StepLog::Open(absl::StrCat(options.step_log_dir, "/", n->id_,
+                                                                  ".steps.jsonl")));
+    engine->SetStepObserver(n->step_log_.get());
+  }
   engine->Start();
   rpc::SetServing(n->grpc_.server.get(), true);
 

@@ -15,6 +15,7 @@
 #include "absl/time/time.h"
 #include "decode_node/decode_handler.h"
 #include "engine/engine.h"
+#include "engine/step_log.h"
 #include "http/http_server.h"
 #include "node/events/engine_events.h"
 #include "node/generate_handler.h"
@@ -58,6 +59,9 @@ struct NodeOptions {
   // Checked every 100 ms; empty: never.
   std::string test_stall_file;
   int metrics_port = -1;  // -1: none; 0: ephemeral
+  // A JSON line per engine step into <dir>/<node id>.steps.jsonl (StepLog);
+  // empty: none.
+  std::string step_log_dir;
   EngineOptions engine;
   std::string kv_dtype_name = "f16";
   // Not ready when queued work sees no engine step for this long.
@@ -106,6 +110,7 @@ class NodeServer {
   NodeOptions options_;
   std::string id_;
   std::shared_ptr<const Model> model_;
+  std::unique_ptr<StepLog> step_log_;  // outlives engine_'s steps: declared before it
   std::unique_ptr<Engine> engine_;
   tracing::MetricsRegistry metrics_registry_;
   tracing::PdserveMetrics metrics_;

@@ -2,10 +2,13 @@
 // sampling reproducibility, cancellation, preemption, and the prefill-only /
 // imported-decode path the cluster uses.
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "engine/step_log.h"
+#include "nlohmann/json.hpp"
 #include "tests/unit/engine/test_util.h"
 
 namespace pdserve::testing {
@@ -410,6 +413,76 @@ TEST(Engine, BackgroundLoopServesConcurrentSubmitters) {
   engine->Stop();
   ASSERT_EQ(done.load(), 8);
   for (auto& [id, r] : results) EXPECT_EQ(r.tokens.size(), 6u) << id;
+}
+
+// Each step as the step observer sees it: prompt chunks as prefill (with
+// their attention pairs), sequences past their prompt as decode.
+TEST(Engine, StepObserverSeesEachStepsShape) {
+  struct Recorder : StepObserver {
+    std::vector<StepRecord> steps;
+    void OnStep(const StepRecord& s) override { steps.push_back(s); }
+  } rec;
+  EngineOptions o;
+  o.max_batch_tokens = 8;
+  auto engine = MakeEngine(LoadDummy(DummyModelSpec{}), o);
+  engine->SetStepObserver(&rec);
+  Result a, b;
+  ASSERT_TRUE(engine->Submit(Greedy("a", Tokens(5, 1), 3), Collect(&a)).ok());
+  ASSERT_TRUE(engine->Submit(Greedy("b", Tokens(10, 2), 2), Collect(&b)).ok());
+  RunUntilDone(engine.get(), {&a, &b});
+  // Step 1: a's 5 tokens, b's first 3. Step 2: a decodes at 6, b's last 7.
+  // Step 3: a at 7, b at 11. Then a is done (3 tokens), b too (2).
+  ASSERT_EQ(rec.steps.size(), 3u);
+  const auto pairs = [](double past, double n) { return n * past + n * (n + 1) / 2; };
+  EXPECT_EQ(rec.steps[0].prefill_tokens, 8);
+  EXPECT_EQ(rec.steps[0].attention_pairs, pairs(0, 5) + pairs(0, 3));
+  EXPECT_EQ(rec.steps[0].decode_seqs, 0);
+  EXPECT_EQ(rec.steps[0].idle_before_ns, 0);
+  EXPECT_EQ(rec.steps[1].prefill_tokens, 7);
+  EXPECT_EQ(rec.steps[1].attention_pairs, pairs(3, 7));
+  EXPECT_EQ(rec.steps[1].decode_seqs, 1);
+  EXPECT_EQ(rec.steps[1].decode_context, 6);
+  EXPECT_EQ(rec.steps[2].prefill_tokens, 0);
+  EXPECT_EQ(rec.steps[2].decode_seqs, 2);
+  EXPECT_EQ(rec.steps[2].decode_context, 7 + 11);
+  for (size_t i = 0; i < rec.steps.size(); ++i) {
+    const StepRecord& s = rec.steps[i];
+    EXPECT_GT(s.forward_ns, 0) << i;
+    EXPECT_GE(s.total_ns, s.forward_ns) << i;
+    EXPECT_GE(s.schedule_ns, 0) << i;
+    if (i > 0) {
+      EXPECT_GE(s.idle_before_ns, 0) << i;
+      EXPECT_GE(s.start_ns, rec.steps[i - 1].start_ns + rec.steps[i - 1].total_ns) << i;
+    }
+  }
+}
+
+TEST(Engine, StepLogWritesAJsonLinePerStep) {
+  const std::string path = ::testing::TempDir() + "/engine_test.steps.jsonl";
+  {
+    absl::StatusOr<std::unique_ptr<StepLog>> log = StepLog::Open(path);
+    ASSERT_TRUE(log.ok()) << log.status();
+    auto engine = MakeEngine(LoadDummy(DummyModelSpec{}));
+    engine->SetStepObserver(log->get());
+    Result r;
+    ASSERT_TRUE(engine->Submit(Greedy("a", Tokens(4, 1), 3), Collect(&r)).ok());
+    RunUntilDone(engine.get(), {&r});
+  }
+  std::ifstream in(path);
+  std::string line;
+  std::vector<nlohmann::json> lines;
+  while (std::getline(in, line)) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0]["prefill_tokens"], 4);
+  EXPECT_EQ(lines[0]["attention_pairs"], 10);
+  EXPECT_EQ(lines[2]["decode_seqs"], 1);
+  EXPECT_EQ(lines[2]["decode_context"], 6);
+  EXPECT_GT(lines[2]["forward_ns"].get<int64_t>(), 0);
+  EXPECT_GE(lines[2]["total_ns"].get<int64_t>(), lines[2]["forward_ns"].get<int64_t>());
+
+  absl::StatusOr<std::unique_ptr<StepLog>> bad = StepLog::Open("/nonexistent-dir/x.jsonl");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("/nonexistent-dir/x.jsonl"), absl::string_view::npos);
 }
 
 // n > 1 samples: per-sample results, and the request's last word.
