@@ -38,7 +38,10 @@ struct Node {
   const DeviceProfile* profile;
   int32_t index;  // within its pool
   int64_t free_blocks = 0;
-  int64_t queued_prefill_tokens = 0;  // assigned prompt tokens not computed yet
+  // Prompt tokens of requests sent here whose first token is not out yet:
+  // the router's count of a node's prefill work (whole prompts, until the
+  // node answers), which its selection uses.
+  int64_t unanswered_prompt_tokens = 0;
   int32_t inflight = 0;
   bool busy = false;
   std::deque<int32_t> prefill_queue;  // prompts not fully computed, FCFS
@@ -170,7 +173,7 @@ class Sim {
               best_d = i;
             }
           } else if (n.role == Role::kPrefill) {
-            if (best_p < 0 || n.queued_prefill_tokens < nodes_[best_p].queued_prefill_tokens)
+            if (best_p < 0 || n.unanswered_prompt_tokens < nodes_[best_p].unanswered_prompt_tokens)
               best_p = i;
           }
         }
@@ -178,12 +181,21 @@ class Sim {
         s.prefill_node = first = best_p;
         s.decode_node = best_d;
       } else {
+        // The router's rule (router/selection_policy.h): the least queued
+        // prompt work, then the fewest requests, then the most free blocks.
         int32_t best = -1;
         for (int32_t i = 0; i < static_cast<int32_t>(nodes_.size()); ++i) {
           const Node& n = nodes_[i];
           if (!HasRoom(n, s.blocks)) continue;
-          if (best < 0 || n.inflight < nodes_[best].inflight ||
-              (n.inflight == nodes_[best].inflight && n.free_blocks > nodes_[best].free_blocks)) {
+          if (best < 0) {
+            best = i;
+            continue;
+          }
+          const Node& b = nodes_[best];
+          if (n.unanswered_prompt_tokens < b.unanswered_prompt_tokens ||
+              (n.unanswered_prompt_tokens == b.unanswered_prompt_tokens &&
+               (n.inflight < b.inflight ||
+                (n.inflight == b.inflight && n.free_blocks > b.free_blocks)))) {
             best = i;
           }
         }
@@ -198,7 +210,7 @@ class Sim {
       if (first != s.decode_node) ++p.inflight;
       // Prefix-cache hits: the node computes only the prompt's uncached tail.
       s.computed = reqs_[r].cached_tokens;
-      p.queued_prefill_tokens += reqs_[r].input_tokens - reqs_[r].cached_tokens;
+      p.unanswered_prompt_tokens += reqs_[r].input_tokens - reqs_[r].cached_tokens;
       RequestResult& res = result_.requests[r];
       res.dispatch_s = now_;
       res.node_prefill = o_.deployment.disaggregated() ? p.index : -1;
@@ -355,9 +367,9 @@ class Sim {
     for (const Chunk& c : n.chunks) {
       ReqState& s = state_[c.req];
       s.computed += c.n_new;
-      n.queued_prefill_tokens -= c.n_new;
       if (s.computed < reqs_[c.req].input_tokens) continue;
       n.prefill_queue.erase(std::find(n.prefill_queue.begin(), n.prefill_queue.end(), c.req));
+      n.unanswered_prompt_tokens -= reqs_[c.req].input_tokens - reqs_[c.req].cached_tokens;
       s.generated = 1;  // token #1, sampled after the prompt's last chunk
       s.first_token_s = s.last_token_s = now_;
       const bool done = reqs_[c.req].output_tokens <= 1;

@@ -430,6 +430,8 @@ void GenerateCall::OnNodeEvent(Attempt* attempt, const v1::DecodeEvent& ev) {
     absl::MutexLock lock(&mu_);
     if (!done_ && Current(attempt) && (ev.has_chunk() || ev.has_complete())) {
       attempt->kv_landed = true;  // the decode node computed from it
+      // A mixed node's first token: its prompt no longer queues others.
+      if (attempt->mixed) attempt->placement.ReleasePrefill();
     }
     if (done_ || !Current(attempt)) {
       // Nothing to do (a superseded attempt's events are dropped).

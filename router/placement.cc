@@ -13,8 +13,12 @@ Placement Placement::Reserve(NodeRegistry* registry, const Selection& selection,
   if (decode) {
     p.decode_id_ = decode->id;
     p.decode_epoch_ = decode->epoch;
-    registry->AddWork(p.decode_id_, p.decode_epoch_, blocks, 0);
+    // A mixed node computes the prompt too: counted until its first token.
+    p.mixed_ = selection.mixed.has_value();
+    p.prefill_tokens_ = p.mixed_ ? prefill_tokens : 0;
+    registry->AddWork(p.decode_id_, p.decode_epoch_, blocks, p.prefill_tokens_);
     p.decode_held_ = true;
+    p.prefill_held_ = p.mixed_;
   }
   if (!selection.mixed && selection.prefill) {
     p.prefill_id_ = selection.prefill->id;
@@ -38,6 +42,7 @@ Placement& Placement::operator=(Placement&& other) noexcept {
   decode_epoch_ = other.decode_epoch_;
   blocks_ = other.blocks_;
   prefill_tokens_ = other.prefill_tokens_;
+  mixed_ = other.mixed_;
   prefill_held_ = std::exchange(other.prefill_held_, false);
   decode_held_ = std::exchange(other.decode_held_, false);
   return *this;
@@ -46,7 +51,11 @@ Placement& Placement::operator=(Placement&& other) noexcept {
 void Placement::ReleasePrefill() {
   if (!prefill_held_) return;
   prefill_held_ = false;
-  registry_->DonePrefill(prefill_id_, prefill_epoch_, prefill_tokens_);
+  if (mixed_) {
+    registry_->DonePrefill(decode_id_, decode_epoch_, prefill_tokens_);
+  } else {
+    registry_->DonePrefill(prefill_id_, prefill_epoch_, prefill_tokens_);
+  }
 }
 
 void Placement::ReleaseDecode() {

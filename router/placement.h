@@ -1,8 +1,9 @@
 // The capacity the dispatcher reserved for one dispatch of a request: prompt
-// tokens on the prefill node, KV blocks on the decode (or mixed) node, each
-// counted in the registration (epoch) it was reserved in. A Placement gives
-// each back exactly once: the prefill tokens when the prefill node replied
-// (ReleasePrefill), the blocks when the request leaves the decode node
+// tokens on the prefill node (on a mixed node, on that node), KV blocks on
+// the decode (or mixed) node, each counted in the registration (epoch) it
+// was reserved in. A Placement gives each back exactly once: the prefill
+// tokens when the prefill node replied or the mixed node sent its first
+// token (ReleasePrefill), the blocks when the request leaves the decode node
 // (ReleaseDecode), and whatever is left when it is destroyed. Moving it moves
 // the reservation. Not thread-safe: its owner (a GenerateCall's attempt)
 // serializes access.
@@ -19,8 +20,8 @@ namespace pdserve::router {
 class Placement {
  public:
   Placement() = default;  // holds nothing
-  // Reserves `blocks` on the decode (or mixed) node and, for a pair,
-  // `prefill_tokens` on the prefill node of `selection`.
+  // Reserves `blocks` on the decode (or mixed) node and `prefill_tokens`
+  // on the prefill (or mixed) node of `selection`.
   static Placement Reserve(NodeRegistry* registry, const Selection& selection, int32_t blocks,
                            int64_t prefill_tokens);
   Placement(Placement&& other) noexcept;
@@ -37,7 +38,7 @@ class Placement {
     ReleaseDecode();
   }
 
-  bool mixed() const { return prefill_id_.empty() && !decode_id_.empty(); }
+  bool mixed() const { return mixed_; }
   // Empty for a mixed placement.
   const std::string& prefill_id() const { return prefill_id_; }
   // The decode node, or the mixed node.
@@ -54,6 +55,7 @@ class Placement {
   int32_t blocks_ = 0;
   int64_t prefill_tokens_ = 0;
   bool prefill_held_ = false, decode_held_ = false;
+  bool mixed_ = false;
 };
 
 }  // namespace pdserve::router

@@ -64,14 +64,21 @@ Selection LeastLoadedPolicy::SelectAmong(const RequestShape& r,
           best_prefill = &n;
         }
         break;
-      case v1::NODE_ROLE_MIXED:
+      case v1::NODE_ROLE_MIXED: {
         if (!HasRoom(n, r)) break;
-        if (!best_mixed || n.inflight_requests < best_mixed->inflight_requests ||
-            (n.inflight_requests == best_mixed->inflight_requests &&
-             n.free_blocks() > best_mixed->free_blocks())) {
+        if (!best_mixed) {
+          best_mixed = &n;
+          break;
+        }
+        const int64_t cost = PrefillCost(n, r, bs), best_cost = PrefillCost(*best_mixed, r, bs);
+        if (cost < best_cost ||
+            (cost == best_cost && (n.inflight_requests < best_mixed->inflight_requests ||
+                                   (n.inflight_requests == best_mixed->inflight_requests &&
+                                    n.free_blocks() > best_mixed->free_blocks())))) {
           best_mixed = &n;
         }
         break;
+      }
       default:
         break;
     }

@@ -43,7 +43,10 @@ class SelectionPolicy {
 //   prefill: the one with the least queued prefill work, counting prompt
 //           tokens its prefix cache would save;
 //   prefers a prefill+decode pair when both pools exist, else a mixed node
-//   with room (least loaded);
+//   with room: the one with the least queued prefill work, as for prefill
+//   (a prompt queued behind another waits its whole prefill, while one more
+//   decoding sequence costs the others a little), then the fewest requests,
+//   then the most free blocks;
 //   never a node that is draining, stalled (NodeLoad.stalled_ms) or out of
 //   rotation after a transport failure (NodeView.suspect).
 class LeastLoadedPolicy : public SelectionPolicy {

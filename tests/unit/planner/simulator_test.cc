@@ -143,6 +143,36 @@ TEST(SimulatorTest, HandComputedColocatedTrace) {
   EXPECT_NEAR(q[0].itl_s[1], 0.014, kEps);
 }
 
+// Two colocated nodes, the router's rule: a prompt goes to the node with the
+// least prompt work not answered yet, then the fewest requests.
+//   R0 t=0     10 in, 100 out -> node 0 (both empty)  prompt [0, 0.02)
+//   R1 t=0.001 300 in, 5 out  -> node 1 (node 0 still owes R0's #1):
+//                                three 100-token chunks (110 ms each) -> #1 at 0.331
+//   R2 t=0.03  10 in, 100 out -> node 0 (no prompt owed; node 1 owes 300)
+//                                beside R0's decode: [0.032, 0.054) -> #1 at 0.054
+//   R3 t=0.1   10 in, 2 out   -> node 0, though it has 2 requests to node 1's
+//                                1: node 1 owes R1's 300 prompt tokens.
+//                                R0+R2 decode steps (14 ms) from 0.054 end at
+//                                0.110; then R0, R2 and R3's prompt (24 ms)
+//                                -> #1 at 0.134, then a 3-sequence decode
+//                                (16 ms) -> #2 at 0.150.
+// TTFT R3 0.034 (behind R1's prompt on node 1 it would be over 0.23).
+TEST(SimulatorTest, ColocatedNodesTakePromptsWhereNoneIsOwed) {
+  const std::vector<SimRequest> requests = {
+      {0.0, 10, 100}, {0.001, 300, 5}, {0.03, 10, 100}, {0.1, 10, 2}};
+  absl::StatusOr<SimResult> r = Simulate(requests, Colocated(HandProfile(), 2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const auto& q = r->requests;
+  EXPECT_EQ(q[0].node_decode, 0);
+  EXPECT_EQ(q[1].node_decode, 1);
+  EXPECT_EQ(q[2].node_decode, 0);
+  EXPECT_EQ(q[3].node_decode, 0);
+  EXPECT_NEAR(q[1].ttft_s, 0.330, kEps);
+  EXPECT_NEAR(q[2].ttft_s, 0.024, kEps);
+  EXPECT_NEAR(q[3].ttft_s, 0.034, kEps);
+  EXPECT_NEAR(q[3].tpot_s, 0.016, kEps);
+}
+
 // Decode cost against context: the hand profile plus 0.1 ms per KV token a
 // decode sequence attends (its prompt and the tokens generated so far,
 // the one it feeds included).

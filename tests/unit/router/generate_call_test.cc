@@ -183,6 +183,7 @@ class RouterFixture : public ::testing::Test {
       } else {
         EXPECT_EQ(v.reserved_blocks, kBackgroundBlocks) << v.id;
         EXPECT_EQ(v.inflight_requests, 1) << v.id;
+        EXPECT_EQ(v.inflight_prefill_tokens, 0) << v.id;
       }
     }
   }
@@ -619,7 +620,10 @@ TEST_F(RouterFixture, MixedNodeStreamsAndReturnsItsBlocks) {
   auto call = Start(sink);
   std::shared_ptr<FakeNodeCall> gc = m->WaitForCall(Kind::kGenerate, 0);
   ASSERT_NE(gc, nullptr);
+  // Its prompt counts as the node's queued prefill work until token #1.
+  EXPECT_EQ(View("mixed-0").inflight_prefill_tokens, 5);
   gc->Event(Chunk({5, 6}));
+  EXPECT_EQ(View("mixed-0").inflight_prefill_tokens, 0);
   gc->Event(Chunk({7}));
   gc->Event(Done(v1::FINISH_REASON_STOP, 3));
   gc->Finish(absl::OkStatus());

@@ -5,6 +5,7 @@
 #include "router/node_registry.h"
 
 #include "gtest/gtest.h"
+#include "router/placement.h"
 #include "router/selection_policy.h"
 
 namespace pdserve::router {
@@ -140,6 +141,55 @@ TEST(NodeRegistryTest, AStalledNodeGetsNoNewWork) {
   // Progressing again: back in rotation at its next heartbeat.
   ASSERT_TRUE(r.Heartbeat("d0", *d0, Load(100)).ok());
   EXPECT_EQ(policy.Select(shape, r.Snapshot()).decode->id, "d0");
+}
+
+// Colocated nodes: a prompt goes where no other prompt is queued, even to
+// the node with more requests (those are decoding); a mixed node's prompt
+// counts from dispatch to its first token (Placement). Equal prompt work:
+// the node with fewer requests.
+TEST(NodeRegistryTest, MixedNodesTakePromptsWhereNoneIsQueued) {
+  NodeRegistry r(absl::Seconds(30));
+  ASSERT_TRUE(r.Register(Info("m0", v1::NODE_ROLE_MIXED, kDeadAddress), Load(200)).ok());
+  ASSERT_TRUE(r.Register(Info("m1", v1::NODE_ROLE_MIXED, kDeadAddress), Load(200)).ok());
+  RequestShape shape;
+  shape.prompt_tokens = 500;
+  shape.blocks_needed = 36;
+  LeastLoadedPolicy policy;
+  auto pick = [&] {
+    const Selection sel = policy.Select(shape, r.Snapshot());
+    EXPECT_TRUE(sel.ok() && sel.mixed);
+    return sel.mixed ? sel.mixed->id : std::string();
+  };
+  auto place = [&](const std::string& id) {
+    Selection sel;
+    sel.mixed = View(r, id);
+    return Placement::Reserve(&r, sel, shape.blocks_needed, shape.prompt_tokens);
+  };
+  // m0: two requests decoding. m1: one prompt being computed.
+  Placement a = place("m0"), b = place("m0"), c = place("m1");
+  EXPECT_TRUE(a.mixed());
+  EXPECT_EQ(View(r, "m0").inflight_prefill_tokens, 1000);
+  a.ReleasePrefill();
+  b.ReleasePrefill();
+  EXPECT_EQ(View(r, "m0").inflight_prefill_tokens, 0);
+  EXPECT_EQ(View(r, "m0").inflight_requests, 2);
+  EXPECT_EQ(View(r, "m1").inflight_prefill_tokens, 500);
+  EXPECT_EQ(pick(), "m0");
+  // m1's prompt is done: both have no prompt queued; m1 has fewer requests.
+  c.ReleasePrefill();
+  EXPECT_EQ(pick(), "m1");
+  // A prompt the node reports queued (another router's) counts too.
+  v1::NodeLoad busy = Load(200);
+  busy.set_queued_prefill_tokens(300);
+  auto lease = r.Register(Info("m2", v1::NODE_ROLE_MIXED, kDeadAddress), busy);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ(pick(), "m1");
+  c.Release();
+  EXPECT_EQ(View(r, "m1").inflight_requests, 0);
+  a.Release();
+  b.Release();
+  EXPECT_EQ(View(r, "m0").reserved_blocks, 0);
+  EXPECT_EQ(View(r, "m0").inflight_prefill_tokens, 0);
 }
 
 TEST(NodeRegistryTest, ARetryAvoidsTheFailedPairWhileAnotherFits) {
