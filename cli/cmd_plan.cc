@@ -64,6 +64,9 @@ int RunPlan(int argc, char** argv) {
        "device profile JSON (pdserve bench --profile, or a file of published figures); required")
       ("colocated-profile", po::value<std::string>()->default_value(""),
        "profile of a colocated node when it differs (e.g. twice the CPU threads); default --profile")
+      ("decode-profile", po::value<std::string>()->default_value(""),
+       "profile of a decode node when it differs from a prefill node's (another device); default "
+       "--profile")
       ("deployments", po::value<std::string>()->default_value(""),
        "candidates, comma-separated: xPyD or colocatedN (default: every split of up to --max-nodes)")
       ("max-nodes", po::value<int>()->default_value(4), "largest deployment to enumerate")
@@ -128,8 +131,16 @@ int RunPlan(int argc, char** argv) {
     if (!profile.ok()) return fail(profile.status());
   }
   o.colocated_profile = *profile;
+  if (const std::string path = vm["decode-profile"].as<std::string>(); !path.empty()) {
+    profile = planner::LoadProfile(path);
+    if (!profile.ok()) return fail(profile.status());
+    o.decode_profile = *profile;
+  }
   for (planner::DeviceProfile* p : {&o.profile, &o.colocated_profile}) {
     if (absl::Status s = ApplyOverrides(vm, p); !s.ok()) return fail(s);
+  }
+  if (o.decode_profile) {
+    if (absl::Status s = ApplyOverrides(vm, &*o.decode_profile); !s.ok()) return fail(s);
   }
 
   if (const std::string list = vm["deployments"].as<std::string>(); !list.empty()) {

@@ -173,7 +173,8 @@ absl::StatusOr<PlanReport> RunPlan(const PlanOptions& o) {
       }
       SimOptions so;
       so.deployment = dr.deployment;
-      so.prefill = so.decode = o.profile;
+      so.prefill = o.profile;
+      so.decode = o.decode_profile.value_or(o.profile);
       so.mixed = o.colocated_profile;
       absl::StatusOr<SimResult> sim = Simulate(*requests, so);
       if (!sim.ok()) {
@@ -200,6 +201,7 @@ nlohmann::ordered_json PlanToJson(const PlanOptions& o, const PlanReport& report
   j["tool"] = "pdserve plan";
   j["profile"] = ProfileToJson(o.profile);
   j["colocated_profile"] = ProfileToJson(o.colocated_profile);
+  if (o.decode_profile) j["decode_profile"] = ProfileToJson(*o.decode_profile);
   nlohmann::ordered_json w;
   w["dataset-name"] = o.workload.name;
   w["num-prompts"] = o.workload.num_prompts;

@@ -2,6 +2,7 @@
 // deployment to run for a target rate and SLO.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,9 @@ namespace pdserve::planner {
 struct PlanOptions {
   DeviceProfile profile;            // prefill and decode nodes
   DeviceProfile colocated_profile;  // colocated nodes
+  // Decode nodes, where they differ from prefill nodes (another device, or
+  // a node measured apart); empty: `profile`.
+  std::optional<DeviceProfile> decode_profile;
   std::vector<Deployment> deployments;
   loadgen::WorkloadOptions workload;
   std::vector<double> rates;  // requests/s

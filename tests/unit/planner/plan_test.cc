@@ -190,6 +190,29 @@ TEST(PlanTest, ReplayedRunsAreSimulatedAsGiven) {
   EXPECT_FALSE(RunPlan(o).ok());
 }
 
+// A decode profile of its own: decode nodes step at its cost, prefill
+// nodes at the main profile's; TTFT is the prefill node's alone.
+TEST(PlanTest, DecodeNodesUseTheirOwnProfile) {
+  PlanOptions o = Options();
+  o.deployments = {Deployment{1, 1, 0}};
+  o.rates.clear();
+  ReplayRun run;
+  run.rate = 1;
+  run.requests = {{0.0, 50, 3}};
+  o.replay = {run};
+  o.keep_requests = true;
+  DeviceProfile slow = HandProfile();
+  slow.step.base_s *= 2;
+  slow.step.decode_seq_s *= 2;
+  o.decode_profile = slow;
+  absl::StatusOr<PlanReport> report = RunPlan(o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const RequestResult& r = report->results[0].points[0].requests[0];
+  EXPECT_NEAR(r.ttft_s, 0.06, 1e-9);   // 10 + 50 ms on the prefill node
+  EXPECT_NEAR(r.tpot_s, 0.024, 1e-9);  // (20 + 4) ms per decode step
+  EXPECT_TRUE(PlanToJson(o, *report).contains("decode_profile"));
+}
+
 // loadgen redraws the target's EOS/BOS ids in token-id prompts, and the
 // redraws move every later length draw: the planner reproduces loadgen's
 // lengths only with the same ids to avoid.
