@@ -34,6 +34,9 @@
 #   4. runs `pdserve plan` with the same profile on each measured run as it
 #      was sent (--replay-csv: loadgen's per-request start offsets and
 #      lengths), writing the simulated requests beside the measured ones;
+#      and once more with each node's speed during the run (its step log,
+#      `--step-log-dir`, against the profile: bench/step_log_report.py),
+#      which sets the machine's drift apart from the simulator's own error;
 #   5. writes $OUT_DIR/plan_validation.json: for each deployment and rate,
 #      the medians over its repetitions of predicted and measured goodput,
 #      p50/p99 TTFT and TPOT, their relative errors, whether each is within
@@ -136,10 +139,42 @@ stop_co_load() {
 }
 trap 'stop_co_load; stop_cluster; rm -f "$POINTS" "$MACHINE_FILE"' EXIT
 
-start_cluster() {
-  local name=$1 log=$WORK/$1.cluster.log
+# The run replayed once more with the nodes' speed during it: each node's
+# steps (its step log since t0) timed against the profile give its speed
+# factor (bench/step_log_report.py), and the profile scaled by it predicts
+# the run again ($base.speed_corrected.*). Against the plain prediction
+# this separates the machine's speed during the run (a VM's drift) from
+# what the simulator's queueing, batching and routing get wrong. The step
+# logs go unless KEEP_STEP_LOGS=1; $base.steps.{json,txt} keep the figures.
+speed_predict() {  # name base t0_ns
+  local name=$1 base=$2 t0=$3 logs plan_profiles
+  logs=("$base".steps/*.steps.jsonl)
+  [ -e "${logs[0]}" ] || die "$name: no step logs in $base.steps"
+  local scale=()
+  if [[ $name == colocated* ]]; then
+    scale=(--scaled-profile "all:$base.speed.json")
+    plan_profiles=(--profile "$base.speed.json")
+  else
+    local p d
+    p=$(printf '%s\n' "${logs[@]}" | grep '/prefill-' | paste -sd,)
+    d=$(printf '%s\n' "${logs[@]}" | grep '/decode-' | paste -sd,)
+    scale=(--scaled-profile "$p:$base.speed_prefill.json" --scaled-profile "$d:$base.speed_decode.json")
+    plan_profiles=(--profile "$base.speed_prefill.json" --decode-profile "$base.speed_decode.json")
+  fi
+  python3 "$ROOT/bench/step_log_report.py" --profile "${PROFILE[$name]}" --since-ns "$t0" \
+    --json "$base.steps.json" "${scale[@]}" "${logs[@]}" >"$base.steps.txt"
+  "$BIN" plan "${plan_profiles[@]}" --deployments "$name" --replay-csv "$base.measured.csv" \
+    --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
+    --result-json "$base.speed_corrected.json" \
+    --detailed-csv "$base.speed_corrected.csv" >"$base.speed_corrected.txt"
+  [ "${KEEP_STEP_LOGS:-0}" = 1 ] || rm -rf "$base.steps"
+}
+
+start_cluster() {  # name [step log dir]
+  local name=$1 log=$WORK/$1.cluster.log steps=()
+  [ -n "${2:-}" ] && steps=(--node-flags "--step-log-dir $2")
   # shellcheck disable=SC2086  # the deployment flags are words
-  "$BIN" cluster --model "$MODEL" --port "$PORT" --log-level warning ${CLUSTER_FLAGS[$name]} >"$log" 2>&1 &
+  "$BIN" cluster --model "$MODEL" --port "$PORT" --log-level warning ${CLUSTER_FLAGS[$name]} "${steps[@]}" >"$log" 2>&1 &
   CLUSTER_PID=$!
   for _ in $(seq 1 600); do
     grep -q "cluster ready" "$log" && return 0
@@ -370,13 +405,17 @@ for rep in $(seq 0 $((REPS - 1))); do
     prompts=$(python3 -c "import math,sys; print(max($MIN_PROMPTS, min($NUM_PROMPTS, math.ceil(float(sys.argv[1]) * $run_s))))" "$rate")
     base=$WORK/$name.rate$rate.rep$rep
     echo "== $name at $rate req/s, repetition $((rep + 1))/$REPS, $prompts prompts (seed $seed) $(date -u +%T) =="
-    start_cluster "$name"
+    rm -rf "$base.steps" && mkdir -p "$base.steps"
+    start_cluster "$name" "$base.steps"
     common=(--target "grpc://127.0.0.1:$PORT" --random-input-len "$INPUT_LEN"
             --random-output-len "$OUTPUT_LEN" --random-range-ratio "$RANGE_RATIO" --ignore-eos
             --max-duration "$MAX_DURATION" --no-progress)
     # Warm-up: prompts of another seed, so no measured prompt is cached.
     "$BIN" loadgen "${common[@]}" --seed $((seed + 100000)) --num-prompts 2 --max-concurrency 1 \
       >/dev/null
+    # The measured run's start on the nodes' clock (CLOCK_MONOTONIC): their
+    # step logs' warm-up steps come before it.
+    t0_ns=$(python3 -c 'import time; print(time.monotonic_ns())')
     "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$prompts" --request-rate "$rate" \
       --label "$name" --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
       --result-json "$base.measured.json" --detailed-csv "$base.measured.csv" >"$base.measured.txt"
@@ -388,7 +427,8 @@ for rep in $(seq 0 $((REPS - 1))); do
       --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
       --result-json "$base.predicted.json" \
       --detailed-csv "$base.predicted.csv" >"$base.predicted.txt"
-    echo "$name $rate $base.measured.json 0 $base.predicted.json 0 $rep" >>"$POINTS"
+    speed_predict "$name" "$base" "$t0_ns"
+    echo "$name $rate $base.measured.json 0 $base.predicted.json 0 $rep $base.speed_corrected.json" >>"$POINTS"
   done
   done
 done
@@ -516,6 +556,7 @@ for line in open(points_file):
     f = line.split()
     name, rate, mfile, mi, pfile, pi = f[:6]
     rep = int(f[6]) if len(f) > 6 else 0
+    sfile = f[7] if len(f) > 7 and os.path.exists(f[7]) else None
     m = json.load(open(mfile))
     p = json.load(open(pfile))
     run = m["runs"][int(mi)]
@@ -528,6 +569,17 @@ for line in open(points_file):
         "window_s": run.get("window_s"), "measured": measured, "predicted": predicted,
         "relative_error": errors, "within_bound": ok, **({"error_kind": kinds} if kinds else {}),
         **isolated(mfile, int(mi)), **per_request(mfile, int(mi), pfile, rate)})
+    if sfile:
+        # The same run replayed with the nodes' measured speed during it.
+        sp = figures_predicted(json.load(open(sfile))["deployments"][0]["rates"][int(pi)])
+        serr, sok, _ = compare(measured, sp, rate)
+        steps_file = sfile.replace(".speed_corrected.json", ".steps.json")
+        factors = ({os.path.basename(k): v["speed_factor"]
+                    for k, v in json.load(open(steps_file)).get("scaled_profiles", {}).items()}
+                   if os.path.exists(steps_file) else {})
+        groups[(name, rate)][-1]["speed_corrected"] = {
+            "predicted_file": os.path.relpath(sfile), "speed_factors": factors, "predicted": sp,
+            "relative_error": serr, "within_bound": sok, **per_request(mfile, int(mi), sfile, rate)}
     out.setdefault("profiles", {})[name] = p["profile"]["name"]
 within = {k: 0 for k in bounds}
 within_runs = {k: 0 for k in bounds}
@@ -548,6 +600,25 @@ for (name, rate), runs in groups.items():
                           "measured": measured, "predicted": predicted, "measured_range": spread,
                           "relative_error": errors, "within_bound": ok,
                           **({"error_kind": kinds} if kinds else {}), "runs": runs})
+# With the nodes' speed during each run (runs that have it): what is left is
+# the simulator's own error (queueing, batching, routing), apart from how
+# fast the machine was.
+sc_within = {k: 0 for k in bounds}; sc_runs_within = {k: 0 for k in bounds}; sc_total = sc_runs = 0
+for pt in out["points"]:
+    runs = [r for r in pt["runs"] if "speed_corrected" in r]
+    if not runs: continue
+    keys = list(runs[0]["measured"])
+    m = {k: med([r["measured"][k] for r in runs]) for k in keys}
+    p = {k: med([r["speed_corrected"]["predicted"][k] for r in runs]) for k in keys}
+    errors, ok, kinds = compare(m, p, pt["request_rate"])
+    pt["speed_corrected"] = {"repetitions": len(runs), "predicted": p, "relative_error": errors,
+                             "within_bound": ok}
+    sc_total += 1; sc_runs += len(runs)
+    for k in bounds:
+        sc_within[k] += ok[k]; sc_runs_within[k] += sum(r["speed_corrected"]["within_bound"][k] for r in runs)
+if sc_total:
+    out["within_bound_count_speed_corrected"] = {k: f"{v}/{sc_total}" for k, v in sc_within.items()}
+    out["within_bound_count_single_runs_speed_corrected"] = {k: f"{v}/{sc_runs}" for k, v in sc_runs_within.items()}
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
 out["within_bound_count_single_runs"] = {k: f"{v}/{total_runs}" for k, v in within_runs.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())
@@ -628,6 +699,9 @@ for pt in out["points"]:
           f"{m['tpot_p50']:6.1f}/{p['tpot_p50']:6.1f} {e(r['tpot_p50'])} | {m['tpot_p99']:6.1f}/{p['tpot_p99']:6.1f} {e(r['tpot_p99'])}")
 print("within bounds (medians over repetitions):", out["within_bound_count"])
 print("within bounds (single runs):", out["within_bound_count_single_runs"])
+if "within_bound_count_speed_corrected" in out:
+    print("with each run's own node speeds (step logs): medians", out["within_bound_count_speed_corrected"])
+    print("  single runs", out["within_bound_count_single_runs_speed_corrected"])
 if "stable_repetitions" in out:
     print("repetitions without drift:", out["stable_repetitions"] or "none")
     print("within bounds (medians over those):", out["within_bound_count_stable"])

@@ -14,14 +14,14 @@ decode only, mixed):
     only as far as `pdserve bench --profile` saw it.
 With --json FILE it also writes the figures as JSON. Each node's speed
 factor is its steps' measured forward time over the profile's for them;
---scaled-profile LOG:OUT writes the profile with every step cost scaled by
-LOG's factor (LOG "all": over every log given) to OUT: what the node cost
+--scaled-profile LOGS:OUT writes the profile with every step cost scaled by
+the factor of LOGS (comma-separated; "all": every log given) to OUT: what the node cost
 during the run, for `pdserve plan` to replay the run with (the machine's
 speed during the run, apart from the simulator's queueing and scheduling).
 --since-ns T leaves out steps that started before MonoNowNs T (a warm-up).
 
 usage: step_log_report.py --profile P.json [--since-ns T] [--json F]
-                          [--scaled-profile LOG:OUT ...] LOG.steps.jsonl [LOG2 ...]
+                          [--scaled-profile LOGS:OUT ...] LOG.steps.jsonl [LOG2 ...]
 """
 import argparse
 import json
@@ -142,9 +142,11 @@ def main():
         out["nodes"][path] = node
     for spec in a.scaled_profile:
         log, _, dest = spec.rpartition(":")
-        if log != "all" and log not in out["nodes"]:
-            sys.exit(f"--scaled-profile {spec}: {log} is not one of the logs given")
-        nodes = list(out["nodes"].values()) if log == "all" else [out["nodes"][log]]
+        names = list(out["nodes"]) if log == "all" else log.split(",")
+        for n in names:
+            if n not in out["nodes"]:
+                sys.exit(f"--scaled-profile {spec}: {n} is not one of the logs given")
+        nodes = [out["nodes"][n] for n in names]
         fwd = sum(n["forward_s"] for n in nodes)
         pred = sum(n["predicted_s"] for n in nodes)
         if not pred:
@@ -157,6 +159,7 @@ def main():
         if scaled.get("post_prefill"):
             scaled["post_prefill"]["excess_s"] *= factor
         scaled["name"] = f"{prof['name']} x{factor:.3f}"
+        scaled["notes"] = {"scaled_from": a.profile, "speed_factor": factor, "logs": names}
         scaled["source"] = (f"{a.profile} with every step cost x{factor:.3f}: the measured forward time of "
                             f"{log}'s steps over this profile's for them (bench/step_log_report.py)")
         json.dump(scaled, open(dest, "w"), indent=1)
