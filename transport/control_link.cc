@@ -161,11 +161,21 @@ void ControlPort::TimerLoop() {
 }
 
 void ControlPort::Kill(const std::shared_ptr<ControlLink>& l, const absl::Status& why) {
-  if (!l->Close([&] { OnClose(*l); })) return;
+  bool erased = false;
+  // The link's slot is free before its socket closes: a peer that sees the
+  // close and connects again finds room under max_connections.
+  const bool closed = l->Close([&] {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      erased = links_.erase(l->id) > 0;
+    }
+    OnClose(*l);
+  });
+  if (!closed) return;
   PDS_LOG(INFO) << port_options_.name << ": " << l->peer << " closed: " << why;
   table_.LinkClosed(l->id, absl::UnavailableError(absl::StrCat(l->peer, ": ", why.message())));
   std::lock_guard<std::mutex> lock(mu_);
-  if (links_.erase(l->id) > 0) dead_.push_back(l);
+  if (erased) dead_.push_back(l);
   timer_cv_.notify_all();
 }
 
