@@ -163,17 +163,24 @@ TEST(PlanTest, ReplayCsvRefusesWhatItCannotReplay) {
                    .ok());  // one run, two rates
 }
 
-// With a replay the plan simulates exactly those requests: the same result
-// as the simulator given them directly, at the replayed rate.
-TEST(PlanTest, ReplayedRunsAreSimulatedAsGiven) {
+// One replayed run of `requests` at `rate` on 1P1D, keeping each request.
+PlanOptions ReplayOn1P1D(double rate, std::vector<SimRequest> requests) {
   PlanOptions o = Options();
   o.deployments = {Deployment{1, 1, 0}};
   o.rates.clear();
   ReplayRun run;
-  run.rate = 3;
-  run.requests = {{0.0, 50, 3}, {0.02, 80, 2}, {0.03, 30, 1}};
-  o.replay = {run};
+  run.rate = rate;
+  run.requests = std::move(requests);
+  o.replay = {std::move(run)};
   o.keep_requests = true;
+  return o;
+}
+
+// With a replay the plan simulates exactly those requests: the same result
+// as the simulator given them directly, at the replayed rate.
+TEST(PlanTest, ReplayedRunsAreSimulatedAsGiven) {
+  PlanOptions o = ReplayOn1P1D(3, {{0.0, 50, 3}, {0.02, 80, 2}, {0.03, 30, 1}});
+  const ReplayRun& run = o.replay[0];
   absl::StatusOr<PlanReport> report = RunPlan(o);
   ASSERT_TRUE(report.ok()) << report.status();
   ASSERT_EQ(report->results[0].points.size(), 1u);
@@ -193,14 +200,7 @@ TEST(PlanTest, ReplayedRunsAreSimulatedAsGiven) {
 // A decode profile of its own: decode nodes step at its cost, prefill
 // nodes at the main profile's; TTFT is the prefill node's alone.
 TEST(PlanTest, DecodeNodesUseTheirOwnProfile) {
-  PlanOptions o = Options();
-  o.deployments = {Deployment{1, 1, 0}};
-  o.rates.clear();
-  ReplayRun run;
-  run.rate = 1;
-  run.requests = {{0.0, 50, 3}};
-  o.replay = {run};
-  o.keep_requests = true;
+  PlanOptions o = ReplayOn1P1D(1, {{0.0, 50, 3}});
   DeviceProfile slow = HandProfile();
   slow.step.base_s *= 2;
   slow.step.decode_seq_s *= 2;
