@@ -600,25 +600,33 @@ for (name, rate), runs in groups.items():
                           "measured": measured, "predicted": predicted, "measured_range": spread,
                           "relative_error": errors, "within_bound": ok,
                           **({"error_kind": kinds} if kinds else {}), "runs": runs})
+def tally(key, view, with_measured):
+    # The bounds over a subset of each point's runs: `view(run)` is the
+    # run's own figures for it ("predicted", "within_bound"), or None to
+    # leave the run out. Each point gets its medians under `key`; returns
+    # the counts over points and over single runs (None: no run counted).
+    within = {k: 0 for k in bounds}; within_runs = {k: 0 for k in bounds}; n_points = n_runs = 0
+    for pt in out["points"]:
+        runs = [r for r in pt["runs"] if view(r) is not None]
+        if not runs: continue
+        keys = list(runs[0]["measured"])
+        m = {k: med([r["measured"][k] for r in runs]) for k in keys}
+        p = {k: med([view(r)["predicted"][k] for r in runs]) for k in keys}
+        errors, ok, kinds = compare(m, p, pt["request_rate"])
+        pt[key] = {"repetitions": len(runs), **({"measured": m} if with_measured else {}), "predicted": p,
+                   "relative_error": errors, "within_bound": ok}
+        n_points += 1; n_runs += len(runs)
+        for k in bounds:
+            within[k] += ok[k]; within_runs[k] += sum(view(r)["within_bound"][k] for r in runs)
+    return ({k: f"{v}/{n_points}" for k, v in within.items()},
+            {k: f"{v}/{n_runs}" for k, v in within_runs.items()}) if n_points else (None, None)
 # With the nodes' speed during each run (runs that have it): what is left is
 # the simulator's own error (queueing, batching, routing), apart from how
 # fast the machine was.
-sc_within = {k: 0 for k in bounds}; sc_runs_within = {k: 0 for k in bounds}; sc_total = sc_runs = 0
-for pt in out["points"]:
-    runs = [r for r in pt["runs"] if "speed_corrected" in r]
-    if not runs: continue
-    keys = list(runs[0]["measured"])
-    m = {k: med([r["measured"][k] for r in runs]) for k in keys}
-    p = {k: med([r["speed_corrected"]["predicted"][k] for r in runs]) for k in keys}
-    errors, ok, kinds = compare(m, p, pt["request_rate"])
-    pt["speed_corrected"] = {"repetitions": len(runs), "predicted": p, "relative_error": errors,
-                             "within_bound": ok}
-    sc_total += 1; sc_runs += len(runs)
-    for k in bounds:
-        sc_within[k] += ok[k]; sc_runs_within[k] += sum(r["speed_corrected"]["within_bound"][k] for r in runs)
-if sc_total:
-    out["within_bound_count_speed_corrected"] = {k: f"{v}/{sc_total}" for k, v in sc_within.items()}
-    out["within_bound_count_single_runs_speed_corrected"] = {k: f"{v}/{sc_runs}" for k, v in sc_runs_within.items()}
+sc, sc_runs = tally("speed_corrected", lambda r: r.get("speed_corrected"), with_measured=False)
+if sc:
+    out["within_bound_count_speed_corrected"] = sc
+    out["within_bound_count_single_runs_speed_corrected"] = sc_runs
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
 out["within_bound_count_single_runs"] = {k: f"{v}/{total_runs}" for k, v in within_runs.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())
@@ -631,21 +639,9 @@ if drift_file:
     stable = {int(k) for k, v in drift["repetitions"].items() if v["stable"]}
     out["drift"] = drift
     out["stable_repetitions"] = sorted(stable)
-    sw = {k: 0 for k in bounds}; swr = {k: 0 for k in bounds}; st_total = st_runs = 0
-    for pt in out["points"]:
-        runs = [r for r in pt["runs"] if r["repetition"] in stable]
-        if not runs: continue
-        keys = list(runs[0]["measured"])
-        m = {k: med([r["measured"][k] for r in runs]) for k in keys}
-        p = {k: med([r["predicted"][k] for r in runs]) for k in keys}
-        errors, ok, kinds = compare(m, p, pt["request_rate"])
-        pt["stable"] = {"repetitions": len(runs), "measured": m, "predicted": p, "relative_error": errors,
-                        "within_bound": ok}
-        st_total += 1; st_runs += len(runs)
-        for k in bounds:
-            sw[k] += ok[k]; swr[k] += sum(r["within_bound"][k] for r in runs)
-    out["within_bound_count_stable"] = {k: f"{v}/{st_total}" for k, v in sw.items()}
-    out["within_bound_count_single_runs_stable"] = {k: f"{v}/{st_runs}" for k, v in swr.items()}
+    st, st_runs = tally("stable", lambda r: r if r["repetition"] in stable else None, with_measured=True)
+    out["within_bound_count_stable"] = st or {k: "0/0" for k in bounds}
+    out["within_bound_count_single_runs_stable"] = st_runs or {k: "0/0" for k in bounds}
 
 # Disaggregated against colocated, at the sizing step's comparison SLO: each
 # run's goodput recomputed from its per-request records (measured: loadgen's
