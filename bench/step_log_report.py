@@ -8,7 +8,8 @@ decode only, mixed):
   - the steps' measured forward time against the profile's step cost for
     the same shape (the co-run cost for the part of a step that overlapped
     a step of another logged node, and the post-prefill extra on decode
-    steps right after a prefill, as the simulator applies them);
+    steps right after this node's prefill or, when no other node is
+    mid-step, another's, as the simulator applies them);
   - the time a step spent outside the forward pass (scheduling before it,
     sampling and output callbacks after it), which the profile counts too
     only as far as `pdserve bench --profile` saw it.
@@ -18,12 +19,14 @@ factor is its steps' measured forward time over the profile's for them;
 the factor of LOGS (comma-separated; "all": every log given) to OUT: what the node cost
 during the run, for `pdserve plan` to replay the run with (the machine's
 speed during the run, apart from the simulator's queueing and scheduling).
---since-ns T leaves out steps that started before MonoNowNs T (a warm-up).
+--since-ns T leaves out steps that started before MonoNowNs T (a warm-up),
+--until-ns T those that started at or after it (a probe before a run).
 
-usage: step_log_report.py --profile P.json [--since-ns T] [--json F]
+usage: step_log_report.py --profile P.json [--since-ns T] [--until-ns T] [--json F]
                           [--scaled-profile LOGS:OUT ...] LOG.steps.jsonl [LOG2 ...]
 """
 import argparse
+import bisect
 import json
 import math
 import statistics
@@ -78,26 +81,42 @@ def main():
     ap.add_argument("--profile", required=True)
     ap.add_argument("--json")
     ap.add_argument("--since-ns", type=int, default=0)
+    ap.add_argument("--until-ns", type=int, default=None)
     ap.add_argument("--scaled-profile", action="append", default=[])
     ap.add_argument("logs", nargs="+")
     a = ap.parse_args()
     prof = json.load(open(a.profile))
     alone, co = prof["step"], prof.get("step_co_run")
-    post = prof.get("post_prefill")
-    logs = {p: [s for s in load(p) if s["start_ns"] >= a.since_ns] for p in a.logs}
+    post, peer = prof.get("post_prefill"), prof.get("post_peer_prefill")
+    until = math.inf if a.until_ns is None else a.until_ns
+    logs = {p: [s for s in load(p) if a.since_ns <= s["start_ns"] < until] for p in a.logs}
     busy = {p: sorted((s["start_ns"] / 1e9, (s["start_ns"] + s["forward_ns"]) / 1e9) for s in st)
             for p, st in logs.items()}
     out = {"profile": a.profile, "nodes": {}}
     for path, steps in logs.items():
         others = sorted(iv for q, ivs in busy.items() if q != path for iv in ivs)
+        peer_ends = sorted((x["start_ns"] + x["total_ns"]) / 1e9 for q, st in logs.items() if q != path
+                           for x in st if x["prefill_tokens"])
         rows = {}
         last_prefill_end = -math.inf
         for s in steps:
             t0 = s["start_ns"] / 1e9
             fwd = s["forward_ns"] / 1e9
             pred = step_seconds(alone, s)
-            if s["prefill_tokens"] == 0 and post and s["decode_seqs"] <= post["max_decode_seqs"]:
-                pred += post["excess_s"] * math.exp(-(t0 - last_prefill_end) / post["decay_s"])
+            if s["prefill_tokens"] == 0:
+                # As the simulator: the larger of the extra after this
+                # node's last prefill and, when no other node is mid-step,
+                # after another node's.
+                extra = 0.0
+                if post and s["decode_seqs"] <= post["max_decode_seqs"]:
+                    extra = post["excess_s"] * math.exp(-(t0 - last_prefill_end) / post["decay_s"])
+                if peer and co and others and s["decode_seqs"] <= peer["max_decode_seqs"]:
+                    i = bisect.bisect_right(peer_ends, t0)
+                    j = bisect.bisect_right(others, (t0, math.inf))
+                    busy_now = j > 0 and others[j - 1][1] > t0
+                    if i > 0 and not busy_now:
+                        extra = max(extra, peer["excess_s"] * math.exp(-(t0 - peer_ends[i - 1]) / peer["decay_s"]))
+                pred += extra
             frac = overlap(t0, t0 + fwd, others) / fwd if (co and others and fwd > 0) else 0.0
             if frac > 0:
                 # As the simulator does (planner::CoRunSlowdown): never faster
@@ -156,8 +175,9 @@ def main():
         for key in ("step", "step_co_run"):
             if scaled.get(key):
                 scaled[key] = {k: v * factor for k, v in scaled[key].items()}
-        if scaled.get("post_prefill"):
-            scaled["post_prefill"]["excess_s"] *= factor
+        for key in ("post_prefill", "post_peer_prefill"):
+            if scaled.get(key):
+                scaled[key]["excess_s"] *= factor
         scaled["name"] = f"{prof['name']} x{factor:.3f}"
         scaled["notes"] = {"scaled_from": a.profile, "speed_factor": factor, "logs": names}
         scaled["source"] = (f"{a.profile} with every step cost x{factor:.3f}: the measured forward time of "

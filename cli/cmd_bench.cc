@@ -1,6 +1,8 @@
 // pdserve bench: prefill and decode throughput of the engine on this
 // machine, with the memory bandwidth measured in the same run so decode can
 // be read as a fraction of what the hardware streams.
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -12,7 +14,10 @@
 #include <thread>
 #include <tuple>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "cli/command.h"
 #include "cli/engine_flags.h"
 #include "common/clock.h"
@@ -56,6 +61,14 @@ double MeasureReadBandwidth(kernels::ThreadPool* pool, size_t bytes, int reps) {
     gbs.push_back(static_cast<double>(bytes) / (MonoNowNs() - t0));
   }
   return Median(gbs);
+}
+
+// Pins the calling thread to `cpus` (a peer engine's prompt runs there).
+void PinThread(const std::vector<int>& cpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu : cpus) CPU_SET(cpu, &set);
+  pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
 struct Run {
@@ -173,14 +186,84 @@ class StepProfiler {
     return absl::OkStatus();
   }
 
+  // `batch` sequences with prompts of `ctx` tokens decode until their
+  // steps are steady (`settle_s` after their prefill, at most
+  // `settle_steps` steps) and `steps` of them are timed; then, while they
+  // wait, `peer` (another engine on other CPUs of this host, as another
+  // node) computes a `peer_prompt`-token prompt on a thread pinned to
+  // `peer_cpus`, and `post_steps` decode steps are timed right after it:
+  // one post-peer-prefill run.
+  absl::Status AfterPeerPrefill(Engine* peer, const std::vector<int>& peer_cpus, int peer_prompt,
+                                int batch, int ctx, double settle_s, int settle_steps, int steps,
+                                int post_steps) {
+    Run run;
+    const int slack = 16;
+    PDS_RETURN_IF_ERROR(StartRequests(engine_, &run, batch, Prompt(ctx),
+                                      1 + settle_steps + steps + post_steps + slack, Tag("d")));
+    while (std::count(run.tokens.begin(), run.tokens.end(), 0) > 0) {
+      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
+    }
+    const int64_t prefill_end = MonoNowNs();
+    auto decode_shape = [&] {
+      planner::StepShape shape;
+      shape.decode_seqs = batch;
+      for (int t : run.tokens) shape.decode_context += ctx + t;
+      return shape;
+    };
+    for (int i = 0; i < settle_steps && (MonoNowNs() - prefill_end) / 1e9 < settle_s; ++i) {
+      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
+    }
+    PostPrefillRun post;
+    for (int i = 0; i < steps; ++i) {
+      const planner::StepShape shape = decode_shape();
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      post.steady.push_back({shape, (MonoNowNs() - t0) / 1e9});
+    }
+    int64_t peer_end = 0;
+    PDS_RETURN_IF_ERROR(PeerPrompt(peer, peer_cpus, peer_prompt, &peer_end));
+    for (int i = 0; i < post_steps; ++i) {
+      planner::PostPrefillSample x;
+      x.shape = decode_shape();
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      x.since_s = (t0 - peer_end) / 1e9;
+      x.seconds = (MonoNowNs() - t0) / 1e9;
+      post.steps.push_back(x);
+    }
+    post_peer_prefill_.push_back(std::move(post));
+    for (int i = 0; i < batch; ++i) engine_->Abort(last_tag_ + std::to_string(i));
+    while (engine_->Step()) {
+    }
+    return absl::OkStatus();
+  }
+
+  // `peer` computes a `n`-token prompt on a thread pinned to `cpus`; *end
+  // is when it finished.
+  absl::Status PeerPrompt(Engine* peer, const std::vector<int>& cpus, int n, int64_t* end) {
+    absl::Status st;
+    std::thread t([&] {
+      PinThread(cpus);
+      Run prompt;
+      st = StartRequests(peer, &prompt, 1, Prompt(n), 1, Tag("q"));
+      while (st.ok() && !prompt.done[0]) {
+        if (!peer->Step()) st = absl::InternalError("bench: the peer's prompt stalled");
+      }
+      *end = MonoNowNs();
+    });
+    t.join();
+    return st;
+  }
+
   const std::vector<planner::StepSample>& samples() const { return samples_; }
-  // One decode configuration's steps timed right after its prefill, and
-  // its steady steps.
+  // One decode configuration's steps timed right after a prefill (its own,
+  // or a peer's), and its steady steps.
   struct PostPrefillRun {
     std::vector<planner::PostPrefillSample> steps;
     std::vector<planner::StepSample> steady;
   };
   const std::vector<PostPrefillRun>& post_prefill() const { return post_prefill_; }
+  const std::vector<PostPrefillRun>& post_peer_prefill() const { return post_peer_prefill_; }
 
  private:
   // Ids 100.. (past most special tokens), inside the vocabulary.
@@ -204,6 +287,7 @@ class StepProfiler {
   std::string last_tag_;
   std::vector<planner::StepSample> samples_;
   std::vector<PostPrefillRun> post_prefill_;
+  std::vector<PostPrefillRun> post_peer_prefill_;
 };
 
 // Each step's shape, measured and fitted time, for the profile's notes;
@@ -271,10 +355,59 @@ int WriteCoRunProfile(const std::string& alone_path, const std::string& load,
 // planner::PostPrefillCost): on a 2-vCPU Xeon VM a batch-1 decode step right
 // after a prefill ran slower than a steady one for a few hundred ms.
 constexpr double kSettleS = 0.5;
+// Decode steps timed after a prefill, per small-batch configuration.
+constexpr int kPostSteps = 32;
+
+// Each step right after a prefill against its run's steady steps, moved to
+// the step's own context with the fitted per-token cost.
+std::vector<planner::PostPrefillSample> PostPrefillSamples(
+    const std::vector<StepProfiler::PostPrefillRun>& runs, const planner::StepCost& fit) {
+  std::vector<planner::PostPrefillSample> out;
+  for (const StepProfiler::PostPrefillRun& run : runs) {
+    double steady_s = 0, steady_fit = 0;
+    for (const planner::StepSample& x : run.steady) {
+      steady_s += x.seconds / static_cast<double>(run.steady.size());
+      steady_fit += fit.Seconds(x.shape) / static_cast<double>(run.steady.size());
+    }
+    for (planner::PostPrefillSample x : run.steps) {
+      x.steady_s = std::max(1e-9, steady_s + fit.Seconds(x.shape) - steady_fit);
+      out.push_back(x);
+    }
+  }
+  return out;
+}
+
+// The samples with their fitted time, for the profile's notes.
+nlohmann::json PostPrefillJson(const std::vector<planner::PostPrefillSample>& samples,
+                               const planner::PostPrefillCost& cost) {
+  nlohmann::json steps = nlohmann::json::array();
+  for (const planner::PostPrefillSample& x : samples) {
+    steps.push_back({{"decode_seqs", x.shape.decode_seqs},
+                     {"decode_context", x.shape.decode_context},
+                     {"since_prefill_s", x.since_s},
+                     {"measured_s", x.seconds},
+                     {"steady_s", x.steady_s},
+                     {"fitted_s", x.steady_s + cost.ExtraSeconds(x.since_s, x.shape.decode_seqs)}});
+  }
+  return steps;
+}
+
+// The profile's decode configurations (batch, context, mixed-step prompt).
+constexpr std::tuple<int, int, int> kDecodeConfigs[] = {
+    {1, 32, 0},  {1, 1024, 256}, {4, 32, 0},    {4, 256, 256},
+    {16, 32, 0}, {16, 256, 256}, {8, 512, 256}, {32, 32, 128}};
+
+// The peer's side of --peer-cpus: an engine of the same model and flags on
+// those CPUs (another node of this host, with its own copy of the weights).
+struct Peer {
+  Engine* engine = nullptr;  // null: no peer measurement
+  std::vector<int> cpus;
+  int prompt_tokens = 512;
+};
 
 int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_t kv_blocks,
                int reps, const std::string& path, const std::string& alone_path,
-               const std::string& co_run_load) {
+               const std::string& co_run_load, const Peer& peer) {
   const int64_t start_ns = MonoNowNs();
   StepProfiler prof(engine, reps, model.config().n_vocab);
   absl::Status st;
@@ -286,16 +419,21 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
   for (auto [n, batch] : {std::pair{32, 1}, {128, 1}, {512, 1}, {1024, 1}, {128, 4}, {512, 2}}) {
     run(prof.Prefill(n, batch));
   }
-  for (auto [batch, ctx, mixed] : {std::tuple{1, 32, 0},
-                                   {1, 1024, 256},
-                                   {4, 32, 0},
-                                   {4, 256, 256},
-                                   {16, 32, 0},
-                                   {16, 256, 256},
-                                   {8, 512, 256},
-                                   {32, 32, 128}}) {
-    run(prof.Decode(batch, ctx, /*post_steps=*/8, kSettleS, /*settle_steps=*/64, /*steps=*/8,
-                    mixed));
+  for (auto [batch, ctx, mixed] : kDecodeConfigs) {
+    // Small batches, where the effect shows, long enough to see it fade
+    // (about 20 steps on the Xeon VM).
+    run(prof.Decode(batch, ctx, /*post_steps=*/batch <= 4 ? kPostSteps : 8, kSettleS,
+                    /*settle_steps=*/64, /*steps=*/8, mixed));
+  }
+  if (peer.engine != nullptr) {
+    int64_t end = 0;
+    run(prof.PeerPrompt(peer.engine, peer.cpus, peer.prompt_tokens, &end));  // warm-up
+    for (int r = 0; r < 2; ++r) {
+      for (auto [batch, ctx] : {std::pair{1, 32}, {1, 512}, {4, 256}}) {
+        run(prof.AfterPeerPrefill(peer.engine, peer.cpus, peer.prompt_tokens, batch, ctx, kSettleS,
+                                  /*settle_steps=*/64, /*steps=*/8, kPostSteps));
+      }
+    }
   }
   if (!st.ok()) return Fail("bench", std::string(st.message()));
   std::vector<planner::StepSample> samples(
@@ -321,28 +459,33 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
   p.max_batch_tokens = ef.options.max_batch_tokens;
   p.max_batch_seqs = ef.options.max_batch_seqs;
   p.step = *fit;
-  // Each step right after a prefill against its configuration's steady
-  // steps, moved to the step's own context with the fitted per-token cost.
-  std::vector<planner::PostPrefillSample> post_samples;
-  for (const StepProfiler::PostPrefillRun& run : prof.post_prefill()) {
-    double steady_s = 0, steady_fit = 0;
-    for (const planner::StepSample& x : run.steady) {
-      steady_s += x.seconds / static_cast<double>(run.steady.size());
-      steady_fit += p.step.Seconds(x.shape) / static_cast<double>(run.steady.size());
-    }
-    for (planner::PostPrefillSample x : run.steps) {
-      x.steady_s = std::max(1e-9, steady_s + p.step.Seconds(x.shape) - steady_fit);
-      post_samples.push_back(x);
-    }
-  }
+  const std::vector<planner::PostPrefillSample> post_samples =
+      PostPrefillSamples(prof.post_prefill(), p.step);
   absl::StatusOr<planner::PostPrefillCost> post = planner::FitPostPrefillCost(post_samples);
   if (!post.ok()) return Fail("bench", std::string(post.status().message()));
   p.post_prefill = *post;
   p.post_prefill_source = absl::StrCat(
       "pdserve bench --profile: ", post_samples.size(),
-      " decode steps timed right after their prompts' prefill (the first 8 of each decode "
-      "configuration), each against its configuration's steps timed ",
+      " decode steps timed right after their prompts' prefill (the first ", kPostSteps,
+      " of each decode configuration of at most 4 sequences, 8 of the others), each against its "
+      "configuration's steps timed ",
       kSettleS, " s (or 64 steps) after the prefill; least squares");
+  if (peer.engine != nullptr) {
+    const std::vector<planner::PostPrefillSample> peer_samples =
+        PostPrefillSamples(prof.post_peer_prefill(), p.step);
+    absl::StatusOr<planner::PostPrefillCost> fit_peer = planner::FitPostPrefillCost(peer_samples);
+    if (!fit_peer.ok()) return Fail("bench", std::string(fit_peer.status().message()));
+    p.post_peer_prefill = *fit_peer;
+    p.post_peer_prefill_source = absl::StrCat(
+        "pdserve bench --profile --peer-cpus: ", peer_samples.size(),
+        " decode steps timed right after a peer engine (same model and flags, its own weights) "
+        "computed a ",
+        peer.prompt_tokens, "-token prompt on CPUs ", absl::StrJoin(peer.cpus, ","),
+        " while these sequences waited (", kPostSteps,
+        " steps each of batch 1 at 32 and 512 tokens of context and batch 4 at 256, twice), "
+        "each against the same sequences' steady steps right before; least squares");
+    p.notes["post_peer_prefill_steps"] = PostPrefillJson(peer_samples, *p.post_peer_prefill);
+  }
   // Loopback TCP as kv_transfer_bench measures it (docs/performance.md:
   // 0.9-2.2 GB/s) and the router's added latency (router_overhead_bench:
   // 0.7-1 ms p50); neither is measured here.
@@ -351,17 +494,7 @@ int RunProfile(Engine* engine, const Model& model, const EngineFlags& ef, int64_
   p.router_overhead_s = 0.001;
   double rms = 0, worst = 0;
   nlohmann::json steps = StepsJson(samples, p.step, &rms, &worst);
-  nlohmann::json post_steps = nlohmann::json::array();
-  for (const planner::PostPrefillSample& x : post_samples) {
-    post_steps.push_back(
-        {{"decode_seqs", x.shape.decode_seqs},
-         {"decode_context", x.shape.decode_context},
-         {"since_prefill_s", x.since_s},
-         {"measured_s", x.seconds},
-         {"steady_s", x.steady_s},
-         {"fitted_s", x.steady_s + p.post_prefill->ExtraSeconds(x.since_s, x.shape.decode_seqs)}});
-  }
-  p.notes["post_prefill_steps"] = post_steps;
+  p.notes["post_prefill_steps"] = PostPrefillJson(post_samples, *p.post_prefill);
   p.notes["device"] = engine->backend_name();
   p.notes["isa"] = kernels::IsaName(kernels::ActiveIsa());
   p.notes["model_path"] = ef.model_path;
@@ -406,7 +539,12 @@ int RunBench(int argc, char** argv) {
        "other cores; the profile FILE (the same node measured alone) is written to --profile with "
        "this run's fit as its co-run cost (step_co_run)")
       ("co-run-load", po::value<std::string>()->default_value(""),
-       "with --profile-alone: what ran beside this run (recorded in the profile)");
+       "with --profile-alone: what ran beside this run (recorded in the profile)")
+      ("peer-cpus", po::value<std::string>()->default_value(""),
+       "with --profile: also time decode steps right after a peer engine (another node of this "
+       "host: the same model and flags, its own copy of the weights) pinned to these CPUs "
+       "(comma-separated ids) computed a --prompt-tokens prompt; fitted as the profile's "
+       "post_peer_prefill cost");
   // clang-format on
   po::variables_map vm;
   if (int rc = ParseFlags(argc, argv, "[flags]", desc, &vm); rc >= 0) return rc;
@@ -434,6 +572,19 @@ int RunBench(int argc, char** argv) {
       (profile_path.empty() || vm["co-run-load"].as<std::string>().empty())) {
     return Fail("bench", "--profile-alone needs --profile and --co-run-load (what ran beside it)");
   }
+  std::vector<int> peer_cpus;
+  if (const std::string pc = vm["peer-cpus"].as<std::string>(); !pc.empty()) {
+    if (profile_path.empty() || !vm["profile-alone"].as<std::string>().empty()) {
+      return Fail("bench", "--peer-cpus needs --profile, without --profile-alone");
+    }
+    for (absl::string_view part : absl::StrSplit(pc, ',')) {
+      int cpu;
+      if (!absl::SimpleAtoi(part, &cpu) || cpu < 0 || cpu >= CPU_SETSIZE) {
+        return Fail("bench", absl::StrCat("--peer-cpus: bad CPU id '", part, "'"));
+      }
+      peer_cpus.push_back(cpu);
+    }
+  }
   if (!profile_path.empty()) batches.push_back(32);  // the profile's largest decode batch
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   EngineOptions o = ef.options;
@@ -458,8 +609,20 @@ int RunBench(int argc, char** argv) {
     const int64_t block_bytes = engine->cache().config().BlockBytes();
     const int64_t node_blocks =
         ef.options.kv_blocks > 0 ? ef.options.kv_blocks : ef.options.kv_cache_bytes / block_bytes;
+    Peer peer;
+    std::unique_ptr<Engine> peer_engine;
+    if (!peer_cpus.empty()) {
+      EngineOptions po = o;
+      po.n_threads = static_cast<int>(peer_cpus.size());
+      po.pin_cpus = peer_cpus;
+      auto made = Engine::Create(model, po);
+      if (!made.ok()) return Fail("bench", std::string(made.status().message()));
+      peer_engine = std::move(*made);
+      peer = Peer{peer_engine.get(), peer_cpus, n_prompt};
+    }
     return RunProfile(engine, *model, ef, node_blocks, reps, profile_path,
-                      vm["profile-alone"].as<std::string>(), vm["co-run-load"].as<std::string>());
+                      vm["profile-alone"].as<std::string>(), vm["co-run-load"].as<std::string>(),
+                      peer);
   }
 
   // Prefill: one prompt of n_prompt tokens, timed over the step that computes it.

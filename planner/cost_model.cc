@@ -6,6 +6,8 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -266,14 +268,18 @@ absl::Status DeviceProfile::Validate() const {
   if (step_co_run.has_value()) {
     if (absl::Status s = CheckStepCost(*step_co_run, "step_co_run."); !s.ok()) return s;
   }
-  if (post_prefill.has_value()) {
-    if (absl::Status s = CheckNonNegative(post_prefill->excess_s, "post_prefill.excess_s"); !s.ok())
+  for (const auto& [cost, name] : {std::pair{&post_prefill, "post_prefill"},
+                                   std::pair{&post_peer_prefill, "post_peer_prefill"}}) {
+    if (!cost->has_value()) continue;
+    if (absl::Status s = CheckNonNegative((*cost)->excess_s, absl::StrCat(name, ".excess_s"));
+        !s.ok())
       return s;
-    if (post_prefill->max_decode_seqs < 0) {
-      return absl::InvalidArgumentError("profile: post_prefill.max_decode_seqs must be >= 0");
+    if ((*cost)->max_decode_seqs < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("profile: ", name, ".max_decode_seqs must be >= 0"));
     }
-    if (!(post_prefill->decay_s > 0) || !std::isfinite(post_prefill->decay_s)) {
-      return absl::InvalidArgumentError("profile: post_prefill.decay_s must be > 0");
+    if (!((*cost)->decay_s > 0) || !std::isfinite((*cost)->decay_s)) {
+      return absl::InvalidArgumentError(absl::StrCat("profile: ", name, ".decay_s must be > 0"));
     }
   }
   // Every non-empty step must take time, or the simulation would not advance.
@@ -305,11 +311,14 @@ nlohmann::ordered_json ProfileToJson(const DeviceProfile& p) {
     j["step_co_run"] = StepCostToJson(*p.step_co_run);
     j["co_run_source"] = p.co_run_source;
   }
-  if (p.post_prefill.has_value()) {
-    j["post_prefill"] = {{"excess_s", p.post_prefill->excess_s},
-                         {"decay_s", p.post_prefill->decay_s},
-                         {"max_decode_seqs", p.post_prefill->max_decode_seqs}};
-    j["post_prefill_source"] = p.post_prefill_source;
+  for (const auto& [cost, source, name] :
+       {std::tuple{&p.post_prefill, &p.post_prefill_source, "post_prefill"},
+        std::tuple{&p.post_peer_prefill, &p.post_peer_prefill_source, "post_peer_prefill"}}) {
+    if (!cost->has_value()) continue;
+    j[name] = {{"excess_s", (*cost)->excess_s},
+               {"decay_s", (*cost)->decay_s},
+               {"max_decode_seqs", (*cost)->max_decode_seqs}};
+    j[absl::StrCat(name, "_source")] = *source;
   }
   j["link"] = {{"bandwidth_bytes_per_s", p.link.bandwidth_bytes_per_s},
                {"latency_s", p.link.latency_s}};
@@ -351,15 +360,19 @@ absl::StatusOr<DeviceProfile> ProfileFromJson(const nlohmann::json& j) {
     p.step_co_run = FromCoefficients(cc);
     read(Read(j, "co_run_source", &p.co_run_source, false));
   }
-  if (auto pp = j.find("post_prefill"); pp != j.end()) {
+  for (const auto& [cost, source, name] :
+       {std::tuple{&p.post_prefill, &p.post_prefill_source, "post_prefill"},
+        std::tuple{&p.post_peer_prefill, &p.post_peer_prefill_source, "post_peer_prefill"}}) {
+    auto pp = j.find(name);
+    if (pp == j.end()) continue;
     if (!pp->is_object())
-      return absl::InvalidArgumentError("profile: \"post_prefill\" must be an object");
+      return absl::InvalidArgumentError(absl::StrCat("profile: \"", name, "\" must be an object"));
     PostPrefillCost c;
     read(Read(*pp, "excess_s", &c.excess_s, true));
     read(Read(*pp, "decay_s", &c.decay_s, true));
     read(Read(*pp, "max_decode_seqs", &c.max_decode_seqs, true));
-    p.post_prefill = c;
-    read(Read(j, "post_prefill_source", &p.post_prefill_source, false));
+    *cost = c;
+    read(Read(j, absl::StrCat(name, "_source").c_str(), source, false));
   }
   if (auto link = j.find("link"); link != j.end()) {
     if (!link->is_object())

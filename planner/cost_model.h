@@ -117,6 +117,18 @@ struct DeviceProfile {
   // (a published GPU profile, or one measured before this term existed).
   std::optional<PostPrefillCost> post_prefill;
   std::string post_prefill_source;  // how post_prefill was measured
+  // The same after another node's prefill on the host: nodes of one host
+  // share its last-level cache, and another node's prompt leaves this
+  // node's weights out of it (on the 2-vCPU Xeon VM, a decode node's
+  // batch-1 steps ran about 2x their steady time after the prefill node's
+  // 512-token prompt, back to it over 10-20 steps). Applied, as step_co_run,
+  // only between nodes of a deployment whose profiles have a co-run cost
+  // (nodes sharing a host); since_s counts from the end of the last step
+  // with prefill tokens of any other node, and a step pays the larger of
+  // this and post_prefill. Absent: another node's prefill costs nothing
+  // after it ends.
+  std::optional<PostPrefillCost> post_peer_prefill;
+  std::string post_peer_prefill_source;  // how post_peer_prefill was measured
   LinkModel link;
   double router_overhead_s = 0;  // router + RPC time from arrival to a node's queue
   nlohmann::json notes = nlohmann::json::object();  // citations, fit residuals: free form

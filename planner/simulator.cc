@@ -252,9 +252,19 @@ class Sim {
     }
     if (n.chunks.empty() && n.decodes.empty()) return;
     n.step_alone_s = std::max(p.step.Seconds(shape), 1e-9);
-    if (shape.prefill_tokens == 0 && p.post_prefill.has_value()) {
-      n.step_alone_s +=
-          p.post_prefill->ExtraSeconds(now_ - n.last_prefill_end_s, shape.decode_seqs);
+    if (shape.prefill_tokens == 0) {
+      // One cache, taken by this node's prompt or another's: the larger
+      // extra, not both. Another node's only while the host is otherwise
+      // quiet: beside a computing node the co-run cost describes the step.
+      double extra = 0;
+      if (p.post_prefill.has_value()) {
+        extra = p.post_prefill->ExtraSeconds(now_ - n.last_prefill_end_s, shape.decode_seqs);
+      }
+      if (p.post_peer_prefill.has_value() && co_run_ && !OtherBusy(ni)) {
+        extra = std::max(
+            extra, p.post_peer_prefill->ExtraSeconds(now_ - PeerPrefillEnd(ni), shape.decode_seqs));
+      }
+      n.step_alone_s += extra;
     }
     n.step_co_run_s = n.step_alone_s * CoRunSlowdown(p, shape);
     n.step_start_s = n.progress_at_s = now_;
@@ -266,6 +276,15 @@ class Sim {
     Push(now_ + (n.step_contended ? n.step_co_run_s : n.step_alone_s), EventKind::kStepDone, ni, -1,
          n.step_version);
     Retime(ni);
+  }
+
+  // When the last step with prefill tokens of a node other than `ni` ended.
+  double PeerPrefillEnd(int32_t ni) const {
+    double t = -std::numeric_limits<double>::infinity();
+    for (int32_t i = 0; i < static_cast<int32_t>(nodes_.size()); ++i) {
+      if (i != ni) t = std::max(t, nodes_[i].last_prefill_end_s);
+    }
+    return t;
   }
 
   // Nodes sharing a host (profiles with a co-run cost) slow each other:

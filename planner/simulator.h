@@ -4,7 +4,8 @@
 //            router/selection_policy.cc finds a decode node with room for
 //            all the KV blocks it may grow to (the router reserves them) and
 //            the prefill node with the fewest queued prompt tokens, or a
-//            colocated node with room (fewest requests in flight);
+//            colocated node with the fewest prompt tokens not answered yet
+//            (then the fewest requests in flight, then the most room);
 //   prefill  engine steps of prompt chunks, oldest first, under the token
 //            budget (max_batch_tokens) and max_batch_seqs; token #1 when a
 //            prompt's last chunk is done; each chunk's KV leaves layer by
@@ -21,7 +22,11 @@
 //            another node is mid-step, and is re-timed when that changes;
 //            with a post-prefill cost, a small decode-only step costs
 //            PostPrefillCost::ExtraSeconds(time since the node's last step
-//            with prefill tokens ended) more than its steady cost.
+//            with prefill tokens ended) more than its steady cost; with a
+//            co-run cost and a post-peer-prefill cost, a step that starts
+//            while no other node is mid-step pays the larger of that and
+//            post_peer_prefill's extra since the last such step of any
+//            other node (the host's cache that node's prompt took).
 //
 // Time is in seconds from the first arrival's origin (0). Ties between
 // events are broken by insertion order, so a run is a pure function of its

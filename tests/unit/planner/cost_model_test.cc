@@ -220,6 +220,35 @@ TEST(CostModelTest, PostPrefillCostRoundTripsThroughJson) {
   EXPECT_FALSE(ProfileFromJson(j).ok());
 }
 
+TEST(CostModelTest, PostPeerPrefillCostRoundTripsThroughJson) {
+  DeviceProfile p = HandProfile();
+  p.post_peer_prefill = PostPrefillCost{0.003, 0.05, 4};
+  p.post_peer_prefill_source = "decode steps timed after a peer's prefill";
+  absl::StatusOr<DeviceProfile> back =
+      ProfileFromJson(nlohmann::json::parse(ProfileToJson(p).dump()));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_FALSE(back->post_prefill.has_value());
+  ASSERT_TRUE(back->post_peer_prefill.has_value());
+  EXPECT_EQ(back->post_peer_prefill->excess_s, 0.003);
+  EXPECT_EQ(back->post_peer_prefill->decay_s, 0.05);
+  EXPECT_EQ(back->post_peer_prefill->max_decode_seqs, 4);
+  EXPECT_EQ(back->post_peer_prefill_source, p.post_peer_prefill_source);
+
+  nlohmann::json j = nlohmann::json::parse(ProfileToJson(p).dump());
+  j["post_peer_prefill"]["decay_s"] = -1;
+  absl::StatusOr<DeviceProfile> bad = ProfileFromJson(j);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("post_peer_prefill.decay_s"), std::string::npos)
+      << bad.status();
+  j = nlohmann::json::parse(ProfileToJson(p).dump());
+  j["post_peer_prefill"] = 3;
+  bad = ProfileFromJson(j);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("\"post_peer_prefill\" must be an object"),
+            std::string::npos)
+      << bad.status();
+}
+
 TEST(CostModelTest, BadProfilesSayWhatIsWrong) {
   nlohmann::json j = nlohmann::json::parse(ProfileToJson(HandProfile()).dump());
   j["kv_blocks"] = 0;

@@ -279,6 +279,44 @@ TEST(SimulatorTest, HandComputedPostPrefillTrace) {
   EXPECT_NEAR(two->requests[1].itl_s[1], 0.012 + 0.012 * std::exp(-0.014 / 0.012), kEps);
 }
 
+// Decode after another node's prefill on the same host: the co-run trace's
+// profile (HandComputedCoRunTrace) plus post_peer_prefill, 12 ms extra
+// fading with a 12 ms time constant, for batches up to 1.
+//  - 1P1D, A alone (50 in, 3 out): its prompt ends at 0.06 on the prefill
+//    node, which then idles; decode #2 starts right then: 12 + 12 ms ->
+//    0.084; #3 24 ms after the prefill: 12 + 12 e^-2 ms. The same numbers
+//    as a colocated node after its own prompt (HandComputedPostPrefillTrace).
+//  - Without the co-run cost (nodes on separate hosts): 12 ms steps.
+//  - A and B as in the co-run trace: A's decode steps start while B's
+//    prompt is mid-step: the co-run cost, no extra (A's TPOT 0.024 as
+//    there); B's decode step starts at 0.174 as its prompt ends, the host
+//    otherwise quiet: 24 ms (12 ms there).
+TEST(SimulatorTest, HandComputedPostPeerPrefillTrace) {
+  DeviceProfile p = HandProfile();
+  p.step_co_run = StepCost{0.020, 0.002, 0, 0.004, 0};
+  p.post_peer_prefill = PostPrefillCost{0.012, 0.012, 1};
+  absl::StatusOr<SimResult> r = Simulate({{0.0, 50, 3}}, Disaggregated(p));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const RequestResult& a = r->requests[0];
+  EXPECT_NEAR(a.ttft_s, 0.06, kEps);
+  ASSERT_EQ(a.itl_s.size(), 2u);
+  EXPECT_NEAR(a.itl_s[0], 0.024, kEps);
+  EXPECT_NEAR(a.itl_s[1], 0.012 + 0.012 * std::exp(-2.0), kEps);
+
+  DeviceProfile apart = p;
+  apart.step_co_run.reset();
+  absl::StatusOr<SimResult> s = Simulate({{0.0, 50, 3}}, Disaggregated(apart));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_NEAR(s->requests[0].tpot_s, 0.012, kEps);
+
+  absl::StatusOr<SimResult> two = Simulate({{0.0, 50, 3}, {0.02, 80, 2}}, Disaggregated(p));
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_NEAR(two->requests[0].tpot_s, 0.024, kEps);
+  EXPECT_NEAR(two->requests[1].ttft_s, 0.154, kEps);
+  EXPECT_NEAR(two->requests[1].tpot_s, 0.024, kEps);
+  EXPECT_NEAR(two->end_s, 0.198, kEps);
+}
+
 // Layer-wise shipping: 100 prompt tokens, 1000 B/token over 10 layers is
 // 10 kB a layer; the step takes 110 ms, so layer l is ready at 11 ms*(l+1).
 //  - 1 MB/s (10 ms a layer): each layer leaves as it is ready; only the

@@ -2,7 +2,9 @@
 """bench/step_log_report.py against crafted step logs and a hand profile: each
 step priced as the simulator would (the co-run cost for the part of a step
 that overlapped another node's, never below the cost alone), the speed
-factor per node and over several, --since-ns leaving out a warm-up, and
+factor per node and over several, --since-ns leaving out a warm-up,
+--until-ns keeping only the steps before a run (a probe), another node's
+prefill costing after it ends (post_peer_prefill) while the host is quiet, and
 --scaled-profile writing the profile times that factor."""
 import json
 import os
@@ -91,6 +93,41 @@ class StepLogReportTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertAlmostEqual(out["nodes"][self.a]["predicted_s"], 0.004)
         self.assertAlmostEqual(out["nodes"][self.a]["speed_factor"], 9 / 4)
+
+    def test_until_keeps_only_the_steps_that_started_before_it(self):
+        # Until 5 ms: a's step at 0 ms alone (3 ms measured, 2 ms in the
+        # profile; b's prefill at 10 ms is out, so no co-run cost), b none.
+        r, out = self.run_report(2.0, "--until-ns", str(5 * MS))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        a, b = out["nodes"][self.a], out["nodes"][self.b]
+        self.assertEqual(a["steps"], 1)
+        self.assertAlmostEqual(a["speed_factor"], 1.5)
+        self.assertEqual(a["decode"]["co_run_fraction"], 0)
+        self.assertEqual(b["steps"], 0)
+        self.assertIsNone(b["speed_factor"])
+
+    def test_another_nodes_prefill_costs_after_it_ends_while_the_host_is_quiet(self):
+        # post_peer_prefill: 2 ms extra (decay long enough to stay whole).
+        # a's step at 20 ms starts 4 ms after b's prefill ended with b idle:
+        # 2 + 2 ms; at 0 ms no prefill of b ended before it; at 10 ms b is
+        # mid-step (the co-run cost instead); at 30 ms b is mid-step again.
+        self.a = self.write("a.steps.jsonl", [step(0, 3, decode=1), step(10, 6, decode=1),
+                                              step(20, 4, decode=1), step(30, 2, decode=1)])
+        self.b = self.write("b.steps.jsonl", [step(10, 6, prefill=10), step(29, 5, prefill=10)])
+        prof = profile(1.0)
+        prof["post_peer_prefill"] = {"excess_s": 0.002, "decay_s": 1e9, "max_decode_seqs": 4}
+        path = os.path.join(self.dir, "prof.json")
+        with open(path, "w") as f:
+            json.dump(prof, f)
+        out = os.path.join(self.dir, "out.json")
+        scaled = os.path.join(self.dir, "scaled.json")
+        r = subprocess.run([sys.executable, SCRIPT, "--profile", path, "--json", out,
+                            "--scaled-profile", f"{self.a}:{scaled}", self.a, self.b],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        a = load(out)["nodes"][self.a]
+        self.assertAlmostEqual(a["predicted_s"], 0.002 * 3 + 0.004)
+        self.assertAlmostEqual(load(scaled)["post_peer_prefill"]["excess_s"], 0.002 * 15 / 10)
 
     def test_a_scaled_profile_of_a_log_not_given_is_refused(self):
         r, _ = self.run_report(2.0, "--scaled-profile", f"nope.jsonl:{self.dir}/x.json")
