@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Validates `pdserve plan` against measured runs on this machine:
 #   1. profiles this machine's engine (`pdserve bench --profile`): one CPU
-#      thread (a disaggregated node's share) alone, the same again while a
+#      thread (a disaggregated node's share) alone (with a peer engine on the
+#      other CPUs for its decode steps after another node's prompt:
+#      --peer-cpus), the same again while a
 #      representative load (`pdserve bench` in a loop: 512-token prefills,
 #      then batch-8 decode) runs on the other CPUs, stored as the profile's
 #      co-run cost (the 1P1D nodes share this machine's L3 and memory), and
@@ -26,7 +28,9 @@
 #      RATES=auto (default) RATE_FRACTIONS of each deployment's capacity
 #      (the profile's simulated throughput with every request queued at
 #      once); Poisson arrivals, fresh prompts per run (seed SEED + rate
-#      index + 1000 x repetition), a warm-up run with prompts of another seed first; per rate
+#      index + 1000 x repetition), a warm-up run with prompts of another seed
+#      first, then a probe (PROBE_PROMPTS, default 3, of a third seed, one
+#      at a time, timed by the nodes' step logs); per rate
 #      rate x RUN_SECONDS prompts (auto: SWEEP_SECONDS of arrivals per
 #      deployment, shared evenly by its rates), at least MIN_PROMPTS and at
 #      most NUM_PROMPTS; SLO_TTFT/SLO_TPOT=auto: 3x the slower deployment's
@@ -37,6 +41,12 @@
 #      and once more with each node's speed during the run (its step log,
 #      `--step-log-dir`, against the profile: bench/step_log_report.py),
 #      which sets the machine's drift apart from the simulator's own error;
+#      and with each node's speed over the probe just before the run: a
+#      prediction made before the run with the machine's speed of that
+#      minute (this VM's speed moves by up to 1.6x within minutes); and
+#      with each node's speed during the deployment's previous run (a
+#      prediction from the recent past, as a planner fed by the cluster's
+#      step logs would make);
 #   5. writes $OUT_DIR/plan_validation.json: for each deployment and rate,
 #      the medians over its repetitions of predicted and measured goodput,
 #      p50/p99 TTFT and TPOT, their relative errors, whether each is within
@@ -90,6 +100,7 @@ CMP_TTFT_SCALE=${CMP_TTFT_SCALE:-3}
 CMP_TPOT_SCALE=${CMP_TPOT_SCALE:-1.5}
 PROFILE_EACH_REP=${PROFILE_EACH_REP:-1}
 DRIFT_MAX=${DRIFT_MAX:-0.1}
+PROBE_PROMPTS=${PROBE_PROMPTS:-3}
 CPUS=$(nproc)
 THREADS_PER_NODE=${THREADS_PER_NODE:-$((CPUS / 2 > 0 ? CPUS / 2 : 1))}
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
@@ -139,35 +150,58 @@ stop_co_load() {
 }
 trap 'stop_co_load; stop_cluster; rm -f "$POINTS" "$MACHINE_FILE"' EXIT
 
-# The run replayed once more with the nodes' speed during it: each node's
-# steps (its step log since t0) timed against the profile give its speed
-# factor (bench/step_log_report.py), and the profile scaled by it predicts
-# the run again ($base.speed_corrected.*). Against the plain prediction
-# this separates the machine's speed during the run (a VM's drift) from
-# what the simulator's queueing, batching and routing get wrong. The step
-# logs go unless KEEP_STEP_LOGS=1; $base.steps.{json,txt} keep the figures.
-speed_predict() {  # name base t0_ns
-  local name=$1 base=$2 t0=$3 logs plan_profiles
+# The run replayed again with the profile scaled by the nodes' speed over a
+# window of their step logs (bench/step_log_report.py: each node's steps
+# timed against the profile give its speed factor):
+#   speed: over the run itself ($base.speed_corrected.*, from $base.steps.*):
+#     against the plain prediction this separates the machine's speed
+#     during the run (a VM's drift) from what the simulator's queueing,
+#     batching and routing get wrong; it uses the run's own timings, so it
+#     is no prediction;
+#   probe: over the probe requests sent just before the run
+#     ($base.probe_corrected.*, from $base.probe_steps.*): a prediction
+#     made before the run, with the machine's speed of that moment.
+# The step logs go unless KEEP_STEP_LOGS=1; the .json/.txt keep the figures.
+scaled_predict() {  # name base speed|probe since_ns until_ns
+  local name=$1 base=$2 kind=$3 since=$4 until=$5 logs plan_profiles report out
   logs=("$base".steps/*.steps.jsonl)
   [ -e "${logs[0]}" ] || die "$name: no step logs in $base.steps"
+  if [ "$kind" = speed ]; then report=$base.steps out=$base.speed_corrected; else report=$base.probe_steps out=$base.probe_corrected; fi
   local scale=()
   if [[ $name == colocated* ]]; then
-    scale=(--scaled-profile "all:$base.speed.json")
-    plan_profiles=(--profile "$base.speed.json")
+    scale=(--scaled-profile "all:$base.$kind.json")
+    plan_profiles=(--profile "$base.$kind.json")
   else
     local p d
     p=$(printf '%s\n' "${logs[@]}" | grep '/prefill-' | paste -sd,)
     d=$(printf '%s\n' "${logs[@]}" | grep '/decode-' | paste -sd,)
-    scale=(--scaled-profile "$p:$base.speed_prefill.json" --scaled-profile "$d:$base.speed_decode.json")
-    plan_profiles=(--profile "$base.speed_prefill.json" --decode-profile "$base.speed_decode.json")
+    scale=(--scaled-profile "$p:$base.${kind}_prefill.json" --scaled-profile "$d:$base.${kind}_decode.json")
+    plan_profiles=(--profile "$base.${kind}_prefill.json" --decode-profile "$base.${kind}_decode.json")
   fi
-  python3 "$ROOT/bench/step_log_report.py" --profile "${PROFILE[$name]}" --since-ns "$t0" \
-    --json "$base.steps.json" "${scale[@]}" "${logs[@]}" >"$base.steps.txt"
+  python3 "$ROOT/bench/step_log_report.py" --profile "${PROFILE[$name]}" --since-ns "$since" --until-ns "$until" \
+    --json "$report.json" "${scale[@]}" "${logs[@]}" >"$report.txt"
   "$BIN" plan "${plan_profiles[@]}" --deployments "$name" --replay-csv "$base.measured.csv" \
     --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
-    --result-json "$base.speed_corrected.json" \
-    --detailed-csv "$base.speed_corrected.csv" >"$base.speed_corrected.txt"
-  [ "${KEEP_STEP_LOGS:-0}" = 1 ] || rm -rf "$base.steps"
+    --result-json "$out.json" --detailed-csv "$out.csv" >"$out.txt"
+}
+
+# The run predicted with the step costs its deployment's nodes had during
+# the previous run of that deployment (its speed-scaled profiles, measured
+# a few minutes before): a prediction from the machine's recent past, as a
+# planner fed by the cluster's own step logs would make
+# ($base.history_corrected.*).
+declare -A LAST_RUN
+history_predict() {  # name base previous_base
+  local name=$1 base=$2 prev=$3 plan_profiles
+  if [[ $name == colocated* ]]; then
+    plan_profiles=(--profile "$prev.speed.json")
+  else
+    plan_profiles=(--profile "$prev.speed_prefill.json" --decode-profile "$prev.speed_decode.json")
+  fi
+  "$BIN" plan "${plan_profiles[@]}" --deployments "$name" --replay-csv "$base.measured.csv" \
+    --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
+    --result-json "$base.history_corrected.json" --detailed-csv "$base.history_corrected.csv" \
+    >"$base.history_corrected.txt"
 }
 
 start_cluster() {  # name [step log dir]
@@ -276,7 +310,9 @@ profile() {  # threads output [bench flags...]
 measure_profiles() {
   local dir=$1
   mkdir -p "$dir"
-  profile "$t1" "$dir/profile_t${t1}_alone.json"
+  # With a peer engine on the other CPUs: the decode steps after another
+  # node's prompt (post_peer_prefill).
+  profile "$t1" "$dir/profile_t${t1}_alone.json" --peer-cpus "$(seq -s, "$t1" $((CPUS - 1)))"
   (
     child=
     trap '[ -n "$child" ] && kill "$child" 2>/dev/null; exit 0' TERM
@@ -413,8 +449,12 @@ for rep in $(seq 0 $((REPS - 1))); do
     # Warm-up: prompts of another seed, so no measured prompt is cached.
     "$BIN" loadgen "${common[@]}" --seed $((seed + 100000)) --num-prompts 2 --max-concurrency 1 \
       >/dev/null
-    # The measured run's start on the nodes' clock (CLOCK_MONOTONIC): their
-    # step logs' warm-up steps come before it.
+    # The probe: PROBE_PROMPTS more of yet another seed, one at a time; the
+    # nodes' speed over them predicts the run once more. Times are on the
+    # nodes' clock (CLOCK_MONOTONIC, as their step logs).
+    probe_ns=$(python3 -c 'import time; print(time.monotonic_ns())')
+    "$BIN" loadgen "${common[@]}" --seed $((seed + 200000)) --num-prompts "$PROBE_PROMPTS" --max-concurrency 1 \
+      >/dev/null
     t0_ns=$(python3 -c 'import time; print(time.monotonic_ns())')
     "$BIN" loadgen "${common[@]}" --seed "$seed" --num-prompts "$prompts" --request-rate "$rate" \
       --label "$name" --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
@@ -427,8 +467,16 @@ for rep in $(seq 0 $((REPS - 1))); do
       --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
       --result-json "$base.predicted.json" \
       --detailed-csv "$base.predicted.csv" >"$base.predicted.txt"
-    speed_predict "$name" "$base" "$t0_ns"
-    echo "$name $rate $base.measured.json 0 $base.predicted.json 0 $rep $base.speed_corrected.json" >>"$POINTS"
+    scaled_predict "$name" "$base" speed "$t0_ns" "$(python3 -c 'import time; print(time.monotonic_ns())')"
+    scaled_predict "$name" "$base" probe "$probe_ns" "$t0_ns"
+    [ "${KEEP_STEP_LOGS:-0}" = 1 ] || rm -rf "$base.steps"
+    history=-
+    if [ -n "${LAST_RUN[$name]:-}" ]; then
+      history_predict "$name" "$base" "${LAST_RUN[$name]}"
+      history=$base.history_corrected.json
+    fi
+    LAST_RUN[$name]=$base
+    echo "$name $rate $base.measured.json 0 $base.predicted.json 0 $rep $base.speed_corrected.json $base.probe_corrected.json $history" >>"$POINTS"
   done
   done
 done
@@ -557,6 +605,8 @@ for line in open(points_file):
     name, rate, mfile, mi, pfile, pi = f[:6]
     rep = int(f[6]) if len(f) > 6 else 0
     sfile = f[7] if len(f) > 7 and os.path.exists(f[7]) else None
+    pbfile = f[8] if len(f) > 8 and os.path.exists(f[8]) else None
+    hfile = f[9] if len(f) > 9 and os.path.exists(f[9]) else None
     m = json.load(open(mfile))
     p = json.load(open(pfile))
     run = m["runs"][int(mi)]
@@ -569,17 +619,22 @@ for line in open(points_file):
         "window_s": run.get("window_s"), "measured": measured, "predicted": predicted,
         "relative_error": errors, "within_bound": ok, **({"error_kind": kinds} if kinds else {}),
         **isolated(mfile, int(mi)), **per_request(mfile, int(mi), pfile, rate)})
-    if sfile:
-        # The same run replayed with the nodes' measured speed during it.
-        sp = figures_predicted(json.load(open(sfile))["deployments"][0]["rates"][int(pi)])
+    # The same run replayed with the nodes' measured speed during it, and
+    # with their speed over the probe just before it.
+    # And with the speed its nodes had during the deployment's previous run.
+    for key, cfile, steps_suffix in (("speed_corrected", sfile, ".steps.json"),
+                                     ("probe_corrected", pbfile, ".probe_steps.json"),
+                                     ("history_corrected", hfile, None)):
+        if not cfile: continue
+        sp = figures_predicted(json.load(open(cfile))["deployments"][0]["rates"][int(pi)])
         serr, sok, _ = compare(measured, sp, rate)
-        steps_file = sfile.replace(".speed_corrected.json", ".steps.json")
+        steps_file = cfile.replace(f".{key}.json", steps_suffix) if steps_suffix else ""
         factors = ({os.path.basename(k): v["speed_factor"]
                     for k, v in json.load(open(steps_file)).get("scaled_profiles", {}).items()}
-                   if os.path.exists(steps_file) else {})
-        groups[(name, rate)][-1]["speed_corrected"] = {
-            "predicted_file": os.path.relpath(sfile), "speed_factors": factors, "predicted": sp,
-            "relative_error": serr, "within_bound": sok, **per_request(mfile, int(mi), sfile, rate)}
+                   if steps_file and os.path.exists(steps_file) else {})
+        groups[(name, rate)][-1][key] = {
+            "predicted_file": os.path.relpath(cfile), "speed_factors": factors, "predicted": sp,
+            "relative_error": serr, "within_bound": sok, **per_request(mfile, int(mi), cfile, rate)}
     out.setdefault("profiles", {})[name] = p["profile"]["name"]
 within = {k: 0 for k in bounds}
 within_runs = {k: 0 for k in bounds}
@@ -627,6 +682,13 @@ sc, sc_runs = tally("speed_corrected", lambda r: r.get("speed_corrected"), with_
 if sc:
     out["within_bound_count_speed_corrected"] = sc
     out["within_bound_count_single_runs_speed_corrected"] = sc_runs
+# With their speed over the probe just before each run, and during the
+# deployment's previous run: predictions (made before the run).
+for key in ("probe_corrected", "history_corrected"):
+    pc, pc_runs = tally(key, lambda r: r.get(key), with_measured=False)
+    if pc:
+        out[f"within_bound_count_{key}"] = pc
+        out[f"within_bound_count_single_runs_{key}"] = pc_runs
 out["within_bound_count"] = {k: f"{v}/{total}" for k, v in within.items()}
 out["within_bound_count_single_runs"] = {k: f"{v}/{total_runs}" for k, v in within_runs.items()}
 out["all_within_bounds"] = all(v == total for v in within.values())
@@ -698,6 +760,11 @@ print("within bounds (single runs):", out["within_bound_count_single_runs"])
 if "within_bound_count_speed_corrected" in out:
     print("with each run's own node speeds (step logs): medians", out["within_bound_count_speed_corrected"])
     print("  single runs", out["within_bound_count_single_runs_speed_corrected"])
+for key, what in (("probe_corrected", "each node's speed over the probe before each run"),
+                  ("history_corrected", "each node's speed during its deployment's previous run")):
+    if f"within_bound_count_{key}" in out:
+        print(f"with {what}: medians", out[f"within_bound_count_{key}"])
+        print("  single runs", out[f"within_bound_count_single_runs_{key}"])
 if "stable_repetitions" in out:
     print("repetitions without drift:", out["stable_repetitions"] or "none")
     print("within bounds (medians over those):", out["within_bound_count_stable"])
