@@ -121,7 +121,7 @@ struct DeviceProfile {
   // share its last-level cache, and another node's prompt leaves this
   // node's weights out of it (on the 2-vCPU Xeon VM, a decode node's
   // batch-1 steps ran about 2x their steady time after the prefill node's
-  // 512-token prompt, back to it over 10-20 steps). Applied, as step_co_run,
+  // 512-token prompt, back to it over 5-20 steps). Applied, as step_co_run,
   // only between nodes of a deployment whose profiles have a co-run cost
   // (nodes sharing a host); since_s counts from the end of the last step
   // with prefill tokens of any other node, and a step pays the larger of
