@@ -134,44 +134,18 @@ class StepProfiler {
   absl::Status Decode(int batch, int ctx, int post_steps, double settle_s, int settle_steps,
                       int steps, int mixed_prompt) {
     Run run;
-    const int slack = 16;  // sequences that start early must not finish in the timed steps
-    PDS_RETURN_IF_ERROR(StartRequests(engine_, &run, batch, Prompt(ctx),
-                                      1 + post_steps + settle_steps + steps + slack, Tag("d")));
-    while (std::count(run.tokens.begin(), run.tokens.end(), 0) > 0) {
-      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
-    }
+    PDS_RETURN_IF_ERROR(BeginDecoding(&run, batch, ctx, post_steps + settle_steps + steps));
     const int64_t prefill_end = MonoNowNs();
-    auto decode_shape = [&] {
-      planner::StepShape shape;
-      shape.decode_seqs = batch;
-      for (int t : run.tokens) shape.decode_context += ctx + t;
-      return shape;
-    };
     PostPrefillRun post;
-    for (int i = 0; i < post_steps; ++i) {
-      planner::PostPrefillSample x;
-      x.shape = decode_shape();
-      const int64_t t0 = MonoNowNs();
-      engine_->Step();
-      x.since_s = (t0 - prefill_end) / 1e9;
-      x.seconds = (MonoNowNs() - t0) / 1e9;
-      post.steps.push_back(x);
-    }
-    for (int i = 0; i < settle_steps && (MonoNowNs() - prefill_end) / 1e9 < settle_s; ++i) {
-      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
-    }
-    for (int i = 0; i < steps; ++i) {
-      const planner::StepShape shape = decode_shape();
-      const int64_t t0 = MonoNowNs();
-      engine_->Step();
-      samples_.push_back({shape, (MonoNowNs() - t0) / 1e9});
-      post.steady.push_back(samples_.back());
-    }
+    TimeStepsAfter(prefill_end, post_steps, run, ctx, &post);
+    PDS_RETURN_IF_ERROR(Settle(prefill_end, settle_s, settle_steps));
+    TimeSteadySteps(steps, run, ctx, &post);
+    samples_.insert(samples_.end(), post.steady.begin(), post.steady.end());
     post_prefill_.push_back(std::move(post));
     if (mixed_prompt > 0) {
       Run extra;
       PDS_RETURN_IF_ERROR(StartRequests(engine_, &extra, 1, Prompt(mixed_prompt), 1, Tag("m")));
-      planner::StepShape shape = decode_shape();
+      planner::StepShape shape = DecodeShape(run, ctx);
       shape.prefill_tokens = mixed_prompt;
       shape.attention_pairs = planner::ChunkAttentionPairs(0, mixed_prompt);
       const int64_t t0 = MonoNowNs();
@@ -180,9 +154,7 @@ class StepProfiler {
       if (!extra.done[0])
         return absl::InternalError("bench: the mixed step did not compute the prompt");
     }
-    for (int i = 0; i < batch; ++i) engine_->Abort(last_tag_ + std::to_string(i));
-    while (engine_->Step()) {
-    }
+    EndDecoding(batch);
     return absl::OkStatus();
   }
 
@@ -197,44 +169,15 @@ class StepProfiler {
                                 int batch, int ctx, double settle_s, int settle_steps, int steps,
                                 int post_steps) {
     Run run;
-    const int slack = 16;
-    PDS_RETURN_IF_ERROR(StartRequests(engine_, &run, batch, Prompt(ctx),
-                                      1 + settle_steps + steps + post_steps + slack, Tag("d")));
-    while (std::count(run.tokens.begin(), run.tokens.end(), 0) > 0) {
-      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
-    }
-    const int64_t prefill_end = MonoNowNs();
-    auto decode_shape = [&] {
-      planner::StepShape shape;
-      shape.decode_seqs = batch;
-      for (int t : run.tokens) shape.decode_context += ctx + t;
-      return shape;
-    };
-    for (int i = 0; i < settle_steps && (MonoNowNs() - prefill_end) / 1e9 < settle_s; ++i) {
-      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
-    }
+    PDS_RETURN_IF_ERROR(BeginDecoding(&run, batch, ctx, settle_steps + steps + post_steps));
+    PDS_RETURN_IF_ERROR(Settle(MonoNowNs(), settle_s, settle_steps));
     PostPrefillRun post;
-    for (int i = 0; i < steps; ++i) {
-      const planner::StepShape shape = decode_shape();
-      const int64_t t0 = MonoNowNs();
-      engine_->Step();
-      post.steady.push_back({shape, (MonoNowNs() - t0) / 1e9});
-    }
+    TimeSteadySteps(steps, run, ctx, &post);
     int64_t peer_end = 0;
     PDS_RETURN_IF_ERROR(PeerPrompt(peer, peer_cpus, peer_prompt, &peer_end));
-    for (int i = 0; i < post_steps; ++i) {
-      planner::PostPrefillSample x;
-      x.shape = decode_shape();
-      const int64_t t0 = MonoNowNs();
-      engine_->Step();
-      x.since_s = (t0 - peer_end) / 1e9;
-      x.seconds = (MonoNowNs() - t0) / 1e9;
-      post.steps.push_back(x);
-    }
+    TimeStepsAfter(peer_end, post_steps, run, ctx, &post);
     post_peer_prefill_.push_back(std::move(post));
-    for (int i = 0; i < batch; ++i) engine_->Abort(last_tag_ + std::to_string(i));
-    while (engine_->Step()) {
-    }
+    EndDecoding(batch);
     return absl::OkStatus();
   }
 
@@ -273,6 +216,59 @@ class StepProfiler {
     std::vector<TokenId> prompt(n);
     for (int i = 0; i < n; ++i) prompt[i] = first + (i * 37) % span;
     return prompt;
+  }
+  // Starts `batch` sequences with prompts of `ctx` tokens, room for `steps`
+  // decode steps and more, and steps until every one has its first token.
+  absl::Status BeginDecoding(Run* run, int batch, int ctx, int steps) {
+    const int slack = 16;  // sequences that start early must not finish in the timed steps
+    PDS_RETURN_IF_ERROR(
+        StartRequests(engine_, run, batch, Prompt(ctx), 1 + steps + slack, Tag("d")));
+    while (std::count(run->tokens.begin(), run->tokens.end(), 0) > 0) {
+      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
+    }
+    return absl::OkStatus();
+  }
+  // The next decode step's shape: one token for each of the run's sequences.
+  static planner::StepShape DecodeShape(const Run& run, int ctx) {
+    planner::StepShape shape;
+    shape.decode_seqs = static_cast<int32_t>(run.tokens.size());
+    for (int t : run.tokens) shape.decode_context += ctx + t;
+    return shape;
+  }
+  // Times `n` decode steps, each with its start's distance from `since_ns`.
+  void TimeStepsAfter(int64_t since_ns, int n, const Run& run, int ctx, PostPrefillRun* post) {
+    for (int i = 0; i < n; ++i) {
+      planner::PostPrefillSample x;
+      x.shape = DecodeShape(run, ctx);
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      x.since_s = (t0 - since_ns) / 1e9;
+      x.seconds = (MonoNowNs() - t0) / 1e9;
+      post->steps.push_back(x);
+    }
+  }
+  // Times `n` decode steps as the run's steady ones.
+  void TimeSteadySteps(int n, const Run& run, int ctx, PostPrefillRun* post) {
+    for (int i = 0; i < n; ++i) {
+      const planner::StepShape shape = DecodeShape(run, ctx);
+      const int64_t t0 = MonoNowNs();
+      engine_->Step();
+      post->steady.push_back({shape, (MonoNowNs() - t0) / 1e9});
+    }
+  }
+  // Decodes untimed until `settle_s` has passed since `since_ns`, at most
+  // `max_steps` steps.
+  absl::Status Settle(int64_t since_ns, double settle_s, int max_steps) {
+    for (int i = 0; i < max_steps && (MonoNowNs() - since_ns) / 1e9 < settle_s; ++i) {
+      if (!engine_->Step()) return absl::InternalError("bench: decode requests stalled");
+    }
+    return absl::OkStatus();
+  }
+  // Aborts the last decode run's `batch` sequences and drains the engine.
+  void EndDecoding(int batch) {
+    for (int i = 0; i < batch; ++i) engine_->Abort(last_tag_ + std::to_string(i));
+    while (engine_->Step()) {
+    }
   }
   std::string Tag(const char* kind) {
     std::string tag = absl::StrCat("prof-", kind, next_++, "-");
