@@ -133,12 +133,20 @@ double PostPrefillCost::ExtraSeconds(double since_s, int32_t decode_seqs) const 
 namespace {
 
 // Least squares of extra = a * exp(-since / decay) over a log grid of decays;
-// a >= 0. Returns the sum of squared residuals.
+// a >= 0. Returns the sum of squared residuals. The decay stops at the
+// window the samples span (their largest since_s): within it a fade slower
+// than the window and a machine that ran slower over the whole window (a
+// VM's drift between the steady and the post-prefill steps) look alike, and
+// a fit free to choose the former charged a 2 ms extra fading over 5 s
+// after every prompt from a 0.2 s window (docs/performance.md, run C).
 double FitDecay(const std::vector<const PostPrefillSample*>& xs, double* a, double* decay) {
   double best_sse = std::numeric_limits<double>::infinity();
+  double window_s = 0;
+  for (const PostPrefillSample* x : xs) window_s = std::max(window_s, x->since_s);
   constexpr int kGrid = 161;  // 1 ms .. 10 s, 40 points per decade
   for (int g = 0; g < kGrid; ++g) {
     const double d = 1e-3 * std::pow(10.0, g / 40.0);
+    if (g > 0 && d > window_s) break;
     double re = 0, ee = 0;
     for (const PostPrefillSample* x : xs) {
       const double e = std::exp(-std::max(0.0, x->since_s) / d);

@@ -85,7 +85,9 @@ struct PostPrefillSample {
 // largest batch such that it and every smaller one measured show an extra
 // of at least 10% of their steady time right after the prefill; then
 // excess_s and decay_s by least squares over those batches (decay_s on a
-// log grid from 1 ms to 10 s). No batch showing it: excess_s 0.
+// log grid from 1 ms up to the largest since_s, at most 10 s: a slower fade
+// cannot be told from drift within the window). No batch showing it:
+// excess_s 0.
 absl::StatusOr<PostPrefillCost> FitPostPrefillCost(const std::vector<PostPrefillSample>& samples);
 
 // The link KV travels over from a prefill node to a decode node.

@@ -194,6 +194,35 @@ TEST(CostModelTest, PostPrefillFitRecoversExcessDecayAndBatchLimit) {
   EXPECT_FALSE(FitPostPrefillCost(samples).ok());
 }
 
+// Steps that all run 2 ms over their steady time across the whole window
+// (as when a VM slowed down between the steady and the post-prefill steps):
+// the fit's fade stops at the window the samples span (what was seen), not
+// at the grid's 10 s, and a real fade inside the window is still found.
+TEST(CostModelTest, PostPrefillFitDecayStopsAtTheWindow) {
+  std::vector<PostPrefillSample> drift;
+  double since = 0;
+  for (int i = 0; i < 32; ++i) {
+    StepShape shape;
+    shape.decode_seqs = 1;
+    shape.decode_context = 500 + i;
+    drift.push_back({shape, since, 0.007, 0.005});
+    since += 0.007;
+  }
+  const double window_s = drift.back().since_s;  // 0.217 s
+  absl::StatusOr<PostPrefillCost> fit = FitPostPrefillCost(drift);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_EQ(fit->max_decode_seqs, 1);
+  EXPECT_LE(fit->decay_s, window_s);
+  EXPECT_GT(fit->decay_s, window_s / std::pow(10.0, 1 / 40.0) - 1e-12);  // the grid point below it
+  // A short fade well inside the same window is unaffected by the limit.
+  const PostPrefillCost truth{0.003, 1e-3 * std::pow(10.0, 60 / 40.0), 1};  // ~32 ms
+  for (PostPrefillSample& x : drift) x.seconds = x.steady_s + truth.ExtraSeconds(x.since_s, 1);
+  fit = FitPostPrefillCost(drift);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_NEAR(fit->excess_s, truth.excess_s, 1e-12);
+  EXPECT_NEAR(fit->decay_s, truth.decay_s, 1e-12);
+}
+
 TEST(CostModelTest, PostPrefillCostRoundTripsThroughJson) {
   DeviceProfile p = HandProfile();
   p.post_prefill = PostPrefillCost{0.0045, 0.12, 4};
