@@ -5,16 +5,19 @@ Reads step logs (`pdserve prefill|decode|mixed --step-log-dir DIR`, one JSON
 line per step) and the device profile the planner simulates that node with
 (`pdserve bench --profile`), and prints, per kind of step (prefill only,
 decode only, mixed):
-  - the steps' measured forward time against the profile's step cost for
-    the same shape (the co-run cost for the part of a step that overlapped
+  - the steps' measured time against the profile's step cost for the same
+    shape (a whole engine step, from the scheduling before its forward pass
+    to the end of the sampling and output callbacks after it, as
+    `pdserve bench --profile` times the steps it fits) (the co-run cost for the part of a step that overlapped
     a step of another logged node, and the post-prefill extra on decode
     steps right after this node's prefill or, when no other node is
     mid-step, another's, as the simulator applies them);
   - the time a step spent outside the forward pass (scheduling before it,
-    sampling and output callbacks after it), which the profile counts too
-    only as far as `pdserve bench --profile` saw it.
+    sampling and output callbacks after it): part of the step time above,
+    which a serving node's callbacks (streaming tokens out, shipping KV)
+    make longer than bench's.
 With --json FILE it also writes the figures as JSON. Each node's speed
-factor is its steps' measured forward time over the profile's for them;
+factor is its steps' measured time over the profile's for them;
 --scaled-profile LOGS:OUT writes the profile with every step cost scaled by
 the factor of LOGS (comma-separated; "all": every log given) to OUT: what the node cost
 during the run, for `pdserve plan` to replay the run with (the machine's
@@ -125,37 +128,41 @@ def main():
                 pred = pred * (1 - frac) + pred * slowdown * frac
             if s["prefill_tokens"]:
                 last_prefill_end = t0 + s["total_ns"] / 1e9
-            r = rows.setdefault(kind(s), {"steps": 0, "forward_s": 0.0, "predicted_s": 0.0,
+            r = rows.setdefault(kind(s), {"steps": 0, "forward_s": 0.0, "step_s": 0.0, "predicted_s": 0.0,
                                           "outside_s": 0.0, "co_run_s": 0.0, "ratios": [],
                                           "outside_ms": []})
             outside = (s["total_ns"] - s["forward_ns"] + s["schedule_ns"]) / 1e9
             r["steps"] += 1
             r["forward_s"] += fwd
+            r["step_s"] += fwd + outside
             r["predicted_s"] += pred
             r["outside_s"] += outside
             r["co_run_s"] += frac * fwd
-            r["ratios"].append(fwd / pred)
+            r["ratios"].append((fwd + outside) / pred)
             r["outside_ms"].append(outside * 1e3)
         fwd_all = sum(r["forward_s"] for r in rows.values())
+        step_all = sum(r["step_s"] for r in rows.values())
         pred_all = sum(r["predicted_s"] for r in rows.values())
-        node = {"steps": len(steps), "forward_s": fwd_all, "predicted_s": pred_all,
-                "speed_factor": fwd_all / pred_all if pred_all else None}
-        print(f"{path}: {len(steps)} steps, forward {fwd_all:.3f} s, profile {pred_all:.3f} s, "
+        node = {"steps": len(steps), "forward_s": fwd_all, "step_s": step_all, "predicted_s": pred_all,
+                "speed_factor": step_all / pred_all if pred_all else None}
+        print(f"{path}: {len(steps)} steps, {step_all:.3f} s (forward {fwd_all:.3f} s), profile {pred_all:.3f} s, "
               f"speed factor {node['speed_factor'] or float('nan'):.3f}")
-        print(f"  {'kind':8} {'steps':>6} {'fwd s':>8} {'pred s':>8} {'fwd/pred':>8} "
+        print(f"  {'kind':8} {'steps':>6} {'step s':>8} {'pred s':>8} {'fwd/pred':>8} "
               f"{'p50':>6} {'p90':>6} {'co-run':>7} {'outside ms/step p50 p99':>24}")
         for k in ("prefill", "mixed", "decode"):
             if k not in rows:
                 continue
             r = rows[k]
-            node[k] = {"steps": r["steps"], "forward_s": r["forward_s"], "predicted_s": r["predicted_s"],
+            node[k] = {"steps": r["steps"], "forward_s": r["forward_s"], "step_s": r["step_s"],
+                       "predicted_s": r["predicted_s"],
                        "forward_over_predicted": r["forward_s"] / r["predicted_s"],
+                       "step_over_predicted": r["step_s"] / r["predicted_s"],
                        "ratio_p50": statistics.median(r["ratios"]), "ratio_p90": pct(r["ratios"], 0.9),
                        "co_run_fraction": r["co_run_s"] / r["forward_s"] if r["forward_s"] else 0,
                        "outside_s": r["outside_s"], "outside_ms_p50": statistics.median(r["outside_ms"]),
                        "outside_ms_p99": pct(r["outside_ms"], 0.99)}
             n = node[k]
-            print(f"  {k:8} {r['steps']:6d} {r['forward_s']:8.3f} {r['predicted_s']:8.3f} "
+            print(f"  {k:8} {r['steps']:6d} {r['step_s']:8.3f} {r['predicted_s']:8.3f} "
                   f"{n['forward_over_predicted']:8.3f} {n['ratio_p50']:6.3f} {n['ratio_p90']:6.3f} "
                   f"{n['co_run_fraction']:7.1%} {n['outside_ms_p50']:11.3f} {n['outside_ms_p99']:11.3f}")
         out["nodes"][path] = node
@@ -166,11 +173,11 @@ def main():
             if n not in out["nodes"]:
                 sys.exit(f"--scaled-profile {spec}: {n} is not one of the logs given")
         nodes = [out["nodes"][n] for n in names]
-        fwd = sum(n["forward_s"] for n in nodes)
+        took = sum(n["step_s"] for n in nodes)
         pred = sum(n["predicted_s"] for n in nodes)
         if not pred:
             sys.exit(f"--scaled-profile {spec}: no steps to scale by")
-        factor = fwd / pred
+        factor = took / pred
         scaled = json.loads(json.dumps(prof))
         for key in ("step", "step_co_run"):
             if scaled.get(key):
@@ -180,7 +187,7 @@ def main():
                 scaled[key]["excess_s"] *= factor
         scaled["name"] = f"{prof['name']} x{factor:.3f}"
         scaled["notes"] = {"scaled_from": a.profile, "speed_factor": factor, "logs": names}
-        scaled["source"] = (f"{a.profile} with every step cost x{factor:.3f}: the measured forward time of "
+        scaled["source"] = (f"{a.profile} with every step cost x{factor:.3f}: the measured time of "
                             f"{log}'s steps over this profile's for them (bench/step_log_report.py)")
         json.dump(scaled, open(dest, "w"), indent=1)
         out.setdefault("scaled_profiles", {})[dest] = {"logs": log, "speed_factor": factor}

@@ -2,7 +2,8 @@
 """bench/step_log_report.py against crafted step logs and a hand profile: each
 step priced as the simulator would (the co-run cost for the part of a step
 that overlapped another node's, never below the cost alone), the speed
-factor per node and over several, --since-ns leaving out a warm-up,
+factor per node and over several (whole steps: the time outside the forward
+pass counts), --since-ns leaving out a warm-up,
 --until-ns keeping only the steps before a run (a probe), another node's
 prefill costing after it ends (post_peer_prefill) while the host is quiet, and
 --scaled-profile writing the profile times that factor."""
@@ -86,6 +87,22 @@ class StepLogReportTest(unittest.TestCase):
         self.assertAlmostEqual(s["step_co_run"]["decode_seq_s"], 0.003)
         self.assertIn("x1.500", s["name"])
         self.assertAlmostEqual(load(scaled_all)["notes"]["speed_factor"], 15 / 10)
+
+    def test_the_time_outside_the_forward_pass_counts_as_bench_times_whole_steps(self):
+        # a's step at 0 ms: 0.5 ms of scheduling before it and 0.5 ms of
+        # sampling and callbacks after its 3 ms forward pass: 4 ms against
+        # the profile's 2 ms (bench --profile times whole Step() calls).
+        rows = [step(0, 3, decode=1)]
+        rows[0]["schedule_ns"] = MS // 2
+        rows[0]["total_ns"] = 3 * MS + MS // 2
+        self.a = self.write("a.steps.jsonl", rows)
+        r, out = self.run_report(2.0, "--until-ns", str(5 * MS))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        a = out["nodes"][self.a]
+        self.assertAlmostEqual(a["forward_s"], 0.003)
+        self.assertAlmostEqual(a["step_s"], 0.004)
+        self.assertAlmostEqual(a["speed_factor"], 2.0)
+        self.assertAlmostEqual(a["decode"]["outside_s"], 0.001)
 
     def test_a_co_run_cost_below_the_cost_alone_counts_as_alone(self):
         # As planner::CoRunSlowdown: a step beside another is never faster.
