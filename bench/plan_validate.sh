@@ -298,12 +298,17 @@ PROFILE[1P1D]=$WORK/profile_t$THREADS_PER_NODE.json
 # does, 512-token prefills and batch-8 decode (about a third of the time in
 # prefill), in a loop, on the CPUs this node leaves.
 CO_LOAD_DESC="pdserve bench --threads $((CPUS - THREADS_PER_NODE)) --prompt-tokens 512 --gen-tokens 64 --batch 8 --reps 3 looped on the other CPUs (cpu $THREADS_PER_NODE-$((CPUS - 1)))"
+# Each engine thread pinned to its own CPU, as `pdserve cluster --pin` pins
+# a node's (thread i to CPU i of the node's range): unpinned, the 2-thread
+# profile's small decode batches ran 1-23% slower than pinned on the
+# f6m167 VM (2026-12-05 10:31 UTC, three of each, alternated).
 profile() {  # threads output [bench flags...]
   local threads=$1 file=$2
   shift 2
   local pin=""
   [ "$threads" -lt "$CPUS" ] && pin="taskset -c 0-$((threads - 1))"
-  $pin "$BIN" bench --model "$MODEL" --threads "$threads" --profile "$file" "$@" >"${file%.json}.log"
+  $pin "$BIN" bench --model "$MODEL" --threads "$threads" --pin-cpus "$(seq -s, 0 $((threads - 1)))" \
+    --profile "$file" "$@" >"${file%.json}.log"
 }
 # Measures the three profiles into directory $1 (the 1P1D node's alone and
 # beside the co-load, the colocated node's).

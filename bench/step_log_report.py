@@ -5,11 +5,11 @@ Reads step logs (`pdserve prefill|decode|mixed --step-log-dir DIR`, one JSON
 line per step) and the device profile the planner simulates that node with
 (`pdserve bench --profile`), and prints, per kind of step (prefill only,
 decode only, mixed):
-  - the steps' measured time against the profile's step cost for the same
-    shape (a whole engine step, from the scheduling before its forward pass
-    to the end of the sampling and output callbacks after it, as
-    `pdserve bench --profile` times the steps it fits) (the co-run cost for the part of a step that overlapped
-    a step of another logged node, and the post-prefill extra on decode
+  - the steps' measured time (whole engine steps, from the scheduling
+    before the forward pass to the end of the sampling and output callbacks
+    after it, as `pdserve bench --profile` times the steps it fits) against
+    the profile's step cost for the same shape (the co-run cost for the
+    part of a step that overlapped a step of another logged node, and the post-prefill extra on decode
     steps right after this node's prefill or, when no other node is
     mid-step, another's, as the simulator applies them);
   - the time a step spent outside the forward pass (scheduling before it,
