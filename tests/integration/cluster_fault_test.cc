@@ -334,19 +334,24 @@ TEST(ClusterFaultTest, SamplesAreNotMigratedAfterTheirFirstTokens) {
   ASSERT_NE(c, nullptr);
   SampleStreams s;
   std::string victim;
-  StreamResult got = Generate(c->generation(), SampledRequest("Tell me a long story.", 400, 2),
-                              absl::Seconds(120), [&](const v1::GenerateResponse& ev) {
-                                s.Observer()(ev);
-                                if (ev.has_chunk() && ++s.chunks == 4) {
-                                  for (const std::string id : {"decode-0", "decode-1"}) {
-                                    absl::StatusOr<v1::NodeLoad> load = c->GetLoad(id);
-                                    if (load.ok() && load->running() > 0) victim = id;
-                                  }
-                                  if (!victim.empty()) c->node_process(victim).Signal(SIGKILL);
-                                }
-                                return true;
-                              });
-  ASSERT_FALSE(victim.empty()) << "no decode node was running the request";
+  StreamResult got =
+      Generate(c->generation(), SampledRequest("Tell me a long story.", 400, 2), absl::Seconds(120),
+               [&](const v1::GenerateResponse& ev) {
+                 s.Observer()(ev);
+                 if (ev.has_chunk() && ++s.chunks == 4) {
+                   // A node publishes its load at the end of a step, after it
+                   // streamed the step's tokens: the holder may still say awaiting_kv.
+                   for (const std::string id : {"decode-0", "decode-1"}) {
+                     absl::StatusOr<v1::NodeLoad> load = c->GetLoad(id);
+                     if (load.ok() && load->running() + load->waiting() + load->awaiting_kv() > 0) {
+                       victim = id;
+                     }
+                   }
+                   if (!victim.empty()) c->node_process(victim).Signal(SIGKILL);
+                 }
+                 return true;
+               });
+  ASSERT_FALSE(victim.empty()) << "no decode node held the request";
   const std::string message =
       got.error.has_value() ? got.error->message() : got.status.error_message();
   EXPECT_FALSE(got.complete.has_value());
