@@ -292,6 +292,8 @@ void BenchAttention(const Options& opt) {
   const Case cases[] = {{"decode 1 seq ctx 128", 1, 127, 1},
                         {"decode 1 seq ctx 512", 1, 511, 1},
                         {"decode 1 seq ctx 2048", 1, 2047, 1},
+                        {"decode 2 seqs ctx 512", 2, 511, 1},
+                        {"decode 3 seqs ctx 512", 3, 511, 1},
                         {"decode 16 seqs ctx 512", 16, 511, 1},
                         {"prefill 512 tokens", 1, 0, 512}};
   for (const Case& c : cases) {

@@ -153,10 +153,12 @@ WorkPlan::WorkPlan(const AttnOptions& opt, const KvLayerView& kv, const AttnSeq*
   const int32_t rows = RowsPerItem(group);
   int64_t n_items = 0;
   for (int s = 0; s < n_seqs; ++s) n_items += kv.n_kv_heads * ((seqs[s].n_new + rows - 1) / rows);
-  // Fewer than two items per thread leave threads idle or unevenly loaded
-  // (one sequence of SmolLM2: 3 KV heads on 2 threads); more are spread well
-  // enough by interleaving, without the barrier and the fold.
-  const bool few_items = nth > 1 && n_items < 2 * nth;
+  // Fewer than four items per thread leave threads idle or unevenly loaded
+  // (one sequence of SmolLM2: 3 KV heads on 2 threads; two: 6 items, which
+  // the AVX-512 path would otherwise cut into one item per query head, each
+  // converting the same K/V tiles again); more are spread well enough by
+  // interleaving, without the barrier and the fold.
+  const bool few_items = nth > 1 && n_items < 4 * nth;
   if (mode_ == SplitMode::kNever || (mode_ == SplitMode::kAuto && !few_items) ||
       (nth > 1 && !can_sync)) {
     return;

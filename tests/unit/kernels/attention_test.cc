@@ -332,8 +332,9 @@ TEST_P(AttentionTest, SplitOutputIsBitIdenticalToUnsplit) {
   }
 }
 
-// When PagedAttention splits on its own: one sequence's decode on several
-// threads at a context of a segment or more, with room for the partials.
+// When PagedAttention splits on its own: decode rows at a context of a
+// segment or more, fewer than four KV-head items per thread (one or two
+// sequences of SmolLM2 on 2 threads), with room for the partials.
 TEST_P(AttentionTest, AutoSplitsOnlyFewLongDecodeRows) {
   auto split_rows = [&](const std::vector<SeqSpec>& specs, int nth) {
     const AttnCase c(GetParam(), specs, 9, 3, 64, 16);
@@ -345,9 +346,11 @@ TEST_P(AttentionTest, AutoSplitsOnlyFewLongDecodeRows) {
   EXPECT_EQ(split_rows({{internal::kMinSplitContext - 1, 1}}, 2), 1);
   EXPECT_EQ(split_rows({{internal::kMinSplitContext - 2, 1}}, 2), 0);  // too short
   EXPECT_EQ(split_rows({{999, 1}}, 1), 0);                             // one thread
-  EXPECT_EQ(split_rows({{999, 1}, {20, 1}}, 2), 0);                    // 6 items on 2 threads
-  EXPECT_EQ(split_rows({{999, 1}, {20, 1}}, 4), 1);                    // 6 items on 4 threads
-  EXPECT_EQ(split_rows({{999, 1}, {0, 40}}, 5), 1);                    // the prefill is not split
+  EXPECT_EQ(split_rows({{999, 1}, {20, 1}}, 2), 1);                    // 6 items on 2 threads
+  EXPECT_EQ(split_rows({{999, 1}, {511, 1}}, 2), 2);
+  EXPECT_EQ(split_rows({{999, 1}, {511, 1}, {700, 1}}, 2), 0);  // 9 items on 2 threads
+  EXPECT_EQ(split_rows({{999, 1}, {20, 1}}, 4), 1);             // 6 items on 4 threads
+  EXPECT_EQ(split_rows({{999, 1}, {0, 40}}, 5), 1);             // the prefill is not split
 }
 
 // A row's output does not depend on batching or splitting across segment
