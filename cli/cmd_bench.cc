@@ -389,8 +389,10 @@ nlohmann::json PostPrefillJson(const std::vector<planner::PostPrefillSample>& sa
 }
 
 // The profile's decode configurations (batch, context, mixed-step prompt).
+// Batch 2 at 512: where a lightly loaded node spends its steps (a serving
+// node's decode batches were mostly 1 to 3 in plan_validate's runs).
 constexpr std::tuple<int, int, int> kDecodeConfigs[] = {
-    {1, 32, 0},  {1, 1024, 256}, {4, 32, 0},    {4, 256, 256},
+    {1, 32, 0},  {1, 1024, 256}, {2, 512, 0},   {4, 32, 0},   {4, 256, 256},
     {16, 32, 0}, {16, 256, 256}, {8, 512, 256}, {32, 32, 128}};
 
 // The peer's side of --peer-cpus: an engine of the same model and flags on
