@@ -289,13 +289,11 @@ void BenchAttention(const Options& opt) {
   };
   // One sequence's decode at growing context: its 3 KV heads are fewer items
   // than 2 threads can share evenly.
-  const Case cases[] = {{"decode 1 seq ctx 128", 1, 127, 1},
-                        {"decode 1 seq ctx 512", 1, 511, 1},
-                        {"decode 1 seq ctx 2048", 1, 2047, 1},
-                        {"decode 2 seqs ctx 512", 2, 511, 1},
-                        {"decode 3 seqs ctx 512", 3, 511, 1},
-                        {"decode 16 seqs ctx 512", 16, 511, 1},
-                        {"prefill 512 tokens", 1, 0, 512}};
+  const Case cases[] = {
+      {"decode 1 seq ctx 128", 1, 127, 1},   {"decode 1 seq ctx 512", 1, 511, 1},
+      {"decode 1 seq ctx 2048", 1, 2047, 1}, {"decode 2 seqs ctx 512", 2, 511, 1},
+      {"decode 3 seqs ctx 512", 3, 511, 1},  {"decode 16 seqs ctx 512", 16, 511, 1},
+      {"prefill 512 tokens", 1, 0, 512}};
   for (const Case& c : cases) {
     std::vector<AttnSeq> seqs;
     for (int s = 0; s < c.n_seqs; ++s) {
