@@ -161,6 +161,8 @@ trap 'stop_co_load; stop_cluster; rm -f "$POINTS" "$MACHINE_FILE"' EXIT
 #   probe: over the probe requests sent just before the run
 #     ($base.probe_corrected.*, from $base.probe_steps.*): a prediction
 #     made before the run, with the machine's speed of that moment.
+# Each scaled profile takes two factors (--by-kind): the prompt's terms that
+# of the steps with prompt tokens, the rest that of the decode-only steps.
 # The step logs go unless KEEP_STEP_LOGS=1; the .json/.txt keep the figures.
 scaled_predict() {  # name base speed|probe since_ns until_ns
   local name=$1 base=$2 kind=$3 since=$4 until=$5 logs plan_profiles report out
@@ -179,7 +181,7 @@ scaled_predict() {  # name base speed|probe since_ns until_ns
     plan_profiles=(--profile "$base.${kind}_prefill.json" --decode-profile "$base.${kind}_decode.json")
   fi
   python3 "$ROOT/bench/step_log_report.py" --profile "${PROFILE[$name]}" --since-ns "$since" --until-ns "$until" \
-    --json "$report.json" "${scale[@]}" "${logs[@]}" >"$report.txt"
+    --by-kind --json "$report.json" "${scale[@]}" "${logs[@]}" >"$report.txt"
   "$BIN" plan "${plan_profiles[@]}" --deployments "$name" --replay-csv "$base.measured.csv" \
     --goodput "ttft:$SLO_TTFT" "tpot:$SLO_TPOT" \
     --result-json "$out.json" --detailed-csv "$out.csv" >"$out.txt"
@@ -634,11 +636,14 @@ for line in open(points_file):
         sp = figures_predicted(json.load(open(cfile))["deployments"][0]["rates"][int(pi)])
         serr, sok, _ = compare(measured, sp, rate)
         steps_file = cfile.replace(f".{key}.json", steps_suffix) if steps_suffix else ""
-        factors = ({os.path.basename(k): v["speed_factor"]
-                    for k, v in json.load(open(steps_file)).get("scaled_profiles", {}).items()}
-                   if steps_file and os.path.exists(steps_file) else {})
+        scaled = (json.load(open(steps_file)).get("scaled_profiles", {})
+                  if steps_file and os.path.exists(steps_file) else {})
+        factors = {os.path.basename(k): v["speed_factor"] for k, v in scaled.items()}
+        kind_factors = {os.path.basename(k): {"prefill": v.get("prefill_factor"), "decode": v.get("decode_factor")}
+                        for k, v in scaled.items()}
         groups[(name, rate)][-1][key] = {
-            "predicted_file": os.path.relpath(cfile), "speed_factors": factors, "predicted": sp,
+            "predicted_file": os.path.relpath(cfile), "speed_factors": factors,
+            "kind_factors": kind_factors, "predicted": sp,
             "relative_error": serr, "within_bound": sok, **per_request(mfile, int(mi), cfile, rate)}
     out.setdefault("profiles", {})[name] = p["profile"]["name"]
 within = {k: 0 for k in bounds}

@@ -22,11 +22,16 @@ factor is its steps' measured time over the profile's for them;
 the factor of LOGS (comma-separated; "all": every log given) to OUT: what the node cost
 during the run, for `pdserve plan` to replay the run with (the machine's
 speed during the run, apart from the simulator's queueing and scheduling).
+With --by-kind the prompt's terms (prefill tokens, attention pairs) take the
+factor of the steps that computed prompt tokens (prefill and mixed) and the
+rest (base, decode terms, post-prefill extra) that of the decode-only steps:
+a node's decode and prefill steps need not run at the same speed against
+the profile (a colocated node: 1.26x and 1.07x in one run).
 --since-ns T leaves out steps that started before MonoNowNs T (a warm-up),
 --until-ns T those that started at or after it (a probe before a run).
 
 usage: step_log_report.py --profile P.json [--since-ns T] [--until-ns T] [--json F]
-                          [--scaled-profile LOGS:OUT ...] LOG.steps.jsonl [LOG2 ...]
+                          [--by-kind] [--scaled-profile LOGS:OUT ...] LOG.steps.jsonl [LOG2 ...]
 """
 import argparse
 import bisect
@@ -86,6 +91,7 @@ def main():
     ap.add_argument("--since-ns", type=int, default=0)
     ap.add_argument("--until-ns", type=int, default=None)
     ap.add_argument("--scaled-profile", action="append", default=[])
+    ap.add_argument("--by-kind", action="store_true")
     ap.add_argument("logs", nargs="+")
     a = ap.parse_args()
     prof = json.load(open(a.profile))
@@ -179,20 +185,40 @@ def main():
         if not pred:
             sys.exit(f"--scaled-profile {spec}: no steps to scale by")
         factor = took / pred
+        # --by-kind: the prompt's terms by the factor of the steps that
+        # computed prompt tokens (prefill and mixed), the rest (base, decode
+        # terms, post-prefill extra) by the decode-only steps'; a side with
+        # no steps takes the overall factor.
+        sides = {}
+        for side, kinds in (("prefill", ("prefill", "mixed")), ("decode", ("decode",))):
+            t = sum(n[k]["step_s"] for n in nodes for k in kinds if k in n)
+            p = sum(n[k]["predicted_s"] for n in nodes for k in kinds if k in n)
+            sides[side] = t / p if (a.by_kind and p) else factor
+        scale = {"prefill_token_s": sides["prefill"], "attention_pair_s": sides["prefill"]}
         scaled = json.loads(json.dumps(prof))
         for key in ("step", "step_co_run"):
             if scaled.get(key):
-                scaled[key] = {k: v * factor for k, v in scaled[key].items()}
+                scaled[key] = {k: v * scale.get(k, sides["decode"]) for k, v in scaled[key].items()}
         for key in ("post_prefill", "post_peer_prefill"):
             if scaled.get(key):
-                scaled[key]["excess_s"] *= factor
-        scaled["name"] = f"{prof['name']} x{factor:.3f}"
+                scaled[key]["excess_s"] *= sides["decode"]
+        label = (f"x{factor:.3f}" if not a.by_kind else
+                 f"prefill x{sides['prefill']:.3f}, decode x{sides['decode']:.3f}")
+        scaled["name"] = f"{prof['name']} {label}"
         scaled["notes"] = {"scaled_from": a.profile, "speed_factor": factor, "logs": names}
-        scaled["source"] = (f"{a.profile} with every step cost x{factor:.3f}: the measured time of "
-                            f"{log}'s steps over this profile's for them (bench/step_log_report.py)")
+        if a.by_kind:
+            scaled["notes"]["prefill_factor"] = sides["prefill"]
+            scaled["notes"]["decode_factor"] = sides["decode"]
+            what = "prompt terms by its prefill and mixed steps', the rest by its decode steps'"
+        else:
+            what = "every step cost by its steps'"
+        scaled["source"] = (f"{a.profile} scaled {label}: {log}'s {what} measured time over this "
+                            f"profile's for them (bench/step_log_report.py)")
         json.dump(scaled, open(dest, "w"), indent=1)
-        out.setdefault("scaled_profiles", {})[dest] = {"logs": log, "speed_factor": factor}
-        print(f"wrote {dest}: {a.profile} x{factor:.3f}")
+        out.setdefault("scaled_profiles", {})[dest] = {"logs": log, "speed_factor": factor,
+                                                       "prefill_factor": sides["prefill"],
+                                                       "decode_factor": sides["decode"]}
+        print(f"wrote {dest}: {a.profile} {label}")
     if a.json:
         json.dump(out, open(a.json, "w"), indent=1)
 

@@ -6,7 +6,8 @@ factor per node and over several (whole steps: the time outside the forward
 pass counts), --since-ns leaving out a warm-up,
 --until-ns keeping only the steps before a run (a probe), another node's
 prefill costing after it ends (post_peer_prefill) while the host is quiet, and
---scaled-profile writing the profile times that factor."""
+--scaled-profile writing the profile times that factor, and --by-kind
+scaling the prompt's terms and the rest by their own steps' factors."""
 import json
 import os
 import shutil
@@ -145,6 +146,43 @@ class StepLogReportTest(unittest.TestCase):
         a = load(out)["nodes"][self.a]
         self.assertAlmostEqual(a["predicted_s"], 0.002 * 3 + 0.004)
         self.assertAlmostEqual(load(scaled)["post_peer_prefill"]["excess_s"], 0.002 * 15 / 10)
+
+    def test_by_kind_scales_the_prompt_terms_and_the_rest_apart(self):
+        # One node: a 10-token prefill step at the profile's 2 ms, two
+        # decode steps at twice the profile's 2 ms. --by-kind: the prompt's
+        # terms x1, base and decode terms x2; without it everything x10/6.
+        self.a = self.write("a.steps.jsonl", [step(0, 2, prefill=10), step(10, 4, decode=1),
+                                              step(20, 4, decode=1)])
+        path = os.path.join(self.dir, "prof.json")
+        with open(path, "w") as f:
+            json.dump(profile(1.0), f)
+        by_kind, whole = os.path.join(self.dir, "k.json"), os.path.join(self.dir, "w.json")
+        for extra, dest in ((["--by-kind"], by_kind), ([], whole)):
+            r = subprocess.run([sys.executable, SCRIPT, "--profile", path, *extra,
+                                "--scaled-profile", f"all:{dest}", self.a],
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        k = load(by_kind)
+        self.assertAlmostEqual(k["step"]["prefill_token_s"], 0.0001)
+        self.assertAlmostEqual(k["step"]["base_s"], 0.002)
+        self.assertAlmostEqual(k["step"]["decode_seq_s"], 0.002)
+        self.assertAlmostEqual(k["step_co_run"]["decode_seq_s"], 0.002)
+        self.assertAlmostEqual(k["notes"]["prefill_factor"], 1.0)
+        self.assertAlmostEqual(k["notes"]["decode_factor"], 2.0)
+        w = load(whole)
+        self.assertAlmostEqual(w["step"]["prefill_token_s"], 0.0001 * 10 / 6)
+        self.assertAlmostEqual(w["step"]["base_s"], 0.001 * 10 / 6)
+
+    def test_by_kind_without_prefill_steps_takes_the_overall_factor(self):
+        self.a = self.write("a.steps.jsonl", [step(10, 4, decode=1)])
+        path = os.path.join(self.dir, "prof.json")
+        with open(path, "w") as f:
+            json.dump(profile(1.0), f)
+        dest = os.path.join(self.dir, "k.json")
+        r = subprocess.run([sys.executable, SCRIPT, "--profile", path, "--by-kind",
+                            "--scaled-profile", f"all:{dest}", self.a], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertAlmostEqual(load(dest)["step"]["prefill_token_s"], 0.0002)
 
     def test_a_scaled_profile_of_a_log_not_given_is_refused(self):
         r, _ = self.run_report(2.0, "--scaled-profile", f"nope.jsonl:{self.dir}/x.json")
