@@ -26,7 +26,7 @@ With --by-kind the prompt's terms (prefill tokens, attention pairs) take the
 factor of the steps that computed prompt tokens (prefill and mixed) and the
 rest (base, decode terms, post-prefill extra) that of the decode-only steps:
 a node's decode and prefill steps need not run at the same speed against
-the profile (a colocated node: 1.26x and 1.07x in one run).
+the profile (a colocated node: 1.35x and 1.05x in one run).
 --since-ns T leaves out steps that started before MonoNowNs T (a warm-up),
 --until-ns T those that started at or after it (a probe before a run).
 
