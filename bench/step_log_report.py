@@ -9,9 +9,10 @@ decode only, mixed):
     before the forward pass to the end of the sampling and output callbacks
     after it, as `pdserve bench --profile` times the steps it fits) against
     the profile's step cost for the same shape (the co-run cost for the
-    part of a step that overlapped a step of another logged node, and the post-prefill extra on decode
-    steps right after this node's prefill or, when no other node is
-    mid-step, another's, as the simulator applies them);
+    part of a step that overlapped a step of another logged node, and the
+    post-prefill extra on decode steps right after this node's prefill or,
+    when no other node is mid-step, another's, as the simulator applies
+    them);
   - the time a step spent outside the forward pass (scheduling before it,
     sampling and output callbacks after it): part of the step time above,
     which a serving node's callbacks (streaming tokens out, shipping KV)
